@@ -1,0 +1,39 @@
+# Two commands for a new user (see README):
+#   make demo   set up .venv, build the compiled core, run laser-fast select on the bundled example
+#   make test   set up if needed, then run the tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.laser_fast_installed
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test setup build clean bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel pybind11
+	# torch pinned to the CPU wheel that lies on this disk; GPU users install their CUDA build first
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+build: setup
+	$(PY) setup.py build_ext --inplace -q
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/laser-fast select examples/pool/chat_messages.jsonl examples/pool/sharegpt.jsonl.gz examples/pool/alpaca.jsonl \
+		--budget 120 --strategy longest --mode kmeans --seed 0 \
+		--workdir $(DEMO_OUT)/.work --output-dir $(DEMO_OUT)
+	@echo "demo done: selection in $(DEMO_OUT)/selected.jsonl, report in $(DEMO_OUT)/report.html"
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+
+bench: setup
+	$(PY) -m benchmarks --quick
+
+clean:
+	rm -rf build *.egg-info laser_fast/_core*.so $(DEMO_OUT)

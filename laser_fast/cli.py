@@ -1,0 +1,211 @@
+"""The ``laser-fast`` command line: ``select``, ``classify``, ``report``.
+
+User errors print one line ``laser-fast: error: ...`` and exit with status 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import LaserError
+
+logger = logging.getLogger("laser_fast")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _select_parser(sub) -> None:
+    p = sub.add_parser("select", help="classify, score and select the LASER subset", description="Run the three LASER steps and write the selection.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="JSONL, JSONL.gz or Parquet files (messages, ShareGPT or Alpaca schema)")
+    p.add_argument("--budget", type=int, help="number of records to select (config: sample_size)")
+    p.add_argument("--token-budget", type=int, help="select up to this many tokens instead (config: token_size)")
+    p.add_argument("--output-dir", required=True, help="where selected.jsonl|parquet, decisions.parquet, manifest.json and report.html go")
+    p.add_argument("--config", help="YAML config: ours, or a LASER reference dataset_mixer config unchanged")
+    p.add_argument("--input-dir", help="replaces DATA_PATH in the config's data_path entries")
+    p.add_argument("--strategy", help="random, longest, deita, difficulty, quality, dedicated_quality, combination (default)")
+    p.add_argument("--mode", choices=["kmeans", "greedy", "kmeans+greedy", "none"], help="selection mode (default kmeans)")
+    p.add_argument("--proportions", help="'Math=0.3,Coding=0.3,...', 'natural' (the pool's own mix), 'none' (no strata) or 'paper' (default)")
+    p.add_argument("--threshold-percentile", type=float, help="cluster-best preference percentile in [0,1] (default 0.8)")
+    p.add_argument("--min-distance", type=float, help="greedy: minimum cosine distance to every accepted record (default 0.1)")
+    p.add_argument("--setfit-limits", help="cap per category as a share of the budget, e.g. 'Math=0.2'")
+    p.add_argument("--embedding-model", help="sentence-transformers id or local path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--embed-field", choices=["response", "instruction", "both"], help="text to embed (default response, as the reference)")
+    p.add_argument("--max-seq-length", type=int, help="drop records whose instruction+response tokens exceed this (default 4096; 0 = off)")
+    p.add_argument("--order", choices=["shuffle", "difficulty", "length", "category", "difficulty_category", "length_category", "none"], help="output order (default shuffle)")
+    p.add_argument("--seed", type=int, help="seed for k-means, ties, shuffling and the random strategy (default 0)")
+    p.add_argument("--classifier", help="SetFit or Hugging Face sequence-classification model (id or path) instead of the bundled one")
+    p.add_argument("--tokenizer", help="tokenizer for token counts (id or path; default the bundled MiniLM tokenizer)")
+    p.add_argument("--scores", action="append", default=None, metavar="FILE", help="score file keyed by data_id (CSV/TSV/JSONL/Parquet); repeatable")
+    p.add_argument("--analysis-dir", help="import the reference code's line-aligned analysis CSVs from this folder")
+    p.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"], help="force the input schema (default: detected per file)")
+    p.add_argument("--skip-invalid", action="store_true", help="drop invalid records (counted and listed in the manifest) instead of stopping")
+    p.add_argument("--keep-non-english", action="store_true", help="keep records flagged as non-English (LASER keeps English only)")
+    p.add_argument("--workdir", help="cache folder for embeddings and scores (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast)")
+    p.add_argument("--format", choices=["jsonl", "parquet"], help="output format (default jsonl)")
+    p.add_argument("--batch-size", type=int, help="model batch size (default 64)")
+    p.add_argument("--device", help="torch device for models (default: best available)")
+    p.add_argument("--num-threads", type=int, help="CPU threads for the compiled core and faiss (0 = all)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    _add_common(p)
+
+
+def _options_from_args(a) -> tuple:
+    from .config import SelectOptions, parse_category_map, parse_proportions_arg, read_config
+
+    kw = {}
+    if a.config:
+        kw.update(read_config(a.config, input_dir=a.input_dir))
+    cli = {
+        "budget": a.budget,
+        "token_budget": a.token_budget,
+        "strategy": a.strategy,
+        "mode": a.mode,
+        "threshold_percentile": a.threshold_percentile,
+        "min_distance": a.min_distance,
+        "embedding_model": a.embedding_model,
+        "embed_field": a.embed_field,
+        "order": a.order,
+        "seed": a.seed,
+        "classifier": a.classifier,
+        "tokenizer": a.tokenizer,
+        "analysis_dir": a.analysis_dir,
+        "schema": a.schema,
+        "format": a.format,
+        "batch_size": a.batch_size,
+        "device": a.device,
+        "num_threads": a.num_threads,
+    }
+    kw.update({k: v for k, v in cli.items() if v is not None})
+    if a.budget is not None:
+        kw.pop("token_budget", None) if a.token_budget is None else None
+    if a.token_budget is not None and a.budget is None:
+        kw.pop("budget", None)
+    if a.max_seq_length is not None:
+        kw["max_seq_length"] = a.max_seq_length or None
+    if a.proportions is not None:
+        kw["proportions"] = parse_proportions_arg(a.proportions)
+    if a.setfit_limits is not None:
+        kw["setfit_limits"] = parse_category_map(a.setfit_limits, "--setfit-limits")
+    if a.scores:
+        kw["scores"] = list(kw.get("scores") or []) + a.scores
+    if a.skip_invalid:
+        kw["skip_invalid"] = True
+    if a.keep_non_english:
+        kw["keep_non_english"] = True
+    if a.quiet:
+        kw["show_progress"] = False
+    return SelectOptions(**kw)
+
+
+def cmd_select(a) -> int:
+    from .pipeline import default_workdir, run_selection, write_outputs
+
+    opts = _options_from_args(a)
+    if not a.inputs and not opts.sources:
+        raise LaserError("no input: give INPUT files or --config with data: entries")
+    run = run_selection(list(a.inputs), opts, workdir=a.workdir or default_workdir())
+    paths = write_outputs(run, a.output_dir, report=not a.no_report)
+    m = run.manifest
+    logger.info("selected %d of %d records: %s", m["counts"]["total_selected"], m["counts"]["total_pool"], m["counts"]["selected"])
+    print(f"selection: {paths['selected']}")
+    if "report" in paths:
+        print(f"report:    {paths['report']}")
+    print(f"manifest:  {paths['manifest']}")
+    return 0
+
+
+def cmd_classify(a) -> int:
+    import numpy as np
+    import polars as pl
+
+    from .classify import classify_conversations, is_english, load_classifier
+    from .ingest import read_records
+    from .output import write_jsonl, write_parquet
+
+    recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid)
+    clf = load_classifier(a.classifier, device=a.device)
+    labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64)
+    eng = is_english(recs["instruction"].to_list())
+    df = pl.DataFrame({"data_id": recs["data_id"], "origin": recs["origin"], "category": list(labels), "confidence": np.asarray(conf, dtype=float), "is_english": np.asarray(eng, dtype=bool), "source": recs["source"]})
+    out = Path(a.output)
+    if out.suffix == ".parquet":
+        write_parquet(out, df)
+    else:
+        write_jsonl(out, df.iter_rows(named=True))
+    counts = df.group_by("category").len().sort("category")
+    for c, k in counts.iter_rows():
+        logger.info("%-14s %d", c, k)
+    if skipped:
+        logger.warning("skipped %d invalid record(s)", len(skipped))
+    print(f"categories: {out}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .report import report_from_dir
+
+    p = report_from_dir(a.output_dir)
+    print(f"report: {p}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    ap = argparse.ArgumentParser(prog="laser-fast", description="Fast LASER data selection for instruction tuning.")
+    ap.add_argument("--version", action="version", version=f"laser-fast {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _select_parser(sub)
+    c = sub.add_parser("classify", help="classify records into the 7 LASER categories")
+    c.add_argument("inputs", nargs="+", metavar="INPUT")
+    c.add_argument("--output", required=True, help="categories file (.jsonl or .parquet)")
+    c.add_argument("--classifier", help="model id or path (default: bundled)")
+    c.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"])
+    c.add_argument("--skip-invalid", action="store_true")
+    c.add_argument("--batch-size", type=int)
+    c.add_argument("--device")
+    _add_common(c)
+    r = sub.add_parser("report", help="rebuild report.html from a selection's output folder")
+    r.add_argument("output_dir")
+    _add_common(r)
+    sc = sub.add_parser("show-config", help="print build and device facts for bug reports")
+    _add_common(sc)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    level = logging.WARNING if a.quiet else logging.DEBUG if a.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("laser_fast").setLevel(level)
+    for noisy in ("sentence_transformers", "transformers", "faiss", "numba", "httpx", "urllib3", "huggingface_hub", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        if a.command == "select":
+            return cmd_select(a)
+        if a.command == "classify":
+            return cmd_classify(a)
+        if a.command == "report":
+            return cmd_report(a)
+        if a.command == "show-config":
+            from . import show_config
+
+            show_config()
+            return 0
+    except LaserError as e:
+        print(f"laser-fast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("laser-fast: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Run options, and reading configs: ours, and the reference code's ``dataset_mixer`` YAML unchanged.
+
+A reference config has one top-level key (the experiment name) holding ``sample_size``,
+``scoring_strategy``, ``clustering``, ``threshold_percentile_clustering``,
+``final_setfit_proportions``, ``min_distance``, ``setfit_limits``, ``default_embedding_model`` and
+``data:`` entries (``name``, ``data_path`` with ``DATA_PATH`` replaced by ``--input-dir``, ``type``,
+``multi_turn``, ``language``, and per-source ``sample_size``, ``oversampling``, ``setfit_limits``,
+``min_distance``). Our own YAML uses the same keys at the top level, plus the option names of
+:class:`SelectOptions`. Unknown keys are reported with a warning that names them.
+
+How reference settings map onto modes (as its ``run_sampling`` behaves):
+``clustering: categories`` -> ``kmeans`` per category; ``clustering: all`` -> ``kmeans`` over the
+whole pool; no clustering and a strategy name containing ``embedding`` -> ``greedy``; otherwise
+``none`` (top by preference, per category when ``final_setfit_proportions`` is given, else over
+the whole pool).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .categories import CATEGORIES, DEFAULT_PROPORTIONS, canonical_category
+from .errors import ConfigError
+from .preference import canonical_strategy
+
+logger = logging.getLogger(__name__)
+
+MODES = ("kmeans", "greedy", "kmeans+greedy", "none")
+ORDERS = ("shuffle", "difficulty", "length", "category", "difficulty_category", "length_category", "none")
+
+_REF_TOP_KEYS = {
+    "default_embedding_model", "scoring_strategy", "sample_size", "token_size", "clustering",
+    "threshold_percentile_clustering", "final_setfit_proportions", "min_distance", "setfit_limits",
+    "data", "ordering_strategy", "custom_embedder", "type_dataset",
+}
+_SOURCE_KEYS = {
+    "name", "data_path", "path", "type", "multi_turn", "language", "sample_size", "token_size",
+    "oversampling", "setfit_limits", "min_distance", "schema", "sample_scored", "allow_x_lang_duplicates",
+}
+
+
+@dataclass
+class SourceSpec:
+    """One input source (a ``data:`` entry, or a path given on the command line)."""
+
+    path: str
+    name: str | None = None
+    schema: str | None = None
+    sample_size: int | None = None
+    token_size: int | None = None
+    oversampling: float = 1.0
+    setfit_limits: dict[str, float] | None = None
+    min_distance: float | None = None
+    language: str | None = None
+
+
+@dataclass
+class SelectOptions:
+    """Every option of a selection run (CLI flags and config keys map onto these)."""
+
+    budget: int | None = None
+    token_budget: int | None = None
+    strategy: str = "combination"
+    mode: str = "kmeans"
+    proportions: dict[str, float] | str | None = None  # None = the paper's; "natural"; "none" = no strata
+    threshold_percentile: float = 0.8
+    min_distance: float = 0.1
+    setfit_limits: dict[str, float] | None = None
+    embedding_model: str | None = None
+    embed_field: str = "response"
+    max_seq_length: int | None = 4096
+    order: str = "shuffle"
+    seed: int = 0
+    classifier: str | None = None
+    tokenizer: str | None = None
+    scores: list[str] = field(default_factory=list)
+    analysis_dir: str | None = None
+    keep_non_english: bool = False
+    skip_invalid: bool = False
+    schema: str | None = None
+    sources: list[SourceSpec] = field(default_factory=list)
+    format: str = "jsonl"
+    name: str | None = None
+    batch_size: int = 64
+    device: str | None = None
+    num_threads: int = 0
+    show_progress: bool | None = None
+
+    def validate(self) -> "SelectOptions":
+        if self.budget is None and self.token_budget is None:
+            raise ConfigError("no budget: pass --budget N (records) or --token-budget N (tokens), or set sample_size in the config")
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 0):
+            raise ConfigError(f"budget must be a non-negative integer, got {self.budget!r}")
+        if self.token_budget is not None and (not isinstance(self.token_budget, int) or self.token_budget < 0):
+            raise ConfigError(f"token budget must be a non-negative integer, got {self.token_budget!r}")
+        self.strategy = canonical_strategy(self.strategy)
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode '{self.mode}': use one of {', '.join(MODES)}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"unknown output order '{self.order}': use one of {', '.join(ORDERS)}")
+        if not 0.0 <= float(self.threshold_percentile) <= 1.0:
+            raise ConfigError(f"threshold_percentile_clustering must be in [0, 1], got {self.threshold_percentile}")
+        if not 0.0 <= float(self.min_distance) <= 2.0:
+            raise ConfigError(f"min_distance must be in [0, 2] (cosine distance), got {self.min_distance}")
+        if self.format not in ("jsonl", "parquet"):
+            raise ConfigError(f"unknown output format '{self.format}': use jsonl or parquet")
+        if isinstance(self.proportions, dict):
+            self.proportions = normalise_proportions(self.proportions, "proportions")
+        elif self.proportions not in (None, "natural", "none"):
+            raise ConfigError(f"proportions must be a mapping, 'natural' or 'none', got {self.proportions!r}")
+        if self.setfit_limits is not None:
+            self.setfit_limits = parse_category_map(self.setfit_limits, "setfit_limits")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sources"] = [asdict(s) for s in self.sources]
+        return d
+
+
+def parse_category_map(value, key: str) -> dict[str, float]:
+    """``{Math: 0.3, ...}``, a list of one-key dicts (the reference's setfit_limits), or
+    ``"Math=0.3,Coding=0.3"`` -> canonical category -> float."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, str):
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise ConfigError(f"{key}: '{part}' is not CATEGORY=VALUE (e.g. Math=0.3,Coding=0.3)")
+            a, b = part.split("=", 1)
+            items.append((a, b))
+    elif isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        for entry in value:
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{key}: expected a list of {{category: value}} entries, got {entry!r}")
+            items.extend(entry.items())
+    else:
+        raise ConfigError(f"{key}: expected a mapping of category to number, got {value!r}")
+    out: dict[str, float] = {}
+    for a, b in items:
+        c = canonical_category(str(a))
+        if c is None:
+            raise ConfigError(f"{key}: unknown category '{a}' (use {', '.join(CATEGORIES)})")
+        try:
+            v = float(b)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}.{a}: '{b}' is not a number") from None
+        if v < 0:
+            raise ConfigError(f"{key}.{a}: must be >= 0, got {v}")
+        out[c] = v
+    return out
+
+
+def normalise_proportions(value, key: str) -> dict[str, float]:
+    props = parse_category_map(value, key)
+    total = sum(props.values())
+    if total <= 0:
+        raise ConfigError(f"{key}: proportions sum to {total}; give at least one positive share")
+    if abs(total - 1.0) > 1e-6:
+        logger.warning("%s sum to %.4f, not 1: using them as relative weights", key, total)
+    return {c: props.get(c, 0.0) / total for c in CATEGORIES}
+
+
+def parse_proportions_arg(text: str) -> dict[str, float] | str:
+    t = text.strip().lower()
+    if t in ("natural", "none", "paper"):
+        return None if t == "paper" else t  # type: ignore[return-value]
+    return normalise_proportions(text, "--proportions")
+
+
+def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, Any]:
+    """Read a YAML config (reference style or ours) into SelectOptions keyword arguments.
+
+    Raises:
+        ConfigError: missing file, bad YAML, bad values; the message names the file and key.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{p}: expected a mapping of settings")
+    name = None
+    if len(raw) == 1 and isinstance(next(iter(raw.values())), dict):
+        name, cfg = next(iter(raw.items()))  # reference style: {experiment_name: {...}}
+    else:
+        cfg = raw
+    known_ours = {f.name for f in fields(SelectOptions)}
+    unknown = sorted(k for k in cfg if k not in _REF_TOP_KEYS and k not in known_ours)
+    if unknown:
+        logger.warning("%s: ignoring unknown config key(s): %s", p, ", ".join(map(str, unknown)))
+    if cfg.get("type_dataset") in ("kto", "dpo"):
+        raise ConfigError(f"{p}: type_dataset '{cfg['type_dataset']}' (preference-pair data) is not supported; laser_fast selects SFT conversations")
+    if "custom_embedder" in cfg:
+        logger.warning("%s: custom_embedder (one embedding model per category) is not supported; using default_embedding_model for every category", p)
+
+    out: dict[str, Any] = {"name": str(name) if name is not None else p.stem}
+    for k in known_ours & set(cfg):
+        if k != "sources":
+            out[k] = cfg[k]
+
+    def take(src_key, dst_key, conv=lambda v: v):
+        if src_key in cfg and cfg[src_key] is not None:
+            try:
+                out[dst_key] = conv(cfg[src_key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{p}: key '{src_key}' has a bad value {cfg[src_key]!r}") from None
+
+    take("sample_size", "budget", int)
+    take("token_size", "token_budget", int)
+    take("scoring_strategy", "strategy", str)
+    take("threshold_percentile_clustering", "threshold_percentile", float)
+    take("min_distance", "min_distance", float)
+    take("default_embedding_model", "embedding_model", str)
+    take("ordering_strategy", "order", str)
+    if "setfit_limits" in cfg:
+        out["setfit_limits"] = parse_category_map(cfg["setfit_limits"], f"{p}: setfit_limits")
+    if "final_setfit_proportions" in cfg:
+        out["proportions"] = normalise_proportions(cfg["final_setfit_proportions"], f"{p}: final_setfit_proportions")
+    elif "proportions" in cfg and isinstance(cfg["proportions"], (dict, list)):
+        out["proportions"] = normalise_proportions(cfg["proportions"], f"{p}: proportions")
+
+    is_reference = name is not None or any(k in cfg for k in ("scoring_strategy", "clustering", "final_setfit_proportions"))
+    if "mode" not in cfg and is_reference:
+        clustering = cfg.get("clustering")
+        strategy = str(cfg.get("scoring_strategy", "default"))
+        if clustering in ("categories", "all"):
+            out["mode"] = "kmeans"
+            if clustering == "all":
+                out["proportions"] = "none"
+        elif clustering is not None:
+            raise ConfigError(f"{p}: clustering '{clustering}' is not one of: categories, all (or leave it out)")
+        elif "embedding" in strategy:
+            out["mode"] = "greedy"
+            out.setdefault("proportions", "none")
+        else:
+            out["mode"] = "none"
+            out.setdefault("proportions", "none")
+    if "threshold_percentile_clustering" not in cfg and is_reference and "threshold_percentile" not in cfg:
+        out["threshold_percentile"] = 0.0  # the reference's default when the key is absent
+
+    sources = []
+    for i, entry in enumerate(cfg.get("data") or []):
+        where = f"{p}: data[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping with name and data_path")
+        if "subsets" in entry:
+            raise ConfigError(f"{where}: 'subsets' entries are not supported; list each subset as its own data entry")
+        bad = sorted(set(entry) - _SOURCE_KEYS)
+        if bad:
+            logger.warning("%s: ignoring unknown key(s): %s", where, ", ".join(bad))
+        path = entry.get("data_path", entry.get("path"))
+        if not path:
+            raise ConfigError(f"{where}: missing 'data_path'")
+        path = str(path)
+        if "DATA_PATH" in path:
+            if input_dir is None:
+                raise ConfigError(f"{where}: data_path '{path}' uses DATA_PATH: pass --input-dir DIR to say where the data lies")
+            path = path.replace("DATA_PATH", str(input_dir))
+        elif not Path(path).is_absolute():
+            base = Path(input_dir) if input_dir else p.parent
+            path = str(base / path)
+        schema = entry.get("schema")
+        if schema is None and entry.get("multi_turn") is False:
+            schema = None  # the reference converts Alpaca records; auto-detection does the same
+        sources.append(
+            SourceSpec(
+                path=path,
+                name=str(entry["name"]) if entry.get("name") is not None else None,
+                schema=schema,
+                sample_size=int(entry["sample_size"]) if entry.get("sample_size") is not None else None,
+                token_size=int(entry["token_size"]) if entry.get("token_size") is not None else None,
+                oversampling=float(entry.get("oversampling", 1.0)),
+                setfit_limits=parse_category_map(entry["setfit_limits"], f"{where}.setfit_limits") if entry.get("setfit_limits") else None,
+                min_distance=float(entry["min_distance"]) if entry.get("min_distance") is not None else None,
+                language=str(entry["language"]) if entry.get("language") is not None else None,
+            )
+        )
+    if sources:
+        out["sources"] = sources
+    return out

