@@ -1,0 +1,45 @@
+"""Type stub for the compiled core ``laser_fast._core`` (C++17, pybind11, OpenMP).
+
+Prefer the validating wrappers (``laser_fast.greedy.greedy_diverse``); these functions assume
+their documented preconditions (e.g. unit-length rows) and only check what keeps them safe.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+class BuildInfo(TypedDict):
+    openmp: bool
+    openmp_version: int
+    omp_max_threads: int
+    compiler: str
+    simd: list[str]
+    dot_lanes: int
+    vector_extensions: bool
+    dispatch: list[str]
+    kernel: str
+
+def greedy_diverse(
+    embeddings: npt.ArrayLike,
+    *,
+    min_distance: float = 0.1,
+    order: npt.ArrayLike | None = None,
+    budget: int = -1,
+    num_threads: int = 0,
+    block_size: int = 256,
+    progress: Callable[[int, int], object] | None = None,
+) -> npt.NDArray[np.int64]:
+    """Exact greedy diversity filter over unit-length float32 rows (shape (n, d)).
+
+    Accepts a candidate iff its cosine similarity to every accepted row is < 1 - min_distance.
+    ``budget < 0``: no limit. ``progress(visited, accepted)`` is called between blocks (with the
+    GIL held); Ctrl-C is noticed there too. Raises ValueError on bad order / min_distance.
+    """
+
+def build_info() -> BuildInfo:
+    """How the core was built: OpenMP, thread count, compiler, SIMD flags, kernel dispatch."""
+
+def dot(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Float32 dot product in the fixed summation order used by ``greedy_diverse``."""

@@ -1,0 +1,191 @@
+"""Exact greedy diversity filter (LASER's embedding-distance de-duplication), compiled core.
+
+The filter walks candidates in a given order and keeps a candidate only if it is farther than
+``min_distance`` (cosine distance) from every row kept so far. The work is done by the C++ core
+``laser_fast._core`` in blocks of matrix products (OpenMP, SIMD) with the GIL released; the
+result is exactly that of the plain sequential loop.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+__all__ = ["greedy_diverse"]
+
+#: Candidates per block in the compiled core.
+_BLOCK_SIZE = 256
+#: With ``show_progress=None`` a bar is only considered for at least this many candidates.
+_AUTO_PROGRESS_MIN = 50_000
+#: Rows whose norm differs from 1 by more than this trigger normalisation (float32 input).
+_UNIT_TOL = 1e-5
+
+
+def _core():
+    try:
+        from . import _core as core
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        raise ImportError(
+            "laser_fast._core (the compiled core) is not built; run "
+            "`python setup.py build_ext --inplace` or `pip install -e .`"
+        ) from exc
+    return core
+
+
+def _as_unit_float32(embeddings: Any) -> np.ndarray:
+    """One conversion at the boundary: C-contiguous float32 with unit-length rows."""
+    arr = np.asarray(embeddings)
+    if arr.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array of shape (n, d), got shape {arr.shape}")
+    if arr.dtype not in (np.float32, np.float16, np.float64):
+        raise ValueError(f"embeddings must be float32 or float16 (float64 is converted), got dtype {arr.dtype}")
+    was_half = arr.dtype == np.float16
+    x = np.ascontiguousarray(arr, dtype=np.float32)
+    if x.shape[0] == 0:
+        return x
+    norms = np.linalg.norm(x, axis=1)
+    bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
+    if bad.size:
+        i = int(bad[0])
+        what = "all zeros" if norms[i] == 0 else "not finite (NaN or inf)"
+        raise ValueError(
+            f"embeddings row {i} is {what}; cosine distance is undefined for it "
+            f"({bad.size} such row(s) in total)"
+        )
+    # float16 rows are never exactly unit length after conversion: always normalise them.
+    if was_half or np.any(np.abs(norms - 1.0) > _UNIT_TOL):
+        x = x / norms[:, None]  # new array; the caller's data (or memmap) is never modified
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_order(order: Any, n: int) -> np.ndarray | None:
+    if order is None:
+        return None
+    o = np.asarray(order)
+    if o.ndim != 1:
+        raise ValueError(f"order must be a 1-D array of row indices, got shape {o.shape}")
+    if o.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if o.dtype == np.bool_ or not np.issubdtype(o.dtype, np.integer):
+        raise ValueError(f"order must hold integer row indices, got dtype {o.dtype}")
+    lo, hi = int(o.min()), int(o.max())
+    if lo < 0 or hi >= n:
+        pos = int(np.flatnonzero((o < 0) | (o >= n))[0])
+        raise ValueError(f"order[{pos}] = {int(o[pos])} is out of range for {n} rows (valid: 0..{n - 1})")
+    o = o.astype(np.int64, copy=False)
+    counts = np.bincount(o, minlength=n)
+    if counts.max(initial=0) > 1:
+        row = int(np.flatnonzero(counts > 1)[0])
+        pos = np.flatnonzero(o == row)
+        raise ValueError(f"order lists row {row} more than once (at positions {int(pos[0])} and {int(pos[1])})")
+    return np.ascontiguousarray(o)
+
+
+def _progress_bar(total: int, show: bool | None):
+    """A tqdm-like bar, or None when no bar should be shown."""
+    if show is False or total == 0 or (show is None and total < _AUTO_PROGRESS_MIN):
+        return None
+    try:
+        from .progress import progress_bar, want_progress
+    except ImportError:
+        if not show:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, desc="greedy diversity", unit="row", mininterval=1.0)
+    if not want_progress(show):
+        return None
+    return progress_bar(total=total, desc="greedy diversity", unit="row", show=show)
+
+
+def greedy_diverse(
+    embeddings: Any,
+    *,
+    min_distance: float = 0.1,
+    order: Any = None,
+    budget: int | None = None,
+    num_threads: int = 0,
+    show_progress: bool | None = None,
+) -> np.ndarray:
+    """Select a diverse subset: keep each candidate that is far from every row kept before it.
+
+    Candidates are visited in ``order``. A candidate is accepted iff its cosine distance
+    (1 - cosine similarity) to every already accepted row is strictly greater than
+    ``min_distance``; the first candidate is always accepted. The walk stops once ``budget``
+    rows are accepted. The computation is exact (no approximate index): the result equals the
+    plain sequential loop, and does not depend on ``num_threads``.
+
+    Args:
+        embeddings: Array of shape (n, d), float32 or float16 (float64 is converted to float32;
+            a ``np.memmap`` works too; it is read, never written). Rows that are not unit length
+            are normalised internally (on a copy).
+        min_distance: Cosine-distance threshold in [0, 2]. Default 0.1.
+        order: Visiting order: 1-D integer row indices, distinct, each in [0, n). It may list a
+            subset of the rows (only those are candidates). Default: 0, 1, ..., n - 1.
+        budget: Stop after this many accepted rows (>= 0). None: no limit.
+        num_threads: OpenMP threads; 0 uses all cores (``OMP_NUM_THREADS`` is respected).
+        show_progress: True / False to force a progress bar on / off; None shows one for long
+            runs when ``laser_fast`` logging is at INFO.
+
+    Returns:
+        int64 array of the accepted row indices (into ``embeddings``), in acceptance order.
+
+    Raises:
+        ValueError: ``embeddings`` is not a 2-D float array, has an all-zero or
+            non-finite row (the message names the row), ``order`` is not 1-D integers, is out of
+            range or has duplicates, ``min_distance`` is outside [0, 2], ``budget`` < 0, or
+            ``num_threads`` < 0.
+        KeyboardInterrupt: Ctrl-C during the computation (checked between blocks).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1, 0], [0.999, 0.04], [0, 1]], dtype=np.float32)
+        >>> greedy_diverse(x, min_distance=0.1)
+        array([0, 2])
+        >>> greedy_diverse(x, min_distance=0.1, order=[2, 1, 0], budget=1)
+        array([2])
+    """
+    if isinstance(min_distance, bool) or not isinstance(min_distance, numbers.Real):
+        raise ValueError(f"min_distance must be a number in [0, 2], got {min_distance!r}")
+    md = float(min_distance)
+    if not (0.0 <= md <= 2.0):
+        raise ValueError(f"min_distance must be in [0, 2], got {min_distance!r}")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+            raise ValueError(f"budget must be a non-negative integer or None, got {budget!r}")
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}")
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or num_threads < 0:
+        raise ValueError(f"num_threads must be an integer >= 0 (0 = all cores), got {num_threads!r}")
+
+    x = _as_unit_float32(embeddings)
+    n = x.shape[0]
+    idx = _check_order(order, n)
+    total = n if idx is None else idx.shape[0]
+    if total == 0 or budget == 0:
+        return np.zeros(0, dtype=np.int64)
+
+    bar = _progress_bar(total, show_progress)
+    callback = None
+    if bar is not None:
+        def callback(visited: int, accepted: int) -> None:
+            bar.update(visited - bar.n)
+            bar.set_postfix(accepted=accepted, refresh=False)
+
+    try:
+        out = _core().greedy_diverse(
+            x,
+            min_distance=md,
+            order=idx,
+            budget=-1 if budget is None else int(budget),
+            num_threads=int(num_threads),
+            block_size=_BLOCK_SIZE,
+            progress=callback,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return out

@@ -1,0 +1,250 @@
+"""Exact greedy diversity filter: the compiled core against a plain numpy loop."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from laser_fast import _core
+from laser_fast.greedy import greedy_diverse
+
+
+def clustered(n: int, d: int, seed: int = 0, centers: int = 50, unit: bool = True) -> np.ndarray:
+    """Points around random unit centres with noise of several scales (no exact ties)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    label = rng.integers(0, centers, n)
+    scale = rng.choice(np.array([0.03, 0.1, 0.3, 0.6, 1.2], dtype=np.float32), n)
+    x = c[label] + scale[:, None] * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    x = x.astype(np.float32)
+    if unit:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def reference(x: np.ndarray, min_distance: float, order=None, budget=None) -> np.ndarray:
+    """The plain loop: accept iff cosine distance to every accepted row > min_distance."""
+    order = range(len(x)) if order is None else order
+    kept: list[int] = []
+    rows = np.empty_like(x)
+    for i in order:
+        if budget is not None and len(kept) >= budget:
+            break
+        if not kept or np.all(1.0 - rows[: len(kept)] @ x[i] > min_distance):
+            rows[len(kept)] = x[i]
+            kept.append(int(i))
+    return np.array(kept, dtype=np.int64)
+
+
+@pytest.fixture(scope="module", params=[64, 384])
+def data(request) -> np.ndarray:
+    return clustered(1500 if request.param == 64 else 1200, request.param, seed=request.param)
+
+
+@pytest.mark.parametrize("min_distance", [0.02, 0.1, 0.3, 0.6])
+def test_matches_reference(data, min_distance):
+    got = greedy_diverse(data, min_distance=min_distance)
+    want = reference(data, min_distance)
+    assert got.dtype == np.int64
+    assert 1 < len(want) < len(data)  # the threshold actually filters
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+def test_thread_count_does_not_change_result(data, num_threads):
+    want = reference(data, 0.1)
+    np.testing.assert_array_equal(greedy_diverse(data, min_distance=0.1, num_threads=num_threads), want)
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 7, 64, 5000])
+def test_block_size_does_not_change_result(block_size):
+    x = clustered(300 if block_size < 5 else 700, 40, seed=5)  # d: not a multiple of the lanes
+    want = reference(x, 0.15)
+    got = _core.greedy_diverse(x, min_distance=0.15, block_size=block_size)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 13, 17])
+def test_small_dimensions(d):
+    x = clustered(400, d, seed=d)
+    for md in (0.001, 0.05, 0.5):
+        np.testing.assert_array_equal(greedy_diverse(x, min_distance=md), reference(x, md))
+
+
+@pytest.mark.parametrize("min_distance", [0.02, 0.1, 0.3, 0.6])
+def test_float16_input(min_distance):
+    x16 = clustered(1000, 64, seed=3).astype(np.float16)
+    x32 = normalise(x16.astype(np.float32))  # the same converted + normalised matrix
+    np.testing.assert_array_equal(
+        greedy_diverse(x16, min_distance=min_distance), reference(x32, min_distance)
+    )
+
+
+def test_custom_order(data):
+    order = np.random.default_rng(7).permutation(len(data))
+    for md in (0.1, 0.3):
+        got = greedy_diverse(data, min_distance=md, order=order)
+        np.testing.assert_array_equal(got, reference(data, md, order=order))
+    # a subset of the rows, as a Python list of ints
+    subset = [int(i) for i in order[: len(order) // 3]]
+    np.testing.assert_array_equal(
+        greedy_diverse(data, min_distance=0.1, order=subset), reference(data, 0.1, order=subset)
+    )
+    # other integer dtypes
+    np.testing.assert_array_equal(
+        greedy_diverse(data, min_distance=0.1, order=order.astype(np.int32)),
+        reference(data, 0.1, order=order),
+    )
+
+
+def test_budget(data):
+    full = reference(data, 0.1)
+    for budget in (0, 1, 5, 255, 256, 257, len(full) - 1, len(full), len(full) + 10):
+        got = greedy_diverse(data, min_distance=0.1, budget=budget)
+        np.testing.assert_array_equal(got, full[:budget])
+    order = np.arange(len(data))[::-1].copy()
+    np.testing.assert_array_equal(
+        greedy_diverse(data, min_distance=0.3, order=order, budget=17),
+        reference(data, 0.3, order=order, budget=17),
+    )
+
+
+def test_non_unit_input_is_normalised():
+    raw = clustered(1000, 64, seed=11, unit=False)
+    raw *= np.random.default_rng(1).uniform(0.1, 10.0, size=(len(raw), 1)).astype(np.float32)
+    before = raw.copy()
+    got = greedy_diverse(raw, min_distance=0.1)
+    np.testing.assert_array_equal(got, reference(normalise(raw), 0.1))
+    np.testing.assert_array_equal(raw, before)  # the caller's array is untouched
+
+
+def test_memmap_input(tmp_path, data):
+    path = tmp_path / "emb.f32"
+    mm = np.memmap(path, dtype=np.float32, mode="w+", shape=data.shape)
+    mm[:] = data
+    mm.flush()
+    ro = np.memmap(path, dtype=np.float32, mode="r", shape=data.shape)
+    np.testing.assert_array_equal(greedy_diverse(ro, min_distance=0.1), reference(data, 0.1))
+
+
+def test_non_contiguous_input(data):
+    x = np.asfortranarray(data)
+    np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.1), reference(data, 0.1))
+
+
+def test_tiny_inputs():
+    one = np.array([[3.0, 4.0]], dtype=np.float32)
+    np.testing.assert_array_equal(greedy_diverse(one), [0])
+    empty = np.zeros((0, 8), dtype=np.float32)
+    out = greedy_diverse(empty)
+    assert out.dtype == np.int64 and out.shape == (0,)
+    assert greedy_diverse(one, order=[]).shape == (0,)
+    assert greedy_diverse(one, budget=0).shape == (0,)
+
+
+def test_thresholds_at_the_ends():
+    x = clustered(300, 16, seed=2)
+    # min_distance 2: nothing is farther than 2, only the first candidate is kept
+    np.testing.assert_array_equal(greedy_diverse(x, min_distance=2.0), [0])
+    # min_distance 0: distinct rows are all kept
+    np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.0), reference(x, 0.0))
+    # repeated rows are dropped by any small positive threshold
+    dup = np.vstack([x, x[:10]])
+    got = greedy_diverse(dup, min_distance=1e-4)
+    np.testing.assert_array_equal(got, reference(dup, 1e-4))
+    assert got.max() < 300
+
+
+def test_docstring_example():
+    x = np.array([[1, 0], [0.999, 0.04], [0, 1]], dtype=np.float32)
+    np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.1), [0, 2])
+    np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.1, order=[2, 1, 0], budget=1), [2])
+
+
+def test_progress_callback_is_called():
+    x = clustered(2000, 32, seed=4)
+    seen = []
+    got = _core.greedy_diverse(x, min_distance=0.1, block_size=256, progress=lambda v, a: seen.append((v, a)))
+    np.testing.assert_array_equal(got, reference(x, 0.1))
+    assert len(seen) == 8 and seen[-1] == (2000, len(got))
+    assert all(v1 < v2 for (v1, _), (v2, _) in zip(seen, seen[1:]))
+    # show_progress=True goes through a tqdm bar and gives the same result
+    np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.1, show_progress=True), got)
+
+
+def test_callback_exception_propagates():
+    x = clustered(1000, 16, seed=6)
+
+    def boom(visited, accepted):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        _core.greedy_diverse(x, min_distance=0.1, block_size=100, progress=boom)
+
+
+def test_dot_summation_order_matches_kernel():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 37)).astype(np.float32)
+    assert abs(_core.dot(a, b) - float(a.astype(np.float64) @ b.astype(np.float64))) < 1e-4
+
+
+def test_build_info():
+    info = _core.build_info()
+    assert isinstance(info["openmp"], bool)
+    assert info["omp_max_threads"] >= 1
+    assert isinstance(info["compiler"], str) and info["compiler"]
+    assert isinstance(info["simd"], list)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"order": [0, 1, 1]}, "more than once"),
+        ({"order": [0, 5]}, "out of range"),
+        ({"order": [-1]}, "out of range"),
+        ({"order": [[0, 1]]}, "1-D"),
+        ({"order": [0.0, 1.0]}, "integer"),
+        ({"order": [True, False]}, "integer"),
+        ({"min_distance": -0.1}, r"\[0, 2\]"),
+        ({"min_distance": 2.5}, r"\[0, 2\]"),
+        ({"min_distance": float("nan")}, r"\[0, 2\]"),
+        ({"min_distance": "0.1"}, "number"),
+        ({"budget": -1}, "budget"),
+        ({"budget": 1.5}, "budget"),
+        ({"num_threads": -2}, "num_threads"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    x = clustered(5, 8, seed=1)
+    with pytest.raises(ValueError, match=match):
+        greedy_diverse(x, **kwargs)
+
+
+def test_bad_embeddings():
+    x = clustered(6, 8, seed=1)
+    x[4] = 0.0
+    with pytest.raises(ValueError, match="row 4"):
+        greedy_diverse(x)
+    y = clustered(6, 8, seed=1)
+    y[2, 3] = np.nan
+    with pytest.raises(ValueError, match="row 2"):
+        greedy_diverse(y)
+    with pytest.raises(ValueError, match="2-D"):
+        greedy_diverse(np.ones(8, dtype=np.float32))
+    with pytest.raises(ValueError, match="float32 or float16"):
+        greedy_diverse(np.ones((3, 8), dtype=np.int32))
+
+
+def test_core_validates_too():
+    x = clustered(5, 8, seed=1)
+    with pytest.raises(ValueError, match="out of range"):
+        _core.greedy_diverse(x, order=np.array([0, 9]))
+    with pytest.raises(ValueError, match="duplicate"):
+        _core.greedy_diverse(x, order=np.array([1, 1]))
+    with pytest.raises(ValueError, match="min_distance"):
+        _core.greedy_diverse(x, min_distance=3.0)
