@@ -1,11 +1,8 @@
 """Embeddings for step 3: sentence-transformers models and a content-keyed float16 memmap store.
 
-The store lives in ``<workdir>/embeddings/``. An array is keyed by the sha256 of the model name,
-the embedded text field and the hashes of every text in order, so a later run over the same
-records reuses it, and any change (a record, the model, the field) computes a new one. Rows are
-written in chunks into ``<key>.partial.npy`` with a progress sidecar, so a run killed while
-embedding resumes from the last finished chunk; the finished array is renamed into place
-(atomic).
+See :class:`EmbeddingStore`: vectors are cached per text (per model and text field) in
+append-only float16 shards, and each request is served as one memmap keyed by content + model +
+text field.
 """
 from __future__ import annotations
 
@@ -97,12 +94,24 @@ def content_key(texts: Sequence[str], model_name: str, field: str) -> str:
     h = hashlib.sha256()
     h.update(f"{model_name}\x00{field}\x00{len(texts)}\x00".encode())
     for t in texts:
-        h.update(hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest())
+        h.update(text_hash(t))
     return h.hexdigest()[:32]
 
 
+def text_hash(t: str) -> bytes:
+    return hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest()
+
+
 class EmbeddingStore:
-    """Content-keyed float16 memmap arrays under ``<workdir>/embeddings``.
+    """Float16 embeddings cached per text under ``<workdir>/embeddings``.
+
+    Vectors live in append-only shards per (model, text field) namespace: ``shard-N.f16.npy``
+    (vectors) and ``shard-N.hashes.npy`` (sha1 of each text), each written to a temporary file
+    and renamed, the hashes last, so a shard is either complete or absent. A run killed while
+    embedding keeps every finished chunk and resumes from there; any later run over any subset
+    of the same texts reuses them. For each requested list of texts the store also assembles
+    one (n, d) float16 memmap ``<key>.npy`` keyed by content + model + field, so an identical
+    request is a single file open.
 
     Example:
         >>> store = EmbeddingStore("/tmp/work")                      # doctest: +SKIP
@@ -113,6 +122,27 @@ class EmbeddingStore:
 
     def __init__(self, workdir: str | os.PathLike):
         self.root = Path(workdir) / "embeddings"
+
+    def _namespace(self, label: str, field: str) -> Path:
+        return self.root / hashlib.sha1(f"{label}\x00{field}".encode()).hexdigest()[:16]
+
+    def _index(self, ns: Path) -> tuple[dict[bytes, tuple[int, int]], list[Path]]:
+        index: dict[bytes, tuple[int, int]] = {}
+        shards = sorted(ns.glob("shard-*.hashes.npy"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+        vec_paths = []
+        for si, hp in enumerate(shards):
+            hashes = np.load(hp)
+            vec_paths.append(hp.with_name(hp.name.replace(".hashes.npy", ".f16.npy")))
+            for r, h in enumerate(hashes.tolist()):
+                index.setdefault(h, (si, r))
+        return index, vec_paths
+
+    @staticmethod
+    def _save(path: Path, arr: np.ndarray) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
 
     def get(
         self,
@@ -125,11 +155,14 @@ class EmbeddingStore:
         device: str | None = None,
         show_progress: bool | None = None,
     ) -> tuple[np.memmap, dict]:
-        """Return the (n, d) float16 memmap of ``texts`` embeddings, computing what is missing.
+        """Return the (n, d) float16 memmap of ``texts`` embeddings, computing only what is missing.
 
         Returns:
-            ``(array, info)`` where info says whether the cache was hit, the key, the model, the
-            device and the seconds spent embedding.
+            ``(array, info)``: info says how many texts were cached vs computed, the key, the
+            model, the device and the seconds spent embedding.
+
+        Raises:
+            ModelLoadError: the model cannot be loaded.
         """
         import time
 
@@ -138,51 +171,54 @@ class EmbeddingStore:
         key = content_key(texts, label, field)
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"{key}.npy"
-        meta_path = self.root / f"{key}.json"
         info = {"key": key, "model": label, "field": field, "rows": len(texts)}
         if final.exists():
             arr = np.load(final, mmap_mode="r")
             if arr.shape[0] == len(texts):
-                info.update(cache_hit=True, device=None, seconds=0.0, dim=int(arr.shape[1]))
+                info.update(cache_hit=True, computed=0, device=None, seconds=0.0, dim=int(arr.shape[1]))
                 logger.info("embeddings: reusing %s (%d x %d)", final, arr.shape[0], arr.shape[1])
                 return arr, info
+        ns = self._namespace(label, field)
+        ns.mkdir(parents=True, exist_ok=True)
+        hashes = [text_hash(t) for t in texts]
+        index, vec_paths = self._index(ns)
+        missing_pos: dict[bytes, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in index and h not in missing_pos:
+                missing_pos[h] = i
+        todo = list(missing_pos.values())
         t0 = time.perf_counter()
-        m = load_sentence_model(model, device)
-        dim = int(m.get_sentence_embedding_dimension())
-        dev = str(m.device)
-        partial = self.root / f"{key}.partial.npy"
-        progress = self.root / f"{key}.partial.json"
-        done = 0
-        if partial.exists() and progress.exists():
-            try:
-                done = int(json.loads(progress.read_text())["rows_done"])
-                out = np.lib.format.open_memmap(partial, mode="r+")
-                if out.shape != (len(texts), dim):
-                    done = 0
-            except Exception:  # corrupt leftovers: start over
-                done = 0
-        if done == 0:
-            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(texts), dim))
-        elif done:
-            logger.info("embeddings: resuming %s at row %d of %d", key, done, len(texts))
-        from .progress import progress_bar
+        dev = None
+        if todo:
+            logger.info("embeddings: %d of %d texts to embed (%d cached)", len(todo), len(texts), len(texts) - len(todo))
+            m = load_sentence_model(model, device)
+            dev = str(m.device)
+            from .progress import progress_bar
 
-        with progress_bar(total=len(texts), initial=done, desc="embed", unit="rec", show=show_progress) as bar:
-            for start in range(done, len(texts), chunk_rows):
-                chunk = list(texts[start : start + chunk_rows])
-                e = m.encode(chunk, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-                out[start : start + len(chunk)] = e.astype(np.float16)
-                out.flush()
-                tmp = progress.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"rows_done": start + len(chunk)}))
-                os.replace(tmp, progress)
-                bar.update(len(chunk))
+            # longest first inside each chunk is done by sentence-transformers; chunks keep resume cheap
+            next_id = len(vec_paths)
+            with progress_bar(total=len(todo), desc="embed", unit="rec", show=show_progress) as bar:
+                for start in range(0, len(todo), chunk_rows):
+                    rows = todo[start : start + chunk_rows]
+                    e = m.encode([texts[i] for i in rows], batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+                    base = ns / f"shard-{next_id}"
+                    self._save(base.with_name(base.name + ".f16.npy"), e.astype(np.float16))
+                    self._save(base.with_name(base.name + ".hashes.npy"), np.array([hashes[i] for i in rows], dtype="S20"))
+                    next_id += 1
+                    bar.update(len(rows))
+            index, vec_paths = self._index(ns)
+        # assemble the request's array, shard by shard
+        shards = [np.load(p, mmap_mode="r") for p in vec_paths]
+        dim = int(shards[0].shape[1]) if shards else 0
+        loc = np.array([index[h] for h in hashes], dtype=np.int64).reshape(-1, 2)
+        tmp = final.with_name(final.name + ".tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(texts), dim))
+        for si, sh in enumerate(shards):
+            sel = np.flatnonzero(loc[:, 0] == si)
+            if sel.size:
+                out[sel] = sh[loc[sel, 1]]
+        out.flush()
         del out
-        os.replace(partial, final)
-        progress.unlink(missing_ok=True)
-        seconds = time.perf_counter() - t0
-        info.update(cache_hit=False, device=dev, seconds=round(seconds, 3), dim=dim)
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: v for k, v in info.items() if k != "cache_hit"}, indent=1))
-        os.replace(tmp, meta_path)
+        os.replace(tmp, final)
+        info.update(cache_hit=False, computed=len(todo), device=dev, seconds=round(time.perf_counter() - t0, 3), dim=dim)
         return np.load(final, mmap_mode="r"), info

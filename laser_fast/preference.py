@@ -150,23 +150,16 @@ def minmax(values: np.ndarray) -> np.ndarray:
 
 
 def _require(metric: str, values: np.ndarray | None, mask: np.ndarray, strategy: str, categories: np.ndarray) -> np.ndarray:
-    if values is None:
-        where = "any record"
-        n = int(mask.sum())
-    else:
-        missing = mask & ~np.isfinite(values)
-        n = int(missing.sum())
-        if n == 0:
-            return values
-        cats = sorted({str(c) for c in categories[missing]})
-        where = f"{n} record(s) of categories {', '.join(cats)}"
+    missing = mask.copy() if values is None else mask & ~np.isfinite(values)
+    n = int(missing.sum())
     if n == 0:
         return values if values is not None else np.full(mask.shape, np.nan)
+    cats = sorted({str(c) for c in categories[missing]})
     raise MissingScoreError(
         f"strategy '{strategy}' needs the metric '{metric}' (scorer: {METRIC_SCORER.get(metric, metric)}) "
-        f"but it is missing for {where}. Provide it as an input column or in a score file keyed by data_id "
-        f"(--scores FILE), import the reference's analysis folder (--analysis-dir DIR), or choose another "
-        f"--strategy (e.g. 'longest' or 'random', which need no model scores)"
+        f"but it is missing for {n} record(s) of categories {', '.join(cats)}. Provide it as an input column "
+        f"or in a score file keyed by data_id (--scores FILE), import the reference's analysis folder "
+        f"(--analysis-dir DIR), or choose another --strategy (e.g. 'longest' or 'random', which need no model scores)"
     )
 
 
