@@ -8,9 +8,7 @@ import sys
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
-# -ffp-contract=off: no fused multiply-add contraction, so every build (and the core's SSE2 / AVX
-# runtime-dispatched kernels) rounds the same way and results do not depend on the CPU.
-extra_compile = ["-O3", "-fopenmp", "-ffp-contract=off"] if sys.platform != "win32" else ["/O2", "/openmp"]
+extra_compile = ["-O3", "-fopenmp"] if sys.platform != "win32" else ["/O2", "/openmp"]
 extra_link = ["-fopenmp"] if sys.platform != "win32" else []
 if os.environ.get("LASER_FAST_NATIVE") == "1":
     extra_compile.append("-march=native")

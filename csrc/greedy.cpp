@@ -19,12 +19,14 @@
 #endif
 
 // Runtime dispatch: with GCC on x86-64 Linux (ifunc) and no -mavx at build time, the hot
-// functions are compiled twice (baseline SSE2 and AVX) and the loader picks one per CPU. Both
-// compute bit-identical results: the summation order is fixed by the code (below) and the build
-// disables floating-point contraction (-ffp-contract=off), so AVX only changes the speed.
+// functions are compiled three times (FMA+AVX, AVX, baseline SSE2) and the loader picks one per
+// CPU. All use the same summation order (fixed by the code below); the FMA variant rounds each
+// multiply-add once (GCC contracts `acc += x * y`), so on CPUs without FMA a similarity can
+// differ in its last bit. That only matters for a similarity within ~1e-7 of the threshold;
+// on one machine the result never depends on the thread count or block size.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(__AVX__) && !defined(LASER_FAST_NO_DISPATCH)
-#define LASER_HOT __attribute__((target_clones("avx", "default")))
+#define LASER_HOT __attribute__((target_clones("fma", "avx", "default")))
 #define LASER_DISPATCH 1
 #else
 #define LASER_HOT
@@ -52,7 +54,7 @@ namespace {
 constexpr int kLanes = 8;
 constexpr std::size_t kAlign = 64;
 
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(LASER_FAST_NO_VECTOR_EXT)
 #define LASER_VECTOR_EXT 1
 // The vector helpers below are internal and always inlined; the ABI note about passing 32-byte
 // vectors without AVX does not apply.
@@ -376,7 +378,7 @@ void validate(const float* X, int64_t n, int64_t d, const int64_t* order, int64_
 
 }  // namespace
 
-float dot(const float* a, const float* b, int64_t d) {
+LASER_HOT float dot(const float* a, const float* b, int64_t d) {
     // Same lane assignment as the padded kernels: element i goes to lane i % kLanes.
     float lanes[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t i = 0; i < d; i += kLanes) {
@@ -531,9 +533,9 @@ BuildInfo build_info() {
     info.dot_lanes = kLanes;
     info.vector_extensions = LASER_VECTOR_EXT != 0;
 #if LASER_DISPATCH
-    info.dispatch = {"avx", "default"};
+    info.dispatch = {"fma", "avx", "default"};
     __builtin_cpu_init();
-    info.kernel = __builtin_cpu_supports("avx") ? "avx" : "default";
+    info.kernel = __builtin_cpu_supports("fma") ? "fma" : __builtin_cpu_supports("avx") ? "avx" : "default";
 #else
     info.kernel = "build";
 #endif

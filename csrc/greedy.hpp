@@ -12,7 +12,7 @@
 // Then the block is walked sequentially and each surviving candidate is checked only against
 // the rows accepted earlier within the same block. The result is the same as the plain
 // sequential loop; every dot product uses one fixed summation order, so results do not depend
-// on the number of threads (nor, with the default build flags, on the CPU's SIMD level).
+// on the number of threads or the block size.
 #pragma once
 
 #include <cstdint>
