@@ -89,13 +89,14 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("greedy_diverse", &greedy_diverse_py, py::arg("embeddings"), py::kw_only(),
           py::arg("min_distance") = 0.1, py::arg("order") = py::none(), py::arg("budget") = -1,
-          py::arg("num_threads") = 0, py::arg("block_size") = 256,
+          py::arg("num_threads") = 0, py::arg("block_size") = 0,
           py::arg("progress") = py::none(),
           R"doc(Exact greedy diversity filter over unit-length float32 rows.
 
 Visits candidates in ``order`` (default 0..n-1) and accepts one iff its cosine similarity to
 every already accepted row is < 1 - min_distance. Stops after ``budget`` acceptances
-(budget < 0: no limit). ``progress(visited, accepted)`` is called between blocks.
+(budget < 0: no limit). ``block_size`` candidates per block (0: automatic).
+``progress(visited, accepted)`` is called between blocks.
 Returns the accepted row indices (int64) in acceptance order. Low-level: rows are assumed to be
 unit length; use ``laser_fast.greedy.greedy_diverse`` for validation and normalisation.)doc");
 

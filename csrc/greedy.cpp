@@ -356,7 +356,8 @@ void validate(const float* X, int64_t n, int64_t d, const int64_t* order, int64_
     if (!(opt.min_distance >= 0.0 && opt.min_distance <= 2.0))
         throw std::invalid_argument("greedy_diverse: min_distance must be in [0, 2], got " +
                                     std::to_string(opt.min_distance));
-    if (opt.block_size < 1) throw std::invalid_argument("greedy_diverse: block_size must be >= 1");
+    if (opt.block_size < 0)
+        throw std::invalid_argument("greedy_diverse: block_size must be >= 0 (0: automatic)");
     if (order == nullptr) {
         if (m != n) throw std::invalid_argument("greedy_diverse: without order, m must equal n");
         return;
@@ -404,7 +405,13 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
     const int nthreads = resolve_threads(opt.num_threads);
     const int64_t dp = ((d + kLanes - 1) / kLanes) * kLanes;    // padded row stride
     const float thr = float_threshold(1.0 - opt.min_distance);  // reject iff sim >= thr
-    const int64_t bs = std::min<int64_t>(opt.block_size, m);
+    // Automatic block size: the candidate block (~768 KiB) stays in L2 next to the tile;
+    // 128..512 candidates. Larger blocks mean fewer synchronisations, smaller ones less work on
+    // survivors that a row accepted earlier in the same block rejects.
+    const int64_t auto_bs =
+        std::clamp<int64_t>((768 * 1024 / static_cast<int64_t>(sizeof(float))) / std::max<int64_t>(dp, 1),
+                            128, 512);
+    const int64_t bs = std::min<int64_t>(opt.block_size > 0 ? opt.block_size : auto_bs, m);
     // Accepted rows per tile: ~32 KiB stays in L1/L2 while every candidate of the block is
     // checked against it. Multiple of 4 for the 4-row kernels.
     const int64_t tile_rows =

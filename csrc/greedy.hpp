@@ -30,7 +30,7 @@ struct GreedyOptions {
     double min_distance = 0.1;  // accept iff 1 - cos > min_distance
     int64_t budget = -1;        // < 0: no limit
     int num_threads = 0;        // <= 0: all (omp_get_max_threads())
-    int64_t block_size = 256;   // candidates per block (>= 1)
+    int64_t block_size = 0;     // candidates per block; 0: automatic (128..512 by row size)
 };
 
 // embeddings: n x d, row-major, float32, unit rows. order: m candidate row indices (distinct,

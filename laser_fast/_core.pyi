@@ -28,13 +28,14 @@ def greedy_diverse(
     order: npt.ArrayLike | None = None,
     budget: int = -1,
     num_threads: int = 0,
-    block_size: int = 256,
+    block_size: int = 0,
     progress: Callable[[int, int], object] | None = None,
 ) -> npt.NDArray[np.int64]:
     """Exact greedy diversity filter over unit-length float32 rows (shape (n, d)).
 
     Accepts a candidate iff its cosine similarity to every accepted row is < 1 - min_distance.
-    ``budget < 0``: no limit. ``progress(visited, accepted)`` is called between blocks (with the
+    ``budget < 0``: no limit. ``block_size``: candidates per block (0: automatic, 128..512).
+    ``progress(visited, accepted)`` is called between blocks (with the
     GIL held); Ctrl-C is noticed there too. Raises ValueError on bad order / min_distance.
     """
 

@@ -14,8 +14,8 @@ import numpy as np
 
 __all__ = ["greedy_diverse"]
 
-#: Candidates per block in the compiled core.
-_BLOCK_SIZE = 256
+#: Candidates per block in the compiled core (0: automatic, 128..512 depending on d).
+_BLOCK_SIZE = 0
 #: With ``show_progress=None`` a bar is only considered for at least this many candidates.
 _AUTO_PROGRESS_MIN = 50_000
 #: Rows whose norm differs from 1 by more than this trigger normalisation (float32 input).

@@ -61,7 +61,7 @@ def test_thread_count_does_not_change_result(data, num_threads):
     np.testing.assert_array_equal(greedy_diverse(data, min_distance=0.1, num_threads=num_threads), want)
 
 
-@pytest.mark.parametrize("block_size", [1, 3, 7, 64, 5000])
+@pytest.mark.parametrize("block_size", [0, 1, 3, 7, 64, 5000])
 def test_block_size_does_not_change_result(block_size):
     x = clustered(300 if block_size < 5 else 700, 40, seed=5)  # d: not a multiple of the lanes
     want = reference(x, 0.15)
