@@ -44,18 +44,34 @@ def _as_unit_float32(embeddings: Any) -> np.ndarray:
     x = np.ascontiguousarray(arr, dtype=np.float32)
     if x.shape[0] == 0:
         return x
-    norms = np.linalg.norm(x, axis=1)
-    bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
-    if bad.size:
-        i = int(bad[0])
-        what = "all zeros" if norms[i] == 0 else "not finite (NaN or inf)"
-        raise ValueError(
-            f"embeddings row {i} is {what}; cosine distance is undefined for it "
-            f"({bad.size} such row(s) in total)"
-        )
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        norms = np.linalg.norm(x, axis=1)
+    odd = np.flatnonzero(~(np.isfinite(norms) & (norms > 0)))  # zero, NaN/inf, or norm under/overflow
+    fixed = None
+    if odd.size:
+        sub = x[odd].astype(np.float64)
+        nonfinite = ~np.isfinite(sub).all(axis=1)
+        if nonfinite.any():
+            i = int(odd[np.argmax(nonfinite)])
+            raise ValueError(
+                f"embeddings row {i} contains NaN or inf (after conversion to float32); "
+                f"{int(nonfinite.sum())} such row(s) in total"
+            )
+        sub_norms = np.linalg.norm(sub, axis=1)
+        if (sub_norms == 0).any():
+            zeros = odd[sub_norms == 0]
+            raise ValueError(
+                f"embeddings row {int(zeros[0])} is all zeros, so its cosine distance is undefined "
+                f"({zeros.size} zero row(s) in total); drop such rows first"
+            )
+        # Finite rows whose float32 norm under- or overflows: normalise them in float64.
+        fixed = (sub / sub_norms[:, None]).astype(np.float32)
+        norms[odd] = 1.0
     # float16 rows are never exactly unit length after conversion: always normalise them.
-    if was_half or np.any(np.abs(norms - 1.0) > _UNIT_TOL):
+    if fixed is not None or was_half or np.any(np.abs(norms - 1.0) > _UNIT_TOL):
         x = x / norms[:, None]  # new array; the caller's data (or memmap) is never modified
+        if fixed is not None:
+            x[odd] = fixed
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -134,8 +150,8 @@ def greedy_diverse(
         int64 array of the accepted row indices (into ``embeddings``), in acceptance order.
 
     Raises:
-        ValueError: ``embeddings`` is not a 2-D float array, has an all-zero or
-            non-finite row (the message names the row), ``order`` is not 1-D integers, is out of
+        ValueError: ``embeddings`` is not a 2-D float array, has an all-zero row or a row
+            with NaN / inf (the message names the row), ``order`` is not 1-D integers, is out of
             range or has duplicates, ``min_distance`` is outside [0, 2], ``budget`` < 0, or
             ``num_threads`` < 0.
         KeyboardInterrupt: Ctrl-C during the computation (checked between blocks).

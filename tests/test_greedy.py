@@ -1,6 +1,8 @@
 """Exact greedy diversity filter: the compiled core against a plain numpy loop."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -114,6 +116,14 @@ def test_budget(data):
     )
 
 
+def test_extreme_scales_are_normalised():
+    x = clustered(200, 32, seed=9)
+    y = x.copy()
+    y[3] *= 1e30  # float32 norm overflows
+    y[7] *= 1e-30  # float32 norm underflows to zero
+    np.testing.assert_array_equal(greedy_diverse(y, min_distance=0.2), greedy_diverse(x, min_distance=0.2))
+
+
 def test_non_unit_input_is_normalised():
     raw = clustered(1000, 64, seed=11, unit=False)
     raw *= np.random.default_rng(1).uniform(0.1, 10.0, size=(len(raw), 1)).astype(np.float32)
@@ -187,6 +197,16 @@ def test_callback_exception_propagates():
         _core.greedy_diverse(x, min_distance=0.1, block_size=100, progress=boom)
 
 
+def test_keyboard_interrupt_propagates():
+    x = clustered(3000, 16, seed=8)
+
+    def interrupt(visited, accepted):
+        signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        _core.greedy_diverse(x, min_distance=0.1, block_size=128, progress=interrupt)
+
+
 def test_dot_summation_order_matches_kernel():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, 37)).astype(np.float32)
@@ -234,6 +254,8 @@ def test_bad_embeddings():
     y[2, 3] = np.nan
     with pytest.raises(ValueError, match="row 2"):
         greedy_diverse(y)
+    with pytest.raises(ValueError, match="row 2 contains NaN"):
+        greedy_diverse(y, order=[0, 1])  # every row is checked, not only the candidates
     with pytest.raises(ValueError, match="2-D"):
         greedy_diverse(np.ones(8, dtype=np.float32))
     with pytest.raises(ValueError, match="float32 or float16"):
