@@ -159,6 +159,46 @@ LASER_INLINE void dot2x4(const float* x, const float* y, const float* a0, const 
     oy[3] = hsum(e3);
 }
 
+// Three candidates x, y, z against four rows (12 accumulators); bit-identical to dot1.
+LASER_INLINE void dot3x4(const float* x, const float* y, const float* z, const float* a0,
+                         const float* a1, const float* a2, const float* a3, int64_t dp, float ox[4],
+                         float oy[4], float oz[4]) {
+    vf c0 = zero_vf(), c1 = zero_vf(), c2 = zero_vf(), c3 = zero_vf();
+    vf e0 = zero_vf(), e1 = zero_vf(), e2 = zero_vf(), e3 = zero_vf();
+    vf f0 = zero_vf(), f1 = zero_vf(), f2 = zero_vf(), f3 = zero_vf();
+    for (int64_t i = 0; i < dp; i += kLanes) {
+        const vf xv = load(x + i), yv = load(y + i), zv = load(z + i);
+        vf r = load(a0 + i);
+        c0 += xv * r;
+        e0 += yv * r;
+        f0 += zv * r;
+        r = load(a1 + i);
+        c1 += xv * r;
+        e1 += yv * r;
+        f1 += zv * r;
+        r = load(a2 + i);
+        c2 += xv * r;
+        e2 += yv * r;
+        f2 += zv * r;
+        r = load(a3 + i);
+        c3 += xv * r;
+        e3 += yv * r;
+        f3 += zv * r;
+    }
+    ox[0] = hsum(c0);
+    ox[1] = hsum(c1);
+    ox[2] = hsum(c2);
+    ox[3] = hsum(c3);
+    oy[0] = hsum(e0);
+    oy[1] = hsum(e1);
+    oy[2] = hsum(e2);
+    oy[3] = hsum(e3);
+    oz[0] = hsum(f0);
+    oz[1] = hsum(f1);
+    oz[2] = hsum(f2);
+    oz[3] = hsum(f3);
+}
+
 LASER_INLINE bool any_hit(const float s[4], float thr) {
     return s[0] >= thr || s[1] >= thr || s[2] >= thr || s[3] >= thr;
 }
@@ -230,21 +270,55 @@ LASER_INLINE void check_two(const Phase1& p, int64_t i, int64_t j, int64_t r0, i
     }
 }
 
-// Phase 1 for one tile of accepted rows [r0, r1): every alive candidate of the block is checked
-// against the tile (which stays in cache), two candidates at a time.
-LASER_HOT __attribute__((noinline)) void check_tile(const Phase1& p, int64_t r0, int64_t r1) {
-    const int64_t r4 = r0 + ((r1 - r0) / 4) * 4;
-    int64_t pending = -1;
-    for (int64_t i = 0; i < p.cnt; ++i) {
-        if (p.is_rejected(i)) continue;
-        if (pending < 0) {
-            pending = i;
-        } else {
-            check_two(p, pending, i, r0, r4, r1);
-            pending = -1;
+// Checks candidates i, j, k against accepted rows [r0, r1), sharing loads while all are alive.
+LASER_INLINE void check_three(const Phase1& p, int64_t i, int64_t j, int64_t k, int64_t r0,
+                              int64_t r4, int64_t r1) {
+    const float* x = p.C + i * p.dp;
+    const float* y = p.C + j * p.dp;
+    const float* z = p.C + k * p.dp;
+    float o[4], q[4], w[4];
+    for (int64_t r = r0; r < r4; r += 4) {
+        const float* a = p.A + r * p.dp;
+        dot3x4(x, y, z, a, a + p.dp, a + 2 * p.dp, a + 3 * p.dp, p.dp, o, q, w);
+        const bool hx = any_hit(o, p.thr), hy = any_hit(q, p.thr), hz = any_hit(w, p.thr);
+        if (hx || hy || hz) {
+            if (hx) p.reject(i);
+            if (hy) p.reject(j);
+            if (hz) p.reject(k);
+            // The others go on from the next group of rows.
+            int64_t rest[3], nr = 0;
+            if (!hx) rest[nr++] = i;
+            if (!hy) rest[nr++] = j;
+            if (!hz) rest[nr++] = k;
+            if (nr == 2) check_two(p, rest[0], rest[1], r + 4, r4, r1);
+            else if (nr == 1) check_one(p, rest[0], r + 4, r4, r1);
+            return;
         }
     }
-    if (pending >= 0) check_one(p, pending, r0, r4, r1);
+    for (int64_t r = r4; r < r1; ++r) {
+        const float* a = p.A + r * p.dp;
+        if (!p.is_rejected(i) && dot1(x, a, p.dp) >= p.thr) p.reject(i);
+        if (!p.is_rejected(j) && dot1(y, a, p.dp) >= p.thr) p.reject(j);
+        if (!p.is_rejected(k) && dot1(z, a, p.dp) >= p.thr) p.reject(k);
+    }
+}
+
+// Phase 1 for one tile of accepted rows [r0, r1): every alive candidate of the block is checked
+// against the tile (which stays in cache), three candidates at a time.
+LASER_HOT __attribute__((noinline)) void check_tile(const Phase1& p, int64_t r0, int64_t r1) {
+    const int64_t r4 = r0 + ((r1 - r0) / 4) * 4;
+    int64_t pending[3];
+    int np = 0;
+    for (int64_t i = 0; i < p.cnt; ++i) {
+        if (p.is_rejected(i)) continue;
+        pending[np++] = i;
+        if (np == 3) {
+            check_three(p, pending[0], pending[1], pending[2], r0, r4, r1);
+            np = 0;
+        }
+    }
+    if (np == 2) check_two(p, pending[0], pending[1], r0, r4, r1);
+    else if (np == 1) check_one(p, pending[0], r0, r4, r1);
 }
 
 // out[u] = sim(C[surv[s]], C[surv[u]]) for u < s.
