@@ -340,7 +340,7 @@ class TaskClassifier:
         """Class probabilities, shape ``(len(texts), 7)``, columns in ``CATEGORIES`` order.
 
         Identical texts are embedded once; empty / whitespace-only texts get a one-hot
-        :data:`EMPTY_LABEL` row... with confidence reported as 0 by :meth:`predict`.
+        :data:`EMPTY_LABEL` row (:meth:`predict` reports their confidence as 0).
 
         Args:
             texts: instructions.
