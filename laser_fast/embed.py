@@ -131,10 +131,10 @@ class EmbeddingStore:
         shards = sorted(ns.glob("shard-*.hashes.npy"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
         vec_paths = []
         for si, hp in enumerate(shards):
-            hashes = np.load(hp)
+            raw = np.load(hp).tobytes()  # (m, 20) uint8: sha1 digests (bytes keep trailing zeros)
             vec_paths.append(hp.with_name(hp.name.replace(".hashes.npy", ".f16.npy")))
-            for r, h in enumerate(hashes.tolist()):
-                index.setdefault(h, (si, r))
+            for r in range(len(raw) // 20):
+                index.setdefault(raw[20 * r : 20 * r + 20], (si, r))
         return index, vec_paths
 
     @staticmethod
@@ -203,7 +203,7 @@ class EmbeddingStore:
                     e = m.encode([texts[i] for i in rows], batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
                     base = ns / f"shard-{next_id}"
                     self._save(base.with_name(base.name + ".f16.npy"), e.astype(np.float16))
-                    self._save(base.with_name(base.name + ".hashes.npy"), np.array([hashes[i] for i in rows], dtype="S20"))
+                    self._save(base.with_name(base.name + ".hashes.npy"), np.frombuffer(b"".join(hashes[i] for i in rows), dtype=np.uint8).reshape(-1, 20))
                     next_id += 1
                     bar.update(len(rows))
             index, vec_paths = self._index(ns)

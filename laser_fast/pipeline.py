@@ -555,7 +555,7 @@ def _versions() -> dict:
 
 
 # --------------------------------------------------------------------------- outputs
-PROVENANCE = ("data_id", "origin", "category", "category_confidence", "copy", "source")
+PROVENANCE = ("data_id", "origin", "category", "category_confidence", "copy", "input_location")
 
 
 def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
@@ -580,7 +580,7 @@ def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
         d["selected_by"] = r["selected_by"]
         if r["copy"]:
             d["copy"] = r["copy"]
-        d["source"] = r["source"]
+        d["input_location"] = r["source"]
         out.append(d)
     return out
 

@@ -1,0 +1,225 @@
+"""Run the benchmark cases side by side in one process and write results.json + results.md.
+
+    python -m benchmarks [--quick] [--out DIR] [--cases greedy,cluster]
+
+Cases (more arrive with the performance issue):
+
+* ``greedy``: the exact greedy min-distance filter — ours (C++ core) vs a numpy per-candidate
+  loop vs a faiss IndexFlatIP add/search loop (the same semantics as the reference's ChromaDB
+  loop: cosine space, accept iff the nearest accepted row is farther than ``min_distance``), on
+  synthetic clustered unit vectors; accepted sets are compared for equality.
+* ``cluster``: per-category selection — ours (PCA 0.99 + faiss k-means + best per cluster above
+  the percentile + fill) vs the reference path (PCA 0.99, scikit-learn KMeans n_init=10 up to 25k
+  rows, MiniBatchKMeans batch 2048 max_iter 50 above) at n/k = 12; time, k-means objective in the
+  PCA space, coverage (mean cosine distance of every row to its nearest selected row) and mean
+  preference of the selection.
+
+Timings are wall-clock seconds on this machine; ratios compare methods within the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def clustered(n: int, d: int = 384, centers: int = 200, seed: int = 0) -> np.ndarray:
+    """Unit vectors around random centres with mixed spreads (uniform vectors make every method
+    look alike)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    lab = rng.integers(0, centers, n)
+    scale = rng.choice([0.05, 0.1, 0.2, 0.4], size=centers)[lab][:, None]
+    x = c[lab] + rng.normal(size=(n, d)).astype(np.float32) * scale.astype(np.float32) / np.sqrt(d) * 4
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        import faiss
+
+        info["faiss"] = faiss.__version__
+        info["faiss_gpus"] = faiss.get_num_gpus()
+    except Exception:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    from laser_fast import _core
+
+    info["core"] = _core.build_info()
+    return info
+
+
+def timed(fn, *a, **k):
+    t0 = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - t0
+
+
+def numpy_greedy(x: np.ndarray, min_distance: float) -> np.ndarray:
+    thr = 1.0 - min_distance
+    acc = np.empty_like(x)
+    m = 0
+    out = []
+    for i in range(x.shape[0]):
+        if m == 0 or (acc[:m] @ x[i]).max() < thr:
+            acc[m] = x[i]
+            m += 1
+            out.append(i)
+    return np.array(out, dtype=np.int64)
+
+
+def faiss_greedy(x: np.ndarray, min_distance: float) -> np.ndarray:
+    import faiss
+
+    thr = 1.0 - min_distance
+    index = faiss.IndexFlatIP(x.shape[1])
+    out = []
+    for i in range(x.shape[0]):
+        q = x[i : i + 1]
+        if index.ntotal == 0 or index.search(q, 1)[0][0, 0] < thr:
+            index.add(q)
+            out.append(i)
+    return np.array(out, dtype=np.int64)
+
+
+def case_greedy(quick: bool) -> list[dict]:
+    from laser_fast.greedy import greedy_diverse
+
+    rows = []
+    sizes = [20_000] if quick else [20_000, 100_000]
+    for n in sizes:
+        x = clustered(n, seed=1)
+        for md in (0.1,):
+            ours, t_ours = timed(greedy_diverse, x, min_distance=md, show_progress=False)
+            row = {"case": "greedy", "n": n, "d": x.shape[1], "min_distance": md, "accepted": int(ours.size), "ours_s": round(t_ours, 3)}
+            ref, t_np = timed(numpy_greedy, x, md)
+            row.update(numpy_loop_s=round(t_np, 3), numpy_equal=bool(np.array_equal(ref, ours)), speedup_vs_numpy=round(t_np / t_ours, 1))
+            fa, t_fa = timed(faiss_greedy, x, md)
+            row.update(faiss_flat_loop_s=round(t_fa, 3), faiss_equal=bool(np.array_equal(fa, ours)), speedup_vs_faiss_loop=round(t_fa / t_ours, 1))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def coverage(x: np.ndarray, sel: np.ndarray) -> float:
+    s = x[sel]
+    best = np.full(x.shape[0], -np.inf, dtype=np.float32)
+    for i in range(0, x.shape[0], 8192):
+        best[i : i + 8192] = (x[i : i + 8192] @ s.T).max(1)
+    return float(np.mean(1.0 - best))
+
+
+def reference_cluster_select(x: np.ndarray, pref: np.ndarray, k: int, pct: float = 0.8, seed: int = 42) -> tuple[np.ndarray, float]:
+    """The reference's path, re-implemented for comparison (PCA 0.99 full SVD, KMeans n_init=10
+    up to 25k rows else MiniBatchKMeans, best per cluster above the percentile, fill)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.decomposition import PCA
+
+    order = np.argsort(-pref, kind="stable")
+    xs, ps = x[order], pref[order]
+    thr = np.percentile(ps, int(pct * 100))
+    z = PCA(n_components=0.99, svd_solver="full").fit_transform(xs)
+    if z.shape[0] > 25_000:
+        km = MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=50, batch_size=2048, random_state=seed, n_init="auto")
+    else:
+        km = KMeans(n_clusters=k, random_state=seed, n_init=10)
+    lab = km.fit_predict(z)
+    chosen = []
+    for c in np.unique(lab):
+        idx = np.flatnonzero(lab == c)
+        j = idx[np.argmax(ps[idx])]
+        if ps[j] > thr:
+            chosen.append(j)
+    taken = set(chosen)
+    for j in range(len(ps)):
+        if len(chosen) >= k:
+            break
+        if j not in taken:
+            chosen.append(j)
+            taken.add(j)
+    return order[np.array(chosen)], float(km.inertia_)
+
+
+def case_cluster(quick: bool) -> list[dict]:
+    from laser_fast.cluster import cluster_select_detailed, pca_reduce
+
+    rows = []
+    shapes = [(12_000, 1_000)] if quick else [(12_000, 1_000), (60_000, 5_000)]
+    for n, k in shapes:
+        x = clustered(n, seed=2, centers=max(k // 4, 10))
+        pref = np.random.default_rng(3).random(n)
+        res, t_ours = timed(cluster_select_detailed, x, pref, k, threshold_percentile=0.8, seed=0)
+        ours = res.order[:k]
+        (ref, ref_inertia), t_ref = timed(reference_cluster_select, x, pref, k)
+        z, _ = pca_reduce(x, 0.99)
+        lab = res.labels
+        cent = np.zeros((k, z.shape[1]))
+        np.add.at(cent, lab, z)
+        cent /= np.maximum(np.bincount(lab, minlength=k), 1)[:, None]
+        ours_obj = float(((z - cent[lab]) ** 2).sum())
+        row = {
+            "case": "cluster", "n": n, "k": k, "ours_s": round(t_ours, 3), "reference_s": round(t_ref, 3),
+            "speedup": round(t_ref / t_ours, 1), "ours_objective": round(ours_obj, 2), "reference_objective": round(ref_inertia, 2),
+            "ours_coverage": round(coverage(x, ours), 5), "reference_coverage": round(coverage(x, ref), 5),
+            "ours_mean_pref": round(float(pref[ours].mean()), 4), "reference_mean_pref": round(float(pref[ref].mean()), 4),
+            "device": res.stats.get("device"),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def to_markdown(results: dict) -> str:
+    out = [f"Machine: {results['machine'].get('cpus')} CPUs, {results['machine'].get('platform')}; faiss GPUs: {results['machine'].get('faiss_gpus')}; CUDA: {results['machine'].get('cuda')}", ""]
+    for case, rows in results["cases"].items():
+        if not rows:
+            continue
+        keys = list(rows[0].keys())
+        out.append(f"### {case}")
+        out.append("| " + " | ".join(keys) + " |")
+        out.append("|" + "---|" * len(keys))
+        for r in rows:
+            out.append("| " + " | ".join(str(r.get(k)) for k in keys) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a few minutes on 2 cores)")
+    ap.add_argument("--out", default="benchmarks/results", help="output folder")
+    ap.add_argument("--cases", default="greedy,cluster")
+    a = ap.parse_args(argv)
+    cases = {"greedy": case_greedy, "cluster": case_cluster}
+    results = {"quick": a.quick, "machine": machine_info(), "cases": {}}
+    for name in a.cases.split(","):
+        results["cases"][name] = cases[name](a.quick)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from laser_fast.output import write_json, write_text
+
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", to_markdown(results))
+    print(to_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
