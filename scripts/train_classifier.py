@@ -73,9 +73,14 @@ def read_tsv(path):
     return [dict(zip(head, r)) for r in rows[1:] if r and r[0]]
 
 
-def read_exemplars():
+def read_exemplars(path=None):
+    if path is None:
+        out = []
+        for f in sorted(CDATA.glob("exemplars*.txt")):
+            out.extend(read_exemplars(f))
+        return out
     out, cat = [], None
-    for line in open(CDATA / "exemplars.txt", encoding="utf-8"):
+    for line in open(path, encoding="utf-8"):
         line = line.rstrip("\n")
         if not line.strip() or line.startswith("#"):
             continue
@@ -84,6 +89,30 @@ def read_exemplars():
             assert cat in CATEGORIES, cat
             continue
         out.append((line.replace("\\n", "\n"), cat, "exemplars"))
+    return out
+
+
+def passage_exemplars(seed=0, per_passage=None):
+    """Templated exemplars: instruction templates x passages (both written for this project)."""
+    per_passage = per_passage or {"Extraction": 5, "Generation": 2, "Brainstorming": 1}
+    passages = [line.rstrip("\n").replace("\\n", "\n") for line in open(CDATA / "passages.txt", encoding="utf-8")
+                if line.strip() and not line.startswith("#")]
+    templates, cat = {}, None
+    for line in open(CDATA / "passage_templates.txt", encoding="utf-8"):
+        line = line.rstrip("\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            cat = line[1:].strip()
+            assert cat in CATEGORIES, cat
+            continue
+        templates.setdefault(cat, []).append(line.replace("\\n", "\n"))
+    rng = random.Random(seed)
+    out = []
+    for cat, tpls in templates.items():
+        for p in passages:
+            for t in rng.sample(tpls, min(per_passage.get(cat, 1), len(tpls))):
+                out.append((t.replace("{P}", p), cat, "passage_templates"))
     return out
 
 
@@ -121,6 +150,7 @@ def train_set(n_gsm=250, seed=0):
         if h in lab:
             out.append((t, lab[h], "alpaca_eval"))
     out.extend(read_exemplars())
+    out.extend(passage_exemplars(seed))
     return out
 
 
