@@ -108,7 +108,10 @@ def cmd_select(a) -> int:
     opts = _options_from_args(a)
     if not a.inputs and not opts.sources:
         raise LaserError("no input: give INPUT files or --config with data: entries")
-    run = run_selection(list(a.inputs), opts, workdir=a.workdir or default_workdir())
+    inputs = list(a.inputs)
+    if a.input_dir:  # relative INPUTs that do not exist here are looked up in --input-dir
+        inputs = [str(Path(a.input_dir) / p) if not Path(p).is_absolute() and not Path(p).exists() else p for p in inputs]
+    run = run_selection(inputs, opts, workdir=a.workdir or default_workdir())
     paths = write_outputs(run, a.output_dir, report=not a.no_report)
     m = run.manifest
     logger.info("selected %d of %d records: %s", m["counts"]["total_selected"], m["counts"]["total_pool"], m["counts"]["selected"])

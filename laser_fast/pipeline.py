@@ -409,8 +409,11 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
     cluster = np.full(N, -1, dtype=np.int64)
     sel_order: list[np.ndarray] = []
     strata_stats = {}
-    with timer.stage("select"):
+    from .progress import progress_bar
+
+    with timer.stage("select"), progress_bar(total=len(strata), desc=f"select ({opts.mode})", unit="stratum", show=opts.show_progress) as bar:
         for c, rows in strata.items():
+            bar.update(1)
             t = targets.get(c, 0)
             if t <= 0 or rows.size == 0:
                 strata_stats[c] = {"n": int(rows.size), "target": int(t), "selected": 0}
