@@ -337,8 +337,8 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                     break
                 if spec.token_size is not None and used_tokens >= spec.token_size:
                     break
-                if limits is not None:
-                    if limits.get(cats[r], 0) <= 0:
+                if limits is not None and cats[r] in limits:  # categories not listed are not limited
+                    if limits[cats[r]] <= 0:
                         continue
                     limits[cats[r]] -= 1
                 keep.append(r)

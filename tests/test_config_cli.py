@@ -149,3 +149,29 @@ def test_console_script_installed():
     exe = shutil.which("laser-fast") or str(Path(sys.executable).parent / "laser-fast")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "select" in r.stdout
+
+
+def test_per_source_sample_size_limits_and_oversampling(tmp_path, workdir, example_files):
+    from laser_fast.config import SelectOptions
+    from laser_fast.pipeline import run_selection
+
+    root = Path(example_files[0]).parent
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "exp:\n  scoring_strategy: longest\n  sample_size: 100\n  final_setfit_proportions:\n    Math: 0.5\n    Factual QA: 0.5\n"
+        "  data:\n    - name: chat\n      data_path: DATA_PATH/chat_messages.jsonl\n      sample_size: 40\n      setfit_limits:\n        - Math: 0.5\n"
+        "    - name: alp\n      data_path: DATA_PATH/alpaca.jsonl\n      oversampling: 2.5\n"
+    )
+    kw = read_config(cfg, input_dir=str(root))
+    run = run_selection([], SelectOptions(**kw, show_progress=False), workdir=workdir)
+    pool = run.pool
+    chat = pool.filter(pl.col("origin") == "chat")
+    kept = chat.filter(pl.col("status") != "source_limit")
+    kept = kept.filter(pl.col("status").is_in(["selected", "not_selected", "zero_target"]))
+    assert kept.height == 40
+    assert kept.filter(pl.col("category") == "Math").height <= 20
+    alp = pool.filter(pl.col("origin") == "alp")
+    n_alp = 130 - alp.filter((pl.col("copy") == 0) & (pl.col("status") == "non_english")).height
+    assert alp.filter(pl.col("copy") == 1).height == n_alp  # the whole source once more
+    assert alp.filter(pl.col("copy") == 2).height == int(n_alp * 0.5)  # plus the best half
+    assert run.manifest["counts"]["total_selected"] == 100
