@@ -46,6 +46,7 @@ __all__ = [
     "is_english",
     "lexical_features",
     "embedding_text",
+    "opening_text",
     "DEFAULT_MODEL_DIR",
     "EMPTY_LABEL",
 ]
@@ -98,6 +99,15 @@ def embedding_text(text: str, head_words: int = 150, tail_words: int = 50) -> st
     if len(words) <= head_words + tail_words:
         return " ".join(words)
     return " ".join(words[:head_words]) + " ... " + " ".join(words[-tail_words:])
+
+
+def opening_text(text: str, n_words: int = 24) -> str:
+    """The first ``n_words`` words of a text: the view of its opening instruction.
+
+    A long prompt's embedding is dominated by its pasted passage or details; the opening words
+    usually say what to do with them ("Summarize the following ...", "Rewrite this email ...").
+    """
+    return " ".join(_as_text(text)[:20_000].split()[:n_words])
 
 
 _RE_FENCE = re.compile(r"```|~~~")
@@ -226,6 +236,9 @@ _OTHER_STOP = {
     "tr": frozenset("ve bir bu da de için ile ne ben sen o biz siz onlar değil nasıl neden".split()),
 }
 _RE_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+# a digit or a single-letter variable next to an arithmetic / comparison operator
+_RE_MATH_CONTEXT = re.compile(
+    r"(?:\d|\b[^\W\d_]\b)\s*[=+\-−–×÷*/^<>≤≥≠±]\s*\(?\s*(?:\d|\b[^\W\d_]\b)", re.UNICODE)
 
 
 def _is_latin_letter(c: str) -> bool:
@@ -244,6 +257,12 @@ def _english_one(t: str) -> bool:
     if non_latin / len(letters) > 0.3:
         return False
     words = [w.lower() for w in _RE_WORD.findall(t)]
+    if _RE_MATH_CONTEXT.search(t):
+        # maths: single letters are variables ("2x + y = 11"), not the Spanish "y" / Italian "e"
+        words = [w for w in words if len(w) > 1]
+        nonspace = sum(1 for c in t if not c.isspace())
+        if len(words) < 4 and len(letters) < 0.6 * nonspace:
+            return True  # dominated by digits / operators / symbols, Latin letters only
     if not words:
         return True
     en = sum(1 for w in words if w in _EN_STOP)
@@ -267,7 +286,10 @@ def is_english(texts: Iterable[str]) -> np.ndarray:
     from a non-Latin script, or when stopwords of another language (fr, es, de, it, pt, nl, id,
     tr) clearly outnumber English ones, or when it has almost no English stopwords and many
     accented letters. Texts with no letters at all (empty, numbers, emoji, symbols) count as
-    English so they are not dropped for want of evidence; code counts as English.
+    English so they are not dropped for want of evidence; code counts as English. In texts with
+    arithmetic (``2x + y = 11``) single letters are treated as variables, not as foreign
+    stopwords, and texts dominated by digits, operators and symbols count as English unless
+    they contain a non-Latin script.
 
     Args:
         texts: the texts (any strings; never raises on odd input).
@@ -489,6 +511,7 @@ class DefaultClassifier(TaskClassifier):
         self._head_words = int(meta.get("head_words", 150))
         self._tail_words = int(meta.get("tail_words", 50))
         self._use_lex = bool(meta.get("lexical", True))
+        self._first_words = int(meta.get("first_words") or 0)  # 0: no opening view (v1 heads)
         logger.info("loaded default task classifier (%s)", self.fingerprint)
 
     def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -499,11 +522,35 @@ class DefaultClassifier(TaskClassifier):
                                           convert_to_numpy=True, normalize_embeddings=True),
                           dtype=np.float32)
 
-    def features(self, texts: list[str], emb: np.ndarray) -> np.ndarray:
-        """Concatenate embeddings with lexical features (as during training)."""
+    def embed_opening(self, texts: list[str], emb: np.ndarray, batch_size: int = 64,
+                      progress: bool = False) -> np.ndarray:
+        """MiniLM embeddings of :func:`opening_text` of each text (the instruction view).
+
+        Texts of at most ``first_words`` words are embedded identically by :meth:`embed`, so
+        their rows of ``emb`` are reused; only longer texts need a second (short) pass.
+        """
+        self.load()
+        n = self._first_words
+        out = np.array(emb, dtype=np.float32, copy=True)
+        long_idx = [i for i, t in enumerate(texts) if len(t.split()) > n]
+        if long_idx:
+            views = [opening_text(texts[i], n) for i in long_idx]
+            order = sorted(range(len(views)), key=lambda j: len(views[j]))
+            e = np.asarray(self._st.encode([views[j] for j in order], batch_size=batch_size,
+                                           show_progress_bar=progress, convert_to_numpy=True,
+                                           normalize_embeddings=True), dtype=np.float32)
+            for k, j in enumerate(order):
+                out[long_idx[j]] = e[k]
+        return out
+
+    def features(self, texts: list[str], emb: np.ndarray, opening: np.ndarray | None = None) -> np.ndarray:
+        """Concatenate embeddings, lexical features and the opening view (as during training)."""
+        parts = [emb]
         if self._use_lex:
-            return np.hstack([emb, lexical_features(texts)]).astype(np.float32)
-        return emb
+            parts.append(lexical_features(texts))
+        if self._first_words:
+            parts.append(opening if opening is not None else self.embed_opening(texts, emb))
+        return np.hstack(parts).astype(np.float32) if len(parts) > 1 else emb
 
     def probs_from_features(self, x: np.ndarray) -> np.ndarray:
         """Apply the numpy head to a feature matrix; returns probabilities."""
@@ -519,7 +566,8 @@ class DefaultClassifier(TaskClassifier):
 
     def _predict_unique(self, texts, batch_size, progress):
         emb = self.embed(texts, batch_size, progress)
-        return self.probs_from_features(self.features(texts, emb))
+        opening = self.embed_opening(texts, emb, batch_size, progress) if self._first_words else None
+        return self.probs_from_features(self.features(texts, emb, opening))
 
 
 def _map_labels(labels: Sequence[str], where: str) -> list[int]:

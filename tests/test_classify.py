@@ -121,6 +121,18 @@ def test_is_english():
     assert not res[len(eng):len(eng) + len(non)].any(), list(zip(non, res[len(eng):]))
 
 
+def test_is_english_math():
+    maths = ["Solve the system:\n\n2x + y = 11\nx − y = 1",  # Unicode minus
+             "Solve the system:\n\n2x + y = 11\nx - y = 1",
+             "x + y = 10, x − y = 2", "Find x: 3x − 7 = 11", "∫ x² dx = ?", "y = 2x + 3, e = 5",
+             "Compute 3 × 4 − 2 ÷ 1", "a + b = c y a − b = d"]
+    assert is_english(maths).all(), list(zip(maths, is_english(maths)))
+    non = ["Resuelve el sistema de ecuaciones: 2x + y = 11 y x − y = 1, y explica los pasos.",
+           "Löse das Gleichungssystem: 2x + y = 11 und x − y = 1. Wie geht das?",
+           "解方程组：2x + y = 11，x − y = 1", "Решите систему: 2x + y = 11, x − y = 1"]
+    assert not is_english(non).any(), list(zip(non, is_english(non)))
+
+
 class _Fixed(TaskClassifier):
     """Deterministic fake: label from a dict, confidence from a dict."""
 
