@@ -36,7 +36,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from laser_fast.errors import InputError
+from .errors import InputError
+from .progress import want_progress
 
 try:  # orjson is optional: ~3x faster parsing when present.
     import orjson as _orjson  # type: ignore[import-not-found]
@@ -538,13 +539,6 @@ def _file_kind(path: Path) -> str:
     return "jsonl"
 
 
-def _want_progress(show_progress: bool | None) -> bool:
-    # Same convention as the rest of the package: None shows bars when INFO logging is on.
-    if show_progress is None:
-        return logging.getLogger("laser_fast").isEnabledFor(logging.INFO)
-    return bool(show_progress)
-
-
 class _Progress:
     """A thin optional tqdm wrapper updated in batches (no cost when disabled)."""
 
@@ -796,7 +790,7 @@ def read_records(
     """
     forced = _check_schema_arg(schema)
     files = _as_paths(paths)
-    progress = _want_progress(show_progress)
+    progress = want_progress(show_progress)
     b = _Builder(skip_invalid)
     n_seen = 0
     for path in files:
