@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if a.quiet else logging.DEBUG if a.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("laser_fast").setLevel(level)
+    if a.quiet:  # model-loading bars of transformers / the hub follow -q too
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     for noisy in ("sentence_transformers", "transformers", "faiss", "numba", "httpx", "urllib3", "huggingface_hub", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
