@@ -209,3 +209,24 @@ def test_missing_scores_stop_with_named_scorer(example_files, workdir):
 def test_no_budget_is_an_error(example_files, workdir):
     with pytest.raises(LaserError, match="budget"):
         _run(example_files, workdir, strategy="longest")
+
+
+def test_scores_from_input_columns_and_score_file_keyed_by_id(tmp_path, workdir):
+    rows = []
+    for i in range(40):
+        rows.append({"data_id": f"r{i}", "category": "Math" if i % 2 else "Coding",
+                     "messages": [{"role": "user", "content": f"Compute {i} plus {i * 3}, and show the steps."}, {"role": "assistant", "content": f"{i} + {3 * i} = {4 * i}."}],
+                     "quality": float(i), "complexity": float(40 - i) if i != 5 else None})
+    f = tmp_path / "scored.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(MissingScoreError, match="complexity"):
+        run_selection([str(f)], SelectOptions(budget=10, strategy="deita", mode="none", show_progress=False), workdir=workdir)
+    # the gap is filled from a score file keyed by data_id (in shuffled order: never by line)
+    (tmp_path / "s.csv").write_text("data_id,complexity_scores\nr7,1\nr5,3.5\n")
+    run = run_selection([str(f)], SelectOptions(budget=10, strategy="deita", mode="none", proportions="natural", scores=[str(tmp_path / "s.csv")], show_progress=False), workdir=workdir)
+    pool = run.pool
+    assert pool.filter(pl.col("data_id") == "r5")["complexity"][0] == 3.5
+    assert pool.filter(pl.col("data_id") == "r7")["complexity"][0] == 33.0  # input column wins over the file
+    assert run.manifest["classification"]["given"] == 40  # categories came from the input
+    sel = pool[run.selected_rows.tolist()]
+    assert sel.height == 10 and set(sel["category"].unique().to_list()) == {"Math", "Coding"}
