@@ -37,7 +37,7 @@ def clustered(n: int, d: int = 384, centers: int = 200, seed: int = 0) -> np.nda
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     lab = rng.integers(0, centers, n)
     scale = rng.choice([0.05, 0.1, 0.2, 0.4], size=centers)[lab][:, None]
-    x = c[lab] + rng.normal(size=(n, d)).astype(np.float32) * scale.astype(np.float32) / np.sqrt(d) * 4
+    x = c[lab] + rng.normal(size=(n, d)).astype(np.float32) * scale.astype(np.float32) / np.sqrt(d) * 1.5
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
 
@@ -161,7 +161,7 @@ def case_cluster(quick: bool) -> list[dict]:
     from laser_fast.cluster import cluster_select_detailed, pca_reduce
 
     rows = []
-    shapes = [(12_000, 1_000)] if quick else [(12_000, 1_000), (60_000, 5_000)]
+    shapes = [(6_000, 500)] if quick else [(12_000, 1_000), (60_000, 5_000)]
     for n, k in shapes:
         x = clustered(n, seed=2, centers=max(k // 4, 10))
         pref = np.random.default_rng(3).random(n)
