@@ -74,8 +74,40 @@ def preference_order(preference: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.lexsort((tie, -p))
 
 
-def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, num_threads: int = 0) -> tuple[np.ndarray, dict]:
-    """Cluster rows of ``x`` (float32) into ``k`` clusters with faiss; returns labels and stats."""
+#: k-means++ seeding costs about n * k * d * trials flops; above these n*k products we fall back
+#: to cheaper seeding (1 trial), then to faiss's random seeding.
+KMEANSPP_GREEDY_MAX_NK = 1e8
+KMEANSPP_MAX_NK = 2e9
+
+
+def kmeanspp_init(x: np.ndarray, k: int, *, seed: int = 0, trials: int | None = None) -> np.ndarray:
+    """k-means++ seeding (greedy variant: the best of ``trials`` D^2 samples per step, as
+    scikit-learn does with 2 + log k). Returns (k, d) float32 centroids."""
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    trials = trials or 2 + int(np.log(k))
+    sq = np.einsum("ij,ij->i", x, x)
+    first = int(rng.integers(n))
+    chosen = [first]
+    dist = np.maximum(sq - 2.0 * (x @ x[first]) + sq[first], 0.0)
+    for _ in range(1, k):
+        total = float(dist.sum())
+        if total <= 0:  # fewer distinct points than k: take unused rows
+            rest = np.setdiff1d(np.arange(n), chosen)[: k - len(chosen)]
+            chosen.extend(rest.tolist())
+            break
+        cand = rng.choice(n, size=trials, p=dist / total)
+        dc = np.maximum(sq[None, :] - 2.0 * (x[cand] @ x.T) + sq[cand][:, None], 0.0)
+        new = np.minimum(dist[None, :], dc)
+        b = int(np.argmin(new.sum(1)))
+        chosen.append(int(cand[b]))
+        dist = new[b]
+    return np.ascontiguousarray(x[np.asarray(chosen[:k])], dtype=np.float32)
+
+
+def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, num_threads: int = 0) -> tuple[np.ndarray, dict]:
+    """Cluster rows of ``x`` (float32) into ``k`` clusters with faiss (GPU when faiss sees one),
+    seeded with k-means++ where affordable; returns labels and stats."""
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -84,13 +116,21 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, num_
     if num_threads > 0:
         faiss.omp_set_num_threads(num_threads)
     km = faiss.Kmeans(d, k, niter=niter, seed=seed, gpu=gpus > 0, min_points_per_centroid=1, max_points_per_centroid=256, verbose=False)
-    km.train(x)
+    nk = float(n) * float(k)
+    if nk <= KMEANSPP_MAX_NK and k > 1:
+        init_method = "k-means++ (greedy)" if nk <= KMEANSPP_GREEDY_MAX_NK else "k-means++"
+        init = kmeanspp_init(x, k, seed=seed, trials=None if nk <= KMEANSPP_GREEDY_MAX_NK else 1)
+        km.train(x, init_centroids=init)
+    else:
+        init_method = "random (faiss)"
+        km.train(x)
     _, lab = km.index.search(x, 1)
     stats = {
         "device": faiss_device(),
         "k": int(k),
         "n": int(n),
         "dim": int(d),
+        "init": init_method,
         "objective_per_iteration": [float(v) for v in np.asarray(km.obj)] if getattr(km, "obj", None) is not None else [],
     }
     return lab.ravel().astype(np.int64), stats
@@ -104,7 +144,7 @@ def cluster_select_detailed(
     threshold_percentile: float | None = 0.8,
     seed: int = 0,
     pca_variance: float | None = 0.99,
-    niter: int = 20,
+    niter: int = 25,
     num_threads: int = 0,
 ) -> ClusterResult:
     """The full kmeans-mode computation for one stratum (see :func:`cluster_select`)."""
