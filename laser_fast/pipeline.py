@@ -302,8 +302,9 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
             else:
                 scores[k] = v
 
+    src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
     with timer.stage("preference"):
-        pref, scaled, pinfo = compute_preference(scores, cats, opts.strategy, seed=opts.seed)
+        pref, scaled, pinfo = compute_preference(scores, cats, opts.strategy, seed=opts.seed, groups=src_index)
         facts["preference"] = pinfo
 
     status = np.full(n, "candidate", dtype=object)
@@ -314,7 +315,6 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         status[(status == "candidate") & (length > opts.max_seq_length)] = "too_long"
 
     # per-source pre-selection and oversampling (reference data: entries)
-    src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
     specs = list(opts.sources) if opts.sources else []
     copy_rows: list[np.ndarray] = [np.arange(n)]
     all_specs = _source_specs(inputs, specs)

@@ -9,8 +9,9 @@ The arithmetic follows the LASER reference exactly:
 2. For ``dedicated_quality`` and ``combination`` the quality is routed by category: Generation and
    Brainstorming take ``if_quality``, Math ``process_reward``, Coding ``code_quality``, every other
    category the general ``quality``.
-3. ``quality``, ``complexity`` and ``difficulty`` are min-max scaled to [0, 1] over all records that
-   have them (a constant column becomes 1.0: it carries no preference).
+3. ``quality``, ``complexity`` and ``difficulty`` are min-max scaled to [0, 1] over the records
+   that have them, within each source (the reference combines scores per dataset entry); a
+   constant column becomes 1.0: it carries no preference.
 4. The preference per strategy: ``random`` uniform noise from the seed, ``longest`` the token count
    of the last response, ``deita`` quality x complexity, ``difficulty``, ``quality`` (general),
    ``dedicated_quality`` (routed), ``combination`` routed quality x difficulty.
@@ -170,6 +171,7 @@ def compute_preference(
     *,
     seed: int = 0,
     fit_mask: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """Combine raw scores into one preference per record.
 
@@ -179,6 +181,9 @@ def compute_preference(
         strategy: a strategy name (reference variants accepted).
         seed: seeds the ``random`` strategy.
         fit_mask: records used to fit the robust scalers (default: all).
+        groups: source id per record; min-max scaling runs within each source, as the reference
+            combines scores per dataset entry (its robust scalers are fitted over all sources).
+            None = one group.
 
     Returns:
         ``(preference, scaled, info)``: preference (n,) float64; the scaled ``quality``,
@@ -236,12 +241,19 @@ def compute_preference(
 
     # 3. min-max to [0, 1]
     used = {}
+    group_ids = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
     for m in MINMAX_METRICS:
         if m in scaled:
-            used[m] = minmax(scaled[m])
-            fin = np.isfinite(scaled[m])
-            if fin.any():
-                info["minmax"][m] = {"min": float(scaled[m][fin].min()), "max": float(scaled[m][fin].max())}
+            out = np.full(n, np.nan)
+            info["minmax"][m] = {}
+            for g in np.unique(group_ids):
+                sel = group_ids == g
+                out[sel] = minmax(scaled[m][sel])
+                v = scaled[m][sel]
+                fin = np.isfinite(v)
+                if fin.any():
+                    info["minmax"][m][str(g)] = {"min": float(v[fin].min()), "max": float(v[fin].max())}
+            used[m] = out
 
     # 4. preference
     if strategy == "deita":

@@ -101,3 +101,11 @@ def test_allocation_sums_exactly_and_redistributes():
     t, _ = allocate(100, {"Math": 0.5, "Coding": 0.5}, {"Math": 500, "Coding": 500}, limits={"Math": 0.2})
     assert t == {"Math": 20, "Coding": 80}
     assert sum(largest_remainder(10, {"a": 1, "b": 1, "c": 1}).values()) == 10
+
+
+def test_minmax_runs_within_each_source():
+    cats = np.array(["Reasoning"] * 4, dtype=object)
+    d = np.array([0.0, 10.0, 100.0, 200.0])
+    pref, _, info = compute_preference({"difficulty": d}, cats, "difficulty", groups=np.array([0, 0, 1, 1]))
+    assert pref.tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert set(info["minmax"]["difficulty"]) == {"0", "1"}
