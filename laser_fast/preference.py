@@ -5,7 +5,8 @@ The arithmetic follows the LASER reference exactly:
 1. ``quality``, ``complexity``, ``if_quality``, ``process_reward`` and ``code_quality`` are scaled
    robustly: ``(x - median) / (q99 - q1)``, with median and the 1-99 percentile range fitted over
    the records of the categories where that metric is relevant (see :func:`metric_relevant`).
-   A zero range scales by 1 (as scikit-learn's RobustScaler does).
+   A zero range scales by 1 (as scikit-learn's RobustScaler does). Missing values are left out
+   of the fit (the reference reads them as 0.0 there, which shifts the median towards 0).
 2. For ``dedicated_quality`` and ``combination`` the quality is routed by category: Generation and
    Brainstorming take ``if_quality``, Math ``process_reward``, Coding ``code_quality``, every other
    category the general ``quality``.
