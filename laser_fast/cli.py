@@ -81,8 +81,9 @@ def _options_from_args(a) -> tuple:
         "num_threads": a.num_threads,
     }
     kw.update({k: v for k, v in cli.items() if v is not None})
-    if a.budget is not None:
-        kw.pop("token_budget", None) if a.token_budget is None else None
+    # a budget given on the command line replaces the config's budget of the other unit
+    if a.budget is not None and a.token_budget is None:
+        kw.pop("token_budget", None)
     if a.token_budget is not None and a.budget is None:
         kw.pop("budget", None)
     if a.max_seq_length is not None:

@@ -315,6 +315,8 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         status[(status == "candidate") & (length > opts.max_seq_length)] = "too_long"
 
     # per-source pre-selection and oversampling (reference data: entries)
+    from .cluster import preference_order
+
     specs = list(opts.sources) if opts.sources else []
     copy_rows: list[np.ndarray] = [np.arange(n)]
     all_specs = _source_specs(inputs, specs)
@@ -323,8 +325,6 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         if spec is None or rows.size == 0:
             continue
         if spec.sample_size is not None or spec.token_size is not None or spec.setfit_limits:
-            from .cluster import preference_order
-
             order = rows[preference_order(pref[rows], opts.seed)]
             keep = []
             limits = None
@@ -380,8 +380,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         if targets.get(c, 0) == 0 and r.size:
             p_status[r] = "zero_target"
 
-    # embeddings (only when a mode needs them and some stratum must choose)
-    needs_emb = opts.mode != "none" and any(targets[c] > 0 and (available[c] > targets[c]) for c in strata)
+    # embeddings: loaded on first use, only when a stratum must choose among more records than its target
     emb_info: dict[str, Any] = {}
     emb_cache: dict[str, Any] = {}
 

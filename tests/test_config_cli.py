@@ -175,3 +175,12 @@ def test_per_source_sample_size_limits_and_oversampling(tmp_path, workdir, examp
     assert alp.filter(pl.col("copy") == 1).height == n_alp  # the whole source once more
     assert alp.filter(pl.col("copy") == 2).height == int(n_alp * 0.5)  # plus the best half
     assert run.manifest["counts"]["total_selected"] == 100
+
+
+def test_oversampling_alone(tmp_path, workdir, example_files):
+    from laser_fast.config import SelectOptions, SourceSpec
+    from laser_fast.pipeline import run_selection
+
+    spec = SourceSpec(path=example_files[2], name="alp", oversampling=2.0)
+    run = run_selection([], SelectOptions(budget=10, strategy="longest", mode="none", proportions="none", sources=[spec], show_progress=False), workdir=workdir)
+    assert (run.pool["copy"] == 1).sum() == (run.pool["copy"] == 0).sum() - (run.pool["status"] == "non_english").sum()
