@@ -459,6 +459,19 @@ def _load_minilm(device: str | None):
         ) from e
 
 
+def apply_head(head: dict, x: np.ndarray) -> np.ndarray:
+    """Standardise with the head's ``mean``/``scale``, apply its layers ``W0, b0, W1, ...`` (ReLU
+    between layers) and return class probabilities. Shared by inference and the training script."""
+    x = (x - head["mean"]) / head["scale"]
+    layer = 0
+    while f"W{layer}" in head:
+        x = x @ head[f"W{layer}"] + head[f"b{layer}"]
+        if f"W{layer + 1}" in head:
+            x = np.maximum(x, 0.0)
+        layer += 1
+    return _softmax(x)
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -671,15 +684,7 @@ class DefaultClassifier(TaskClassifier):
 
     def probs_from_features(self, x: np.ndarray) -> np.ndarray:
         """Apply the numpy head to a feature matrix; returns probabilities."""
-        h = self._head
-        x = (x - h["mean"]) / h["scale"]
-        layer = 0
-        while f"W{layer}" in h:
-            x = x @ h[f"W{layer}"] + h[f"b{layer}"]
-            if f"W{layer + 1}" in h:
-                x = np.maximum(x, 0.0)
-            layer += 1
-        return _softmax(x)
+        return apply_head(self._head, x)
 
     def _predict_unique(self, texts, batch_size, progress):
         emb = self.embed(texts, batch_size, progress)
@@ -715,13 +720,12 @@ def _dir_fingerprint(kind: str, path: Path, files: Iterable[str]) -> str:
     return f"{kind}:{path.name}:{h.hexdigest()[:16]}"
 
 
-class HFClassifier(TaskClassifier):
-    """A Hugging Face ``AutoModelForSequenceClassification`` whose labels are our categories.
+class _NamedModelClassifier(TaskClassifier):
+    """A classifier named by hub id or local directory; the fingerprint hashes the directory's
+    key files (or is the hub id)."""
 
-    Args:
-        model: hub id or local directory.
-        device: torch device (default: cuda if available, else cpu).
-    """
+    kind = "model"
+    fingerprint_files: tuple[str, ...] = ()
 
     def __init__(self, model: str, device: str | None = None):
         super().__init__(device)
@@ -731,9 +735,20 @@ class HFClassifier(TaskClassifier):
     def fingerprint(self) -> str:
         p = Path(self.name).expanduser()
         if p.is_dir():
-            return _dir_fingerprint("hf-seqcls", p, ["config.json", "model.safetensors",
-                                                      "pytorch_model.bin", "tokenizer.json"])
-        return f"hf-seqcls:{self.name}"
+            return _dir_fingerprint(self.kind, p, self.fingerprint_files)
+        return f"{self.kind}:{self.name}"
+
+
+class HFClassifier(_NamedModelClassifier):
+    """A Hugging Face ``AutoModelForSequenceClassification`` whose labels are our categories.
+
+    Args:
+        model: hub id or local directory.
+        device: torch device (default: cuda if available, else cpu).
+    """
+
+    kind = "hf-seqcls"
+    fingerprint_files = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
     def _load(self) -> None:
         try:
@@ -779,24 +794,15 @@ class HFClassifier(TaskClassifier):
         return out
 
 
-class SetFitClassifier(TaskClassifier):
+class SetFitClassifier(_NamedModelClassifier):
     """A SetFit model directory: sentence-transformers body + ``model_head.pkl``.
 
     Uses the ``setfit`` package when installed, otherwise loads the body with
     SentenceTransformer and the head (a scikit-learn classifier) with joblib/pickle.
     """
 
-    def __init__(self, model: str, device: str | None = None):
-        super().__init__(device)
-        self.name = model
-
-    @property
-    def fingerprint(self) -> str:
-        p = Path(self.name).expanduser()
-        if p.is_dir():
-            return _dir_fingerprint("setfit", p, ["model_head.pkl", "config.json", "model.safetensors",
-                                                   "config_setfit.json"])
-        return f"setfit:{self.name}"
+    kind = "setfit"
+    fingerprint_files = ("model_head.pkl", "config.json", "model.safetensors", "config_setfit.json")
 
     def _load(self) -> None:
         path = Path(self.name).expanduser()

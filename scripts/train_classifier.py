@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from laser_fast.categories import CATEGORIES  # noqa: E402
 from laser_fast.classify import (  # noqa: E402
-    DEFAULT_MODEL_DIR, LEXICAL_FEATURES, _load_minilm, embedding_text, lexical_features, opening_text,
+    DEFAULT_MODEL_DIR, LEXICAL_FEATURES, _load_minilm, apply_head, embedding_text, lexical_features, opening_text,
 )
 
 DATA = Path(os.environ.get("LASER_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -307,17 +307,6 @@ def fit_head(X, y, kind="logreg", C=1.0, hidden=256, seed=0, sample_weight=None)
     return head
 
 
-def apply_head(head, X):
-    x = (X - head["mean"]) / head["scale"]
-    i = 0
-    while f"W{i}" in head:
-        x = x @ head[f"W{i}"] + head[f"b{i}"]
-        if f"W{i + 1}" in head:
-            x = np.maximum(x, 0)
-        i += 1
-    x = x - x.max(1, keepdims=True)
-    p = np.exp(x)
-    return p / p.sum(1, keepdims=True)
 
 
 def ensemble(heads, X):
