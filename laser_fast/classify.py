@@ -622,7 +622,8 @@ class DefaultClassifier(TaskClassifier):
                 p = self.model_dir / f
                 if p.exists():
                     h.update(p.read_bytes())
-            self._fp = f"laser-fast-minilm-head:v{meta.get('version', '?')}:{h.hexdigest()[:16]}"
+            kind = "minilm+smollm" if meta.get("smollm") else "minilm"
+            self._fp = f"laser-fast-{kind}-head:v{meta.get('version', '?')}:{h.hexdigest()[:16]}"
         return self._fp
 
     def _load(self) -> None:
