@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .categories import CATEGORIES, DEFAULT_PROPORTIONS, canonical_category
+from .categories import CATEGORIES, canonical_category
 from .errors import ConfigError
 from .preference import canonical_strategy
 

@@ -66,9 +66,11 @@ class _Timer:
 
 
 def _hash_strings(parts: Sequence[str], prefix: str) -> str:
+    from .embed import text_hash
+
     h = hashlib.sha256(prefix.encode())
     for s in parts:
-        h.update(hashlib.sha1(s.encode("utf-8", "surrogatepass")).digest())
+        h.update(text_hash(s))
     return h.hexdigest()[:32]
 
 
@@ -557,9 +559,6 @@ def _versions() -> dict:
 
 
 # --------------------------------------------------------------------------- outputs
-PROVENANCE = ("data_id", "origin", "category", "category_confidence", "copy", "input_location")
-
-
 def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
     """Selected records as dicts: ``messages``, every input field, then provenance columns."""
     sub = pool[rows.tolist()] if rows.size else pool.head(0)
