@@ -1,4 +1,4 @@
-"""The ``laser-fast`` command line: ``select``, ``classify``, ``report``.
+"""The ``laser-fast`` command line: ``select``, ``score``, ``classify``, ``report``, ``serve``, ``show-config``.
 
 User errors print one line ``laser-fast: error: ...`` and exit with status 2 (no traceback).
 """
@@ -51,7 +51,39 @@ def _select_parser(sub) -> None:
     p.add_argument("--device", help="torch device for models (default: best available)")
     p.add_argument("--num-threads", type=int, help="CPU threads for the compiled core and faiss (0 = all)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    _scoring_flags(p)
     _add_common(p)
+
+
+def _scoring_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model scorers (step 2)")
+    g.add_argument("--profile", choices=["lite", "paper", "auto", "none"],
+                   help="scorer set: lite (offline models, default without a GPU), paper (the reference models, default with a GPU), "
+                        "none (no model scoring: scores must come from inputs or --scores)")
+    g.add_argument("--scorers", help="comma-separated scorers that override the profile for the metrics they produce and always run: "
+                                     "tokens, difficulty, deita_quality, deita_complexity, process_reward, code_quality, if_quality, ifd, lite_difficulty, lite_quality")
+    g.add_argument("--scorer-model", action="append", default=None, metavar="SCORER=MODEL",
+                   help="model id or local path for a scorer, e.g. difficulty=/models/difficulty-scorer-8B-v2; repeatable")
+    g.add_argument("--judge-url", help="OpenAI-compatible endpoint of the LLM judges (default $LASER_FAST_JUDGE_URL or http://127.0.0.1:8000/v1); "
+                                       "the API key is read from $LASER_FAST_JUDGE_API_KEY or $OPENAI_API_KEY")
+    g.add_argument("--batch-tokens", type=int, help="token budget per forward pass of the model scorers (default: per scorer)")
+
+
+def _scoring_kw(a) -> dict:
+    from .scorers.run import parse_models, parse_scorer_list
+
+    kw: dict = {}
+    if a.profile is not None:
+        kw["profile"] = a.profile
+    if a.scorers is not None:
+        kw["scorers"] = parse_scorer_list(a.scorers)
+    if a.scorer_model:
+        kw["scorer_models"] = parse_models(a.scorer_model)
+    if a.judge_url is not None:
+        kw["judge_url"] = a.judge_url
+    if a.batch_tokens is not None:
+        kw["batch_tokens"] = a.batch_tokens
+    return kw
 
 
 def _options_from_args(a) -> tuple:
@@ -100,6 +132,10 @@ def _options_from_args(a) -> tuple:
         kw["keep_non_english"] = True
     if a.quiet:
         kw["show_progress"] = False
+    sk = _scoring_kw(a)
+    if "scorer_models" in sk:
+        sk["scorer_models"] = {**(kw.get("scorer_models") or {}), **sk["scorer_models"]}
+    kw.update(sk)
     return SelectOptions(**kw)
 
 
@@ -120,6 +156,31 @@ def cmd_select(a) -> int:
     if "report" in paths:
         print(f"report:    {paths['report']}")
     print(f"manifest:  {paths['manifest']}")
+    return 0
+
+
+def cmd_score(a) -> int:
+    from .config import SelectOptions
+    from .output import write_json, write_parquet
+    from .pipeline import default_workdir, run_scoring
+
+    kw = {k: v for k, v in {"classifier": a.classifier, "tokenizer": a.tokenizer, "schema": a.schema, "device": a.device}.items() if v is not None}
+    kw.update(_scoring_kw(a))
+    if a.skip_invalid:
+        kw["skip_invalid"] = True
+    if a.quiet:
+        kw["show_progress"] = False
+    opts = SelectOptions(budget=0, **kw).validate()
+    table, facts = run_scoring(list(a.inputs), opts, workdir=a.workdir or default_workdir())
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "scores.parquet", table)
+    write_json(out / "scores_manifest.json", facts)
+    for f in facts["scorers"]:
+        st = f.get("stats", {})
+        logger.info("%-16s %d records (%d cached, %d computed)%s", f["scorer"], f["records"], f["cached"], f["computed"],
+                    f", non-padding share {st['non_padding_share']:.3f}" if "non_padding_share" in st else "")
+    print(f"scores:   {out / 'scores.parquet'}")
     return 0
 
 
@@ -174,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int)
     c.add_argument("--device")
     _add_common(c)
+    s = sub.add_parser("score", help="run the step-2 scorers (cached, resumable) and write scores.parquet")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL, JSONL.gz or Parquet files")
+    s.add_argument("--output-dir", required=True, help="where scores.parquet (data_id, category, one column per score) and scores_manifest.json go")
+    s.add_argument("--workdir", help="cache folder (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast); scores are cached per scorer fingerprint and data_id")
+    s.add_argument("--classifier", help="task classifier (id or path) for records without a category column")
+    s.add_argument("--tokenizer", help="tokenizer for the tokens scorer")
+    s.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"])
+    s.add_argument("--skip-invalid", action="store_true")
+    s.add_argument("--device", help="torch device for models (default: best available)")
+    _scoring_flags(s)
+    _add_common(s)
+    sv = sub.add_parser("serve", help="serve a local causal LM on an OpenAI-compatible endpoint (for the LLM judges)", add_help=False)
+    sv.add_argument("serve_args", nargs=argparse.REMAINDER)
     r = sub.add_parser("report", help="rebuild report.html from a selection's output folder")
     r.add_argument("output_dir")
     _add_common(r)
@@ -183,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "serve":
+        from .serve import serve_main
+
+        try:
+            return serve_main(args[1:]) or 0
+        except LaserError as e:
+            print(f"laser-fast: error: {e}", file=sys.stderr)
+            return 2
     ap = build_parser()
     a = ap.parse_args(argv)
     level = logging.WARNING if a.quiet else logging.DEBUG if a.verbose else logging.INFO
@@ -200,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_select(a)
         if a.command == "classify":
             return cmd_classify(a)
+        if a.command == "score":
+            return cmd_score(a)
         if a.command == "report":
             return cmd_report(a)
         if a.command == "show-config":

@@ -87,6 +87,11 @@ class SelectOptions:
     device: str | None = None
     num_threads: int = 0
     show_progress: bool | None = None
+    profile: str | None = None  # scoring profile: lite, paper, auto (None: paper with a GPU, else lite) or none
+    scorers: list[str] = field(default_factory=list)  # scorers that override the profile (and always run)
+    scorer_models: dict[str, str] = field(default_factory=dict)  # scorer name -> model id or local path
+    judge_url: str | None = None  # OpenAI-compatible endpoint of the LLM judges
+    batch_tokens: int | None = None  # token budget per forward pass of the model scorers
 
     def validate(self) -> "SelectOptions":
         if self.budget is None and self.token_budget is None:
@@ -112,6 +117,15 @@ class SelectOptions:
             raise ConfigError(f"proportions must be a mapping, 'natural' or 'none', got {self.proportions!r}")
         if self.setfit_limits is not None:
             self.setfit_limits = parse_category_map(self.setfit_limits, "setfit_limits")
+        if self.profile not in (None, "auto", "none"):
+            from .scorers.run import canonical_profile
+
+            self.profile = canonical_profile(self.profile)
+        from .scorers.run import parse_scorer_list
+
+        self.scorers = parse_scorer_list(self.scorers)
+        if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
+            raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

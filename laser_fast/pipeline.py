@@ -30,7 +30,9 @@ from .preference import compute_preference
 
 logger = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ("quality", "complexity", "difficulty", "if_quality", "process_reward", "code_quality", "inst_length", "resp_length", "last_resp_length")
+SCORE_COLUMNS = ("quality", "complexity", "difficulty", "if_quality", "process_reward", "code_quality", "inst_length", "resp_length", "last_resp_length",
+                 # raw outputs of the model scorers (the metrics above may be filled from them by the profile)
+                 "lite_quality", "lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss", "process_reward_min", "process_reward_mean")
 
 
 def default_workdir() -> str:
@@ -184,6 +186,85 @@ def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> di
     return out
 
 
+def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.ndarray], opts: SelectOptions, workdir: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Run the scorers the strategy needs (profile + explicit ``opts.scorers``) through the cache.
+
+    Fills the missing metrics in ``scores`` in place (input columns and score files win) and
+    returns the raw scorer outputs (``lite_quality``, ``ifd``, ...) for the outputs, plus facts.
+    """
+    from .scorers.run import ScorerSettings, apply_scores, build_scorer, canonical_profile, metric_sources, needed_scorers, score_records
+
+    if opts.profile == "none":
+        return {}, {"profile": "none"}
+    profile = canonical_profile(opts.profile)
+    sources = metric_sources(profile, opts.scorers)
+    plan = needed_scorers(opts.strategy, cats, scores, sources)
+    for name in opts.scorers:  # named scorers always run, on every record they apply to
+        if name not in plan and name != "tokens":
+            plan[name] = (np.ones(records.height, dtype=bool), [])
+    settings = ScorerSettings(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
+                              judge_url=opts.judge_url, tokenizer=opts.tokenizer)
+    raw: dict[str, np.ndarray] = {}
+    facts: dict[str, Any] = {"profile": profile, "metric_sources": {m: f"{s}:{c}" for m, (s, c) in sorted(sources.items())}, "scorers": []}
+    for name in sorted(plan):
+        mask, fills = plan[name]
+        scorer = build_scorer(name, settings)
+        out, f = score_records(records, cats, scorer, workdir, mask=mask, show_progress=opts.show_progress)
+        f["fills"] = sorted({m for m, _, _ in fills})
+        facts["scorers"].append(f)
+        for metric, col, rows in fills:
+            apply_scores(scores, metric, out[col], rows)
+        for col, v in out.items():
+            if col in raw:
+                gap = ~np.isfinite(raw[col])
+                raw[col][gap] = v[gap]
+            else:
+                raw[col] = v
+    return raw, facts
+
+
+def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tuple[pl.DataFrame, dict]:
+    """Score ``data`` with the profile's scorers (or ``opts.scorers``) through the score cache.
+
+    Categories come from the input (``category`` / ``setfit_label``) or the task classifier.
+
+    Returns:
+        ``(scores, facts)``: a table with ``data_id``, ``category`` and one float column per
+        scorer output (NaN where a scorer does not apply to the record's category), and run facts.
+    """
+    from .scorers.run import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile, score_records
+    from .scores import scores_from_extra
+
+    workdir = workdir or default_workdir()
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    timer = _Timer()
+    with timer.stage("ingest"):
+        recs, skipped, inputs = load_pool(data, opts)
+    if recs.height == 0:
+        raise LaserError("the inputs hold no valid records (all were skipped); nothing to score")
+    profile = canonical_profile(None if opts.profile in (None, "none") else opts.profile)
+    names = list(opts.scorers) or ["tokens"] + sorted({s for s, _ in PROFILE_METRICS[profile].values()})
+    facts: dict[str, Any] = {"profile": profile, "scorers": [], "inputs": inputs, "skipped": len(skipped)}
+    with timer.stage("classify"):
+        _, known_cats = scores_from_extra(recs)
+        cfacts: dict[str, Any] = {}
+        cats, _ = classify_pool(recs, known_cats, opts, workdir, cfacts)
+        facts["classification"] = cfacts
+    settings = ScorerSettings(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
+                              judge_url=opts.judge_url, tokenizer=opts.tokenizer)
+    cols: dict[str, Any] = {"data_id": recs["data_id"], "category": pl.Series("category", [str(c) for c in cats], dtype=pl.Utf8)}
+    for name in names:
+        scorer = build_scorer(name, settings)
+        with timer.stage(f"score_{name}"):
+            out, f = score_records(recs, cats, scorer, workdir, show_progress=opts.show_progress)
+        facts["scorers"].append(f)
+        for col, v in out.items():
+            if col not in cols:
+                cols[col] = pl.Series(col, v, dtype=pl.Float64)
+    facts["timings_s"] = dict(timer.t)
+    return pl.DataFrame(cols), facts
+
+
 def _take_budget(order: np.ndarray, target: int, lengths: np.ndarray | None) -> np.ndarray:
     """First ``target`` entries of ``order`` (records), or, with token ``lengths``, every entry in
     order that still fits into ``target`` tokens."""
@@ -303,6 +384,10 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                 scores[k][gap] = v[gap]
             else:
                 scores[k] = v
+
+    with timer.stage("model_scores"):
+        raw_scores, sfacts = model_scores(recs, cats, scores, opts, workdir)
+        facts["scoring"] = sfacts
 
     src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
     with timer.stage("preference"):
@@ -471,6 +556,8 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
     for m in SCORE_COLUMNS:
         if m in scores:
             cols[m] = scores[m][row_map]
+        elif m in raw_scores:
+            cols[m] = raw_scores[m][row_map]
     for m, v in scaled.items():
         cols[f"{m}_scaled"] = v[row_map]
     pool = pool.with_columns([pl.Series(k, v, dtype=pl.Utf8 if k == "selected_by" else None) for k, v in cols.items()])

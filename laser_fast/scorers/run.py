@@ -1,0 +1,385 @@
+"""Profiles, the scorer registry and the cached, resumable scoring run.
+
+A *profile* says which scorer produces each LASER metric:
+
+``paper`` (the reference models, by hub id or a local copy)
+    quality <- ``deita_quality`` (hkust-nlp/deita-quality-scorer), complexity <- ``deita_complexity``,
+    difficulty <- ``difficulty`` (IIS-NLP/difficulty-scorer-8B-v2), process_reward (Math) <-
+    ``process_reward`` (Qwen/Qwen2.5-Math-PRM-7B), code_quality (Coding) <- ``code_quality`` and
+    if_quality (Generation, Brainstorming) <- ``if_quality``, LLM judges on an OpenAI-compatible
+    endpoint (Qwen2.5-Coder-14B-Instruct, Qwen3-14B).
+``lite`` (offline models that ship with the install; the default on a machine without a GPU)
+    every quality metric (quality, if_quality, process_reward, code_quality) <- ``lite_quality``;
+    difficulty and complexity <- ``lite_difficulty``: the instruction-following difficulty (IFD)
+    of SmolLM2-135M-Instruct clipped to [0, 1]. IFD is the ratio of the response's loss with and
+    without the instruction: near 1 the instruction hardly helps to produce the answer (a hard
+    instruction for the model), near 0 the answer follows from the instruction. Values above 1
+    (the instruction confuses the model, usually a mismatched pair) are clipped to 1.
+
+Explicit ``scorers`` override the profile for the metrics they produce (``--profile lite
+--scorers deita_quality`` takes quality from DEITA and everything else from the lite models).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import polars as pl
+
+from ..errors import ConfigError
+from ..scores import Scorer
+from .cache import ScoreCache, content_keys
+
+logger = logging.getLogger(__name__)
+
+PROFILES = ("lite", "paper")
+
+#: metric -> (scorer name, output column) per profile.
+PROFILE_METRICS: dict[str, dict[str, tuple[str, str]]] = {
+    "paper": {
+        "quality": ("deita_quality", "quality"),
+        "complexity": ("deita_complexity", "complexity"),
+        "difficulty": ("difficulty", "difficulty"),
+        "process_reward": ("process_reward", "process_reward"),
+        "code_quality": ("code_quality", "code_quality"),
+        "if_quality": ("if_quality", "if_quality"),
+    },
+    "lite": {
+        "quality": ("lite_quality", "lite_quality"),
+        "if_quality": ("lite_quality", "lite_quality"),
+        "process_reward": ("lite_quality", "lite_quality"),
+        "code_quality": ("lite_quality", "lite_quality"),
+        "difficulty": ("lite_difficulty", "lite_difficulty"),
+        "complexity": ("lite_difficulty", "lite_difficulty"),
+    },
+}
+
+#: Every scorer name the registry builds, with its output columns.
+SCORER_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "tokens": ("inst_length", "resp_length", "last_resp_length"),
+    "difficulty": ("difficulty",),
+    "deita_quality": ("quality",),
+    "deita_complexity": ("complexity",),
+    "process_reward": ("process_reward", "process_reward_min", "process_reward_mean"),
+    "code_quality": ("code_quality",),
+    "if_quality": ("if_quality",),
+    "ifd": ("ifd", "ifd_cond_loss", "ifd_direct_loss"),
+    "lite_difficulty": ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss"),
+    "lite_quality": ("lite_quality",),
+}
+
+#: Metrics each scorer can stand for when named in ``scorers`` (override of the profile).
+SCORER_METRICS: dict[str, dict[str, str]] = {
+    "difficulty": {"difficulty": "difficulty"},
+    "deita_quality": {"quality": "quality"},
+    "deita_complexity": {"complexity": "complexity"},
+    "process_reward": {"process_reward": "process_reward"},
+    "code_quality": {"code_quality": "code_quality"},
+    "if_quality": {"if_quality": "if_quality"},
+    "lite_quality": {m: "lite_quality" for m in ("quality", "if_quality", "process_reward", "code_quality")},
+    "lite_difficulty": {"difficulty": "lite_difficulty", "complexity": "lite_difficulty"},
+    "ifd": {},
+    "tokens": {},
+}
+
+
+def default_profile() -> str:
+    """``paper`` when torch sees a GPU, else ``lite``."""
+    try:
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "lite"
+    except Exception:  # pragma: no cover - torch is a dependency
+        return "lite"
+
+
+def canonical_profile(profile: str | None) -> str:
+    if profile is None or profile == "auto":
+        return default_profile()
+    p = str(profile).strip().lower()
+    if p not in PROFILES:
+        raise ConfigError(f"unknown scoring profile '{profile}': use one of {', '.join(PROFILES)} (or 'auto')")
+    return p
+
+
+def parse_scorer_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for s in items:
+        s = s.strip()
+        if not s:
+            continue
+        if s not in SCORER_OUTPUTS:
+            raise ConfigError(f"unknown scorer '{s}': use one of {', '.join(SCORER_OUTPUTS)}")
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def metric_sources(profile: str | None, scorers: Sequence[str] = ()) -> dict[str, tuple[str, str]]:
+    """metric -> (scorer, output column) for a profile with explicit scorers overriding it."""
+    table = dict(PROFILE_METRICS[canonical_profile(profile)])
+    for s in scorers:
+        for metric, col in SCORER_METRICS.get(s, {}).items():
+            table[metric] = (s, col)
+    return table
+
+
+@dataclass
+class ScorerSettings:
+    """Settings shared by the scorers a run builds.
+
+    Attributes:
+        models: scorer name -> model id or local path (overrides the default model).
+        device: torch device (None = best available).
+        batch_tokens: token budget per forward pass (None = each scorer's default).
+        judge_url: OpenAI-compatible endpoint for the LLM judges (None = $LASER_FAST_JUDGE_URL
+            or http://127.0.0.1:8000/v1).
+        tokenizer: tokenizer for ``tokens``.
+    """
+
+    models: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
+    batch_tokens: int | None = None
+    judge_url: str | None = None
+    tokenizer: str | None = None
+
+
+def parse_models(values: Sequence[str] | None) -> dict[str, str]:
+    """``["difficulty=/models/diff", ...]`` -> dict; names are checked."""
+    out: dict[str, str] = {}
+    for v in values or []:
+        if "=" not in v:
+            raise ConfigError(f"--scorer-model '{v}': write SCORER=MODEL, e.g. difficulty=/models/difficulty-scorer-8B-v2")
+        k, m = v.split("=", 1)
+        k = k.strip()
+        if k not in SCORER_OUTPUTS:
+            raise ConfigError(f"--scorer-model '{v}': unknown scorer '{k}' (use one of {', '.join(SCORER_OUTPUTS)})")
+        out[k] = m.strip()
+    return out
+
+
+def _kw(settings: ScorerSettings, name: str, model_arg: bool = True) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if model_arg and name in settings.models:
+        kw["model"] = settings.models[name]
+    return kw
+
+
+def build_scorer(name: str, settings: ScorerSettings | None = None) -> Scorer:
+    """Build the scorer called ``name`` (models load lazily, at the first batch)."""
+    s = settings or ScorerSettings()
+    torch_kw: dict[str, Any] = {}
+    if s.device:
+        torch_kw["device"] = s.device
+    if s.batch_tokens:
+        torch_kw["batch_tokens"] = s.batch_tokens
+    if name == "tokens":
+        from ..scores import TokenCounter
+
+        return TokenCounter(s.models.get("tokens") or s.tokenizer)
+    if name == "difficulty":
+        from .models import DifficultyScorer
+
+        return DifficultyScorer(**_kw(s, name), **torch_kw)
+    if name in ("deita_quality", "deita_complexity"):
+        from .models import DeitaScorer
+
+        return DeitaScorer(kind=name.split("_")[1], **_kw(s, name), **torch_kw)
+    if name == "process_reward":
+        from .models import ProcessRewardScorer
+
+        return ProcessRewardScorer(**_kw(s, name), **torch_kw)
+    if name == "ifd":
+        from .models import IFDScorer
+
+        return IFDScorer(**_kw(s, name), **torch_kw)
+    if name == "lite_difficulty":
+        return LiteDifficulty(build_scorer("ifd", ScorerSettings(models={"ifd": s.models["lite_difficulty"]} if "lite_difficulty" in s.models else {},
+                                                                 device=s.device, batch_tokens=s.batch_tokens)))
+    if name in ("code_quality", "if_quality"):
+        from . import judges
+
+        cls = judges.CodeQualityScorer if name == "code_quality" else judges.IFQualityScorer
+        kw = _kw(s, name)
+        if s.judge_url:
+            kw["base_url"] = s.judge_url
+        return cls(**kw)
+    if name == "lite_quality":
+        from .lite import LiteQualityScorer
+
+        return LiteQualityScorer(**({"device": s.device} if s.device else {}))
+    raise ConfigError(f"unknown scorer '{name}': use one of {', '.join(SCORER_OUTPUTS)}")
+
+
+class LiteDifficulty(Scorer):
+    """The ``lite`` profile's stand-in for difficulty: IFD of SmolLM2-135M-Instruct clipped to [0, 1]."""
+
+    name = "lite_difficulty"
+    outputs = ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss")
+    categories = None
+
+    def __init__(self, ifd: Scorer):
+        self.ifd = ifd
+        self.stats = getattr(ifd, "stats", {})
+
+    @property
+    def fingerprint(self) -> str:
+        return f"lite_difficulty=clip(ifd,0,1)|{self.ifd.fingerprint}"
+
+    def score(self, batch, *, batch_size=None, show_progress=None):
+        out = self.ifd.score(batch, batch_size=batch_size, show_progress=show_progress)
+        self.stats = getattr(self.ifd, "stats", {})
+        ifd = np.asarray(out["ifd"], dtype=np.float64)
+        return {"lite_difficulty": np.clip(ifd, 0.0, 1.0), **{k: np.asarray(out[k], dtype=np.float64) for k in ("ifd", "ifd_cond_loss", "ifd_direct_loss")}}
+
+
+def _approx_length(batch: pl.DataFrame) -> np.ndarray:
+    return (batch["instruction"].str.len_chars().fill_null(0) + batch["response"].str.len_chars().fill_null(0)).to_numpy()
+
+
+def score_records(
+    records: pl.DataFrame,
+    categories: Sequence | np.ndarray,
+    scorer: Scorer,
+    workdir: str | Path,
+    *,
+    mask: np.ndarray | None = None,
+    chunk_records: int | None = None,
+    show_progress: bool | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Score ``records`` with ``scorer`` through the cache and return its outputs (NaN where not scored).
+
+    Records the scorer does not apply to (its categories) or outside ``mask`` are not scored.
+    Cached rows (same fingerprint, data_id and content) are reused; the rest are scored in chunks
+    of similar length, each written to the cache as one atomic shard before the next starts, so an
+    interrupted run resumes where it stopped.
+
+    Returns:
+        ``(outputs, facts)`` with ``facts`` holding counts, time and the scorer's batching stats.
+    """
+    n = records.height
+    cats = np.asarray(categories, dtype=object)
+    want = scorer.applies_to(cats)
+    if mask is not None:
+        want &= np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(want)
+    out = {o: np.full(n, np.nan) for o in scorer.outputs}
+    facts: dict[str, Any] = {"scorer": scorer.name, "fingerprint": scorer.fingerprint, "records": int(rows.size), "cached": 0, "computed": 0}
+    if rows.size == 0:
+        return out, facts
+    cache = ScoreCache(workdir, scorer.name, scorer.fingerprint, scorer.outputs)
+    if hasattr(scorer, "set_workdir"):
+        scorer.set_workdir(cache.dir / "work")
+    sub = records[rows]
+    ids = sub["data_id"].to_list()
+    keys = content_keys(sub, cats[rows])
+    found, vals = cache.lookup(ids, keys)
+    for o in scorer.outputs:
+        out[o][rows] = vals[o]
+    facts["cached"] = int(found.sum())
+    todo = np.flatnonzero(~found)
+    facts["cache_dir"] = str(cache.dir)
+    if todo.size == 0:
+        return out, facts
+    t0 = time.perf_counter()
+    # longest first: memory problems show at once, and chunks of similar length pad little
+    todo = todo[np.argsort(-_approx_length(sub[todo]), kind="stable")]
+    chunk = int(chunk_records or os.environ.get("LASER_FAST_SCORE_CHUNK") or getattr(scorer, "cache_chunk", 0) or 128)
+    sub = sub.with_columns(pl.Series("category", [None if c is None else str(c) for c in cats[rows]], dtype=pl.Utf8))
+    from ..progress import progress_bar
+
+    bar = progress_bar(total=int(todo.size), desc=f"score {scorer.name}", unit="rec", show=show_progress)
+    done = 0
+    try:
+        for i in range(0, todo.size, chunk):
+            part = todo[i : i + chunk]
+            batch = sub[part]
+            res = scorer.score(batch, show_progress=False)
+            missing = [o for o in scorer.outputs if o not in res]
+            if missing:
+                raise RuntimeError(f"scorer {scorer.name} returned no {missing}")
+            cache.append([ids[j] for j in part], [keys[j] for j in part], res)
+            for o in scorer.outputs:
+                out[o][rows[part]] = np.asarray(res[o], dtype=np.float64)
+            done += part.size
+            bar.update(part.size)
+            if on_chunk is not None:
+                on_chunk(done, int(todo.size))
+    finally:
+        bar.close()
+    cache.compact()
+    facts["computed"] = int(todo.size)
+    facts["seconds"] = round(time.perf_counter() - t0, 3)
+    st = dict(getattr(scorer, "stats", {}) or {})
+    if st.get("padded_tokens"):
+        st["non_padding_share"] = round(st.get("tokens", 0) / st["padded_tokens"], 4)
+    facts["stats"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()}
+    return out, facts
+
+
+def needed_scorers(strategy: str, categories: np.ndarray, have: dict[str, np.ndarray], sources: dict[str, tuple[str, str]]) -> dict[str, tuple[np.ndarray, list[tuple[str, str, np.ndarray]]]]:
+    """Which scorers a strategy needs, on which records, and which metrics they fill.
+
+    Returns:
+        scorer name -> (row mask, [(metric, output column, rows), ...]) for the records that lack
+        a metric the strategy reads for their category (input columns and score files come first).
+        Metrics no profile scorer produces are left out (the preference step then names them).
+    """
+    from ..preference import DEDICATED_QUALITY, canonical_strategy, required_metrics
+
+    strategy = canonical_strategy(strategy)
+    cats = np.asarray(categories, dtype=object)
+    n = len(cats)
+    per_metric: dict[str, np.ndarray] = {}
+
+    def need(metric: str, rows: np.ndarray) -> None:
+        per_metric[metric] = per_metric.get(metric, np.zeros(n, dtype=bool)) | rows
+
+    everyone = np.ones(n, dtype=bool)
+    for m in required_metrics(strategy):
+        if m != "last_resp_length":
+            need(m, everyone)
+    if strategy in ("dedicated_quality", "combination"):
+        for c in sorted({str(c) for c in cats.tolist()}):
+            need(DEDICATED_QUALITY.get(c, "quality"), cats == c)
+    out: dict[str, tuple[np.ndarray, list[tuple[str, str, np.ndarray]]]] = {}
+    for metric in sorted(per_metric):
+        rows = per_metric[metric]
+        v = have.get(metric)
+        if v is not None:
+            rows = rows & ~np.isfinite(v)
+        if not rows.any() or metric not in sources:
+            continue
+        scorer, col = sources[metric]
+        mask, fills = out.get(scorer, (np.zeros(n, dtype=bool), []))
+        out[scorer] = (mask | rows, fills + [(metric, col, rows)])
+    return out
+
+
+def apply_scores(scores: dict[str, np.ndarray], metric: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+    """Fill ``scores[metric]`` where it is missing (never overwrite given scores)."""
+    v = np.asarray(values, dtype=np.float64)
+    if metric in scores:
+        gap = ~np.isfinite(scores[metric])
+        if rows is not None:
+            gap &= rows
+        scores[metric] = scores[metric].copy()
+        scores[metric][gap] = v[gap]
+    else:
+        new = np.full(len(v), np.nan)
+        sel = np.ones(len(v), dtype=bool) if rows is None else rows
+        new[sel] = v[sel]
+        scores[metric] = new
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
