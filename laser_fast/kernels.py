@@ -1,0 +1,310 @@
+"""Reductions over ragged (CSR-style) arrays used by the model scorers.
+
+A ragged array is a flat ``values`` array plus int64 ``offsets`` of length ``n + 1``: segment
+``i`` is ``values[offsets[i]:offsets[i + 1]]``. Model scorers collect per-token losses or per-step
+rewards of a whole batch into one flat array and reduce each record's segment here, instead of
+looping over Python lists.
+
+Conventions:
+    * ``segment_sum`` of an empty segment is 0.0; ``segment_mean`` / ``segment_min`` /
+      ``segment_max`` of an empty segment are NaN.
+    * NaN inside a segment propagates (like ``np.sum`` / ``np.min``) unless ``skipna=True``, in
+      which case NaNs are ignored (a segment of only NaNs then counts as empty).
+
+The loops are compiled with numba (``cache=True``: compiled once per machine, then loaded from
+``__pycache__``). ``robust_scale`` stays numpy (percentiles are already O(n)); ``minmax`` is
+numba (about 9x faster than numpy's ``ufunc.at``, see its docstring).
+
+Example:
+    >>> import numpy as np
+    >>> v = np.array([1.0, 2.0, 3.0, 4.0])
+    >>> off = np.array([0, 1, 1, 4])
+    >>> segment_mean(v, off).tolist()
+    [1.0, nan, 3.0]
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "segment_sum",
+    "segment_mean",
+    "segment_min",
+    "segment_max",
+    "expected_score",
+    "ifd_ratio",
+    "step_min_mean",
+    "robust_scale",
+    "minmax",
+    "offsets_from_lengths",
+]
+
+
+# --------------------------------------------------------------------------------------
+# numba loops
+# --------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _seg_sum(values, offsets, skipna):  # pragma: no cover - compiled
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, dtype=np.float64)
+    cnt = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        s = 0.0
+        c = 0
+        for j in range(offsets[i], offsets[i + 1]):
+            v = values[j]
+            if skipna and np.isnan(v):
+                continue
+            s += v
+            c += 1
+        out[i] = s
+        cnt[i] = c
+    return out, cnt
+
+
+@njit(cache=True)
+def _seg_extreme(values, offsets, skipna, want_max):  # pragma: no cover - compiled
+    n = offsets.shape[0] - 1
+    out = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        best = np.nan
+        seen = False
+        nan_hit = False
+        for j in range(offsets[i], offsets[i + 1]):
+            v = values[j]
+            if np.isnan(v):
+                if not skipna:
+                    nan_hit = True
+                    break
+                continue
+            if not seen:
+                best = v
+                seen = True
+            elif want_max:
+                if v > best:
+                    best = v
+            elif v < best:
+                best = v
+        out[i] = np.nan if nan_hit else best
+    return out
+
+
+@njit(cache=True)
+def _step_min_mean(values, offsets):  # pragma: no cover - compiled
+    n = offsets.shape[0] - 1
+    mn = np.empty(n, dtype=np.float64)
+    mean = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        a, b = offsets[i], offsets[i + 1]
+        if b <= a:
+            mn[i] = np.nan
+            mean[i] = np.nan
+            continue
+        s = 0.0
+        m = np.inf
+        bad = False
+        for j in range(a, b):
+            v = values[j]
+            if np.isnan(v):
+                bad = True
+                break
+            s += v
+            if v < m:
+                m = v
+        if bad:
+            mn[i] = np.nan
+            mean[i] = np.nan
+        else:
+            mn[i] = m
+            mean[i] = s / (b - a)
+    return mn, mean
+
+
+@njit(cache=True)
+def _minmax_groups(v, g, k):  # pragma: no cover - compiled
+    lo = np.full(k, np.inf)
+    hi = np.full(k, -np.inf)
+    for i in range(v.size):
+        x = v[i]
+        if np.isfinite(x):
+            if x < lo[g[i]]:
+                lo[g[i]] = x
+            if x > hi[g[i]]:
+                hi[g[i]] = x
+    out = v.copy()
+    for i in range(v.size):
+        x = v[i]
+        if np.isfinite(x):
+            r = hi[g[i]] - lo[g[i]]
+            out[i] = (x - lo[g[i]]) / r if r > 0 else 1.0
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------
+
+def _check(values, offsets) -> tuple[np.ndarray, np.ndarray]:
+    v = np.ascontiguousarray(values, dtype=np.float64).ravel()
+    o = np.ascontiguousarray(offsets, dtype=np.int64).ravel()
+    if o.size == 0:
+        raise ValueError("offsets must have length n + 1 >= 1")
+    if o[0] != 0 or o[-1] != v.size or (o.size > 1 and np.any(np.diff(o) < 0)):
+        raise ValueError(
+            f"offsets must start at 0, be non-decreasing and end at len(values)={v.size} "
+            f"(got first={int(o[0])}, last={int(o[-1])})"
+        )
+    return v, o
+
+
+def offsets_from_lengths(lengths) -> np.ndarray:
+    """int64 CSR offsets (length n + 1) for segments of the given lengths."""
+    lens = np.asarray(lengths, dtype=np.int64).ravel()
+    out = np.zeros(lens.size + 1, dtype=np.int64)
+    np.cumsum(lens, out=out[1:])
+    return out
+
+
+def segment_sum(values, offsets, *, skipna: bool = False) -> np.ndarray:
+    """Sum of each segment (0.0 for an empty one), float64 of length ``len(offsets) - 1``."""
+    v, o = _check(values, offsets)
+    return _seg_sum(v, o, skipna)[0]
+
+
+def segment_mean(values, offsets, *, skipna: bool = False) -> np.ndarray:
+    """Mean of each segment (NaN for an empty one)."""
+    v, o = _check(values, offsets)
+    s, c = _seg_sum(v, o, skipna)
+    out = np.full(s.shape, np.nan)
+    nz = c > 0
+    out[nz] = s[nz] / c[nz]
+    return out
+
+
+def segment_min(values, offsets, *, skipna: bool = False) -> np.ndarray:
+    """Minimum of each segment (NaN for an empty one)."""
+    v, o = _check(values, offsets)
+    return _seg_extreme(v, o, skipna, False)
+
+
+def segment_max(values, offsets, *, skipna: bool = False) -> np.ndarray:
+    """Maximum of each segment (NaN for an empty one)."""
+    v, o = _check(values, offsets)
+    return _seg_extreme(v, o, skipna, True)
+
+
+def step_min_mean(step_rewards, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """Per-record minimum and mean of process-reward step scores in one pass.
+
+    Args:
+        step_rewards: flat float array of every record's step rewards.
+        offsets: int64 offsets (n + 1).
+
+    Returns:
+        ``(min, mean)``, float64 arrays of length n; NaN for records without steps or with a
+        NaN step.
+    """
+    v, o = _check(step_rewards, offsets)
+    return _step_min_mean(v, o)
+
+
+def expected_score(logprobs, values) -> np.ndarray:
+    """Expectation of ``values`` under the softmax of each row of ``logprobs``.
+
+    The rows are log-probabilities (or raw logits) of the score tokens only, e.g. the tokens
+    "1".."6" of a DEITA scorer: the distribution is renormalised over those tokens. Stable for
+    any magnitude (the row maximum is subtracted first).
+
+    Args:
+        logprobs: ``(n, m)`` array.
+        values: ``(m,)`` score of each token.
+
+    Returns:
+        float64 ``(n,)``; NaN for rows with a NaN or with no finite entry.
+    """
+    lp = np.asarray(logprobs, dtype=np.float64)
+    vals = np.asarray(values, dtype=np.float64).ravel()
+    if lp.ndim != 2 or lp.shape[1] != vals.size:
+        raise ValueError(f"logprobs must be (n, {vals.size}), got {lp.shape}")
+    if lp.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        mx = np.max(lp, axis=1, keepdims=True)
+        bad = ~np.isfinite(mx[:, 0]) | np.isnan(lp).any(axis=1)
+        mx = np.where(np.isfinite(mx), mx, 0.0)
+        w = np.exp(lp - mx)
+        z = w.sum(axis=1)
+        out = (w @ vals) / np.where(z > 0, z, 1.0)
+    out[bad | ~(z > 0)] = np.nan
+    return out
+
+
+def ifd_ratio(cond_loss_sum, cond_count, direct_loss_sum, direct_count) -> np.ndarray:
+    """Instruction-following difficulty: mean conditioned loss / mean direct loss (Cherry LLM).
+
+    Args:
+        cond_loss_sum, cond_count: summed NLL and token count of the response given the instruction.
+        direct_loss_sum, direct_count: the same for the response alone.
+
+    Returns:
+        float64 ratios; NaN where a count is 0 or the direct loss is not positive.
+    """
+    cs = np.asarray(cond_loss_sum, dtype=np.float64)
+    cc = np.asarray(cond_count, dtype=np.float64)
+    ds = np.asarray(direct_loss_sum, dtype=np.float64)
+    dc = np.asarray(direct_count, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = cs / cc
+        direct = ds / dc
+        out = cond / direct
+    out[(cc <= 0) | (dc <= 0) | ~(direct > 0) | ~np.isfinite(out)] = np.nan
+    return out
+
+
+def robust_scale(x, mask=None, q_lo: float = 1.0, q_hi: float = 99.0) -> np.ndarray:
+    """``(x - median) / (q_hi - q_lo percentile range)`` fitted on the finite values under ``mask``.
+
+    A zero range scales by 1 (as scikit-learn's RobustScaler does); no fitted value leaves ``x``
+    unchanged. NaN stays NaN. numpy's percentile (introselect) is already O(n); a numba version
+    brings nothing here, so this is numpy.
+    """
+    v = np.asarray(x, dtype=np.float64)
+    sel = np.isfinite(v)
+    if mask is not None:
+        sel &= np.asarray(mask, dtype=bool)
+    fit = v[sel]
+    if fit.size == 0:
+        return v.copy()
+    lo, med, hi = np.percentile(fit, [q_lo, 50.0, q_hi])
+    scale = float(hi - lo)
+    return (v - med) / (scale if scale > 0 else 1.0)
+
+
+def minmax(x, group_ids=None) -> np.ndarray:
+    """Min-max scale finite values to [0, 1] within each group; NaN stays NaN; a constant group
+    becomes 1.0 (it carries no preference).
+
+    A numba loop over dense group codes: measured on 1M values in 64 groups (2 busy cores) it
+    takes ~5 ms against ~47 ms for numpy ``np.minimum.at`` / ``np.maximum.at``. Non-negative
+    integer ids are used as codes directly; other labels go through ``np.unique`` first (~30 ms
+    per 1M).
+
+    Args:
+        x: values.
+        group_ids: one label per value (ints, strings, ...), or None for a single group.
+    """
+    v = np.ascontiguousarray(x, dtype=np.float64).ravel()
+    if group_ids is None:
+        g = np.zeros(v.size, dtype=np.int64)
+    else:
+        ga = np.asarray(group_ids).ravel()
+        if ga.size != v.size:
+            raise ValueError(f"group_ids has {ga.size} entries for {v.size} values")
+        if ga.dtype.kind in "iu" and (ga.size == 0 or (ga.min() >= 0 and ga.max() <= 2 * ga.size + 1024)):
+            g = ga.astype(np.int64)
+        else:
+            g = np.unique(ga, return_inverse=True)[1].ravel().astype(np.int64)
+    k = int(g.max()) + 1 if g.size else 0
+    return _minmax_groups(v, g, k)
