@@ -1,0 +1,163 @@
+"""The score cache and the resumable scoring run (orchestration; the model scorers have their own tests)."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from laser_fast.errors import ConfigError
+from laser_fast.ingest import records_from_frame
+from laser_fast.scorers.cache import ScoreCache, content_keys
+from laser_fast.scorers.run import (
+    PROFILE_METRICS,
+    SCORER_OUTPUTS,
+    apply_scores,
+    metric_sources,
+    needed_scorers,
+    parse_models,
+    parse_scorer_list,
+    score_records,
+)
+from laser_fast.scores import Scorer
+
+
+def _records(n: int, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [{"instruction": f"question {i} " + "x" * int(rng.integers(1, 50)), "output": f"answer {i} " + "y" * int(rng.integers(1, 200))} for i in range(n)]
+    recs, _ = records_from_frame(pl.DataFrame(rows), origin="t")
+    return recs
+
+
+class CharScorer(Scorer):
+    """A deterministic scorer over the text (stands in for a model to test the orchestration)."""
+
+    name = "chars"
+    outputs = ("chars", "ratio")
+
+    def __init__(self, salt: str = "", categories=None, fail_after: int | None = None):
+        self.salt = salt
+        self.calls = 0
+        self.seen = 0
+        self.categories = categories
+        self.fail_after = fail_after
+
+    @property
+    def fingerprint(self) -> str:
+        return f"chars|{self.salt}"
+
+    def score(self, batch, *, batch_size=None, show_progress=None):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.seen += batch.height
+        ins = batch["instruction"].str.len_chars().to_numpy().astype(float)
+        res = batch["response"].str.len_chars().to_numpy().astype(float)
+        return {"chars": ins + res, "ratio": res / ins}
+
+
+def test_cache_append_lookup_and_compact(tmp_path):
+    c = ScoreCache(tmp_path, "s", "fp1", ("a",))
+    c.append(["x", "y"], ["k1", "k2"], {"a": np.array([1.0, 2.0])})
+    c.append(["z"], ["k3"], {"a": np.array([np.nan])})
+    found, vals = c.lookup(["y", "z", "x", "w", "x"], ["k2", "k3", "k1", "k4", "other-content"])
+    assert found.tolist() == [True, True, True, False, False]
+    assert vals["a"][0] == 2.0 and np.isnan(vals["a"][1]) and vals["a"][2] == 1.0
+    assert len(c.shards()) == 2 and not list(c.dir.glob(".*tmp"))
+    c.compact(force=True)
+    assert len(c.shards()) == 1
+    found2, vals2 = c.lookup(["y", "z", "x"], ["k2", "k3", "k1"])
+    assert found2.all() and vals2["a"][0] == 2.0
+    # another fingerprint is another folder: nothing is reused
+    other = ScoreCache(tmp_path, "s", "fp2", ("a",))
+    assert other.dir != c.dir and not other.lookup(["x"], ["k1"])[0].any()
+    assert (c.dir / "FINGERPRINT").read_text().count("fp1") == 1
+
+
+def test_content_keys_follow_messages_and_category():
+    recs = _records(3)
+    k = content_keys(recs, ["Math"] * 3)
+    assert len(set(k)) == 3
+    assert content_keys(recs, ["Math"] * 3) == k
+    assert content_keys(recs, ["Coding", "Math", "Math"])[0] != k[0]
+
+
+def test_score_records_resumes_and_matches_uninterrupted(tmp_path):
+    recs = _records(50)
+    cats = np.array(["Math"] * 50, dtype=object)
+    full, _ = score_records(recs, cats, CharScorer(), tmp_path / "a", chunk_records=7)
+    # interrupted after 3 chunks, then resumed: only the rest is scored, same result
+    s1 = CharScorer(fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        score_records(recs, cats, s1, tmp_path / "b", chunk_records=7)
+    assert s1.seen == 21
+    s2 = CharScorer()
+    resumed, facts = score_records(recs, cats, s2, tmp_path / "b", chunk_records=7)
+    assert s2.seen == 29 and facts["cached"] == 21 and facts["computed"] == 29
+    for o in ("chars", "ratio"):
+        np.testing.assert_array_equal(full[o], resumed[o])
+    np.testing.assert_array_equal(full["chars"], (recs["instruction"].str.len_chars() + recs["response"].str.len_chars()).to_numpy())
+    # a third run is all cache
+    s3 = CharScorer()
+    again, facts3 = score_records(recs, cats, s3, tmp_path / "b", chunk_records=7)
+    assert s3.seen == 0 and facts3["cached"] == 50
+    # a changed fingerprint recomputes
+    s4 = CharScorer(salt="v2")
+    score_records(recs, cats, s4, tmp_path / "b", chunk_records=7)
+    assert s4.seen == 50
+
+
+def test_score_records_respects_categories_and_mask(tmp_path):
+    recs = _records(10)
+    cats = np.array(["Math", "Coding"] * 5, dtype=object)
+    s = CharScorer(categories=("Math",))
+    mask = np.arange(10) < 8
+    out, facts = score_records(recs, cats, s, tmp_path, mask=mask)
+    assert s.seen == 4 and facts["records"] == 4
+    assert np.isfinite(out["chars"][[0, 2, 4, 6]]).all()
+    assert np.isnan(out["chars"][[1, 3, 5, 7, 8, 9]]).all()
+    # the category is part of the key: a record re-labelled Math later is scored then
+    cats2 = cats.copy()
+    cats2[1] = "Math"
+    s2 = CharScorer(categories=("Math",))
+    score_records(recs, cats2, s2, tmp_path, mask=mask)
+    assert s2.seen == 1
+
+
+def test_needed_scorers_routes_by_category_and_skips_given_scores():
+    cats = np.array(["Math", "Coding", "Generation", "Factual QA", "Math"], dtype=object)
+    src = metric_sources("paper")
+    plan = needed_scorers("combination", cats, {}, src)
+    assert set(plan) == {"difficulty", "process_reward", "code_quality", "if_quality", "deita_quality"}
+    assert plan["process_reward"][0].tolist() == [True, False, False, False, True]
+    assert plan["deita_quality"][0].tolist() == [False, False, False, True, False]
+    # a given difficulty for all records: the difficulty scorer is not needed
+    plan2 = needed_scorers("combination", cats, {"difficulty": np.arange(5.0)}, src)
+    assert "difficulty" not in plan2
+    # lite: one scorer stands in for every quality metric
+    lite = needed_scorers("combination", cats, {}, metric_sources("lite"))
+    assert set(lite) == {"lite_quality", "lite_difficulty"} and lite["lite_quality"][0].all()
+    assert {m for m, _, _ in lite["lite_quality"][1]} == {"process_reward", "code_quality", "if_quality", "quality"}
+    assert needed_scorers("longest", cats, {}, src) == {}
+    # explicit scorers override the profile for the metrics they produce
+    assert metric_sources("lite", ["deita_quality"])["quality"] == ("deita_quality", "quality")
+    assert metric_sources("lite", ["deita_quality"])["if_quality"] == ("lite_quality", "lite_quality")
+
+
+def test_apply_scores_never_overwrites():
+    s = {"quality": np.array([1.0, np.nan, 3.0])}
+    apply_scores(s, "quality", np.array([9.0, 9.0, 9.0]))
+    assert s["quality"].tolist() == [1.0, 9.0, 3.0]
+    apply_scores(s, "difficulty", np.array([1.0, 2.0, 3.0]), rows=np.array([True, False, True]))
+    assert s["difficulty"][0] == 1.0 and np.isnan(s["difficulty"][1])
+
+
+def test_profiles_and_parsers():
+    for prof in PROFILE_METRICS.values():
+        for scorer, col in prof.values():
+            assert col in SCORER_OUTPUTS[scorer]
+    assert parse_scorer_list("tokens, ifd,tokens") == ["tokens", "ifd"]
+    with pytest.raises(ConfigError, match="unknown scorer 'nope'"):
+        parse_scorer_list("nope")
+    assert parse_models(["difficulty=/m/d"]) == {"difficulty": "/m/d"}
+    with pytest.raises(ConfigError, match="SCORER=MODEL"):
+        parse_models(["difficulty"])
