@@ -1,0 +1,1118 @@
+"""LLM judges of LASER step 2 over any OpenAI-compatible chat endpoint.
+
+The judges send chat requests to ``{base_url}/chat/completions`` (vLLM, llama.cpp's server,
+``laser-fast serve`` or a hosted API) with the standard library only (``urllib`` + a thread pool):
+
+* :class:`JudgeClient`: bounded concurrency, retries with exponential backoff and jitter on
+  connection errors / timeouts / 429 / 5xx, a per-request timeout and a content-addressed response
+  cache (append-only JSONL shards under ``cache_dir``), so a rerun sends no request for a prompt it
+  has already answered. The API key is read only from the environment (``LASER_FAST_JUDGE_API_KEY``,
+  then ``OPENAI_API_KEY``) and is never logged, cached or fingerprinted.
+* :class:`CodeQualityScorer` (``code_quality``, Coding records) and :class:`IFQualityScorer`
+  (``if_quality``, Generation and Brainstorming records) follow the reference's
+  ``analysis/analyzer/code_quality_scorer.py`` and ``if_quality_scorer.py`` (formulas documented on
+  each class); the prompts are our own wording.
+* :class:`PromptJudgeScorer`: any custom prompt template with a parser for its answer.
+
+Multi-turn records are scored per exchange (user turn, assistant turn) and averaged over the
+exchanges with a non-empty response, as the reference does.
+
+Environment:
+    LASER_FAST_JUDGE_URL: default base URL (else ``http://127.0.0.1:8000/v1``).
+    LASER_FAST_JUDGE_API_KEY / OPENAI_API_KEY: bearer token sent to the endpoint, if set.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import math
+import os
+import random
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from .._version import __version__
+from ..errors import ConfigError, LaserError
+from ..scores import Scorer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "JudgeClient",
+    "JudgeScorer",
+    "CodeQualityScorer",
+    "IFQualityScorer",
+    "PromptJudgeScorer",
+    "DEFAULT_JUDGE_URL",
+    "extract_json",
+    "strip_think",
+    "line_edit_similarity",
+    "code_quality_formula",
+    "if_quality_formula",
+]
+
+#: Base URL used when neither the argument nor ``LASER_FAST_JUDGE_URL`` is given.
+DEFAULT_JUDGE_URL = "http://127.0.0.1:8000/v1"
+_KEY_ENV = ("LASER_FAST_JUDGE_API_KEY", "OPENAI_API_KEY")
+_RETRY_STATUS = frozenset((408, 409, 425, 429, 500, 502, 503, 504))
+# Status codes that would fail every request the same way: stop with a clear error.
+_FATAL_STATUS = frozenset((401, 403, 404, 405))
+
+
+def default_judge_url() -> str:
+    """``LASER_FAST_JUDGE_URL`` if set, else :data:`DEFAULT_JUDGE_URL`."""
+    return os.environ.get("LASER_FAST_JUDGE_URL") or DEFAULT_JUDGE_URL
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# client
+# --------------------------------------------------------------------------------------------
+
+
+class _Unreachable(Exception):
+    """Internal: the endpoint could not be reached after all retries."""
+
+
+class JudgeClient:
+    """A small, cached, retrying client of an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000/v1``; None = ``LASER_FAST_JUDGE_URL`` or the default.
+        model: model name sent in each request.
+        api_key_env: environment variables read (first set wins) for the bearer token.
+        max_concurrency: requests in flight at once.
+        timeout: seconds per request (connect + read).
+        max_retries: extra attempts after a retryable failure (connection error, timeout, 408/429/5xx).
+        backoff: base delay in seconds; attempt ``k`` waits ``backoff * 2**k`` times a jitter in
+            [0.5, 1.5) (capped at 60 s; a ``Retry-After`` header is honoured up to the same cap).
+        cache_dir: folder of the response cache; None = no cache.
+        temperature, top_p, max_tokens: default sampling parameters.
+        extra_body: extra JSON fields sent with every request (e.g. ``chat_template_kwargs``).
+    """
+
+    def __init__(self, base_url: str | None = None, model: str = "default", *,
+                 api_key_env: Sequence[str] = _KEY_ENV, max_concurrency: int = 8, timeout: float = 120,
+                 max_retries: int = 4, backoff: float = 1.0, cache_dir: str | Path | None = None,
+                 temperature: float = 0.0, top_p: float | None = None, max_tokens: int = 1024,
+                 extra_body: Mapping[str, Any] | None = None):
+        self.base_url = (base_url or default_judge_url()).rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"judge URL '{self.base_url}' must start with http:// or https:// (set --judge-url or LASER_FAST_JUDGE_URL)")
+        self.url = self.base_url + "/chat/completions"
+        self.model = model
+        self.api_key_env = tuple(api_key_env)
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.timeout = float(timeout)
+        self.max_retries = max(0, int(max_retries))
+        self.backoff = float(backoff)
+        self.params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
+        if top_p is not None:
+            self.params["top_p"] = float(top_p)
+        self.extra_body = dict(extra_body or {})
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0}
+        self._lock = threading.Lock()
+        self._cache: dict[str, str] | None = None
+        self._cache_dir: Path | None = None
+        self._shard = None
+        self.set_cache_dir(cache_dir)
+
+    # ---- cache -------------------------------------------------------------------------------
+
+    def set_cache_dir(self, cache_dir: str | Path | None) -> None:
+        """Use ``cache_dir`` for the response cache (None = no cache); loads existing shards lazily."""
+        with self._lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+            self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+            self._cache = None
+
+    def _load_cache(self) -> dict[str, str]:
+        if self._cache is None:
+            cache: dict[str, str] = {}
+            if self._cache_dir is not None and self._cache_dir.is_dir():
+                for shard in sorted(self._cache_dir.glob("responses-*.jsonl")):
+                    with open(shard, encoding="utf-8") as f:
+                        for line in f:
+                            try:
+                                d = json.loads(line)
+                                cache[d["key"]] = d["content"]
+                            except (ValueError, KeyError, TypeError):
+                                continue  # a torn last line of an interrupted run
+            self._cache = cache
+        return self._cache
+
+    def _store(self, key: str, content: str) -> None:
+        # called under self._lock
+        assert self._cache is not None
+        self._cache[key] = content
+        if self._cache_dir is None:
+            return
+        if self._shard is None:
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            name = f"responses-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._shard = open(self._cache_dir / name, "a", encoding="utf-8")
+        # one write of one complete line per entry: a crash can only tear the last line
+        self._shard.write(json.dumps({"key": key, "model": self.model, "content": content}, ensure_ascii=False) + "\n")
+        self._shard.flush()
+
+    def cache_key(self, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any]) -> str:
+        """sha256 of model + messages + sampling parameters (independent of URL and key)."""
+        return _hash({"model": self.model, "messages": [dict(m) for m in messages], "params": dict(params)})
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    def _api_key(self) -> str | None:
+        for name in self.api_key_env:
+            v = os.environ.get(name)
+            if v:
+                return v
+        return None
+
+    def _post(self, body: dict) -> dict:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            wait = None
+            try:
+                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read().decode("utf-8"))
+            except urllib.error.HTTPError as e:
+                status = e.code
+                text = _safe_body(e)
+                if status in _FATAL_STATUS:
+                    hint = {401: "set LASER_FAST_JUDGE_API_KEY (or OPENAI_API_KEY) to the server's key",
+                            403: "check the API key's permissions",
+                            404: f"check the URL (it should end in /v1) and that the server serves the model '{self.model}'",
+                            405: "check the URL (it should end in /v1)"}[status]
+                    raise LaserError(f"judge endpoint {self.url} answered HTTP {status} ({text}): {hint}") from None
+                if status not in _RETRY_STATUS:
+                    raise _RequestFailed(f"HTTP {status}: {text}") from None
+                last = f"HTTP {status}: {text}"
+                ra = e.headers.get("Retry-After") if e.headers else None
+                if ra:
+                    try:
+                        wait = min(60.0, float(ra))
+                    except ValueError:
+                        wait = None
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
+                    TimeoutError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                last = f"{type(reason).__name__}: {reason}"
+            except ValueError as e:  # not JSON
+                raise _RequestFailed(f"the answer was not JSON ({e})") from None
+            if attempt < self.max_retries:
+                with self._lock:
+                    self.stats["retries"] += 1
+                if wait is None:
+                    wait = min(60.0, self.backoff * (2 ** attempt) * (0.5 + random.random()))
+                time.sleep(wait)
+        raise _Unreachable(last)
+
+    def _one(self, messages: Sequence[Mapping[str, str]], params: dict) -> str | None:
+        key = self.cache_key(messages, params)
+        with self._lock:
+            hit = self._load_cache().get(key)
+            if hit is not None:
+                self.stats["cache_hits"] += 1
+                return hit
+            self.stats["requests"] += 1
+        body = {"model": self.model, "messages": [dict(m) for m in messages], **params}
+        try:
+            out = self._post(body)
+            content = out["choices"][0]["message"].get("content") or ""
+        except _RequestFailed as e:
+            with self._lock:
+                self.stats["failures"] += 1
+            logger.warning("judge request failed (%s): %s", self.url, e)
+            return None
+        except (KeyError, IndexError, TypeError, AttributeError):
+            with self._lock:
+                self.stats["failures"] += 1
+            logger.warning("judge endpoint %s answered without choices[0].message.content", self.url)
+            return None
+        usage = out.get("usage") or {}
+        with self._lock:
+            self.stats["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            self.stats["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            self._store(key, content)
+        return content
+
+    def chat_many(self, conversations: Sequence[Sequence[Mapping[str, str]]], **overrides: Any) -> list[str | None]:
+        """Answer each conversation (list of ``{role, content}``); None where a request failed.
+
+        Args:
+            conversations: the chats to send, answered in order.
+            **overrides: sampling parameters for these requests (``max_tokens``, ``response_format``...).
+
+        Raises:
+            LaserError: the endpoint cannot be reached after the retries, or rejects the requests
+                as unauthorised / not found.
+        """
+        params = {**self.params, **self.extra_body, **{k: v for k, v in overrides.items() if v is not None}}
+        if not conversations:
+            return []
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations)))
+        try:
+            futs = [pool.submit(self._one, c, params) for c in conversations]
+            return [f.result() for f in futs]
+        except _Unreachable as e:
+            with self._lock:
+                self.stats["failures"] += 1
+            raise LaserError(
+                f"no answer from the judge endpoint {self.url} after {self.max_retries + 1} attempt(s) (last error: {e}). "
+                "Start an OpenAI-compatible server (vLLM: `vllm serve MODEL`, llama.cpp: `llama-server -m MODEL.gguf`, "
+                "or `laser-fast serve --model smollm2`), or point to one with --judge-url / LASER_FAST_JUDGE_URL"
+            ) from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def chat(self, messages: Sequence[Mapping[str, str]], **overrides: Any) -> str | None:
+        """Answer one conversation (see :meth:`chat_many`)."""
+        return self.chat_many([messages], **overrides)[0]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+
+
+class _RequestFailed(Exception):
+    """Internal: one request failed for good (a non-retryable status or a malformed answer)."""
+
+
+def _safe_body(e: urllib.error.HTTPError) -> str:
+    try:
+        text = e.read().decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001
+        return ""
+    try:
+        d = json.loads(text)
+        if isinstance(d, dict) and isinstance(d.get("error"), dict):
+            text = str(d["error"].get("message", text))
+        elif isinstance(d, dict) and "error" in d:
+            text = str(d["error"])
+    except ValueError:
+        pass
+    return " ".join(text.split())[:300]
+
+
+# --------------------------------------------------------------------------------------------
+# parsing helpers
+# --------------------------------------------------------------------------------------------
+
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+def strip_think(text: str) -> str:
+    """Remove ``<think>...</think>`` blocks (an unterminated one, a cut-off reasoning, removes the rest)."""
+    text = _THINK.sub("", text or "")
+    i = text.lower().find("<think>")
+    if i >= 0:
+        text = text[:i]
+    return text.replace("</think>", "").strip()
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """The balanced ``{...}`` / ``[...]`` starting at ``start`` (string-aware), or None."""
+    open_c = text[start]
+    close_c = "}" if open_c == "{" else "]"
+    depth, in_str, esc = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1] if ch == close_c else None
+    return None
+
+
+def extract_json(text: str | None, want: type | tuple[type, ...] = (dict, list)) -> Any:
+    """The first JSON value of type ``want`` found in an LLM answer, or None.
+
+    Tries, in order: the whole answer, fenced code blocks, then every balanced ``{...}`` / ``[...]``
+    span (so leading prose and trailing text are ignored). ``<think>`` blocks are removed first.
+    """
+    if not text:
+        return None
+    text = strip_think(text)
+    cands = [text]
+    cands += [m.group(1) for m in _FENCE.finditer(text)]
+    for cand in cands:
+        try:
+            v = json.loads(cand.strip())
+            if isinstance(v, want):
+                return v
+        except ValueError:
+            pass
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            span = _balanced(text, i)
+            if span is None:
+                continue
+            try:
+                v = json.loads(span)
+            except ValueError:
+                try:  # trailing commas are a common slip
+                    v = json.loads(re.sub(r",\s*([}\]])", r"\1", span))
+                except ValueError:
+                    continue
+            if isinstance(v, want):
+                return v
+    return None
+
+
+def _levenshtein(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Edit distance (insert / delete / substitute, cost 1 each) between two sequences."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1]
+
+
+def line_edit_similarity(original: Sequence[str], revised: Sequence[str]) -> float:
+    """``(L - d) / L`` with ``d`` the Levenshtein distance between the two line lists and ``L`` the
+    longer list's length (1.0 for two empty lists); the reference's normalised edit similarity."""
+    n = max(len(original), len(revised))
+    if n == 0:
+        return 1.0
+    return (n - _levenshtein(list(original), list(revised))) / n
+
+
+_CODE_FENCE = re.compile(r"```[A-Za-z0-9_+#.\-]*")
+
+
+def _clean_code(code: Any) -> str:
+    """Code from the judge's JSON: literal ``\\n`` become newlines, Markdown fences go."""
+    if code is None:
+        return ""
+    if not isinstance(code, str):
+        code = str(code)
+    return _CODE_FENCE.sub("", code.replace("\\n", "\n"))
+
+
+def code_quality_formula(correct: bool, code_original: str, code_revision: str, min_code_lines: int = 4) -> float:
+    """The code-quality score of one reviewed response (reference: ``code_quality_scorer.py``).
+
+    With ``O`` / ``R`` the stripped line lists of the original and revised code and
+    ``sim = line_edit_similarity(O, R)``:
+
+    * no code in the response (``O`` empty or ``"no code"``): 0.5 if judged correct, else 0.0;
+    * judged correct and unrevised (``R`` starts with ``"no revision"``) with at least
+      ``min_code_lines`` lines (reference: more than 3): 1.0;
+    * otherwise ``sim`` if judged correct, ``0.5 * sim`` if incorrect, where an unrevised short
+      snippet is compared with the one-line marker ``"no revision"`` as the reference does.
+
+    Scale: [0, 1].
+    """
+    o = _clean_code(code_original).strip().splitlines()
+    r = _clean_code(code_revision).strip().splitlines()
+    if not o or o[0].strip().lower().strip(".") == "no code":
+        return 0.5 if correct else 0.0
+    unrevised = not r or r[0].strip().lower().strip(".") == "no revision"
+    if correct and unrevised and len(o) >= min_code_lines:
+        return 1.0
+    sim = line_edit_similarity(o, r if r else ["no revision"])
+    return sim if correct else 0.5 * sim
+
+
+def if_quality_formula(followed: Sequence[bool]) -> float:
+    """The constraint part of the IF-quality score (reference: ``if_quality_scorer.py``).
+
+    With ``n`` checked constraints of which ``k`` were followed, ``share = k / n`` and the score is
+    ``share * k`` when ``0 < k < 10`` (more followed constraints rank higher), else ``share``
+    (0.0 when nothing was checked). Scale: [0, 9].
+    """
+    n = len(followed)
+    if n == 0:
+        return 0.0
+    k = sum(1 for f in followed if f is True)
+    share = k / n
+    return share * k if 0 < k < 10 else share
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n] + " ..."
+
+
+# --------------------------------------------------------------------------------------------
+# scorers
+# --------------------------------------------------------------------------------------------
+
+
+class JudgeScorer(Scorer):
+    """Base of the LLM judges: client handling, per-exchange scoring, stats and fingerprints.
+
+    Args:
+        model: model name at the endpoint; None = the class default.
+        base_url: endpoint base URL; None = ``LASER_FAST_JUDGE_URL`` or ``http://127.0.0.1:8000/v1``.
+        max_concurrency, timeout, max_retries, backoff, api_key_env: see :class:`JudgeClient`.
+        cache_dir: response cache folder (also set by :meth:`set_workdir`).
+        temperature, top_p: sampling parameters (reference: 0.0 and 0.5).
+        max_tokens: answer budget per request (None = the class default).
+        max_input_chars: instruction + response characters put in a prompt (longer texts are cut).
+        json_schema: send ``response_format`` with a JSON schema (guided decoding in vLLM and
+            llama.cpp, like the reference's guided decoding); servers that ignore it are fine.
+        per_turn: score every exchange of a multi-turn record and average (reference); False = the
+            last exchange only.
+        disable_thinking: for Qwen3-style models send ``chat_template_kwargs: {enable_thinking: false}``
+            (None = when the model name contains "qwen3").
+    """
+
+    default_model = ""
+    default_max_tokens = 1024
+    template_text = ""  # hashed into the fingerprint
+
+    def __init__(self, model: str | None = None, base_url: str | None = None, *, max_concurrency: int = 8,
+                 timeout: float = 120, max_retries: int = 4, backoff: float = 1.0,
+                 api_key_env: Sequence[str] = _KEY_ENV, cache_dir: str | Path | None = None,
+                 temperature: float = 0.0, top_p: float | None = 0.5, max_tokens: int | None = None,
+                 max_input_chars: int = 8000, json_schema: bool = True, per_turn: bool = True,
+                 disable_thinking: bool | None = None):
+        self.model = model or self.default_model
+        self.base_url = base_url
+        self.max_tokens = int(max_tokens or self.default_max_tokens)
+        self.max_input_chars = int(max_input_chars)
+        self.json_schema = bool(json_schema)
+        self.per_turn = bool(per_turn)
+        if disable_thinking is None:
+            disable_thinking = "qwen3" in self.model.lower()
+        self.disable_thinking = bool(disable_thinking)
+        extra = {"chat_template_kwargs": {"enable_thinking": False}} if self.disable_thinking else None
+        self._client_args = dict(api_key_env=api_key_env, max_concurrency=max_concurrency, timeout=timeout,
+                                 max_retries=max_retries, backoff=backoff, temperature=temperature,
+                                 top_p=top_p, max_tokens=self.max_tokens, extra_body=extra)
+        self._cache_dir = cache_dir
+        self._client: JudgeClient | None = None
+        self.stats: dict[str, float] = {"records": 0, "requests": 0, "cache_hits": 0, "retries": 0,
+                                        "failures": 0, "unparsable": 0, "seconds": 0.0,
+                                        "prompt_tokens": 0, "completion_tokens": 0}
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> JudgeClient:
+        if self._client is None:
+            self._client = JudgeClient(self.base_url, self.model, cache_dir=self._cache_dir, **self._client_args)
+        return self._client
+
+    def set_workdir(self, path: str | Path) -> None:
+        """Keep the response cache in ``path`` (the orchestrator's per-scorer folder)."""
+        self._cache_dir = Path(path)
+        if self._client is not None:
+            self._client.set_cache_dir(self._cache_dir)
+
+    @property
+    def fingerprint(self) -> str:
+        a = self._client_args
+        params = {"temperature": a["temperature"], "top_p": a["top_p"], "max_tokens": self.max_tokens,
+                  "max_input_chars": self.max_input_chars, "json_schema": self.json_schema,
+                  "per_turn": self.per_turn, "no_think": self.disable_thinking, **self._fingerprint_extra()}
+        tmpl = hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()[:16]
+        return f"{self.name}|{self.model}|tmpl={tmpl}|{_hash(params)[:16]}|v{__version__}"
+
+    def _fingerprint_extra(self) -> dict:
+        return {}
+
+    def _chat(self, prompts: Sequence[str], max_tokens: int | None = None, schema: dict | None = None) -> list[str | None]:
+        fmt = None
+        if self.json_schema and schema is not None:
+            fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+        return self.client.chat_many([[{"role": "user", "content": p}] for p in prompts],
+                                     max_tokens=max_tokens, response_format=fmt)
+
+    def _unparsable(self, what: str, answer: str | None, count: int = 1) -> None:
+        self.stats["unparsable"] += count
+        if answer is not None:
+            logger.debug("%s: unparsable %s: %r", self.name, what, (answer or "")[:300])
+
+    # ---- Scorer ------------------------------------------------------------------------------
+
+    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        n = batch.height
+        out = {o: np.full(n, np.nan) for o in self.outputs}
+        if "category" in batch.columns and self.categories is not None:
+            mask = self.applies_to(batch["category"].to_list())
+        else:
+            mask = np.ones(n, dtype=bool)
+        rows = np.flatnonzero(mask)
+        if self.per_turn and "user_turns" in batch.columns:
+            users, resps = batch["user_turns"].to_list(), batch["responses"].to_list()
+        else:
+            users = [[u] for u in batch["instruction"].to_list()]
+            resps = [[r] for r in batch["response"].to_list()]
+        ex_rec, ex_inst, ex_resp = [], [], []
+        for i in rows:
+            u, r = users[i] or [], resps[i] or []
+            for k in range(min(len(u), len(r))):
+                if r[k] and r[k].strip():
+                    ex_rec.append(i)
+                    ex_inst.append(u[k] or "")
+                    ex_resp.append(r[k])
+        before = dict(self.client.stats)
+        unparsable0 = self.stats["unparsable"]
+        ex_scores = self.score_exchanges(ex_inst, ex_resp) if ex_rec else {o: np.zeros(0) for o in self.outputs}
+        for o in self.outputs:
+            acc = np.zeros(n)
+            cnt = np.zeros(n)
+            vals = np.asarray(ex_scores[o], dtype=np.float64)
+            bad = np.zeros(n, dtype=bool)
+            for j, i in enumerate(ex_rec):
+                if np.isfinite(vals[j]):
+                    acc[i] += vals[j]
+                    cnt[i] += 1
+                else:
+                    bad[i] = True
+            ok = cnt > 0
+            out[o][ok] = acc[ok] / cnt[ok]
+            out[o][bad & ~ok] = np.nan
+        no_ex = np.setdiff1d(rows, np.asarray(ex_rec, dtype=np.int64))
+        if no_ex.size:
+            logger.warning("%s: %d record(s) have no non-empty response to judge; their score is NaN", self.name, no_ex.size)
+        cs = self.client.stats
+        for k in ("requests", "cache_hits", "retries", "failures", "prompt_tokens", "completion_tokens"):
+            self.stats[k] += cs[k] - before[k]
+        new_unp = self.stats["unparsable"] - unparsable0
+        if new_unp:
+            logger.warning("%s: %d judge answer(s) could not be parsed (model %s); those exchanges fall back "
+                           "as documented or score NaN", self.name, int(new_unp), self.model)
+        nan_rows = int(np.sum(~np.isfinite(out[self.outputs[0]][rows]))) if rows.size else 0
+        if nan_rows:
+            logger.warning("%s: %d of %d judged record(s) got no score (NaN): unparsable answers or failed requests",
+                           self.name, nan_rows, rows.size)
+        self.stats["records"] += int(rows.size)
+        self.stats["seconds"] += time.perf_counter() - t0
+        return out
+
+    def score_exchanges(self, instructions: list[str], responses: list[str]) -> dict[str, np.ndarray]:
+        """Scores of single (instruction, response) exchanges; NaN where not scorable."""
+        raise NotImplementedError
+
+
+# ---- code quality ----------------------------------------------------------------------------
+
+CODE_REVIEW_TEMPLATE = """You are reviewing the code in an assistant's answer to a user's request.
+
+Steps:
+1. Read the REQUEST and the ANSWER below and review the code in the ANSWER.
+2. Judge only whether the code does what it should (functional correctness): answer "correct" or "incorrect".
+3. Copy the code from the ANSWER as it is; write "no code" when the ANSWER contains no code.
+4. If the code is correct write "no revision"; otherwise write an improved version of the code.
+5. Reply with one JSON object with the keys "review" (a short explanation), "final_verdict"
+   ("correct" or "incorrect"), "code_original" and "code_revision".
+
+=== REQUEST ===
+{instruction}
+
+=== ANSWER ===
+{response}
+"""
+
+_CODE_SCHEMA = {
+    "type": "object",
+    "properties": {"review": {"type": "string"}, "final_verdict": {"type": "string", "enum": ["correct", "incorrect"]},
+                   "code_original": {"type": "string"}, "code_revision": {"type": "string"}},
+    "required": ["review", "final_verdict", "code_original", "code_revision"],
+}
+
+
+def parse_code_review(answer: str | None) -> tuple[bool, str, str] | None:
+    """(correct, code_original, code_revision) from a code-review answer, or None if unparsable."""
+    d = extract_json(answer, dict)
+    if not d:
+        return None
+    lower = {str(k).strip().lower(): v for k, v in d.items()}
+    verdict = lower.get("final_verdict", lower.get("verdict"))
+    orig = lower.get("code_original", lower.get("original_code"))
+    rev = lower.get("code_revision", lower.get("revised_code", lower.get("revision")))
+    if verdict is None or orig is None:
+        return None
+    if isinstance(verdict, bool):
+        correct = verdict
+    else:
+        correct = str(verdict).strip().strip(".'\"").lower() == "correct"
+    return correct, str(orig), "" if rev is None else str(rev)
+
+
+class CodeQualityScorer(JudgeScorer):
+    """``code_quality`` of Coding records: an LLM review plus an edit similarity (reference:
+    ``analysis/analyzer/code_quality_scorer.py`` with ``template/code_revision_template.txt``).
+
+    The judge returns JSON with a review, a verdict ("correct"/"incorrect"), the original code and a
+    revision ("no revision" when correct); the score is :func:`code_quality_formula` (scale [0, 1]).
+    Deviation: an unparsable answer scores NaN (counted and logged; the reference gave 1.0), and
+    over-long inputs are cut to ``max_input_chars`` instead of scoring 0.0.
+
+    Args:
+        min_code_lines: see :func:`code_quality_formula` (reference: 4).
+        repair: retry an unparsable answer once with a hint to answer with JSON only.
+        **kwargs: see :class:`JudgeScorer`. Defaults: model ``Qwen/Qwen2.5-Coder-14B-Instruct``,
+            ``max_tokens`` 2048, ``max_input_chars`` 8000 (the reference's 2048-token prompt budget).
+    """
+
+    name = "code_quality"
+    outputs = ("code_quality",)
+    categories = ("Coding",)
+    default_model = "Qwen/Qwen2.5-Coder-14B-Instruct"
+    default_max_tokens = 2048
+    template_text = CODE_REVIEW_TEMPLATE
+
+    def __init__(self, model: str | None = None, base_url: str | None = None, *, min_code_lines: int = 4,
+                 repair: bool = True, **kwargs: Any):
+        super().__init__(model, base_url, **kwargs)
+        self.min_code_lines = int(min_code_lines)
+        self.repair = bool(repair)
+
+    def _fingerprint_extra(self) -> dict:
+        return {"min_code_lines": self.min_code_lines, "repair": self.repair}
+
+    def _prompt(self, inst: str, resp: str) -> str:
+        inst = _clip(inst, self.max_input_chars // 2)
+        resp = _clip(resp, max(200, self.max_input_chars - len(inst)))
+        return CODE_REVIEW_TEMPLATE.replace("{instruction}", inst).replace("{response}", resp)
+
+    def score_exchanges(self, instructions: list[str], responses: list[str]) -> dict[str, np.ndarray]:
+        prompts = [self._prompt(i, r) for i, r in zip(instructions, responses)]
+        answers = self._chat(prompts, schema=_CODE_SCHEMA)
+        parsed = [parse_code_review(a) for a in answers]
+        if self.repair:
+            redo = [j for j, p in enumerate(parsed) if p is None and answers[j] is not None]
+            if redo:
+                again = self._chat([prompts[j] + "\nAnswer with the JSON object only, nothing else." for j in redo],
+                                   schema=_CODE_SCHEMA)
+                for j, a in zip(redo, again):
+                    parsed[j] = parse_code_review(a)
+        scores = np.full(len(prompts), np.nan)
+        for j, p in enumerate(parsed):
+            if p is None:
+                self._unparsable("code review", answers[j])
+                continue
+            scores[j] = code_quality_formula(p[0], p[1], p[2], self.min_code_lines)
+        return {"code_quality": scores}
+
+
+# ---- instruction following -------------------------------------------------------------------
+
+#: Constraint types the reference keeps (writing_style, writing_type and topic are dropped).
+IF_CONSTRAINT_TYPES = ("letter_case", "placeholder_and_postscript", "repeat_prompt", "output_combination",
+                       "choose_output", "output_format", "keyword_included", "keyword_avoided",
+                       "keyword_frequency", "language", "length", "punctuation", "start_and_ending")
+
+IF_CONSTRAINT_TEMPLATE = """Find the explicit constraints that the USER's request puts on the form of the answer.
+
+Constraint types:
+- letter_case: lower case only, all capitals, ...
+- placeholder_and_postscript: placeholders such as [name], a P.S. at the end
+- repeat_prompt: repeat the request before answering
+- output_combination: several answers, separated in a given way
+- choose_output: pick the answer from given options
+- output_format: JSON, Markdown, bullet points, a title, highlighted sections, ...
+- keyword_included: words that must appear (quote them)
+- keyword_avoided: words that must not appear (quote them)
+- keyword_frequency: how often a word, letter or symbol must appear
+- language: which language(s) to answer in
+- length: number of words, sentences or paragraphs
+- punctuation: e.g. no commas
+- start_and_ending: how the answer must begin or end (quote the phrase), or wrapping it in quotes
+- writing_style, writing_type, topic: style, kind of text, subject
+
+Reply with JSON only: {"constraints": [{"constraint": "<the words of the request that state it>", "type": "<one type from the list>"}, ...]}
+Use an empty list when the request states no such constraint.
+
+Example request: Write a short poem about the sea in exactly 4 lines, all in lower case, and end it with "Goodbye!".
+Example reply: {"constraints": [{"constraint": "exactly 4 lines", "type": "length"}, {"constraint": "all in lower case", "type": "letter_case"}, {"constraint": "end it with \\"Goodbye!\\"", "type": "start_and_ending"}, {"constraint": "poem", "type": "writing_type"}]}
+
+USER request:
+{instruction}
+"""
+
+IF_CHECK_TEMPLATE = """Check the ASSISTANT's text below against each numbered question.
+Reply with JSON only, mapping each question number to true or false, e.g. {"1": true, "2": false}.
+
+Questions:
+{questions}
+
+ASSISTANT:
+{response}
+"""
+
+IF_OVERALL_TEMPLATE = """Rate how well the ASSISTANT's answer serves what the USER asked for, respecting any
+constraints in the request, on a scale from 1 (useless) to 10 (excellent).
+Reply with JSON only: {"score": <integer from 1 to 10>}
+
+USER: {instruction}
+ASSISTANT:
+{response}
+"""
+
+_IF_CONSTRAINT_SCHEMA = {
+    "type": "object",
+    "properties": {"constraints": {"type": "array", "items": {
+        "type": "object", "properties": {"constraint": {"type": "string"}, "type": {"type": "string"}},
+        "required": ["constraint", "type"]}}},
+    "required": ["constraints"],
+}
+_IF_CHECK_SCHEMA = {"type": "object", "additionalProperties": {"type": "boolean"}}
+_IF_OVERALL_SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+
+_NEGATION = re.compile(r"\b(no|not|without|never|avoid|refrain)\b|n't\b", re.IGNORECASE)
+_QUOTED = re.compile(r'"([^"]*)"|\'([^\']*)\'')
+
+
+def parse_constraints(answer: str | None) -> list[tuple[str, str]] | None:
+    """``[(type, expression), ...]`` from a constraint-extraction answer, or None if unparsable.
+
+    Accepts ``{"constraints": [{"constraint": ..., "type": ...}]}``, a bare list of such objects,
+    or the reference's shape ``{"answer": {expression: type}}`` / ``{expression: type}``.
+    """
+    d = extract_json(answer, (dict, list))
+    if d is None:
+        return None
+    items: list[tuple[str, str]] = []
+    if isinstance(d, dict):
+        if "constraints" in d:
+            d = d["constraints"]
+        elif "answer" in d and isinstance(d["answer"], dict):
+            d = d["answer"]
+    if isinstance(d, dict):
+        items = [(str(v), str(k)) for k, v in d.items() if isinstance(v, str)]
+    elif isinstance(d, list):
+        for it in d:
+            if isinstance(it, dict):
+                exp = it.get("constraint", it.get("expression", it.get("text")))
+                typ = it.get("type", it.get("constraint_type"))
+                if isinstance(exp, str) and isinstance(typ, str):
+                    items.append((typ, exp))
+    else:
+        return None
+    return [(t.strip().lower().replace(" ", "_"), e.strip()) for t, e in items if e.strip()]
+
+
+def clean_constraints(found: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Keep the reference's 13 constraint types, drop expressions contained in another one, and
+    normalise keyword / option / start-end constraints (quoted phrases, joined with ``"; "``)."""
+    kept = [(t, e) for t, e in found if t in IF_CONSTRAINT_TYPES and e.lower() not in ("", "yes", "no")]
+    exps = [e for _, e in kept]
+    kept = [(t, e) for t, e in kept if not any(e in other and e != other for other in exps)]
+    out: list[tuple[str, str]] = []
+    options: list[str] = []
+    for t, e in kept:
+        if t in ("keyword_included", "keyword_avoided"):
+            words = [a or b for a, b in _QUOTED.findall(e.replace("n't ", "nt ").replace("'s ", "s "))]
+            words = [w for w in words if w]
+            if words:
+                out.append((t, "; ".join(words)))
+        elif t == "choose_output":
+            options.append(e)
+        elif t == "start_and_ending":
+            low = f" {e.lower()} "
+            phrases = [a or b for a, b in _QUOTED.findall(e)]
+            if phrases and (" end " in low or " finish " in low or " ending " in low):
+                out.append((t, f"ending; {phrases[0]}"))
+            elif phrases and (" start " in low or " begin " in low):
+                out.append((t, f"start; {phrases[0]}"))
+            else:
+                out.append((t, e))
+        else:
+            out.append((t, e))
+    if options:
+        out.append(("choose_output", "; ".join(options)))
+    return out
+
+
+def check_constraint(kind: str, exp: str, instruction: str, response: str) -> bool | None:
+    """Deterministic check of one constraint (the reference checks these by rule); None = ask the LLM."""
+    low = exp.lower()
+    if kind == "punctuation":
+        return "," not in response if (_NEGATION.search(exp) and "comma" in low) else None
+    if kind == "keyword_included":
+        return all(k in response for k in exp.split("; "))
+    if kind == "keyword_avoided":
+        return not any(k in response for k in exp.split("; "))
+    if kind == "choose_output":
+        return sum(1 for k in exp.split("; ") if k in response) == 1
+    if kind == "letter_case":
+        if "times" in low or "twice" in low:
+            return None
+        if (_NEGATION.search(exp) and "capital" in low) or "lowercase" in low or "lower case" in low:
+            return response.islower()
+        if "capital" in low or "uppercase" in low or "upper case" in low:
+            return response.isupper()
+        return None
+    if kind == "start_and_ending":
+        if "wrap" in low and "quot" in low:
+            s = response.strip()
+            return len(s) >= 2 and s.startswith('"') and s.endswith('"')
+        if exp.startswith("start; "):
+            return response.lstrip().startswith(exp[len("start; "):])
+        if exp.startswith("ending; "):
+            return response.rstrip().endswith(exp[len("ending; "):])
+        return None
+    if kind == "repeat_prompt":
+        sents = [s.strip() for s in re.split(r"[.?!]", instruction) if s.strip()]
+        return any(s in response for s in sents)
+    return None
+
+
+def _question(k: int, kind: str, exp: str) -> str:
+    if kind == "choose_output":
+        return f'{k}. Does the text contain exactly one of these phrases: {exp}?'
+    return f'{k}. Does the text follow the {kind.replace("_", " ")} constraint "{exp}"?'
+
+
+def parse_checks(answer: str | None, n: int) -> dict[int, bool] | None:
+    """``{question number: followed}`` from a check answer (numbers 1..n), or None if unparsable."""
+    d = extract_json(answer, (dict, list))
+    if d is None:
+        return None
+    if isinstance(d, dict) and isinstance(d.get("answer"), (dict, list)):
+        d = d["answer"]
+    if isinstance(d, list):
+        d = {str(i + 1): v for i, v in enumerate(d)}
+    out: dict[int, bool] = {}
+    for k, v in d.items():
+        m = re.search(r"\d+", str(k))
+        if not m or not 1 <= int(m.group()) <= n:
+            continue
+        if isinstance(v, bool):
+            out[int(m.group())] = v
+        elif isinstance(v, str) and v.strip().lower() in ("true", "yes", "false", "no"):
+            out[int(m.group())] = v.strip().lower() in ("true", "yes")
+    return out
+
+
+def parse_overall(answer: str | None) -> float | None:
+    """The 1-10 rating of an overall-quality answer, or None."""
+    d = extract_json(answer, dict)
+    v = None
+    if d is not None:
+        v = d.get("score")
+    if v is None and answer:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*", strip_think(answer))
+        v = m.group(1) if m else None
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if 0 <= f <= 10 else None
+
+
+class IFQualityScorer(JudgeScorer):
+    """``if_quality`` of Generation and Brainstorming records: instruction following (reference:
+    ``analysis/analyzer/if_quality_scorer.py`` with ``template/if_quality_*_template.txt``).
+
+    1. The judge lists the instruction's constraints (JSON); the reference's 13 types are kept
+       (:func:`clean_constraints`).
+    2. Keyword, option, letter-case, comma, start/end and repeat constraints are checked by rule
+       (:func:`check_constraint`); the others go to the judge in one call per exchange listing all of
+       them (true/false each).
+    3. With ``k`` of ``n`` checked constraints followed: :func:`if_quality_formula` (``k/n * k`` for
+       ``0 < k < 10``), scale [0, 9].
+    4. No checked constraint (none found, or the check answer unparsable): the judge rates the
+       answer 1-10 and the score is ``rating / 10`` (scale [0.1, 1]), the reference's convention.
+
+    Deviations: length and keyword-frequency constraints are checked by the judge, not by rule; an
+    unparsable final rating is NaN (counted and logged; the reference used 0.5); unparsable step-1/2
+    answers fall back as the reference does (no constraints / no judged constraints) and are counted
+    in ``stats["unparsable"]``.
+
+    Args:
+        check_max_tokens, overall_max_tokens: answer budgets of steps 2 and 4 (reference: 1024, 100);
+            ``max_tokens`` is step 1's (reference: 1024).
+        **kwargs: see :class:`JudgeScorer`. Defaults: model ``Qwen/Qwen3-14B`` (thinking disabled),
+            ``max_input_chars`` 24000 (the reference's 8192-token context less the answer budget).
+    """
+
+    name = "if_quality"
+    outputs = ("if_quality",)
+    categories = ("Generation", "Brainstorming")
+    default_model = "Qwen/Qwen3-14B"
+    default_max_tokens = 1024
+    template_text = IF_CONSTRAINT_TEMPLATE + IF_CHECK_TEMPLATE + IF_OVERALL_TEMPLATE
+
+    def __init__(self, model: str | None = None, base_url: str | None = None, *, check_max_tokens: int | None = None,
+                 overall_max_tokens: int = 100, max_input_chars: int = 24000, **kwargs: Any):
+        super().__init__(model, base_url, max_input_chars=max_input_chars, **kwargs)
+        self.check_max_tokens = int(check_max_tokens or self.max_tokens)
+        self.overall_max_tokens = int(overall_max_tokens)
+
+    def _fingerprint_extra(self) -> dict:
+        return {"check_max_tokens": self.check_max_tokens, "overall_max_tokens": self.overall_max_tokens}
+
+    def score_exchanges(self, instructions: list[str], responses: list[str]) -> dict[str, np.ndarray]:
+        m = len(instructions)
+        lim = self.max_input_chars
+        # step 1: constraints
+        answers = self._chat([IF_CONSTRAINT_TEMPLATE.replace("{instruction}", _clip(i, lim))
+                              for i in instructions], schema=_IF_CONSTRAINT_SCHEMA)
+        constraints: list[list[tuple[str, str]]] = []
+        for a in answers:
+            p = parse_constraints(a)
+            if p is None:
+                self._unparsable("constraint list", a)
+                p = []
+            constraints.append(clean_constraints(p))
+        # step 2: rule checks, then one judge call per exchange for the rest
+        followed: list[list[bool]] = [[] for _ in range(m)]
+        ask: list[tuple[int, list[tuple[str, str]]]] = []
+        for j in range(m):
+            rest = []
+            for kind, exp in constraints[j]:
+                r = check_constraint(kind, exp, instructions[j], responses[j])
+                if r is None:
+                    rest.append((kind, exp))
+                else:
+                    followed[j].append(bool(r))
+            if rest:
+                ask.append((j, rest))
+        if ask:
+            prompts = []
+            for j, rest in ask:
+                qs = "\n".join(_question(k + 1, kind, exp) for k, (kind, exp) in enumerate(rest))
+                body = IF_CHECK_TEMPLATE
+                prompts.append(body.replace("{questions}", qs).replace("{response}", _clip(responses[j], lim)))
+            checks = self._chat(prompts, max_tokens=self.check_max_tokens, schema=_IF_CHECK_SCHEMA)
+            for (j, rest), a in zip(ask, checks):
+                c = parse_checks(a, len(rest))
+                if c is None:
+                    self._unparsable("constraint check", a)
+                    continue
+                followed[j] += [c[k] for k in sorted(c)]
+        scores = np.array([if_quality_formula(f) for f in followed], dtype=np.float64)
+        # step 4: holistic rating where nothing was checked
+        open_ = [j for j in range(m) if not followed[j]]
+        if open_:
+            prompts = [IF_OVERALL_TEMPLATE.replace("{instruction}", _clip(instructions[j], lim // 2))
+                       .replace("{response}", _clip(responses[j], lim // 2)) for j in open_]
+            rates = self._chat(prompts, max_tokens=self.overall_max_tokens, schema=_IF_OVERALL_SCHEMA)
+            for j, a in zip(open_, rates):
+                r = parse_overall(a)
+                if r is None:
+                    self._unparsable("overall rating", a)
+                    scores[j] = np.nan
+                else:
+                    scores[j] = r / 10.0
+        return {"if_quality": scores}
+
+
+# ---- custom prompts ----------------------------------------------------------------------------
+
+
+def parse_score(answer: str | None) -> float | None:
+    """Default parser of :class:`PromptJudgeScorer`: ``{"score": x}`` in the answer, else a lone number."""
+    d = extract_json(answer, dict)
+    if d is not None:
+        for k in ("score", "rating", "value"):
+            if k in d:
+                try:
+                    return float(d[k])
+                except (TypeError, ValueError):
+                    return None
+    if answer:
+        m = re.search(r"-?\d+(?:\.\d+)?", strip_think(answer))
+        if m:
+            return float(m.group())
+    return None
+
+
+class PromptJudgeScorer(JudgeScorer):
+    """A judge with any prompt: ``template`` with the placeholders ``{instruction}`` and
+    ``{response}`` (replaced literally, so other braces such as JSON examples need no escaping).
+
+    Args:
+        name: scorer name (and the default output name).
+        template: the prompt sent as the user message.
+        parse: answer -> float, or dict ``{output: float}`` for several outputs, or None when the
+            answer cannot be read (scored NaN, counted as unparsable). Default :func:`parse_score`.
+        outputs: output column names (default ``(name,)``).
+        categories: categories to score (None = all records).
+        system: an optional system message.
+        **kwargs: see :class:`JudgeScorer` (``model`` is required unless the server ignores it).
+    """
+
+    def __init__(self, name: str, template: str, parse: Callable[[str], Any] = parse_score, *,
+                 outputs: Sequence[str] | None = None, categories: Sequence[str] | None = None,
+                 system: str | None = None, model: str | None = None, base_url: str | None = None,
+                 max_tokens: int | None = 256, **kwargs: Any):
+        if "{instruction}" not in template and "{response}" not in template:
+            raise ConfigError(f"judge '{name}': the template has neither {{instruction}} nor {{response}}")
+        self.name = name
+        self.outputs = tuple(outputs or (name,))
+        self.categories = tuple(categories) if categories is not None else None
+        self.template = template
+        self.template_text = template + (system or "") + getattr(parse, "__qualname__", "")
+        self.parse = parse
+        self.system = system
+        super().__init__(model or "default", base_url, max_tokens=max_tokens, **kwargs)
+
+    def score_exchanges(self, instructions: list[str], responses: list[str]) -> dict[str, np.ndarray]:
+        half = self.max_input_chars // 2
+        convs = []
+        for i, r in zip(instructions, responses):
+            msgs = [{"role": "system", "content": self.system}] if self.system else []
+            msgs.append({"role": "user", "content": self.template.replace("{instruction}", _clip(i, half))
+                         .replace("{response}", _clip(r, half))})
+            convs.append(msgs)
+        answers = self.client.chat_many(convs)
+        out = {o: np.full(len(convs), np.nan) for o in self.outputs}
+        for j, a in enumerate(answers):
+            v = None
+            if a is not None:
+                try:
+                    v = self.parse(strip_think(a))
+                except Exception as e:  # noqa: BLE001 - a user parser
+                    logger.debug("%s: parser raised %s", self.name, e)
+                    v = None
+            if v is None:
+                self._unparsable("answer", a)
+                continue
+            if isinstance(v, Mapping):
+                for o in self.outputs:
+                    x = v.get(o)
+                    out[o][j] = float(x) if x is not None else np.nan
+            else:
+                out[self.outputs[0]][j] = float(v)
+        return out
