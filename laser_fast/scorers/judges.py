@@ -27,19 +27,18 @@ import hashlib
 import http.client
 import json
 import logging
-import math
 import os
 import random
 import re
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -51,17 +50,17 @@ from ..scores import Scorer
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "JudgeClient",
-    "JudgeScorer",
+    "DEFAULT_JUDGE_URL",
     "CodeQualityScorer",
     "IFQualityScorer",
+    "JudgeClient",
+    "JudgeScorer",
     "PromptJudgeScorer",
-    "DEFAULT_JUDGE_URL",
-    "extract_json",
-    "strip_think",
-    "line_edit_similarity",
     "code_quality_formula",
+    "extract_json",
     "if_quality_formula",
+    "line_edit_similarity",
+    "strip_think",
 ]
 
 #: Base URL used when neither the argument nor ``LASER_FAST_JUDGE_URL`` is given.
@@ -98,7 +97,8 @@ class JudgeClient:
         model: model name sent in each request.
         api_key_env: environment variables read (first set wins) for the bearer token.
         max_concurrency: requests in flight at once.
-        timeout: seconds per request (connect + read).
+        timeout: seconds a request may wait on the server (for the connection and for each read;
+            a timed-out request is retried like a connection error).
         max_retries: extra attempts after a retryable failure (connection error, timeout, 408/429/5xx).
         backoff: base delay in seconds; attempt ``k`` waits ``backoff * 2**k`` times a jitter in
             [0.5, 1.5) (capped at 60 s; a ``Retry-After`` header is honoured up to the same cap).
@@ -169,7 +169,7 @@ class JudgeClient:
         if self._shard is None:
             self._cache_dir.mkdir(parents=True, exist_ok=True)
             name = f"responses-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-            self._shard = open(self._cache_dir / name, "a", encoding="utf-8")
+            self._shard = open(self._cache_dir / name, "a", encoding="utf-8")  # noqa: SIM115 - kept open, closed by close()
         # one write of one complete line per entry: a crash can only tear the last line
         self._shard.write(json.dumps({"key": key, "model": self.model, "content": content}, ensure_ascii=False) + "\n")
         self._shard.flush()
@@ -218,8 +218,7 @@ class JudgeClient:
                         wait = min(60.0, float(ra))
                     except ValueError:
                         wait = None
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
-                    TimeoutError, OSError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
                 reason = getattr(e, "reason", e)
                 last = f"{type(reason).__name__}: {reason}"
             except ValueError as e:  # not JSON
@@ -521,9 +520,10 @@ class JudgeScorer(Scorer):
             disable_thinking = "qwen3" in self.model.lower()
         self.disable_thinking = bool(disable_thinking)
         extra = {"chat_template_kwargs": {"enable_thinking": False}} if self.disable_thinking else None
-        self._client_args = dict(api_key_env=api_key_env, max_concurrency=max_concurrency, timeout=timeout,
-                                 max_retries=max_retries, backoff=backoff, temperature=temperature,
-                                 top_p=top_p, max_tokens=self.max_tokens, extra_body=extra)
+        self._client_args: dict[str, Any] = {
+            "api_key_env": api_key_env, "max_concurrency": max_concurrency, "timeout": timeout,
+            "max_retries": max_retries, "backoff": backoff, "temperature": temperature, "top_p": top_p,
+            "max_tokens": self.max_tokens, "extra_body": extra}
         self._cache_dir = cache_dir
         self._client: JudgeClient | None = None
         self.stats: dict[str, float] = {"records": 0, "requests": 0, "cache_hits": 0, "retries": 0,
@@ -931,7 +931,9 @@ def parse_overall(answer: str | None) -> float | None:
     if d is not None:
         v = d.get("score")
     if v is None and answer:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*", strip_think(answer))
+        t = strip_think(answer)
+        m = (re.fullmatch(r"\W*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\W*", t)
+             or re.search(r"\b(?:score|rating)\b\W{0,5}(\d+(?:\.\d+)?)", t, re.IGNORECASE))
         v = m.group(1) if m else None
     try:
         f = float(v)  # type: ignore[arg-type]
