@@ -1,5 +1,6 @@
 # Two commands for a new user (see README):
 #   make demo   set up .venv, build the compiled core, run laser-fast select on the bundled example
+#               (the full LASER combination strategy, scored with the offline lite profile)
 #   make test   set up if needed, then run the tests
 PYTHON ?= python3
 VENV   := .venv
@@ -28,7 +29,7 @@ build: setup
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/laser-fast select examples/pool/chat_messages.jsonl examples/pool/sharegpt.jsonl.gz examples/pool/alpaca.jsonl \
-		--budget 120 --strategy longest --mode kmeans --seed 0 \
+		--budget 120 --strategy combination --profile lite --mode kmeans --seed 0 \
 		--workdir $(DEMO_OUT)/.work --output-dir $(DEMO_OUT)
 	@echo "demo done: selection in $(DEMO_OUT)/selected.jsonl, report in $(DEMO_OUT)/report.html"
 

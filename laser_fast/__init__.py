@@ -6,7 +6,8 @@ select per category with k-means over embeddings (best per cluster above a perce
 or an exact greedy min-distance filter.
 
 Public API: :func:`select`, :func:`classify`, :func:`cluster_select`, :func:`greedy_diverse`,
-:func:`read_records`, :class:`Scorer`, :func:`show_config`.
+:func:`read_records`, :class:`Scorer`, :func:`score_quality`, :func:`score`, :func:`build_scorer`,
+:func:`show_config`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ __all__ = [
     "greedy_diverse",
     "read_records",
     "Scorer",
+    "score_quality",
+    "score",
+    "build_scorer",
     "SelectOptions",
     "show_config",
 ]
@@ -45,6 +49,12 @@ _LAZY = {
     "TokenCounter": ("scores", "TokenCounter"),
     "SelectOptions": ("config", "SelectOptions"),
     "compute_preference": ("preference", "compute_preference"),
+    "score_quality": ("scorers.lite", "score_quality"),
+    "score": ("pipeline", "score"),
+    "run_scoring": ("pipeline", "run_scoring"),
+    "build_scorer": ("scorers.run", "build_scorer"),
+    "score_records": ("scorers.run", "score_records"),
+    "ScoreCache": ("scorers.cache", "ScoreCache"),
 }
 
 

@@ -741,3 +741,25 @@ def select(data, budget: int | None = None, *, workdir: str | None = None, **opt
     """
     opts = SelectOptions(budget=budget, **options)
     return run_selection(data, opts, workdir=workdir).selected_frame()
+
+
+def score(data, *, profile: str | None = None, scorers: Sequence[str] | str | None = None, workdir: str | None = None, **options) -> pl.DataFrame:
+    """Score ``data`` with the step-2 scorers (cached per scorer fingerprint and ``data_id``).
+
+    Args:
+        data: a polars DataFrame, an Arrow table, or input path(s).
+        profile: ``lite`` (offline models; default without a GPU) or ``paper`` (reference models).
+        scorers: scorer names to run instead of the whole profile (e.g. ``["lite_quality", "tokens"]``).
+        workdir: cache folder (default ``$LASER_FAST_WORKDIR`` or ``~/.cache/laser_fast``).
+        **options: other :class:`~laser_fast.config.SelectOptions` fields (``scorer_models``,
+            ``judge_url``, ``device``, ``batch_tokens``, ``classifier``, ...).
+
+    Returns:
+        ``data_id``, ``category`` and one float64 column per scorer output.
+
+    Example:
+        >>> import laser_fast                                                     # doctest: +SKIP
+        >>> laser_fast.score("pool.jsonl", scorers="lite_quality,tokens")        # doctest: +SKIP
+    """
+    opts = SelectOptions(budget=0, profile=profile, scorers=scorers or [], **options).validate()
+    return run_scoring(data, opts, workdir=workdir)[0]
