@@ -192,7 +192,7 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     Fills the missing metrics in ``scores`` in place (input columns and score files win) and
     returns the raw scorer outputs (``lite_quality``, ``ifd``, ...) for the outputs, plus facts.
     """
-    from .scorers.run import ScorerSettings, apply_scores, build_scorer, canonical_profile, metric_sources, needed_scorers, score_records
+    from .scorers.run import ScorerSettings, apply_scores, build_scorer, canonical_profile, metric_sources, needed_scorers, check_scorers, score_records
 
     if opts.profile == "none":
         return {}, {"profile": "none"}
@@ -206,9 +206,11 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
                               judge_url=opts.judge_url, tokenizer=opts.tokenizer)
     raw: dict[str, np.ndarray] = {}
     facts: dict[str, Any] = {"profile": profile, "metric_sources": {m: f"{s}:{c}" for m, (s, c) in sorted(sources.items())}, "scorers": []}
-    for name in sorted(plan):
+    built = {name: build_scorer(name, settings) for name in sorted(plan)}
+    # every model and endpoint that has work to do is checked before any work starts
+    check_scorers(records, cats, built, workdir, {k: v[0] for k, v in plan.items()})
+    for name, scorer in built.items():
         mask, fills = plan[name]
-        scorer = build_scorer(name, settings)
         out, f = score_records(records, cats, scorer, workdir, mask=mask, show_progress=opts.show_progress)
         f["fills"] = sorted({m for m, _, _ in fills})
         facts["scorers"].append(f)
@@ -232,7 +234,7 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
         ``(scores, facts)``: a table with ``data_id``, ``category`` and one float column per
         scorer output (NaN where a scorer does not apply to the record's category), and run facts.
     """
-    from .scorers.run import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile, score_records
+    from .scorers.run import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile, check_scorers, score_records
     from .scores import scores_from_extra
 
     workdir = workdir or default_workdir()
@@ -253,8 +255,9 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
     settings = ScorerSettings(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
                               judge_url=opts.judge_url, tokenizer=opts.tokenizer)
     cols: dict[str, Any] = {"data_id": recs["data_id"], "category": pl.Series("category", [str(c) for c in cats], dtype=pl.Utf8)}
-    for name in names:
-        scorer = build_scorer(name, settings)
+    built = {name: build_scorer(name, settings) for name in names}
+    check_scorers(recs, cats, built, workdir)  # every model and endpoint with work to do, before any work starts
+    for name, scorer in built.items():
         with timer.stage(f"score_{name}"):
             out, f = score_records(recs, cats, scorer, workdir, show_progress=opts.show_progress)
         facts["scorers"].append(f)

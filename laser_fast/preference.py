@@ -159,7 +159,8 @@ def _require(metric: str, values: np.ndarray | None, mask: np.ndarray, strategy:
     cats = sorted({str(c) for c in categories[missing]})
     raise MissingScoreError(
         f"strategy '{strategy}' needs the metric '{metric}' (scorer: {METRIC_SCORER.get(metric, metric)}) "
-        f"but it is missing for {n} record(s) of categories {', '.join(cats)}. Provide it as an input column "
+        f"but it is missing for {n} record(s) of categories {', '.join(cats)}. Let a scoring profile compute it "
+        f"(--profile lite or paper, or --scorers NAME), provide it as an input column "
         f"or in a score file keyed by data_id (--scores FILE), import the reference's analysis folder "
         f"(--analysis-dir DIR), or choose another --strategy (e.g. 'longest' or 'random', which need no model scores)"
     )

@@ -203,7 +203,7 @@ def test_parquet_output_and_dataframe_input(example_files, workdir, tmp_path):
 
 def test_missing_scores_stop_with_named_scorer(example_files, workdir):
     with pytest.raises(MissingScoreError, match="scorer"):
-        _run(example_files, workdir, budget=40, strategy="combination")
+        _run(example_files, workdir, budget=40, strategy="combination", profile="none")
 
 
 def test_no_budget_is_an_error(example_files, workdir):
@@ -220,10 +220,10 @@ def test_scores_from_input_columns_and_score_file_keyed_by_id(tmp_path, workdir)
     f = tmp_path / "scored.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(MissingScoreError, match="complexity"):
-        run_selection([str(f)], SelectOptions(budget=10, strategy="deita", mode="none", show_progress=False), workdir=workdir)
+        run_selection([str(f)], SelectOptions(budget=10, strategy="deita", mode="none", profile="none", show_progress=False), workdir=workdir)
     # the gap is filled from a score file keyed by data_id (in shuffled order: never by line)
     (tmp_path / "s.csv").write_text("data_id,complexity_scores\nr7,1\nr5,3.5\n")
-    run = run_selection([str(f)], SelectOptions(budget=10, strategy="deita", mode="none", proportions="natural", scores=[str(tmp_path / "s.csv")], show_progress=False), workdir=workdir)
+    run = run_selection([str(f)], SelectOptions(budget=10, strategy="deita", mode="none", proportions="natural", scores=[str(tmp_path / "s.csv")], profile="none", show_progress=False), workdir=workdir)
     pool = run.pool
     assert pool.filter(pl.col("data_id") == "r5")["complexity"][0] == 3.5
     assert pool.filter(pl.col("data_id") == "r7")["complexity"][0] == 33.0  # input column wins over the file

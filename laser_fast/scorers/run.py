@@ -241,6 +241,74 @@ class LiteDifficulty(Scorer):
         return {"lite_difficulty": np.clip(ifd, 0.0, 1.0), **{k: np.asarray(out[k], dtype=np.float64) for k in ("ifd", "ifd_cond_loss", "ifd_direct_loss")}}
 
 
+def preflight(scorer: Scorer, timeout: float = 5.0) -> None:
+    """Check within seconds, before any work, that a scorer's model or endpoint can be reached.
+
+    Hugging Face models: a local folder, the local hub cache, or a reachable hub (unless
+    ``HF_HUB_OFFLINE=1``); LLM judges: the endpoint answers. Raises
+    :class:`~laser_fast.errors.ModelLoadError` / :class:`~laser_fast.errors.LaserError` naming the
+    model id (and URL) and what to do. Nothing is loaded.
+    """
+    from ..errors import LaserError, ModelLoadError
+
+    if hasattr(scorer, "preflight"):
+        scorer.preflight()
+        return
+    if isinstance(scorer, LiteDifficulty):
+        preflight(scorer.ifd, timeout)
+        return
+    model_id = getattr(scorer, "model_id", None)
+    if model_id is not None or type(scorer).__module__.endswith("scorers.models"):
+        from . import hf
+
+        src, _gguf, local, name = hf._resolve(model_id, None)
+        if local or hf._cached(src, getattr(scorer, "revision", None)):
+            return
+        if hf._offline():
+            raise ModelLoadError(f"scorer {scorer.name}: model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+                                 f"forbids downloading it. {hf._hint(name)}")
+        endpoint = hf.hub_endpoint()
+        if not hf.hub_reachable(endpoint, timeout=min(timeout, 3.0)):
+            raise ModelLoadError(f"scorer {scorer.name}: model '{name}' is not in the local Hugging Face cache and the hub "
+                                 f"({endpoint}) cannot be reached. {hf._hint(name)}")
+        return
+    client = getattr(scorer, "client", None)
+    if client is not None and hasattr(client, "base_url"):
+        import urllib.error
+        import urllib.request
+
+        url = client.base_url + "/models"
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout).close()  # noqa: S310 - user-given http(s) URL
+        except urllib.error.HTTPError:
+            return  # the server answers (some need a key for /models): good enough
+        except (OSError, ValueError) as e:
+            raise LaserError(f"scorer {scorer.name}: the judge endpoint {client.base_url} (model '{getattr(scorer, 'model', '?')}') "
+                             f"cannot be reached ({type(e).__name__}: {e}). Start an OpenAI-compatible server there (vLLM, llama.cpp "
+                             f"server, or `laser-fast serve --model PATH`), or point --judge-url / LASER_FAST_JUDGE_URL at one") from None
+
+
+def pending(records: pl.DataFrame, categories: Sequence | np.ndarray, scorer: Scorer, workdir: str | Path, *, mask: np.ndarray | None = None) -> int:
+    """How many records :func:`score_records` would have to score (not applicable or cached ones excluded)."""
+    cats = np.asarray(categories, dtype=object)
+    want = scorer.applies_to(cats)
+    if mask is not None:
+        want &= np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(want)
+    if rows.size == 0:
+        return 0
+    sub = records[rows]
+    found, _ = ScoreCache(workdir, scorer.name, scorer.fingerprint, scorer.outputs).lookup(sub["data_id"].to_list(), content_keys(sub, cats[rows]))
+    return int((~found).sum())
+
+
+def check_scorers(records: pl.DataFrame, categories, scorers: dict[str, Scorer], workdir: str | Path, masks: dict[str, np.ndarray] | None = None) -> None:
+    """Preflight every scorer that has records left to score, before any of them starts."""
+    for name, scorer in scorers.items():
+        if pending(records, categories, scorer, workdir, mask=(masks or {}).get(name)):
+            preflight(scorer)
+
+
 def _approx_length(batch: pl.DataFrame) -> np.ndarray:
     return (batch["instruction"].str.len_chars().fill_null(0) + batch["response"].str.len_chars().fill_null(0)).to_numpy()
 
@@ -255,6 +323,7 @@ def score_records(
     chunk_records: int | None = None,
     show_progress: bool | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    check: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Score ``records`` with ``scorer`` through the cache and return its outputs (NaN where not scored).
 
@@ -290,6 +359,8 @@ def score_records(
     facts["cache_dir"] = str(cache.dir)
     if todo.size == 0:
         return out, facts
+    if check:
+        preflight(scorer)
     t0 = time.perf_counter()
     # longest first: memory problems show at once, and chunks of similar length pad little
     todo = todo[np.argsort(-_approx_length(sub[todo]), kind="stable")]
