@@ -303,10 +303,25 @@ def pending(records: pl.DataFrame, categories: Sequence | np.ndarray, scorer: Sc
 
 
 def check_scorers(records: pl.DataFrame, categories, scorers: dict[str, Scorer], workdir: str | Path, masks: dict[str, np.ndarray] | None = None) -> None:
-    """Preflight every scorer that has records left to score, before any of them starts."""
-    for name, scorer in scorers.items():
+    """Preflight every scorer that has records left to score, before any of them starts.
+
+    Every problem is reported at once (one line per scorer), models before judge endpoints.
+    """
+    from ..errors import LaserError
+
+    problems: list[str] = []
+    order = sorted(scorers, key=lambda k: (hasattr(scorers[k], "client"), k))
+    for name in order:
+        scorer = scorers[name]
         if pending(records, categories, scorer, workdir, mask=(masks or {}).get(name)):
-            preflight(scorer)
+            try:
+                preflight(scorer)
+            except LaserError as e:
+                problems.append(str(e))
+    if len(problems) == 1:
+        raise LaserError(problems[0])
+    if problems:
+        raise LaserError(f"{len(problems)} scorers cannot run: " + " | ".join(problems))
 
 
 def _approx_length(batch: pl.DataFrame) -> np.ndarray:
