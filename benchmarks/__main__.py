@@ -1,6 +1,6 @@
 """Run the benchmark cases side by side in one process and write results.json + results.md.
 
-    python -m benchmarks [--quick] [--out DIR] [--cases greedy,cluster]
+    python -m benchmarks [--quick] [--out DIR] [--cases greedy,cluster,scorers]
 
 Cases (more arrive with the performance issue):
 
@@ -13,6 +13,11 @@ Cases (more arrive with the performance issue):
   rows, MiniBatchKMeans batch 2048 max_iter 50 above) at n/k = 12; time, k-means objective in the
   PCA space, coverage (mean cosine distance of every row to its nearest selected row) and mean
   preference of the selection.
+
+* ``scorers``: the model scorers on real AlpacaEval responses (``../shared/data``): token-budget
+  batching (sorted by length, packed up to a token budget) vs one sample per forward pass;
+  records/s, share of non-padding tokens, and the largest difference between the two results.
+  Runs on CUDA in bf16 when torch sees a GPU, else on the CPU (the ``device`` column says which).
 
 Timings are wall-clock seconds on this machine; ratios compare methods within the same run.
 """
@@ -186,6 +191,72 @@ def case_cluster(quick: bool) -> list[dict]:
     return rows
 
 
+def _pool_sample(n: int, seed: int = 0):
+    """``n`` real (instruction, response) records from the shared AlpacaEval pool, as an ingested table."""
+    import gzip
+
+    import polars as pl
+
+    from laser_fast.ingest import records_from_frame
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
+    if not path.exists():
+        return None
+    rows = []
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r.get("generator") != "NullModel" and r.get("output"):
+                rows.append({"instruction": r["instruction"], "output": r["output"]})
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
+    recs, _ = records_from_frame(pl.DataFrame([rows[i] for i in sorted(pick)]), origin="alpaca_eval_pool")
+    return recs.with_columns(pl.lit("Generation").alias("category"))
+
+
+def case_scorers(quick: bool) -> list[dict]:
+    import torch
+
+    from laser_fast.scorers.run import ScorerSettings, build_scorer
+
+    n = 48 if quick else 192
+    recs = _pool_sample(n)
+    if recs is None:
+        print("scorers: ../shared/data/alpaca_eval_pool.jsonl.gz not found; case skipped", flush=True)
+        return []
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for name in ("ifd", "lite_quality"):
+        res = {}
+        for mode in ("batched", "one_per_forward"):
+            sc = build_scorer(name, ScorerSettings(device=device))
+            if mode == "one_per_forward":
+                if not hasattr(sc, "max_batch_size"):
+                    break
+                sc.max_batch_size = 1
+            sc.score(recs[:2])  # load the model and warm up outside the timing
+            if hasattr(sc, "stats"):
+                for k in list(sc.stats):
+                    sc.stats[k] = type(sc.stats[k])(0)
+            out, t = timed(sc.score, recs)
+            st = dict(getattr(sc, "stats", {}) or {})
+            res[mode] = (out, t, st)
+        if "batched" not in res:
+            continue
+        out_b, t_b, st_b = res["batched"]
+        row = {"case": "scorers", "scorer": name, "records": recs.height, "device": device,
+               "batched_rec_s": round(recs.height / t_b, 2),
+               "batched_non_padding": round(st_b["tokens"] / st_b["padded_tokens"], 3) if st_b.get("padded_tokens") else None}
+        if "one_per_forward" in res:
+            out_1, t_1, st_1 = res["one_per_forward"]
+            key = sc.outputs[0]
+            row.update(one_per_forward_rec_s=round(recs.height / t_1, 2), speedup=round(t_1 / t_b, 1),
+                       max_abs_diff=float(np.nanmax(np.abs(out_b[key] - out_1[key]))))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def to_markdown(results: dict) -> str:
     out = [f"Machine: {results['machine'].get('cpus')} CPUs, {results['machine'].get('platform')}; faiss GPUs: {results['machine'].get('faiss_gpus')}; CUDA: {results['machine'].get('cuda')}", ""]
     for case, rows in results["cases"].items():
@@ -205,9 +276,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks")
     ap.add_argument("--quick", action="store_true", help="small sizes (a few minutes on 2 cores)")
     ap.add_argument("--out", default="benchmarks/results", help="output folder")
-    ap.add_argument("--cases", default="greedy,cluster")
+    ap.add_argument("--cases", default="greedy,cluster,scorers")
     a = ap.parse_args(argv)
-    cases = {"greedy": case_greedy, "cluster": case_cluster}
+    cases = {"greedy": case_greedy, "cluster": case_cluster, "scorers": case_scorers}
     results = {"quick": a.quick, "machine": machine_info(), "cases": {}}
     for name in a.cases.split(","):
         results["cases"][name] = cases[name](a.quick)
