@@ -28,16 +28,16 @@ import numpy as np
 from numba import njit
 
 __all__ = [
-    "segment_sum",
-    "segment_mean",
-    "segment_min",
-    "segment_max",
     "expected_score",
     "ifd_ratio",
-    "step_min_mean",
-    "robust_scale",
     "minmax",
     "offsets_from_lengths",
+    "robust_scale",
+    "segment_max",
+    "segment_mean",
+    "segment_min",
+    "segment_sum",
+    "step_min_mean",
 ]
 
 
@@ -83,8 +83,7 @@ def _seg_extreme(values, offsets, skipna, want_max):  # pragma: no cover - compi
                 best = v
                 seen = True
             elif want_max:
-                if v > best:
-                    best = v
+                best = max(best, v)
             elif v < best:
                 best = v
         out[i] = np.nan if nan_hit else best
@@ -111,8 +110,7 @@ def _step_min_mean(values, offsets):  # pragma: no cover - compiled
                 bad = True
                 break
             s += v
-            if v < m:
-                m = v
+            m = min(m, v)
         if bad:
             mn[i] = np.nan
             mean[i] = np.nan
@@ -129,10 +127,8 @@ def _minmax_groups(v, g, k):  # pragma: no cover - compiled
     for i in range(v.size):
         x = v[i]
         if np.isfinite(x):
-            if x < lo[g[i]]:
-                lo[g[i]] = x
-            if x > hi[g[i]]:
-                hi[g[i]] = x
+            lo[g[i]] = min(lo[g[i]], x)
+            hi[g[i]] = max(hi[g[i]], x)
     out = v.copy()
     for i in range(v.size):
         x = v[i]

@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from laser_fast.errors import ModelLoadError  # noqa: E402
-from laser_fast.ingest import records_from_frame  # noqa: E402
-from laser_fast.scorers.hf import load_hf, plan_batches, prm_model_class  # noqa: E402
-from laser_fast.scorers.models import (  # noqa: E402
+from laser_fast.errors import ModelLoadError
+from laser_fast.ingest import records_from_frame
+from laser_fast.scorers.hf import load_hf, plan_batches, prm_model_class
+from laser_fast.scorers.models import (
     DIFFICULTY_SYSTEM,
     PRM_SYSTEM,
     DeitaScorer,
@@ -90,17 +90,24 @@ def _cfg(cls, tok_dir, **kw):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    base = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                initializer_range=0.2, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    base = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                "initializer_range": 0.2, "pad_token_id": tok.pad_token_id, "tie_word_embeddings": False}
     base.update(kw)
     return cls(**base)
 
 
 @pytest.fixture(scope="module")
 def models_dir(tok_dir, tmp_path_factory):
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                              Qwen2ForTokenClassification, Qwen3Config, Qwen3ForSequenceClassification)
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen2ForTokenClassification,
+        Qwen3Config,
+        Qwen3ForSequenceClassification,
+    )
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("models")
@@ -362,3 +369,14 @@ def test_head_mismatch_is_refused(models_dir):
     # a causal LM checkpoint has no regression head: refuse instead of a random head
     with pytest.raises(ModelLoadError, match="no weights for"):
         load_hf(models_dir["deita"], "seq_regression")
+
+
+def test_empty_batch_and_null_category(models_dir):
+    empty = make_batch().head(0)
+    for s in (DifficultyScorer(models_dir["difficulty"]), DeitaScorer("quality", models_dir["deita"]),
+              ProcessRewardScorer(models_dir["prm"]), IFDScorer(models_dir["ifd"])):
+        out = s.score(empty)
+        assert set(out) == set(s.outputs) and all(v.shape == (0,) for v in out.values())
+    b = make_batch(RECORDS[:2], [None, "Math"])
+    out = DifficultyScorer(models_dir["difficulty"], category_prompt="record").score(b)
+    assert np.all(np.isfinite(out["difficulty"]))

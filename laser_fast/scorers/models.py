@@ -16,28 +16,36 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from .._version import __version__
 from ..errors import ConfigError, ModelLoadError
-from ..kernels import expected_score, ifd_ratio, offsets_from_lengths, segment_mean, segment_sum, step_min_mean
+from ..kernels import (
+    expected_score,
+    ifd_ratio,
+    offsets_from_lengths,
+    segment_mean,
+    segment_sum,
+    step_min_mean,
+)
 from ..scores import Scorer
 from .hf import apply_head, base_hidden, load_hf, new_stats, resolve_device, run_batched
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DifficultyScorer",
-    "DeitaScorer",
-    "ProcessRewardScorer",
-    "IFDScorer",
-    "DIFFICULTY_SYSTEM",
-    "DEITA_QUALITY_TEMPLATE",
     "DEITA_COMPLEXITY_TEMPLATE",
+    "DEITA_QUALITY_TEMPLATE",
+    "DIFFICULTY_SYSTEM",
     "PRM_SYSTEM",
+    "DeitaScorer",
+    "DifficultyScorer",
+    "IFDScorer",
+    "ProcessRewardScorer",
     "split_steps",
 ]
 
