@@ -192,11 +192,11 @@ def test_difficulty_end_to_end_and_manual(models_dir):
 def test_difficulty_category_in_prompt(models_dir):
     path = models_dir["difficulty"]
     pair = [RECORDS[0]]
-    s = DifficultyScorer(path, category_prompt="record")
+    s = DifficultyScorer(path)  # default: the record's category, as the issue and the model card
     ids_math = s.build_inputs(make_batch(pair, ["Math"]))[1][0]
     ids_code = s.build_inputs(make_batch(pair, ["Coding"]))[1][0]
     assert ids_math != ids_code
-    ref = DifficultyScorer(path)  # the reference pipeline's prompt: category "all" for every record
+    ref = DifficultyScorer(path, category_prompt="all")  # the reference pipeline's prompt: "all" for every record
     assert ref.build_inputs(make_batch(pair, ["Math"]))[1][0] == ref.build_inputs(make_batch(pair, ["Coding"]))[1][0]
     assert s.fingerprint != ref.fingerprint
     long = DifficultyScorer(path, max_length=16)

@@ -220,10 +220,10 @@ class DifficultyScorer(_HFScorer):
     turn]`` without a generation prompt, keeping the last ``max_length`` tokens; the score is the
     regression head's scalar output at the last token. Multi-turn records average their turns.
 
-    The reference pipeline runs the scorer with ``category_specific=False``, so its prompt names the
-    category ``all`` for every record ("You are an expert of all data. ..."): ``category_prompt="all"``
-    (default) reproduces that; ``"record"`` fills in the record's category (``all`` when null),
-    as the model card's example does.
+    ``category_prompt="record"`` (default) fills in the record's category (``all`` when null), as
+    the model card's example does. The reference pipeline runs the scorer with
+    ``category_specific=False``, so its prompt names the category ``all`` for every record ("You
+    are an expert of all data. ..."): ``category_prompt="all"`` reproduces those scores.
 
     Args:
         model: hub id or local folder of a ``*ForSequenceClassification`` checkpoint with one label
@@ -246,7 +246,7 @@ class DifficultyScorer(_HFScorer):
 
     def __init__(self, model: str | None = None, *, revision: str | None = None, device: str | None = None,
                  batch_tokens: int | None = None, max_batch_size: int = 64, max_length: int = 1024,
-                 category_prompt: str = "all", turns: str = "all"):
+                 category_prompt: str = "record", turns: str = "all"):
         super().__init__(model, revision=revision, device=device, batch_tokens=batch_tokens,
                          max_batch_size=max_batch_size, max_length=max_length, turns=turns)
         if category_prompt not in ("all", "record"):
