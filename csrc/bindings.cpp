@@ -26,7 +26,9 @@ py::array_t<int64_t> to_numpy(std::vector<int64_t>&& v) {
 
 py::array_t<int64_t> greedy_diverse_py(const FloatArray& embeddings, double min_distance,
                                        const py::object& order, int64_t budget, int num_threads,
-                                       int64_t block_size, const py::object& progress) {
+                                       int64_t block_size, const py::object& progress,
+                                       const std::string& method, int64_t n_cells,
+                                       int64_t switch_at, const py::object& stats) {
     if (embeddings.ndim() != 2)
         throw py::value_error("embeddings must be a 2-D array of shape (n, d)");
     const int64_t n = embeddings.shape(0);
@@ -48,6 +50,18 @@ py::array_t<int64_t> greedy_diverse_py(const FloatArray& embeddings, double min_
     opt.budget = budget;
     opt.num_threads = num_threads;
     opt.block_size = block_size;
+    if (method == "auto")
+        opt.method = 0;
+    else if (method == "brute")
+        opt.method = 1;
+    else if (method == "cells")
+        opt.method = 2;
+    else
+        throw py::value_error("method must be 'auto', 'brute' or 'cells', got '" + method + "'");
+    opt.n_cells = n_cells;
+    opt.switch_at = switch_at;
+    if (!stats.is_none() && !py::isinstance<py::dict>(stats))
+        throw py::type_error("stats must be a dict or None");
 
     const bool has_progress = !progress.is_none();
     // Runs between blocks with the GIL released; takes it back briefly to notice Ctrl-C (and
@@ -60,9 +74,25 @@ py::array_t<int64_t> greedy_diverse_py(const FloatArray& embeddings, double min_
 
     const float* data = embeddings.data();
     std::vector<int64_t> result;
+    laser_fast::GreedyStats st;
     {
         py::gil_scoped_release nogil;
-        result = laser_fast::greedy_diverse(data, n, d, order_ptr, m, opt, between);
+        result = laser_fast::greedy_diverse(data, n, d, order_ptr, m, opt, between, &st);
+    }
+    if (!stats.is_none()) {
+        py::dict out = stats.cast<py::dict>();
+        out["method"] = st.method;
+        out["cells"] = st.cells;
+        out["switched_at"] = st.switched_at;
+        out["visited_at_switch"] = st.visited_at_switch;
+        out["index_seconds"] = st.index_seconds;
+        out["pairs_total"] = st.pairs_total;
+        out["pairs_scheduled"] = st.pairs_scheduled;
+        out["centroid_dots"] = st.centroid_dots;
+        out["centroid_seconds"] = st.centroid_seconds;
+        out["gate_seconds"] = st.gate_seconds;
+        out["phase1_seconds"] = st.phase1_seconds;
+        out["phase2_seconds"] = st.phase2_seconds;
     }
     return to_numpy(std::move(result));
 }
@@ -90,13 +120,18 @@ PYBIND11_MODULE(_core, m) {
     m.def("greedy_diverse", &greedy_diverse_py, py::arg("embeddings"), py::kw_only(),
           py::arg("min_distance") = 0.1, py::arg("order") = py::none(), py::arg("budget") = -1,
           py::arg("num_threads") = 0, py::arg("block_size") = 0,
-          py::arg("progress") = py::none(),
+          py::arg("progress") = py::none(), py::arg("method") = "auto", py::arg("n_cells") = 0,
+          py::arg("switch_at") = 0, py::arg("stats") = py::none(),
           R"doc(Exact greedy diversity filter over unit-length float32 rows.
 
 Visits candidates in ``order`` (default 0..n-1) and accepts one iff its cosine similarity to
 every already accepted row is < 1 - min_distance. Stops after ``budget`` acceptances
 (budget < 0: no limit). ``block_size`` candidates per block (0: automatic).
-``progress(visited, accepted)`` is called between blocks.
+``progress(visited, accepted)`` is called between blocks. ``method``: "brute" (compare with
+every accepted row), "cells" (exact pruning with a cell index from the start) or "auto" (brute
+force until ``switch_at`` rows are accepted, 0: max(1024, 2 * n_cells), then the cell index);
+``n_cells``: centroids (0: ~sqrt(candidates)). The result does not depend on them. ``stats``: a
+dict to fill with diagnostics (method used, cells, switch point, pair counts).
 Returns the accepted row indices (int64) in acceptance order. Low-level: rows are assumed to be
 unit length; use ``laser_fast.greedy.greedy_diverse`` for validation and normalisation.)doc");
 

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -13,6 +15,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -213,6 +216,8 @@ struct Phase1 {
     const float* C;                  // candidate block (stride dp)
     int64_t dp;
     int64_t cnt;                     // candidates in the block
+    const int64_t* list;             // candidates to check (block positions); nullptr: 0..cnt-1
+    int64_t nlist;                   // length of list
     float thr;                       // reject iff sim >= thr
     std::atomic<uint8_t>* rejected;  // per candidate
     std::atomic<int64_t>* alive;     // candidates not yet rejected
@@ -309,7 +314,9 @@ LASER_HOT __attribute__((noinline)) void check_tile(const Phase1& p, int64_t r0,
     const int64_t r4 = r0 + ((r1 - r0) / 4) * 4;
     int64_t pending[3];
     int np = 0;
-    for (int64_t i = 0; i < p.cnt; ++i) {
+    const int64_t nc = p.list ? p.nlist : p.cnt;
+    for (int64_t c = 0; c < nc; ++c) {
+        const int64_t i = p.list ? p.list[c] : c;
         if (p.is_rejected(i)) continue;
         pending[np++] = i;
         if (np == 3) {
@@ -330,6 +337,70 @@ LASER_HOT __attribute__((noinline)) void triangle_row(const float* C, int64_t dp
         dot1x4(x, C + surv[u] * dp, C + surv[u + 1] * dp, C + surv[u + 2] * dp,
                C + surv[u + 3] * dp, dp, out + u);
     for (int64_t u = s4; u < s; ++u) out[u] = dot1(x, C + surv[u] * dp, dp);
+}
+
+// Like triangle_row, but only for the pairs that keep[u] says may be within the threshold; the
+// others get -inf (never a rejection).
+LASER_HOT __attribute__((noinline)) void triangle_row_masked(const float* C, int64_t dp,
+                                                             const int64_t* surv, int64_t s,
+                                                             const uint8_t* keep, float* out) {
+    const float* x = C + surv[s] * dp;
+    int64_t idx[4];
+    int ni = 0;
+    float o[4];
+    for (int64_t u = 0; u < s; ++u) {
+        if (!keep[u]) {
+            out[u] = -std::numeric_limits<float>::infinity();
+            continue;
+        }
+        idx[ni++] = u;
+        if (ni == 4) {
+            dot1x4(x, C + surv[idx[0]] * dp, C + surv[idx[1]] * dp, C + surv[idx[2]] * dp,
+                   C + surv[idx[3]] * dp, dp, o);
+            for (int q = 0; q < 4; ++q) out[idx[q]] = o[q];
+            ni = 0;
+        }
+    }
+    for (int q = 0; q < ni; ++q) out[idx[q]] = dot1(x, C + surv[idx[q]] * dp, dp);
+}
+
+// out[i * ldo + k] = sim(R[i], Cn[k]) for i < nr, k < K (rows and centroids of stride dp).
+// Centroids are taken in tiles of kt rows (kt: multiple of 4) that stay in L1.
+LASER_HOT __attribute__((noinline)) void dots_vs_centroids(const float* R, int64_t nr,
+                                                           const float* Cn, int64_t K, int64_t dp,
+                                                           int64_t kt, float* out, int64_t ldo) {
+    for (int64_t k0 = 0; k0 < K; k0 += kt) {
+        const int64_t k1 = std::min(K, k0 + kt);
+        const int64_t k4 = k0 + ((k1 - k0) / 4) * 4;
+        int64_t i = 0;
+        for (; i + 3 <= nr; i += 3) {
+            const float* x = R + i * dp;
+            const float* y = x + dp;
+            const float* z = y + dp;
+            float* ox = out + i * ldo;
+            float* oy = ox + ldo;
+            float* oz = oy + ldo;
+            for (int64_t k = k0; k < k4; k += 4) {
+                const float* c = Cn + k * dp;
+                dot3x4(x, y, z, c, c + dp, c + 2 * dp, c + 3 * dp, dp, ox + k, oy + k, oz + k);
+            }
+            for (int64_t k = k4; k < k1; ++k) {
+                const float* c = Cn + k * dp;
+                ox[k] = dot1(x, c, dp);
+                oy[k] = dot1(y, c, dp);
+                oz[k] = dot1(z, c, dp);
+            }
+        }
+        for (; i < nr; ++i) {
+            const float* x = R + i * dp;
+            float* ox = out + i * ldo;
+            for (int64_t k = k0; k < k4; k += 4) {
+                const float* c = Cn + k * dp;
+                dot1x4(x, c, c + dp, c + 2 * dp, c + 3 * dp, dp, ox + k);
+            }
+            for (int64_t k = k4; k < k1; ++k) ox[k] = dot1(x, Cn + k * dp, dp);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +522,183 @@ void validate(const float* X, int64_t n, int64_t d, const int64_t* order, int64_
     }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Cell index (see greedy.hpp).
+// ---------------------------------------------------------------------------------------------
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+constexpr int64_t kChunkRows = 48;  // rows per parallel chunk of a rows x centroids product
+constexpr int kKmeansIters = 3;
+
+int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+uint64_t splitmix64(uint64_t& state) {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Conservative conversions between computed float similarities and angles between directions.
+// Rows have norms within 1 +- delta, centroids within 1 +- delta_c, and a computed similarity
+// differs from the exact dot product of the stored floats by at most err.
+struct Bounds {
+    double delta = 0.0, delta_c = 0.0, err = 0.0;
+    double theta_t = 0.0;  // no pair whose computed similarity reaches thr is farther apart
+    bool usable = true;
+
+    void set(float thr, int64_t dp, double delta_rows, double delta_cent) {
+        delta = delta_rows;
+        delta_c = delta_cent;
+        usable = delta < 0.25 && delta_c < 0.25;  // else: no pruning (still exact)
+        const double scale = (1.0 + delta + delta_c) * (1.0 + delta + delta_c);
+        // Each lane sums dp / kLanes products, then a 3-level tree: at most dp / kLanes + 3
+        // roundings per term (gamma bound), doubled for safety.
+        err = 2.0 * (static_cast<double>(dp) / kLanes + 4.0) * std::ldexp(1.0, -24) * scale + 1e-12;
+        const double t = static_cast<double>(thr) - err;
+        const double c = t >= 0 ? t / ((1 + delta) * (1 + delta)) : t / ((1 - delta) * (1 - delta));
+        theta_t = std::acos(std::clamp(c, -1.0, 1.0));
+    }
+    // Lower bound on cos(angle) between a row and a centroid whose computed similarity is g.
+    double cos_low(double g) const {
+        const double v = g - err;
+        const double c = v >= 0 ? v / ((1 + delta) * (1 + delta_c)) : v / ((1 - delta) * (1 - delta_c));
+        return std::isnan(c) ? -1.0 : c;
+    }
+    // For a ball of rows around a centroid (every row has cos >= radius_cos with it): a
+    // candidate whose computed similarity with the centroid is below the returned gate is
+    // farther than theta_t from every row of the ball, so none of them can reject it.
+    double gate(double radius_cos) const {
+        if (!usable) return kNegInf;
+        const double a = theta_t + std::acos(std::clamp(radius_cos, -1.0, 1.0)) + 1e-9;
+        if (a >= kPi) return kNegInf;
+        const double q = std::cos(a);
+        return (q >= 0 ? q * (1 - delta) * (1 - delta_c) : q * (1 + delta) * (1 + delta_c)) - err -
+               1e-9;
+    }
+};
+
+struct CellIndex {
+    int64_t K = 0;
+    int64_t dp = 0;
+    std::vector<float> cent;                // K x dp, zero padded, unit (up to delta_c)
+    double delta_c = 0.0;
+    std::vector<std::vector<float>> rows;   // members of each cell (dp floats each)
+    std::vector<double> min_cos;            // per cell: lower bound on cos(member, centroid)
+    std::vector<int32_t> active;            // non-empty cells
+
+    int64_t size(int64_t k) const { return static_cast<int64_t>(rows[k].size()) / dp; }
+    void insert(int64_t k, const float* row, double cos_low) {
+        if (rows[k].empty()) active.push_back(static_cast<int32_t>(k));
+        rows[k].insert(rows[k].end(), row, row + dp);
+        min_cos[k] = std::min(min_cos[k], cos_low);
+    }
+};
+
+// best[i] / best_sim[i]: the most similar centroid of row i of R (nr rows of stride dp).
+void nearest_centroids(const float* R, int64_t nr, const CellIndex& ix, int64_t kt, int nthreads,
+                       std::vector<float>& scratch, int32_t* best, float* best_sim,
+                       ExceptionCollector& errors) {
+    const int64_t K = ix.K, dp = ix.dp;
+    scratch.resize(static_cast<std::size_t>(nthreads * kChunkRows * K));
+    const int64_t nchunks = (nr + kChunkRows - 1) / kChunkRows;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nchunks > 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+        errors.run([&] {
+            const int64_t i0 = c * kChunkRows, cnt = std::min(kChunkRows, nr - i0);
+            float* buf = scratch.data() + static_cast<int64_t>(thread_id()) * kChunkRows * K;
+            dots_vs_centroids(R + i0 * dp, cnt, ix.cent.data(), K, dp, kt, buf, K);
+            for (int64_t r = 0; r < cnt; ++r) {
+                const float* g = buf + r * K;
+                int64_t b = 0;
+                for (int64_t k = 1; k < K; ++k)
+                    if (g[k] > g[b]) b = k;
+                best[i0 + r] = static_cast<int32_t>(b);
+                best_sim[i0 + r] = g[b];
+            }
+        });
+    }
+    errors.rethrow();
+}
+
+// Centroids: a few spherical k-means iterations on a random sample of the candidates.
+void build_centroids(CellIndex& ix, const float* X, int64_t d, int64_t dp, const int64_t* order,
+                     int64_t m, int64_t K, int64_t kt, int nthreads, ExceptionCollector& errors) {
+    const int64_t S = std::min<int64_t>(m, std::max<int64_t>(16 * K, 4096));
+    K = std::max<int64_t>(1, std::min(K, S));
+    std::vector<int64_t> pos(static_cast<std::size_t>(m));
+    for (int64_t i = 0; i < m; ++i) pos[i] = i;
+    uint64_t seed = 0x5DEECE66Dull;
+    for (int64_t i = 0; i < S; ++i) {
+        const int64_t j = i + static_cast<int64_t>(splitmix64(seed) % static_cast<uint64_t>(m - i));
+        std::swap(pos[i], pos[j]);
+    }
+    std::vector<float> smp(static_cast<std::size_t>(S * dp), 0.0f);
+    for (int64_t i = 0; i < S; ++i) {
+        const int64_t r = order ? order[pos[i]] : pos[i];
+        std::memcpy(smp.data() + i * dp, X + r * d, sizeof(float) * d);
+    }
+    ix.K = K;
+    ix.dp = dp;
+    ix.cent.assign(smp.begin(), smp.begin() + K * dp);  // a random sample as the start
+    std::vector<int32_t> best(static_cast<std::size_t>(S));
+    std::vector<float> best_sim(static_cast<std::size_t>(S)), scratch;
+    std::vector<double> sum(static_cast<std::size_t>(K * d));
+    for (int it = 0; it <= kKmeansIters; ++it) {
+        // Normalise (in double) the current centroids; an empty or zero one keeps its direction.
+        for (int64_t k = 0; k < K; ++k) {
+            float* c = ix.cent.data() + k * dp;
+            double ss = 0.0;
+            for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(c[j]) * c[j];
+            if (it > 0) {
+                double s2 = 0.0;
+                for (int64_t j = 0; j < d; ++j) s2 += sum[k * d + j] * sum[k * d + j];
+                if (s2 > 0.0 && std::isfinite(s2)) {
+                    const double inv = 1.0 / std::sqrt(s2);
+                    for (int64_t j = 0; j < d; ++j) c[j] = static_cast<float>(sum[k * d + j] * inv);
+                    continue;
+                }
+            }
+            if (ss > 0.0 && std::isfinite(ss)) {
+                const double inv = 1.0 / std::sqrt(ss);
+                for (int64_t j = 0; j < d; ++j) c[j] = static_cast<float>(c[j] * inv);
+            } else {
+                for (int64_t j = 0; j < d; ++j) c[j] = j == 0 ? 1.0f : 0.0f;
+            }
+        }
+        if (it == kKmeansIters) break;
+        nearest_centroids(smp.data(), S, ix, kt, nthreads, scratch, best.data(), best_sim.data(), errors);
+        std::fill(sum.begin(), sum.end(), 0.0);
+        for (int64_t i = 0; i < S; ++i) {
+            const float* x = smp.data() + i * dp;
+            double* s = sum.data() + static_cast<int64_t>(best[i]) * d;
+            for (int64_t j = 0; j < d; ++j) s[j] += x[j];
+        }
+    }
+    double dc = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+        const float* c = ix.cent.data() + k * dp;
+        double ss = 0.0;
+        for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(c[j]) * c[j];
+        dc = std::max(dc, std::abs(std::sqrt(ss) - 1.0));
+    }
+    ix.delta_c = dc + 1e-7;
+    ix.rows.assign(static_cast<std::size_t>(K), {});
+    ix.min_cos.assign(static_cast<std::size_t>(K), std::numeric_limits<double>::infinity());
+    ix.active.clear();
+}
+
+struct WorkItem {
+    int64_t cell, r0, r1, off, len;
+};
+
 }  // namespace
 
 LASER_HOT float dot(const float* a, const float* b, int64_t d) {
@@ -468,12 +716,20 @@ LASER_HOT float dot(const float* a, const float* b, int64_t d) {
 
 std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const int64_t* order,
                                     int64_t m, const GreedyOptions& opt,
-                                    const BlockCallback& between_blocks) {
+                                    const BlockCallback& between_blocks, GreedyStats* stats) {
     validate(X, n, d, order, m, opt);
+    if (opt.method < 0 || opt.method > 2)
+        throw std::invalid_argument("greedy_diverse: method must be 0 (auto), 1 (brute) or 2 (cells)");
+    if (opt.n_cells < 0 || opt.switch_at < 0)
+        throw std::invalid_argument("greedy_diverse: n_cells and switch_at must be >= 0 (0: automatic)");
 
+    GreedyStats st;
     std::vector<int64_t> accepted;
     const int64_t limit = opt.budget < 0 ? m : std::min(opt.budget, m);
-    if (limit == 0) return accepted;
+    if (limit == 0) {
+        if (stats) *stats = st;
+        return accepted;
+    }
     accepted.reserve(static_cast<std::size_t>(std::min<int64_t>(limit, int64_t(1) << 20)));
 
     const int nthreads = resolve_threads(opt.num_threads);
@@ -485,65 +741,256 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
     const int64_t auto_bs =
         std::clamp<int64_t>((768 * 1024 / static_cast<int64_t>(sizeof(float))) / std::max<int64_t>(dp, 1),
                             128, 512);
-    const int64_t bs = std::min<int64_t>(opt.block_size > 0 ? opt.block_size : auto_bs, m);
+    const int64_t bs_brute = std::min<int64_t>(opt.block_size > 0 ? opt.block_size : auto_bs, m);
+    // With the cell index, each cell a block needs is streamed once per block: larger blocks
+    // share that traffic among more candidates (pairs within the block are pruned too).
+    // m / 64 candidates, 512..4096 (4096 halved the time of 2048 at 1M rows, d = 384).
+    const int64_t bs_cells =
+        std::min<int64_t>(opt.block_size > 0 ? opt.block_size : std::clamp<int64_t>(m / 64, 512, 4096), m);
+    const int64_t bs_max = std::max(bs_brute, opt.method == 1 ? bs_brute : bs_cells);
     // Accepted rows per tile: ~32 KiB stays in L1/L2 while every candidate of the block is
     // checked against it. Multiple of 4 for the 4-row kernels.
     const int64_t tile_rows =
         std::max<int64_t>(4, ((32 * 1024 / static_cast<int64_t>(sizeof(float))) /
                               std::max<int64_t>(dp, 1)) / 4 * 4);
+    const int64_t n_cells = std::min<int64_t>(
+        m, opt.n_cells > 0 ? opt.n_cells
+                           : std::clamp<int64_t>(std::llround(std::sqrt(static_cast<double>(m))), 16, 4096));
+    const int64_t switch_at = opt.switch_at > 0 ? opt.switch_at : std::max<int64_t>(1024, 2 * n_cells);
 
-    RowBuffer A(dp);  // accepted rows, contiguous, in acceptance order
+    RowBuffer A(dp);  // accepted rows, contiguous, in acceptance order (brute force)
     RowBuffer C(dp);  // current candidate block
-    C.reserve_rows(bs, 0);
-    std::unique_ptr<std::atomic<uint8_t>[]> rejected(new std::atomic<uint8_t>[bs]);
+    C.reserve_rows(bs_max, 0);
+    std::unique_ptr<std::atomic<uint8_t>[]> rejected(new std::atomic<uint8_t>[bs_max]);
     std::vector<int64_t> surv;  // block positions of the phase-1 survivors
-    surv.reserve(bs);
-    std::vector<float> S(static_cast<std::size_t>(bs * bs));  // survivor x survivor similarities
-    std::vector<int64_t> acc_in_block;                         // survivors accepted in the block
-    acc_in_block.reserve(bs);
+    surv.reserve(bs_max);
+    std::vector<float> S(static_cast<std::size_t>(bs_max * bs_max));  // survivor similarities
+    std::vector<int64_t> acc_in_block;                                 // survivors accepted in the block
+    acc_in_block.reserve(bs_max);
     ExceptionCollector errors;
 
+    // Cell index state.
+    bool cells = false;
+    CellIndex ix;
+    Bounds bd;
+    double delta = 0.0;  // largest | |row| - 1 | among the candidates gathered so far
+    std::vector<float> G;                                   // block x K similarities
+    std::vector<double> gate;                               // per cell, this block
+    std::vector<std::vector<int32_t>> cand_cells(static_cast<std::size_t>(bs_max));
+    std::vector<int64_t> cell_count, cell_off, lists;
+    std::vector<WorkItem> items;
+    std::vector<int32_t> surv_cell;                         // nearest centroid of each survivor
+    std::vector<double> surv_gate, surv_cos;
+    std::vector<uint8_t> keep;                              // per thread: pairs to compute
+    std::vector<float> scratch;
+
+    auto build_index = [&](int64_t na_now, int64_t visited) {
+        const auto t0 = std::chrono::steady_clock::now();
+        build_centroids(ix, X, d, dp, order, m, n_cells, tile_rows, nthreads, errors);
+        gate.assign(static_cast<std::size_t>(ix.K), kNegInf);
+        cell_count.assign(static_cast<std::size_t>(ix.K), 0);
+        cell_off.assign(static_cast<std::size_t>(ix.K + 1), 0);
+        if (na_now > 0) {
+            std::vector<int32_t> best(static_cast<std::size_t>(na_now));
+            std::vector<float> best_sim(static_cast<std::size_t>(na_now));
+            nearest_centroids(A.data(), na_now, ix, tile_rows, nthreads, scratch, best.data(),
+                              best_sim.data(), errors);
+            bd.set(thr, dp, delta, ix.delta_c);
+            for (int64_t r = 0; r < na_now; ++r) ix.insert(best[r], A.row(r), bd.cos_low(best_sim[r]));
+            A = RowBuffer(dp);  // the rows live in the cells from now on
+        }
+        cells = true;
+        st.method = "cells";
+        st.cells = ix.K;
+        st.switched_at = na_now;
+        st.visited_at_switch = visited;
+        st.index_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    if (opt.method == 2) build_index(0, 0);
+
     int64_t na = 0;
-    for (int64_t start = 0; start < m && na < limit; start += bs) {
+    int64_t start = 0;
+    while (start < m && na < limit) {
+        const int64_t bs = cells ? bs_cells : bs_brute;
         const int64_t cnt = std::min(bs, m - start);
         const int64_t na0 = na;
 
-        // Gather the block into contiguous, padded rows.
+        // Gather the block into contiguous, padded rows; track the largest norm error.
         for (int64_t i = 0; i < cnt; ++i) {
             const int64_t r = order ? order[start + i] : start + i;
-            std::memcpy(C.row(i), X + r * d, sizeof(float) * d);
+            const float* src = X + r * d;
+            std::memcpy(C.row(i), src, sizeof(float) * d);
             rejected[i].store(0, std::memory_order_relaxed);
+            if (cells) {
+                double ss = 0.0;
+                for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(src[j]) * src[j];
+                const double dev = std::abs(std::sqrt(ss) - 1.0);
+                if (!(dev <= delta)) delta = std::isnan(dev) ? 1.0 : dev;
+            }
         }
-
-        // Phase 1: block vs the rows accepted before it. Parallel over tiles of accepted rows;
-        // each tile is checked against all still-alive candidates of the block.
+        auto tick = std::chrono::steady_clock::now();
+        auto lap = [&](double& acc) {
+            const auto now = std::chrono::steady_clock::now();
+            acc += std::chrono::duration<double>(now - tick).count();
+            tick = now;
+        };
         std::atomic<int64_t> alive{cnt};
-        const Phase1 p1{A.data(), C.data(), dp, cnt, thr, rejected.get(), &alive};
-        const int64_t ntiles = (na0 + tile_rows - 1) / tile_rows;
-        if (ntiles > 0) {
+        const Phase1 p1{A.data(), C.data(), dp, cnt, nullptr, 0, thr, rejected.get(), &alive};
+        st.pairs_total += cnt * na0;
+
+        if (!cells) {
+            // Phase 1 (brute force): block vs the rows accepted before it. Parallel over tiles
+            // of accepted rows; each tile is checked against all still-alive candidates.
+            st.pairs_scheduled += cnt * na0;
+            const int64_t ntiles = (na0 + tile_rows - 1) / tile_rows;
+            if (ntiles > 0) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (ntiles > 1)
-            for (int64_t t = 0; t < ntiles; ++t) {
-                if (alive.load(std::memory_order_relaxed) == 0) continue;
-                errors.run([&] { check_tile(p1, t * tile_rows, std::min(na0, (t + 1) * tile_rows)); });
+                for (int64_t t = 0; t < ntiles; ++t) {
+                    if (alive.load(std::memory_order_relaxed) == 0) continue;
+                    errors.run([&] { check_tile(p1, t * tile_rows, std::min(na0, (t + 1) * tile_rows)); });
+                }
+                errors.rethrow();
+            }
+        } else {
+            // Phase 1 (cells): similarities of the block to every centroid ...
+            const int64_t K = ix.K;
+            bd.set(thr, dp, delta, ix.delta_c);
+            G.resize(static_cast<std::size_t>(cnt * K));
+            const int64_t nchunks = (cnt + kChunkRows - 1) / kChunkRows;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nchunks > 1)
+            for (int64_t c = 0; c < nchunks; ++c) {
+                errors.run([&] {
+                    const int64_t i0 = c * kChunkRows;
+                    dots_vs_centroids(C.row(i0), std::min(kChunkRows, cnt - i0), ix.cent.data(), K, dp,
+                                      tile_rows, G.data() + i0 * K, K);
+                });
             }
             errors.rethrow();
+            st.centroid_dots += cnt * K;
+            lap(st.centroid_seconds);
+            if (na0 > 0) {
+                // ... the cells each candidate may be rejected by (its most similar one first) ...
+                for (int32_t k : ix.active) gate[k] = bd.gate(ix.min_cos[k]);
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+                for (int64_t i = 0; i < cnt; ++i) {
+                    errors.run([&] {
+                        std::vector<int32_t>& cc = cand_cells[i];
+                        cc.clear();
+                        const float* g = G.data() + i * K;
+                        float bg = -std::numeric_limits<float>::infinity();
+                        std::size_t bpos = 0;
+                        for (int32_t k : ix.active) {
+                            if (static_cast<double>(g[k]) >= gate[k]) {
+                                if (cc.empty() || g[k] > bg) {
+                                    bg = g[k];
+                                    bpos = cc.size();
+                                }
+                                cc.push_back(k);
+                            }
+                        }
+                        if (!cc.empty()) std::swap(cc[0], cc[bpos]);
+                    });
+                }
+                errors.rethrow();
+                lap(st.gate_seconds);
+                // ... then checked exactly against those cells: round 0 the most similar cell,
+                // round 1 the others (only candidates still alive).
+                for (int round = 0; round < 2; ++round) {
+                    if (alive.load(std::memory_order_relaxed) == 0) break;
+                    std::fill(cell_count.begin(), cell_count.end(), 0);
+                    for (int64_t i = 0; i < cnt; ++i) {
+                        if (rejected[i].load(std::memory_order_relaxed)) continue;
+                        const auto& cc = cand_cells[i];
+                        if (round == 0) {
+                            if (!cc.empty()) ++cell_count[cc[0]];
+                        } else {
+                            for (std::size_t q = 1; q < cc.size(); ++q) ++cell_count[cc[q]];
+                        }
+                    }
+                    cell_off[0] = 0;
+                    for (int64_t k = 0; k < K; ++k) cell_off[k + 1] = cell_off[k] + cell_count[k];
+                    lists.resize(static_cast<std::size_t>(cell_off[K]));
+                    std::fill(cell_count.begin(), cell_count.end(), 0);
+                    for (int64_t i = 0; i < cnt; ++i) {
+                        if (rejected[i].load(std::memory_order_relaxed)) continue;
+                        const auto& cc = cand_cells[i];
+                        const std::size_t q0 = round == 0 ? 0 : 1;
+                        const std::size_t q1 = round == 0 ? std::min<std::size_t>(1, cc.size()) : cc.size();
+                        for (std::size_t q = q0; q < q1; ++q) lists[cell_off[cc[q]] + cell_count[cc[q]]++] = i;
+                    }
+                    items.clear();
+                    for (int32_t k : ix.active) {
+                        const int64_t len = cell_count[k];
+                        if (len == 0) continue;
+                        const int64_t rows = ix.size(k);
+                        st.pairs_scheduled += len * rows;
+                        for (int64_t r0 = 0; r0 < rows; r0 += tile_rows)
+                            items.push_back({k, r0, std::min(rows, r0 + tile_rows), cell_off[k], len});
+                    }
+                    const int64_t nitems = static_cast<int64_t>(items.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nitems > 1)
+                    for (int64_t t = 0; t < nitems; ++t) {
+                        if (alive.load(std::memory_order_relaxed) == 0) continue;
+                        errors.run([&] {
+                            const WorkItem& it = items[t];
+                            Phase1 q = p1;
+                            q.A = ix.rows[it.cell].data();
+                            q.list = lists.data() + it.off;
+                            q.nlist = it.len;
+                            check_tile(q, it.r0, it.r1);
+                        });
+                    }
+                    errors.rethrow();
+                }
+            }
         }
 
-        // Phase 2a: similarities among the survivors (lower triangle), in parallel.
+        lap(st.phase1_seconds);
+        // Phase 2a: similarities among the survivors (lower triangle), in parallel. With the
+        // cell index, a pair is skipped when the bound (the survivor u's own distance to its
+        // nearest centroid as the radius) excludes it.
         surv.clear();
         for (int64_t i = 0; i < cnt; ++i)
             if (!rejected[i].load(std::memory_order_relaxed)) surv.push_back(i);
         const int64_t ns = static_cast<int64_t>(surv.size());
+        if (cells) {
+            const int64_t K = ix.K;
+            surv_cell.resize(static_cast<std::size_t>(ns));
+            surv_gate.resize(static_cast<std::size_t>(ns));
+            surv_cos.resize(static_cast<std::size_t>(ns));
+            for (int64_t s = 0; s < ns; ++s) {
+                const float* g = G.data() + surv[s] * K;
+                int64_t b = 0;
+                for (int64_t k = 1; k < K; ++k)
+                    if (g[k] > g[b]) b = k;
+                surv_cell[s] = static_cast<int32_t>(b);
+                surv_cos[s] = bd.cos_low(g[b]);
+                surv_gate[s] = bd.gate(surv_cos[s]);
+            }
+            keep.resize(static_cast<std::size_t>(nthreads * std::max<int64_t>(ns, 1)));
+        }
         if (ns > 1) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads) if (ns > 16)
-            for (int64_t s = ns - 1; s >= 1; --s)  // longest rows first
-                errors.run([&] { triangle_row(C.data(), dp, surv.data(), s, S.data() + s * bs); });
+            for (int64_t s = ns - 1; s >= 1; --s) {  // longest rows first
+                errors.run([&] {
+                    if (!cells) {
+                        triangle_row(C.data(), dp, surv.data(), s, S.data() + s * bs);
+                        return;
+                    }
+                    uint8_t* kp = keep.data() + static_cast<int64_t>(thread_id()) * ns;
+                    const float* g = G.data() + surv[s] * ix.K;
+                    for (int64_t u = 0; u < s; ++u)
+                        kp[u] = static_cast<double>(g[surv_cell[u]]) >= surv_gate[u];
+                    triangle_row_masked(C.data(), dp, surv.data(), s, kp, S.data() + s * bs);
+                });
+            }
             errors.rethrow();
         }
 
         // Phase 2b: sequential walk over the survivors in visiting order; each is checked only
         // against the rows accepted earlier within this block.
-        A.reserve_rows(na0 + ns, na0);
+        if (!cells) A.reserve_rows(na0 + ns, na0);
         acc_in_block.clear();
         int64_t last_pos = cnt - 1;  // last block position visited
         for (int64_t s = 0; s < ns; ++s) {
@@ -558,7 +1005,10 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
             if (!ok) continue;
             acc_in_block.push_back(s);
             const int64_t pos = surv[s];
-            std::memcpy(A.row(na), C.row(pos), sizeof(float) * dp);
+            if (cells)
+                ix.insert(surv_cell[s], C.row(pos), surv_cos[s]);
+            else
+                std::memcpy(A.row(na), C.row(pos), sizeof(float) * dp);
             accepted.push_back(order ? order[start + pos] : start + pos);
             ++na;
             if (na >= limit) {
@@ -566,8 +1016,24 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
                 break;
             }
         }
-        if (between_blocks) between_blocks(start + last_pos + 1, na);
+        lap(st.phase2_seconds);
+        start += cnt;
+        if (between_blocks) between_blocks(start - cnt + last_pos + 1, na);
+        if (!cells && opt.method == 0 && na >= switch_at && na < limit &&
+            m - start >= std::max<int64_t>(2048, 2 * bs_cells)) {
+            // Rows gathered so far were not measured in brute mode: measure the accepted ones
+            // (the only ones the index will hold).
+            for (int64_t r = 0; r < na; ++r) {
+                const float* a = A.row(r);
+                double ss = 0.0;
+                for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(a[j]) * a[j];
+                const double dev = std::abs(std::sqrt(ss) - 1.0);
+                if (!(dev <= delta)) delta = std::isnan(dev) ? 1.0 : dev;
+            }
+            build_index(na, start);
+        }
     }
+    if (stats) *stats = st;
     return accepted;
 }
 
