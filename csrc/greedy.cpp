@@ -872,7 +872,7 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
             if (na0 > 0) {
                 // ... the cells each candidate may be rejected by (its most similar one first) ...
                 for (int32_t k : ix.active) gate[k] = bd.gate(ix.min_cos[k]);
-#pragma omp parallel for schedule(static) num_threads(nthreads)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (cnt > 64)
                 for (int64_t i = 0; i < cnt; ++i) {
                     errors.run([&] {
                         std::vector<int32_t>& cc = cand_cells[i];

@@ -30,6 +30,10 @@ def greedy_diverse(
     num_threads: int = 0,
     block_size: int = 0,
     progress: Callable[[int, int], object] | None = None,
+    method: str = "auto",
+    n_cells: int = 0,
+    switch_at: int = 0,
+    stats: dict | None = None,
 ) -> npt.NDArray[np.int64]:
     """Exact greedy diversity filter over unit-length float32 rows (shape (n, d)).
 
@@ -37,6 +41,10 @@ def greedy_diverse(
     ``budget < 0``: no limit. ``block_size``: candidates per block (0: automatic, 128..512).
     ``progress(visited, accepted)`` is called between blocks (with the
     GIL held); Ctrl-C is noticed there too. Raises ValueError on bad order / min_distance.
+    ``method``: "auto" (brute force until ``switch_at`` rows are accepted, 0: max(1024,
+    2 n_cells), then the exact cell index), "brute" or "cells"; ``n_cells``: centroids (0:
+    ~sqrt(candidates)). The result does not depend on them. ``stats``: a dict to fill with
+    diagnostics (method used, cells, switch point, pair counts, phase wall times).
     """
 
 def build_info() -> BuildInfo:

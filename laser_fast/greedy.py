@@ -3,7 +3,10 @@
 The filter walks candidates in a given order and keeps a candidate only if it is farther than
 ``min_distance`` (cosine distance) from every row kept so far. The work is done by the C++ core
 ``laser_fast._core`` in blocks of matrix products (OpenMP, SIMD) with the GIL released; the
-result is exactly that of the plain sequential loop.
+result is exactly that of the plain sequential loop. For large inputs the accepted rows are kept
+in a cell index (k-means centroids over a sample of the candidates, a radius bound per cell) and a
+candidate is only compared with the cells that the triangle inequality on angles cannot exclude
+(with rigorous margins for float rounding), which leaves the result unchanged.
 """
 from __future__ import annotations
 
@@ -125,6 +128,8 @@ def greedy_diverse(
     budget: int | None = None,
     num_threads: int = 0,
     show_progress: bool | None = None,
+    method: str = "auto",
+    stats: dict | None = None,
 ) -> np.ndarray:
     """Select a diverse subset: keep each candidate that is far from every row kept before it.
 
@@ -145,6 +150,14 @@ def greedy_diverse(
         num_threads: OpenMP threads; 0 uses all cores (``OMP_NUM_THREADS`` is respected).
         show_progress: True / False to force a progress bar on / off; None shows one for long
             runs when ``laser_fast`` logging is at INFO.
+        method: ``"auto"`` (default: brute force until ~max(1024, 2 sqrt(n)) rows are accepted,
+            then the exact cell index), ``"brute"`` (every candidate against every accepted
+            row) or ``"cells"`` (the cell index from the start). Only the speed differs; the
+            result is the same.
+        stats: Optional dict, filled with diagnostics: ``method`` used at the end, ``cells``,
+            ``switched_at`` (accepted rows when the index was built, -1: never),
+            ``pairs_total`` (candidate x accepted pairs of the brute force), ``pairs_scheduled``
+            (those the bound did not exclude), ``centroid_dots`` and wall times per phase.
 
     Returns:
         int64 array of the accepted row indices (into ``embeddings``), in acceptance order.
@@ -153,7 +166,7 @@ def greedy_diverse(
         ValueError: ``embeddings`` is not a 2-D float array, has an all-zero row or a row
             with NaN / inf (the message names the row), ``order`` is not 1-D integers, is out of
             range or has duplicates, ``min_distance`` is outside [0, 2], ``budget`` < 0, or
-            ``num_threads`` < 0.
+            ``num_threads`` < 0, or ``method`` is unknown.
         KeyboardInterrupt: Ctrl-C during the computation (checked between blocks).
 
     Example:
@@ -176,6 +189,11 @@ def greedy_diverse(
             raise ValueError(f"budget must be >= 0, got {budget}")
     if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or num_threads < 0:
         raise ValueError(f"num_threads must be an integer >= 0 (0 = all cores), got {num_threads!r}")
+
+    if method not in ("auto", "brute", "cells"):
+        raise ValueError(f"method must be 'auto', 'brute' or 'cells', got {method!r}")
+    if stats is not None and not isinstance(stats, dict):
+        raise ValueError(f"stats must be a dict or None, got {type(stats).__name__}")
 
     x = _as_unit_float32(embeddings)
     n = x.shape[0]
@@ -200,6 +218,8 @@ def greedy_diverse(
             num_threads=int(num_threads),
             block_size=_BLOCK_SIZE,
             progress=callback,
+            method=method,
+            stats=stats,
         )
     finally:
         if bar is not None:

@@ -270,3 +270,161 @@ def test_core_validates_too():
         _core.greedy_diverse(x, order=np.array([1, 1]))
     with pytest.raises(ValueError, match="min_distance"):
         _core.greedy_diverse(x, min_distance=3.0)
+
+
+# --- cell index (method="cells" / "auto"): pruned == brute force == plain loop ---------------
+
+
+def spread_clusters(n: int, d: int, seed: int = 0, centers: int = 40) -> np.ndarray:
+    """Unit vectors around random unit centres, each centre with its own spread (tight clusters
+    full of near-duplicates next to loose ones where nearly everything is kept)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    label = rng.integers(0, centers, n)
+    spread = rng.choice(np.array([0.05, 0.15, 0.3, 0.6, 0.9], dtype=np.float32), centers)[label]
+    x = c[label] + spread[:, None] * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    return normalise(x)
+
+
+def all_methods(x, min_distance, **kw):
+    """Results of brute force, cells from the start, and auto switching early (core API)."""
+    out = {}
+    for method, extra in (("brute", {}), ("cells", {}), ("auto", {"switch_at": 40})):
+        st: dict = {}
+        out[method] = _core.greedy_diverse(x, min_distance=min_distance, method=method, stats=st, **extra, **kw)
+        out[method + "_stats"] = st
+    return out
+
+
+@pytest.fixture(scope="module")
+def spread_data() -> np.ndarray:
+    return spread_clusters(4000, 48, seed=21)
+
+
+@pytest.mark.parametrize("min_distance", [0.0, 1e-6, 0.01, 0.05, 0.15, 0.4, 1.0, 1.7])
+def test_cells_match_brute_and_reference(spread_data, min_distance):
+    want = reference(spread_data, min_distance)
+    got = all_methods(spread_data, min_distance)
+    for method in ("brute", "cells", "auto"):
+        np.testing.assert_array_equal(got[method], want, err_msg=method)
+    assert got["cells_stats"]["method"] == "cells" and got["brute_stats"]["method"] == "brute"
+    if len(want) > 200:
+        assert got["auto_stats"]["method"] == "cells" and got["auto_stats"]["switched_at"] >= 40
+
+
+def test_cells_prune_most_pairs(spread_data):
+    st: dict = {}
+    got = greedy_diverse(spread_data, min_distance=0.1, method="cells", stats=st)
+    np.testing.assert_array_equal(got, reference(spread_data, 0.1))
+    assert st["cells"] > 1 and st["centroid_dots"] > 0
+    assert 0 < st["pairs_scheduled"] < 0.5 * st["pairs_total"]  # the bound excludes most cells
+
+
+def test_cells_float16_order_subset_budget(spread_data):
+    x16 = spread_data.astype(np.float16)
+    x32 = normalise(x16.astype(np.float32))
+    for md in (0.02, 0.2):
+        want = reference(x32, md)
+        for method in ("brute", "cells", "auto"):
+            np.testing.assert_array_equal(greedy_diverse(x16, min_distance=md, method=method), want)
+    order = np.random.default_rng(3).permutation(len(spread_data))
+    subset = order[: len(order) // 2]
+    full = reference(spread_data, 0.1, order=order)
+    for method in ("cells", "auto"):
+        np.testing.assert_array_equal(greedy_diverse(spread_data, min_distance=0.1, order=order, method=method), full)
+        np.testing.assert_array_equal(
+            greedy_diverse(spread_data, min_distance=0.1, order=subset, method=method),
+            reference(spread_data, 0.1, order=subset),
+        )
+        for budget in (1, 7, len(full) // 2, len(full) - 1, len(full) + 3):
+            np.testing.assert_array_equal(
+                _core.greedy_diverse(spread_data, min_distance=0.1, order=order, budget=budget, method=method, switch_at=30),
+                full[:budget],
+            )
+
+
+def test_cells_duplicates():
+    x = spread_clusters(1500, 24, seed=4)
+    rng = np.random.default_rng(5)
+    dup = np.vstack([x, x[rng.integers(0, len(x), 700)], x[:50], x[:50]])  # exact repeats
+    order = rng.permutation(len(dup))
+    for md in (1e-4, 0.05, 0.3):
+        want = reference(dup, md, order=order)
+        got = all_methods(dup, md, order=order)
+        for method in ("brute", "cells", "auto"):
+            np.testing.assert_array_equal(got[method], want, err_msg=f"{method} {md}")
+    # min_distance 0: a repeat is kept or dropped by the rounding of x . x; every method agrees
+    got = all_methods(dup, 0.0, order=order)
+    np.testing.assert_array_equal(got["cells"], got["brute"])
+    np.testing.assert_array_equal(got["auto"], got["brute"])
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_cells_pairs_at_the_threshold(d):
+    """Points on a circle spaced by exactly the threshold angle: many similarities lie within
+    float rounding of the threshold, the case the bound's margins are there for."""
+    rng = np.random.default_rng(d)
+    out = []
+    for md in (0.01, 0.1, 0.5):
+        step = np.arccos(1.0 - md)
+        ang = np.concatenate([np.arange(400) * step, rng.uniform(0, 2 * np.pi, 600)])
+        x = np.zeros((len(ang), d))
+        x[:, 0], x[:, 1] = np.cos(ang), np.sin(ang)
+        if d == 3:
+            x[:, 2] = rng.choice([0.0, 1e-4], len(ang))
+        x = normalise(x)
+        order = rng.permutation(len(x))
+        got = all_methods(x, md, order=order)
+        np.testing.assert_array_equal(got["cells"], got["brute"])
+        np.testing.assert_array_equal(got["auto"], got["brute"])
+        out.append(len(got["brute"]))
+    assert min(out) > 1
+
+
+def test_cells_non_unit_rows_core():
+    """The core does not normalise; rows a little off unit length must not break exactness."""
+    x = spread_clusters(3000, 32, seed=8)
+    x *= np.random.default_rng(2).uniform(0.99, 1.01, (len(x), 1)).astype(np.float32)
+    for md in (0.02, 0.2):
+        got = all_methods(x, md)
+        np.testing.assert_array_equal(got["cells"], got["brute"])
+        np.testing.assert_array_equal(got["auto"], got["brute"])
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_cells_threads_and_block_sizes(spread_data, num_threads):
+    want = reference(spread_data, 0.1)
+    for bs, k in ((0, 0), (100, 1), (333, 64), (5000, 4000)):
+        got = _core.greedy_diverse(spread_data, min_distance=0.1, method="cells", num_threads=num_threads, block_size=bs, n_cells=k)
+        np.testing.assert_array_equal(got, want, err_msg=f"block {bs} cells {k}")
+    small = spread_data[:500]  # one candidate per block: many tiny parallel regions, keep it short
+    got = _core.greedy_diverse(small, min_distance=0.1, method="cells", num_threads=num_threads, block_size=1, n_cells=5)
+    np.testing.assert_array_equal(got, reference(small, 0.1))
+
+
+def test_cells_large_n():
+    x = spread_clusters(20_000, 32, seed=13, centers=80)
+    st: dict = {}
+    got = greedy_diverse(x, min_distance=0.12, stats=st)  # auto
+    np.testing.assert_array_equal(got, reference(x, 0.12))
+    np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.12, method="brute"), got)
+    assert st["method"] == "cells" and st["switched_at"] >= 1024
+
+
+def test_cells_tiny_inputs():
+    x = spread_clusters(5, 8, seed=1)
+    for method in ("cells", "auto"):
+        np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.1, method=method), reference(x, 0.1))
+        np.testing.assert_array_equal(greedy_diverse(x[:1], method=method), [0])
+        np.testing.assert_array_equal(greedy_diverse(x, min_distance=2.0, method=method), [0])
+
+
+def test_bad_method():
+    x = spread_clusters(5, 8, seed=1)
+    with pytest.raises(ValueError, match="method"):
+        greedy_diverse(x, method="fast")
+    with pytest.raises(ValueError, match="method"):
+        _core.greedy_diverse(x, method="fast")
+    with pytest.raises(ValueError, match="stats"):
+        greedy_diverse(x, stats=[])
