@@ -105,21 +105,37 @@ def faiss_greedy(x: np.ndarray, min_distance: float) -> np.ndarray:
 
 
 def case_greedy(quick: bool) -> list[dict]:
+    """Ours (auto: brute force, then the exact cell index) vs our brute force vs the numpy and
+    faiss per-candidate loops. The loops run at 20k rows (and 100k in the full run); 1M rows
+    (full run) is ours alone. Every accepted set is compared with ours."""
     from laser_fast.greedy import greedy_diverse
 
     rows = []
-    sizes = [20_000] if quick else [20_000, 100_000]
+    sizes = [20_000, 100_000] if quick else [20_000, 100_000, 1_000_000]
+    loops_up_to = 20_000 if quick else 100_000
+    brute_up_to = 100_000
     for n in sizes:
         x = clustered(n, seed=1)
         for md in (0.1,):
-            ours, t_ours = timed(greedy_diverse, x, min_distance=md, show_progress=False)
-            row = {"case": "greedy", "n": n, "d": x.shape[1], "min_distance": md, "accepted": int(ours.size), "ours_s": round(t_ours, 3)}
-            ref, t_np = timed(numpy_greedy, x, md)
-            row.update(numpy_loop_s=round(t_np, 3), numpy_equal=bool(np.array_equal(ref, ours)), speedup_vs_numpy=round(t_np / t_ours, 1))
-            fa, t_fa = timed(faiss_greedy, x, md)
-            row.update(faiss_flat_loop_s=round(t_fa, 3), faiss_equal=bool(np.array_equal(fa, ours)), speedup_vs_faiss_loop=round(t_fa / t_ours, 1))
+            st: dict = {}
+            ours, t_ours = timed(greedy_diverse, x, min_distance=md, show_progress=False, stats=st)
+            row = {
+                "case": "greedy", "n": n, "d": x.shape[1], "min_distance": md, "accepted": int(ours.size),
+                "ours_s": round(t_ours, 3), "ours_method": st["method"], "cells": st["cells"],
+                "switched_at_accepted": st["switched_at"],
+                "pairs_checked_share": round(st["pairs_scheduled"] / max(st["pairs_total"], 1), 5),
+            }
+            if n <= brute_up_to:
+                brute, t_brute = timed(greedy_diverse, x, min_distance=md, show_progress=False, method="brute")
+                row.update(brute_s=round(t_brute, 3), brute_equal=bool(np.array_equal(brute, ours)), speedup_vs_brute=round(t_brute / t_ours, 1))
+            if n <= loops_up_to:
+                ref, t_np = timed(numpy_greedy, x, md)
+                row.update(numpy_loop_s=round(t_np, 3), numpy_equal=bool(np.array_equal(ref, ours)), speedup_vs_numpy=round(t_np / t_ours, 1))
+                fa, t_fa = timed(faiss_greedy, x, md)
+                row.update(faiss_flat_loop_s=round(t_fa, 3), faiss_equal=bool(np.array_equal(fa, ours)), speedup_vs_faiss_loop=round(t_fa / t_ours, 1))
             rows.append(row)
             print(json.dumps(row), flush=True)
+        del x
     return rows
 
 

@@ -129,7 +129,7 @@ every already accepted row is < 1 - min_distance. Stops after ``budget`` accepta
 (budget < 0: no limit). ``block_size`` candidates per block (0: automatic).
 ``progress(visited, accepted)`` is called between blocks. ``method``: "brute" (compare with
 every accepted row), "cells" (exact pruning with a cell index from the start) or "auto" (brute
-force until ``switch_at`` rows are accepted, 0: max(1024, 2 * n_cells), then the cell index);
+force until ``switch_at`` rows are accepted, 0: max(2048, 4 * n_cells), then the cell index);
 ``n_cells``: centroids (0: ~sqrt(candidates)). The result does not depend on them. ``stats``: a
 dict to fill with diagnostics (method used, cells, switch point, pair counts).
 Returns the accepted row indices (int64) in acceptance order. Low-level: rows are assumed to be

@@ -756,7 +756,7 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
     const int64_t n_cells = std::min<int64_t>(
         m, opt.n_cells > 0 ? opt.n_cells
                            : std::clamp<int64_t>(std::llround(std::sqrt(static_cast<double>(m))), 16, 4096));
-    const int64_t switch_at = opt.switch_at > 0 ? opt.switch_at : std::max<int64_t>(1024, 2 * n_cells);
+    const int64_t switch_at = opt.switch_at > 0 ? opt.switch_at : std::max<int64_t>(2048, 4 * n_cells);
 
     RowBuffer A(dp);  // accepted rows, contiguous, in acceptance order (brute force)
     RowBuffer C(dp);  // current candidate block
@@ -853,28 +853,21 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
                 errors.rethrow();
             }
         } else {
-            // Phase 1 (cells): similarities of the block to every centroid ...
+            // Phase 1 (cells): similarities of the block to every centroid, and the cells each
+            // candidate may be rejected by (its most similar one first), in one parallel pass ...
             const int64_t K = ix.K;
             bd.set(thr, dp, delta, ix.delta_c);
+            for (int32_t k : ix.active) gate[k] = bd.gate(ix.min_cos[k]);
             G.resize(static_cast<std::size_t>(cnt * K));
             const int64_t nchunks = (cnt + kChunkRows - 1) / kChunkRows;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nchunks > 1)
             for (int64_t c = 0; c < nchunks; ++c) {
                 errors.run([&] {
-                    const int64_t i0 = c * kChunkRows;
-                    dots_vs_centroids(C.row(i0), std::min(kChunkRows, cnt - i0), ix.cent.data(), K, dp,
-                                      tile_rows, G.data() + i0 * K, K);
-                });
-            }
-            errors.rethrow();
-            st.centroid_dots += cnt * K;
-            lap(st.centroid_seconds);
-            if (na0 > 0) {
-                // ... the cells each candidate may be rejected by (its most similar one first) ...
-                for (int32_t k : ix.active) gate[k] = bd.gate(ix.min_cos[k]);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (cnt > 64)
-                for (int64_t i = 0; i < cnt; ++i) {
-                    errors.run([&] {
+                    const int64_t i0 = c * kChunkRows, i1 = std::min(cnt, i0 + kChunkRows);
+                    dots_vs_centroids(C.row(i0), i1 - i0, ix.cent.data(), K, dp, tile_rows,
+                                      G.data() + i0 * K, K);
+                    if (na0 == 0) return;
+                    for (int64_t i = i0; i < i1; ++i) {
                         std::vector<int32_t>& cc = cand_cells[i];
                         cc.clear();
                         const float* g = G.data() + i * K;
@@ -890,17 +883,21 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
                             }
                         }
                         if (!cc.empty()) std::swap(cc[0], cc[bpos]);
-                    });
-                }
-                errors.rethrow();
-                lap(st.gate_seconds);
-                // ... then checked exactly against those cells: round 0 the most similar cell,
-                // round 1 the others (only candidates still alive).
+                    }
+                });
+            }
+            errors.rethrow();
+            st.centroid_dots += cnt * K;
+            lap(st.centroid_seconds);
+            if (na0 > 0) {
+                // ... then each candidate is checked exactly against those cells: the work items
+                // of every candidate's most similar cell come first (round 0), then the others
+                // (round 1; candidates rejected meanwhile are skipped).
+                items.clear();
+                lists.clear();
                 for (int round = 0; round < 2; ++round) {
-                    if (alive.load(std::memory_order_relaxed) == 0) break;
                     std::fill(cell_count.begin(), cell_count.end(), 0);
                     for (int64_t i = 0; i < cnt; ++i) {
-                        if (rejected[i].load(std::memory_order_relaxed)) continue;
                         const auto& cc = cand_cells[i];
                         if (round == 0) {
                             if (!cc.empty()) ++cell_count[cc[0]];
@@ -908,18 +905,17 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
                             for (std::size_t q = 1; q < cc.size(); ++q) ++cell_count[cc[q]];
                         }
                     }
-                    cell_off[0] = 0;
+                    const int64_t base = static_cast<int64_t>(lists.size());
+                    cell_off[0] = base;
                     for (int64_t k = 0; k < K; ++k) cell_off[k + 1] = cell_off[k] + cell_count[k];
                     lists.resize(static_cast<std::size_t>(cell_off[K]));
                     std::fill(cell_count.begin(), cell_count.end(), 0);
                     for (int64_t i = 0; i < cnt; ++i) {
-                        if (rejected[i].load(std::memory_order_relaxed)) continue;
                         const auto& cc = cand_cells[i];
                         const std::size_t q0 = round == 0 ? 0 : 1;
                         const std::size_t q1 = round == 0 ? std::min<std::size_t>(1, cc.size()) : cc.size();
                         for (std::size_t q = q0; q < q1; ++q) lists[cell_off[cc[q]] + cell_count[cc[q]]++] = i;
                     }
-                    items.clear();
                     for (int32_t k : ix.active) {
                         const int64_t len = cell_count[k];
                         if (len == 0) continue;
@@ -928,21 +924,22 @@ std::vector<int64_t> greedy_diverse(const float* X, int64_t n, int64_t d, const 
                         for (int64_t r0 = 0; r0 < rows; r0 += tile_rows)
                             items.push_back({k, r0, std::min(rows, r0 + tile_rows), cell_off[k], len});
                     }
-                    const int64_t nitems = static_cast<int64_t>(items.size());
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nitems > 1)
-                    for (int64_t t = 0; t < nitems; ++t) {
-                        if (alive.load(std::memory_order_relaxed) == 0) continue;
-                        errors.run([&] {
-                            const WorkItem& it = items[t];
-                            Phase1 q = p1;
-                            q.A = ix.rows[it.cell].data();
-                            q.list = lists.data() + it.off;
-                            q.nlist = it.len;
-                            check_tile(q, it.r0, it.r1);
-                        });
-                    }
-                    errors.rethrow();
                 }
+                lap(st.gate_seconds);
+                const int64_t nitems = static_cast<int64_t>(items.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nitems > 1)
+                for (int64_t t = 0; t < nitems; ++t) {
+                    if (alive.load(std::memory_order_relaxed) == 0) continue;
+                    errors.run([&] {
+                        const WorkItem& it = items[t];
+                        Phase1 q = p1;
+                        q.A = ix.rows[it.cell].data();
+                        q.list = lists.data() + it.off;
+                        q.nlist = it.len;
+                        check_tile(q, it.r0, it.r1);
+                    });
+                }
+                errors.rethrow();
             }
         }
 

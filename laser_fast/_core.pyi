@@ -41,8 +41,8 @@ def greedy_diverse(
     ``budget < 0``: no limit. ``block_size``: candidates per block (0: automatic, 128..512).
     ``progress(visited, accepted)`` is called between blocks (with the
     GIL held); Ctrl-C is noticed there too. Raises ValueError on bad order / min_distance.
-    ``method``: "auto" (brute force until ``switch_at`` rows are accepted, 0: max(1024,
-    2 n_cells), then the exact cell index), "brute" or "cells"; ``n_cells``: centroids (0:
+    ``method``: "auto" (brute force until ``switch_at`` rows are accepted, 0: max(2048,
+    4 n_cells), then the exact cell index), "brute" or "cells"; ``n_cells``: centroids (0:
     ~sqrt(candidates)). The result does not depend on them. ``stats``: a dict to fill with
     diagnostics (method used, cells, switch point, pair counts, phase wall times).
     """

@@ -150,7 +150,7 @@ def greedy_diverse(
         num_threads: OpenMP threads; 0 uses all cores (``OMP_NUM_THREADS`` is respected).
         show_progress: True / False to force a progress bar on / off; None shows one for long
             runs when ``laser_fast`` logging is at INFO.
-        method: ``"auto"`` (default: brute force until ~max(1024, 2 sqrt(n)) rows are accepted,
+        method: ``"auto"`` (default: brute force until ~max(2048, 4 sqrt(n)) rows are accepted,
             then the exact cell index), ``"brute"`` (every candidate against every accepted
             row) or ``"cells"`` (the cell index from the start). Only the speed differs; the
             result is the same.

@@ -409,7 +409,7 @@ def test_cells_large_n():
     got = greedy_diverse(x, min_distance=0.12, stats=st)  # auto
     np.testing.assert_array_equal(got, reference(x, 0.12))
     np.testing.assert_array_equal(greedy_diverse(x, min_distance=0.12, method="brute"), got)
-    assert st["method"] == "cells" and st["switched_at"] >= 1024
+    assert st["method"] == "cells" and st["switched_at"] >= 2048
 
 
 def test_cells_tiny_inputs():
