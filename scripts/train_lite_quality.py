@@ -367,12 +367,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ae-instructions", type=int, default=200)
     ap.add_argument("--ae-generators", default=",".join(DEFAULT_GENERATORS))
     ap.add_argument("--ae-gap", type=float, default=15.0)
-    ap.add_argument("--w-gsm8k", type=float, default=0.5)
-    ap.add_argument("--w-alpaca-eval", type=float, default=0.5)
-    ap.add_argument("--C", default="0.0003,0.001,0.003,0.01,0.03", help="L2 grid (inverse strength) for the inner CV")
+    ap.add_argument("--w-gsm8k", type=float, default=1.0)
+    ap.add_argument("--w-alpaca-eval", type=float, default=1.0)
+    ap.add_argument("--C", default="0.003,0.01,0.03", help="L2 grid (inverse strength) for the inner CV")
     ap.add_argument("--groups", default=",".join(SHIPPED_GROUPS), help="feature groups of the shipped model")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--hd-scale", type=float, default=1.0,
+    ap.add_argument("--hd-scale", type=float, default=0.1,
                     help="factor on the standardised hs/emb/embx features (< 1 = regularise them more)")
     ap.add_argument("--extract-only", action="store_true")
     ap.add_argument("--recompute", default="", help="feature groups to recompute for cached responses (e.g. emb,embx)")

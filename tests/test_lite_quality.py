@@ -58,26 +58,24 @@ def test_missing_smollm_is_a_clear_error(monkeypatch):
 
 @needs_smol
 def test_log_probs_match_a_plain_forward():
-    """The lp group's mean token log-prob equals a direct float32 computation with transformers."""
+    """The lp group's token log-prob statistics equal a direct float32 causal-LM forward."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     inst, resp = "Name a primary colour.", "Red is a primary colour."
     fx = LiteFeatures(dtype="float32", device="cpu")
     lp = fx([inst], [resp], ("lp",))["lp"][0]
-    folder, name = lite._smol_model_file()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    tok, model = fx._smol["tok"], fx._smol["model"]
     prompt = f"<|im_start|>user\n{inst}<|im_end|>\n<|im_start|>assistant\n"
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     r_ids = tok(resp, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p_ids + r_ids])
     with torch.inference_mode():
-        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        logits = model(input_ids=torch.tensor([p_ids + r_ids])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
     tok_lp = np.array([logp[len(p_ids) + k - 1, t].item() for k, t in enumerate(r_ids)])
     names = list(lite.LP_FEATURES)
     assert lp[names.index("lp_mean")] == pytest.approx(tok_lp.mean(), abs=1e-3)
     assert lp[names.index("lp_min")] == pytest.approx(tok_lp.min(), abs=1e-3)
+    assert lp[names.index("lp_median")] == pytest.approx(np.median(tok_lp), abs=1e-3)
 
 
 def _gsm8k_heldout(n: int) -> list[tuple[str, str, str]]:
@@ -110,10 +108,10 @@ def test_real_pairs_rank_sensibly():
         d = json.loads(line)
         if d["generator"] in ("NullModel", "gpt4_1106_preview"):
             by_inst.setdefault(d["instruction"], {})[d["generator"]] = d["output"]
-    insts = sorted(i for i, v in by_inst.items() if len(v) == 2)[-6:]  # training samples 200 of 805 by seed
+    insts = sorted(i for i, v in by_inst.items() if len(v) == 2)[-4:]
     strong = score_quality(insts, [by_inst[i]["gpt4_1106_preview"] for i in insts])
     null = score_quality(insts, [by_inst[i]["NullModel"] for i in insts])
-    assert (null < strong).mean() >= 5 / 6
+    assert (null < strong).all(), (null, strong)
 
 
 @needs_smol
@@ -128,8 +126,8 @@ def test_score_quality_contract_and_scorer_batch(tmp_path):
     with pytest.raises(ValueError):
         score_quality(inst, resp[:2])
 
-    # the linear head applied by hand to the extracted features
-    sc = LiteQualityScorer()
+    # the linear head applied by hand to the extracted features (the process-wide default scorer)
+    sc = lite._DEFAULT[("default",)]
     lin = sc._load_head()
     parts = sc._features()(inst[:3], resp[:3], lin.groups)
     x = np.hstack([parts[g] for g in lin.groups])
@@ -146,6 +144,8 @@ def test_score_quality_contract_and_scorer_batch(tmp_path):
     out = sc.score(recs)
     assert set(out) == {"lite_quality"}
     np.testing.assert_allclose(out["lite_quality"], s1[:3], rtol=1e-9, atol=1e-9)
-    assert sc.stats["records"] == 3 and sc.stats["forward_passes"] > 0
+    assert sc.stats["records"] >= 3 and sc.stats["forward_passes"] > 0
     assert 0 < sc.stats["tokens"] <= sc.stats["padded_tokens"]
-    assert "lite_quality" in sc.fingerprint and sc.categories is None
+    assert "lite_quality" in sc.fingerprint and sc.categories is None and sc.outputs == ("lite_quality",)
+    fresh = LiteQualityScorer()  # a new instance loads lazily and agrees
+    assert fresh._feats is None and fresh.fingerprint == sc.fingerprint
