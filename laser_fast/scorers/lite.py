@@ -683,7 +683,11 @@ class LiteQualityScorer(Scorer):
 
     def score(self, batch: pl.DataFrame, *, batch_size: int | None = None,
               show_progress: bool | None = None) -> dict[str, np.ndarray]:
-        inst = batch["instruction"].to_list()
+        # the last exchange: the last user turn and the last answer (``instruction`` is the first turn)
+        if "user_turns" in batch.columns:
+            inst = [(u[-1] if u else i) for u, i in zip(batch["user_turns"].to_list(), batch["instruction"].to_list())]
+        else:
+            inst = batch["instruction"].to_list()
         resp = batch["response"].to_list()
         return {"lite_quality": self.score_pairs(inst, resp, batch_size=batch_size, show_progress=show_progress)}
 

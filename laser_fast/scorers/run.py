@@ -11,7 +11,8 @@ A *profile* says which scorer produces each LASER metric:
 ``lite`` (offline models that ship with the install; the default on a machine without a GPU)
     every quality metric (quality, if_quality, process_reward, code_quality) <- ``lite_quality``;
     difficulty and complexity <- ``lite_difficulty``: the instruction-following difficulty (IFD)
-    of SmolLM2-135M-Instruct clipped to [0, 1]. IFD is the ratio of the response's loss with and
+    of SmolLM2-135M-Instruct over the first 128 response tokens (and the last 256 prompt tokens),
+    clipped to [0, 1]. IFD is the ratio of the response's loss with and
     without the instruction: near 1 the instruction hardly helps to produce the answer (a hard
     instruction for the model), near 0 the answer follows from the instruction. Values above 1
     (the instruction confuses the model, usually a mismatched pair) are clipped to 1.
@@ -38,6 +39,10 @@ from .cache import ScoreCache, content_keys
 logger = logging.getLogger(__name__)
 
 PROFILES = ("lite", "paper")
+
+#: The lite difficulty stand-in reads at most this many response / prompt tokens.
+LITE_IFD_MAX_LENGTH = 128
+LITE_IFD_MAX_PROMPT = 256
 
 #: metric -> (scorer name, output column) per profile.
 PROFILE_METRICS: dict[str, dict[str, tuple[str, str]]] = {
@@ -202,8 +207,11 @@ def build_scorer(name: str, settings: ScorerSettings | None = None) -> Scorer:
 
         return IFDScorer(**_kw(s, name), **torch_kw)
     if name == "lite_difficulty":
-        return LiteDifficulty(build_scorer("ifd", ScorerSettings(models={"ifd": s.models["lite_difficulty"]} if "lite_difficulty" in s.models else {},
-                                                                 device=s.device, batch_tokens=s.batch_tokens)))
+        from .models import IFDScorer
+
+        kw = {"model": s.models["lite_difficulty"]} if "lite_difficulty" in s.models else {}
+        # short windows keep it CPU-friendly: the first 128 response tokens, the last 256 prompt tokens
+        return LiteDifficulty(IFDScorer(max_length=LITE_IFD_MAX_LENGTH, max_prompt_length=LITE_IFD_MAX_PROMPT, **kw, **torch_kw))
     if name in ("code_quality", "if_quality"):
         from . import judges
 
