@@ -3,7 +3,10 @@ record of each cluster above a preference percentile, then fill by preference.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,11 +81,20 @@ def preference_order(preference: np.ndarray, seed: int = 0) -> np.ndarray:
 #: to cheaper seeding (1 trial), then to faiss's random seeding.
 KMEANSPP_GREEDY_MAX_NK = 1e8
 KMEANSPP_MAX_NK = 2e9
+#: ``method="auto"`` runs flat Lloyd up to this n*k product and the two-level k-means above it
+#: (flat Lloyd costs n*k*d per iteration; two-level about 2*n*sqrt(k)*d).
+TWO_LEVEL_MIN_NK = 5e7
+#: the two-level path needs enough clusters for the coarse level to make sense
+TWO_LEVEL_MIN_K = 64
 
 
-def kmeanspp_init(x: np.ndarray, k: int, *, seed: int = 0, trials: int | None = None) -> np.ndarray:
+def kmeanspp_init(
+    x: np.ndarray, k: int, *, seed: int = 0, trials: int | None = None, return_potential: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding (greedy variant: the best of ``trials`` D^2 samples per step, as
-    scikit-learn does with 2 + log k). Returns (k, d) float32 centroids."""
+    scikit-learn does with 2 + log k). Returns (k, d) float32 centroids, and with
+    ``return_potential`` also the potential (sum of squared distances to the nearest chosen
+    centre) after each of the k steps (float64, non-increasing)."""
     rng = np.random.default_rng(seed)
     n = x.shape[0]
     trials = trials or 2 + int(np.log(k))
@@ -90,34 +102,110 @@ def kmeanspp_init(x: np.ndarray, k: int, *, seed: int = 0, trials: int | None = 
     first = int(rng.integers(n))
     chosen = [first]
     dist = np.maximum(sq - 2.0 * (x @ x[first]) + sq[first], 0.0)
+    pot = [float(dist.sum(dtype=np.float64))]
+    xt = x.T
     for _ in range(1, k):
-        total = float(dist.sum())
+        cs = np.cumsum(dist, dtype=np.float64)
+        total = float(cs[-1])
         if total <= 0:  # fewer distinct points than k: take unused rows
             rest = np.setdiff1d(np.arange(n), chosen)[: k - len(chosen)]
             chosen.extend(rest.tolist())
+            pot.extend([0.0] * rest.size)
             break
-        cand = rng.choice(n, size=trials, p=dist / total)
-        dc = np.maximum(sq[None, :] - 2.0 * (x[cand] @ x.T) + sq[cand][:, None], 0.0)
-        new = np.minimum(dist[None, :], dc)
-        b = int(np.argmin(new.sum(1)))
+        # D^2 sampling: rows drawn with probability proportional to their squared distance
+        cand = np.minimum(np.searchsorted(cs, rng.random(trials) * total, side="right"), n - 1)
+        dc = x[cand] @ xt
+        dc *= -2.0
+        dc += sq[None, :]
+        dc += sq[cand][:, None]
+        np.maximum(dc, 0.0, out=dc)
+        np.minimum(dc, dist[None, :], out=dc)
+        sums = dc.sum(1, dtype=np.float64)
+        b = int(np.argmin(sums))
         chosen.append(int(cand[b]))
-        dist = new[b]
-    return np.ascontiguousarray(x[np.asarray(chosen[:k])], dtype=np.float32)
+        dist = dc[b]
+        pot.append(float(sums[b]))
+    cent = np.ascontiguousarray(x[np.asarray(chosen[:k])], dtype=np.float32)
+    if return_potential:
+        return cent, np.minimum.accumulate(np.asarray(pot[:k], dtype=np.float64))
+    return cent
 
 
-def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, num_threads: int = 0) -> tuple[np.ndarray, dict]:
-    """Cluster rows of ``x`` (float32) into ``k`` clusters with faiss (GPU when faiss sees one),
-    seeded with k-means++ where affordable; returns labels and stats."""
+def allocate_by_gain(potentials: list[np.ndarray], k: int) -> np.ndarray:
+    """Split ``k`` clusters over cells given each cell's objective curve (``potentials[i][j]`` =
+    objective with j+1 clusters, non-increasing): every non-empty cell gets one cluster, then the
+    ``k - cells`` largest marginal gains across all cells (gains made non-increasing within a cell,
+    ties by cell then step). A cell gets at most ``len(potentials[i])`` clusters."""
+    caps = np.array([len(p) for p in potentials], dtype=np.int64)
+    out = (caps > 0).astype(np.int64)
+    extra = k - int(out.sum())
+    if extra < 0 or extra > int((caps - out).sum()):
+        raise ValueError(f"cannot split k={k} clusters over cells of capacity {int(caps.sum())}")
+    if extra == 0:
+        return out
+    gains, owner = [], []
+    for i, p in enumerate(potentials):
+        if len(p) > 1:
+            g = np.minimum.accumulate(np.maximum(-np.diff(np.asarray(p, dtype=np.float64)), 0.0))
+            gains.append(g)
+            owner.append(np.full(g.size, i, dtype=np.int64))
+    g = np.concatenate(gains)
+    o = np.concatenate(owner)
+    top = np.lexsort((np.arange(g.size), -g))[:extra]  # non-increasing within a cell: a prefix per cell
+    out += np.bincount(o[top], minlength=len(potentials))
+    return out
+
+
+def _omp_threads() -> int:
     import faiss
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    return int(faiss.omp_get_max_threads())
+
+
+def _set_omp_threads(t: int) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(int(t))
+
+
+def _single_threaded_blas(enabled: bool = True):
+    """Context limiting BLAS to one thread (threadpoolctl when installed, else a no-op)."""
+    if enabled:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            return threadpool_limits(1, user_api="blas")
+        except ImportError:  # pragma: no cover - optional
+            pass
+    return contextlib.nullcontext()
+
+
+def _faiss_gpus() -> int:
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _lloyd(
+    x: np.ndarray, k: int, *, seed: int, niter: int, max_points_per_centroid: int = 256, init: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, str, list]:
+    """faiss k-means on ``x`` (GPU when faiss sees one), k-means++ seeded where affordable.
+
+    Returns ``(centroids (k, d) float32, labels (n,) int64, init method, objective per iteration)``.
+    """
+    import faiss
+
     n, d = x.shape
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if num_threads > 0:
-        faiss.omp_set_num_threads(num_threads)
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, gpu=gpus > 0, min_points_per_centroid=1, max_points_per_centroid=256, verbose=False)
+    if k <= 1:
+        return x.mean(0, keepdims=True).astype(np.float32), np.zeros(n, dtype=np.int64), "mean", []
+    if k >= n:
+        return np.ascontiguousarray(x[:k], dtype=np.float32), np.arange(n, dtype=np.int64), "all rows", []
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, gpu=_faiss_gpus() > 0, min_points_per_centroid=1, max_points_per_centroid=max_points_per_centroid, verbose=False)
     nk = float(n) * float(k)
-    if nk <= KMEANSPP_MAX_NK and k > 1:
+    if init is not None:
+        init_method = "given"
+        km.train(x, init_centroids=np.ascontiguousarray(init[:k], dtype=np.float32))
+    elif nk <= KMEANSPP_MAX_NK:
         init_method = "k-means++ (greedy)" if nk <= KMEANSPP_GREEDY_MAX_NK else "k-means++"
         init = kmeanspp_init(x, k, seed=seed, trials=None if nk <= KMEANSPP_GREEDY_MAX_NK else 1)
         km.train(x, init_centroids=init)
@@ -125,15 +213,322 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, num_
         init_method = "random (faiss)"
         km.train(x)
     _, lab = km.index.search(x, 1)
+    obj = [float(v) for v in np.asarray(km.obj)] if getattr(km, "obj", None) is not None else []
+    return np.ascontiguousarray(km.centroids, dtype=np.float32), lab.ravel().astype(np.int64), init_method, obj
+
+
+def allocate_clusters(sizes: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Split ``k`` clusters over cells of ``sizes`` rows in proportion to ``weights`` (default: the
+    sizes), capped at each cell's size (the excess is shared out again), by largest remainder (ties
+    by cell index): the counts sum to exactly ``k``, no cell gets more clusters than rows, and every
+    non-empty cell gets at least one (needs ``k`` >= the non-empty cells and ``k`` <= the rows).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n = int(sizes.sum())
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot split k={k} clusters over {n} rows")
+    if k == n:
+        return sizes.copy()
+    w = sizes.astype(np.float64) if weights is None else np.where(sizes > 0, np.maximum(np.asarray(weights, dtype=np.float64), 0.0), 0.0)
+    if w.sum() <= 0:
+        w = sizes.astype(np.float64)
+    # water-filling: cells whose share exceeds their size get their size; the rest share the remainder
+    q = np.zeros(sizes.size)
+    capped = np.zeros(sizes.size, dtype=bool)
+    for _ in range(sizes.size + 1):
+        free = ~capped & (w > 0)
+        left = k - sizes[capped].sum()
+        q[capped] = sizes[capped]
+        q[free] = left * w[free] / w[free].sum() if w[free].sum() > 0 else 0.0
+        over = free & (q > sizes)
+        if not over.any():
+            break
+        capped |= over
+    out = np.minimum(np.floor(q + 1e-9).astype(np.int64), sizes)
+    rem = k - int(out.sum())
+    frac = np.where(out < sizes, q - out, -np.inf)
+    out[np.lexsort((np.arange(sizes.size), -frac))[:rem]] += 1
+    # every non-empty cell gets one cluster, taken from the most over-served cell with >= 2
+    for i in np.flatnonzero((sizes > 0) & (out == 0)):
+        over = np.where(out >= 2, out - q, -np.inf)
+        j = int(np.argmax(over))
+        if not np.isfinite(over[j]):
+            raise ValueError(f"cannot give each of the non-empty cells a cluster with k={k}")
+        out[j] -= 1
+        out[i] += 1
+    return out
+
+
+def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    out = np.empty(x.shape[0], dtype=np.float32)
+    for s in range(0, x.shape[0], chunk):
+        diff = x[s : s + chunk] - c[lab[s : s + chunk]]
+        out[s : s + chunk] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Means of the clusters (float64 sums); empty clusters keep ``old`` (or zeros)."""
+    order = np.argsort(lab, kind="stable")
+    counts = np.bincount(lab, minlength=k)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    nonempty = counts > 0
+    cent = np.zeros((k, x.shape[1]), dtype=np.float64) if old is None else old.astype(np.float64)
+    sums = np.add.reduceat(x[order].astype(np.float64), starts[nonempty], axis=0)
+    cent[nonempty] = sums / counts[nonempty, None]
+    return cent.astype(np.float32), counts
+
+
+def kmeans_objective(x: np.ndarray, labels: np.ndarray, k: int | None = None) -> float:
+    """Sum of squared distances of the rows to the mean of their cluster (O(n d))."""
+    k = int(labels.max()) + 1 if k is None else k
+    cent, _ = _centroids_of(np.asarray(x, dtype=np.float32), labels, k)
+    return float(_sq_dist_to(np.asarray(x, dtype=np.float32), cent, labels).astype(np.float64).sum())
+
+
+def _fill_empty(x: np.ndarray, lab: np.ndarray, cent: np.ndarray, k: int) -> int:
+    """Give each empty cluster the row farthest from its centroid among clusters with >= 2 rows
+    (in place); returns how many clusters were filled."""
+    counts = np.bincount(lab, minlength=k)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size == 0 or x.shape[0] < k:
+        return 0
+    d = _sq_dist_to(x, cent, lab)
+    filled = 0
+    for c in empty:
+        cand = np.flatnonzero(counts[lab] >= 2)
+        if cand.size == 0:
+            break
+        j = int(cand[np.argmax(d[cand])])
+        counts[lab[j]] -= 1
+        lab[j] = c
+        counts[c] = 1
+        d[j] = 0.0
+        cent[c] = x[j]
+        filled += 1
+    return filled
+
+
+def kmeans_two_level(
+    x: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    niter: int = 25,
+    coarse_k: int | None = None,
+    refine_passes: int = 3,
+    neighbours: int = 6,
+    num_threads: int = 0,
+    allocation: str = "kmeans++",
+    seed_trials: int | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Two-level k-means: ``coarse_k`` (default ~sqrt(k)) coarse clusters, then each coarse cell
+    split into clusters in proportion to its size (largest remainder, exactly ``k`` in all) with
+    faiss k-means inside the cell, then ``refine_passes`` Lloyd passes where each row may move to
+    any fine centroid of its own or its ``neighbours`` most-shared neighbouring coarse cells (a row
+    only moves when the new centroid is nearer, so the objective never increases).
+
+    Cost: coarse n*sqrt(k)*d*niter + fine sum(n_i*k_i)*d*niter ~ n*(n/k)... instead of flat Lloyd's
+    n*k*d*niter. Returns ``(labels int64 in [0, k), stats)``; every cluster is non-empty when
+    n >= k.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"two-level k-means needs 1 <= k <= n, got k={k}, n={n}")
+    # one BLAS thread throughout: faiss's OpenMP threads and OpenBLAS's threads oversubscribe the
+    # cores otherwise (measured 4x slower on 2 busy cores); parallelism comes from faiss's OpenMP
+    # and from running the cells in a thread pool
+    with _single_threaded_blas(_faiss_gpus() == 0):
+        return _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threads, allocation, seed_trials)
+
+
+def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threads, allocation, seed_trials):
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    k1 = int(coarse_k or max(2, round(np.sqrt(k))))
+    k1 = max(1, min(k1, k, n))
+    t0 = time.perf_counter()
+    # --- coarse level: k-means on a sample (<= 256 rows per coarse cluster), assign all rows
+    m = min(n, k1 * 256)
+    sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    coarse_c, _, _, _ = _lloyd(x[sample], k1, seed=seed, niter=niter)
+    top = min(2, k1)
+    dist, near = _search(coarse_c, x, top)
+    cell = near[:, 0].astype(np.int64)
+    sizes = np.bincount(cell, minlength=k1)
+    kc_size = allocate_clusters(sizes, k)
+    t_coarse = time.perf_counter() - t0
+    # --- fine level: cells run in parallel, each single-threaded (faiss's OpenMP threads and
+    # OpenBLAS's threads fight over cores on small problems)
+    t0 = time.perf_counter()
+    order = np.argsort(cell, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    cells_by_size = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] > 0]
+    gpu = _faiss_gpus() > 0
+    workers = 1 if gpu else max(1, min(num_threads or _omp_threads(), len(cells_by_size)))
+
+    def run_cells(fn, cells):
+        if workers == 1:
+            prev = _omp_threads()
+            if not gpu:
+                _set_omp_threads(1)
+            try:
+                return [fn(i) for i in cells]
+            finally:
+                _set_omp_threads(prev)
+        with ThreadPoolExecutor(workers, initializer=_set_omp_threads, initargs=(1,)) as ex:
+            return list(ex.map(fn, cells))
+
+    seeds: dict[int, np.ndarray] = {}
+    seed_rounds = seeded = 0
+    if allocation == "size":
+        kc = kc_size
+    elif allocation == "kmeans++":
+        # each cell's k-means++ potential curve (from about twice its share by size, extended
+        # while the allocation uses all of it); the clusters go where they lower the potential
+        # most, so wide cells get more than dense tight ones
+        caps = np.minimum(sizes, 2 * kc_size + 16)
+
+        def seed_cell(i: int) -> tuple[int, np.ndarray, np.ndarray]:
+            rows = order[starts[i] : starts[i + 1]]
+            c, pot = kmeanspp_init(x[rows], int(caps[i]), seed=seed + 1 + i, trials=seed_trials, return_potential=True)
+            return i, c, pot
+
+        pots = [np.zeros(0)] * k1
+        todo = cells_by_size
+        for _ in range(32):
+            seed_rounds += 1
+            seeded += int(caps[todo].sum())
+            for i, c, pot in run_cells(seed_cell, todo):
+                seeds[i] = c
+                pots[i] = pot
+            kc = allocate_by_gain(pots, k)
+            full = (kc >= caps) & (caps < sizes)
+            if not full.any():
+                break
+            caps[full] = np.minimum(sizes[full], 2 * caps[full])
+            todo = [i for i in cells_by_size if full[i]]
+    else:
+        raise ValueError(f"unknown allocation {allocation!r}: use 'kmeans++' or 'size'")
+    t_seed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels = np.empty(n, dtype=np.int64)
+    cent = np.empty((k, d), dtype=np.float32)
+    cstarts = np.concatenate([[0], np.cumsum(kc)])
+
+    def fine(i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        rows = order[starts[i] : starts[i + 1]]
+        c, lab, _, _ = _lloyd(x[rows], int(kc[i]), seed=seed + 1 + i, niter=niter, max_points_per_centroid=1 << 30, init=seeds.get(i))
+        return i, c, lab
+
+    for i, c, lab in run_cells(fine, [i for i in cells_by_size if kc[i] > 0]):
+        cent[cstarts[i] : cstarts[i + 1]] = c
+        labels[order[starts[i] : starts[i + 1]]] = lab + cstarts[i]
+    t_fine = time.perf_counter() - t0
+    obj_fine = kmeans_objective(x, labels, k)
+    # --- refinement: Lloyd passes restricted to neighbouring coarse cells
+    t0 = time.perf_counter()
+    moved = []
+    if refine_passes > 0 and k1 > 1 and neighbours > 0:
+        # neighbours of a cell: the cells most often second-nearest for its rows
+        pair = np.bincount(cell * k1 + near[:, 1], minlength=k1 * k1).reshape(k1, k1)
+        np.fill_diagonal(pair, -1)
+        nb = np.argsort(-pair, axis=1, kind="stable")[:, : min(neighbours, k1 - 1)]
+        cent, _ = _centroids_of(x, labels, k, cent)
+        xsq = np.einsum("ij,ij->i", x, x)
+        for _ in range(refine_passes):
+            csq = np.einsum("ij,ij->i", cent, cent)
+
+            def refine_cell(i: int) -> int:
+                rows = order[starts[i] : starts[i + 1]]
+                cells = [i] + [int(j) for j in nb[i] if pair[i, j] > 0]
+                cids = np.concatenate([np.arange(cstarts[j], cstarts[j + 1]) for j in cells])
+                cc = cent[cids]
+                ccsq = csq[cids]
+                moved_here = 0
+                for s in range(0, rows.size, 4096):
+                    r = rows[s : s + 4096]
+                    xr = x[r]
+                    dd = ccsq[None, :] - 2.0 * (xr @ cc.T)
+                    b = dd.argmin(1)
+                    best = dd[np.arange(r.size), b]
+                    cur = csq[labels[r]] - 2.0 * np.einsum("ij,ij->i", xr, cent[labels[r]])
+                    new = cids[b]
+                    # move only on a real improvement (beyond float32 rounding of the expansion)
+                    better = (new != labels[r]) & (best < cur - 1e-6 * (xsq[r] + ccsq[b]))
+                    moved_here += int(better.sum())
+                    labels[r[better]] = new[better]
+                return moved_here
+
+            # cells own disjoint rows and read the pass's fixed centroids: safe in parallel
+            n_moved = int(sum(run_cells(refine_cell, cells_by_size)))
+            cent, _ = _centroids_of(x, labels, k, cent)
+            moved.append(n_moved)
+            if n_moved <= n * 1e-4:  # converged enough: a pass costs about n * 7 * k/k1 * d
+                break
+    t_refine = time.perf_counter() - t0
+    filled = _fill_empty(x, labels, cent, k)
     stats = {
-        "device": faiss_device(),
-        "k": int(k),
-        "n": int(n),
-        "dim": int(d),
-        "init": init_method,
-        "objective_per_iteration": [float(v) for v in np.asarray(km.obj)] if getattr(km, "obj", None) is not None else [],
+        "method": "two-level",
+        "coarse_k": int(k1),
+        "fine_k_per_cell_min": int(kc[kc > 0].min()),
+        "fine_k_per_cell_max": int(kc.max()),
+        "refine_passes": len(moved),
+        "refine_moved": moved,
+        "objective_before_refine": obj_fine,
+        "empty_clusters_filled": int(filled),
+        "allocation": allocation,
+        "seconds_coarse": round(t_coarse, 3),
+        "seconds_seed": round(t_seed, 3),
+        "seed_rounds": seed_rounds,
+        "seed_centres": seeded,
+        "seconds_fine": round(t_fine, 3),
+        "seconds_refine": round(t_refine, 3),
     }
-    return lab.ravel().astype(np.int64), stats
+    return labels, stats
+
+
+def _search(c: np.ndarray, x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest ``top`` rows of ``c`` for every row of ``x`` (faiss flat L2; GPU when present)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(c.shape[1])
+    if _faiss_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(np.ascontiguousarray(c, dtype=np.float32))
+    return index.search(x, top)
+
+
+def kmeans_labels(
+    x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, num_threads: int = 0, method: str = "auto"
+) -> tuple[np.ndarray, dict]:
+    """Cluster rows of ``x`` (float32) into ``k`` clusters with faiss (GPU when faiss sees one).
+
+    ``method``: ``"flat"`` (one faiss k-means, k-means++ seeded where affordable),
+    ``"two-level"`` (:func:`kmeans_two_level`), or ``"auto"`` (flat while n*k <=
+    :data:`TWO_LEVEL_MIN_NK` or k < :data:`TWO_LEVEL_MIN_K`, else two-level).
+    Returns labels and stats (``objective``: sum of squared distances to the cluster means).
+    """
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if num_threads > 0:
+        faiss.omp_set_num_threads(num_threads)
+    if method == "auto":
+        method = "two-level" if float(n) * float(k) > TWO_LEVEL_MIN_NK and k >= TWO_LEVEL_MIN_K and k < n else "flat"
+    stats = {"device": faiss_device(), "k": int(k), "n": int(n), "dim": int(d)}
+    if method == "flat":
+        _, lab, init_method, obj = _lloyd(x, k, seed=seed, niter=niter)
+        stats.update(method="flat", init=init_method, objective_per_iteration=obj)
+    elif method == "two-level":
+        lab, st = kmeans_two_level(x, k, seed=seed, niter=niter, num_threads=num_threads)
+        stats.update(st)
+    else:
+        raise ValueError(f"unknown k-means method {method!r}: use 'auto', 'flat' or 'two-level'")
+    stats["objective"] = kmeans_objective(x, lab, k)
+    return lab, stats
 
 
 def cluster_select_detailed(
@@ -146,6 +541,7 @@ def cluster_select_detailed(
     pca_variance: float | None = 0.99,
     niter: int = 25,
     num_threads: int = 0,
+    method: str = "auto",
 ) -> ClusterResult:
     """The full kmeans-mode computation for one stratum (see :func:`cluster_select`)."""
     emb = np.asarray(embeddings)
@@ -167,7 +563,7 @@ def cluster_select_detailed(
         x, comps = pca_reduce(emb, pca_variance)
     else:
         x, comps = np.ascontiguousarray(emb, dtype=np.float32), emb.shape[1]
-    labels, stats = kmeans_labels(x, k, seed=seed, niter=niter, num_threads=num_threads)
+    labels, stats = kmeans_labels(x, k, seed=seed, niter=niter, num_threads=num_threads, method=method)
     stats["pca_components"] = int(comps)
     if threshold_percentile is None:
         threshold = -np.inf

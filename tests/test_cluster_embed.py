@@ -85,3 +85,115 @@ def test_embedding_store_reuses_texts_and_subsets(tmp_path):
     # a separate namespace per text field
     _, info = store.get(texts, field="instruction", show_progress=False)
     assert info["computed"] == 2
+
+
+# --- two-level k-means (the path for large n * k) ---------------------------------------------
+from laser_fast.cluster import allocate_by_gain, allocate_clusters, kmeans_labels, kmeans_objective, kmeans_two_level
+
+
+def _mixed_blobs(n, centers, d=48, seed=0):
+    """Blobs with mixed spreads (tight and wide), as the benchmark's data."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d)) * 3
+    lab = rng.integers(0, centers, n)
+    scale = rng.choice([0.2, 0.5, 1.0, 2.0], size=centers)[lab][:, None]
+    return (c[lab] + rng.normal(size=(n, d)) * scale).astype(np.float32)
+
+
+def _plain_objective(x, lab):
+    tot = 0.0
+    for c in np.unique(lab):
+        m = x[lab == c].astype(np.float64)
+        tot += float(((m - m.mean(0)) ** 2).sum())
+    return tot
+
+
+def test_allocate_clusters_sums_to_k_and_respects_sizes():
+    sizes = np.array([0, 1, 5, 100, 37, 2, 900])
+    for k in [6, 7, 50, 300, int(sizes.sum())]:
+        out = allocate_clusters(sizes, k)
+        assert out.sum() == k and (out <= sizes).all() and (out[sizes > 0] >= 1).all() and out[0] == 0
+    # proportional to weights, capped at the sizes (the excess goes to the others)
+    out = allocate_clusters(np.array([10, 1000, 1000]), 500, weights=np.array([100.0, 1.0, 1.0]))
+    assert out.tolist()[0] == 10 and out.sum() == 500 and abs(int(out[1]) - int(out[2])) <= 1
+    with pytest.raises(ValueError):
+        allocate_clusters(sizes, int(sizes.sum()) + 1)
+
+
+def test_allocate_by_gain_takes_largest_marginal_gains():
+    pots = [np.array([10.0, 9.0, 8.5]), np.array([100.0, 50.0, 30.0, 25.0]), np.array([5.0])]
+    out = allocate_by_gain(pots, 5)
+    # one each, then gains 50 and 20 (cell 1) beat 5 (cell 1) and 1 (cell 0)
+    assert out.tolist() == [1, 3, 1]
+    assert allocate_by_gain(pots, 8).tolist() == [3, 4, 1]
+
+
+def test_two_level_exactly_k_nonempty_deterministic():
+    x = _mixed_blobs(6000, 60)
+    k = 500
+    lab, st = kmeans_two_level(x, k, seed=3)
+    assert lab.dtype == np.int64 and lab.shape == (6000,) and lab.min() >= 0 and lab.max() < k
+    assert np.bincount(lab, minlength=k).min() >= 1  # every cluster non-empty (n >= k)
+    lab2, _ = kmeans_two_level(x, k, seed=3)
+    assert np.array_equal(lab, lab2)
+    # same result whatever the number of worker threads
+    lab3, _ = kmeans_two_level(x, k, seed=3, num_threads=1)
+    assert np.array_equal(lab, lab3)
+    assert st["coarse_k"] == round(np.sqrt(k)) and kmeans_objective(x, lab, k) == pytest.approx(_plain_objective(x, lab), rel=1e-4)
+    # duplicates and tiny cells: still exactly k non-empty clusters
+    xd = np.repeat(x[:300], 4, axis=0)
+    labd, _ = kmeans_two_level(xd, 250, seed=0)
+    assert np.bincount(labd, minlength=250).min() >= 1
+
+
+def _unit_blobs(n, centers, d=128, seed=0):
+    """Unit vectors around random centres with mixed spreads (the benchmark's kind of data)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    lab = rng.integers(0, centers, n)
+    scale = rng.choice([0.05, 0.1, 0.2, 0.4], size=centers)[lab][:, None]
+    x = c[lab] + rng.normal(size=(n, d)) * scale / np.sqrt(d) * 1.5
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind,tol", [("unit", 1.03), ("lowdim", 1.06)])
+def test_two_level_objective_close_to_flat(kind, tol):
+    n, k = 6000, 480
+    x = _unit_blobs(n, k // 4, seed=1) if kind == "unit" else _mixed_blobs(n, k // 4, d=32, seed=1)
+    lab_two, st_two = kmeans_labels(x, k, seed=0, method="two-level")
+    lab_flat, st_flat = kmeans_labels(x, k, seed=0, method="flat")
+    assert st_two["method"] == "two-level" and st_flat["method"] == "flat"
+    o_two, o_flat = _plain_objective(x, lab_two), _plain_objective(x, lab_flat)
+    assert st_two["objective"] == pytest.approx(o_two, rel=1e-4)
+    assert o_two <= tol * o_flat, (o_two, o_flat)
+    # the size-proportional split alone is worse on mixed spreads: the gain-based split matters
+    lab_size, _ = kmeans_two_level(x, k, seed=0, allocation="size")
+    assert o_two < _plain_objective(x, lab_size)
+
+
+def test_auto_method_and_selection_semantics_on_two_level():
+    import laser_fast.cluster as cl
+
+    x = _mixed_blobs(3000, 40, d=24, seed=2)
+    pref = np.random.default_rng(5).random(3000)
+    old = cl.TWO_LEVEL_MIN_NK
+    try:
+        cl.TWO_LEVEL_MIN_NK = 0  # force the two-level path through the public API
+        res = cluster_select_detailed(x, pref, 250, threshold_percentile=0.8, seed=0)
+    finally:
+        cl.TWO_LEVEL_MIN_NK = old
+    assert res.stats["method"] == "two-level"
+    small = cluster_select_detailed(x[:500], pref[:500], 20, seed=0)
+    assert small.stats["method"] == "flat"
+    thr = np.percentile(pref, 80)
+    bests = res.order[: res.n_cluster_best]
+    assert (pref[bests] > thr).all() and np.unique(res.labels[bests]).size == bests.size
+    for c in range(250):
+        members = np.flatnonzero(res.labels == c)
+        assert members.size >= 1
+        top = members[np.argmax(pref[members])]
+        assert (top in set(bests.tolist())) == (pref[top] > thr)
+    fill = res.order[res.n_cluster_best : 250]
+    rest = np.setdiff1d(np.arange(3000), bests)
+    assert set(fill.tolist()) == set(rest[np.argsort(-pref[rest], kind="stable")][: fill.size].tolist())
