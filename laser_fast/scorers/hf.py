@@ -338,8 +338,18 @@ def _model_loader(kind: str, architectures: Sequence[str], num_labels: int | Non
     raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AMX / AVX-512 BF16 via oneDNN)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - an old torch without the probe: assume no
+        return False
+
+
 def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, device: str | None = None,
-            gguf_file: str | None = None, num_labels: int | None = None):
+            gguf_file: str | None = None, num_labels: int | None = None, dtype: str | None = None):
     """Load a model and its tokenizer for inference.
 
     Args:
@@ -353,6 +363,7 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
         device: torch device (None = auto).
         gguf_file: GGUF file inside the folder / repository (dequantised on load).
         num_labels: head size override.
+        dtype: ``"bfloat16"`` or ``"float32"`` to override the policy (bf16 on CUDA, float32 on CPU).
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode on ``device`` in bf16 (CUDA) or float32
@@ -366,8 +377,10 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
 
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+    import torch
+
     dev = resolve_device(device)
-    dtype = torch_dtype(dev)
+    dtype = torch_dtype(dev) if dtype is None else {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     src, gguf, local, name = _resolve(model_id, gguf_file)
     common: dict[str, Any] = {}
     if revision and not local:

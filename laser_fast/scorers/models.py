@@ -145,7 +145,7 @@ class _HFScorer(Scorer):
 
     def __init__(self, model: str | None = None, *, revision: str | None = None, device: str | None = None,
                  batch_tokens: int | None = None, max_batch_size: int = 64, max_length: int = 2048,
-                 turns: str = "all"):
+                 turns: str = "all", dtype: str | None = None):
         if turns not in _TURNS:
             raise ConfigError(f"{self.name}: turns must be one of {', '.join(_TURNS)}, got {turns!r}")
         self.model_id = model or self.default_model
@@ -155,6 +155,9 @@ class _HFScorer(Scorer):
         self.max_batch_size = int(max_batch_size)
         self.max_length = int(max_length)
         self.turns = turns
+        if dtype not in (None, "bfloat16", "float32"):
+            raise ConfigError(f"{self.name}: dtype must be 'bfloat16', 'float32' or None, got {dtype!r}")
+        self.dtype = dtype  # None: bf16 on CUDA, float32 on CPU
         self.stats: dict[str, Any] = new_stats()
         self._model = None
         self._tok = None
@@ -167,14 +170,14 @@ class _HFScorer(Scorer):
     @property
     def fingerprint(self) -> str:
         return (f"{self.name}|model={self.model_id}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
-                f"|max_length={self.max_length}|turns={self.turns}|v{__version__}")
+                f"|max_length={self.max_length}|turns={self.turns}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")
 
     # -- loading --------------------------------------------------------------------
     def _load(self):
         if self._model is None:
             self._dev = resolve_device(self.device)
             self._model, self._tok = load_hf(self.model_id, self.kind, revision=self.revision, device=self._dev,
-                                             num_labels=self.num_labels)
+                                             num_labels=self.num_labels, dtype=self.dtype)
             self._after_load()
         return self._model, self._tok
 
@@ -279,7 +282,7 @@ class DifficultyScorer(_HFScorer):
 
         def fn(x, mask, lengths, _idx):
             h = _gather_last(base_hidden(model, x, mask), lengths)
-            return apply_head(model, h)[:, 0].cpu().numpy()
+            return apply_head(model, h)[:, 0].float().cpu().numpy()
 
         res = self._run(ids, fn, batch_size, show_progress)
         vals = np.array([np.nan if r is None else float(r) for r in res], dtype=np.float64)
@@ -400,7 +403,7 @@ class DeitaScorer(_HFScorer):
 
         def fn(x, mask, lengths, _idx):
             h = _gather_last(base_hidden(model, x, mask), lengths)
-            logits = apply_head(model, h)[:, sid].cpu().numpy()
+            logits = apply_head(model, h)[:, sid].float().cpu().numpy()
             return expected_score(logits, values)
 
         res = self._run(ids, fn, batch_size, show_progress)
@@ -526,7 +529,7 @@ class ProcessRewardScorer(_HFScorer):
         def fn(x, mask, lengths, _idx):
             hidden = base_hidden(model, x, mask)
             sel = (x == sep) & mask.bool()
-            probs = torch.softmax(apply_head(model, hidden[sel]), dim=-1)[:, 1].cpu().numpy()
+            probs = torch.softmax(apply_head(model, hidden[sel]).float(), dim=-1)[:, 1].cpu().numpy()
             counts = sel.sum(dim=1).cpu().numpy()
             off = offsets_from_lengths(counts)
             return [probs[off[k]:off[k + 1]] for k in range(len(lengths))]
@@ -577,9 +580,9 @@ class IFDScorer(_HFScorer):
 
     def __init__(self, model: str | None = None, *, revision: str | None = None, device: str | None = None,
                  batch_tokens: int | None = None, max_batch_size: int = 64, max_length: int = 512,
-                 max_prompt_length: int = 1024, head_chunk: int = 2048):
+                 max_prompt_length: int = 1024, head_chunk: int = 2048, dtype: str | None = None):
         super().__init__(model, revision=revision, device=device, batch_tokens=batch_tokens,
-                         max_batch_size=max_batch_size, max_length=max_length, turns="last")
+                         max_batch_size=max_batch_size, max_length=max_length, turns="last", dtype=dtype)
         self.max_prompt_length = int(max_prompt_length)
         self.head_chunk = int(head_chunk)
 
@@ -641,7 +644,7 @@ class IFDScorer(_HFScorer):
         h = hidden[rows, cols - 1]
         nll = torch.empty(targets.shape[0], dtype=torch.float32, device=x.device)
         for a in range(0, targets.shape[0], self.head_chunk):
-            lp = torch.log_softmax(apply_head(model, h[a:a + self.head_chunk]), dim=-1)
+            lp = torch.log_softmax(apply_head(model, h[a:a + self.head_chunk]).float(), dim=-1)
             nll[a:a + self.head_chunk] = -lp.gather(1, targets[a:a + self.head_chunk, None])[:, 0]
         counts = tgt_mask.sum(dim=1).cpu().numpy()
         return nll.cpu().numpy().astype(np.float64), counts
