@@ -465,7 +465,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
             n_moved = int(sum(run_cells(refine_cell, cells_by_size)))
             cent, _ = _centroids_of(x, labels, k, cent)
             moved.append(n_moved)
-            if n_moved <= n * 1e-4:  # converged enough: a pass costs about n * 7 * k/k1 * d
+            if n_moved <= n * 1e-3:  # converged enough: a pass costs about n * 7 * k/k1 * d
                 break
     t_refine = time.perf_counter() - t0
     filled = _fill_empty(x, labels, cent, k)
