@@ -61,3 +61,39 @@ def test_combination_with_the_lite_profile_scores_then_reuses_the_cache(tmp_path
     for s in again.manifest["scoring"]["scorers"]:
         assert s["computed"] == 0 and s["cached"] == s["records"]
     assert again.pool[again.selected_rows.tolist()]["data_id"].to_list() == run.pool[run.selected_rows.tolist()]["data_id"].to_list()
+
+
+SHARED = ROOT.parent / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/alpaca_eval_pool.jsonl.gz is not here (it sits beside the project on dev machines and CI)")
+def test_lite_quality_ifd_and_tokens_on_the_alpaca_eval_pool_sample(tmp_path):
+    """The three offline scorers on real pool rows: one instruction answered by a strong model,
+    a weak one and the deliberate junk generator."""
+    import gzip
+
+    import laser_fast
+
+    by_gen: dict[str, dict] = {}
+    with gzip.open(SHARED, "rt") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r["generator"] in ("gpt4_1106_preview", "NullModel"):
+                by_gen.setdefault(r["instruction"], {})[r["generator"]] = r["output"]
+    rows = []
+    for inst, outs in sorted(by_gen.items())[:6]:
+        for g in ("gpt4_1106_preview", "NullModel"):
+            if g in outs and outs[g].strip():
+                rows.append({"instruction": inst, "output": outs[g], "generator": g, "category": "Generation"})
+    f = tmp_path / "sample.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    df = laser_fast.score([str(f)], scorers="lite_quality,ifd,tokens", workdir=str(tmp_path / "w"), show_progress=False)
+    assert df.height == len(rows) >= 8
+    for col in ("lite_quality", "ifd", "ifd_cond_loss", "ifd_direct_loss", "inst_length", "resp_length", "last_resp_length"):
+        assert np.isfinite(df[col].to_numpy()).all(), col
+    assert (df["ifd"].to_numpy() > 0).all() and (df["resp_length"].to_numpy() > 0).all()
+    gens = [r["generator"] for r in rows]
+    q = df["lite_quality"].to_numpy()
+    strong = q[[g == "gpt4_1106_preview" for g in gens]]
+    junk = q[[g == "NullModel" for g in gens]]
+    assert strong.mean() > junk.mean()
