@@ -238,7 +238,7 @@ def case_scorers(quick: bool) -> list[dict]:
 
     from laser_fast.scorers.run import ScorerSettings, build_scorer
 
-    n = 48 if quick else 192
+    n = 96 if quick else 384
     recs = _pool_sample(n)
     if recs is None:
         print("scorers: ../shared/data/alpaca_eval_pool.jsonl.gz not found; case skipped", flush=True)

@@ -138,6 +138,10 @@ def test_needed_scorers_routes_by_category_and_skips_given_scores():
     assert set(lite) == {"lite_quality", "lite_difficulty"} and lite["lite_quality"][0].all()
     assert {m for m, _, _ in lite["lite_quality"][1]} == {"process_reward", "code_quality", "if_quality", "quality"}
     assert needed_scorers("longest", cats, {}, src) == {}
+    # a stand-in never fills gaps among given values (two scales would be mixed); the native scorer does
+    gappy = {"difficulty": np.array([1.0, np.nan, 2.0, 3.0, 4.0])}
+    assert "lite_difficulty" not in needed_scorers("combination", cats, gappy, metric_sources("lite"))
+    assert needed_scorers("combination", cats, gappy, src)["difficulty"][0].tolist() == [False, True, False, False, False]
     # explicit scorers override the profile for the metrics they produce
     assert metric_sources("lite", ["deita_quality"])["quality"] == ("deita_quality", "quality")
     assert metric_sources("lite", ["deita_quality"])["if_quality"] == ("lite_quality", "lite_quality")

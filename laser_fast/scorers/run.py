@@ -453,12 +453,19 @@ def needed_scorers(strategy: str, categories: np.ndarray, have: dict[str, np.nda
     out: dict[str, tuple[np.ndarray, list[tuple[str, str, np.ndarray]]]] = {}
     for metric in sorted(per_metric):
         rows = per_metric[metric]
-        v = have.get(metric)
-        if v is not None:
-            rows = rows & ~np.isfinite(v)
-        if not rows.any() or metric not in sources:
+        if metric not in sources:
             continue
         scorer, col = sources[metric]
+        v = have.get(metric)
+        if v is not None:
+            given = np.isfinite(v)
+            # a stand-in (another scorer's scale) never fills gaps among given values: robust
+            # scaling would mix two scales; the gaps are left for the preference step to name
+            if given.any() and col != metric:
+                continue
+            rows = rows & ~given
+        if not rows.any():
+            continue
         mask, fills = out.get(scorer, (np.zeros(n, dtype=bool), []))
         out[scorer] = (mask | rows, fills + [(metric, col, rows)])
     return out
