@@ -52,6 +52,10 @@ from ..scores import Scorer
 
 logger = logging.getLogger(__name__)
 
+#: Rows of vocabulary logits (49,152 wide) reduced at a time: 128 rows (25 MB in float32) stay in
+#: cache; 1024 rows ran 15% slower end to end on 2 cores (results are the same: each row is independent).
+LM_HEAD_CHUNK = 128
+
 __all__ = [
     "LiteQualityScorer",
     "LiteFeatures",
@@ -428,14 +432,14 @@ class LiteFeatures:
                 hsel = last[torch.tensor(rows, device=dev), torch.tensor(pos, device=dev)]
                 tg = torch.tensor(tgt, device=dev)
                 lp_all, mg_all, t1_all = [], [], []
-                for c in range(0, hsel.shape[0], 1024):
-                    logits = model.lm_head(hsel[c:c + 1024]).float()
+                for c in range(0, hsel.shape[0], LM_HEAD_CHUNK):
+                    logits = model.lm_head(hsel[c:c + LM_HEAD_CHUNK]).float()
                     lse = torch.logsumexp(logits, dim=-1)
-                    tl = logits.gather(1, tg[c:c + 1024, None])[:, 0]
+                    tl = logits.gather(1, tg[c:c + LM_HEAD_CHUNK, None])[:, 0]
                     mx, am = logits.max(dim=-1)
                     lp_all.append(tl - lse)
                     mg_all.append(tl - mx)
-                    t1_all.append(am == tg[c:c + 1024])
+                    t1_all.append(am == tg[c:c + LM_HEAD_CHUNK])
                 lp_all = torch.cat(lp_all).cpu().numpy().astype(np.float64)
                 mg_all = torch.cat(mg_all).cpu().numpy().astype(np.float64)
                 t1_all = torch.cat(t1_all).cpu().numpy().astype(np.float64)
