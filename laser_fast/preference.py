@@ -246,11 +246,12 @@ def compute_preference(
     group_ids = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
     for m in MINMAX_METRICS:
         if m in scaled:
-            out = np.full(n, np.nan)
+            from .kernels import minmax as grouped_minmax
+
+            out = grouped_minmax(scaled[m], group_ids)  # numba, one pass over all groups (same values as minmax per group)
             info["minmax"][m] = {}
             for g in np.unique(group_ids):
                 sel = group_ids == g
-                out[sel] = minmax(scaled[m][sel])
                 v = scaled[m][sel]
                 fin = np.isfinite(v)
                 if fin.any():
