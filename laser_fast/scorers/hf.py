@@ -112,12 +112,31 @@ def cache_root() -> Path:
     return Path(os.environ.get("LASER_FAST_CACHE") or Path.home() / ".cache" / "laser_fast")
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: str) -> str:
+    """A short content hash of a file (memoised per path, size and mtime within the process)."""
+    import hashlib
+
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.blake2b(digest_size=8)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
 def smollm2_folder() -> tuple[str, str | None]:
     """A transformers folder holding the packaged SmolLM2 GGUF, converted once.
 
     Reading the GGUF (config, tokenizer, de-quantised weights) takes ~35 s on a busy CPU; the
     de-quantised float32 weights (~540 MB) and tokenizer are therefore saved once under
-    :func:`cache_root` (keyed by the GGUF's name, size and mtime) and load in ~1 s afterwards. The
+    :func:`cache_root` (keyed by the GGUF's name and content hash, so reinstalls share one copy)
+    and load in ~1 s afterwards. The
     values are identical (float32 holds the de-quantised weights exactly). When the folder cannot
     be written, the GGUF is read directly each time.
 
@@ -125,8 +144,7 @@ def smollm2_folder() -> tuple[str, str | None]:
         ``(folder, None)`` for the converted copy, or ``(package folder, gguf file)``.
     """
     folder, name = smollm2_gguf()
-    st = os.stat(os.path.join(folder, name))
-    dest = cache_root() / "smollm2" / f"{Path(name).stem}-{st.st_size}-{st.st_mtime_ns}"
+    dest = cache_root() / "smollm2" / f"{Path(name).stem}-{_file_digest(os.path.join(folder, name))}"
     if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
         return str(dest), None
     try:
