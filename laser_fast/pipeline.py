@@ -200,8 +200,8 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     sources = metric_sources(profile, opts.scorers)
     plan = needed_scorers(opts.strategy, cats, scores, sources)
     for name in opts.scorers:  # named scorers always run, on every record they apply to
-        if name not in plan and name != "tokens":
-            plan[name] = (np.ones(records.height, dtype=bool), [])
+        if name != "tokens":
+            plan[name] = (np.ones(records.height, dtype=bool), plan.get(name, (None, []))[1])
     settings = ScorerSettings(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
                               judge_url=opts.judge_url, tokenizer=opts.tokenizer)
     raw: dict[str, np.ndarray] = {}
