@@ -486,6 +486,3 @@ def apply_scores(scores: dict[str, np.ndarray], metric: str, values: np.ndarray,
         new[sel] = v[sel]
         scores[metric] = new
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
