@@ -336,12 +336,17 @@ class LiteFeatures:
                 import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
                 from transformers.utils import logging as hf_logging
+
+                from .hf import smollm2_folder
+
+                # the GGUF converted once to a float32 folder (the same weights; loads in ~1 s, not ~35 s)
+                src, gguf = smollm2_folder()
+                kw = {"gguf_file": gguf} if gguf else {}
                 was = hf_logging.get_verbosity()
                 hf_logging.set_verbosity_error()
                 try:
-                    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-                    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                                 local_files_only=True)
+                    tok = AutoTokenizer.from_pretrained(src, local_files_only=True, **kw)
+                    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True, **kw)
                 finally:
                     hf_logging.set_verbosity(was)
             except Exception as e:  # noqa: BLE001
