@@ -69,7 +69,12 @@ py::array_t<int64_t> greedy_diverse_py(const FloatArray& embeddings, double min_
     laser_fast::BlockCallback between = [&](int64_t visited, int64_t accepted) {
         py::gil_scoped_acquire gil;
         if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-        if (has_progress) progress(visited, accepted);
+        if (has_progress) {
+            progress(visited, accepted);
+            // a signal raised while the callback ran (its handler may not have run yet) stops now,
+            // not one block later (or never, after the last block)
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+        }
     };
 
     const float* data = embeddings.data();
