@@ -471,17 +471,24 @@ def new_stats() -> dict[str, float]:
     return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
 
 
-def plan_batches(lengths, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: float = 0.9,
+                 min_rows: int = 4) -> list[np.ndarray]:
     """Pack sequences into batches under a token budget.
 
     Sequences are sorted by length (stable, longest first so an out-of-memory shows at once) and
     cut into runs where ``len(batch) * longest_in_batch <= batch_tokens`` and
-    ``len(batch) <= max_batch_size``. A sequence longer than the budget gets a batch of its own.
+    ``len(batch) <= max_batch_size``. A run also ends before the share of real (non-padding)
+    tokens in it would fall below ``min_fill``, once it holds ``min_rows`` sequences: in the
+    short tail of a length distribution the budget admits many rows of very different lengths,
+    and padding them to the longest would waste compute. A sequence longer than the budget gets
+    a batch of its own.
 
     Args:
         lengths: token count of each sequence.
         batch_tokens: padded-token budget per forward.
         max_batch_size: most sequences per forward (1 = one per forward).
+        min_fill: least share of real tokens a batch of more than ``min_rows`` rows keeps.
+        min_rows: rows a batch may always take, whatever its fill.
 
     Returns:
         Index arrays (int64) into ``lengths``; together they hold every index exactly once.
@@ -490,12 +497,19 @@ def plan_batches(lengths, batch_tokens: int, max_batch_size: int) -> list[np.nda
     budget = max(1, int(batch_tokens))
     cap = max(1, int(max_batch_size))
     order = np.argsort(-lens, kind="stable")
+    sorted_lens = np.maximum(lens[order], 1)
     batches: list[np.ndarray] = []
     start = 0
     n = order.size
     while start < n:
-        longest = max(1, int(lens[order[start]]))  # sorted descending: the first is the longest
+        longest = int(sorted_lens[start])  # sorted descending: the first is the longest
         size = min(cap, max(1, budget // longest), n - start)
+        if size > min_rows:
+            # fill after taking j + 1 rows; it only falls as rows get shorter
+            fill = np.cumsum(sorted_lens[start:start + size]) / (longest * np.arange(1, size + 1))
+            bad = np.flatnonzero(fill[min_rows:] < min_fill)
+            if bad.size:
+                size = min_rows + int(bad[0])
         batches.append(order[start:start + size].astype(np.int64))
         start += size
     return batches

@@ -388,18 +388,10 @@ class LiteFeatures:
         s = self._smol
         torch, model = s["torch"], s["model"]
         dev = self._resolve_device()
-        order = np.argsort([len(q[0]) for q in seqs], kind="stable")
+        from .hf import plan_batches
+
         out: list = [None] * len(seqs)
-        batches, cur, cur_max = [], [], 0
-        for i in order:
-            L = len(seqs[i][0])
-            if cur and (max(cur_max, L) * (len(cur) + 1) > self.batch_tokens or len(cur) >= self.max_batch_size):
-                batches.append(cur)
-                cur, cur_max = [], 0
-            cur.append(i)
-            cur_max = max(cur_max, L)
-        if cur:
-            batches.append(cur)
+        batches = [b.tolist() for b in plan_batches([len(q[0]) for q in seqs], self.batch_tokens, self.max_batch_size)]
         it = batches
         if progress:
             from tqdm.auto import tqdm
