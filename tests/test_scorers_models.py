@@ -166,6 +166,16 @@ def test_plan_batches_covers_budget_and_share(seed):
     assert all(b.size == 1 for b in plan_batches(lens, 10**9, 1))
 
 
+def test_plan_batches_keeps_fill_in_short_tail():
+    # 64 rows fit the budget, but padding 2-token rows to 100 would waste most of the batch
+    lens = np.array([100] * 4 + [60] * 10 + [2] * 50)
+    batches = plan_batches(lens, 10**6, 64)
+    for b in batches:
+        if b.size > 4:
+            assert lens[b].sum() / (b.size * lens[b].max()) >= 0.9
+    assert plan_batches(lens, 10**6, 64, min_fill=0.0)[0].size == 64  # the rule can be turned off
+
+
 def test_plan_batches_oversized_sequence_alone():
     b = plan_batches(np.array([5, 100, 7]), 50, 8)
     assert [sorted(x.tolist()) for x in b] == [[1], [0, 2]]
