@@ -37,6 +37,7 @@ test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 
 bench: setup
+	$(PIP) install -q -e ".[bench]" --no-build-isolation
 	$(PY) -m benchmarks --quick
 
 clean:
