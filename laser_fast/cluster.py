@@ -267,15 +267,26 @@ def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 6553
     return out
 
 
-def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Means of the clusters (float64 sums); empty clusters keep ``old`` (or zeros)."""
+def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None, *,
+                  chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """Means of the clusters (float64 sums); empty clusters keep ``old`` (or zeros).
+
+    Rows are summed in label order, ``chunk`` rows at a time, so the float64 working copy is
+    ``chunk x d`` rather than a float64 copy of all of ``x`` (which is 2x its size again).
+    """
     order = np.argsort(lab, kind="stable")
     counts = np.bincount(lab, minlength=k)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     nonempty = counts > 0
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    lab_sorted = lab[order]
+    for s in range(0, order.size, chunk):
+        o = order[s : s + chunk]
+        ls = lab_sorted[s : s + chunk]
+        first = np.flatnonzero(np.concatenate([[True], ls[1:] != ls[:-1]]))
+        # labels are sorted, so each label appears in one run per chunk: plain fancy += is exact
+        sums[ls[first]] += np.add.reduceat(x[o].astype(np.float64), first, axis=0)
     cent = np.zeros((k, x.shape[1]), dtype=np.float64) if old is None else old.astype(np.float64)
-    sums = np.add.reduceat(x[order].astype(np.float64), starts[nonempty], axis=0)
-    cent[nonempty] = sums / counts[nonempty, None]
+    cent[nonempty] = sums[nonempty] / counts[nonempty, None]
     return cent.astype(np.float32), counts
 
 

@@ -285,6 +285,30 @@ def _take_budget(order: np.ndarray, target: int, lengths: np.ndarray | None) -> 
     return order[keep]
 
 
+def gather_rows(arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 65536) -> np.ndarray:
+    """Rows ``idx`` of a (memory-mapped) float16 store as one float16 array, in ``idx``'s order.
+
+    Rows are read in ascending file order, chunk by chunk, and the pages of a memmap are handed
+    back to the kernel afterwards (``MADV_DONTNEED``), so a stratum's read does not stay in the
+    process's resident memory: the gathered copy (2 bytes per value) is what remains. The
+    consumers convert to float32 chunk by chunk (PCA) or once (greedy).
+    """
+    import mmap
+
+    order = np.argsort(idx, kind="stable")
+    out = np.empty((idx.size, arr.shape[1]), dtype=arr.dtype if arr.dtype == np.float16 else np.float32)
+    for s in range(0, idx.size, chunk_rows):
+        o = order[s : s + chunk_rows]
+        out[o] = arr[idx[o]]
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # advice only: a platform that refuses it keeps the pages
+            pass
+    return out
+
+
 def select_stratum(
     emb_fn,
     pref: np.ndarray,
@@ -488,11 +512,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                 emb_cache["emb"], emb_cache["pos"] = arr, pos
                 emb_info.update(info)
         arr, pos = emb_cache["emb"], emb_cache["pos"]
-        idx = pos[row_map[rows]]
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((rows.size, arr.shape[1]), dtype=np.float32)
-        out[order] = np.asarray(arr[idx[order]], dtype=np.float32)
-        return out
+        return gather_rows(arr, pos[row_map[rows]])
 
     selected_by = np.full(N, None, dtype=object)
     cluster = np.full(N, -1, dtype=np.int64)
