@@ -281,6 +281,10 @@ def _check_data_id(v: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+#: records per Arrow chunk while reading (Python objects of at most this many records live at once)
+FLUSH_ROWS = 65536
+
+
 class _Builder:
     """Accumulates normalised records in flat column lists (cheap appends, one table at the end)."""
 
@@ -290,7 +294,10 @@ class _Builder:
         self.n = 0
         self.ids: list[str | None] = []
         self.hashes: list[str | None] = []
-        self.explicit: dict[str, str] = {}  # data_id -> where
+        self.explicit: dict[str, int] = {}  # data_id -> record index (its "where" via _where_of)
+        self._parts: list[dict[str, pa.Array]] = []  # flushed column chunks (all but data_id)
+        self._part_rows: list[int] = []
+        self._pending = 0
         self.origins: list[str] = []
         self.roles: list[str] = []
         self.contents: list[str] = []
@@ -323,8 +330,9 @@ class _Builder:
         did = rec.get("data_id", _MISSING)
         if did is not _MISSING:
             did = _check_data_id(did)
-            first = self.explicit.get(did)
-            if first is not None:
+            first_i = self.explicit.get(did)
+            if first_i is not None:
+                first = self._where_of(first_i)
                 raise _RecordProblem(f"duplicate data_id {did!r} (first seen at {first})", "data_id",
                                      hint="data_ids must be unique; fix or remove one of them, or pass "
                                           "--skip-invalid (skip_invalid=True) to drop the later one")
@@ -346,7 +354,7 @@ class _Builder:
 
         # Everything validated: append.
         if did is not None:
-            self.explicit[did] = where
+            self.explicit[did] = self.n
         self.ids.append(did)
         self.hashes.append(h)
         self.origins.append(origin)
@@ -365,6 +373,43 @@ class _Builder:
         self.source.append(where)
         self.extra.append(extra_s)
         self.n += 1
+        self._pending += 1
+        if self._pending >= FLUSH_ROWS:
+            self._flush()
+
+    def _where_of(self, i: int) -> str:
+        """The ``file:line`` of record ``i`` (flushed or pending)."""
+        for part, rows in zip(self._parts, self._part_rows):
+            if i < rows:
+                return str(part["source"][i].as_py())
+            i -= rows
+        return self.source[i]
+
+    def _flush(self) -> None:
+        """Move the pending records' columns into Arrow arrays and drop their Python objects, so
+        memory holds Arrow buffers (a few bytes over the text) rather than Python strings."""
+        if self._pending == 0:
+            return
+        s = pa.large_string()
+        self._parts.append({
+            "origin": pa.array(self.origins, s),
+            "messages": pa.LargeListArray.from_arrays(
+                pa.array(self.msg_offsets, pa.int64()),
+                pa.StructArray.from_arrays([pa.array(self.roles, s), pa.array(self.contents, s)], names=["role", "content"])),
+            "instruction": pa.array(self.instruction, s),
+            "response": pa.array(self.response, s),
+            "user_turns": pa.LargeListArray.from_arrays(pa.array(self.user_offsets, pa.int64()), pa.array(self.user_flat, s)),
+            "responses": pa.LargeListArray.from_arrays(pa.array(self.resp_offsets, pa.int64()), pa.array(self.resp_flat, s)),
+            "n_turns": pa.array(self.n_turns, pa.int32()),
+            "schema": pa.array(self.schema, s),
+            "source": pa.array(self.source, s),
+            "extra": pa.array(self.extra, s),
+        })
+        self._part_rows.append(self._pending)
+        self._pending = 0
+        self.origins, self.roles, self.contents, self.instruction, self.response = [], [], [], [], []
+        self.msg_offsets, self.user_flat, self.user_offsets, self.resp_flat, self.resp_offsets = [0], [], [0], [], [0]
+        self.n_turns, self.schema, self.source, self.extra = [], [], [], []
 
     # -- final table -------------------------------------------------------------------------
     def _assign_ids(self) -> list[str]:
@@ -386,26 +431,13 @@ class _Builder:
         return out
 
     def frame(self) -> pl.DataFrame:
-        s = pa.large_string()
-        msgs = pa.ListArray.from_arrays(
-            pa.array(self.msg_offsets, pa.int32()),
-            pa.StructArray.from_arrays([pa.array(self.roles, s), pa.array(self.contents, s)],
-                                       names=["role", "content"]))
-        users = pa.ListArray.from_arrays(pa.array(self.user_offsets, pa.int32()), pa.array(self.user_flat, s))
-        resps = pa.ListArray.from_arrays(pa.array(self.resp_offsets, pa.int32()), pa.array(self.resp_flat, s))
-        table = pa.table({
-            "data_id": pa.array(self._assign_ids(), s),
-            "origin": pa.array(self.origins, s),
-            "messages": msgs,
-            "instruction": pa.array(self.instruction, s),
-            "response": pa.array(self.response, s),
-            "user_turns": users,
-            "responses": resps,
-            "n_turns": pa.array(self.n_turns, pa.int32()),
-            "schema": pa.array(self.schema, s),
-            "source": pa.array(self.source, s),
-            "extra": pa.array(self.extra, s),
-        })
+        self._flush()
+        cols: dict[str, Any] = {"data_id": pa.array(self._assign_ids(), pa.large_string())}
+        names = ["origin", "messages", "instruction", "response", "user_turns", "responses", "n_turns", "schema", "source", "extra"]
+        for name in names:
+            cols[name] = pa.chunked_array([p[name] for p in self._parts])
+        self._parts = []
+        table = pa.table(cols)
         df = pl.from_arrow(table, rechunk=True)
         assert isinstance(df, pl.DataFrame)
         return df.cast(OUTPUT_COLUMNS)  # type: ignore[arg-type]

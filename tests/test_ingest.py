@@ -515,3 +515,20 @@ def test_alpaca_eval_pool():
     assert df["data_id"].n_unique() == 32199
     assert set(df["schema"]) == {"alpaca"}
     assert set(json.loads(df["extra"][0])) == {"generator", "source"}
+
+
+def test_chunked_builder_same_frame_and_duplicate_location(tmp_path, monkeypatch):
+    """Records are moved into Arrow every FLUSH_ROWS records: the frame must not depend on that,
+    and a duplicate data_id must still name where its first copy is."""
+    import laser_fast.ingest as ing
+
+    rows = [{"data_id": f"r{i}", "instruction": f"q{i}", "output": f"a{i}", "tag": i} for i in range(23)]
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    whole, _ = ing.read_records(p)
+    monkeypatch.setattr(ing, "FLUSH_ROWS", 5)
+    chunked, _ = ing.read_records(p)
+    assert chunked.equals(whole)
+    p.write_text("\n".join(json.dumps(r) for r in rows + [dict(rows[2], instruction="other")]) + "\n")
+    with pytest.raises(InputError, match=r"duplicate data_id 'r2' \(first seen at .*pool.jsonl:3\)"):
+        ing.read_records(p)
