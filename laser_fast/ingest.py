@@ -431,16 +431,21 @@ class _Builder:
         return out
 
     def frame(self) -> pl.DataFrame:
+        """The records as one polars frame. Columns are converted one at a time and each one's
+        Arrow chunks are released right after, so the peak holds the frame plus one column."""
         self._flush()
-        cols: dict[str, Any] = {"data_id": pa.array(self._assign_ids(), pa.large_string())}
+        ids = self._assign_ids()
+        series = [pl.Series("data_id", ids, dtype=pl.String)]
+        del ids
         names = ["origin", "messages", "instruction", "response", "user_turns", "responses", "n_turns", "schema", "source", "extra"]
         for name in names:
-            cols[name] = pa.chunked_array([p[name] for p in self._parts])
+            arr = pa.chunked_array([p.pop(name) for p in self._parts])
+            col = pl.from_arrow(arr, rechunk=True)
+            assert isinstance(col, pl.Series)
+            series.append(col.alias(name).cast(OUTPUT_COLUMNS[name]))  # type: ignore[arg-type]
+            del arr, col
         self._parts = []
-        table = pa.table(cols)
-        df = pl.from_arrow(table, rechunk=True)
-        assert isinstance(df, pl.DataFrame)
-        return df.cast(OUTPUT_COLUMNS)  # type: ignore[arg-type]
+        return pl.DataFrame(series)
 
 
 # --------------------------------------------------------------------------------------------
