@@ -63,7 +63,8 @@ def clustered(n: int, d: int = 384, centers: int = 200, seed: int = 0) -> np.nda
 
 
 def machine_info() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
     try:
         import faiss
 
@@ -167,6 +168,7 @@ def case_greedy(quick: bool) -> list[dict]:
     (full run) is ours alone. Every accepted set is compared with ours."""
     from laser_fast.greedy import greedy_diverse
 
+    greedy_diverse(clustered(3000, seed=9), min_distance=0.1, show_progress=False)  # warm-up outside the timing
     rows = []
     sizes = [20_000, 100_000] if quick else [20_000, 100_000, 1_000_000]
     loops_up_to = 20_000 if quick else 100_000
@@ -303,12 +305,51 @@ def real_pool_embeddings(n: int | None, seed: int = 0):
     return np.asarray(arr, dtype=np.float32), pref
 
 
+def _reference_in_child(x: np.ndarray, pref: np.ndarray, k: int, limit: float | None):
+    """:func:`reference_cluster_select` in a forked child, stopped after ``limit`` seconds.
+
+    Returns:
+        ``((selected, inertia, bests) or None when stopped, seconds)``.
+    """
+    if limit is None:
+        return timed(reference_cluster_select, x, pref, k)
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def child():
+        out, t = timed(reference_cluster_select, x, pref, k)
+        q.put((out, t))
+
+    p = ctx.Process(target=child, daemon=True)
+    t0 = time.perf_counter()
+    p.start()
+    try:
+        out, t = q.get(timeout=limit)
+    except queue.Empty:  # the reference did not finish in time
+        p.kill()
+        p.join()
+        return None, time.perf_counter() - t0
+    p.join()
+    return out, t
+
+
+#: the full run stops the reference path after this many seconds (300k/25k takes longer)
+REFERENCE_LIMIT_S = 1800.0
+
+
 def case_cluster(quick: bool) -> list[dict]:
     """Ours (flat faiss k-means for small n*k, two-level above) vs the reference path at n/k = 12.
     The objective is the k-means sum of squared distances in the PCA space; coverage is measured
     on a 20k-row sample."""
     from laser_fast.cluster import cluster_select_detailed
 
+    # warm-up outside the timing (imports, numba and faiss initialisation), as for the reference
+    w = clustered(600, seed=9, centers=20)
+    cluster_select_detailed(w, np.random.default_rng(0).random(600), 50, seed=0)
+    reference_cluster_select(w, np.random.default_rng(0).random(600), 50)
     rows = []
     shapes = [(6_000, 500, "synthetic"), (2_000, 166, "alpaca_eval")] if quick else [(60_000, 5_000, "synthetic"), (300_000, 25_000, "synthetic"), (32_183, 2_682, "alpaca_eval")]
     for n, k, data in shapes:
@@ -324,16 +365,21 @@ def case_cluster(quick: bool) -> list[dict]:
             n = x.shape[0]
         res, t_ours = timed(cluster_select_detailed, x, pref, k, threshold_percentile=0.8, seed=0)
         ours = res.order[:k]
-        (ref, ref_inertia, ref_bests), t_ref = timed(reference_cluster_select, x, pref, k)
+        got, t_ref = _reference_in_child(x, pref, k, None if quick else REFERENCE_LIMIT_S)
         row = {
-            "case": "cluster", "data": data, "n": n, "k": k, "method": res.stats.get("method"), "ours_s": round(t_ours, 3), "reference_s": round(t_ref, 3),
-            "speedup": round(t_ref / t_ours, 1), "ours_objective": round(float(res.stats["objective"]), 2), "reference_objective": round(ref_inertia, 2),
-            "ours_coverage": round(coverage(x, ours), 5), "reference_coverage": round(coverage(x, ref), 5),
-            "ours_mean_pref": round(float(pref[ours].mean()), 4), "reference_mean_pref": round(float(pref[ref].mean()), 4),
+            "case": "cluster", "data": data, "n": n, "k": k, "method": res.stats.get("method"), "ours_s": round(t_ours, 3),
+            "ours_objective": round(float(res.stats["objective"]), 2), "ours_coverage": round(coverage(x, ours), 5),
+            "ours_mean_pref": round(float(pref[ours].mean()), 4),
             # rows taken as a cluster best (the rest is filled by preference alone)
-            "ours_cluster_bests": int(res.n_cluster_best), "reference_cluster_bests": ref_bests,
-            "device": res.stats.get("device"),
+            "ours_cluster_bests": int(res.n_cluster_best), "device": res.stats.get("device"),
         }
+        if got is None:
+            row.update(reference_s=f"> {t_ref:.0f} (stopped)", speedup=f">= {t_ref / t_ours:.1f}")
+        else:
+            ref, ref_inertia, ref_bests = got
+            row.update(reference_s=round(t_ref, 3), speedup=round(t_ref / t_ours, 1), reference_objective=round(ref_inertia, 2),
+                       reference_coverage=round(coverage(x, ref), 5), reference_mean_pref=round(float(pref[ref].mean()), 4),
+                       reference_cluster_bests=ref_bests)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -367,7 +413,7 @@ def case_scorers(quick: bool) -> list[dict]:
 
     from laser_fast.scorers.run import ScorerSettings, build_scorer
 
-    n = 96 if quick else 384
+    n = 96 if quick else 192
     recs = _pool_sample(n)
     if recs is None:
         print("scorers: ../shared/data/alpaca_eval_pool.jsonl.gz not found; case skipped", flush=True)
@@ -406,11 +452,14 @@ def case_scorers(quick: bool) -> list[dict]:
 
 
 def to_markdown(results: dict) -> str:
-    out = [f"Machine: {results['machine'].get('cpus')} CPUs, {results['machine'].get('platform')}; faiss GPUs: {results['machine'].get('faiss_gpus')}; CUDA: {results['machine'].get('cuda')}", ""]
+    m = results["machine"]
+    head = (f"Machine: {m.get('cpus')} CPUs, {m.get('platform')}; faiss GPUs: {m.get('faiss_gpus')}; CUDA: {m.get('cuda')}; "
+            f"load average at start: {m.get('load_average_at_start')}; {'--quick' if results.get('quick') else 'full run'}")
+    out = [head, ""]
     for case, rows in results["cases"].items():
         if not rows:
             continue
-        keys = list(rows[0].keys())
+        keys = list(dict.fromkeys(k for r in rows for k in r))
         out.append(f"### {case}")
         out.append("| " + " | ".join(keys) + " |")
         out.append("|" + "---|" * len(keys))
@@ -447,16 +496,17 @@ def main(argv=None) -> int:
     unknown = [c for c in a.cases.split(",") if c not in cases]
     if unknown:
         ap.error(f"unknown case(s) {', '.join(unknown)}: use {', '.join(CASES)}")
-    for name in a.cases.split(","):
-        t0 = time.perf_counter()
-        results["cases"][name] = cases[name](a.quick)
-        print(f"case {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     from laser_fast.output import write_json, write_text
 
-    write_json(out / "results.json", results)
-    write_text(out / "results.md", to_markdown(results))
+    for name in a.cases.split(","):
+        t0 = time.perf_counter()
+        results["cases"][name] = cases[name](a.quick)
+        print(f"case {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        # written after every case: a long run that fails late keeps what it measured
+        write_json(out / "results.json", results)
+        write_text(out / "results.md", to_markdown(results))
     print(to_markdown(results))
     return 0
 
