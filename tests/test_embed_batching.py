@@ -1,0 +1,148 @@
+"""Token-budget embedding (laser_fast.embed.encode_texts) and the store's put / resume paths."""
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import laser_fast.embed as E
+from laser_fast.errors import InputError
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
+
+
+def _real_texts(n=20):
+    """Real responses of mixed length (long ones are truncated at 256 tokens), plus edge cases."""
+    if not DATA.exists():
+        pytest.skip("../shared/data/alpaca_eval_pool.jsonl.gz is absent (shared data beside the project)")
+    out = []
+    with gzip.open(DATA, "rt") as fh:
+        for i, line in enumerate(fh):
+            if i % 997 == 0:
+                r = json.loads(line)
+                out.append(r["output"] if len(out) % 2 else r["instruction"])
+            if len(out) == n - 2:
+                break
+    return out + ["", "word " * 600]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return E.load_sentence_model(None, "cpu")
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return _real_texts()
+
+
+@pytest.fixture(scope="module")
+def reference(model, texts):
+    return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+
+
+def test_encode_texts_equals_sentence_transformers(model, texts, reference):
+    tok = model.tokenizer
+    true_lens = [len(tok(t, truncation=True, max_length=model.max_seq_length)["input_ids"]) for t in texts]
+    for kw in ({"batch_tokens": 600}, {}, {"max_batch_size": 1}, {"sort": False, "max_batch_size": 7}):
+        v, st = E.encode_texts(model, texts, **kw)
+        assert v.dtype == np.float32 and v.shape == reference.shape
+        np.testing.assert_allclose(v, reference, atol=2e-6)
+        assert st["fast_path"] and st["records"] == len(texts) and st["tokens"] == sum(true_lens)
+        assert st["tokens"] <= st["padded_tokens"] and st["non_padding"] == pytest.approx(st["tokens"] / st["padded_tokens"], abs=1e-4)
+    _, one = E.encode_texts(model, texts, max_batch_size=1)
+    assert one["forward_passes"] == len(texts) and one["padded_tokens"] == one["tokens"]
+    _, packed = E.encode_texts(model, texts, batch_tokens=600)
+    # each forward stays under the budget unless a single text exceeds it
+    assert packed["forward_passes"] < len(texts) and packed["padded_tokens"] <= 600 * packed["forward_passes"] + 256
+    _, naive = E.encode_texts(model, texts, sort=False, max_batch_size=7)
+    assert naive["forward_passes"] == 3
+
+
+def test_fallback_path_is_exact(model, texts, reference, monkeypatch):
+    """A model whose preprocessing we cannot reproduce goes through model.encode per packed batch."""
+    def no_fast(self, *a, **k):
+        self.fast = False
+
+    monkeypatch.setattr(E._Encoder, "_decide_fast", no_fast)
+    v, st = E.encode_texts(model, texts, batch_tokens=600)
+    assert not st["fast_path"] and st["forward_passes"] > 1
+    np.testing.assert_allclose(v, reference, atol=2e-6)
+
+
+def test_put_then_get_without_model(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(E, "load_sentence_model", boom)
+    rng = np.random.default_rng(0)
+    texts = [f"text {i}" for i in range(300)] + ["text 5"]  # a repeat keeps its first vector
+    vec = rng.normal(size=(301, 16)).astype(np.float32) * 3.0
+    store = E.EmbeddingStore(tmp_path)
+    info = store.put(texts, vec, chunk_rows=128)
+    assert info["stored"] == 300 and info["already"] == 1 and info["shards"] == 3
+    unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    a, ginfo = store.get(texts)
+    assert a.dtype == np.float16 and a.shape == (301, 16) and ginfo["computed"] == 0 and not ginfo["cache_hit"]
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float32)[:300], unit[:300], atol=1e-3)
+    assert np.array_equal(a[300], a[5])
+    b, ginfo = store.get(texts)
+    assert ginfo["cache_hit"] and np.array_equal(np.asarray(b), np.asarray(a))
+    perm = rng.permutation(300)[:50]
+    c, _ = store.get([texts[i] for i in perm])
+    assert np.array_equal(np.asarray(c), np.asarray(a)[perm])
+    # float16 unit rows round-trip bit for bit; storing again adds nothing
+    store2 = E.EmbeddingStore(tmp_path / "other")
+    u16 = unit.astype(np.float16)[:300]
+    store2.put(texts[:300], u16, assemble=True)
+    d, dinfo = store2.get(texts[:300])
+    assert dinfo["cache_hit"] and np.array_equal(np.asarray(d), u16)
+    assert store2.put(texts[:10], u16[:10])["stored"] == 0
+    # a separate namespace per field; bad shapes are refused
+    with pytest.raises(AssertionError):
+        store.get(texts[:3], field="instruction")
+    with pytest.raises(InputError):
+        store.put(texts[:3], vec[:2])
+    with pytest.raises(InputError):
+        store.put(["fresh"], np.ones((1, 8)))  # the store holds 16-d vectors for this model
+
+
+def test_get_resumes_after_a_killed_run(tmp_path, model, monkeypatch):
+    texts = [("short " if i % 2 else "a much longer sentence about many things " * (1 + i)) + str(i) for i in range(12)]
+    store = E.EmbeddingStore(tmp_path)
+    real_write = E.EmbeddingStore._write_shard
+    calls = []
+
+    def killed_after_one(self, ns, shard_id, vecs16, digests):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(digests.copy())
+        real_write(self, ns, shard_id, vecs16, digests)
+
+    monkeypatch.setattr(E.EmbeddingStore, "_write_shard", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        store.get(texts, chunk_rows=4, show_progress=False)
+    # the first shard holds the 4 longest texts (sorted before the cut)
+    lens = [len(model.tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in texts]
+    longest = {E.text_hash(texts[i]) for i in np.argsort(lens)[-4:]}
+    assert {bytes(r) for r in calls[0]} == longest
+    monkeypatch.setattr(E.EmbeddingStore, "_write_shard", real_write)
+    a, info = store.get(texts, chunk_rows=4, show_progress=False)
+    assert info["computed"] == 8 and info["records"] == 8 and info["forward_passes"] >= 2
+    assert 0 < info["non_padding"] <= 1
+    ref = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float32), ref, atol=2e-3)
+
+
+def test_shard_index_prefix_collisions_and_duplicates():
+    rng = np.random.default_rng(1)
+    d = rng.integers(0, 256, (50, 20), dtype=np.uint8)
+    d[10, :8] = d[20, :8]  # same 8-byte prefix, different digests
+    d[30] = d[40]  # the same digest stored twice: the first copy wins
+    idx = E._ShardIndex(d, np.zeros(50, dtype=np.int32), np.arange(50))
+    q = np.stack([d[20], d[10], d[40], d[0]])
+    absent = d[10].copy()
+    absent[-1] ^= 1
+    pos = idx.lookup(np.vstack([q, absent[None]]))
+    assert pos.tolist() == [20, 10, 30, 0, -1]
