@@ -506,7 +506,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                 emb_rows = np.flatnonzero(status == "candidate")  # record rows (copies share them)
                 sub = recs[emb_rows]
                 store = EmbeddingStore(workdir)
-                arr, info = store.get(texts_for(sub, opts.embed_field), model=opts.embedding_model, field=opts.embed_field, batch_size=opts.batch_size, device=opts.device, show_progress=opts.show_progress)
+                arr, info = store.get(texts_for(sub, opts.embed_field), model=opts.embedding_model, field=opts.embed_field, batch_size=opts.batch_size, batch_tokens=opts.batch_tokens, device=opts.device, show_progress=opts.show_progress)
                 pos = np.full(n, -1, dtype=np.int64)
                 pos[emb_rows] = np.arange(emb_rows.size)
                 emb_cache["emb"], emb_cache["pos"] = arr, pos
