@@ -8,8 +8,8 @@ model runs), its embeddings are clustered unit vectors put into the embedding st
 * ``cold``: the token counts are computed (tokenizer over every text) and cached;
 * ``warm``: everything comes from the caches — the figure the issue's target is about.
 
-Each run reports its per-stage seconds (from ``manifest.json``) and its peak RSS (the child's
-``ru_maxrss``), next to the size of the float16 embeddings it reads.
+Each run reports its per-stage seconds (from ``manifest.json``) and its peak RSS (the child's own
+``VmHWM``), next to the size of the float16 embeddings it reads.
 """
 from __future__ import annotations
 
@@ -68,8 +68,10 @@ def run_select(root: Path, out: Path, budget: int, mode: str) -> dict:
     if out.exists():
         shutil.rmtree(out)
     rss_file = out.with_name(out.name + ".rss")
-    wrapper = ("import resource, sys\nfrom laser_fast.cli import main\ntry:\n    rc = main(sys.argv[2:])\nfinally:\n"
-               "    open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\nsys.exit(rc)\n")
+    # VmHWM: this process's own peak RSS (ru_maxrss would carry the forking parent's peak over exec)
+    wrapper = ("import re, sys\nfrom laser_fast.cli import main\ntry:\n    rc = main(sys.argv[2:])\nfinally:\n"
+               "    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+               "    open(sys.argv[1], 'w').write(hwm)\nsys.exit(rc)\n")
     cmd = [sys.executable, "-c", wrapper, str(rss_file), "select", str(root / "pool.parquet"), "--scores", str(root / "scores.parquet"),
            "--budget", str(budget), "--strategy", "combination", "--profile", "none", "--mode", mode, "--seed", "0",
            "--proportions", "natural", "--keep-non-english", "--no-report", "--format", "parquet",
@@ -82,7 +84,12 @@ def run_select(root: Path, out: Path, budget: int, mode: str) -> dict:
     man = json.loads((out / "manifest.json").read_text())
     peak_kb = int(rss_file.read_text())  # Linux: kilobytes
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1),
-            "stages_s": man.get("timings_seconds", {}), "selected": man.get("counts", {}).get("selected")}
+            "stages_s": man.get("timings_seconds", {}), "selected": _total(man.get("counts", {}).get("selected"))}
+
+
+def _total(v):
+    """The manifest counts the selection per category: the total."""
+    return int(sum(v.values())) if isinstance(v, dict) else v
 
 
 def run(quick: bool, *, workroot: str | None = None, rows: int | None = None, budget: int | None = None) -> list[dict]:
