@@ -459,13 +459,17 @@ def to_markdown(results: dict) -> str:
     for case, rows in results["cases"].items():
         if not rows:
             continue
-        keys = list(dict.fromkeys(k for r in rows for k in r))
         out.append(f"### {case}")
-        out.append("| " + " | ".join(keys) + " |")
-        out.append("|" + "---|" * len(keys))
+        # rows with the same columns share a table (a case may report several kinds of row)
+        groups: dict[tuple, list[dict]] = {}
         for r in rows:
-            out.append("| " + " | ".join(str(r.get(k)) for k in keys) + " |")
-        out.append("")
+            groups.setdefault(tuple(r), []).append(r)
+        for keys, grp in groups.items():
+            out.append("| " + " | ".join(keys) + " |")
+            out.append("|" + "---|" * len(keys))
+            for r in grp:
+                out.append("| " + " | ".join(str(r.get(k)) for k in keys) + " |")
+            out.append("")
     return "\n".join(out)
 
 
