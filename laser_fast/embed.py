@@ -428,7 +428,7 @@ def _prefix64(d: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(d[:, :8]).view(">u8").ravel()
 
 
-def _release_pages(arr: np.ndarray) -> None:
+def release_pages(arr: np.ndarray) -> None:
     """Drop a read-only memmap's resident pages from this process (they stay in the page cache)."""
     mm = getattr(arr, "_mmap", None)
     if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
@@ -556,7 +556,7 @@ class EmbeddingStore:
                     touched.append(si)
                 f.write(block.data)  # contiguous: no copy
                 for si in touched:
-                    _release_pages(shards[si])
+                    release_pages(shards[si])
         del shards
         os.replace(tmp, final)
         return np.load(final, mmap_mode="r"), time.perf_counter() - t0

@@ -293,19 +293,14 @@ def gather_rows(arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 65536) ->
     process's resident memory: the gathered copy (2 bytes per value) is what remains. The
     consumers convert to float32 chunk by chunk (PCA) or once (greedy).
     """
-    import mmap
+    from .embed import release_pages
 
     order = np.argsort(idx, kind="stable")
     out = np.empty((idx.size, arr.shape[1]), dtype=arr.dtype if arr.dtype == np.float16 else np.float32)
     for s in range(0, idx.size, chunk_rows):
         o = order[s : s + chunk_rows]
         out[o] = arr[idx[o]]
-    mm = getattr(arr, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mm.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # advice only: a platform that refuses it keeps the pages
-            pass
+    release_pages(arr)
     return out
 
 
