@@ -445,9 +445,10 @@ def test_prompt_judge_and_fingerprints(tmp_path, monkeypatch):
         pj = PromptJudgeScorer("helpful", tmpl, base_url=srv.url, model="m", system="Be strict.")
         out = pj.score(frame([("Math", ("q", "a")), ("Coding", ("q2", "a2"))]))
         assert out["helpful"].tolist() == [4.0, 4.0]
-        body = srv.requests[0][0]
-        assert body["messages"][0] == {"role": "system", "content": "Be strict."}
-        assert user_text(body) == 'Rate a for q. Reply {"score": n}'
+        # requests run concurrently: their order at the server is not the records' order
+        bodies = [r[0] for r in srv.requests]
+        assert all(b["messages"][0] == {"role": "system", "content": "Be strict."} for b in bodies)
+        assert sorted(user_text(b) for b in bodies) == ['Rate a for q. Reply {"score": n}', 'Rate a2 for q2. Reply {"score": n}']
         multi = PromptJudgeScorer("two", tmpl, parse=lambda a: json.loads(a), outputs=("score", "len"),
                                   categories=("Coding",), base_url=srv.url, model="m")
         out = multi.score(frame([("Math", ("q", "a")), ("Coding", ("q2", "a2"))]))
