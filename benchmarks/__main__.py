@@ -275,18 +275,17 @@ def real_pool_embeddings(n: int | None, seed: int = 0):
     Returns:
         ``(x, pref)`` or None when ``../shared/data`` is missing.
     """
-    import gzip
 
     import polars as pl
 
+    from benchmarks.data import DATA as data
+    from benchmarks.data import alpaca_pool_rows
     from laser_fast.embed import EmbeddingStore, texts_for
     from laser_fast.ingest import records_from_frame
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (data / "alpaca_eval_pool.jsonl.gz").exists():
+    rows = alpaca_pool_rows()
+    if rows is None:
         return None
-    with gzip.open(data / "alpaca_eval_pool.jsonl.gz", "rt") as fh:
-        rows = [json.loads(line) for line in fh]
     rows = [{"instruction": r["instruction"], "output": r["output"], "generator": r.get("generator") or ""} for r in rows if r.get("output")]
     if n is not None and n < len(rows):
         pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
@@ -392,21 +391,16 @@ def case_cluster(quick: bool) -> list[dict]:
 
 def _pool_sample(n: int, seed: int = 0):
     """``n`` real (instruction, response) records from the shared AlpacaEval pool, as an ingested table."""
-    import gzip
 
     import polars as pl
 
+    from benchmarks.data import alpaca_pool_rows
     from laser_fast.ingest import records_from_frame
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
-    if not path.exists():
+    pool = alpaca_pool_rows()
+    if pool is None:
         return None
-    rows = []
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            r = json.loads(line)
-            if r.get("generator") != "NullModel" and r.get("output"):
-                rows.append({"instruction": r["instruction"], "output": r["output"]})
+    rows = [{"instruction": r["instruction"], "output": r["output"]} for r in pool if r.get("generator") != "NullModel" and r.get("output")]
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
     recs, _ = records_from_frame(pl.DataFrame([rows[i] for i in sorted(pick)]), origin="alpaca_eval_pool")

@@ -30,7 +30,6 @@ read of that memmap into float32 chunks, and ``get`` of a random half (a new req
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import tempfile
@@ -44,16 +43,16 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def _pool_texts(field: str, n: int, seed: int = 0) -> list[str] | None:
     """``n`` distinct texts of ``field`` ('output' or 'instruction') from the AlpacaEval pool."""
-    path = DATA / "alpaca_eval_pool.jsonl.gz"
-    if not path.exists():
+    from benchmarks.data import alpaca_pool_rows
+
+    rows = alpaca_pool_rows()
+    if rows is None:
         return None
     seen: dict[str, None] = {}
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            r = json.loads(line)
-            t = r.get(field)
-            if r.get("generator") != "NullModel" and t:
-                seen.setdefault(t, None)
+    for r in rows:
+        t = r.get(field)
+        if r.get("generator") != "NullModel" and t:
+            seen.setdefault(t, None)
     texts = list(seen)
     pick = np.random.default_rng(seed).choice(len(texts), size=min(n, len(texts)), replace=False)
     return [texts[i] for i in pick]
