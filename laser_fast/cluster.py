@@ -35,9 +35,12 @@ def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 65536
     for s in range(0, n, chunk_rows):
         mean += np.asarray(x[s : s + chunk_rows], dtype=np.float64).sum(0)
     mean /= max(n, 1)
+    # centred chunks in float32 (a float32 SYRK is twice as fast as float64 and the centring
+    # removes the large common offset), chunk products summed in float64
     cov = np.zeros((d, d), dtype=np.float64)
+    m32 = mean.astype(np.float32)
     for s in range(0, n, chunk_rows):
-        c = np.asarray(x[s : s + chunk_rows], dtype=np.float64) - mean
+        c = np.asarray(x[s : s + chunk_rows], dtype=np.float32) - m32
         cov += c.T @ c
     evals, evecs = np.linalg.eigh(cov)
     evals, evecs = evals[::-1].clip(min=0), evecs[:, ::-1]
@@ -51,7 +54,6 @@ def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 65536
     w = evecs[:, :comps]
     w = w * np.sign(w[np.abs(w).argmax(0), np.arange(comps)])
     w32 = w.astype(np.float32)
-    m32 = mean.astype(np.float32)
     out = np.empty((n, comps), dtype=np.float32)
     for s in range(0, n, chunk_rows):
         out[s : s + chunk_rows] = (np.asarray(x[s : s + chunk_rows], dtype=np.float32) - m32) @ w32
@@ -86,6 +88,22 @@ KMEANSPP_MAX_NK = 2e9
 TWO_LEVEL_MIN_NK = 5e7
 #: the two-level path needs enough clusters for the coarse level to make sense
 TWO_LEVEL_MIN_K = 64
+#: k-means++ allocation: each cell is seeded up to ``SEED_CAP_FACTOR`` x its share by size
+#: (+ ``SEED_CAP_EXTRA``) before the clusters are split by gain; a cell whose allocation reaches
+#: its cap is seeded further (the cap doubles) and the split is redone
+SEED_CAP_FACTOR = 2.0
+SEED_CAP_EXTRA = 16
+#: refinement: a pass is skipped (and passes stop) when at most this share of the rows move;
+#: a probe on every REFINE_PROBE_STRIDE-th row estimates the first pass's moves
+REFINE_MIN_MOVED = 5e-3
+REFINE_PROBE_STRIDE = 8
+#: two-level k-means: k-means++ seeding inside the coarse level and each cell runs on at most
+#: this many rows per cluster (0: all rows); seeding streams the rows once per centre, and a
+#: sample this size stays in cache. Measured on 2 cores, synthetic 60k/5k: 1.49 s ->
+#: 1.14 s at a 0.05% higher objective; 300k/25k 14.1 s -> 10.4 s at 3.7% higher
+SEED_ROWS_PER_CLUSTER = 6
+#: Lloyd iterations for the coarse level (it only partitions the rows into cells)
+COARSE_NITER = 10
 
 
 def kmeanspp_init(
@@ -187,7 +205,8 @@ def _faiss_gpus() -> int:
 
 
 def _lloyd(
-    x: np.ndarray, k: int, *, seed: int, niter: int, max_points_per_centroid: int = 256, init: np.ndarray | None = None
+    x: np.ndarray, k: int, *, seed: int, niter: int, max_points_per_centroid: int = 256, init: np.ndarray | None = None,
+    trials: int | None = None, seed_rows_per_cluster: float = 0,
 ) -> tuple[np.ndarray, np.ndarray, str, list]:
     """faiss k-means on ``x`` (GPU when faiss sees one), k-means++ seeded where affordable.
 
@@ -207,7 +226,11 @@ def _lloyd(
         km.train(x, init_centroids=np.ascontiguousarray(init[:k], dtype=np.float32))
     elif nk <= KMEANSPP_MAX_NK:
         init_method = "k-means++ (greedy)" if nk <= KMEANSPP_GREEDY_MAX_NK else "k-means++"
-        init = kmeanspp_init(x, k, seed=seed, trials=None if nk <= KMEANSPP_GREEDY_MAX_NK else 1)
+        # seeding streams the rows once per centre: on a sample of SEED_ROWS_PER_CLUSTER rows per
+        # cluster it stays in cache (Lloyd then runs on every row)
+        m = int(seed_rows_per_cluster * k) if seed_rows_per_cluster else n
+        xs = x[np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))] if m < n else x
+        init = kmeanspp_init(xs, k, seed=seed, trials=trials if nk <= KMEANSPP_GREEDY_MAX_NK else 1)
         km.train(x, init_centroids=init)
     else:
         init_method = "random (faiss)"
@@ -267,24 +290,13 @@ def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 6553
     return out
 
 
-def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None, *,
-                  chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """Means of the clusters (float64 sums); empty clusters keep ``old`` (or zeros).
+def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Means of the clusters (float64 sums, :func:`laser_fast.kernels.label_sums`); empty
+    clusters keep ``old`` (or zeros)."""
+    from .kernels import label_sums
 
-    Rows are summed in label order, ``chunk`` rows at a time, so the float64 working copy is
-    ``chunk x d`` rather than a float64 copy of all of ``x`` (which is 2x its size again).
-    """
-    order = np.argsort(lab, kind="stable")
-    counts = np.bincount(lab, minlength=k)
+    sums, counts = label_sums(x, lab, k)
     nonempty = counts > 0
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    lab_sorted = lab[order]
-    for s in range(0, order.size, chunk):
-        o = order[s : s + chunk]
-        ls = lab_sorted[s : s + chunk]
-        first = np.flatnonzero(np.concatenate([[True], ls[1:] != ls[:-1]]))
-        # labels are sorted, so each label appears in one run per chunk: plain fancy += is exact
-        sums[ls[first]] += np.add.reduceat(x[o].astype(np.float64), first, axis=0)
     cent = np.zeros((k, x.shape[1]), dtype=np.float64) if old is None else old.astype(np.float64)
     cent[nonempty] = sums[nonempty] / counts[nonempty, None]
     return cent.astype(np.float32), counts
@@ -330,7 +342,7 @@ def kmeans_two_level(
     refine_passes: int = 3,
     neighbours: int = 6,
     num_threads: int = 0,
-    allocation: str = "kmeans++",
+    allocation: str = "size",
     seed_trials: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Two-level k-means: ``coarse_k`` (default ~sqrt(k)) coarse clusters, then each coarse cell
@@ -363,7 +375,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
     # --- coarse level: k-means on a sample (<= 256 rows per coarse cluster), assign all rows
     m = min(n, k1 * 256)
     sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    coarse_c, _, _, _ = _lloyd(x[sample], k1, seed=seed, niter=niter)
+    coarse_c, _, _, _ = _lloyd(x[sample], k1, seed=seed, niter=min(niter, COARSE_NITER), seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER)
     top = min(2, k1)
     dist, near = _search(coarse_c, x, top)
     cell = near[:, 0].astype(np.int64)
@@ -399,12 +411,15 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
         # each cell's k-means++ potential curve (from about twice its share by size, extended
         # while the allocation uses all of it); the clusters go where they lower the potential
         # most, so wide cells get more than dense tight ones
-        caps = np.minimum(sizes, 2 * kc_size + 16)
+        caps = np.minimum(sizes, np.ceil(SEED_CAP_FACTOR * kc_size).astype(np.int64) + SEED_CAP_EXTRA)
 
         def seed_cell(i: int) -> tuple[int, np.ndarray, np.ndarray]:
             rows = order[starts[i] : starts[i + 1]]
+            m = int(SEED_ROWS_PER_CLUSTER * caps[i]) if SEED_ROWS_PER_CLUSTER else rows.size
+            if m < rows.size:  # seed on a sample; its potential scaled up to the whole cell
+                rows = rows[np.sort(np.random.default_rng(seed + 1 + i).choice(rows.size, size=m, replace=False))]
             c, pot = kmeanspp_init(x[rows], int(caps[i]), seed=seed + 1 + i, trials=seed_trials, return_potential=True)
-            return i, c, pot
+            return i, c, pot * (sizes[i] / rows.size)
 
         pots = [np.zeros(0)] * k1
         todo = cells_by_size
@@ -418,7 +433,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
             full = (kc >= caps) & (caps < sizes)
             if not full.any():
                 break
-            caps[full] = np.minimum(sizes[full], 2 * caps[full])
+            caps[full] = np.minimum(sizes[full], 2 * caps[full])  # a cell that wants more: double it
             todo = [i for i in cells_by_size if full[i]]
     else:
         raise ValueError(f"unknown allocation {allocation!r}: use 'kmeans++' or 'size'")
@@ -430,17 +445,19 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
 
     def fine(i: int) -> tuple[int, np.ndarray, np.ndarray]:
         rows = order[starts[i] : starts[i + 1]]
-        c, lab, _, _ = _lloyd(x[rows], int(kc[i]), seed=seed + 1 + i, niter=niter, max_points_per_centroid=1 << 30, init=seeds.get(i))
+        c, lab, _, _ = _lloyd(x[rows], int(kc[i]), seed=seed + 1 + i, niter=niter, max_points_per_centroid=1 << 30, init=seeds.get(i), trials=seed_trials,
+                          seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER)
         return i, c, lab
 
     for i, c, lab in run_cells(fine, [i for i in cells_by_size if kc[i] > 0]):
         cent[cstarts[i] : cstarts[i + 1]] = c
         labels[order[starts[i] : starts[i + 1]]] = lab + cstarts[i]
     t_fine = time.perf_counter() - t0
-    obj_fine = kmeans_objective(x, labels, k)
+    obj_fine = None
     # --- refinement: Lloyd passes restricted to neighbouring coarse cells
     t0 = time.perf_counter()
-    moved = []
+    moved: list[int] = []
+    probe = None
     if refine_passes > 0 and k1 > 1 and neighbours > 0:
         # neighbours of a cell: the cells most often second-nearest for its rows
         pair = np.bincount(cell * k1 + near[:, 1], minlength=k1 * k1).reshape(k1, k1)
@@ -448,36 +465,45 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
         nb = np.argsort(-pair, axis=1, kind="stable")[:, : min(neighbours, k1 - 1)]
         cent, _ = _centroids_of(x, labels, k, cent)
         xsq = np.einsum("ij,ij->i", x, x)
-        for _ in range(refine_passes):
-            csq = np.einsum("ij,ij->i", cent, cent)
+        csq = np.einsum("ij,ij->i", cent, cent)
 
-            def refine_cell(i: int) -> int:
-                rows = order[starts[i] : starts[i + 1]]
-                cells = [i] + [int(j) for j in nb[i] if pair[i, j] > 0]
-                cids = np.concatenate([np.arange(cstarts[j], cstarts[j + 1]) for j in cells])
-                cc = cent[cids]
-                ccsq = csq[cids]
-                moved_here = 0
-                for s in range(0, rows.size, 4096):
-                    r = rows[s : s + 4096]
-                    xr = x[r]
-                    dd = ccsq[None, :] - 2.0 * (xr @ cc.T)
-                    b = dd.argmin(1)
-                    best = dd[np.arange(r.size), b]
-                    cur = csq[labels[r]] - 2.0 * np.einsum("ij,ij->i", xr, cent[labels[r]])
-                    new = cids[b]
-                    # move only on a real improvement (beyond float32 rounding of the expansion)
-                    better = (new != labels[r]) & (best < cur - 1e-6 * (xsq[r] + ccsq[b]))
-                    moved_here += int(better.sum())
+        def refine_cell(i: int, stride: int = 1, apply: bool = True) -> int:
+            rows = order[starts[i] : starts[i + 1]][::stride]
+            cells = [i] + [int(j) for j in nb[i] if pair[i, j] > 0]
+            cids = np.concatenate([np.arange(cstarts[j], cstarts[j + 1]) for j in cells])
+            cc = cent[cids]
+            ccsq = csq[cids]
+            moved_here = 0
+            for s in range(0, rows.size, 4096):
+                r = rows[s : s + 4096]
+                xr = x[r]
+                dd = ccsq[None, :] - 2.0 * (xr @ cc.T)
+                b = dd.argmin(1)
+                best = dd[np.arange(r.size), b]
+                cur = csq[labels[r]] - 2.0 * np.einsum("ij,ij->i", xr, cent[labels[r]])
+                new = cids[b]
+                # move only on a real improvement (beyond float32 rounding of the expansion)
+                better = (new != labels[r]) & (best < cur - 1e-6 * (xsq[r] + ccsq[b]))
+                moved_here += int(better.sum())
+                if apply:
                     labels[r[better]] = new[better]
-                return moved_here
+            return moved_here
 
-            # cells own disjoint rows and read the pass's fixed centroids: safe in parallel
-            n_moved = int(sum(run_cells(refine_cell, cells_by_size)))
-            cent, _ = _centroids_of(x, labels, k, cent)
-            moved.append(n_moved)
-            if n_moved <= n * 1e-3:  # converged enough: a pass costs about n * 7 * k/k1 * d
-                break
+        # a probe on every REFINE_PROBE_STRIDE-th row first: when hardly any row would move (the
+        # fine level already converged across cell borders) the full passes are skipped
+        stride = max(1, min(REFINE_PROBE_STRIDE, n // 4096))
+        if stride > 1:
+            probe = int(sum(run_cells(lambda i: refine_cell(i, stride, False), cells_by_size))) * stride
+        if probe is None or probe > n * REFINE_MIN_MOVED:
+            obj_fine = float(_sq_dist_to(x, cent, labels).astype(np.float64).sum())  # cent: the fine level's means
+            for _ in range(refine_passes):
+                # cells own disjoint rows and read the pass's fixed centroids: safe in parallel
+                n_moved = int(sum(run_cells(refine_cell, cells_by_size)))
+                cent, _ = _centroids_of(x, labels, k, cent)
+                csq = np.einsum("ij,ij->i", cent, cent)
+                moved.append(n_moved)
+                if n_moved <= n * REFINE_MIN_MOVED:  # converged enough: a pass costs about n * 7 * k/k1 * d
+                    break
     t_refine = time.perf_counter() - t0
     filled = _fill_empty(x, labels, cent, k)
     stats = {
@@ -487,6 +513,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
         "fine_k_per_cell_max": int(kc.max()),
         "refine_passes": len(moved),
         "refine_moved": moved,
+        "refine_probe_moves": probe,
         "objective_before_refine": obj_fine,
         "empty_clusters_filled": int(filled),
         "allocation": allocation,
@@ -555,7 +582,9 @@ def cluster_select_detailed(
     method: str = "auto",
 ) -> ClusterResult:
     """The full kmeans-mode computation for one stratum (see :func:`cluster_select`)."""
-    emb = np.asarray(embeddings)
+    # an array, a memmap, or an array-like that reads its rows on demand (shape, ndim, row
+    # slices and np.asarray: see pipeline.StoreRows); PCA reads it in row chunks
+    emb = embeddings if hasattr(embeddings, "shape") and hasattr(embeddings, "__getitem__") and hasattr(embeddings, "ndim") else np.asarray(embeddings)
     pref = np.asarray(preference, dtype=np.float64)
     n = emb.shape[0] if emb.ndim == 2 else 0
     if emb.ndim != 2:

@@ -132,7 +132,9 @@ def texts_for(records, field: str) -> list[str]:
         from .errors import ConfigError
 
         raise ConfigError(f"unknown embedding text field '{field}': use one of {', '.join(TEXT_FIELDS)}")
-    first_resp = [r[0] if r else "" for r in records["responses"].to_list()]
+    # the first answer per record, taken in polars (a Python list of every record's answers
+    # would be a large transient at a million rows)
+    first_resp = records["responses"].list.first().fill_null("").to_list()
     if field == "response":
         return first_resp
     inst = records["instruction"].to_list()

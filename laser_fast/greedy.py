@@ -38,13 +38,21 @@ def _core():
 
 def _as_unit_float32(embeddings: Any) -> np.ndarray:
     """One conversion at the boundary: C-contiguous float32 with unit-length rows."""
-    arr = np.asarray(embeddings)
+    if not isinstance(embeddings, np.ndarray) and hasattr(embeddings, "__array__") and getattr(embeddings, "dtype", None) in (np.float16, np.float32):
+        # an array-like that converts itself (e.g. rows read from the embedding store): straight
+        # to float32, without a float16 copy of everything first
+        was_half = embeddings.dtype == np.float16
+        arr = np.asarray(embeddings, dtype=np.float32)
+    else:
+        arr = np.asarray(embeddings)
+        was_half = arr.dtype == np.float16
     if arr.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D array of shape (n, d), got shape {arr.shape}")
     if arr.dtype not in (np.float32, np.float16, np.float64):
         raise ValueError(f"embeddings must be float32 or float16 (float64 is converted), got dtype {arr.dtype}")
-    was_half = arr.dtype == np.float16
     x = np.ascontiguousarray(arr, dtype=np.float32)
+    # a conversion made a new array that nobody else sees: it may be normalised in place
+    own = not (isinstance(embeddings, np.ndarray) and np.may_share_memory(x, embeddings))
     if x.shape[0] == 0:
         return x
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
@@ -72,7 +80,10 @@ def _as_unit_float32(embeddings: Any) -> np.ndarray:
         norms[odd] = 1.0
     # float16 rows are never exactly unit length after conversion: always normalise them.
     if fixed is not None or was_half or np.any(np.abs(norms - 1.0) > _UNIT_TOL):
-        x = x / norms[:, None]  # new array; the caller's data (or memmap) is never modified
+        if own:
+            x /= norms[:, None]  # our own converted copy: no second n x d array
+        else:
+            x = x / norms[:, None]  # new array; the caller's data (or memmap) is never modified
         if fixed is not None:
             x[odd] = fixed
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -29,6 +29,7 @@ from numba import njit
 
 __all__ = [
     "expected_score",
+    "label_sums",
     "ifd_ratio",
     "minmax",
     "offsets_from_lengths",
@@ -304,3 +305,37 @@ def minmax(x, group_ids=None) -> np.ndarray:
             g = np.unique(ga, return_inverse=True)[1].ravel().astype(np.int64)
     k = int(g.max()) + 1 if g.size else 0
     return _minmax_groups(v, g, k)
+
+
+@njit(cache=True)
+def _label_sums(x, lab, k):
+    n, d = x.shape
+    sums = np.zeros((k, d), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    for i in range(n):
+        c = lab[i]
+        counts[c] += 1
+        for j in range(d):
+            sums[c, j] += x[i, j]
+    return sums, counts
+
+
+def label_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label row sums (float64, accumulated in row order) and row counts.
+
+    ``x`` is (n, d) float32, ``labels`` (n,) integers in ``[0, k)``. One pass over ``x`` with a
+    ``k x d`` float64 accumulator: no float64 copy of ``x`` and no sort (the k-means code needs
+    cluster means after every refinement pass).
+
+    Example:
+        >>> s, c = label_sums(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32), np.array([1, 0, 1]), 2)
+        >>> s.tolist(), c.tolist()
+        ([[3.0, 4.0], [6.0, 8.0]], [1, 2])
+    """
+    lab = np.ascontiguousarray(labels, dtype=np.int64)
+    xx = np.ascontiguousarray(x, dtype=np.float32)
+    if lab.shape != (xx.shape[0],):
+        raise ValueError(f"labels must have shape ({xx.shape[0]},), got {lab.shape}")
+    if lab.size and (lab.min() < 0 or lab.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}), got [{lab.min()}, {lab.max()}]")
+    return _label_sums(xx, lab, int(k))

@@ -53,9 +53,31 @@ class SelectionRun:
         return output_frame(self.pool, self.selected_rows)
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far in MiB (Linux ``VmHWM``; ``ru_maxrss`` elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(r / 2**20 if sys.platform == "darwin" else r / 1024, 1)
+    except (ImportError, OSError):  # pragma: no cover - no resource module
+        return None
+
+
 class _Timer:
+    """Seconds per stage, and the process's peak resident memory when each stage ended."""
+
     def __init__(self):
         self.t: dict[str, float] = {}
+        self.peak_mb: dict[str, float | None] = {}
 
     @contextmanager
     def stage(self, name: str):
@@ -65,6 +87,7 @@ class _Timer:
             yield
         finally:
             self.t[name] = round(self.t.get(name, 0.0) + time.perf_counter() - t0, 3)
+            self.peak_mb[name] = peak_rss_mb()
 
 
 def _hash_strings(parts: Sequence[str], prefix: str) -> str:
@@ -285,23 +308,56 @@ def _take_budget(order: np.ndarray, target: int, lengths: np.ndarray | None) -> 
     return order[keep]
 
 
-def gather_rows(arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 65536) -> np.ndarray:
-    """Rows ``idx`` of a (memory-mapped) float16 store as one float16 array, in ``idx``'s order.
+class StoreRows:
+    """Rows ``idx`` of a (memory-mapped) float16 store, read on demand.
 
-    Rows are read in ascending file order, chunk by chunk, and the pages of a memmap are handed
-    back to the kernel afterwards (``MADV_DONTNEED``), so a stratum's read does not stay in the
-    process's resident memory: the gathered copy (2 bytes per value) is what remains. The
-    consumers convert to float32 chunk by chunk (PCA) or once (greedy).
+    A stand-in for the gathered array that never holds all of it as float16: slicing
+    (``view[a:b]``) reads just those rows, and ``np.asarray(view, dtype)`` fills one array of the
+    requested dtype chunk by chunk. Rows are read in ascending file order and the memmap's pages
+    are handed back to the kernel after each read (``MADV_DONTNEED``), so reading a stratum does
+    not leave the store resident in this process. PCA streams over it in chunks; greedy converts
+    it once, straight to float32.
     """
-    from .embed import release_pages
 
-    order = np.argsort(idx, kind="stable")
-    out = np.empty((idx.size, arr.shape[1]), dtype=arr.dtype if arr.dtype == np.float16 else np.float32)
-    for s in range(0, idx.size, chunk_rows):
-        o = order[s : s + chunk_rows]
-        out[o] = arr[idx[o]]
-    release_pages(arr)
-    return out
+    ndim = 2
+
+    def __init__(self, arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 65536):
+        self.arr = arr
+        self.idx = np.asarray(idx, dtype=np.int64)
+        self.chunk_rows = int(chunk_rows)
+        self.shape = (int(self.idx.size), int(arr.shape[1]))
+        self.dtype = np.dtype(np.float16) if arr.dtype == np.float16 else np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        from .embed import release_pages
+
+        order = np.argsort(rows, kind="stable")
+        for s in range(0, rows.size, self.chunk_rows):
+            o = order[s : s + self.chunk_rows]
+            out[o] = self.arr[rows[o]]
+        release_pages(self.arr)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("StoreRows supports row slices (view[a:b]) and np.asarray(view)")
+        rows = self.idx[key]
+        out = np.empty((rows.size, self.shape[1]), dtype=self.dtype)
+        self._read(rows, out)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=self.dtype if dtype is None else dtype)
+        self._read(self.idx, out)
+        return out
+
+
+def gather_rows(arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 65536) -> np.ndarray:
+    """Rows ``idx`` of a (memory-mapped) float16 store as one float16 array, in ``idx``'s order
+    (see :class:`StoreRows`, which reads the same rows without holding them all)."""
+    return np.asarray(StoreRows(arr, idx, chunk_rows=chunk_rows))
 
 
 def select_stratum(
@@ -499,7 +555,10 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                 from .embed import EmbeddingStore, texts_for
 
                 emb_rows = np.flatnonzero(status == "candidate")  # record rows (copies share them)
-                sub = recs[emb_rows]
+                # only the text columns, and no row copy when every record is a candidate
+                sub = recs.select([c for c in ("instruction", "responses") if c in recs.columns])
+                if emb_rows.size != n:
+                    sub = sub[emb_rows]
                 store = EmbeddingStore(workdir)
                 arr, info = store.get(texts_for(sub, opts.embed_field), model=opts.embedding_model, field=opts.embed_field, batch_size=opts.batch_size, batch_tokens=opts.batch_tokens, device=opts.device, show_progress=opts.show_progress)
                 pos = np.full(n, -1, dtype=np.int64)
@@ -507,7 +566,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                 emb_cache["emb"], emb_cache["pos"] = arr, pos
                 emb_info.update(info)
         arr, pos = emb_cache["emb"], emb_cache["pos"]
-        return gather_rows(arr, pos[row_map[rows]])
+        return StoreRows(arr, pos[row_map[rows]])
 
     selected_by = np.full(N, None, dtype=object)
     cluster = np.full(N, -1, dtype=np.int64)
@@ -586,7 +645,6 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         return {str(a): int(b) for a, b in zip(vals, cnt)}
 
     from .cluster import faiss_device
-    import torch
 
     manifest = {
         "laser_fast": __version__,
@@ -612,12 +670,22 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         },
         "strata": strata_stats,
         "embedding": emb_info or None,
-        "devices": {"embedding": emb_info.get("device") if emb_info else None, "kmeans": faiss_device() if opts.mode in ("kmeans", "kmeans+greedy") else None, "torch_cuda": bool(torch.cuda.is_available())},
+        "devices": {"embedding": emb_info.get("device") if emb_info else None, "kmeans": faiss_device() if opts.mode in ("kmeans", "kmeans+greedy") else None, "torch_cuda": _torch_cuda()},
         "versions": _versions(),
         **facts,
         "timings_seconds": timer.t,
+        "peak_rss_mb_after_stage": timer.peak_mb,
     }
     return SelectionRun(pool=pool, selected_rows=selected, manifest=manifest, options=opts, timings=timer.t)
+
+
+def _torch_cuda() -> bool | None:
+    """Whether torch sees a GPU, asked only when a stage already imported torch (importing it
+    only for the manifest costs ~200 MB of memory); None when torch was not loaded."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch.cuda.is_available()) if torch is not None else None
 
 
 def _source_specs(inputs: list[dict], specs: list[SourceSpec]) -> list[SourceSpec | None]:
@@ -718,6 +786,7 @@ def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None 
     write_parquet(out / "decisions.parquet", dec)
     paths["decisions"] = str(out / "decisions.parquet")
     run.timings["write"] = round(time.perf_counter() - t0, 3)
+    run.manifest.setdefault("peak_rss_mb_after_stage", {})["write"] = peak_rss_mb()
     from .scores import file_sha256
 
     run.manifest["outputs"] = {"selected": {"path": p.name, "sha256": file_sha256(p), "rows": int(run.selected_rows.size)}, "decisions": {"path": "decisions.parquet"}}

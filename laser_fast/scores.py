@@ -287,15 +287,25 @@ def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores
             if c == "data_id":
                 continue
             if c == "category":
-                vals = joined[c].to_list()
+                # each distinct label is checked once; rows map through their label's code
+                col = joined[c].cast(pl.String)
+                uniq = col.unique(maintain_order=True).drop_nulls().to_list()
+                canon = {}
+                for v in uniq:
+                    cc = canonical_category(v)
+                    if cc is None:
+                        i = int(col.eq(v).arg_true()[0])
+                        raise InputError(str(path), f"unknown category {v!r} for data_id {ids[i]}", "use the 7 LASER category names", key="category")
+                    canon[v] = cc
                 if categories is None:
                     categories = np.full(n, None, dtype=object)
-                for i, v in enumerate(vals):
-                    if v is not None and categories[i] is None:
-                        cc = canonical_category(v)
-                        if cc is None:
-                            raise InputError(str(path), f"unknown category {v!r} for data_id {ids[i]}", "use the 7 LASER category names", key="category")
-                        categories[i] = cc
+                if not uniq:
+                    continue
+                codes = col.replace_strict(uniq, list(range(len(uniq))), default=None, return_dtype=pl.Int32).to_numpy()
+                have = ~np.isnan(codes) if codes.dtype.kind == "f" else np.ones(n, dtype=bool)
+                table = np.array([canon[v] for v in uniq] + [None], dtype=object)
+                fill = have & (categories == None)  # noqa: E711
+                categories[fill] = table[codes[fill].astype(np.int64)]
                 continue
             v = joined[c].to_numpy().astype(np.float64)
             if c in scores:

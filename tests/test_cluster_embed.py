@@ -157,8 +157,8 @@ def _unit_blobs(n, centers, d=128, seed=0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind,tol", [("unit", 1.03), ("lowdim", 1.06)])
-def test_two_level_objective_close_to_flat(kind, tol):
+@pytest.mark.parametrize("kind,tol,tol_gain", [("unit", 1.06, 1.03), ("lowdim", 1.08, 1.06)])
+def test_two_level_objective_close_to_flat(kind, tol, tol_gain):
     n, k = 6000, 480
     x = _unit_blobs(n, k // 4, seed=1) if kind == "unit" else _mixed_blobs(n, k // 4, d=32, seed=1)
     lab_two, st_two = kmeans_labels(x, k, seed=0, method="two-level")
@@ -166,10 +166,15 @@ def test_two_level_objective_close_to_flat(kind, tol):
     assert st_two["method"] == "two-level" and st_flat["method"] == "flat"
     o_two, o_flat = _plain_objective(x, lab_two), _plain_objective(x, lab_flat)
     assert st_two["objective"] == pytest.approx(o_two, rel=1e-4)
+    # the default split (clusters in proportion to cell sizes, seeding on a sample) costs a few
+    # percent of objective against flat k-means here (measured 4.7% and 6.0%)
     assert o_two <= tol * o_flat, (o_two, o_flat)
-    # the size-proportional split alone is worse on mixed spreads: the gain-based split matters
-    lab_size, _ = kmeans_two_level(x, k, seed=0, allocation="size")
-    assert o_two < _plain_objective(x, lab_size)
+    # the gain-based split (each cell's k-means++ potential curve) costs more seeding and lands
+    # closer to flat (measured -0.9% and +1.3%), better than the size split on mixed spreads
+    lab_gain, _ = kmeans_two_level(x, k, seed=0, allocation="kmeans++")
+    o_gain = _plain_objective(x, lab_gain)
+    assert o_gain <= tol_gain * o_flat, (o_gain, o_flat)
+    assert o_gain < o_two
 
 
 def test_auto_method_and_selection_semantics_on_two_level():
@@ -197,3 +202,52 @@ def test_auto_method_and_selection_semantics_on_two_level():
     fill = res.order[res.n_cluster_best : 250]
     rest = np.setdiff1d(np.arange(3000), bests)
     assert set(fill.tolist()) == set(rest[np.argsort(-pref[rest], kind="stable")][: fill.size].tolist())
+
+
+def test_store_rows_reads_like_the_gathered_array(tmp_path):
+    """pipeline.StoreRows (rows of a float16 memmap read on demand) gives the same arrays, the
+    same greedy and the same k-means selection as the gathered copy, and greedy never writes to
+    the caller's float32 array."""
+    from laser_fast.greedy import greedy_diverse
+    from laser_fast.pipeline import StoreRows, gather_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 32)).astype(np.float16)
+    np.save(tmp_path / "e.npy", x)
+    mm = np.load(tmp_path / "e.npy", mmap_mode="r")
+    idx = rng.permutation(3000)[:2000]
+    v = StoreRows(mm, idx, chunk_rows=300)
+    assert v.shape == (2000, 32) and v.dtype == np.float16 and len(v) == 2000
+    assert np.array_equal(np.asarray(v), x[idx]) and np.array_equal(gather_rows(mm, idx, chunk_rows=300), x[idx])
+    assert np.array_equal(v[10:500], x[idx[10:500]])
+    f32 = np.asarray(v, dtype=np.float32)
+    assert f32.dtype == np.float32 and np.array_equal(f32, x[idx].astype(np.float32))
+    with pytest.raises(TypeError):
+        v[[1, 2]]
+    a = greedy_diverse(v, min_distance=0.5, show_progress=False)
+    assert np.array_equal(a, greedy_diverse(x[idx], min_distance=0.5, show_progress=False))
+    pref = rng.random(2000)
+    for pca in (0.99, None):
+        r1 = cluster_select_detailed(v, pref, 100, seed=0, pca_variance=pca)
+        r2 = cluster_select_detailed(x[idx], pref, 100, seed=0, pca_variance=pca)
+        assert np.array_equal(r1.order, r2.order)
+    y = x[idx].astype(np.float32) * 3.0  # not unit length: greedy normalises a copy
+    y0 = y.copy()
+    greedy_diverse(y, min_distance=0.5, show_progress=False)
+    assert np.array_equal(y, y0)
+
+
+def test_label_sums_matches_numpy():
+    from laser_fast.kernels import label_sums
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5000, 17)).astype(np.float32)
+    lab = rng.integers(0, 40, 5000)
+    lab[lab == 7] = 8  # an empty label
+    s, c = label_sums(x, lab, 41)
+    ref = np.zeros((41, 17))
+    np.add.at(ref, lab, x.astype(np.float64))
+    assert np.allclose(s, ref) and np.array_equal(c, np.bincount(lab, minlength=41))
+    assert c[7] == 0 and c[40] == 0 and not s[7].any()
+    with pytest.raises(ValueError, match="labels must lie"):
+        label_sums(x, lab, 20)
