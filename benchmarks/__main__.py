@@ -341,7 +341,7 @@ def _reference_in_child(x: np.ndarray, pref: np.ndarray, k: int, limit: float | 
 
 
 #: the full run stops the reference path after this many seconds (300k/25k takes longer)
-REFERENCE_LIMIT_S = 1500.0
+REFERENCE_LIMIT_S = float(os.environ.get("LASER_FAST_BENCH_REF_LIMIT_S", 1500))
 
 
 def case_cluster(quick: bool) -> list[dict]:

@@ -24,7 +24,7 @@ def faiss_device() -> str:
     return f"cuda (faiss-gpu, {n} GPU{'s' if n > 1 else ''})" if n > 0 else "cpu"
 
 
-def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 65536) -> tuple[np.ndarray, int]:
+def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 16384) -> tuple[np.ndarray, int]:
     """Project rows onto the principal components that keep ``variance`` of the total variance.
 
     Works in chunks (the covariance is d x d), so a float16 memmap is read once per pass.
@@ -33,7 +33,7 @@ def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 65536
     n, d = x.shape
     mean = np.zeros(d, dtype=np.float64)
     for s in range(0, n, chunk_rows):
-        mean += np.asarray(x[s : s + chunk_rows], dtype=np.float64).sum(0)
+        mean += np.asarray(x[s : s + chunk_rows], dtype=np.float32).sum(0, dtype=np.float64)
     mean /= max(n, 1)
     # centred chunks in float32 (a float32 SYRK is twice as fast as float64 and the centring
     # removes the large common offset), chunk products summed in float64
@@ -282,7 +282,7 @@ def allocate_clusters(sizes: np.ndarray, k: int, weights: np.ndarray | None = No
     return out
 
 
-def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 8192) -> np.ndarray:
     out = np.empty(x.shape[0], dtype=np.float32)
     for s in range(0, x.shape[0], chunk):
         diff = x[s : s + chunk] - c[lab[s : s + chunk]]
@@ -297,9 +297,11 @@ def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None
 
     sums, counts = label_sums(x, lab, k)
     nonempty = counts > 0
-    cent = np.zeros((k, x.shape[1]), dtype=np.float64) if old is None else old.astype(np.float64)
-    cent[nonempty] = sums[nonempty] / counts[nonempty, None]
-    return cent.astype(np.float32), counts
+    # in place: no further k x d float64 temporaries (k x d is large at k = 25k)
+    np.divide(sums, np.maximum(counts, 1)[:, None], out=sums)
+    cent = np.zeros((k, x.shape[1]), dtype=np.float32) if old is None else np.array(old, dtype=np.float32)
+    np.copyto(cent, sums, casting="same_kind", where=nonempty[:, None])
+    return cent, counts
 
 
 def kmeans_objective(x: np.ndarray, labels: np.ndarray, k: int | None = None) -> float:

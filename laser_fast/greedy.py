@@ -55,8 +55,11 @@ def _as_unit_float32(embeddings: Any) -> np.ndarray:
     own = not (isinstance(embeddings, np.ndarray) and np.may_share_memory(x, embeddings))
     if x.shape[0] == 0:
         return x
+    norms = np.empty(x.shape[0], dtype=np.float32)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        norms = np.linalg.norm(x, axis=1)
+        # row by row the same arithmetic as one norm over x, without an n x d temporary
+        for s in range(0, x.shape[0], 65536):
+            norms[s : s + 65536] = np.linalg.norm(x[s : s + 65536], axis=1)
     odd = np.flatnonzero(~(np.isfinite(norms) & (norms > 0)))  # zero, NaN/inf, or norm under/overflow
     fixed = None
     if odd.size:

@@ -8,6 +8,7 @@ Python API on polars; :func:`write_outputs` writes ``selected.jsonl|parquet``,
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import polars as pl
@@ -90,7 +91,15 @@ class _Timer:
             self.peak_mb[name] = peak_rss_mb()
 
 
-def _hash_strings(parts: Sequence[str], prefix: str) -> str:
+def _iter_column(records: pl.DataFrame, name: str, chunk: int = 65536):
+    """The values of one column, converted to Python 65,536 at a time (a million-row list of
+    strings is a large transient)."""
+    col = records[name]
+    for s in range(0, col.len(), chunk):
+        yield from col.slice(s, chunk).to_list()
+
+
+def _hash_strings(parts: Iterable[str], prefix: str) -> str:
     from .embed import text_hash
 
     h = hashlib.sha256(prefix.encode())
@@ -189,14 +198,14 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
 def english_mask(records: pl.DataFrame) -> np.ndarray:
     from .classify import is_english
 
-    return np.asarray(is_english(records["instruction"].to_list()), dtype=bool)
+    return np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
 
 
 def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> dict[str, np.ndarray]:
     from .scores import TokenCounter
 
     tc = TokenCounter(opts.tokenizer)
-    key = _hash_strings(records["data_id"].to_list() + records["response"].to_list(), tc.fingerprint + str(records.height))
+    key = _hash_strings(itertools.chain(_iter_column(records, "data_id"), _iter_column(records, "response")), tc.fingerprint + str(records.height))
     cp = _cache_path(workdir, "tokens", key)
     if cp.exists():
         z = np.load(cp)
@@ -321,7 +330,7 @@ class StoreRows:
 
     ndim = 2
 
-    def __init__(self, arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 65536):
+    def __init__(self, arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 16384):
         self.arr = arr
         self.idx = np.asarray(idx, dtype=np.int64)
         self.chunk_rows = int(chunk_rows)
@@ -338,7 +347,7 @@ class StoreRows:
         for s in range(0, rows.size, self.chunk_rows):
             o = order[s : s + self.chunk_rows]
             out[o] = self.arr[rows[o]]
-        release_pages(self.arr)
+            release_pages(self.arr)  # the file pages just read leave this process's RSS
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, slice):
@@ -354,7 +363,7 @@ class StoreRows:
         return out
 
 
-def gather_rows(arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 65536) -> np.ndarray:
+def gather_rows(arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 16384) -> np.ndarray:
     """Rows ``idx`` of a (memory-mapped) float16 store as one float16 array, in ``idx``'s order
     (see :class:`StoreRows`, which reads the same rows without holding them all)."""
     return np.asarray(StoreRows(arr, idx, chunk_rows=chunk_rows))
