@@ -8,8 +8,9 @@ model runs), its embeddings are clustered unit vectors put into the embedding st
 * ``cold``: the token counts are computed (tokenizer over every text) and cached;
 * ``warm``: everything comes from the caches — the figure the issue's target is about.
 
-Each run reports its per-stage seconds (from ``manifest.json``) and its peak RSS (the child's own
-``VmHWM``), next to the size of the float16 embeddings it reads.
+Each run reports its per-stage seconds and the high-water mark after each stage (from
+``manifest.json``) and its peak RSS (the child's own ``VmHWM``), next to the size of the float16
+embeddings it reads.
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def run_select(root: Path, out: Path, budget: int, mode: str) -> dict:
     man = json.loads((out / "manifest.json").read_text())
     peak_kb = int(rss_file.read_text())  # Linux: kilobytes
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1),
-            "stages_s": man.get("timings_seconds", {}), "selected": _total(man.get("counts", {}).get("selected"))}
+            "stages_s": man.get("timings_seconds", {}), "selected": _total(man.get("counts", {}).get("selected")),
+            "peak_after_stage": man.get("peak_rss_mb_after_stage") or {}}
 
 
 def _total(v):
@@ -109,7 +111,9 @@ def run(quick: bool, *, workroot: str | None = None, rows: int | None = None, bu
                    "peak_rss_mb": r["peak_rss_mb"], "embedding_mb": round(info["embedding_bytes"] / 2**20, 1),
                    "rss_over_embeddings": round(r["peak_rss_mb"] * 2**20 / info["embedding_bytes"], 2) if r["peak_rss_mb"] else None,
                    "selected": r["selected"],
-                   "stages_s": " ".join(f"{k}={v:.1f}" for k, v in r["stages_s"].items() if isinstance(v, (int, float)))}
+                   "stages_s": " ".join(f"{k}={v:.1f}" for k, v in r["stages_s"].items() if isinstance(v, (int, float))),
+                   # the process's high-water mark (MB) when each stage ended: which stage sets the peak
+                   "peak_mb_after_stage": " ".join(f"{k}={v:.0f}" for k, v in r["peak_after_stage"].items() if isinstance(v, (int, float)))}
             out_rows.append(row)
             print(json.dumps(row), flush=True)
     finally:

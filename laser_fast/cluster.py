@@ -348,14 +348,22 @@ def kmeans_two_level(
     seed_trials: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Two-level k-means: ``coarse_k`` (default ~sqrt(k)) coarse clusters, then each coarse cell
-    split into clusters in proportion to its size (largest remainder, exactly ``k`` in all) with
-    faiss k-means inside the cell, then ``refine_passes`` Lloyd passes where each row may move to
-    any fine centroid of its own or its ``neighbours`` most-shared neighbouring coarse cells (a row
-    only moves when the new centroid is nearer, so the objective never increases).
+    split into clusters, then faiss k-means inside each cell, then up to ``refine_passes`` Lloyd
+    passes where each row may move to any fine centroid of its own or its ``neighbours``
+    most-shared neighbouring coarse cells (a row only moves when the new centroid is nearer, so the
+    objective never increases; the passes are skipped when a probe on every
+    :data:`REFINE_PROBE_STRIDE`-th row finds at most :data:`REFINE_MIN_MOVED` of the rows would
+    move).
 
-    Cost: coarse n*sqrt(k)*d*niter + fine sum(n_i*k_i)*d*niter ~ n*(n/k)... instead of flat Lloyd's
-    n*k*d*niter. Returns ``(labels int64 in [0, k), stats)``; every cluster is non-empty when
-    n >= k.
+    ``allocation``: ``"size"`` splits the ``k`` clusters over the cells in proportion to their
+    sizes (largest remainder, exactly ``k`` in all); ``"kmeans++"`` seeds each cell's k-means++
+    potential curve first and gives the clusters to the cells where they lower the potential most
+    (a lower objective on mixed spreads, at several times the seeding cost). k-means++ seeding
+    runs on :data:`SEED_ROWS_PER_CLUSTER` rows per cluster.
+
+    Cost: coarse n*sqrt(k)*d*niter + fine sum(n_i*k_i)*d*niter ~ n*sqrt(k)*d*niter, instead of
+    flat Lloyd's n*k*d*niter. Returns ``(labels int64 in [0, k), stats)``; every cluster is
+    non-empty when n >= k.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape

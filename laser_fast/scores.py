@@ -287,25 +287,24 @@ def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores
             if c == "data_id":
                 continue
             if c == "category":
-                # each distinct label is checked once; rows map through their label's code
+                # each distinct label is mapped once; rows go through their label's code. A label
+                # is checked where it is used: on rows whose category is not known yet
                 col = joined[c].cast(pl.String)
-                uniq = col.unique(maintain_order=True).drop_nulls().to_list()
-                canon = {}
-                for v in uniq:
-                    cc = canonical_category(v)
-                    if cc is None:
-                        i = int(col.eq(v).arg_true()[0])
-                        raise InputError(str(path), f"unknown category {v!r} for data_id {ids[i]}", "use the 7 LASER category names", key="category")
-                    canon[v] = cc
                 if categories is None:
                     categories = np.full(n, None, dtype=object)
+                uniq = col.unique(maintain_order=True).drop_nulls().to_list()
                 if not uniq:
                     continue
+                canon = np.array([canonical_category(v) for v in uniq], dtype=object)
                 codes = col.replace_strict(uniq, list(range(len(uniq))), default=None, return_dtype=pl.Int32).to_numpy()
                 have = ~np.isnan(codes) if codes.dtype.kind == "f" else np.ones(n, dtype=bool)
-                table = np.array([canon[v] for v in uniq] + [None], dtype=object)
-                fill = have & (categories == None)  # noqa: E711
-                categories[fill] = table[codes[fill].astype(np.int64)]
+                fill = np.flatnonzero(have & (categories == None))  # noqa: E711
+                mapped = canon[codes[fill].astype(np.int64)]
+                bad = np.flatnonzero(mapped == None)  # noqa: E711
+                if bad.size:
+                    i = int(fill[bad[0]])
+                    raise InputError(str(path), f"unknown category {col[i]!r} for data_id {ids[i]}", "use the 7 LASER category names", key="category")
+                categories[fill] = mapped
                 continue
             v = joined[c].to_numpy().astype(np.float64)
             if c in scores:

@@ -165,3 +165,31 @@ def test_profiles_and_parsers():
     assert parse_models(["difficulty=/m/d"]) == {"difficulty": "/m/d"}
     with pytest.raises(ConfigError, match="SCORER=MODEL"):
         parse_models(["difficulty"])
+
+
+def test_score_file_categories_map_per_label_and_bad_labels_name_the_record(tmp_path):
+    """Category labels of a score file are canonicalised (aliases and case), fill only records
+    without a category, and an unknown label on such a record stops with the file and data_id."""
+    import json
+
+    from laser_fast.errors import InputError
+    from laser_fast.scores import merge_score_files
+
+    recs, _ = records_from_frame(pl.DataFrame({"data_id": ["a", "b", "c", "d"], "instruction": ["q1", "q2", "q3", "q4"], "output": ["r1", "r2", "r3", "r4"]}), origin="t")
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps(r) for r in [{"data_id": "a", "category": "math"}, {"data_id": "b", "category": "Coding"},
+                                                        {"data_id": "d", "category": "Factual QA", "quality": 0.5}]))
+    known = np.array([None, None, None, "Reasoning"], dtype=object)
+    _, cats, rep = merge_score_files(recs, [good], {}, known.copy())
+    assert cats.tolist() == ["Math", "Coding", None, "Reasoning"]  # d keeps its known category
+    assert rep[0]["matched"] == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in [{"data_id": "a", "category": "Math"}, {"data_id": "c", "category": "Cooking"}]))
+    with pytest.raises(InputError, match=r"unknown category 'Cooking' for data_id c") as e:
+        merge_score_files(recs, [bad], {}, None)
+    assert "bad.jsonl" in str(e.value)
+    # the same bad label on a record whose category is already known is not used, so not checked
+    bad2 = tmp_path / "bad2.jsonl"
+    bad2.write_text(json.dumps({"data_id": "d", "category": "Cooking"}))
+    _, cats2, _ = merge_score_files(recs, [bad2], {}, known.copy())
+    assert cats2.tolist() == [None, None, None, "Reasoning"]
