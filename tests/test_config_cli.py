@@ -184,3 +184,31 @@ def test_oversampling_alone(tmp_path, workdir, example_files):
     spec = SourceSpec(path=example_files[2], name="alp", oversampling=2.0)
     run = run_selection([], SelectOptions(budget=10, strategy="longest", mode="none", proportions="none", sources=[spec], show_progress=False), workdir=workdir)
     assert (run.pool["copy"] == 1).sum() == (run.pool["copy"] == 0).sum() - (run.pool["status"] == "non_english").sum()
+
+
+def test_ctrl_c_still_raises_after_a_cli_run(tmp_path):
+    """After a whole ``select`` run in a fresh process (polars' runtime installs its own C-level
+    SIGINT handler on the way), Ctrl-C still reaches Python as KeyboardInterrupt."""
+    import json
+    import sys
+
+    rows = [{"data_id": f"r{i}", "instruction": f"Question number {i} about topic {i % 7}?", "output": f"Answer {i} " * (1 + i % 5),
+             "category": ["Math", "Coding", "Generation"][i % 3]} for i in range(60)]
+    src = tmp_path / "pool.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    code = (
+        "import signal, sys, time\n"
+        "from laser_fast.cli import main\n"
+        f"rc = main(['select', {str(src)!r}, '--budget', '12', '--strategy', 'longest', '--profile', 'none', '--mode', 'none',"
+        f" '--workdir', {str(tmp_path / 'w')!r}, '--output-dir', {str(tmp_path / 'o')!r}, '-q', '--no-report'])\n"
+        "assert rc == 0, rc\n"
+        "try:\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    time.sleep(0.5)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("interrupted"), (r.stdout[-500:], r.stderr[-1000:])
