@@ -69,10 +69,9 @@ def run_select(root: Path, out: Path, budget: int, mode: str) -> dict:
     if out.exists():
         shutil.rmtree(out)
     rss_file = out.with_name(out.name + ".rss")
-    # VmHWM: this process's own peak RSS (ru_maxrss would carry the forking parent's peak over exec)
-    wrapper = ("import re, sys\nfrom laser_fast.cli import main\ntry:\n    rc = main(sys.argv[2:])\nfinally:\n"
-               "    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-               "    open(sys.argv[1], 'w').write(hwm)\nsys.exit(rc)\n")
+    # the child's own high-water mark (ru_maxrss would carry the forking parent's peak over exec)
+    wrapper = ("import sys\nfrom laser_fast.cli import main\nfrom laser_fast.pipeline import peak_rss_mb\ntry:\n"
+               "    rc = main(sys.argv[2:])\nfinally:\n    open(sys.argv[1], 'w').write(str(peak_rss_mb()))\nsys.exit(rc)\n")
     cmd = [sys.executable, "-c", wrapper, str(rss_file), "select", str(root / "pool.parquet"), "--scores", str(root / "scores.parquet"),
            "--budget", str(budget), "--strategy", "combination", "--profile", "none", "--mode", mode, "--seed", "0",
            "--proportions", "natural", "--keep-non-english", "--no-report", "--format", "parquet",
@@ -83,8 +82,8 @@ def run_select(root: Path, out: Path, budget: int, mode: str) -> dict:
     if p.returncode != 0:
         raise RuntimeError(f"select failed ({p.returncode}): {p.stderr[-3000:]}")
     man = json.loads((out / "manifest.json").read_text())
-    peak_kb = int(rss_file.read_text())  # Linux: kilobytes
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1),
+    peak = rss_file.read_text()
+    return {"wall_s": round(wall, 2), "peak_rss_mb": None if peak == "None" else float(peak),
             "stages_s": man.get("timings_seconds", {}), "selected": _total(man.get("counts", {}).get("selected")),
             "peak_after_stage": man.get("peak_rss_mb_after_stage") or {}}
 

@@ -204,6 +204,13 @@ def _faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
+def _seed_sample(n: int, k: int, rows_per_cluster: float, seed: int) -> np.ndarray | slice:
+    """Rows (sorted) of a seeded sample of ``rows_per_cluster * k`` of ``n`` rows, or all rows
+    (``slice(None)``) when that is not fewer or ``rows_per_cluster`` is 0."""
+    m = int(rows_per_cluster * k) if rows_per_cluster else n
+    return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False)) if m < n else slice(None)
+
+
 def _lloyd(
     x: np.ndarray, k: int, *, seed: int, niter: int, max_points_per_centroid: int = 256, init: np.ndarray | None = None,
     trials: int | None = None, seed_rows_per_cluster: float = 0,
@@ -228,8 +235,7 @@ def _lloyd(
         init_method = "k-means++ (greedy)" if nk <= KMEANSPP_GREEDY_MAX_NK else "k-means++"
         # seeding streams the rows once per centre: on a sample of SEED_ROWS_PER_CLUSTER rows per
         # cluster it stays in cache (Lloyd then runs on every row)
-        m = int(seed_rows_per_cluster * k) if seed_rows_per_cluster else n
-        xs = x[np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))] if m < n else x
+        xs = x[_seed_sample(n, k, seed_rows_per_cluster, seed)]
         init = kmeanspp_init(xs, k, seed=seed, trials=trials if nk <= KMEANSPP_GREEDY_MAX_NK else 1)
         km.train(x, init_centroids=init)
     else:
@@ -424,10 +430,9 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
         caps = np.minimum(sizes, np.ceil(SEED_CAP_FACTOR * kc_size).astype(np.int64) + SEED_CAP_EXTRA)
 
         def seed_cell(i: int) -> tuple[int, np.ndarray, np.ndarray]:
+            # seeded on a sample; its potential is scaled up to the whole cell
             rows = order[starts[i] : starts[i + 1]]
-            m = int(SEED_ROWS_PER_CLUSTER * caps[i]) if SEED_ROWS_PER_CLUSTER else rows.size
-            if m < rows.size:  # seed on a sample; its potential scaled up to the whole cell
-                rows = rows[np.sort(np.random.default_rng(seed + 1 + i).choice(rows.size, size=m, replace=False))]
+            rows = rows[_seed_sample(rows.size, int(caps[i]), SEED_ROWS_PER_CLUSTER, seed + 1 + i)]
             c, pot = kmeanspp_init(x[rows], int(caps[i]), seed=seed + 1 + i, trials=seed_trials, return_potential=True)
             return i, c, pot * (sizes[i] / rows.size)
 

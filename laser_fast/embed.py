@@ -32,6 +32,8 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 TEXT_FIELDS = ("response", "instruction", "both")
+#: the record columns :func:`texts_for` reads
+TEXT_COLUMNS = ("instruction", "responses")
 
 #: padded-token budget per forward pass on the CPU in float32: 8 rows of MiniLM's 256 tokens.
 #: Measured on 2 Xeon cores (AlpacaEval responses): 2048 -> 52 rec/s, 4096 -> 48, 8192 -> 45;

@@ -561,11 +561,11 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
     def embeddings_for(rows: np.ndarray):
         if "emb" not in emb_cache:
             with timer.stage("embed"):
-                from .embed import EmbeddingStore, texts_for
+                from .embed import TEXT_COLUMNS, EmbeddingStore, texts_for
 
                 emb_rows = np.flatnonzero(status == "candidate")  # record rows (copies share them)
                 # only the text columns, and no row copy when every record is a candidate
-                sub = recs.select([c for c in ("instruction", "responses") if c in recs.columns])
+                sub = recs.select([c for c in TEXT_COLUMNS if c in recs.columns])
                 if emb_rows.size != n:
                     sub = sub[emb_rows]
                 store = EmbeddingStore(workdir)

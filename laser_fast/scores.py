@@ -296,10 +296,9 @@ def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores
                 if not uniq:
                     continue
                 canon = np.array([canonical_category(v) for v in uniq], dtype=object)
-                codes = col.replace_strict(uniq, list(range(len(uniq))), default=None, return_dtype=pl.Int32).to_numpy()
-                have = ~np.isnan(codes) if codes.dtype.kind == "f" else np.ones(n, dtype=bool)
-                fill = np.flatnonzero(have & (categories == None))  # noqa: E711
-                mapped = canon[codes[fill].astype(np.int64)]
+                codes = col.replace_strict(uniq, list(range(len(uniq))), default=-1, return_dtype=pl.Int64).to_numpy()
+                fill = np.flatnonzero((codes >= 0) & (categories == None))  # noqa: E711
+                mapped = canon[codes[fill]]
                 bad = np.flatnonzero(mapped == None)  # noqa: E711
                 if bad.size:
                     i = int(fill[bad[0]])
