@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -283,6 +284,44 @@ def _check_data_id(v: Any) -> str:
 
 #: records per Arrow chunk while reading (Python objects of at most this many records live at once)
 FLUSH_ROWS = 65536
+#: characters of message text per chunk: a chunk's text buffer stays under 2 GiB of UTF-8, the
+#: most a string view can address
+FLUSH_CHARS = 1 << 28
+
+
+def _string_views(strings: pa.Array, idx: np.ndarray) -> pa.Array:
+    """``strings[idx]`` as an Arrow ``string_view`` array that shares ``strings``' text buffer.
+
+    ``strings`` is a ``large_string`` array without nulls whose text buffer is under 2 GiB.
+    Each view is 16 bytes: the length, then the text itself when it is at most 12 bytes long, or
+    else its first 4 bytes, the buffer index (0) and the offset into the buffer (Arrow's layout).
+    """
+    if strings.null_count:
+        raise ValueError("string views are built only for arrays without nulls")
+    idx = np.asarray(idx, dtype=np.int64)
+    _, obuf, dbuf = strings.buffers()
+    off = np.frombuffer(obuf, dtype=np.int64)[strings.offset: strings.offset + len(strings) + 1]
+    if off.size and off[-1] >= 2**31:
+        raise ValueError("text buffer over 2 GiB: flush chunks earlier (FLUSH_CHARS)")
+    data = np.frombuffer(dbuf, dtype=np.uint8) if dbuf is not None and dbuf.size else np.zeros(1, np.uint8)
+    start = off[idx]
+    length = off[idx + 1] - start
+    views = np.zeros((idx.size, 16), dtype=np.uint8)
+    views[:, :4] = length.astype("<i4").view(np.uint8).reshape(-1, 4)
+    # bytes 4..16: the inline text (<= 12 bytes, zero-padded); for longer texts the first 4 are
+    # the prefix and the rest is overwritten below
+    j = np.arange(12)
+    inside = j < length[:, None]
+    head = data[np.minimum(start[:, None] + j, data.size - 1)]
+    head[~inside] = 0
+    views[:, 4:] = head
+    long = np.flatnonzero(length > 12)
+    views[long, 8:12] = 0
+    views[long, 12:16] = start[long].astype("<i4").view(np.uint8).reshape(-1, 4)
+    buffers = [None, pa.py_buffer(views)]
+    if long.size:
+        buffers.append(dbuf)
+    return pa.Array.from_buffers(pa.string_view(), idx.size, buffers)
 
 
 class _Builder:
@@ -301,13 +340,8 @@ class _Builder:
         self.origins: list[str] = []
         self.roles: list[str] = []
         self.contents: list[str] = []
+        self._pending_chars = 0
         self.msg_offsets: list[int] = [0]
-        self.instruction: list[str] = []
-        self.response: list[str] = []
-        self.user_flat: list[str] = []
-        self.user_offsets: list[int] = [0]
-        self.resp_flat: list[str] = []
-        self.resp_offsets: list[int] = [0]
         self.n_turns: list[int] = []
         self.schema: list[str] = []
         self.source: list[str] = []
@@ -361,20 +395,15 @@ class _Builder:
         for r, c in turns:
             self.roles.append(r)
             self.contents.append(c)
+            self._pending_chars += len(c)
         self.msg_offsets.append(len(self.roles))
-        self.instruction.append(users[0])
-        self.response.append(answers[-1])
-        self.user_flat.extend(users)
-        self.user_offsets.append(len(self.user_flat))
-        self.resp_flat.extend(answers)
-        self.resp_offsets.append(len(self.resp_flat))
         self.n_turns.append(len(users))
         self.schema.append(schema)
         self.source.append(where)
         self.extra.append(extra_s)
         self.n += 1
         self._pending += 1
-        if self._pending >= FLUSH_ROWS:
+        if self._pending >= FLUSH_ROWS or self._pending_chars >= FLUSH_CHARS:
             self._flush()
 
     def _where_of(self, i: int) -> str:
@@ -387,7 +416,12 @@ class _Builder:
 
     def _flush(self) -> None:
         """Move the pending records' columns into Arrow arrays and drop their Python objects, so
-        memory holds Arrow buffers (a few bytes over the text) rather than Python strings."""
+        memory holds Arrow buffers (a few bytes over the text) rather than Python strings.
+
+        Every text is stored once: the message contents go into one buffer, and ``instruction``,
+        ``response``, ``user_turns`` and ``responses`` are string views into it (16 bytes a
+        value; users' turns and answers are exactly the contents of the user and assistant
+        messages), so the table holds each text once rather than three times."""
         if self._pending == 0:
             return
         s = pa.large_string()
@@ -399,25 +433,34 @@ class _Builder:
         def arr(values, typ=s):
             return pa.array(values, typ, memory_pool=pool)
 
+        contents = arr(self.contents)
+        role = np.asarray(self.roles, dtype=object)
+        msg_off = np.asarray(self.msg_offsets, dtype=np.int64)
+        is_user, is_answer = role == "user", role == "assistant"
+        # per record: [first, end) of its user turns among all user turns, the same for answers
+        user_off = np.concatenate(([0], np.cumsum(is_user)))[msg_off]
+        answer_off = np.concatenate(([0], np.cumsum(is_answer)))[msg_off]
+        user_idx, answer_idx = np.flatnonzero(is_user), np.flatnonzero(is_answer)
+
         self._parts.append({
             "origin": arr(self.origins),
             "messages": pa.LargeListArray.from_arrays(
-                arr(self.msg_offsets, pa.int64()),
-                pa.StructArray.from_arrays([arr(self.roles), arr(self.contents)], names=["role", "content"], memory_pool=pool),
+                arr(msg_off, pa.int64()),
+                pa.StructArray.from_arrays([arr(self.roles), _string_views(contents, np.arange(len(contents)))],
+                                           names=["role", "content"], memory_pool=pool),
                 pool=pool),
-            "instruction": arr(self.instruction),
-            "response": arr(self.response),
-            "user_turns": pa.LargeListArray.from_arrays(arr(self.user_offsets, pa.int64()), arr(self.user_flat), pool=pool),
-            "responses": pa.LargeListArray.from_arrays(arr(self.resp_offsets, pa.int64()), arr(self.resp_flat), pool=pool),
+            "instruction": _string_views(contents, user_idx[user_off[:-1]]),
+            "response": _string_views(contents, answer_idx[answer_off[1:] - 1]),
+            "user_turns": pa.LargeListArray.from_arrays(arr(user_off, pa.int64()), _string_views(contents, user_idx), pool=pool),
+            "responses": pa.LargeListArray.from_arrays(arr(answer_off, pa.int64()), _string_views(contents, answer_idx), pool=pool),
             "n_turns": arr(self.n_turns, pa.int32()),
             "schema": arr(self.schema),
             "source": arr(self.source),
             "extra": arr(self.extra),
         })
         self._part_rows.append(self._pending)
-        self._pending = 0
-        self.origins, self.roles, self.contents, self.instruction, self.response = [], [], [], [], []
-        self.msg_offsets, self.user_flat, self.user_offsets, self.resp_flat, self.resp_offsets = [0], [], [0], [], [0]
+        self._pending = self._pending_chars = 0
+        self.origins, self.roles, self.contents, self.msg_offsets = [], [], [], [0]
         self.n_turns, self.schema, self.source, self.extra = [], [], [], []
 
     # -- final table -------------------------------------------------------------------------
@@ -449,7 +492,7 @@ class _Builder:
         names = ["origin", "messages", "instruction", "response", "user_turns", "responses", "n_turns", "schema", "source", "extra"]
         for name in names:
             arr = pa.chunked_array([p.pop(name) for p in self._parts])
-            col = pl.from_arrow(arr, rechunk=True)
+            col = pl.from_arrow(arr, rechunk=False)
             assert isinstance(col, pl.Series)
             series.append(col.alias(name).cast(OUTPUT_COLUMNS[name]))  # type: ignore[arg-type]
             del arr, col

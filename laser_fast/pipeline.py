@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -741,38 +741,88 @@ def _versions() -> dict:
 
 
 # --------------------------------------------------------------------------- outputs
+#: selected records turned into Python objects at a time when writing the outputs
+OUTPUT_CHUNK_ROWS = 4096
+
+
+def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = OUTPUT_CHUNK_ROWS) -> Iterator[dict]:
+    """Selected records as dicts (``messages``, every input field, then provenance columns),
+    converted ``chunk_rows`` at a time so a large selection never lives as Python objects at once."""
+    score_cols = [c for c in SCORE_COLUMNS if c in pool.columns]
+    for s in range(0, rows.size, chunk_rows):
+        sub = pool[rows[s : s + chunk_rows].tolist()]
+        for r in sub.iter_rows(named=True):
+            d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+            extra = json.loads(r["extra"]) if r["extra"] else {}
+            for k, v in extra.items():
+                if k not in d:
+                    d[k] = v
+            d["data_id"] = r["data_id"]
+            d["origin"] = r["origin"]
+            d["category"] = r["category"]
+            d["category_confidence"] = r["category_confidence"]
+            for c in score_cols:
+                d[c] = r[c]
+            d["preference"] = r["preference"]
+            d["cluster"] = r["cluster"]
+            d["selected_by"] = r["selected_by"]
+            if r["copy"]:
+                d["copy"] = r["copy"]
+            d["input_location"] = r["source"]
+            yield d
+
+
 def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
     """Selected records as dicts: ``messages``, every input field, then provenance columns."""
-    sub = pool[rows.tolist()] if rows.size else pool.head(0)
-    score_cols = [c for c in SCORE_COLUMNS if c in sub.columns]
-    out = []
-    for r in sub.iter_rows(named=True):
-        d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
-        extra = json.loads(r["extra"]) if r["extra"] else {}
-        for k, v in extra.items():
-            if k not in d:
-                d[k] = v
-        d["data_id"] = r["data_id"]
-        d["origin"] = r["origin"]
-        d["category"] = r["category"]
-        d["category_confidence"] = r["category_confidence"]
-        for c in score_cols:
-            d[c] = r[c]
-        d["preference"] = r["preference"]
-        d["cluster"] = r["cluster"]
-        d["selected_by"] = r["selected_by"]
-        if r["copy"]:
-            d["copy"] = r["copy"]
-        d["input_location"] = r["source"]
-        out.append(d)
-    return out
+    return list(iter_output_rows(pool, rows))
 
 
 def output_frame(pool: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
-    recs = output_rows(pool, rows)
-    if not recs:
+    """The selected records as a frame: the same columns, order and types as a frame built from
+    :func:`output_rows`, but assembled column by column from ``pool`` (a frame built from a
+    list of nested dicts costs several kB per row); only the ``extra`` JSON goes through Python."""
+    if not rows.size:
         return pl.DataFrame({"messages": [], "data_id": [], "category": [], "preference": [], "selected_by": []})
-    return pl.DataFrame(recs, infer_schema_length=None)
+    sub = pool.select([c for c in pool.columns if c not in ("instruction", "response", "user_turns", "responses")])[rows.tolist()]
+    extras = [json.loads(e) if e else {} for e in sub["extra"].to_list()]
+    score_cols = [c for c in SCORE_COLUMNS if c in sub.columns]
+    fixed = {"data_id": sub["data_id"], "origin": sub["origin"], "category": sub["category"], "category_confidence": sub["category_confidence"],
+             **{c: sub[c] for c in score_cols}, "preference": sub["preference"], "cluster": sub["cluster"], "selected_by": sub["selected_by"]}
+    copy = sub["copy"].to_numpy()
+    # column order as a frame from dicts has it: every key in order of first appearance, where each
+    # record's keys are messages, its extra fields, the fixed columns (copy only when not 0), input_location
+    order: dict[str, None] = {"messages": None}
+    seen: set[tuple] = set()
+    for ex, cp in zip(extras, copy.tolist()):
+        sig = (tuple(ex), bool(cp))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        order.update(dict.fromkeys([k for k in ex if k != "messages"]))
+        order.update(dict.fromkeys(fixed))
+        if cp:
+            order["copy"] = None
+        order["input_location"] = None
+    ex_keys = [k for k in dict.fromkeys(k for ex in extras for k in ex) if k != "messages"]
+    ex_frame = pl.DataFrame([{k: ex.get(k) for k in ex_keys} for ex in extras], infer_schema_length=None) if ex_keys else None
+    cols: dict[str, pl.Series] = {"messages": sub["messages"]}
+    for k in order:
+        if k == "messages":
+            continue
+        if k in fixed:
+            cols[k] = fixed[k]
+        elif k == "input_location":
+            cols[k] = sub["source"]
+        elif k == "copy":
+            if "copy" in ex_keys:  # a record's own "copy" field stays where the record is not a copy
+                vals = [int(c) if c else e.get("copy") for c, e in zip(copy.tolist(), extras)]
+                cols[k] = pl.Series(vals, strict=False)
+            else:
+                cols[k] = pl.Series(np.where(copy != 0, copy, 0)).cast(pl.Int64).replace(0, None)
+        else:
+            assert ex_frame is not None
+            cols[k] = ex_frame[k]
+    return pl.DataFrame([v.alias(k) for k, v in cols.items()])
 
 
 def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None = None, report: bool = True) -> dict[str, str]:
@@ -786,7 +836,7 @@ def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None 
     t0 = time.perf_counter()
     if fmt == "jsonl":
         p = out / "selected.jsonl"
-        write_jsonl(p, output_rows(run.pool, run.selected_rows))
+        write_jsonl(p, iter_output_rows(run.pool, run.selected_rows))
     else:
         p = out / "selected.parquet"
         write_parquet(p, output_frame(run.pool, run.selected_rows))

@@ -190,13 +190,14 @@ def scores_from_extra(records: pl.DataFrame) -> tuple[dict[str, np.ndarray], np.
         or None when no record carries a category.
     """
     n = records.height
-    extras = records["extra"].to_list()
-    sources = records["source"].to_list()
+    # only the records that carry extra fields become Python strings (most pools have none)
+    extra = records["extra"]
+    rows = np.flatnonzero((extra.is_not_null() & (extra != "{}") & (extra != "")).fill_null(False).to_numpy())
+    extras = extra.gather(rows).to_list() if rows.size else []
+    sources = records["source"].gather(rows).to_list() if rows.size else []
     scores: dict[str, np.ndarray] = {}
     cats = None
-    for i, ex in enumerate(extras):
-        if ex == "{}" or not ex:
-            continue
+    for i, ex, src in zip(rows.tolist(), extras, sources):
         d = json.loads(ex)
         for k, v in d.items():
             m = canonical_metric(k)
@@ -204,11 +205,11 @@ def scores_from_extra(records: pl.DataFrame) -> tuple[dict[str, np.ndarray], np.
                 arr = scores.get(m)
                 if arr is None:
                     arr = scores[m] = np.full(n, np.nan)
-                arr[i] = _to_float(v, sources[i], k)
+                arr[i] = _to_float(v, src, k)
             elif k in ("category", "setfit_label") and v is not None:
                 c = canonical_category(v)
                 if c is None:
-                    raise InputError(sources[i], f"unknown category {v!r}", "use one of Math, Coding, Generation, Reasoning, Brainstorming, Factual QA, Extraction, or drop the field to classify the record", key=k)
+                    raise InputError(src, f"unknown category {v!r}", "use one of Math, Coding, Generation, Reasoning, Brainstorming, Factual QA, Extraction, or drop the field to classify the record", key=k)
                 if cats is None:
                     cats = np.full(n, None, dtype=object)
                 cats[i] = c
@@ -264,9 +265,31 @@ def read_score_file(path: str | Path) -> pl.DataFrame:
         if m in ("data_id", "category"):
             out[m] = col.cast(pl.Utf8)
         else:
-            vals = col.to_list()
-            out[m] = pl.Series(m, [_to_float(v, f"{p}:row {i}", c) for i, v in enumerate(vals)], dtype=pl.Float64)
+            out[m] = _float_column(col, str(p), c).alias(m)
     return pl.DataFrame(out)
+
+
+_MISSING_TOKENS = ("", "None", "NaN", "nan", "null")
+
+
+def _float_column(col: pl.Series, path: str, key: str) -> pl.Series:
+    """A score column as Float64 (NaN where missing), with :func:`_to_float`'s rules: numbers
+    pass, nulls and the missing tokens are NaN, booleans and other text are errors naming the row.
+
+    Numeric columns are cast at once; text columns are parsed by polars first and only the values
+    it cannot parse go through Python's ``float`` (which also reads forms such as ``1_000``)."""
+    if col.dtype.is_numeric():
+        return col.cast(pl.Float64).fill_null(np.nan)
+    if col.dtype in (pl.String, pl.Categorical):
+        text = col.cast(pl.String).str.strip_chars()
+        missing = (text.is_null() | text.is_in(list(_MISSING_TOKENS))).to_numpy()
+        vals = text.cast(pl.Float64, strict=False).to_numpy().astype(np.float64, copy=True)
+        vals[missing] = np.nan
+        for i in np.flatnonzero(~missing & np.isnan(vals)).tolist():
+            vals[i] = _to_float(col[i], f"{path}:row {i}", key)  # raises on non-numbers
+        return pl.Series(key, vals, dtype=pl.Float64)
+    vals = col.to_list()  # booleans, lists, ...: the per-value rules (and their errors)
+    return pl.Series(key, [_to_float(v, f"{path}:row {i}", key) for i, v in enumerate(vals)], dtype=pl.Float64)
 
 
 def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores: dict[str, np.ndarray], categories: np.ndarray | None):

@@ -230,3 +230,46 @@ def test_scores_from_input_columns_and_score_file_keyed_by_id(tmp_path, workdir)
     assert run.manifest["classification"]["given"] == 40  # categories came from the input
     sel = pool[run.selected_rows.tolist()]
     assert sel.height == 10 and set(sel["category"].unique().to_list()) == {"Math", "Coding"}
+
+
+@pytest.mark.parametrize("mode", ["none", "kmeans"])
+def test_output_frame_matches_a_frame_built_from_the_rows(tmp_path, workdir, mode):
+    """The selected frame is assembled column by column; it must equal the frame polars builds
+    from the output dicts (the JSONL rows): extra fields of mixed presence and type, nested values, an extra
+    field named like a provenance column, and oversampled copies."""
+    from laser_fast.config import SourceSpec
+    from laser_fast.pipeline import output_frame, output_rows
+
+    rows = []
+    for i in range(60):
+        r = {"instruction": f"Explain item {i} and why it matters in a short paragraph.", "output": f"Item {i} matters because of reason {i % 7}."}
+        if i % 3 == 0:
+            r["note"] = f"n{i}"
+        if i % 4 == 0:
+            r["meta"] = {"k": i, "tags": ["a", "b"][: i % 3]}
+        if i % 5 == 0:
+            r["weight"] = i / 2 if i % 2 else i
+        if i % 6 == 0:
+            r["category"] = "Math" if i % 12 else "Coding"  # an input column the output overrides
+        if i == 7:
+            r["copy"] = "mine"  # kept where the record is not a copy
+        rows.append(r)
+    f = tmp_path / "pool.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    opts = SelectOptions(budget=50, strategy="longest", mode=mode, proportions="none", keep_non_english=True, max_seq_length=None,
+                         sources=[SourceSpec(path=str(f), oversampling=1.5)], show_progress=False)
+    run = run_selection([], opts, workdir=workdir)
+    sel = run.selected_rows
+    assert (run.pool["copy"].to_numpy()[sel] > 0).any()
+    want = pl.DataFrame(output_rows(run.pool, sel), infer_schema_length=None)
+    got = output_frame(run.pool, sel)
+    assert got.columns == want.columns
+    # one deliberate difference: a column that is null throughout (cluster, in mode none) keeps
+    # its type instead of polars' Null
+    assert got["cluster"].dtype == pl.Int64
+    assert want["cluster"].dtype == (pl.Null if mode == "none" else pl.Int64)
+    want = want.with_columns(pl.col("cluster").cast(pl.Int64))
+    assert got.schema == want.schema
+    assert got.to_dicts() == want.to_dicts()
+    # no selection: the documented empty frame
+    assert output_frame(run.pool, np.zeros(0, dtype=np.int64)).columns == ["messages", "data_id", "category", "preference", "selected_by"]
