@@ -24,11 +24,13 @@ def faiss_device() -> str:
     return f"cuda (faiss-gpu, {n} GPU{'s' if n > 1 else ''})" if n > 0 else "cpu"
 
 
-def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 16384) -> tuple[np.ndarray, int]:
+def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 16384, dtype: str | np.dtype = np.float32) -> tuple[np.ndarray, int]:
     """Project rows onto the principal components that keep ``variance`` of the total variance.
 
     Works in chunks (the covariance is d x d), so a float16 memmap is read once per pass.
-    Returns ``(projected float32 (n, c), c)``.
+    Returns ``(projected (n, c), c)``, float32 or ``dtype``; ``dtype="auto"`` stores the
+    projection as float16 when float32 would take more than :data:`HALF_MIN_BYTES` (the k-means
+    code reads it in float32 chunks).
     """
     n, d = x.shape
     mean = np.zeros(d, dtype=np.float64)
@@ -54,7 +56,9 @@ def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 16384
     w = evecs[:, :comps]
     w = w * np.sign(w[np.abs(w).argmax(0), np.arange(comps)])
     w32 = w.astype(np.float32)
-    out = np.empty((n, comps), dtype=np.float32)
+    if isinstance(dtype, str) and dtype == "auto":
+        dtype = np.float16 if n * comps * 4 > HALF_MIN_BYTES else np.float32
+    out = np.empty((n, comps), dtype=dtype)
     for s in range(0, n, chunk_rows):
         out[s : s + chunk_rows] = (np.asarray(x[s : s + chunk_rows], dtype=np.float32) - m32) @ w32
     return out, comps
@@ -104,6 +108,15 @@ REFINE_PROBE_STRIDE = 8
 SEED_ROWS_PER_CLUSTER = 6
 #: Lloyd iterations for the coarse level (it only partitions the rows into cells)
 COARSE_NITER = 10
+#: a stratum whose float32 working copy (after PCA) would be larger than this is held as float16
+#: and read in float32 chunks: half the memory of the largest array of a big select (300k rows x
+#: 380 components: 228 MB instead of 456 MB); distances and means are still computed in float32
+HALF_MIN_BYTES = 256 << 20
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array (no copy when it is one already)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def kmeanspp_init(
@@ -291,7 +304,7 @@ def allocate_clusters(sizes: np.ndarray, k: int, weights: np.ndarray | None = No
 def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 8192) -> np.ndarray:
     out = np.empty(x.shape[0], dtype=np.float32)
     for s in range(0, x.shape[0], chunk):
-        diff = x[s : s + chunk] - c[lab[s : s + chunk]]
+        diff = _f32(x[s : s + chunk]) - c[lab[s : s + chunk]]
         out[s : s + chunk] = np.einsum("ij,ij->i", diff, diff)
     return out
 
@@ -313,8 +326,9 @@ def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None
 def kmeans_objective(x: np.ndarray, labels: np.ndarray, k: int | None = None) -> float:
     """Sum of squared distances of the rows to the mean of their cluster (O(n d))."""
     k = int(labels.max()) + 1 if k is None else k
-    cent, _ = _centroids_of(np.asarray(x, dtype=np.float32), labels, k)
-    return float(_sq_dist_to(np.asarray(x, dtype=np.float32), cent, labels).astype(np.float64).sum())
+    x = x if isinstance(x, np.ndarray) and x.dtype in (np.float16, np.float32) else np.asarray(x, dtype=np.float32)
+    cent, _ = _centroids_of(x, labels, k)
+    return float(_sq_dist_to(x, cent, labels).astype(np.float64).sum())
 
 
 def _fill_empty(x: np.ndarray, lab: np.ndarray, cent: np.ndarray, k: int) -> int:
@@ -371,7 +385,8 @@ def kmeans_two_level(
     flat Lloyd's n*k*d*niter. Returns ``(labels int64 in [0, k), stats)``; every cluster is
     non-empty when n >= k.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    # float16 rows (a large stratum, see HALF_MIN_BYTES) stay float16 and are read in float32 blocks
+    x = np.ascontiguousarray(x) if getattr(x, "dtype", None) == np.float16 else _f32(x)
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"two-level k-means needs 1 <= k <= n, got k={k}, n={n}")
@@ -391,7 +406,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
     # --- coarse level: k-means on a sample (<= 256 rows per coarse cluster), assign all rows
     m = min(n, k1 * 256)
     sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    coarse_c, _, _, _ = _lloyd(x[sample], k1, seed=seed, niter=min(niter, COARSE_NITER), seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER)
+    coarse_c, _, _, _ = _lloyd(_f32(x[sample]), k1, seed=seed, niter=min(niter, COARSE_NITER), seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER)
     top = min(2, k1)
     dist, near = _search(coarse_c, x, top)
     cell = near[:, 0].astype(np.int64)
@@ -433,7 +448,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
             # seeded on a sample; its potential is scaled up to the whole cell
             rows = order[starts[i] : starts[i + 1]]
             rows = rows[_seed_sample(rows.size, int(caps[i]), SEED_ROWS_PER_CLUSTER, seed + 1 + i)]
-            c, pot = kmeanspp_init(x[rows], int(caps[i]), seed=seed + 1 + i, trials=seed_trials, return_potential=True)
+            c, pot = kmeanspp_init(_f32(x[rows]), int(caps[i]), seed=seed + 1 + i, trials=seed_trials, return_potential=True)
             return i, c, pot * (sizes[i] / rows.size)
 
         pots = [np.zeros(0)] * k1
@@ -460,7 +475,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
 
     def fine(i: int) -> tuple[int, np.ndarray, np.ndarray]:
         rows = order[starts[i] : starts[i + 1]]
-        c, lab, _, _ = _lloyd(x[rows], int(kc[i]), seed=seed + 1 + i, niter=niter, max_points_per_centroid=1 << 30, init=seeds.get(i), trials=seed_trials,
+        c, lab, _, _ = _lloyd(_f32(x[rows]), int(kc[i]), seed=seed + 1 + i, niter=niter, max_points_per_centroid=1 << 30, init=seeds.get(i), trials=seed_trials,
                           seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER)
         return i, c, lab
 
@@ -479,7 +494,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
         np.fill_diagonal(pair, -1)
         nb = np.argsort(-pair, axis=1, kind="stable")[:, : min(neighbours, k1 - 1)]
         cent, _ = _centroids_of(x, labels, k, cent)
-        xsq = np.einsum("ij,ij->i", x, x)
+        xsq = np.concatenate([np.einsum("ij,ij->i", c, c) for c in map(_f32, _chunks(x))]) if n else np.zeros(0, np.float32)
         csq = np.einsum("ij,ij->i", cent, cent)
 
         def refine_cell(i: int, stride: int = 1, apply: bool = True) -> int:
@@ -491,7 +506,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
             moved_here = 0
             for s in range(0, rows.size, 4096):
                 r = rows[s : s + 4096]
-                xr = x[r]
+                xr = _f32(x[r])
                 dd = ccsq[None, :] - 2.0 * (xr @ cc.T)
                 b = dd.argmin(1)
                 best = dd[np.arange(r.size), b]
@@ -550,7 +565,15 @@ def _search(c: np.ndarray, x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndar
     if _faiss_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(np.ascontiguousarray(c, dtype=np.float32))
-    return index.search(x, top)
+    if x.dtype == np.float32:
+        return index.search(_f32(x), top)
+    parts = [index.search(_f32(xc), top) for xc in _chunks(x)]  # float16 rows: float32 a chunk at a time
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _chunks(x: np.ndarray, rows: int = 16384):
+    """Consecutive row blocks of ``x`` (views)."""
+    return (x[s : s + rows] for s in range(0, x.shape[0], rows))
 
 
 def kmeans_labels(
@@ -565,15 +588,15 @@ def kmeans_labels(
     """
     import faiss
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x) if getattr(x, "dtype", None) == np.float16 else _f32(x)
     n, d = x.shape
     if num_threads > 0:
         faiss.omp_set_num_threads(num_threads)
     if method == "auto":
         method = "two-level" if float(n) * float(k) > TWO_LEVEL_MIN_NK and k >= TWO_LEVEL_MIN_K and k < n else "flat"
-    stats = {"device": faiss_device(), "k": int(k), "n": int(n), "dim": int(d)}
+    stats = {"device": faiss_device(), "k": int(k), "n": int(n), "dim": int(d), "rows_dtype": str(x.dtype)}
     if method == "flat":
-        _, lab, init_method, obj = _lloyd(x, k, seed=seed, niter=niter)
+        _, lab, init_method, obj = _lloyd(_f32(x), k, seed=seed, niter=niter)
         stats.update(method="flat", init=init_method, objective_per_iteration=obj)
     elif method == "two-level":
         lab, st = kmeans_two_level(x, k, seed=seed, niter=niter, num_threads=num_threads)
@@ -615,9 +638,10 @@ def cluster_select_detailed(
         # every row is its own cluster: each is a cluster best
         return ClusterResult(by_pref, n, np.arange(n, dtype=np.int64), float("nan"), {"k": int(k), "n": int(n), "note": "k >= n: all rows selected"})
     if pca_variance:
-        x, comps = pca_reduce(emb, pca_variance)
+        x, comps = pca_reduce(emb, pca_variance, dtype="auto")
     else:
-        x, comps = np.ascontiguousarray(emb, dtype=np.float32), emb.shape[1]
+        half = emb.dtype == np.float16 and n * emb.shape[1] * 4 > HALF_MIN_BYTES
+        x, comps = np.ascontiguousarray(np.asarray(emb, dtype=np.float16 if half else np.float32)), emb.shape[1]
     labels, stats = kmeans_labels(x, k, seed=seed, niter=niter, num_threads=num_threads, method=method)
     stats["pca_components"] = int(comps)
     if threshold_percentile is None:

@@ -145,6 +145,56 @@ def texts_for(records, field: str) -> list[str]:
     return [f"{a}\n\n{b}" for a, b in zip(inst, first_resp)]
 
 
+class RecordTexts(Sequence):
+    """The texts :func:`texts_for` gives, read from the records on demand: ``len``, ``[i]``,
+    ``[a:b]`` and :meth:`take` build only the texts asked for, so hashing a million records
+    never holds a million Python strings (:meth:`EmbeddingStore.get` reads it in chunks)."""
+
+    def __init__(self, records, field: str):
+        texts_for(records.head(0), field)  # checks the field name
+        self.records, self.field = records, field
+
+    def __len__(self) -> int:
+        return self.records.height
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            out = texts_for(self.records.slice(start, max(stop - start, 0)), self.field)
+            return out[::step] if step != 1 else out
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return texts_for(self.records.slice(i % n, 1), self.field)[0]
+
+    def take(self, rows) -> list[str]:
+        """The texts of ``rows`` (in that order)."""
+        return texts_for(self.records[np.asarray(rows, dtype=np.int64).tolist()], self.field) if len(rows) else []
+
+
+#: texts hashed at a time by :func:`hash_texts`
+HASH_CHUNK = 65536
+
+
+def hash_texts(texts: Sequence[str]) -> np.ndarray:
+    """SHA-1 of every text (:func:`text_hash`) as an (n, 20) uint8 array, computed ``HASH_CHUNK``
+    texts at a time (``texts`` may be a :class:`RecordTexts`)."""
+    n = len(texts)
+    out = np.empty((n, 20), dtype=np.uint8)
+    for s in range(0, n, HASH_CHUNK):
+        chunk = texts[s : s + HASH_CHUNK]
+        out[s : s + len(chunk)] = np.frombuffer(b"".join([text_hash(t) for t in chunk]), dtype=np.uint8).reshape(-1, 20)
+    return out
+
+
+def _key_of_digests(digs: np.ndarray, model_name: str, field: str) -> str:
+    """:func:`content_key` from the texts' digests."""
+    h = hashlib.sha256()
+    h.update(f"{model_name}\x00{field}\x00{digs.shape[0]}\x00".encode())
+    h.update(np.ascontiguousarray(digs).data)
+    return h.hexdigest()[:32]
+
+
 def content_key(texts: Sequence[str], model_name: str, field: str, *, hashes: Sequence[bytes] | None = None) -> str:
     """Key of one request: sha256 over model, field, count and every text's sha1 (``hashes``, when
     the caller has them already, saves hashing the texts twice)."""
@@ -442,10 +492,6 @@ def release_pages(arr: np.ndarray) -> None:
             pass
 
 
-def _digests(hashes: Sequence[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, 20)
-
-
 class EmbeddingStore:
     """Float16 embeddings cached per text under ``<workdir>/embeddings``.
 
@@ -606,8 +652,8 @@ class EmbeddingStore:
         """
         t_start = time.perf_counter()
         label = self._label(model)
-        hashes = [text_hash(t) for t in texts]
-        key = content_key(texts, label, field, hashes=hashes)
+        digs = hash_texts(texts)
+        key = _key_of_digests(digs, label, field)
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"{key}.npy"
         info: dict[str, Any] = {"key": key, "model": label, "field": field, "rows": len(texts)}
@@ -619,7 +665,6 @@ class EmbeddingStore:
                 return arr, info
         ns = self._namespace(label, field)
         ns.mkdir(parents=True, exist_ok=True)
-        digs = _digests(hashes) if hashes else np.zeros((0, 20), dtype=np.uint8)
         index, vec_paths = self._index(ns)
         pos = index.lookup(digs)
         todo = self._missing(pos, digs)
@@ -636,7 +681,7 @@ class EmbeddingStore:
             with progress_bar(total=int(todo.size), desc="embed", unit="rec", show=show_progress) as bar:
                 for w in range(0, todo.size, SORT_WINDOW):
                     rows = todo[w:w + SORT_WINDOW]
-                    wtexts = [texts[i] for i in rows]
+                    wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
                     ids, off = enc.tokenize(wtexts)
                     order = np.argsort(-(off[1:] - off[:-1]), kind="stable")  # longest first
                     for c in range(0, order.size, chunk_rows):
@@ -697,8 +742,7 @@ class EmbeddingStore:
         label = self._label(model)
         ns = self._namespace(label, field)
         ns.mkdir(parents=True, exist_ok=True)
-        hashes = [text_hash(t) for t in texts]
-        digs = _digests(hashes) if hashes else np.zeros((0, 20), dtype=np.uint8)
+        digs = hash_texts(texts)
         index, _ = self._index(ns)
         if len(index):
             first_vec = np.load(next(ns.glob("shard-*.f16.npy")), mmap_mode="r")
@@ -727,7 +771,7 @@ class EmbeddingStore:
             self._write_shard(ns, next_id, out16, digs[rows])
             next_id += 1
             shards += 1
-        key = content_key(texts, label, field, hashes=hashes)
+        key = _key_of_digests(digs, label, field)
         if assemble:
             self.root.mkdir(parents=True, exist_ok=True)
             index, vec_paths = self._index(ns)

@@ -308,24 +308,22 @@ def minmax(x, group_ids=None) -> np.ndarray:
 
 
 @njit(cache=True)
-def _label_sums(x, lab, k):
+def _label_sums_into(x, lab, sums, counts):
     n, d = x.shape
-    sums = np.zeros((k, d), dtype=np.float64)
-    counts = np.zeros(k, dtype=np.int64)
     for i in range(n):
         c = lab[i]
         counts[c] += 1
         for j in range(d):
             sums[c, j] += x[i, j]
-    return sums, counts
 
 
-def label_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def label_sums(x: np.ndarray, labels: np.ndarray, k: int, *, chunk_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """Per-label row sums (float64, accumulated in row order) and row counts.
 
-    ``x`` is (n, d) float32, ``labels`` (n,) integers in ``[0, k)``. One pass over ``x`` with a
-    ``k x d`` float64 accumulator: no float64 copy of ``x`` and no sort (the k-means code needs
-    cluster means after every refinement pass).
+    ``x`` is (n, d) float32 or float16 (read ``chunk_rows`` rows at a time as float32),
+    ``labels`` (n,) integers in ``[0, k)``. One pass over ``x`` with a ``k x d`` float64
+    accumulator: no float64 copy of ``x`` and no sort (the k-means code needs cluster means after
+    every refinement pass).
 
     Example:
         >>> s, c = label_sums(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32), np.array([1, 0, 1]), 2)
@@ -333,9 +331,13 @@ def label_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, n
         ([[3.0, 4.0], [6.0, 8.0]], [1, 2])
     """
     lab = np.ascontiguousarray(labels, dtype=np.int64)
-    xx = np.ascontiguousarray(x, dtype=np.float32)
-    if lab.shape != (xx.shape[0],):
-        raise ValueError(f"labels must have shape ({xx.shape[0]},), got {lab.shape}")
+    n, d = x.shape
+    if lab.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {lab.shape}")
     if lab.size and (lab.min() < 0 or lab.max() >= k):
         raise ValueError(f"labels must lie in [0, {k}), got [{lab.min()}, {lab.max()}]")
-    return _label_sums(xx, lab, int(k))
+    sums = np.zeros((int(k), d), dtype=np.float64)
+    counts = np.zeros(int(k), dtype=np.int64)
+    for s in range(0, n, chunk_rows):
+        _label_sums_into(np.ascontiguousarray(x[s : s + chunk_rows], dtype=np.float32), lab[s : s + chunk_rows], sums, counts)
+    return sums, counts

@@ -561,7 +561,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
     def embeddings_for(rows: np.ndarray):
         if "emb" not in emb_cache:
             with timer.stage("embed"):
-                from .embed import TEXT_COLUMNS, EmbeddingStore, texts_for
+                from .embed import TEXT_COLUMNS, EmbeddingStore, RecordTexts
 
                 emb_rows = np.flatnonzero(status == "candidate")  # record rows (copies share them)
                 # only the text columns, and no row copy when every record is a candidate
@@ -569,7 +569,8 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                 if emb_rows.size != n:
                     sub = sub[emb_rows]
                 store = EmbeddingStore(workdir)
-                arr, info = store.get(texts_for(sub, opts.embed_field), model=opts.embedding_model, field=opts.embed_field, batch_size=opts.batch_size, batch_tokens=opts.batch_tokens, device=opts.device, show_progress=opts.show_progress)
+                # the texts are built and hashed 65k at a time, never all at once
+                arr, info = store.get(RecordTexts(sub, opts.embed_field), model=opts.embedding_model, field=opts.embed_field, batch_size=opts.batch_size, batch_tokens=opts.batch_tokens, device=opts.device, show_progress=opts.show_progress)
                 pos = np.full(n, -1, dtype=np.int64)
                 pos[emb_rows] = np.arange(emb_rows.size)
                 emb_cache["emb"], emb_cache["pos"] = arr, pos

@@ -251,3 +251,59 @@ def test_label_sums_matches_numpy():
     assert c[7] == 0 and c[40] == 0 and not s[7].any()
     with pytest.raises(ValueError, match="labels must lie"):
         label_sums(x, lab, 20)
+
+
+def test_label_sums_float16_and_chunks_match_float32():
+    from laser_fast.kernels import label_sums
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3000, 9)).astype(np.float16)
+    lab = rng.integers(0, 25, 3000)
+    s32, c32 = label_sums(x.astype(np.float32), lab, 25)
+    s16, c16 = label_sums(x, lab, 25, chunk_rows=700)  # float16 rows, read 700 at a time
+    assert np.array_equal(s16, s32) and np.array_equal(c16, c32)
+
+
+def test_large_strata_cluster_on_float16_rows(monkeypatch):
+    """Above HALF_MIN_BYTES the PCA projection is held as float16 (half the memory) and the
+    two-level k-means reads it in float32 blocks: the objective stays that of float32 rows."""
+    import laser_fast.cluster as cl
+
+    x = _unit_blobs(8000, 80, d=64)
+    pref = np.random.default_rng(0).random(8000)
+    z32, comps = pca_reduce(x, 0.99, dtype="auto")
+    assert z32.dtype == np.float32  # small: float32
+    z16, comps16 = pca_reduce(x, 0.99, dtype=np.float16)
+    assert comps16 == comps and np.abs(z16.astype(np.float32) - z32).max() < 2e-3
+    lab32, _ = kmeans_two_level(z32, 600, seed=1)
+    lab16, st = kmeans_two_level(z16, 600, seed=1)
+    assert np.bincount(lab16, minlength=600).min() >= 1
+    assert kmeans_objective(z32, lab16, 600) <= 1.02 * kmeans_objective(z32, lab32, 600)
+    monkeypatch.setattr(cl, "HALF_MIN_BYTES", 0)
+    res = cluster_select_detailed(x, pref, 600, seed=1, method="two-level")
+    assert res.stats["rows_dtype"] == "float16" and res.stats["clusters_nonempty"] == 600
+    monkeypatch.setattr(cl, "HALF_MIN_BYTES", 1 << 40)
+    res32 = cluster_select_detailed(x, pref, 600, seed=1, method="two-level")
+    assert res32.stats["rows_dtype"] == "float32"
+    assert res.stats["objective"] <= 1.02 * res32.stats["objective"]
+
+
+def test_record_texts_and_chunked_hashes_match_the_text_list(monkeypatch):
+    import polars as pl
+
+    import laser_fast.embed as em
+
+    recs = pl.DataFrame({"instruction": [f"question {i}" for i in range(23)],
+                         "responses": [[f"answer {i}"] + ([f"second {i}"] if i % 3 else []) for i in range(23)]})
+    for field in em.TEXT_FIELDS:
+        want = em.texts_for(recs, field)
+        lazy = em.RecordTexts(recs, field)
+        assert len(lazy) == 23 and list(lazy) == want and lazy[5] == want[5] and lazy[-1] == want[-1]
+        assert lazy[3:9] == want[3:9] and lazy.take([7, 2, 7]) == [want[7], want[2], want[7]]
+        monkeypatch.setattr(em, "HASH_CHUNK", 5)  # several chunks
+        digs = em.hash_texts(lazy)
+        assert digs.tobytes() == b"".join(em.text_hash(t) for t in want)
+        # the request key is the same whichever way the texts come
+        assert em._key_of_digests(digs, "m", field) == em.content_key(want, "m", field)
+    with pytest.raises(Exception, match="unknown embedding text field"):
+        em.RecordTexts(recs, "title")
