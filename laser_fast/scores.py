@@ -298,11 +298,16 @@ def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores
     n = records.height
     report = []
     ids = records["data_id"]
+    rec_rows = pl.DataFrame({"data_id": ids}).with_row_index("_row")
     for path in paths:
         sf = read_score_file(path)
-        joined = pl.DataFrame({"data_id": ids}).join(sf, on="data_id", how="left", maintain_order="left")
-        matched = int(ids.is_in(sf["data_id"].implode()).sum()) if sf.height else 0
-        unknown = sf.height - int(sf["data_id"].is_in(ids.implode()).sum())
+        # (score row, record row) of every matched id: each column is scattered into the records'
+        # order through it (a left join would build every column for every record)
+        pairs = sf.select("data_id").with_row_index("_srow").join(rec_rows, on="data_id", how="inner")
+        srow, row = pairs["_srow"].to_numpy().astype(np.int64), pairs["_row"].to_numpy().astype(np.int64)
+        del pairs
+        matched = int(row.size)
+        unknown = sf.height - matched
         if unknown:
             logger.warning("%s: %d score row(s) have data_ids not in the input", path, unknown)
         report.append({"path": str(path), "rows": sf.height, "matched": matched, "unknown_ids": unknown})
@@ -312,23 +317,26 @@ def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores
             if c == "category":
                 # each distinct label is mapped once; rows go through their label's code. A label
                 # is checked where it is used: on rows whose category is not known yet
-                col = joined[c].cast(pl.String)
+                col = sf[c].cast(pl.String)
                 if categories is None:
                     categories = np.full(n, None, dtype=object)
                 uniq = col.unique(maintain_order=True).drop_nulls().to_list()
                 if not uniq:
                     continue
                 canon = np.array([canonical_category(v) for v in uniq], dtype=object)
-                codes = col.replace_strict(uniq, list(range(len(uniq))), default=-1, return_dtype=pl.Int64).to_numpy()
+                scodes = col.replace_strict(uniq, list(range(len(uniq))), default=-1, return_dtype=pl.Int64).to_numpy()
+                codes = np.full(n, -1, dtype=np.int64)
+                codes[row] = scodes[srow]
                 fill = np.flatnonzero((codes >= 0) & (categories == None))  # noqa: E711
                 mapped = canon[codes[fill]]
                 bad = np.flatnonzero(mapped == None)  # noqa: E711
                 if bad.size:
                     i = int(fill[bad[0]])
-                    raise InputError(str(path), f"unknown category {col[i]!r} for data_id {ids[i]}", "use the 7 LASER category names", key="category")
+                    raise InputError(str(path), f"unknown category {uniq[codes[i]]!r} for data_id {ids[i]}", "use the 7 LASER category names", key="category")
                 categories[fill] = mapped
                 continue
-            v = joined[c].to_numpy().astype(np.float64)
+            v = np.full(n, np.nan)
+            v[row] = sf[c].to_numpy().astype(np.float64)[srow]
             if c in scores:
                 gap = ~np.isfinite(scores[c])
                 scores[c][gap] = v[gap]
