@@ -143,16 +143,24 @@ class TokenCounter(Scorer):
             return out
         return np.array([len(tok.encode(t, add_special_tokens=False)) for t in texts], dtype=np.int64)
 
+    #: records turned into Python texts at a time (a million conversations as Python objects
+    #: would be a transient of several hundred MB)
+    chunk_rows = 65536
+
     def score(self, batch: pl.DataFrame, *, batch_size=None, show_progress=None) -> dict[str, np.ndarray]:
-        msgs = batch["messages"].to_list()
-        inst = ["\n".join(m["content"] for m in conv if m["role"] != "assistant") for conv in msgs]
-        resp_all = ["\n".join(m["content"] for m in conv if m["role"] == "assistant") for conv in msgs]
-        last = batch["response"].to_list()
-        return {
-            "inst_length": self.count(inst).astype(np.float64),
-            "resp_length": self.count(resp_all).astype(np.float64),
-            "last_resp_length": self.count(last).astype(np.float64),
-        }
+        n = batch.height
+        out = {k: np.empty(n, dtype=np.float64) for k in self.outputs}
+        for s in range(0, n, self.chunk_rows):
+            part = batch.slice(s, self.chunk_rows)
+            msgs = part["messages"].to_list()
+            inst = ["\n".join(m["content"] for m in conv if m["role"] != "assistant") for conv in msgs]
+            resp_all = ["\n".join(m["content"] for m in conv if m["role"] == "assistant") for conv in msgs]
+            del msgs
+            e = s + part.height
+            out["inst_length"][s:e] = self.count(inst)
+            out["resp_length"][s:e] = self.count(resp_all)
+            out["last_resp_length"][s:e] = self.count(part["response"].to_list())
+        return out
 
 
 def canonical_metric(name: str) -> str | None:

@@ -307,3 +307,19 @@ def test_record_texts_and_chunked_hashes_match_the_text_list(monkeypatch):
         assert em._key_of_digests(digs, "m", field) == em.content_key(want, "m", field)
     with pytest.raises(Exception, match="unknown embedding text field"):
         em.RecordTexts(recs, "title")
+
+
+def test_two_level_uses_every_openmp_thread_for_its_cells():
+    """Limiting BLAS to one thread (threadpoolctl) also sets faiss's OpenMP runtime to one thread
+    when faiss ships an OpenMP OpenBLAS: the cell workers must still use the threads there were
+    before the limit."""
+    import laser_fast.cluster as cl
+
+    omp = cl._omp_threads()
+    x = _mixed_blobs(6000, 60)
+    _, st = kmeans_two_level(x, 500, seed=0)
+    assert st["workers"] == min(omp, st["coarse_k"])
+    assert cl._omp_threads() == omp  # the limit is lifted afterwards
+    if omp < 2:
+        pytest.skip("one OpenMP thread here: nothing to run in parallel")
+    assert st["workers"] >= 2

@@ -193,3 +193,24 @@ def test_score_file_categories_map_per_label_and_bad_labels_name_the_record(tmp_
     bad2.write_text(json.dumps({"data_id": "d", "category": "Cooking"}))
     _, cats2, _ = merge_score_files(recs, [bad2], {}, known.copy())
     assert cats2.tolist() == [None, None, None, "Reasoning"]
+
+
+def test_token_counter_chunks_give_the_same_counts(monkeypatch):
+    """Token counts are computed 65k records at a time; any chunking gives the same counts,
+    and multi-turn records count every user turn / every answer."""
+    from laser_fast.scores import TokenCounter
+
+    rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q {i} " + "w " * i},
+                          {"role": "assistant", "content": "a " * (i + 1)}] + ([{"role": "user", "content": "more"}, {"role": "assistant", "content": "ok then"}] if i % 2 else [])}
+            for i in range(11)]
+    recs, _ = records_from_frame(pl.DataFrame(rows), origin="t")
+    tc = TokenCounter()
+    whole = tc.score(recs)
+    monkeypatch.setattr(TokenCounter, "chunk_rows", 3)
+    parts = tc.score(recs)
+    for k in tc.outputs:
+        assert np.array_equal(whole[k], parts[k])
+    tok = tc._load()
+    n0 = lambda t: len(tok.encode(t, add_special_tokens=False))  # noqa: E731
+    assert whole["inst_length"][1] == n0("be brief\nq 1 w \nmore")
+    assert whole["resp_length"][1] == n0("a a \nok then") and whole["last_resp_length"][1] == n0("ok then")
