@@ -101,6 +101,8 @@ SEED_CAP_EXTRA = 16
 #: a probe on every REFINE_PROBE_STRIDE-th row estimates the first pass's moves
 REFINE_MIN_MOVED = 5e-3
 REFINE_PROBE_STRIDE = 8
+#: rows per block of a refinement pass (each worker thread holds one rows x centroids block)
+REFINE_CHUNK = 2048
 #: two-level k-means: k-means++ seeding inside the coarse level and each cell runs on at most
 #: this many rows per cluster (0: all rows); seeding streams the rows once per centre, and a
 #: sample this size stays in cache. Measured on 2 cores, synthetic 60k/5k: 1.49 s ->
@@ -112,6 +114,27 @@ COARSE_NITER = 10
 #: and read in float32 chunks: half the memory of the largest array of a big select (300k rows x
 #: 380 components: 228 MB instead of 456 MB); distances and means are still computed in float32
 HALF_MIN_BYTES = 256 << 20
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Each worker thread allocates from its own glibc arena, and an arena keeps what its thread
+    freed: after the cell workers finish, that memory would stay in this process (measured
+    ~220 MB at the 1M-row e2e select) while the next stage allocates afresh."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -309,16 +332,22 @@ def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 8192
     return out
 
 
-def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None, *, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Means of the clusters (float64 sums, :func:`laser_fast.kernels.label_sums`); empty
-    clusters keep ``old`` (or zeros)."""
+    clusters keep ``old`` (or zeros). ``inplace``: the means are written into ``old`` (a float32
+    array the caller owns), saving a k x d copy."""
     from .kernels import label_sums
 
     sums, counts = label_sums(x, lab, k)
     nonempty = counts > 0
     # in place: no further k x d float64 temporaries (k x d is large at k = 25k)
     np.divide(sums, np.maximum(counts, 1)[:, None], out=sums)
-    cent = np.zeros((k, x.shape[1]), dtype=np.float32) if old is None else np.array(old, dtype=np.float32)
+    if old is None:
+        cent = np.zeros((k, x.shape[1]), dtype=np.float32)
+    elif inplace and old.dtype == np.float32:
+        cent = old
+    else:
+        cent = np.array(old, dtype=np.float32)
     np.copyto(cent, sums, casting="same_kind", where=nonempty[:, None])
     return cent, counts
 
@@ -437,8 +466,11 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
                 return [fn(i) for i in cells]
             finally:
                 _set_omp_threads(prev)
-        with ThreadPoolExecutor(workers, initializer=_set_omp_threads, initargs=(1,)) as ex:
-            return list(ex.map(fn, cells))
+        try:
+            with ThreadPoolExecutor(workers, initializer=_set_omp_threads, initargs=(1,)) as ex:
+                return list(ex.map(fn, cells))
+        finally:
+            release_free_heap()
 
     seeds: dict[int, np.ndarray] = {}
     seed_rounds = seeded = 0
@@ -499,7 +531,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
         pair = np.bincount(cell * k1 + near[:, 1], minlength=k1 * k1).reshape(k1, k1)
         np.fill_diagonal(pair, -1)
         nb = np.argsort(-pair, axis=1, kind="stable")[:, : min(neighbours, k1 - 1)]
-        cent, _ = _centroids_of(x, labels, k, cent)
+        cent, _ = _centroids_of(x, labels, k, cent, inplace=True)
         xsq = np.concatenate([np.einsum("ij,ij->i", c, c) for c in map(_f32, _chunks(x))]) if n else np.zeros(0, np.float32)
         csq = np.einsum("ij,ij->i", cent, cent)
 
@@ -510,10 +542,13 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
             cc = cent[cids]
             ccsq = csq[cids]
             moved_here = 0
-            for s in range(0, rows.size, 4096):
-                r = rows[s : s + 4096]
+            for s in range(0, rows.size, REFINE_CHUNK):
+                r = rows[s : s + REFINE_CHUNK]
                 xr = _f32(x[r])
-                dd = ccsq[None, :] - 2.0 * (xr @ cc.T)
+                # ccsq - 2 x.c, built in place (one block of distances per worker thread)
+                dd = xr @ cc.T
+                dd *= -2.0
+                dd += ccsq[None, :]
                 b = dd.argmin(1)
                 best = dd[np.arange(r.size), b]
                 cur = csq[labels[r]] - 2.0 * np.einsum("ij,ij->i", xr, cent[labels[r]])
@@ -535,7 +570,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
             for _ in range(refine_passes):
                 # cells own disjoint rows and read the pass's fixed centroids: safe in parallel
                 n_moved = int(sum(run_cells(refine_cell, cells_by_size)))
-                cent, _ = _centroids_of(x, labels, k, cent)
+                cent, _ = _centroids_of(x, labels, k, cent, inplace=True)
                 csq = np.einsum("ij,ij->i", cent, cent)
                 moved.append(n_moved)
                 if n_moved <= n * REFINE_MIN_MOVED:  # converged enough: a pass costs about n * 7 * k/k1 * d
