@@ -359,7 +359,7 @@ class _Builder:
             extra_json: Any) -> None:
         """Validate and append one record (raises _RecordProblem; nothing is appended then)."""
         turns = _TURN_READERS[schema](rec)
-        users, answers = _check_structure(turns, schema)
+        users, _answers = _check_structure(turns, schema)
 
         did = rec.get("data_id", _MISSING)
         if did is not _MISSING:

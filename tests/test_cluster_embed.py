@@ -276,7 +276,7 @@ def test_large_strata_cluster_on_float16_rows(monkeypatch):
     z16, comps16 = pca_reduce(x, 0.99, dtype=np.float16)
     assert comps16 == comps and np.abs(z16.astype(np.float32) - z32).max() < 2e-3
     lab32, _ = kmeans_two_level(z32, 600, seed=1)
-    lab16, st = kmeans_two_level(z16, 600, seed=1)
+    lab16, _ = kmeans_two_level(z16, 600, seed=1)
     assert np.bincount(lab16, minlength=600).min() >= 1
     assert kmeans_objective(z32, lab16, 600) <= 1.02 * kmeans_objective(z32, lab32, 600)
     monkeypatch.setattr(cl, "HALF_MIN_BYTES", 0)

@@ -532,3 +532,24 @@ def test_chunked_builder_same_frame_and_duplicate_location(tmp_path, monkeypatch
     p.write_text("\n".join(json.dumps(r) for r in rows + [dict(rows[2], instruction="other")]) + "\n")
     with pytest.raises(InputError, match=r"duplicate data_id 'r2' \(first seen at .*pool.jsonl:3\)"):
         ing.read_records(p)
+
+
+def test_string_views_share_one_text_buffer():
+    """instruction/response/turn columns are Arrow string views into the chunk's one text
+    buffer: every length class (empty, inline <= 12 bytes, longer), multi-byte UTF-8, a sliced
+    source array, and a source without any long text."""
+    import numpy as np
+    import pyarrow as pa
+
+    from laser_fast.ingest import _string_views
+
+    texts = ["", "a", "twelve bytes", "thirteen byte", "héllo wörld ünïcode ✓", "x" * 100, "ok"]
+    base = pa.array(["pad"] + texts, pa.large_string()).slice(1)
+    idx = np.array([6, 0, 3, 2, 4, 5, 1, 3])
+    v = _string_views(base, idx)
+    assert v.type == pa.string_view() and v.to_pylist() == [texts[i] for i in idx]
+    assert pl.from_arrow(v).to_list() == [texts[i] for i in idx]
+    short = pa.array(["a", "bb", ""], pa.large_string())
+    assert _string_views(short, np.array([2, 1, 0])).to_pylist() == ["", "bb", "a"]
+    with pytest.raises(ValueError, match="without nulls"):
+        _string_views(pa.array(["a", None], pa.large_string()), np.array([0]))

@@ -211,6 +211,6 @@ def test_token_counter_chunks_give_the_same_counts(monkeypatch):
     for k in tc.outputs:
         assert np.array_equal(whole[k], parts[k])
     tok = tc._load()
-    n0 = lambda t: len(tok.encode(t, add_special_tokens=False))  # noqa: E731
+    n0 = lambda t: len(tok.encode(t, add_special_tokens=False))
     assert whole["inst_length"][1] == n0("be brief\nq 1 w \nmore")
     assert whole["resp_length"][1] == n0("a a \nok then") and whole["last_resp_length"][1] == n0("ok then")
