@@ -195,10 +195,26 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
     return cats, conf
 
 
-def english_mask(records: pl.DataFrame) -> np.ndarray:
+def english_mask(records: pl.DataFrame, workdir: str | None = None) -> np.ndarray:
+    """Whether each record's instruction looks English (:func:`laser_fast.classify.is_english`).
+
+    With a ``workdir`` the mask is cached under ``cache/language-<key>.npz``, keyed by every
+    instruction's hash and the package version: the heuristic runs in Python at ~9 us a text
+    (9 s at a million records), hashing the texts for the key takes about a tenth of that."""
     from .classify import is_english
 
-    return np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
+    if workdir is None:
+        return np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
+    key = _hash_strings(_iter_column(records, "instruction"), f"language|v{__version__}|{records.height}")
+    cp = _cache_path(workdir, "language", key)
+    if cp.exists():
+        return np.load(cp)["english"]
+    out = np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
+    cp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cp.with_name(cp.name + ".tmp.npz")
+    np.savez(tmp, english=out)
+    os.replace(tmp, cp)
+    return out
 
 
 def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> dict[str, np.ndarray]:
@@ -456,7 +472,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
             score_files += rep
 
     with timer.stage("language"):
-        english = english_mask(recs)
+        english = english_mask(recs, workdir)
 
     with timer.stage("classify"):
         cfacts: dict[str, Any] = {}

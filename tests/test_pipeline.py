@@ -165,6 +165,9 @@ def test_non_english_flagged_and_excluded(example_files, workdir):
 
 
 def test_determinism_and_cache_reuse(example_files, workdir, tmp_path):
+    # a first run fills the caches (when this test runs alone the embeddings are not cached yet,
+    # and the report names the device only when vectors were computed)
+    _run(example_files, workdir, budget=90, strategy="longest", mode="kmeans+greedy", seed=3)
     outs = []
     for i in range(2):
         run = _run(example_files, workdir, budget=90, strategy="longest", mode="kmeans+greedy", seed=3)
@@ -273,3 +276,24 @@ def test_output_frame_matches_a_frame_built_from_the_rows(tmp_path, workdir, mod
     assert got.to_dicts() == want.to_dicts()
     # no selection: the documented empty frame
     assert output_frame(run.pool, np.zeros(0, dtype=np.int64)).columns == ["messages", "data_id", "category", "preference", "selected_by"]
+
+
+def test_language_mask_is_cached_by_instruction_texts(tmp_path, monkeypatch):
+    import laser_fast.classify as clf
+    from laser_fast.ingest import records_from_frame
+    from laser_fast.pipeline import english_mask
+
+    recs, _ = records_from_frame(pl.DataFrame({"instruction": ["What is the capital of France?", "¿Dónde está la biblioteca de la ciudad?", "今天天气怎么样？"],
+                                               "output": ["Paris.", "Allí.", "晴天。"]}), origin="t")
+    first = english_mask(recs, str(tmp_path))
+    assert first.tolist() == [True, False, False]
+    assert len(list((tmp_path / "cache").glob("language-*.npz"))) == 1
+
+    def boom(texts):
+        raise AssertionError("the heuristic ran again")
+
+    monkeypatch.setattr(clf, "is_english", boom)
+    assert english_mask(recs, str(tmp_path)).tolist() == first.tolist()  # from the cache
+    other = recs.with_columns(pl.Series("instruction", ["Bonjour, où est la gare la plus proche de la ville ?", "Name three colours.", "Hi"]))
+    with pytest.raises(AssertionError, match="ran again"):
+        english_mask(other, str(tmp_path))  # other texts: another key
