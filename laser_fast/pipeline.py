@@ -206,13 +206,20 @@ def english_mask(records: pl.DataFrame, workdir: str | None = None) -> np.ndarra
     if workdir is None:
         return np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
     key = _hash_strings(_iter_column(records, "instruction"), f"language|v{__version__}|{records.height}")
-    cp = _cache_path(workdir, "language", key)
+    return _cached_arrays(workdir, "language", key, lambda: {"english": english_mask(records)})["english"]
+
+
+def _cached_arrays(workdir: str, stage: str, key: str, compute) -> dict[str, np.ndarray]:
+    """``compute()``'s arrays, from ``cache/<stage>-<key>.npz`` when a run stored them there
+    (written to a temporary file and renamed)."""
+    cp = _cache_path(workdir, stage, key)
     if cp.exists():
-        return np.load(cp)["english"]
-    out = np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
+        z = np.load(cp)
+        return {k: z[k] for k in z.files}
+    out = compute()
     cp.parent.mkdir(parents=True, exist_ok=True)
     tmp = cp.with_name(cp.name + ".tmp.npz")
-    np.savez(tmp, english=out)
+    np.savez(tmp, **out)
     os.replace(tmp, cp)
     return out
 
@@ -222,16 +229,7 @@ def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> di
 
     tc = TokenCounter(opts.tokenizer)
     key = _hash_strings(itertools.chain(_iter_column(records, "data_id"), _iter_column(records, "response")), tc.fingerprint + str(records.height))
-    cp = _cache_path(workdir, "tokens", key)
-    if cp.exists():
-        z = np.load(cp)
-        return {k: z[k] for k in tc.outputs}
-    out = tc.score(records)
-    cp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cp.with_name(cp.name + ".tmp.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, cp)
-    return out
+    return _cached_arrays(workdir, "tokens", key, lambda: tc.score(records))
 
 
 def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.ndarray], opts: SelectOptions, workdir: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -835,7 +833,7 @@ def output_frame(pool: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
                 vals = [int(c) if c else e.get("copy") for c, e in zip(copy.tolist(), extras)]
                 cols[k] = pl.Series(vals, strict=False)
             else:
-                cols[k] = pl.Series(np.where(copy != 0, copy, 0)).cast(pl.Int64).replace(0, None)
+                cols[k] = pl.Series(copy).cast(pl.Int64).replace(0, None)
         else:
             assert ex_frame is not None
             cols[k] = ex_frame[k]
