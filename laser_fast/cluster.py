@@ -424,7 +424,7 @@ def kmeans_two_level(
     # and from running the cells in a thread pool
     # faiss's OpenMP thread count, read before the BLAS limit: limiting faiss's OpenMP build of
     # OpenBLAS to one thread also sets faiss's OpenMP runtime to one thread, which left the cell
-    # workers and faiss's own loops on one core (measured: 19.4 s -> 12.6 s at 300k/25k on 2
+    # workers and faiss's own loops on one core (measured: 19.4 s -> 13.0 s at 300k/24k on 2
     # cores once restored)
     omp = _omp_threads()
     with _single_threaded_blas(_faiss_gpus() == 0):
