@@ -198,12 +198,8 @@ def _key_of_digests(digs: np.ndarray, model_name: str, field: str) -> str:
 def content_key(texts: Sequence[str], model_name: str, field: str, *, hashes: Sequence[bytes] | None = None) -> str:
     """Key of one request: sha256 over model, field, count and every text's sha1 (``hashes``, when
     the caller has them already, saves hashing the texts twice)."""
-    h = hashlib.sha256()
-    h.update(f"{model_name}\x00{field}\x00{len(texts)}\x00".encode())
-    if hashes is None:
-        hashes = [text_hash(t) for t in texts]
-    h.update(b"".join(hashes))  # same digest as updating text by text
-    return h.hexdigest()[:32]
+    digs = hash_texts(texts) if hashes is None else np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, 20)
+    return _key_of_digests(digs, model_name, field)
 
 
 def text_hash(t: str) -> bytes:

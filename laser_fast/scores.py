@@ -179,7 +179,7 @@ def _to_float(v, where: str, key: str) -> float:
         return float(v)
     if isinstance(v, str):
         s = v.strip()
-        if s in ("", "None", "NaN", "nan", "null"):
+        if s in _MISSING_TOKENS:
             return np.nan
         try:
             return float(s)
