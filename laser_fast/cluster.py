@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .memory import release_free_heap
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def faiss_device() -> str:
     return f"cuda (faiss-gpu, {n} GPU{'s' if n > 1 else ''})" if n > 0 else "cpu"
 
 
-def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 16384, dtype: str | np.dtype = np.float32) -> tuple[np.ndarray, int]:
+def pca_reduce(x: np.ndarray, variance: float = 0.99, *, chunk_rows: int = 4096, dtype: str | np.dtype = np.float32) -> tuple[np.ndarray, int]:
     """Project rows onto the principal components that keep ``variance`` of the total variance.
 
     Works in chunks (the covariance is d x d), so a float16 memmap is read once per pass.
@@ -116,25 +118,6 @@ COARSE_NITER = 10
 HALF_MIN_BYTES = 256 << 20
 
 
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Each worker thread allocates from its own glibc arena, and an arena keeps what its thread
-    freed: after the cell workers finish, that memory would stay in this process (measured
-    ~220 MB at the 1M-row e2e select) while the next stage allocates afresh."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = None
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -333,22 +316,19 @@ def _sq_dist_to(x: np.ndarray, c: np.ndarray, lab: np.ndarray, chunk: int = 8192
 
 
 def _centroids_of(x: np.ndarray, lab: np.ndarray, k: int, old: np.ndarray | None = None, *, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Means of the clusters (float64 sums, :func:`laser_fast.kernels.label_sums`); empty
-    clusters keep ``old`` (or zeros). ``inplace``: the means are written into ``old`` (a float32
-    array the caller owns), saving a k x d copy."""
-    from .kernels import label_sums
+    """Means of the clusters (float64 sums, a block of clusters at a time:
+    :func:`laser_fast.kernels.label_means_into`); empty clusters keep ``old`` (or zeros).
+    ``inplace``: the means are written into ``old`` (a float32 array the caller owns), saving a
+    k x d copy."""
+    from .kernels import label_means_into
 
-    sums, counts = label_sums(x, lab, k)
-    nonempty = counts > 0
-    # in place: no further k x d float64 temporaries (k x d is large at k = 25k)
-    np.divide(sums, np.maximum(counts, 1)[:, None], out=sums)
     if old is None:
         cent = np.zeros((k, x.shape[1]), dtype=np.float32)
-    elif inplace and old.dtype == np.float32:
+    elif inplace and old.dtype == np.float32 and old.flags.c_contiguous:
         cent = old
     else:
         cent = np.array(old, dtype=np.float32)
-    np.copyto(cent, sums, casting="same_kind", where=nonempty[:, None])
+    counts = label_means_into(x, lab, cent)
     return cent, counts
 
 

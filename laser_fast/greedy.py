@@ -23,6 +23,9 @@ _BLOCK_SIZE = 0
 _AUTO_PROGRESS_MIN = 50_000
 #: Rows whose norm differs from 1 by more than this trigger normalisation (float32 input).
 _UNIT_TOL = 1e-5
+#: Inputs that are not already one float32 array and whose float32 copy would exceed this are
+#: walked a segment of candidates at a time (see :func:`_walk_segments`).
+SEGMENT_BYTES = 128 << 20
 
 
 def _core():
@@ -36,8 +39,9 @@ def _core():
     return core
 
 
-def _as_unit_float32(embeddings: Any) -> np.ndarray:
-    """One conversion at the boundary: C-contiguous float32 with unit-length rows."""
+def _as_unit_float32(embeddings: Any, row_ids: np.ndarray | None = None) -> np.ndarray:
+    """One conversion at the boundary: C-contiguous float32 with unit-length rows. Errors name
+    row ``row_ids[i]`` for row ``i`` when ``row_ids`` is given (a segment of a larger input)."""
     if not isinstance(embeddings, np.ndarray) and hasattr(embeddings, "__array__") and getattr(embeddings, "dtype", None) in (np.float16, np.float32):
         # an array-like that converts itself (e.g. rows read from the embedding store): straight
         # to float32, without a float16 copy of everything first
@@ -67,6 +71,7 @@ def _as_unit_float32(embeddings: Any) -> np.ndarray:
         nonfinite = ~np.isfinite(sub).all(axis=1)
         if nonfinite.any():
             i = int(odd[np.argmax(nonfinite)])
+            i = i if row_ids is None else int(row_ids[i])
             raise ValueError(
                 f"embeddings row {i} contains NaN or inf (after conversion to float32); "
                 f"{int(nonfinite.sum())} such row(s) in total"
@@ -74,6 +79,7 @@ def _as_unit_float32(embeddings: Any) -> np.ndarray:
         sub_norms = np.linalg.norm(sub, axis=1)
         if (sub_norms == 0).any():
             zeros = odd[sub_norms == 0]
+            zeros = zeros if row_ids is None else row_ids[zeros]
             raise ValueError(
                 f"embeddings row {int(zeros[0])} is all zeros, so its cosine distance is undefined "
                 f"({zeros.size} zero row(s) in total); drop such rows first"
@@ -90,6 +96,74 @@ def _as_unit_float32(embeddings: Any) -> np.ndarray:
         if fixed is not None:
             x[odd] = fixed
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _rows_of(embeddings: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` of an (n, d) array-like: a row view of the embedding store stays one
+    (``subset``), anything else is indexed (a memmap reads just those rows)."""
+    subset = getattr(embeddings, "subset", None)
+    if subset is not None:
+        return subset(rows)
+    return embeddings[rows] if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)[rows]
+
+
+def _segment_rows(embeddings: Any) -> int | None:
+    """Candidates per segment when ``embeddings`` should be walked in segments, else None."""
+    if isinstance(embeddings, np.ndarray) and not isinstance(embeddings, np.memmap) and embeddings.dtype == np.float32 and embeddings.flags.c_contiguous:
+        return None  # already the array the core reads: no copy to save
+    shape = getattr(embeddings, "shape", None)
+    if shape is None or len(shape) != 2 or getattr(embeddings, "dtype", None) not in (np.float16, np.float32, np.float64):
+        return None
+    n, d = int(shape[0]), int(shape[1])
+    if n * d * 4 <= SEGMENT_BYTES:
+        return None
+    return max(4096, SEGMENT_BYTES // (4 * max(d, 1)))
+
+
+def _walk_segments(embeddings: Any, order: np.ndarray, seg_rows: int, md: float, budget: int | None, num_threads: int,
+                   callback, method: str, stats: dict | None) -> np.ndarray:
+    """The greedy walk over ``order``, reading ``seg_rows`` candidates at a time.
+
+    The walk is sequential and only the rows accepted so far decide a candidate, so each segment
+    runs the core on [the rows accepted so far, then the segment's candidates]: the accepted rows
+    are pairwise farther apart than ``min_distance`` and come first, in their order, so they are
+    all accepted again (checked), and every new decision sees exactly the rows the single walk
+    would. Memory: one segment plus the accepted rows in float32, instead of every row.
+    """
+    d = int(embeddings.shape[1])
+    acc_idx = np.zeros(0, dtype=np.int64)
+    acc_x = np.zeros((0, d), dtype=np.float32)
+    visited = 0
+    segments = 0
+    core = _core()
+    for s in range(0, order.size, seg_rows):
+        seg = order[s : s + seg_rows]
+        xs = _as_unit_float32(_rows_of(embeddings, seg), row_ids=seg)
+        a = acc_idx.size
+        x = np.concatenate([acc_x, xs]) if a else xs
+        del xs, acc_x
+        cb = None
+        if callback is not None:
+            def cb(v: int, acc: int, base: int = visited, a: int = a) -> None:
+                callback(base + max(v - a, 0), acc)
+        seg_stats: dict | None = {} if stats is not None else None
+        out = core.greedy_diverse(x, min_distance=md, order=None, budget=-1 if budget is None else int(budget),
+                                  num_threads=int(num_threads), block_size=_BLOCK_SIZE, progress=cb, method=method, stats=seg_stats)
+        if not np.array_equal(out[:a], np.arange(a)):  # cannot happen: the accepted rows are pairwise far apart
+            raise RuntimeError("greedy segment walk: a row accepted earlier was rejected on the re-check")
+        acc_idx = np.concatenate([acc_idx, seg[out[a:] - a]])
+        acc_x = x[out]
+        del x
+        visited += seg.size
+        segments += 1
+        if stats is not None and seg_stats is not None:
+            stats.update(seg_stats)
+        if budget is not None and acc_idx.size >= budget:
+            break
+    if stats is not None:
+        stats["segments"] = segments
+        stats["segment_rows"] = int(seg_rows)
+    return acc_idx
 
 
 def _check_order(order: Any, n: int) -> np.ndarray | None:
@@ -209,12 +283,22 @@ def greedy_diverse(
     if stats is not None and not isinstance(stats, dict):
         raise ValueError(f"stats must be a dict or None, got {type(stats).__name__}")
 
-    x = _as_unit_float32(embeddings)
-    n = x.shape[0]
+    seg_rows = _segment_rows(embeddings)
+    if seg_rows is None:
+        x = _as_unit_float32(embeddings)
+        n = x.shape[0]
+    else:
+        x, n = None, int(embeddings.shape[0])  # rows are read and checked a segment at a time
     idx = _check_order(order, n)
     total = n if idx is None else idx.shape[0]
     if total == 0 or budget == 0:
         return np.zeros(0, dtype=np.int64)
+    remap = None
+    if seg_rows is not None and total <= seg_rows:
+        # one segment: the candidates alone, converted once
+        rows = np.arange(n, dtype=np.int64) if idx is None else idx
+        x = _as_unit_float32(_rows_of(embeddings, rows), row_ids=rows)
+        remap, idx, seg_rows = rows, None, None
 
     bar = _progress_bar(total, show_progress)
     callback = None
@@ -224,6 +308,9 @@ def greedy_diverse(
             bar.set_postfix(accepted=accepted, refresh=False)
 
     try:
+        if seg_rows is not None:
+            order_all = np.arange(n, dtype=np.int64) if idx is None else idx
+            return _walk_segments(embeddings, order_all, seg_rows, md, budget, num_threads, callback, method, stats)
         out = _core().greedy_diverse(
             x,
             min_distance=md,
@@ -238,4 +325,4 @@ def greedy_diverse(
     finally:
         if bar is not None:
             bar.close()
-    return out
+    return out if remap is None else remap[out]

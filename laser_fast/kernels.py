@@ -29,6 +29,7 @@ from numba import njit
 
 __all__ = [
     "expected_score",
+    "label_means_into",
     "label_sums",
     "ifd_ratio",
     "minmax",
@@ -341,3 +342,44 @@ def label_sums(x: np.ndarray, labels: np.ndarray, k: int, *, chunk_rows: int = 1
     for s in range(0, n, chunk_rows):
         _label_sums_into(np.ascontiguousarray(x[s : s + chunk_rows], dtype=np.float32), lab[s : s + chunk_rows], sums, counts)
     return sums, counts
+
+
+def label_means_into(x: np.ndarray, labels: np.ndarray, out: np.ndarray, *, block_rows: int = 16384) -> np.ndarray:
+    """Write each non-empty label's mean row into ``out`` (float32, (k, d)); returns the counts.
+
+    The same float64 sums as :func:`label_sums` (each label's rows added in row order), but taken
+    a block of labels at a time: the rows are grouped by label (a stable sort), and each block of
+    about ``block_rows`` rows is read as float32 and summed into a float64 accumulator for just
+    its labels. No ``k x d`` float64 array is ever allocated (73 MB at k = 24k, d = 380). Rows of
+    empty labels in ``out`` are left as they were.
+
+    Example:
+        >>> out = np.zeros((2, 2), np.float32)
+        >>> label_means_into(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32), np.array([1, 0, 1]), out).tolist()
+        [1, 2]
+        >>> out.tolist()
+        [[3.0, 4.0], [3.0, 4.0]]
+    """
+    k, d = out.shape
+    lab = np.ascontiguousarray(labels, dtype=np.int64)
+    n = x.shape[0]
+    if lab.shape != (n,) or x.shape[1] != d:
+        raise ValueError(f"labels must have shape ({n},) and out (k, {x.shape[1]}); got {lab.shape} and {out.shape}")
+    if lab.size and (lab.min() < 0 or lab.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}), got [{lab.min()}, {lab.max()}]")
+    counts = np.bincount(lab, minlength=k).astype(np.int64)
+    order = np.argsort(lab, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    a = 0
+    while a < k:
+        # the labels [a, b) whose rows fit in one block (at least one label)
+        b = min(k, max(a + 1, int(np.searchsorted(starts, starts[a] + block_rows, side="right")) - 1))
+        rows = order[starts[a] : starts[b]]
+        if rows.size:
+            sums = np.zeros((b - a, d), dtype=np.float64)
+            cnt = np.zeros(b - a, dtype=np.int64)
+            _label_sums_into(np.ascontiguousarray(x[rows], dtype=np.float32), lab[rows] - a, sums, cnt)
+            full = cnt > 0
+            out[a:b][full] = sums[full] / cnt[full, None]
+        a = b
+    return counts

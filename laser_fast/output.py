@@ -74,6 +74,24 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
                 f.write("\n")
 
 
-def write_parquet(path, df) -> None:
+def write_parquet(path, df, *, slice_rows: int | None = None, release=None) -> None:
+    """Write ``df`` atomically. With ``slice_rows``, a larger frame is written one row group of
+    that many rows at a time and ``release()`` runs after each (for a frame read from a mapped
+    file: the pages each slice touched leave the process again)."""
     with atomic_path(path) as tmp:
-        df.write_parquet(tmp, statistics=False)
+        if not slice_rows or df.height <= slice_rows:
+            df.write_parquet(tmp, statistics=False)
+            return
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        from .memory import _owned_schema
+
+        schema = _owned_schema(df.head(0).to_arrow(compat_level=pl.CompatLevel.newest()).schema)
+        with pq.ParquetWriter(tmp, schema, write_statistics=False) as writer:
+            for s in range(0, df.height, slice_rows):
+                part = df.slice(s, slice_rows).to_arrow(compat_level=pl.CompatLevel.newest())
+                writer.write_table(part.cast(schema))
+                del part
+                if release is not None:
+                    release()

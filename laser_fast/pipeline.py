@@ -49,9 +49,11 @@ class SelectionRun:
     manifest: dict
     options: SelectOptions
     timings: dict = field(default_factory=dict)
+    #: drops the resident pages of a pool held in a mapped file (see :mod:`laser_fast.memory`)
+    release: Any = field(default=None, repr=False, compare=False)
 
     def selected_frame(self) -> pl.DataFrame:
-        return output_frame(self.pool, self.selected_rows)
+        return output_frame(self.pool, self.selected_rows, release=self.release)
 
 
 def peak_rss_mb() -> float | None:
@@ -79,6 +81,7 @@ class _Timer:
     def __init__(self):
         self.t: dict[str, float] = {}
         self.peak_mb: dict[str, float | None] = {}
+        self.after_stage: list[Any] = []  # called when any stage ends (e.g. drop mapped pages)
 
     @contextmanager
     def stage(self, name: str):
@@ -87,6 +90,8 @@ class _Timer:
         try:
             yield
         finally:
+            for hook in self.after_stage:
+                hook()
             self.t[name] = round(self.t.get(name, 0.0) + time.perf_counter() - t0, 3)
             self.peak_mb[name] = peak_rss_mb()
 
@@ -109,6 +114,20 @@ def _hash_strings(parts: Iterable[str], prefix: str) -> str:
 
 
 # --------------------------------------------------------------------------- ingest
+def _map_records(recs: pl.DataFrame, workdir: str, timer: _Timer) -> pl.DataFrame:
+    """The records moved to a mapped file in the workdir when they are large (see
+    :mod:`laser_fast.mapped`); the pages each stage reads are dropped when it ends."""
+    from .memory import release_free_heap, spill_frame
+
+    recs, handle = spill_frame(recs, Path(workdir) / "tmp")
+    if handle is not None:
+        timer.after_stage.append(handle.release_pages)
+    # what a stage freed goes back to the OS before the next one allocates
+    timer.after_stage.append(release_free_heap)
+    release_free_heap()
+    return recs, handle.release_pages if handle is not None else None
+
+
 def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list[dict]]:
     """Read the inputs into one records table; returns (records, skipped, input facts)."""
     from . import ingest
@@ -285,9 +304,13 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
 
     workdir = workdir or default_workdir()
     Path(workdir).mkdir(parents=True, exist_ok=True)
+    from .memory import limit_heap_arenas
+
+    limit_heap_arenas()
     timer = _Timer()
     with timer.stage("ingest"):
         recs, skipped, inputs = load_pool(data, opts)
+        recs, _ = _map_records(recs, workdir, timer)
     if recs.height == 0:
         raise LaserError("the inputs hold no valid records (all were skipped); nothing to score")
     profile = canonical_profile(None if opts.profile in (None, "none") else opts.profile)
@@ -344,7 +367,7 @@ class StoreRows:
 
     ndim = 2
 
-    def __init__(self, arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 16384):
+    def __init__(self, arr: np.ndarray, idx: np.ndarray, *, chunk_rows: int = 4096):
         self.arr = arr
         self.idx = np.asarray(idx, dtype=np.int64)
         self.chunk_rows = int(chunk_rows)
@@ -362,6 +385,10 @@ class StoreRows:
             o = order[s : s + self.chunk_rows]
             out[o] = self.arr[rows[o]]
             release_pages(self.arr)  # the file pages just read leave this process's RSS
+
+    def subset(self, rows: np.ndarray) -> StoreRows:
+        """The rows ``rows`` of this view, as a view (nothing is read)."""
+        return StoreRows(self.arr, self.idx[np.asarray(rows, dtype=np.int64)], chunk_rows=self.chunk_rows)
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, slice):
@@ -449,11 +476,15 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
     opts.validate()
     workdir = workdir or default_workdir()
     Path(workdir).mkdir(parents=True, exist_ok=True)
+    from .memory import limit_heap_arenas
+
+    limit_heap_arenas()
     timer = _Timer()
     facts: dict[str, Any] = {}
 
     with timer.stage("ingest"):
         recs, skipped, inputs = load_pool(data, opts)
+        recs, release = _map_records(recs, workdir, timer)
     if recs.height == 0:
         raise LaserError("the inputs hold no valid records (all were skipped); nothing to select")
     n = recs.height
@@ -596,6 +627,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
     cluster = np.full(N, -1, dtype=np.int64)
     sel_order: list[np.ndarray] = []
     strata_stats = {}
+    from .memory import release_free_heap
     from .progress import progress_bar
 
     with timer.stage("select"), progress_bar(total=len(strata), desc=f"select ({opts.mode})", unit="stratum", show=opts.show_progress) as bar:
@@ -625,6 +657,8 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                 chosen = rows[loc]
                 if labels is not None:
                     cluster[rows] = labels
+                del loc, labels
+                release_free_heap()  # the stratum's working set, before the next one allocates
             selected_by[chosen] = by
             p_status[chosen] = "selected"
             st["selected"] = int(chosen.size)
@@ -644,24 +678,31 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
 
     # the pool table with every decision
     pool = recs.select([c for c in recs.columns if c != "_source_index"])[row_map.tolist()] if N != n else recs.select([c for c in recs.columns if c != "_source_index"])
-    cols = {
-        "copy": copy_idx,
-        "category": p_cats.astype(str),
-        "category_confidence": conf[row_map],
-        "is_english": english[row_map],
-        "preference": p_pref,
-        "status": p_status.astype(str),
-        "selected_by": [None if v is None else str(v) for v in selected_by],
-        "cluster": np.where(cluster >= 0, cluster, -1),
+    # one column at a time, straight from the arrays (float arrays are shared with polars, not
+    # copied, when no record is oversampled; strings from the object arrays' str values, not a fixed-width copy)
+    ident = N == n
+
+    def per_row(a: np.ndarray) -> np.ndarray:
+        return a if ident else a[row_map]
+
+    cols: dict[str, Any] = {
+        "copy": lambda: copy_idx,
+        "category": lambda: pl.Series(p_cats.tolist(), dtype=pl.Utf8),
+        "category_confidence": lambda: per_row(conf),
+        "is_english": lambda: per_row(english),
+        "preference": lambda: p_pref,
+        "status": lambda: pl.Series(p_status.tolist(), dtype=pl.Utf8),
+        "selected_by": lambda: pl.Series(selected_by.tolist(), dtype=pl.Utf8),
+        "cluster": lambda: np.where(cluster >= 0, cluster, -1),
     }
     for m in SCORE_COLUMNS:
         if m in scores:
-            cols[m] = scores[m][row_map]
+            cols[m] = lambda m=m: per_row(scores[m])
         elif m in raw_scores:
-            cols[m] = raw_scores[m][row_map]
-    for m, v in scaled.items():
-        cols[f"{m}_scaled"] = v[row_map]
-    pool = pool.with_columns([pl.Series(k, v, dtype=pl.Utf8 if k == "selected_by" else None) for k, v in cols.items()])
+            cols[m] = lambda m=m: per_row(raw_scores[m])
+    for m in scaled:
+        cols[f"{m}_scaled"] = lambda m=m: per_row(scaled[m])
+    pool = pool.with_columns([pl.Series(k, make()) for k, make in cols.items()])
     pool = pool.with_columns(pl.when(pl.col("cluster") < 0).then(None).otherwise(pl.col("cluster")).alias("cluster"))
 
     def counts(mask):
@@ -700,7 +741,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         "timings_seconds": timer.t,
         "peak_rss_mb_after_stage": timer.peak_mb,
     }
-    return SelectionRun(pool=pool, selected_rows=selected, manifest=manifest, options=opts, timings=timer.t)
+    return SelectionRun(pool=pool, selected_rows=selected, manifest=manifest, options=opts, timings=timer.t, release=release)
 
 
 def _torch_cuda() -> bool | None:
@@ -758,14 +799,19 @@ def _versions() -> dict:
 # --------------------------------------------------------------------------- outputs
 #: selected records turned into Python objects at a time when writing the outputs
 OUTPUT_CHUNK_ROWS = 4096
+#: rows of ``decisions.parquet`` written at a time when the pool lives in a mapped file
+DECISION_SLICE_ROWS = 131072
 
 
-def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = OUTPUT_CHUNK_ROWS) -> Iterator[dict]:
+def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = OUTPUT_CHUNK_ROWS, release=None) -> Iterator[dict]:
     """Selected records as dicts (``messages``, every input field, then provenance columns),
-    converted ``chunk_rows`` at a time so a large selection never lives as Python objects at once."""
+    converted ``chunk_rows`` at a time so a large selection never lives as Python objects at once;
+    ``release()`` (when given) runs after each chunk (see :class:`SelectionRun`)."""
     score_cols = [c for c in SCORE_COLUMNS if c in pool.columns]
     for s in range(0, rows.size, chunk_rows):
         sub = pool[rows[s : s + chunk_rows].tolist()]
+        if release is not None:
+            release()
         for r in sub.iter_rows(named=True):
             d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
             extra = json.loads(r["extra"]) if r["extra"] else {}
@@ -792,13 +838,17 @@ def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
     return list(iter_output_rows(pool, rows))
 
 
-def output_frame(pool: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None) -> pl.DataFrame:
     """The selected records as a frame: the same columns, order and types as a frame built from
     :func:`output_rows`, but assembled column by column from ``pool`` (a frame built from a
-    list of nested dicts costs several kB per row); only the ``extra`` JSON goes through Python."""
+    list of nested dicts costs several kB per row); only the ``extra`` JSON goes through Python.
+    The selected texts are copied out of ``pool`` (see :func:`laser_fast.memory.gather_owned`,
+    which calls ``release``)."""
+    from .memory import gather_owned
+
     if not rows.size:
         return pl.DataFrame({"messages": [], "data_id": [], "category": [], "preference": [], "selected_by": []})
-    sub = pool.select([c for c in pool.columns if c not in ("instruction", "response", "user_turns", "responses")])[rows.tolist()]
+    sub = gather_owned(pool.select([c for c in pool.columns if c not in ("instruction", "response", "user_turns", "responses")]), rows, release=release)
     extras = [json.loads(e) if e else {} for e in sub["extra"].to_list()]
     score_cols = [c for c in SCORE_COLUMNS if c in sub.columns]
     fixed = {"data_id": sub["data_id"], "origin": sub["origin"], "category": sub["category"], "category_confidence": sub["category_confidence"],
@@ -844,6 +894,9 @@ def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None 
     """Write the run's outputs atomically into ``output_dir``; returns name -> path."""
     from .output import write_json, write_jsonl, write_parquet
 
+    from .memory import release_free_heap
+
+    release_free_heap()  # what the run freed, before the outputs allocate
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     fmt = fmt or run.options.format
@@ -851,13 +904,14 @@ def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None 
     t0 = time.perf_counter()
     if fmt == "jsonl":
         p = out / "selected.jsonl"
-        write_jsonl(p, iter_output_rows(run.pool, run.selected_rows))
+        write_jsonl(p, iter_output_rows(run.pool, run.selected_rows, release=run.release))
     else:
         p = out / "selected.parquet"
-        write_parquet(p, output_frame(run.pool, run.selected_rows))
+        write_parquet(p, output_frame(run.pool, run.selected_rows, release=run.release))
     paths["selected"] = str(p)
     dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
-    write_parquet(out / "decisions.parquet", dec)
+    # a pool read from a mapped file is written a slice at a time, its pages dropped after each
+    write_parquet(out / "decisions.parquet", dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
     paths["decisions"] = str(out / "decisions.parquet")
     run.timings["write"] = round(time.perf_counter() - t0, 3)
     run.manifest.setdefault("peak_rss_mb_after_stage", {})["write"] = peak_rss_mb()
