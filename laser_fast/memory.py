@@ -127,7 +127,7 @@ def release_free_heap() -> None:
 _MALLOC_TRIM = None
 
 #: glibc heaps ("arenas") threads may allocate from; see :func:`limit_heap_arenas`
-HEAP_ARENAS = 1
+HEAP_ARENAS = 2
 _ARENAS_SET = False
 
 
@@ -136,8 +136,9 @@ def limit_heap_arenas(arenas: int = HEAP_ARENAS) -> bool:
 
     By default glibc gives threads up to 8 heaps per core, and each heap keeps the fragments its
     threads left behind: at the 1M-row e2e select the k-means cell workers left ~250 MB resident
-    across the seven strata, and ``malloc_trim`` cannot return it. With two heaps the run's peak
-    fell from 1,150 MB to 1,041 MB at the same speed (``select`` 37.1 s vs 36.4 s). Only
+    across the seven strata, and ``malloc_trim`` cannot return it. With two heaps
+    (``MALLOC_ARENA_MAX=2`` set for that run) its peak fell from 1,150 MB to 1,041 MB at the same
+    speed (``select`` 37.1 s vs 36.4 s). Only
     allocations made after the call are affected. Leaves the setting alone when the user set
     ``MALLOC_ARENA_MAX``, and does nothing outside glibc. Returns whether it set the limit.
     """
