@@ -90,7 +90,7 @@ def spill_frame(frame: pl.DataFrame, directory: str | os.PathLike, *, min_bytes:
         path.unlink()
         path = None
         mapped = pl.from_arrow(ipc.open_file(pa.py_buffer(mm)).read_all(), rechunk=False)
-    except (OSError, pa.ArrowException) as e:
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as e:
         logger.warning("could not move the record table to a file in %s (%s); it stays in memory", directory, e)
         if path is not None:
             try:

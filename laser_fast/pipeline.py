@@ -114,9 +114,10 @@ def _hash_strings(parts: Iterable[str], prefix: str) -> str:
 
 
 # --------------------------------------------------------------------------- ingest
-def _map_records(recs: pl.DataFrame, workdir: str, timer: _Timer) -> pl.DataFrame:
+def _map_records(recs: pl.DataFrame, workdir: str, timer: _Timer) -> tuple[pl.DataFrame, Any]:
     """The records moved to a mapped file in the workdir when they are large (see
-    :mod:`laser_fast.mapped`); the pages each stage reads are dropped when it ends."""
+    :mod:`laser_fast.memory`); the pages each stage reads are dropped when it ends. Returns the
+    records and the function that drops their pages (None when they stay on the heap)."""
     from .memory import release_free_heap, spill_frame
 
     recs, handle = spill_frame(recs, Path(workdir) / "tmp")
@@ -892,9 +893,8 @@ def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None) -> pl.Da
 
 def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None = None, report: bool = True) -> dict[str, str]:
     """Write the run's outputs atomically into ``output_dir``; returns name -> path."""
-    from .output import write_json, write_jsonl, write_parquet
-
     from .memory import release_free_heap
+    from .output import write_json, write_jsonl, write_parquet
 
     release_free_heap()  # what the run freed, before the outputs allocate
     out = Path(output_dir)

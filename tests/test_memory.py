@@ -164,3 +164,14 @@ def test_selection_with_the_pool_in_a_mapped_file_is_the_same(example_files, wor
         else:
             assert pl.read_parquet(a).equals(pl.read_parquet(b))
     assert not list(Path(workdir).glob("tmp/records-*"))  # the mapped file was unlinked
+
+
+@posix_only
+def test_a_failed_spill_keeps_the_table_in_memory_with_a_warning(tmp_path, caplog):
+    df = _table(200)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the folder should be")
+    with caplog.at_level("WARNING", logger="laser_fast.memory"):
+        same, handle = memory.spill_frame(df, blocker / "tmp", min_bytes=0)
+    assert handle is None and same is df
+    assert "stays in memory" in caplog.text and "not-a-dir" in caplog.text
