@@ -79,12 +79,13 @@ def spill_frame(frame: pl.DataFrame, directory: str | os.PathLike, *, min_bytes:
         Path(directory).mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="records-", suffix=".arrow", dir=directory)
         path = Path(name)
-        # string views are what polars holds, so the IPC file carries them and reading maps them
-        table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
-        with os.fdopen(fd, "wb") as fh, ipc.new_file(fh, table.schema) as writer:
-            for batch in table.to_batches():
-                writer.write_batch(batch)
-        del table
+        with os.fdopen(fd, "wb") as fh:
+            # string views are what polars holds, so the IPC file carries them and reading maps them
+            table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+            with ipc.new_file(fh, table.schema) as writer:
+                for batch in table.to_batches():
+                    writer.write_batch(batch)
+            del table
         with open(path, "rb") as fh:
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         path.unlink()
@@ -191,8 +192,9 @@ def gather_owned(frame: pl.DataFrame, rows, *, chunk_rows: int = 8192, release=N
         return frame.clear()
     # in pool order, so that each chunk reads one stretch of the buffers (random rows would touch
     # nearly every page of every column's 16-byte views in each chunk); output order at the end
-    order = np.argsort(rows, kind="stable")
-    srt = rows[order]
+    ascending = bool((np.diff(rows) > 0).all())
+    order = None if ascending else np.argsort(rows, kind="stable")
+    srt = rows if order is None else rows[order]
     parts = []
     for s in range(0, srt.size, chunk_rows):
         table = frame[srt[s : s + chunk_rows]].to_arrow(compat_level=pl.CompatLevel.newest())
@@ -204,7 +206,7 @@ def gather_owned(frame: pl.DataFrame, rows, *, chunk_rows: int = 8192, release=N
         if release is not None:
             release()
     out = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical", rechunk=False)
-    if bool((np.diff(rows) > 0).all()):
+    if order is None:
         return out
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
