@@ -23,8 +23,8 @@ _BLOCK_SIZE = 0
 _AUTO_PROGRESS_MIN = 50_000
 #: Rows whose norm differs from 1 by more than this trigger normalisation (float32 input).
 _UNIT_TOL = 1e-5
-#: Inputs that are not already one float32 array and whose float32 copy would exceed this are
-#: walked a segment of candidates at a time (see :func:`_walk_segments`).
+#: float16 inputs (a memmap, the embedding store's rows) whose float32 copy would exceed this
+#: are walked a segment of candidates at a time (see :func:`_walk_segments`).
 SEGMENT_BYTES = 128 << 20
 
 
@@ -108,11 +108,13 @@ def _rows_of(embeddings: Any, rows: np.ndarray) -> Any:
 
 
 def _segment_rows(embeddings: Any) -> int | None:
-    """Candidates per segment when ``embeddings`` should be walked in segments, else None."""
-    if isinstance(embeddings, np.ndarray) and not isinstance(embeddings, np.memmap) and embeddings.dtype == np.float32 and embeddings.flags.c_contiguous:
-        return None  # already the array the core reads: no copy to save
+    """Candidates per segment when ``embeddings`` should be walked in segments, else None.
+
+    Only float16 rows are: they are always normalised, row by row, so a segment's rows come out
+    exactly as they would from the whole input. (float32 rows are normalised only when some row
+    of the input is off unit length, a decision a segment could take differently.)"""
     shape = getattr(embeddings, "shape", None)
-    if shape is None or len(shape) != 2 or getattr(embeddings, "dtype", None) not in (np.float16, np.float32, np.float64):
+    if shape is None or len(shape) != 2 or getattr(embeddings, "dtype", None) != np.float16:
         return None
     n, d = int(shape[0]), int(shape[1])
     if n * d * 4 <= SEGMENT_BYTES:
@@ -236,12 +238,12 @@ def greedy_diverse(
     Args:
         embeddings: Array of shape (n, d), float32 or float16 (float64 is converted to float32;
             a ``np.memmap`` works too; it is read, never written). Rows that are not unit length
-            are normalised internally (on a copy). An input that is not already one in-memory
-            float32 array and whose float32 copy would exceed :data:`SEGMENT_BYTES` (a memmap,
-            float16 rows, a row view of the embedding store) is read a segment of candidates at
-            a time: the same result in a fraction of the memory (a float16 memmap of 300k x 384
-            rows with 82k accepted and no budget: 3.2 s instead of 1.6 s on 2 cores; pass a
-            float32 array to spend the memory instead). Rows are then checked as they are read.
+            are normalised internally (on a copy). float16 rows (an array, a memmap, a row view
+            of the embedding store) whose float32 copy would exceed :data:`SEGMENT_BYTES` are
+            read a segment of candidates at a time: the same result in a fraction of the memory
+            (a float16 memmap of 300k x 384 rows with 82k accepted and no budget: 3.2 s instead
+            of 1.6 s on 2 cores; pass float32 rows to spend the memory instead). Rows are then
+            checked as they are read.
         min_distance: Cosine-distance threshold in [0, 2]. Default 0.1.
         order: Visiting order: 1-D integer row indices, distinct, each in [0, n). It may list a
             subset of the rows (only those are candidates). Default: 0, 1, ..., n - 1.
