@@ -175,3 +175,14 @@ def test_a_failed_spill_keeps_the_table_in_memory_with_a_warning(tmp_path, caplo
         same, handle = memory.spill_frame(df, blocker / "tmp", min_bytes=0)
     assert handle is None and same is df
     assert "stays in memory" in caplog.text and "not-a-dir" in caplog.text
+
+
+def test_heap_helpers_are_no_ops_off_linux(monkeypatch):
+    monkeypatch.setattr("sys.platform", "win32")
+    monkeypatch.setattr(memory, "_MALLOC_TRIM", None)
+    monkeypatch.setattr(memory, "_ARENAS_SET", False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert memory._libc_function("malloc_trim") is None
+    memory.release_free_heap()  # nothing to call, nothing raised
+    assert memory._MALLOC_TRIM is False
+    assert memory.limit_heap_arenas() is False
