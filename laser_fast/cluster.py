@@ -118,8 +118,6 @@ COARSE_NITER = 10
 HALF_MIN_BYTES = 256 << 20
 
 
-
-
 def _f32(a: np.ndarray) -> np.ndarray:
     """``a`` as a C-contiguous float32 array (no copy when it is one already)."""
     return np.ascontiguousarray(a, dtype=np.float32)

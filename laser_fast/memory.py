@@ -204,7 +204,7 @@ def gather_owned(frame: pl.DataFrame, rows, *, chunk_rows: int = 8192, release=N
     parts = []
     for s in range(0, srt.size, chunk_rows):
         table = frame[srt[s : s + chunk_rows]].to_arrow(compat_level=pl.CompatLevel.newest())
-        owned = table.cast(_owned_schema(table.schema))
+        owned = table.cast(owned_schema(table.schema))
         del table
         part = pl.from_arrow(owned, rechunk=False)
         assert isinstance(part, pl.DataFrame)
@@ -219,7 +219,9 @@ def gather_owned(frame: pl.DataFrame, rows, *, chunk_rows: int = 8192, release=N
     return out[inverse]
 
 
-def _owned_schema(schema):
+def owned_schema(schema):
+    """An Arrow schema with every view type replaced by its offset-based twin (see
+    :func:`gather_owned`); casting to it copies the bytes into new buffers."""
     import pyarrow as pa
 
     return pa.schema([pa.field(f.name, _owned_type(f.type), f.nullable, f.metadata) for f in schema])

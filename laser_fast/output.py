@@ -85,9 +85,9 @@ def write_parquet(path, df, *, slice_rows: int | None = None, release=None) -> N
         import polars as pl
         import pyarrow.parquet as pq
 
-        from .memory import _owned_schema
+        from .memory import owned_schema
 
-        schema = _owned_schema(df.head(0).to_arrow(compat_level=pl.CompatLevel.newest()).schema)
+        schema = owned_schema(df.head(0).to_arrow(compat_level=pl.CompatLevel.newest()).schema)
         with pq.ParquetWriter(tmp, schema, write_statistics=False) as writer:
             for s in range(0, df.height, slice_rows):
                 part = df.slice(s, slice_rows).to_arrow(compat_level=pl.CompatLevel.newest())

@@ -811,8 +811,6 @@ def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = 
     score_cols = [c for c in SCORE_COLUMNS if c in pool.columns]
     for s in range(0, rows.size, chunk_rows):
         sub = pool[rows[s : s + chunk_rows].tolist()]
-        if release is not None:
-            release()
         for r in sub.iter_rows(named=True):
             d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
             extra = json.loads(r["extra"]) if r["extra"] else {}
@@ -832,6 +830,8 @@ def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = 
                 d["copy"] = r["copy"]
             d["input_location"] = r["source"]
             yield d
+        if release is not None:
+            release()  # the pages this chunk's gather and rows touched
 
 
 def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
