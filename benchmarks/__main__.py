@@ -166,7 +166,7 @@ def case_greedy(quick: bool) -> list[dict]:
     """Ours (auto: brute force, then the exact cell index) vs our brute force vs the numpy and
     faiss per-candidate loops. The loops run at 20k rows (and 100k in the full run); 1M rows
     (full run) is ours alone. Every accepted set is compared with ours."""
-    from laser_fast.greedy import greedy_diverse
+    from laser_fast.sampling.greedy import greedy_diverse
 
     greedy_diverse(clustered(3000, seed=9), min_distance=0.1, show_progress=False)  # warm-up outside the timing
     rows = []
@@ -280,8 +280,9 @@ def real_pool_embeddings(n: int | None, seed: int = 0):
 
     from benchmarks.data import DATA as data
     from benchmarks.data import alpaca_pool_rows
-    from laser_fast.embed import EmbeddingStore, texts_for
-    from laser_fast.ingest import records_from_frame
+    from laser_fast.sampling.store import EmbeddingStore
+    from laser_fast.sampling.embed import texts_for
+    from laser_fast.io.ingest import records_from_frame
 
     rows = alpaca_pool_rows()
     if rows is None:
@@ -348,7 +349,7 @@ def case_cluster(quick: bool) -> list[dict]:
     """Ours (flat faiss k-means for small n*k, two-level above) vs the reference path at n/k = 12.
     The objective is the k-means sum of squared distances in the PCA space; coverage is measured
     on a 20k-row sample."""
-    from laser_fast.cluster import cluster_select_detailed
+    from laser_fast.sampling.cluster import cluster_select_detailed
 
     # warm-up outside the timing (imports, numba and faiss initialisation), as for the reference
     w = clustered(600, seed=9, centers=20)
@@ -395,7 +396,7 @@ def _pool_sample(n: int, seed: int = 0):
     import polars as pl
 
     from benchmarks.data import alpaca_pool_rows
-    from laser_fast.ingest import records_from_frame
+    from laser_fast.io.ingest import records_from_frame
 
     pool = alpaca_pool_rows()
     if pool is None:
@@ -410,7 +411,7 @@ def _pool_sample(n: int, seed: int = 0):
 def case_scorers(quick: bool) -> list[dict]:
     import torch
 
-    from laser_fast.scorers.run import ScorerSettings, build_scorer
+    from laser_fast.scorers.stage import ScorerSettings, build_scorer
 
     n = 96 if quick else 192
     recs = _pool_sample(n)
@@ -501,7 +502,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown case(s) {', '.join(unknown)}: use {', '.join(CASES)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from laser_fast.output import write_json, write_text
+    from laser_fast.io.output import write_json, write_text
 
     for name in a.cases.split(","):
         t0 = time.perf_counter()

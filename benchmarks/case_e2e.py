@@ -2,7 +2,7 @@
 
 The pool is synthetic (short distinct texts, categories and scores given in a score file, so no
 model runs), its embeddings are clustered unit vectors put into the embedding store beforehand
-(:meth:`laser_fast.embed.EmbeddingStore.put`), exactly as a run with a warm cache finds them.
+(:meth:`laser_fast.sampling.store.EmbeddingStore.put`), exactly as a run with a warm cache finds them.
 ``select`` then runs twice in a child process each:
 
 * ``cold``: the token counts are computed (tokenizer over every text) and cached;
@@ -44,7 +44,7 @@ def build_pool(root: Path, n: int, d: int = 384, seed: int = 0) -> dict:
     import polars as pl
 
     from benchmarks.__main__ import clustered
-    from laser_fast.embed import EmbeddingStore
+    from laser_fast.sampling.store import EmbeddingStore
 
     rng = np.random.default_rng(seed)
     ins, res = _texts(n, seed)

@@ -3,7 +3,7 @@
 Batching (real texts from ``../shared/data/alpaca_eval_pool.jsonl.gz``: long responses, 55% of
 them truncated at MiniLM's 256 tokens, and short instructions; the bundled all-MiniLM-L6-v2):
 
-* ``token_budget``: :func:`laser_fast.embed.encode_texts` -- tokenized once, sorted by token
+* ``token_budget``: :func:`laser_fast.sampling.embed.encode_texts` -- tokenized once, sorted by token
   count, packed up to ``batch_tokens`` padded tokens per forward (ours);
 * ``naive_32``: consecutive runs of 32 texts in input order, no sorting (the model is called per
   run, so sentence-transformers' internal length sort cannot help);
@@ -77,12 +77,8 @@ def _cpu_has_bf16() -> bool:
 def _batching_rows(quick: bool) -> list[dict]:
     import torch
 
-    from laser_fast.embed import (
-        DEFAULT_MAX_BATCH_SIZE,
-        _Encoder,
-        encode_texts,
-        load_sentence_model,
-    )
+    from laser_fast.sampling.embed import DEFAULT_MAX_BATCH_SIZE, _Encoder, encode_texts
+    from laser_fast.runtime.models import load_sentence_model
 
     sets = {"responses": ("output", 96 if quick else 512), "instructions": ("instruction", 192 if quick else 805)}
     m = load_sentence_model(None)
@@ -156,7 +152,8 @@ def _batching_rows(quick: bool) -> list[dict]:
 
 
 def _store_rows(quick: bool) -> list[dict]:
-    import laser_fast.embed as E
+    import laser_fast.runtime.models as E
+    from laser_fast.sampling.store import EmbeddingStore
 
     n, d = (50_000 if quick else 200_000), 384
     rng = np.random.default_rng(0)
@@ -176,7 +173,7 @@ def _store_rows(quick: bool) -> list[dict]:
     E.load_sentence_model = no_model
     try:
         with tempfile.TemporaryDirectory(prefix="laser-embed-bench-") as td:
-            store = E.EmbeddingStore(td)
+            store = EmbeddingStore(td)
             t0 = time.perf_counter()
             info = store.put(texts, v)
             t_put = time.perf_counter() - t0

@@ -141,7 +141,7 @@ def _sklearn_robust(x: np.ndarray) -> np.ndarray:
 
 def run(quick: bool) -> list[dict]:
     """One row per kernel: time of ours and of each baseline, speedups, equality."""
-    from laser_fast import kernels as K
+    from laser_fast.runtime import kernels as K
 
     n = 100_000 if quick else 1_000_000
     rng = np.random.default_rng(0)

@@ -11,9 +11,9 @@ Public API: :func:`select`, :func:`classify`, :func:`cluster_select`, :func:`gre
 """
 from __future__ import annotations
 
-from ._version import __version__
-from .categories import CATEGORIES, DEFAULT_PROPORTIONS
-from .errors import ConfigError, InputError, LaserError, MissingScoreError, ModelLoadError
+from laser_fast._version import __version__
+from laser_fast.categories import CATEGORIES, DEFAULT_PROPORTIONS
+from laser_fast.errors import ConfigError, InputError, LaserError, MissingScoreError, ModelLoadError
 
 __all__ = [
     "__version__",
@@ -40,20 +40,20 @@ __all__ = [
 _LAZY = {
     "select": ("pipeline", "select"),
     "run_selection": ("pipeline", "run_selection"),
-    "write_outputs": ("pipeline", "write_outputs"),
-    "classify": ("classify", "classify"),
-    "cluster_select": ("cluster", "cluster_select"),
-    "greedy_diverse": ("greedy", "greedy_diverse"),
-    "read_records": ("ingest", "read_records"),
-    "Scorer": ("scores", "Scorer"),
-    "TokenCounter": ("scores", "TokenCounter"),
+    "write_outputs": ("io.output", "write_outputs"),
+    "classify": ("classifier.stage", "classify"),
+    "cluster_select": ("sampling.cluster", "cluster_select"),
+    "greedy_diverse": ("sampling.greedy", "greedy_diverse"),
+    "read_records": ("io.ingest", "read_records"),
+    "Scorer": ("scorers.base", "Scorer"),
+    "TokenCounter": ("scorers.tokens", "TokenCounter"),
     "SelectOptions": ("config", "SelectOptions"),
-    "compute_preference": ("preference", "compute_preference"),
+    "compute_preference": ("scorers.preference", "compute_preference"),
     "score_quality": ("scorers.lite", "score_quality"),
     "score": ("pipeline", "score"),
     "run_scoring": ("pipeline", "run_scoring"),
-    "build_scorer": ("scorers.run", "build_scorer"),
-    "score_records": ("scorers.run", "score_records"),
+    "build_scorer": ("scorers.stage", "build_scorer"),
+    "score_records": ("scorers.stage", "score_records"),
     "ScoreCache": ("scorers.cache", "ScoreCache"),
 }
 
@@ -80,7 +80,7 @@ def show_config() -> None:
 
     print(f"laser_fast {__version__} (python {platform.python_version()}, {platform.machine()})")
     try:
-        from . import _core
+        from laser_fast import _core
 
         info = _core.build_info()
         print("compiled core:", ", ".join(f"{k}={v}" for k, v in sorted(info.items())))

@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import LaserError
+from laser_fast.errors import LaserError
 
 logger = logging.getLogger("laser_fast")
 
@@ -70,7 +70,7 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _scoring_kw(a) -> dict:
-    from .scorers.run import parse_models, parse_scorer_list
+    from laser_fast.scorers.stage import parse_models, parse_scorer_list
 
     kw: dict = {}
     if a.profile is not None:
@@ -87,7 +87,7 @@ def _scoring_kw(a) -> dict:
 
 
 def _options_from_args(a) -> tuple:
-    from .config import SelectOptions, parse_category_map, parse_proportions_arg, read_config
+    from laser_fast.config import SelectOptions, parse_category_map, parse_proportions_arg, read_config
 
     kw = {}
     if a.config:
@@ -140,7 +140,9 @@ def _options_from_args(a) -> tuple:
 
 
 def cmd_select(a) -> int:
-    from .pipeline import default_workdir, run_selection, write_outputs
+    from laser_fast.io.output import write_outputs
+    from laser_fast.pipeline import run_selection
+    from laser_fast.runtime.workdir import default_workdir
 
     opts = _options_from_args(a)
     if not a.inputs and not opts.sources:
@@ -160,9 +162,10 @@ def cmd_select(a) -> int:
 
 
 def cmd_score(a) -> int:
-    from .config import SelectOptions
-    from .output import write_json, write_parquet
-    from .pipeline import default_workdir, run_scoring
+    from laser_fast.config import SelectOptions
+    from laser_fast.io.output import write_json, write_parquet
+    from laser_fast.pipeline import run_scoring
+    from laser_fast.runtime.workdir import default_workdir
 
     kw = {k: v for k, v in {"classifier": a.classifier, "tokenizer": a.tokenizer, "schema": a.schema, "device": a.device}.items() if v is not None}
     kw.update(_scoring_kw(a))
@@ -188,9 +191,11 @@ def cmd_classify(a) -> int:
     import numpy as np
     import polars as pl
 
-    from .classify import classify_conversations, is_english, load_classifier
-    from .ingest import read_records
-    from .output import write_jsonl, write_parquet
+    from laser_fast.classifier.language import is_english
+    from laser_fast.classifier.models import load_classifier
+    from laser_fast.classifier.stage import classify_conversations
+    from laser_fast.io.ingest import read_records
+    from laser_fast.io.output import write_jsonl, write_parquet
 
     recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid)
     clf = load_classifier(a.classifier, device=a.device)
@@ -212,7 +217,7 @@ def cmd_classify(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import report_from_dir
+    from laser_fast.io.report import report_from_dir
 
     p = report_from_dir(a.output_dir)
     print(f"report: {p}")
@@ -220,7 +225,7 @@ def cmd_report(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
+    from laser_fast._version import __version__
 
     ap = argparse.ArgumentParser(prog="laser-fast", description="Fast LASER data selection for instruction tuning.")
     ap.add_argument("--version", action="version", version=f"laser-fast {__version__}")
@@ -259,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] == "serve":
-        from .serve import serve_main
+        from laser_fast.scorers.serve import serve_main
 
         try:
             return serve_main(args[1:]) or 0
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "report":
             return cmd_report(a)
         if a.command == "show-config":
-            from . import show_config
+            from laser_fast import show_config
 
             show_config()
             return 0

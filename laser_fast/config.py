@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .categories import CATEGORIES, canonical_category
-from .errors import ConfigError
-from .preference import canonical_strategy
+from laser_fast.categories import CATEGORIES, canonical_category
+from laser_fast.errors import ConfigError
+from laser_fast.scorers.preference import canonical_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +118,10 @@ class SelectOptions:
         if self.setfit_limits is not None:
             self.setfit_limits = parse_category_map(self.setfit_limits, "setfit_limits")
         if self.profile not in (None, "auto", "none"):
-            from .scorers.run import canonical_profile
+            from laser_fast.scorers.stage import canonical_profile
 
             self.profile = canonical_profile(self.profile)
-        from .scorers.run import parse_scorer_list
+        from laser_fast.scorers.stage import parse_scorer_list
 
         self.scorers = parse_scorer_list(self.scorers)
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):

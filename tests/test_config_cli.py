@@ -57,7 +57,7 @@ def test_cli_reference_config_runs(tmp_path, workdir, example_files, capsys):
     """A verbatim reference config (only data paths changed) runs through --config; the
     reference's stella embedder is not on this offline machine, so --embedding-model overrides it;
     the combination strategy's scores come from a reference-style analysis folder."""
-    from laser_fast.ingest import read_records
+    from laser_fast.io.ingest import read_records
 
     analysis = tmp_path / "analysis"
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Token-budget embedding (laser_fast.embed.encode_texts) and the store's put / resume paths."""
+"""Token-budget embedding (laser_fast.sampling.embed.encode_texts) and the store's put / resume paths."""
 import gzip
 import json
 from pathlib import Path
@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import laser_fast.embed as E
+import laser_fast.sampling.embed as E
+import laser_fast.sampling.store as ES
+from laser_fast.runtime.models import load_sentence_model
 from laser_fast.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
@@ -29,7 +31,7 @@ def _real_texts(n=20):
 
 @pytest.fixture(scope="module")
 def model():
-    return E.load_sentence_model(None, "cpu")
+    return load_sentence_model(None, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +77,11 @@ def test_put_then_get_without_model(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model must not be loaded")
 
-    monkeypatch.setattr(E, "load_sentence_model", boom)
+    monkeypatch.setattr(ES, "load_sentence_model", boom)
     rng = np.random.default_rng(0)
     texts = [f"text {i}" for i in range(300)] + ["text 5"]  # a repeat keeps its first vector
     vec = rng.normal(size=(301, 16)).astype(np.float32) * 3.0
-    store = E.EmbeddingStore(tmp_path)
+    store = ES.EmbeddingStore(tmp_path)
     info = store.put(texts, vec, chunk_rows=128)
     assert info["stored"] == 300 and info["already"] == 1 and info["shards"] == 3
     unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
@@ -93,7 +95,7 @@ def test_put_then_get_without_model(tmp_path, monkeypatch):
     c, _ = store.get([texts[i] for i in perm])
     assert np.array_equal(np.asarray(c), np.asarray(a)[perm])
     # float16 unit rows round-trip bit for bit; storing again adds nothing
-    store2 = E.EmbeddingStore(tmp_path / "other")
+    store2 = ES.EmbeddingStore(tmp_path / "other")
     u16 = unit.astype(np.float16)[:300]
     store2.put(texts[:300], u16, assemble=True)
     d, dinfo = store2.get(texts[:300])
@@ -110,8 +112,8 @@ def test_put_then_get_without_model(tmp_path, monkeypatch):
 
 def test_get_resumes_after_a_killed_run(tmp_path, model, monkeypatch):
     texts = [("short " if i % 2 else "a much longer sentence about many things " * (1 + i)) + str(i) for i in range(12)]
-    store = E.EmbeddingStore(tmp_path)
-    real_write = E.EmbeddingStore._write_shard
+    store = ES.EmbeddingStore(tmp_path)
+    real_write = ES.EmbeddingStore._write_shard
     calls = []
 
     def killed_after_one(self, ns, shard_id, vecs16, digests):
@@ -120,14 +122,14 @@ def test_get_resumes_after_a_killed_run(tmp_path, model, monkeypatch):
         calls.append(digests.copy())
         real_write(self, ns, shard_id, vecs16, digests)
 
-    monkeypatch.setattr(E.EmbeddingStore, "_write_shard", killed_after_one)
+    monkeypatch.setattr(ES.EmbeddingStore, "_write_shard", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         store.get(texts, chunk_rows=4, show_progress=False)
     # the first shard holds the 4 longest texts (sorted before the cut)
     lens = [len(model.tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in texts]
     longest = {E.text_hash(texts[i]) for i in np.argsort(lens)[-4:]}
     assert {bytes(r) for r in calls[0]} == longest
-    monkeypatch.setattr(E.EmbeddingStore, "_write_shard", real_write)
+    monkeypatch.setattr(ES.EmbeddingStore, "_write_shard", real_write)
     a, info = store.get(texts, chunk_rows=4, show_progress=False)
     assert info["computed"] == 8 and info["records"] == 8 and info["forward_passes"] >= 2
     assert 0 < info["non_padding"] <= 1
@@ -140,7 +142,7 @@ def test_shard_index_prefix_collisions_and_duplicates():
     d = rng.integers(0, 256, (50, 20), dtype=np.uint8)
     d[10, :8] = d[20, :8]  # same 8-byte prefix, different digests
     d[30] = d[40]  # the same digest stored twice: the first copy wins
-    idx = E._ShardIndex(d, np.zeros(50, dtype=np.int32), np.arange(50))
+    idx = ES._ShardIndex(d, np.zeros(50, dtype=np.int32), np.arange(50))
     q = np.stack([d[20], d[10], d[40], d[0]])
     absent = d[10].copy()
     absent[-1] ^= 1

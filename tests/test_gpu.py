@@ -24,7 +24,7 @@ def _cuda() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(_faiss_gpus() == 0, reason="faiss sees no GPU (install faiss-gpu on a CUDA machine)")
 def test_faiss_gpu_kmeans_reports_device():
-    from laser_fast.cluster import cluster_select_detailed
+    from laser_fast.sampling.cluster import cluster_select_detailed
 
     x = np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32)
     res = cluster_select_detailed(x, np.random.default_rng(1).random(5000), 100)
@@ -35,7 +35,7 @@ def test_faiss_gpu_kmeans_reports_device():
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="no CUDA GPU visible to torch")
 def test_embedding_on_cuda(tmp_path):
-    from laser_fast.embed import EmbeddingStore
+    from laser_fast.sampling.store import EmbeddingStore
 
     emb, info = EmbeddingStore(tmp_path).get(["a GPU sentence", "another one"], device="cuda", show_progress=False)
     assert info["device"].startswith("cuda") and emb.shape == (2, 384)

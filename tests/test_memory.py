@@ -8,9 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from laser_fast import greedy, memory
-from laser_fast.kernels import label_means_into, label_sums
-from laser_fast.output import write_parquet
+from laser_fast.sampling import greedy
+from laser_fast.runtime import memory
+from laser_fast.runtime.kernels import label_means_into, label_sums
+from laser_fast.io.output import write_parquet
 
 posix_only = pytest.mark.skipif(not memory._can_map(), reason="mapping and unlinking need POSIX madvise")
 
@@ -102,7 +103,7 @@ def _clustered(n: int, d: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("budget", [None, 700, 4000])
 @pytest.mark.parametrize("md", [0.05, 0.25])
 def test_greedy_in_segments_is_the_single_walk(tmp_path, monkeypatch, budget, md):
-    from laser_fast.pipeline import StoreRows
+    from laser_fast.sampling.stratum import StoreRows
 
     x = _clustered(12000, 32, 5)
     np.save(tmp_path / "x.npy", x)
@@ -143,13 +144,14 @@ def test_heap_arena_limit_is_set_once_and_respects_the_user(monkeypatch):
 @posix_only
 def test_selection_with_the_pool_in_a_mapped_file_is_the_same(example_files, workdir, tmp_path, monkeypatch):
     from laser_fast.config import SelectOptions
-    from laser_fast.pipeline import run_selection, write_outputs
+    from laser_fast.pipeline import run_selection
+    from laser_fast.io.output import write_outputs
 
     opts = {"budget": 120, "strategy": "longest", "mode": "kmeans", "show_progress": False}
     plain = run_selection(example_files, SelectOptions(**opts), workdir=workdir)
     assert plain.release is None  # the example pool is far below SPILL_MIN_BYTES
     monkeypatch.setattr(memory, "SPILL_MIN_BYTES", 0)
-    monkeypatch.setattr("laser_fast.pipeline.DECISION_SLICE_ROWS", 100)
+    monkeypatch.setattr("laser_fast.io.output.DECISION_SLICE_ROWS", 100)
     mapped = run_selection(example_files, SelectOptions(**opts), workdir=workdir)
     assert mapped.release is not None
     assert np.array_equal(plain.selected_rows, mapped.selected_rows)

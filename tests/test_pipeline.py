@@ -10,7 +10,8 @@ import pytest
 from laser_fast.categories import CATEGORIES
 from laser_fast.config import SelectOptions
 from laser_fast.errors import LaserError, MissingScoreError
-from laser_fast.pipeline import run_selection, select, write_outputs
+from laser_fast.pipeline import run_selection, select
+from laser_fast.io.output import write_outputs
 
 
 def _run(example_files, workdir, **kw):
@@ -21,7 +22,7 @@ def _run(example_files, workdir, **kw):
 @pytest.fixture(scope="session")
 def score_file(example_files, workdir, tmp_path_factory):
     """Synthetic model scores keyed by data_id (the model scorers arrive with a later issue)."""
-    from laser_fast.ingest import read_records
+    from laser_fast.io.ingest import read_records
 
     recs, _ = read_records(example_files)
     rng = np.random.default_rng(7)
@@ -99,7 +100,8 @@ def test_every_strategy_and_mode(example_files, workdir, score_file, strategy, m
 
 def test_greedy_selection_respects_min_distance(example_files, workdir):
     run = _run(example_files, workdir, budget=80, strategy="longest", mode="greedy", min_distance=0.3, embedding_model="minilm")
-    from laser_fast.embed import EmbeddingStore, texts_for
+    from laser_fast.sampling.store import EmbeddingStore
+    from laser_fast.sampling.embed import texts_for
 
     sel = run.pool[run.selected_rows.tolist()]
     emb, _ = EmbeddingStore(workdir).get(texts_for(sel, "response"), show_progress=False)
@@ -192,7 +194,7 @@ def test_determinism_and_cache_reuse(example_files, workdir, tmp_path):
 
 
 def test_parquet_output_and_dataframe_input(example_files, workdir, tmp_path):
-    from laser_fast.ingest import read_records
+    from laser_fast.io.ingest import read_records
 
     recs, _ = read_records(example_files[:1])
     frame = pl.DataFrame({"messages": recs["messages"], "note": [f"n{i}" for i in range(recs.height)]})
@@ -241,7 +243,7 @@ def test_output_frame_matches_a_frame_built_from_the_rows(tmp_path, workdir, mod
     from the output dicts (the JSONL rows): extra fields of mixed presence and type, nested values, an extra
     field named like a provenance column, and oversampled copies."""
     from laser_fast.config import SourceSpec
-    from laser_fast.pipeline import output_frame, output_rows
+    from laser_fast.io.output import output_frame, output_rows
 
     rows = []
     for i in range(60):
@@ -279,9 +281,9 @@ def test_output_frame_matches_a_frame_built_from_the_rows(tmp_path, workdir, mod
 
 
 def test_language_mask_is_cached_by_instruction_texts(tmp_path, monkeypatch):
-    import laser_fast.classify as clf
-    from laser_fast.ingest import records_from_frame
-    from laser_fast.pipeline import english_mask
+    import laser_fast.classifier.language as clf
+    from laser_fast.io.ingest import records_from_frame
+    from laser_fast.classifier.stage import english_mask
 
     recs, _ = records_from_frame(pl.DataFrame({"instruction": ["What is the capital of France?", "¿Dónde está la biblioteca de la ciudad?", "今天天气怎么样？"],
                                                "output": ["Paris.", "Allí.", "晴天。"]}), origin="t")

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from laser_fast.allocate import allocate, largest_remainder
+from laser_fast.sampling.allocate import allocate, largest_remainder
 from laser_fast.errors import ConfigError, MissingScoreError
-from laser_fast.preference import RobustScaler, canonical_strategy, compute_preference, metric_relevant, minmax
+from laser_fast.scorers.preference import RobustScaler, canonical_strategy, compute_preference, metric_relevant, minmax
 
 
 def test_canonical_strategy_reference_names():

@@ -6,19 +6,10 @@ import polars as pl
 import pytest
 
 from laser_fast.errors import ConfigError
-from laser_fast.ingest import records_from_frame
+from laser_fast.io.ingest import records_from_frame
 from laser_fast.scorers.cache import ScoreCache, content_keys
-from laser_fast.scorers.run import (
-    PROFILE_METRICS,
-    SCORER_OUTPUTS,
-    apply_scores,
-    metric_sources,
-    needed_scorers,
-    parse_models,
-    parse_scorer_list,
-    score_records,
-)
-from laser_fast.scores import Scorer
+from laser_fast.scorers.stage import PROFILE_METRICS, SCORER_OUTPUTS, apply_scores, metric_sources, needed_scorers, parse_models, parse_scorer_list, score_records
+from laser_fast.scorers.base import Scorer
 
 
 def _records(n: int, seed: int = 0) -> pl.DataFrame:
@@ -173,7 +164,7 @@ def test_score_file_categories_map_per_label_and_bad_labels_name_the_record(tmp_
     import json
 
     from laser_fast.errors import InputError
-    from laser_fast.scores import merge_score_files
+    from laser_fast.io.score_files import merge_score_files
 
     recs, _ = records_from_frame(pl.DataFrame({"data_id": ["a", "b", "c", "d"], "instruction": ["q1", "q2", "q3", "q4"], "output": ["r1", "r2", "r3", "r4"]}), origin="t")
     good = tmp_path / "good.jsonl"
@@ -198,7 +189,7 @@ def test_score_file_categories_map_per_label_and_bad_labels_name_the_record(tmp_
 def test_token_counter_chunks_give_the_same_counts(monkeypatch):
     """Token counts are computed 65k records at a time; any chunking gives the same counts,
     and multi-turn records count every user turn / every answer."""
-    from laser_fast.scores import TokenCounter
+    from laser_fast.scorers.tokens import TokenCounter
 
     rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q {i} " + "w " * i},
                           {"role": "assistant", "content": "a " * (i + 1)}] + ([{"role": "user", "content": "more"}, {"role": "assistant", "content": "ok then"}] if i % 2 else [])}

@@ -1,4 +1,4 @@
-"""Step 2 (model scorers): batched, cached, resumable scorers behind the :class:`~laser_fast.scores.Scorer` seam.
+"""Step 2 (model scorers): batched, cached, resumable scorers behind the :class:`~laser_fast.scorers.base.Scorer` seam.
 
 Modules:
     hf       loading Hugging Face models (hub id or local path, offline-safe) and token-budget batching

@@ -1,7 +1,7 @@
 """Hugging Face model scorers of LASER step 2: difficulty, DEITA quality / complexity, process
 reward (Math) and instruction-following difficulty (IFD).
 
-Every scorer is a :class:`~laser_fast.scores.Scorer`: it loads its model lazily (first
+Every scorer is a :class:`~laser_fast.scorers.base.Scorer`: it loads its model lazily (first
 :meth:`score`), packs records into token-budget batches (:mod:`laser_fast.scorers.hf`), runs in
 bf16 on CUDA and float32 on CPU, and keeps ``self.stats``. Per-token / per-step values are reduced
 per record with the numba kernels of :mod:`laser_fast.kernels`.
@@ -22,18 +22,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .._version import __version__
-from ..errors import ConfigError, ModelLoadError
-from ..kernels import (
-    expected_score,
-    ifd_ratio,
-    offsets_from_lengths,
-    segment_mean,
-    segment_sum,
-    step_min_mean,
-)
-from ..scores import Scorer
-from .hf import apply_head, base_hidden, load_hf, new_stats, resolve_device, run_batched
+from laser_fast._version import __version__
+from laser_fast.errors import ConfigError, ModelLoadError
+from laser_fast.runtime.batching import new_stats, run_batched
+from laser_fast.runtime.devices import resolve_device
+from laser_fast.runtime.kernels import expected_score, ifd_ratio, offsets_from_lengths, segment_mean, segment_sum, step_min_mean
+from laser_fast.runtime.models import apply_head, base_hidden, load_hf
+from laser_fast.scorers.base import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +227,7 @@ class DifficultyScorer(_HFScorer):
         model: hub id or local folder of a ``*ForSequenceClassification`` checkpoint with one label
             (default ``IIS-NLP/difficulty-scorer-8B-v2``; its published head needs its own code:
             convert it to a standard sequence-classification checkpoint to use it here).
-        revision, device: see :func:`~laser_fast.scorers.hf.load_hf`.
+        revision, device: see :func:`~laser_fast.runtime.models.load_hf`.
         batch_tokens: padded-token budget per forward (default 32768 on CUDA, 8192 on CPU).
         max_batch_size: most sequences per forward (1 = one per forward).
         max_length: tokens kept from the end of each input (1024 as in the reference).
@@ -679,7 +674,7 @@ class IFDScorer(_HFScorer):
         mid = self.model_id
         if str(mid).strip().lower() in ("smollm2", "smollm", "smollm2-135m-instruct"):
             try:
-                from .hf import smollm2_gguf
+                from laser_fast.runtime.models import smollm2_gguf
 
                 mid = f"smollm2:{smollm2_gguf()[1]}"
             except ModelLoadError:

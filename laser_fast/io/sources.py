@@ -1,0 +1,292 @@
+"""Input files: JSONL (optionally gzipped) and Parquet readers."""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from laser_fast.errors import InputError
+from laser_fast.io.builder import _Builder
+from laser_fast.io.schemas import (
+    _GZIP_MAGIC,
+    _JSON_ERRORS,
+    _PARQUET_MAGIC,
+    _SCHEMA_HELP,
+    _STRIP_SUFFIXES,
+    SCHEMAS,
+    _detect_schema,
+    _dumps_arrow_extra,
+    _dumps_json_extra,
+    _loads,
+    _RecordProblem,
+    _unknown_schema,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    changed = True
+    while changed:
+        changed = False
+        for suf in _STRIP_SUFFIXES:
+            if name.lower().endswith(suf) and len(name) > len(suf):
+                name = name[: -len(suf)]
+                changed = True
+    return name
+
+
+def _origin_for(path: Path, given: str | Mapping | None) -> str:
+    if isinstance(given, str):
+        return given
+    if isinstance(given, Mapping):
+        candidates = [str(path), os.fspath(path), path.name]
+        try:
+            candidates.append(str(path.resolve()))
+        except OSError:  # pragma: no cover
+            pass
+        for c in candidates:
+            if c in given:
+                return str(given[c])
+        resolved = path.resolve()
+        for k, v in given.items():
+            try:
+                if Path(k).resolve() == resolved:
+                    return str(v)
+            except (OSError, TypeError):  # pragma: no cover
+                continue
+    return _stem(path)
+
+
+def _file_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".gz"):
+        return "gzip"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] == _GZIP_MAGIC:
+        return "gzip"
+    if head == _PARQUET_MAGIC:
+        return "parquet"
+    return "jsonl"
+
+
+class _Progress:
+    """A thin optional tqdm wrapper updated in batches (no cost when disabled)."""
+
+    def __init__(self, enabled: bool, desc: str, total: int | None = None):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover
+                return
+            self.bar = tqdm(desc=desc, total=total, unit=" rec", leave=False, mininterval=0.5)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _read_jsonl(path: Path, label: str, kind: str, schema: str | None, origin: str, b: _Builder,
+                progress: bool) -> int:
+    """Stream one JSONL(.gz) file into the builder; return the number of non-blank lines."""
+    opener = gzip.open if kind == "gzip" else open
+    file_schema = schema
+    n_lines = 0
+    lineno = 0
+    bar = _Progress(progress, label)
+    pending = 0
+    try:
+        with opener(path, "rb") as fh:
+            try:
+                for lineno, raw in enumerate(fh, 1):
+                    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                        raw = raw[3:]
+                    if not raw.strip():
+                        continue
+                    n_lines += 1
+                    pending += 1
+                    if pending >= 20000:
+                        bar.update(pending)
+                        pending = 0
+                    where = f"{label}:{lineno}"
+                    try:
+                        rec = _loads(raw)
+                    except _JSON_ERRORS as e:
+                        if not raw.endswith(b"\n"):
+                            p = _RecordProblem(
+                                f"invalid JSON on the last line, and the file does not end with a newline: "
+                                f"the file looks truncated ({_short(e)})",
+                                hint="Re-create or re-download the file, or pass --skip-invalid "
+                                     "(skip_invalid=True) to drop the broken line")
+                        else:
+                            p = _RecordProblem(f"invalid JSON on line {lineno} ({_short(e)})")
+                        b.problem(label, lineno, where, p)
+                        continue
+                    if not isinstance(rec, dict):
+                        b.problem(label, lineno, where, _RecordProblem(
+                            f"line {lineno} is JSON but not an object (got {_json_kind(rec)}); "
+                            "each line must hold one record object"))
+                        continue
+                    try:
+                        if file_schema is None:
+                            file_schema = _detect_schema(rec)
+                            if file_schema is None:
+                                raise _unknown_schema(rec)
+                            logger.debug("%s: detected schema %r at line %d", label, file_schema, lineno)
+                        b.add(rec, file_schema, origin, where, _dumps_json_extra)
+                    except _RecordProblem as p:
+                        b.problem(label, lineno, where, p)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                raise InputError(
+                    f"{label}:{lineno + 1}",
+                    f"the gzip stream ends early or is corrupt after line {lineno}: the file looks "
+                    f"truncated ({_short(e)})",
+                    "Re-create or re-download the file") from None
+    except OSError as e:
+        raise InputError(label, f"cannot read the file ({_short(e)})", "Check the path and permissions") from None
+    finally:
+        bar.update(pending)
+        bar.close()
+    if n_lines == 0:
+        raise InputError(label, "the file contains no records", "Pass a non-empty JSONL, JSONL.gz or Parquet file")
+    return n_lines
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip() or type(e).__name__
+    return s if len(s) <= 200 else s[:197] + "..."
+
+
+def _json_kind(v: Any) -> str:
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if v is None:
+        return "null"
+    return type(v).__name__
+
+
+def _detect_table_schema(columns: list[str]) -> str | None:
+    cols = set(columns)
+    if "messages" in cols:
+        return "messages"
+    if "conversations" in cols:
+        return "sharegpt"
+    if "instruction" in cols and "output" in cols:
+        return "alpaca"
+    return None
+
+
+def _read_table(table: pa.Table | Any, label: str, schema: str | None, origin: str, b: _Builder,
+                progress: bool) -> int:
+    """Add every row of an Arrow table (an in-memory frame) or of a ``pyarrow.parquet.ParquetFile``
+    (read 65,536 rows at a time, so the whole file is never decoded at once) to the builder."""
+    if isinstance(table, pa.Table):
+        names, num_rows = table.column_names, table.num_rows
+        batches = lambda: table.to_batches(max_chunksize=65536)  # noqa: E731
+    else:
+        names, num_rows = table.schema_arrow.names, table.metadata.num_rows
+        batches = lambda: table.iter_batches(batch_size=65536)  # noqa: E731
+    if num_rows == 0:
+        raise InputError(label, "the table contains no records", "Pass a non-empty table or file")
+    file_schema = schema or _detect_table_schema(names)
+    if file_schema is None:
+        cols = ", ".join(repr(c) for c in names[:20]) or "none"
+        raise InputError(label, f"unrecognised table schema; columns seen: {cols}", _SCHEMA_HELP)
+    bar = _Progress(progress, label, total=num_rows)
+    row0 = 0
+    try:
+        for batch in batches():
+            cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            for j, values in enumerate(zip(*cols)):
+                row = row0 + j
+                where = f"{label}:row {row}"
+                rec = dict(zip(names, values))
+                try:
+                    b.add(rec, file_schema, origin, where, _dumps_arrow_extra)
+                except _RecordProblem as p:
+                    b.problem(label, row, where, p)
+            row0 += batch.num_rows
+            bar.update(batch.num_rows)
+    finally:
+        bar.close()
+    return num_rows
+
+
+def _read_parquet(path: Path, label: str, schema: str | None, origin: str, b: _Builder, progress: bool) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        # streamed: row groups are decoded batch by batch, never the whole file at once
+        pf = pq.ParquetFile(path, memory_map=True)
+        return _read_table(pf, label, schema, origin, b, progress)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(label, f"cannot read the Parquet file ({_short(e)}); it may be truncated or not Parquet",
+                         "Re-create the file") from None
+
+
+def _as_paths(paths: list[str | Path] | str | Path) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    if not isinstance(paths, Iterable):
+        raise InputError("input", f"expected a path or a list of paths, got {type(paths).__name__}")
+    out = [Path(p) for p in paths]
+    if not out:
+        raise InputError("input", "no input files were given", "Pass at least one JSONL, JSONL.gz or Parquet file")
+    return out
+
+
+def _check_schema_arg(schema: str | None) -> str | None:
+    if schema is None:
+        return None
+    s = str(schema).strip().lower()
+    if s in ("auto", ""):
+        return None
+    if s == "conversations":
+        s = "sharegpt"
+    if s not in SCHEMAS:
+        raise InputError("schema", f"unknown schema {schema!r}", f"Use one of: {', '.join(SCHEMAS)} (or leave it "
+                                                                 "unset to auto-detect)")
+    return s
+
+
+def _finish(b: _Builder, n_seen: int, what: str) -> tuple[pl.DataFrame, list[dict]]:
+    if b.skipped:
+        logger.warning("skipped %d invalid record(s) of %d; first: %s:%s %s", len(b.skipped), n_seen,
+                       b.skipped[0]["file"], b.skipped[0]["line"], b.skipped[0]["reason"])
+    if b.n == 0:
+        first = b.skipped[0] if b.skipped else None
+        detail = f"; first problem at {first['file']}:{first['line']}: {first['reason']}" if first else ""
+        raise InputError(what, f"no valid records: all {n_seen} records were invalid{detail}",
+                         "Fix the input (see the problem above)")
+    df = b.frame()
+    logger.info("read %d records from %s (%d skipped)", b.n, what, len(b.skipped))
+    return df, b.skipped
+
+

@@ -1,0 +1,134 @@
+"""Token-budget batching: length-sorted batches under a padded-token budget."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------
+# batching
+# --------------------------------------------------------------------------------------
+
+def new_stats() -> dict[str, float]:
+    """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds."""
+    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
+
+
+def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: float = 0.9,
+                 min_rows: int = 4) -> list[np.ndarray]:
+    """Pack sequences into batches under a token budget.
+
+    Sequences are sorted by length (stable, longest first so an out-of-memory shows at once) and
+    cut into runs where ``len(batch) * longest_in_batch <= batch_tokens`` and
+    ``len(batch) <= max_batch_size``. A run also ends before the share of real (non-padding)
+    tokens in it would fall below ``min_fill``, once it holds ``min_rows`` sequences: in the
+    short tail of a length distribution the budget admits many rows of very different lengths,
+    and padding them to the longest would waste compute. A sequence longer than the budget gets
+    a batch of its own.
+
+    Args:
+        lengths: token count of each sequence.
+        batch_tokens: padded-token budget per forward.
+        max_batch_size: most sequences per forward (1 = one per forward).
+        min_fill: least share of real tokens a batch of more than ``min_rows`` rows keeps.
+        min_rows: rows a batch may always take, whatever its fill.
+
+    Returns:
+        Index arrays (int64) into ``lengths``; together they hold every index exactly once.
+    """
+    lens = np.asarray(lengths, dtype=np.int64).ravel()
+    budget = max(1, int(batch_tokens))
+    cap = max(1, int(max_batch_size))
+    order = np.argsort(-lens, kind="stable")
+    sorted_lens = np.maximum(lens[order], 1)
+    batches: list[np.ndarray] = []
+    start = 0
+    n = order.size
+    while start < n:
+        longest = int(sorted_lens[start])  # sorted descending: the first is the longest
+        size = min(cap, max(1, budget // longest), n - start)
+        if size > min_rows:
+            # fill after taking j + 1 rows; it only falls as rows get shorter
+            fill = np.cumsum(sorted_lens[start:start + size]) / (longest * np.arange(1, size + 1))
+            bad = np.flatnonzero(fill[min_rows:] < min_fill)
+            if bad.size:
+                size = min_rows + int(bad[0])
+        batches.append(order[start:start + size].astype(np.int64))
+        start += size
+    return batches
+
+
+def run_batched(
+    seqs: Sequence[Sequence[int]],
+    fn: Callable[[Any, Any, np.ndarray, np.ndarray], Sequence[Any]],
+    *,
+    batch_tokens: int,
+    max_batch_size: int,
+    pad_id: int,
+    device: str,
+    stats: dict | None = None,
+    show_progress: bool = False,
+    desc: str = "score",
+) -> list[Any]:
+    """Run ``fn`` over right-padded token-budget batches and return its per-sequence results in
+    the original order.
+
+    Args:
+        seqs: token ids per sequence; empty sequences are not run (their result is None).
+        fn: ``fn(input_ids, attention_mask, lengths, index) -> per-row results`` where the tensors
+            are ``(B, L)`` on ``device``, ``lengths`` the real lengths and ``index`` the positions
+            in ``seqs`` of the rows; results must already be on the CPU.
+        batch_tokens, max_batch_size: see :func:`plan_batches`.
+        pad_id: token id used for padding (masked out).
+        device: torch device.
+        stats: dict updated in place (forward_passes, tokens, padded_tokens, seconds).
+        show_progress: a tqdm bar over tokens.
+
+    Returns:
+        list of ``len(seqs)`` results (None for empty sequences).
+    """
+    import torch
+
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    todo = np.flatnonzero(lens > 0)
+    results: list[Any] = [None] * len(seqs)
+    if todo.size == 0:
+        return results
+    batches = [todo[b] for b in plan_batches(lens[todo], batch_tokens, max_batch_size)]
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(lens.sum()), desc=desc, unit="tok", unit_scale=True)
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for idx in batches:
+                bl = lens[idx]
+                width = int(bl.max())
+                ids = np.full((idx.size, width), pad_id, dtype=np.int64)
+                mask = np.zeros((idx.size, width), dtype=np.int64)
+                for k, i in enumerate(idx):
+                    ids[k, :bl[k]] = seqs[i]
+                    mask[k, :bl[k]] = 1
+                out = fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
+                for k, i in enumerate(idx):
+                    results[i] = out[k]
+                if stats is not None:
+                    stats["forward_passes"] += 1
+                    stats["tokens"] += int(bl.sum())
+                    stats["padded_tokens"] += int(idx.size * width)
+                if bar is not None:
+                    bar.update(int(bl.sum()))
+    finally:
+        if bar is not None:
+            bar.close()
+        if stats is not None:
+            stats["seconds"] += time.perf_counter() - t0
+    return results

@@ -1,0 +1,2 @@
+"""Step 3 (sampling): allocation over strata, embeddings, k-means and greedy selection."""
+

@@ -1,0 +1,346 @@
+"""Embeddings for step 3: sentence-transformers models and a content-keyed float16 memmap store.
+
+Encoding (:func:`encode_texts`): texts are tokenized once with the model's own tokenizer
+(truncated to its ``max_seq_length``), sorted by token count and packed into batches whose padded
+size ``rows x longest`` stays under a token budget (``batch_tokens``), so nearly every token fed to
+the model is a real one; the vectors are L2-normalised and returned in the input order. The result
+equals ``SentenceTransformer.encode(texts, normalize_embeddings=True)`` up to float rounding.
+
+Storage (:class:`EmbeddingStore`): vectors are cached per text (per model and text field) in
+append-only float16 shards, and each request is served as one memmap keyed by content + model +
+text field. :meth:`EmbeddingStore.put` stores vectors computed elsewhere the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from laser_fast.runtime.models import load_sentence_model
+
+logger = logging.getLogger(__name__)
+
+
+TEXT_FIELDS = ("response", "instruction", "both")
+#: the record columns :func:`texts_for` reads
+TEXT_COLUMNS = ("instruction", "responses")
+
+#: padded-token budget per forward pass on the CPU in float32: 8 rows of MiniLM's 256 tokens.
+#: Measured on 2 Xeon cores (AlpacaEval responses): 2048 -> 52 rec/s, 4096 -> 48, 8192 -> 45;
+#: smaller batches stay in cache, and a single 256-token row already fills the GEMMs
+DEFAULT_BATCH_TOKENS_CPU = 2048
+#: the same for bfloat16 / float16 on the CPU (AMX): 2048 -> 148 rec/s, 4096 -> 160, 8192 -> 119
+DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION = 4096
+#: padded-token budget per forward pass on a GPU (fp16 MiniLM: 256 rows of 256 tokens)
+DEFAULT_BATCH_TOKENS_GPU = 65536
+#: most rows per forward pass when the caller sets no cap
+DEFAULT_MAX_BATCH_SIZE = 512
+#: missing texts are tokenized and length-sorted this many at a time (bounds the token-id memory:
+#: at most 64k x max_seq_length int32 ids), then cut into shards of ``chunk_rows``
+SORT_WINDOW = 65536
+
+
+def texts_for(records, field: str) -> list[str]:
+    """The text embedded per record: the first answer (``response``, as the reference embeds),
+    the first user turn (``instruction``), or both joined by a blank line."""
+    if field not in TEXT_FIELDS:
+        from laser_fast.errors import ConfigError
+
+        raise ConfigError(f"unknown embedding text field '{field}': use one of {', '.join(TEXT_FIELDS)}")
+    # the first answer per record, taken in polars (a Python list of every record's answers
+    # would be a large transient at a million rows)
+    first_resp = records["responses"].list.first().fill_null("").to_list()
+    if field == "response":
+        return first_resp
+    inst = records["instruction"].to_list()
+    if field == "instruction":
+        return inst
+    return [f"{a}\n\n{b}" for a, b in zip(inst, first_resp)]
+
+
+class RecordTexts(Sequence):
+    """The texts :func:`texts_for` gives, read from the records on demand: ``len``, ``[i]``,
+    ``[a:b]`` and :meth:`take` build only the texts asked for, so hashing a million records
+    never holds a million Python strings (:meth:`EmbeddingStore.get` reads it in chunks)."""
+
+    def __init__(self, records, field: str):
+        texts_for(records.head(0), field)  # checks the field name
+        self.records, self.field = records, field
+
+    def __len__(self) -> int:
+        return self.records.height
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            out = texts_for(self.records.slice(start, max(stop - start, 0)), self.field)
+            return out[::step] if step != 1 else out
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return texts_for(self.records.slice(i % n, 1), self.field)[0]
+
+    def take(self, rows) -> list[str]:
+        """The texts of ``rows`` (in that order)."""
+        return texts_for(self.records[np.asarray(rows, dtype=np.int64).tolist()], self.field) if len(rows) else []
+
+
+#: texts hashed at a time by :func:`hash_texts`
+HASH_CHUNK = 65536
+
+
+def hash_texts(texts: Sequence[str]) -> np.ndarray:
+    """SHA-1 of every text (:func:`text_hash`) as an (n, 20) uint8 array, computed ``HASH_CHUNK``
+    texts at a time (``texts`` may be a :class:`RecordTexts`)."""
+    n = len(texts)
+    out = np.empty((n, 20), dtype=np.uint8)
+    for s in range(0, n, HASH_CHUNK):
+        chunk = texts[s : s + HASH_CHUNK]
+        out[s : s + len(chunk)] = np.frombuffer(b"".join([text_hash(t) for t in chunk]), dtype=np.uint8).reshape(-1, 20)
+    return out
+
+
+def _key_of_digests(digs: np.ndarray, model_name: str, field: str) -> str:
+    """:func:`content_key` from the texts' digests."""
+    h = hashlib.sha256()
+    h.update(f"{model_name}\x00{field}\x00{digs.shape[0]}\x00".encode())
+    h.update(np.ascontiguousarray(digs).data)
+    return h.hexdigest()[:32]
+
+
+def content_key(texts: Sequence[str], model_name: str, field: str, *, hashes: Sequence[bytes] | None = None) -> str:
+    """Key of one request: sha256 over model, field, count and every text's sha1 (``hashes``, when
+    the caller has them already, saves hashing the texts twice)."""
+    digs = hash_texts(texts) if hashes is None else np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, 20)
+    return _key_of_digests(digs, model_name, field)
+
+
+def text_hash(t: str) -> bytes:
+    return hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_embed_stats() -> dict[str, float]:
+    """Zeroed encoder stats: records, forward_passes, tokens (real), padded_tokens, seconds."""
+    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
+
+
+def non_padding_share(stats: dict) -> float | None:
+    """``tokens / padded_tokens`` of a stats dict (None before any forward pass)."""
+    return round(stats["tokens"] / stats["padded_tokens"], 4) if stats.get("padded_tokens") else None
+
+
+# --------------------------------------------------------------------------------------
+# token-budget encoder
+# --------------------------------------------------------------------------------------
+
+class _Encoder:
+    """Tokenize once, pack by padded-token budget, forward, normalise, restore the order.
+
+    The fast path builds the model's features (``input_ids``, ``attention_mask``,
+    ``token_type_ids``) from the token ids we already have and calls the model directly; it is
+    used only after checking, on the longest and shortest texts of the first call, that those
+    features are identical to the model's own ``preprocess``. Models with a default prompt, other
+    feature keys or a tokenizer that differs fall back to ``model.encode`` on each packed batch
+    (batch_size = the batch's rows), which is exact by construction.
+    """
+
+    _FEATURE_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+
+    def __init__(self, model: Any, batch_tokens: int | None, max_batch_size: int | None):
+        self.m = model
+        if hasattr(model, "eval"):
+            model.eval()  # as encode does: no dropout in the direct forward calls
+        self.device = str(model.device)
+        on_gpu = not self.device.startswith("cpu")
+        if batch_tokens:
+            self.batch_tokens = int(batch_tokens)
+        elif on_gpu:
+            self.batch_tokens = DEFAULT_BATCH_TOKENS_GPU
+        else:
+            low = str(next(iter(model.parameters())).dtype) in ("torch.bfloat16", "torch.float16")
+            self.batch_tokens = DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION if low else DEFAULT_BATCH_TOKENS_CPU
+        self.max_batch_size = int(max_batch_size) if max_batch_size else DEFAULT_MAX_BATCH_SIZE
+        tok = getattr(model, "tokenizer", None)
+        self.tok = tok
+        self.max_len = int(getattr(model, "max_seq_length", None) or getattr(tok, "model_max_length", 512) or 512)
+        self.pad_id = int(tok.pad_token_id) if tok is not None and tok.pad_token_id is not None else 0
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(get_dim() or 0)
+        self.fast: bool | None = None  # decided on the first texts seen
+        self.extra: dict[str, Any] = {}
+        self.with_token_types = False
+
+    # ---- tokenization -------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Flat int32 token ids and int64 offsets (n + 1) of ``texts``, truncated like the model."""
+        if self.tok is None:
+            # no tokenizer (e.g. a static model): character counts only order the batches
+            lens = np.fromiter((max(1, len(t)) for t in texts), dtype=np.int64, count=len(texts))
+            off = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum(lens, out=off[1:])
+            return np.zeros(0, dtype=np.int32), off
+        parts, lens = [], []
+        for s in range(0, len(texts), block):
+            ids = self.tok(list(texts[s:s + block]), truncation=True, max_length=self.max_len, add_special_tokens=True,
+                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            ln = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+            flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(ln.sum()))
+            parts.append(flat)
+            lens.append(ln)
+        lens_all = np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64)
+        off = np.zeros(lens_all.size + 1, dtype=np.int64)
+        np.cumsum(lens_all, out=off[1:])
+        return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)), off
+
+    def _features(self, ids: np.ndarray, off: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+        lens = off[rows + 1] - off[rows]
+        width = int(lens.max())
+        inp = np.full((rows.size, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((rows.size, width), dtype=np.int64)
+        for k, r in enumerate(rows):
+            ln = int(lens[k])
+            inp[k, :ln] = ids[off[r]:off[r] + ln]
+            mask[k, :ln] = 1
+        import torch
+
+        f: dict[str, Any] = {"input_ids": torch.from_numpy(inp), "attention_mask": torch.from_numpy(mask)}
+        if self.with_token_types:
+            f["token_type_ids"] = torch.zeros_like(f["input_ids"])
+        f.update(self.extra)
+        return f
+
+    def _decide_fast(self, texts: Sequence[str], ids: np.ndarray, off: np.ndarray) -> None:
+        """Use our own features only if they equal ``model.preprocess`` on a sample of texts."""
+        import torch
+
+        self.fast = False
+        m = self.m
+        if self.tok is None or getattr(m, "default_prompt_name", None) or not hasattr(m, "preprocess"):
+            return
+        n = len(texts)
+        if n == 0:
+            self.fast = None  # decide later
+            return
+        lens = off[1:] - off[:-1]
+        order = np.argsort(-lens, kind="stable")
+        sample = np.unique(np.concatenate([order[:4], order[-4:]]))
+        try:
+            ref = m.preprocess([texts[i] for i in sample])
+        except Exception:  # noqa: BLE001  # pragma: no cover - any failure here only means: use the exact fallback
+            return
+        tensor_keys = {k for k, v in ref.items() if isinstance(v, torch.Tensor)}
+        if not tensor_keys <= self._FEATURE_KEYS or "input_ids" not in tensor_keys or "attention_mask" not in tensor_keys:
+            return
+        self.with_token_types = "token_type_ids" in tensor_keys
+        if self.with_token_types and bool(ref["token_type_ids"].any()):
+            return
+        self.extra = {k: v for k, v in ref.items() if k not in tensor_keys}
+        ours = self._features(ids, off, sample)
+        self.fast = all(ours[k].shape == ref[k].shape and bool(torch.equal(ours[k], ref[k].to(ours[k].dtype))) for k in tensor_keys)
+        if not self.fast:
+            logger.info("embeddings: the model's preprocessing differs from plain tokenization; encoding each packed batch with model.encode")
+
+    # ---- batching -----------------------------------------------------------------------
+    def plan(self, lens: np.ndarray, sort: bool = True) -> list[np.ndarray]:
+        """Batches of row indices: token-budget packing of length-sorted rows, or (``sort=False``)
+        consecutive runs of ``max_batch_size`` rows in input order."""
+        if not sort:
+            return [np.arange(s, min(s + self.max_batch_size, lens.size), dtype=np.int64) for s in range(0, lens.size, self.max_batch_size)]
+        from laser_fast.runtime.batching import plan_batches
+
+        return plan_batches(lens, self.batch_tokens, self.max_batch_size)
+
+    def run(self, texts: Sequence[str], ids: np.ndarray, off: np.ndarray, *, sort: bool = True,
+            stats: dict | None = None, bar: Any = None) -> np.ndarray:
+        """float32 (n, d) unit vectors of ``texts`` (their ids/offsets from :meth:`tokenize`), in order."""
+        import torch
+
+        n = len(texts)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        if self.fast is None:
+            self._decide_fast(texts, ids, off)
+        lens = off[1:] - off[:-1]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for rows in self.plan(lens, sort):
+                if self.fast:
+                    f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, rows).items()}
+                    e = self.m(f)["sentence_embedding"].float()
+                    e = torch.nn.functional.normalize(e, p=2, dim=1).cpu().numpy()
+                else:
+                    e = self.m.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False)
+                out[rows] = np.asarray(e, dtype=np.float32)
+                if stats is not None:
+                    bl = lens[rows]
+                    stats["forward_passes"] += 1
+                    stats["tokens"] += int(bl.sum())
+                    stats["padded_tokens"] += int(rows.size * bl.max())
+                    stats["records"] += int(rows.size)
+                if bar is not None:
+                    bar.update(int(rows.size))
+        if stats is not None:
+            stats["seconds"] += time.perf_counter() - t0
+        return out
+
+
+def encode_texts(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    batch_tokens: int | None = None,
+    max_batch_size: int | None = None,
+    sort: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
+    show_progress: bool | None = False,
+) -> tuple[np.ndarray, dict]:
+    """Embed ``texts`` with token-budget batching; unit-length float32 rows in the input order.
+
+    Args:
+        model: a loaded ``SentenceTransformer``, or a model name / path / None (the bundled
+            all-MiniLM-L6-v2), loaded with :func:`load_sentence_model`.
+        texts: the texts.
+        batch_tokens: padded-token budget per forward (rows x longest row); default
+            ``DEFAULT_BATCH_TOKENS_CPU`` on the CPU (``..._LOW_PRECISION`` for a bfloat16 /
+            float16 model), ``DEFAULT_BATCH_TOKENS_GPU`` on a GPU.
+        max_batch_size: most rows per forward (1 = one text per forward); default
+            ``DEFAULT_MAX_BATCH_SIZE``.
+        sort: False runs consecutive ``max_batch_size`` rows in input order (the naive baseline
+            of the benchmark; the budget is then ignored).
+        device, dtype: device and compute dtype when ``model`` is a name (see
+            :func:`load_sentence_model`).
+        show_progress: a progress bar over records.
+
+    Returns:
+        ``(vectors, stats)``: ``(n, d)`` float32 and ``records``, ``forward_passes``, ``tokens``
+        (real tokens, after truncation to the model's ``max_seq_length``), ``padded_tokens``,
+        ``seconds`` (forward passes), ``tokenize_seconds``, ``non_padding`` (tokens / padded).
+
+    Example:
+        >>> vecs, st = encode_texts(None, ["a short text", "a longer text " * 20])  # doctest: +SKIP
+        >>> vecs.shape, st["forward_passes"]                                          # doctest: +SKIP
+        ((2, 384), 1)
+    """
+    m = load_sentence_model(model, device, dtype) if model is None or isinstance(model, (str, os.PathLike)) else model
+    enc = _Encoder(m, batch_tokens, max_batch_size)
+    stats = new_embed_stats()
+    t0 = time.perf_counter()
+    ids, off = enc.tokenize(texts)
+    stats["tokenize_seconds"] = round(time.perf_counter() - t0, 4)
+    from laser_fast.runtime.progress import progress_bar
+
+    with progress_bar(total=len(texts), desc="embed", unit="rec", show=show_progress) as bar:
+        out = enc.run(texts, ids, off, sort=sort, stats=stats, bar=bar)
+    stats["non_padding"] = non_padding_share(stats)
+    stats["fast_path"] = bool(enc.fast)
+    return out, stats
+
+

@@ -1,0 +1,44 @@
+"""The scorer interface."""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+
+class Scorer(ABC):
+    """A batched scorer. Model scorers (difficulty, deita, PRM, judges, ...) implement this.
+
+    Attributes:
+        name: short unique name (``"tokens"``, ``"difficulty"``...).
+        outputs: the metric columns :meth:`score` returns.
+        categories: the categories it applies to (None = every record).
+    """
+
+    name: str = ""
+    outputs: tuple[str, ...] = ()
+    categories: tuple[str, ...] | None = None
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Identifies everything that changes the scores: model id + revision, prompt template,
+        max length and code version. Cached scores are reused only under the same fingerprint."""
+
+    @abstractmethod
+    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+        """Score a batch of records (the ingestion table's columns) and return
+        ``{output name: float64 array of len(batch)}`` in the batch's order."""
+
+    def applies_to(self, categories: Sequence[str]) -> np.ndarray:
+        """Boolean mask of the records this scorer should score."""
+        if self.categories is None:
+            return np.ones(len(categories), dtype=bool)
+        return np.isin(np.asarray(categories, dtype=object), list(self.categories))
+
+
