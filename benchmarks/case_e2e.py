@@ -43,7 +43,7 @@ def build_pool(root: Path, n: int, d: int = 384, seed: int = 0) -> dict:
     metric the combination strategy reads) and seed ``root/work``'s embedding store."""
     import polars as pl
 
-    from benchmarks.__main__ import clustered
+    from benchmarks.common import clustered
     from laser_fast.sampling.store import EmbeddingStore
 
     rng = np.random.default_rng(seed)

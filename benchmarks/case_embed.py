@@ -77,8 +77,8 @@ def _cpu_has_bf16() -> bool:
 def _batching_rows(quick: bool) -> list[dict]:
     import torch
 
-    from laser_fast.sampling.embed import DEFAULT_MAX_BATCH_SIZE, _Encoder, encode_texts
     from laser_fast.runtime.models import load_sentence_model
+    from laser_fast.sampling.embed import DEFAULT_MAX_BATCH_SIZE, _Encoder, encode_texts
 
     sets = {"responses": ("output", 96 if quick else 512), "instructions": ("instruction", 192 if quick else 805)}
     m = load_sentence_model(None)

@@ -5,15 +5,62 @@ score it (difficulty, dedicated quality) and combine the scores into one prefere
 select per category with k-means over embeddings (best per cluster above a percentile, then fill)
 or an exact greedy min-distance filter.
 
-Public API: :func:`select`, :func:`classify`, :func:`cluster_select`, :func:`greedy_diverse`,
-:func:`read_records`, :class:`Scorer`, :func:`score_quality`, :func:`score`, :func:`build_scorer`,
-:func:`show_config`.
+Public API (every stage is one attribute away; heavy modules load on first use):
+
+- the run: :func:`select`, :func:`score`, :func:`run_selection`, :func:`run_scoring`,
+  :func:`run_stages`, :data:`STAGES`, :class:`SelectOptions`, :func:`write_outputs`;
+- step 1: :func:`classify`, :func:`classify_conversations`, :func:`load_classifier`, :func:`is_english`;
+- step 2: :class:`Scorer`, :func:`build_scorer`, :func:`score_records`, :func:`score_quality`,
+  :class:`ScoreCache`, :class:`TokenCounter`, :func:`compute_preference`, :data:`REGISTRY`;
+- step 3: :func:`allocate`, :class:`EmbeddingStore`, :func:`cluster_select`, :func:`greedy_diverse`;
+- input and output: :func:`read_records`, :func:`write_outputs`, :func:`output_frame`;
+- runtime: :class:`WorkDir`, :func:`torch_device`, :func:`show_config`.
 """
 from __future__ import annotations
 
 from laser_fast._version import __version__
 from laser_fast.categories import CATEGORIES, DEFAULT_PROPORTIONS
 from laser_fast.errors import ConfigError, InputError, LaserError, MissingScoreError, ModelLoadError
+
+#: public name -> (module, attribute), imported on first use (torch, faiss and numba users are heavy)
+_LAZY = {
+    # the run
+    "select": ("pipeline", "select"),
+    "score": ("pipeline", "score"),
+    "run_selection": ("pipeline", "run_selection"),
+    "run_scoring": ("pipeline", "run_scoring"),
+    "run_stages": ("pipeline", "run_stages"),
+    "STAGES": ("pipeline", "STAGES"),
+    "SelectionRun": ("pipeline", "SelectionRun"),
+    "SelectOptions": ("config", "SelectOptions"),
+    "StageSpec": ("runtime.stage", "StageSpec"),
+    # step 1
+    "classify": ("classifier.stage", "classify"),
+    "classify_conversations": ("classifier.stage", "classify_conversations"),
+    "load_classifier": ("classifier.models", "load_classifier"),
+    "is_english": ("classifier.language", "is_english"),
+    # step 2
+    "Scorer": ("scorers.base", "Scorer"),
+    "TokenCounter": ("scorers.tokens", "TokenCounter"),
+    "build_scorer": ("scorers.stage", "build_scorer"),
+    "score_records": ("scorers.stage", "score_records"),
+    "ScoreCache": ("scorers.cache", "ScoreCache"),
+    "score_quality": ("scorers.lite", "score_quality"),
+    "compute_preference": ("scorers.preference", "compute_preference"),
+    "REGISTRY": ("metrics", "REGISTRY"),
+    # step 3
+    "allocate": ("sampling.allocate", "allocate"),
+    "EmbeddingStore": ("sampling.store", "EmbeddingStore"),
+    "cluster_select": ("sampling.cluster", "cluster_select"),
+    "greedy_diverse": ("sampling.greedy", "greedy_diverse"),
+    # input and output
+    "read_records": ("io.ingest", "read_records"),
+    "write_outputs": ("io.output", "write_outputs"),
+    "output_frame": ("io.output", "output_frame"),
+    # runtime
+    "WorkDir": ("runtime.workdir", "WorkDir"),
+    "torch_device": ("runtime.devices", "torch_device"),
+}
 
 __all__ = [
     "__version__",
@@ -24,38 +71,9 @@ __all__ = [
     "ConfigError",
     "MissingScoreError",
     "ModelLoadError",
-    "select",
-    "classify",
-    "cluster_select",
-    "greedy_diverse",
-    "read_records",
-    "Scorer",
-    "score_quality",
-    "score",
-    "build_scorer",
-    "SelectOptions",
     "show_config",
+    *_LAZY,
 ]
-
-_LAZY = {
-    "select": ("pipeline", "select"),
-    "run_selection": ("pipeline", "run_selection"),
-    "write_outputs": ("io.output", "write_outputs"),
-    "classify": ("classifier.stage", "classify"),
-    "cluster_select": ("sampling.cluster", "cluster_select"),
-    "greedy_diverse": ("sampling.greedy", "greedy_diverse"),
-    "read_records": ("io.ingest", "read_records"),
-    "Scorer": ("scorers.base", "Scorer"),
-    "TokenCounter": ("scorers.tokens", "TokenCounter"),
-    "SelectOptions": ("config", "SelectOptions"),
-    "compute_preference": ("scorers.preference", "compute_preference"),
-    "score_quality": ("scorers.lite", "score_quality"),
-    "score": ("pipeline", "score"),
-    "run_scoring": ("pipeline", "run_scoring"),
-    "build_scorer": ("scorers.stage", "build_scorer"),
-    "score_records": ("scorers.stage", "score_records"),
-    "ScoreCache": ("scorers.cache", "ScoreCache"),
-}
 
 
 def __getattr__(name: str):
@@ -96,7 +114,9 @@ def show_config() -> None:
     try:
         import torch
 
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        from laser_fast.runtime.devices import torch_device
+
+        dev = torch_device()
         print(f"torch {torch.__version__}: models on {dev}" + (f" ({torch.cuda.get_device_name(0)})" if dev == "cuda" else ""))
     except Exception as e:
         print(f"torch: not available ({e})")

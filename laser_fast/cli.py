@@ -56,12 +56,14 @@ def _select_parser(sub) -> None:
 
 
 def _scoring_flags(p: argparse.ArgumentParser) -> None:
+    from laser_fast.metrics import PROFILES, SCORER_OUTPUTS
+
     g = p.add_argument_group("model scorers (step 2)")
-    g.add_argument("--profile", choices=["lite", "paper", "auto", "none"],
+    g.add_argument("--profile", choices=[*PROFILES, "auto", "none"],
                    help="scorer set: lite (offline models, default without a GPU), paper (the reference models, default with a GPU), "
                         "none (no model scoring: scores must come from inputs or --scores)")
     g.add_argument("--scorers", help="comma-separated scorers that override the profile for the metrics they produce and always run: "
-                                     "tokens, difficulty, deita_quality, deita_complexity, process_reward, code_quality, if_quality, ifd, lite_difficulty, lite_quality")
+                                     + ", ".join(SCORER_OUTPUTS))
     g.add_argument("--scorer-model", action="append", default=None, metavar="SCORER=MODEL",
                    help="model id or local path for a scorer, e.g. difficulty=/models/difficulty-scorer-8B-v2; repeatable")
     g.add_argument("--judge-url", help="OpenAI-compatible endpoint of the LLM judges (default $LASER_FAST_JUDGE_URL or http://127.0.0.1:8000/v1); "
@@ -70,7 +72,7 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _scoring_kw(a) -> dict:
-    from laser_fast.scorers.stage import parse_models, parse_scorer_list
+    from laser_fast.metrics import parse_models, parse_scorer_list
 
     kw: dict = {}
     if a.profile is not None:
@@ -140,7 +142,7 @@ def _options_from_args(a) -> tuple:
 
 
 def cmd_select(a) -> int:
-    from laser_fast.io.output import write_outputs
+    from laser_fast.io.output import SELECT_OUTPUT_NAMES, check_output_dir, write_outputs
     from laser_fast.pipeline import run_selection
     from laser_fast.runtime.workdir import default_workdir
 
@@ -150,6 +152,8 @@ def cmd_select(a) -> int:
     inputs = list(a.inputs)
     if a.input_dir:  # relative INPUTs that do not exist here are looked up in --input-dir
         inputs = [str(Path(a.input_dir) / p) if not Path(p).is_absolute() and not Path(p).exists() else p for p in inputs]
+    # before any work: the output folder takes files, and no input or score file is one it replaces
+    check_output_dir(a.output_dir, [*inputs, *(s.path for s in opts.sources), *(opts.scores or [])], names=SELECT_OUTPUT_NAMES)
     run = run_selection(inputs, opts, workdir=a.workdir or default_workdir())
     paths = write_outputs(run, a.output_dir, report=not a.no_report)
     m = run.manifest
@@ -163,7 +167,7 @@ def cmd_select(a) -> int:
 
 def cmd_score(a) -> int:
     from laser_fast.config import SelectOptions
-    from laser_fast.io.output import write_json, write_parquet
+    from laser_fast.io.output import SCORE_OUTPUT_NAMES, OutputSet, check_output_dir, write_json, write_parquet
     from laser_fast.pipeline import run_scoring
     from laser_fast.runtime.workdir import default_workdir
 
@@ -174,11 +178,11 @@ def cmd_score(a) -> int:
     if a.quiet:
         kw["show_progress"] = False
     opts = SelectOptions(budget=0, **kw).validate()
+    out = check_output_dir(a.output_dir, a.inputs, names=SCORE_OUTPUT_NAMES)  # before any work
     table, facts = run_scoring(list(a.inputs), opts, workdir=a.workdir or default_workdir())
-    out = Path(a.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(out / "scores.parquet", table)
-    write_json(out / "scores_manifest.json", facts)
+    with OutputSet(out, SCORE_OUTPUT_NAMES, "scores_manifest.json") as s:  # both files or neither
+        write_parquet(s.path("scores.parquet"), table)
+        write_json(s.path("scores_manifest.json"), facts)
     for f in facts["scorers"]:
         st = f.get("stats", {})
         logger.info("%-16s %d records (%d cached, %d computed)%s", f["scorer"], f["records"], f["cached"], f["computed"],
@@ -195,18 +199,22 @@ def cmd_classify(a) -> int:
     from laser_fast.classifier.models import load_classifier
     from laser_fast.classifier.stage import classify_conversations
     from laser_fast.io.ingest import read_records
-    from laser_fast.io.output import write_jsonl, write_parquet
+    from laser_fast.io.output import check_output_dir, write_jsonl, write_parquet
 
+    out = Path(a.output)
+    check_output_dir(out.parent, a.inputs, names=[out.name], option="--output")  # before any work: writable, not an input
     recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid)
     clf = load_classifier(a.classifier, device=a.device)
     labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64)
     eng = is_english(recs["instruction"].to_list())
     df = pl.DataFrame({"data_id": recs["data_id"], "origin": recs["origin"], "category": list(labels), "confidence": np.asarray(conf, dtype=float), "is_english": np.asarray(eng, dtype=bool), "source": recs["source"]})
-    out = Path(a.output)
-    if out.suffix == ".parquet":
-        write_parquet(out, df)
-    else:
-        write_jsonl(out, df.iter_rows(named=True))
+    try:  # atomic: on a failure the previous file (if any) stays
+        if out.suffix == ".parquet":
+            write_parquet(out, df)
+        else:
+            write_jsonl(out, df.iter_rows(named=True))
+    except OSError as e:
+        raise LaserError(f"{out}: writing the categories failed ({e.strerror or e}); free some space or choose another --output") from e
     counts = df.group_by("category").len().sort("category")
     for c, k in counts.iter_rows():
         logger.info("%-14s %d", c, k)

@@ -23,7 +23,7 @@ from typing import Any
 
 from laser_fast.categories import CATEGORIES, canonical_category
 from laser_fast.errors import ConfigError
-from laser_fast.scorers.preference import canonical_strategy
+from laser_fast.metrics import canonical_profile, canonical_strategy, parse_scorer_list
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,15 @@ class SelectOptions:
     judge_url: str | None = None  # OpenAI-compatible endpoint of the LLM judges
     batch_tokens: int | None = None  # token budget per forward pass of the model scorers
 
-    def validate(self) -> "SelectOptions":
+    def validate(self) -> SelectOptions:
+        """Check every option and put names in canonical form (strategy, profile, scorers,
+        proportions, category maps); returns ``self``.
+
+        Imports only the registry (:mod:`laser_fast.metrics`), no stage module.
+
+        Raises:
+            ConfigError: a bad value; the message names the option and what to use instead.
+        """
         if self.budget is None and self.token_budget is None:
             raise ConfigError("no budget: pass --budget N (records) or --token-budget N (tokens), or set sample_size in the config")
         if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 0):
@@ -118,17 +126,14 @@ class SelectOptions:
         if self.setfit_limits is not None:
             self.setfit_limits = parse_category_map(self.setfit_limits, "setfit_limits")
         if self.profile not in (None, "auto", "none"):
-            from laser_fast.scorers.stage import canonical_profile
-
             self.profile = canonical_profile(self.profile)
-        from laser_fast.scorers.stage import parse_scorer_list
-
         self.scorers = parse_scorer_list(self.scorers)
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as plain data (sources as dicts), for the manifest."""
         d = asdict(self)
         d["sources"] = [asdict(s) for s in self.sources]
         return d

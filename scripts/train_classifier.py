@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from laser_fast.categories import CATEGORIES  # noqa: E402
-from laser_fast.classifier.models import DEFAULT_MODEL_DIR, _load_minilm, apply_head
 from laser_fast.classifier.features import LEXICAL_FEATURES, embedding_text, lexical_features, opening_text
+from laser_fast.classifier.models import DEFAULT_MODEL_DIR, _load_minilm, apply_head
 
 DATA = Path(os.environ.get("LASER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CDATA = ROOT / "scripts" / "classifier_data"

@@ -333,6 +333,7 @@ def choose_C(F, groups, b, w, src, grp, weights, grid, seed) -> float:
 def bench(data: Path, n: int, seed: int, threads: int) -> int:
     """Throughput of score_quality on ``n`` AlpacaEval responses (models loaded and warmed first)."""
     import torch
+
     from laser_fast.scorers.lite import LiteQualityScorer
     rows = [json.loads(l) for l in gzip.open(data / "alpaca_eval_pool.jsonl.gz", "rt", encoding="utf-8")]
     random.Random(seed).shuffle(rows)

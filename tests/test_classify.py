@@ -11,10 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from laser_fast.categories import CATEGORIES  # noqa: E402
-from laser_fast.classifier.models import EMPTY_LABEL, TaskClassifier, load_classifier
-from laser_fast.classifier.stage import classify, classify_conversations
 from laser_fast.classifier.features import embedding_text, lexical_features
 from laser_fast.classifier.language import is_english
+from laser_fast.classifier.models import EMPTY_LABEL, TaskClassifier, load_classifier
+from laser_fast.classifier.stage import classify, classify_conversations
 from laser_fast.errors import ModelLoadError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -8,8 +8,8 @@ import pytest
 
 import laser_fast.sampling.embed as E
 import laser_fast.sampling.store as ES
-from laser_fast.runtime.models import load_sentence_model
 from laser_fast.errors import InputError
+from laser_fast.runtime.models import load_sentence_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
 

@@ -28,9 +28,9 @@ import pytest
 
 from laser_fast.errors import LaserError
 from laser_fast.scorers import judge_client, judges
-from laser_fast.scorers.judges import CodeQualityScorer, IFQualityScorer, PromptJudgeScorer, check_constraint, clean_constraints, parse_constraints
 from laser_fast.scorers.judge_client import JudgeClient
 from laser_fast.scorers.judge_text import code_quality_formula, extract_json, if_quality_formula, line_edit_similarity, strip_think
+from laser_fast.scorers.judges import CodeQualityScorer, IFQualityScorer, PromptJudgeScorer, check_constraint, clean_constraints, parse_constraints
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"

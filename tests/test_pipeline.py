@@ -10,8 +10,8 @@ import pytest
 from laser_fast.categories import CATEGORIES
 from laser_fast.config import SelectOptions
 from laser_fast.errors import LaserError, MissingScoreError
-from laser_fast.pipeline import run_selection, select
 from laser_fast.io.output import write_outputs
+from laser_fast.pipeline import run_selection, select
 
 
 def _run(example_files, workdir, **kw):
@@ -100,8 +100,8 @@ def test_every_strategy_and_mode(example_files, workdir, score_file, strategy, m
 
 def test_greedy_selection_respects_min_distance(example_files, workdir):
     run = _run(example_files, workdir, budget=80, strategy="longest", mode="greedy", min_distance=0.3, embedding_model="minilm")
-    from laser_fast.sampling.store import EmbeddingStore
     from laser_fast.sampling.embed import texts_for
+    from laser_fast.sampling.store import EmbeddingStore
 
     sel = run.pool[run.selected_rows.tolist()]
     emb, _ = EmbeddingStore(workdir).get(texts_for(sel, "response"), show_progress=False)
@@ -282,8 +282,8 @@ def test_output_frame_matches_a_frame_built_from_the_rows(tmp_path, workdir, mod
 
 def test_language_mask_is_cached_by_instruction_texts(tmp_path, monkeypatch):
     import laser_fast.classifier.language as clf
-    from laser_fast.io.ingest import records_from_frame
     from laser_fast.classifier.stage import english_mask
+    from laser_fast.io.ingest import records_from_frame
 
     recs, _ = records_from_frame(pl.DataFrame({"instruction": ["What is the capital of France?", "¿Dónde está la biblioteca de la ciudad?", "今天天气怎么样？"],
                                                "output": ["Paris.", "Allí.", "晴天。"]}), origin="t")

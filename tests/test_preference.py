@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from laser_fast.sampling.allocate import allocate, largest_remainder
 from laser_fast.errors import ConfigError, MissingScoreError
+from laser_fast.sampling.allocate import allocate, largest_remainder
 from laser_fast.scorers.preference import RobustScaler, canonical_strategy, compute_preference, metric_relevant, minmax
 
 

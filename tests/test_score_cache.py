@@ -7,9 +7,9 @@ import pytest
 
 from laser_fast.errors import ConfigError
 from laser_fast.io.ingest import records_from_frame
+from laser_fast.scorers.base import Scorer
 from laser_fast.scorers.cache import ScoreCache, content_keys
 from laser_fast.scorers.stage import PROFILE_METRICS, SCORER_OUTPUTS, apply_scores, metric_sources, needed_scorers, parse_models, parse_scorer_list, score_records
-from laser_fast.scorers.base import Scorer
 
 
 def _records(n: int, seed: int = 0) -> pl.DataFrame:

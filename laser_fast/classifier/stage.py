@@ -3,8 +3,8 @@ that keeps given categories, classifies the rest and caches the result in the wo
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
+from collections.abc import Mapping
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +14,8 @@ from laser_fast._version import __version__
 from laser_fast.classifier.features import _as_text
 from laser_fast.classifier.models import TaskClassifier, load_classifier
 from laser_fast.config import SelectOptions
-from laser_fast.runtime.workdir import _cache_path, _cached_arrays, _hash_strings, _iter_column
+from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
+from laser_fast.runtime.workdir import WorkDir, _hash_strings, _iter_column
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +101,10 @@ def classify_conversations(
     return out_l, np.clip(out_c, 0.0, 1.0)
 
 
-def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectOptions, workdir: str, facts: dict) -> tuple[np.ndarray, np.ndarray]:
+def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectOptions, workdir: WorkDir | str, facts: dict) -> tuple[np.ndarray, np.ndarray]:
     """Category and confidence per record: given categories are kept, the rest classified
-    (cached in the work directory by classifier fingerprint and content)."""
+    (cached in the work directory by classifier fingerprint and content, see
+    :meth:`~laser_fast.runtime.workdir.WorkDir.cached_arrays`)."""
     n = records.height
     cats = np.full(n, None, dtype=object) if known is None else known.copy()
     conf = np.where(cats != None, 1.0, np.nan)  # noqa: E711
@@ -119,28 +121,25 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
     turns = records["user_turns"].to_list()
     sub = [turns[i] for i in todo]
     key = _hash_strings(["\x1f".join(t) for t in sub], clf.fingerprint)
-    cp = _cache_path(workdir, "categories", key)
-    if cp.exists():
-        z = np.load(cp, allow_pickle=False)
-        labels, c = z["labels"].astype(object), z["conf"]
-        facts["cache_hit"] = True
-    else:
-        labels, c = classify_conversations(sub, classifier=clf, batch_size=opts.batch_size, show_progress=opts.show_progress)
-        labels = np.asarray(labels, dtype=object)
-        cp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cp.with_name(cp.name + ".tmp.npz")
-        np.savez(tmp, labels=labels.astype(str), conf=np.asarray(c, dtype=np.float64))
-        os.replace(tmp, cp)
-        facts["cache_hit"] = False
+    computed = []
+
+    def compute() -> dict[str, np.ndarray]:
+        labs, cf = classify_conversations(sub, classifier=clf, batch_size=opts.batch_size, show_progress=opts.show_progress)
+        computed.append(True)
+        return {"labels": np.asarray(labs, dtype=str), "conf": np.asarray(cf, dtype=np.float64)}
+
+    arrays = WorkDir.of(workdir).cached_arrays("categories", key, compute)  # checked; a damaged entry is computed again
+    labels, c = arrays["labels"].astype(object), arrays["conf"]
+    facts["cache_hit"] = not computed
     cats[todo] = labels
     conf[todo] = c
     return cats, conf
 
 
-def english_mask(records: pl.DataFrame, workdir: str | None = None) -> np.ndarray:
+def english_mask(records: pl.DataFrame, workdir: WorkDir | str | None = None) -> np.ndarray:
     """Whether each record's instruction looks English (:func:`laser_fast.classifier.language.is_english`).
 
-    With a ``workdir`` the mask is cached under ``cache/language-<key>.npz``, keyed by every
+    With a ``workdir`` the mask is cached under ``cache/language-<key>-v<layout>.npz``, keyed by every
     instruction's hash and the package version: the heuristic runs in Python at ~9 us a text
     (9 s at a million records), hashing the texts for the key takes about a tenth of that."""
     from laser_fast.classifier.language import is_english
@@ -148,6 +147,34 @@ def english_mask(records: pl.DataFrame, workdir: str | None = None) -> np.ndarra
     if workdir is None:
         return np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
     key = _hash_strings(_iter_column(records, "instruction"), f"language|v{__version__}|{records.height}")
-    return _cached_arrays(workdir, "language", key, lambda: {"english": english_mask(records)})["english"]
+    return WorkDir.of(workdir).cached_arrays("language", key, lambda: {"english": english_mask(records)})["english"]
 
 
+
+
+# --------------------------------------------------------------------------------------
+# the stages
+# --------------------------------------------------------------------------------------
+
+LANGUAGE = StageSpec("language", "laser_fast.classifier.stage:language_stage", reads=("instruction",), writes=("is_english",),
+                     resources=Resources(num_cpus=1, memory_mb=64))
+CLASSIFY = StageSpec("classify", "laser_fast.classifier.stage:classify_stage", reads=("user_turns", "category"),
+                     writes=("category", "category_confidence"), resources=Resources(num_cpus=1, num_gpus=0.25, memory_mb=2048))
+
+
+def language_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
+    """``is_english`` per record (:func:`english_mask`, cached in the work directory)."""
+    english = english_mask(records, str(workdir) if workdir is not None else None)
+    return StageResult({"is_english": english}, StageStats("language", english=int(english.sum()), other=int(english.size - english.sum())))
+
+
+def classify_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
+    """``category`` and ``category_confidence`` per record: a given ``category`` column (from the
+    data or score files; None where missing) is kept with confidence 1, the rest classified with
+    ``opts.classifier`` (:func:`classify_pool`)."""
+    known = (columns or {}).get("category")
+    stats = StageStats("classify")
+    facts: dict = {}
+    cats, conf = classify_pool(records, known, opts, str(workdir), facts)
+    stats.update(facts)
+    return StageResult({"category": cats, "category_confidence": conf}, stats)

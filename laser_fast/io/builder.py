@@ -12,7 +12,6 @@ import pyarrow as pa
 from laser_fast.errors import InputError
 from laser_fast.io.schemas import _CONSUMED, _MISSING, _TURN_READERS, _canonical_json, _check_data_id, _check_structure, _RecordProblem, _type_name
 
-
 #: Output columns, in order, with their polars types.
 OUTPUT_COLUMNS: dict[str, pl.DataType] = {
     "data_id": pl.String(),

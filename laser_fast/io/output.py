@@ -1,11 +1,15 @@
-"""Atomic output writers: everything goes to a temporary file in the same folder, then a rename."""
+"""Atomic output writers: each file goes to a temporary file in the same folder, then a rename;
+a run's output folder is written as one set (:class:`~laser_fast.io.output_set.OutputSet`).
+
+``check_output_dir``, ``OutputSet`` and the output name lists are re-exported from
+:mod:`laser_fast.io.output_set`.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 import polars as pl
 
+from laser_fast.io.output_set import OUTPUT_NAMES, SCORE_OUTPUT_NAMES, SELECT_OUTPUT_NAMES, OutputSet, check_output_dir, clean_stale_temps, fsync_path, temp_name  # noqa: F401
 from laser_fast.metrics import SCORE_COLUMNS
 from laser_fast.runtime.stats import peak_rss_mb
 
@@ -49,22 +54,41 @@ def clean_json(v: Any) -> Any:
 
 
 class atomic_path:
-    """Context manager yielding a temporary path next to ``path``; renamed onto it on success,
-    removed on failure, so readers never see a partial file."""
+    """Context manager yielding a temporary path next to ``path``; on success the file is synced
+    to disk and renamed onto ``path``, on failure removed, so readers never see a partial file.
+
+    The temporary file is created with the usual mode (``0o666`` less the umask, as ``open()``
+    makes files; not ``mkstemp``'s ``0o600``) under a unique name (:func:`temp_name`: host,
+    process id, random hex); temporaries that dead processes left in the folder are removed.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> with atomic_path(d / "x.txt") as tmp:
+        ...     _ = tmp.write_text("hi")
+        >>> (d / "x.txt").read_text()
+        'hi'
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        clean_stale_temps(self.path.parent)
+        self.tmp = self.path.parent / temp_name(self.path.name)
+        os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            os.replace(self.tmp, self.path)
+            try:
+                fsync_path(self.tmp)
+                os.replace(self.tmp, self.path)
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)
+                raise
+            fsync_path(self.path.parent, directory=True)
         else:
             self.tmp.unlink(missing_ok=True)
         return False
@@ -203,43 +227,80 @@ def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None) -> pl.Da
     return pl.DataFrame([v.alias(k) for k, v in cols.items()])
 
 
+def run_input_paths(manifest: dict) -> list[str]:
+    """The files a run read, from its manifest: ``inputs[i].path`` and ``score_sources[i].path``
+    (in-memory frames have no path and are left out).
+
+    Args:
+        manifest: a :class:`SelectionRun` manifest.
+
+    Returns:
+        The paths, in manifest order.
+    """
+    out = []
+    for key in ("inputs", "score_sources"):
+        for e in manifest.get(key) or []:
+            if isinstance(e, dict) and e.get("path"):
+                out.append(str(e["path"]))
+    return out
+
+
 def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | None = None, report: bool = True) -> dict[str, str]:
-    """Write the run's outputs atomically into ``output_dir``; returns name -> path."""
-    from laser_fast.io.output import write_json, write_jsonl, write_parquet
+    """Write the run's outputs into ``output_dir`` as one set.
+
+    ``selected.jsonl`` (or ``selected.parquet``), ``decisions.parquet``, ``report.html`` (unless
+    ``report=False``) and ``manifest.json`` are written into a temporary folder inside
+    ``output_dir`` and moved into place together, ``manifest.json`` last, after the previous
+    run's manifest and any of its files this run does not produce were removed (see
+    :class:`~laser_fast.io.output_set.OutputSet`). Guarantee: whenever ``manifest.json`` exists,
+    every file it lists under ``outputs`` is the one this manifest describes (the selected file's
+    sha256 is recorded there), whatever instant the writer was killed at; without a manifest the
+    folder is incomplete. The contents of the files do not depend on how they are written.
+
+    Args:
+        run: the result of :func:`laser_fast.pipeline.run_selection`.
+        output_dir: the output folder (created when missing).
+        fmt: ``"jsonl"`` or ``"parquet"`` (default: the run's ``format`` option).
+        report: also write ``report.html``.
+
+    Returns:
+        Output name (``selected``, ``decisions``, ``report``, ``manifest``) -> final path.
+
+    Raises:
+        LaserError: the folder cannot take the outputs (see :func:`check_output_dir`: a file, not
+            writable, a full disk), one of the run's input files would be overwritten, or writing
+            failed (the message says what state the folder was left in).
+    """
+    from laser_fast.io.score_files import file_sha256
     from laser_fast.runtime.memory import release_free_heap
 
+    out = check_output_dir(output_dir, run_input_paths(run.manifest), names=SELECT_OUTPUT_NAMES)
     release_free_heap()  # what the run freed, before the outputs allocate
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fmt = fmt or run.options.format
-    paths = {}
-    t0 = time.perf_counter()
-    if fmt == "jsonl":
-        p = out / "selected.jsonl"
-        write_jsonl(p, iter_output_rows(run.pool, run.selected_rows, release=run.release))
-    else:
-        p = out / "selected.parquet"
-        write_parquet(p, output_frame(run.pool, run.selected_rows, release=run.release))
-    paths["selected"] = str(p)
-    dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
-    # a pool read from a mapped file is written a slice at a time, its pages dropped after each
-    write_parquet(out / "decisions.parquet", dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
-    paths["decisions"] = str(out / "decisions.parquet")
-    run.timings["write"] = round(time.perf_counter() - t0, 3)
-    run.manifest.setdefault("peak_rss_mb_after_stage", {})["write"] = peak_rss_mb()
-    from laser_fast.io.score_files import file_sha256
+    sel_name = "selected.jsonl" if fmt == "jsonl" else "selected.parquet"
+    names = {"selected": sel_name, "decisions": "decisions.parquet"}
+    with OutputSet(out, SELECT_OUTPUT_NAMES, "manifest.json") as s:
+        t0 = time.perf_counter()
+        if fmt == "jsonl":
+            write_jsonl(s.path(sel_name), iter_output_rows(run.pool, run.selected_rows, release=run.release))
+        else:
+            write_parquet(s.path(sel_name), output_frame(run.pool, run.selected_rows, release=run.release))
+        dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
+        # a pool read from a mapped file is written a slice at a time, its pages dropped after each
+        write_parquet(s.path("decisions.parquet"), dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
+        run.timings["write"] = round(time.perf_counter() - t0, 3)
+        run.manifest.setdefault("peak_rss_mb_after_stage", {})["write"] = peak_rss_mb()
+        run.manifest["outputs"] = {"selected": {"path": sel_name, "sha256": file_sha256(s.path(sel_name)), "rows": int(run.selected_rows.size)},
+                                   "decisions": {"path": "decisions.parquet"}}
+        if report:
+            from laser_fast.io.report import write_report
 
-    run.manifest["outputs"] = {"selected": {"path": p.name, "sha256": file_sha256(p), "rows": int(run.selected_rows.size)}, "decisions": {"path": "decisions.parquet"}}
-    if report:
-        from laser_fast.io.report import write_report
-
-        t1 = time.perf_counter()
-        write_report(out / "report.html", dec, run.manifest)
-        paths["report"] = str(out / "report.html")
-        run.timings["report"] = round(time.perf_counter() - t1, 3)
-    run.manifest["timings_seconds"] = run.timings
-    write_json(out / "manifest.json", run.manifest)
-    paths["manifest"] = str(out / "manifest.json")
-    return paths
-
-
+            t1 = time.perf_counter()
+            write_report(s.path("report.html"), dec, run.manifest)
+            names["report"] = "report.html"
+            run.manifest["outputs"]["report"] = {"path": "report.html"}
+            run.timings["report"] = round(time.perf_counter() - t1, 3)
+        run.manifest["timings_seconds"] = run.timings
+        write_json(s.path("manifest.json"), run.manifest)
+        names["manifest"] = "manifest.json"
+    return {k: str(out / n) for k, n in names.items()}

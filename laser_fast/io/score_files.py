@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +14,8 @@ import polars as pl
 
 from laser_fast.categories import canonical_category
 from laser_fast.errors import InputError
-from laser_fast.scorers.preference import METRIC_ALIASES, METRICS
+from laser_fast.metrics import METRIC_ALIASES, METRICS
+from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 
 logger = logging.getLogger(__name__)
 
@@ -291,11 +293,35 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 __all__ = [
-    "Scorer",
-    "TokenCounter",
     "scores_from_extra",
     "read_score_file",
     "merge_score_files",
     "import_reference_analysis",
     "REFERENCE_METRIC_DIRS",
 ]
+
+
+SCORES_LOAD = StageSpec("scores_load", "laser_fast.io.score_files:scores_load_stage", reads=("data_id", "extra", "origin"),
+                        writes=("category", "<metrics>"), resources=Resources(num_cpus=1, row_wise=False))
+
+
+def scores_load_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
+    """The scores and categories that come with the data: input fields (:func:`scores_from_extra`),
+    then ``opts.scores`` files (:func:`merge_score_files`) and ``opts.analysis_dir``
+    (:func:`import_reference_analysis`).
+
+    Returns:
+        Metric columns (NaN where missing) and, when any record has one, ``category`` (None where
+        missing); stats: ``score_sources`` (one report per file).
+    """
+    scores, known = scores_from_extra(records)
+    score_files: list = []
+    if opts.scores:
+        scores, known, score_files = merge_score_files(records, opts.scores, scores, known)
+    if opts.analysis_dir:
+        scores, known, rep = import_reference_analysis(records, opts.analysis_dir, scores, known)
+        score_files += rep
+    cols: dict[str, np.ndarray] = dict(scores)
+    if known is not None:
+        cols["category"] = known
+    return StageResult(cols, StageStats("scores_load", score_sources=score_files))

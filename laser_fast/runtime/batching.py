@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from laser_fast.runtime.progress import progress_bar
+
 logger = logging.getLogger(__name__)
 
 
@@ -101,11 +103,7 @@ def run_batched(
     if todo.size == 0:
         return results
     batches = [todo[b] for b in plan_batches(lens[todo], batch_tokens, max_batch_size)]
-    bar = None
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=int(lens.sum()), desc=desc, unit="tok", unit_scale=True)
+    bar = progress_bar(total=int(lens.sum()), desc=desc, unit="tok", unit_scale=True, show=bool(show_progress))
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
@@ -124,11 +122,9 @@ def run_batched(
                     stats["forward_passes"] += 1
                     stats["tokens"] += int(bl.sum())
                     stats["padded_tokens"] += int(idx.size * width)
-                if bar is not None:
-                    bar.update(int(bl.sum()))
+                bar.update(int(bl.sum()))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if stats is not None:
             stats["seconds"] += time.perf_counter() - t0
     return results

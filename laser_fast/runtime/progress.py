@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def want_progress(show: bool | None) -> bool:
@@ -10,8 +14,19 @@ def want_progress(show: bool | None) -> bool:
     return logging.getLogger("laser_fast").isEnabledFor(logging.INFO)
 
 
-def progress_bar(*, total: int, desc: str, unit: str = "it", initial: int = 0, show: bool | None = None):
-    """A tqdm bar (with rate) or a no-op stand-in."""
+def progress_bar(*, total: int, desc: str, unit: str = "it", initial: int = 0, show: bool | None = None, unit_scale: bool = False):
+    """A tqdm bar (with rate) or a disabled one: the one place the package builds a counting bar."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not want_progress(show), mininterval=1.0, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale, disable=not want_progress(show),
+                mininterval=1.0, dynamic_ncols=True)
+
+
+def progress_iter(iterable: Iterable[T], *, desc: str, unit: str = "it", total: int | None = None, show: bool | None = None) -> Iterable[T]:
+    """``iterable`` wrapped in a tqdm bar when progress is wanted (see :func:`want_progress`),
+    else ``iterable`` itself: the one place the package builds a bar over an iterable."""
+    if not want_progress(show):
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=1.0, dynamic_ncols=True)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from laser_fast.runtime.models import load_sentence_model
+from laser_fast.runtime.workdir import text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +119,6 @@ def content_key(texts: Sequence[str], model_name: str, field: str, *, hashes: Se
     the caller has them already, saves hashing the texts twice)."""
     digs = hash_texts(texts) if hashes is None else np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, 20)
     return _key_of_digests(digs, model_name, field)
-
-
-def text_hash(t: str) -> bytes:
-    return hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest()
 
 
 def new_embed_stats() -> dict[str, float]:
@@ -344,3 +341,56 @@ def encode_texts(
     return out, stats
 
 
+
+
+class PoolEmbeddings:
+    """The embeddings of a pool's candidate records, loaded on first use.
+
+    Called with pool rows, returns their vectors as a :class:`~laser_fast.sampling.stratum.StoreRows`
+    view over the store's float16 memmap. The texts of every candidate record (copies share
+    their record's vector) are looked up in — or embedded into — the :class:`EmbeddingStore`
+    once, on the first call, inside the ``embed`` timing stage; a run whose strata all fit their
+    targets never loads the model.
+
+    Args:
+        records: the record table.
+        candidate: per record, whether it can be selected.
+        row_map: pool row -> record row.
+        opts: the run's options (model, field, batching, device).
+        workdir: the work directory that holds the store.
+        timer: the run's stage timer (the first call is timed as ``embed``).
+    """
+
+    def __init__(self, records, candidate: np.ndarray, row_map: np.ndarray, opts, workdir, timer):
+        self.records, self.candidate, self.row_map = records, candidate, row_map
+        self.opts, self.workdir, self.timer = opts, workdir, timer
+        self.info: dict[str, Any] = {}
+        self._arr = None
+        self._pos = None
+
+    def _load(self) -> None:
+        from laser_fast.sampling.store import EmbeddingStore
+
+        opts = self.opts
+        with self.timer.stage("embed"):
+            n = self.records.height
+            emb_rows = np.flatnonzero(self.candidate)  # record rows (copies share them)
+            # only the text columns, and no row copy when every record is a candidate
+            sub = self.records.select([c for c in TEXT_COLUMNS if c in self.records.columns])
+            if emb_rows.size != n:
+                sub = sub[emb_rows]
+            store = EmbeddingStore(self.workdir)
+            # the texts are built and hashed 65k at a time, never all at once
+            arr, info = store.get(RecordTexts(sub, opts.embed_field), model=opts.embedding_model, field=opts.embed_field, batch_size=opts.batch_size,
+                                  batch_tokens=opts.batch_tokens, device=opts.device, show_progress=opts.show_progress)
+            pos = np.full(n, -1, dtype=np.int64)
+            pos[emb_rows] = np.arange(emb_rows.size)
+            self._arr, self._pos = arr, pos
+            self.info.update(info)
+
+    def __call__(self, rows: np.ndarray):
+        from laser_fast.sampling.stratum import StoreRows
+
+        if self._arr is None:
+            self._load()
+        return StoreRows(self._arr, self._pos[self.row_map[rows]])

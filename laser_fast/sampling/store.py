@@ -14,6 +14,7 @@ import numpy as np
 from laser_fast.errors import InputError, LaserError
 from laser_fast.runtime.memory import release_pages
 from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, load_sentence_model, resolve_model_name
+from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, npy_header, sidecar, unique_suffix
 from laser_fast.sampling.embed import SORT_WINDOW, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
 
 logger = logging.getLogger(__name__)
@@ -74,16 +75,23 @@ def _prefix64(d: np.ndarray) -> np.ndarray:
 class EmbeddingStore:
     """Float16 embeddings cached per text under ``<workdir>/embeddings``.
 
-    Vectors live in append-only shards per (model, text field) namespace: ``shard-N.f16.npy``
-    (vectors) and ``shard-N.hashes.npy`` (sha1 of each text), each written to a temporary file
-    and renamed, the hashes last, so a shard is either complete or absent. Missing texts are
-    tokenized and sorted by length (``SORT_WINDOW`` at a time) before they are cut into shards of
-    ``chunk_rows``: each shard holds its own hashes, so its order does not matter, and sorting
-    before cutting pads less than sorting inside each chunk. A run killed while embedding keeps
-    every finished shard and resumes from there; any later run over any subset of the same texts
-    reuses them. For each requested list of texts the store also assembles one (n, d) float16
-    memmap ``<key>.npy`` keyed by content + model + field, so an identical request is a single
-    file open.
+    Vectors live in append-only shards per (model, text field, layout) namespace:
+    ``shard-<id>.f16.npy`` (vectors) and ``shard-<id>.hashes.npy`` (sha1 of each text), written
+    through :class:`~laser_fast.runtime.workdir.WorkDir` (unique temporary name, fsync, rename,
+    integrity record), the hashes last, so a shard is either complete or absent. A shard id is
+    the time in ns plus host, pid and random digits: two runs sharing the folder never allocate
+    the same name, so no lock is needed (a text both embedded lands in two shards; the first
+    shard by name wins). Missing texts are tokenized and sorted by length (``SORT_WINDOW`` at a
+    time) before they are cut into shards of ``chunk_rows``: each shard holds its own hashes, so
+    its order does not matter, and sorting before cutting pads less than sorting inside each
+    chunk. A run killed while embedding keeps every finished shard and resumes from there; any
+    later run over any subset of the same texts reuses them. For each requested list of texts
+    the store also assembles one (n, d) float16 memmap ``<key>.npy`` keyed by content + model +
+    field + layout, so an identical request is a single checked file open.
+
+    Every shard a request reads and every reused ``<key>.npy`` is checked against its integrity
+    record first; a damaged one is logged with its path and removed (a shard's two files
+    together), and its texts are embedded again (the memmap is assembled again).
 
     Example:
         >>> store = EmbeddingStore("/tmp/work")                      # doctest: +SKIP
@@ -92,11 +100,16 @@ class EmbeddingStore:
         (dtype('float16'), (2, 384))
     """
 
-    def __init__(self, workdir: str | os.PathLike):
-        self.root = Path(workdir) / "embeddings"
+    def __init__(self, workdir: WorkDir | str | os.PathLike):
+        self.wd = WorkDir.of(workdir)
+        self.root = self.wd.embeddings
 
     def _namespace(self, label: str, field: str) -> Path:
-        return self.root / hashlib.sha1(f"{label}\x00{field}".encode()).hexdigest()[:16]
+        return self.root / hashlib.sha1(f"{label}\x00{field}\x00layout {LAYOUT_VERSION}".encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _request_key(digs: np.ndarray, label: str, field: str) -> str:
+        return _key_of_digests(digs, f"{label}\x00layout {LAYOUT_VERSION}", field)
 
     @staticmethod
     def _label(model: str | None) -> str:
@@ -104,44 +117,78 @@ class EmbeddingStore:
         return DEFAULT_EMBEDDING_MODEL if name == resolve_model_name(None) else str(model)
 
     @staticmethod
-    def _shard_files(ns: Path) -> list[tuple[int, Path]]:
-        out = []
-        for hp in ns.glob("shard-*.hashes.npy"):
+    def _shard_files(ns: Path) -> list[tuple[str, Path]]:
+        """``(shard id, hashes path)`` of the namespace's shards, in id order."""
+        return sorted((hp.name[len("shard-"):-len(".hashes.npy")], hp) for hp in ns.glob("shard-*.hashes.npy"))
+
+    @staticmethod
+    def _vectors_of(hashes_path: Path) -> Path:
+        return hashes_path.with_name(hashes_path.name.replace(".hashes.npy", ".f16.npy"))
+
+    @staticmethod
+    def _forget(path: Path, why: str) -> None:
+        """Remove the intact half of a shard whose other half was damaged (its texts are then missing)."""
+        for p in (path, sidecar(path)):
             try:
-                out.append((int(hp.name.split("-")[1].split(".")[0]), hp))
-            except ValueError:
-                continue
-        return sorted(out)
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        logger.info("embedding store: removed %s (%s)", path, why)
 
     def _index(self, ns: Path) -> tuple[_ShardIndex, list[Path]]:
-        """The namespace's digest index and its shards' vector files (in index order)."""
-        digs, shard, row, vec_paths = [], [], [], []
-        for si, (_, hp) in enumerate(self._shard_files(ns)):
-            d = np.load(hp)  # (m, 20) uint8: sha1 digests
-            digs.append(d.reshape(-1, 20))
-            shard.append(np.full(d.shape[0], si, dtype=np.int32))
+        """The namespace's digest index (over the shards whose hashes file is intact) and the
+        shards' hashes files (in index order)."""
+        digs, shard, row, hash_paths = [], [], [], []
+        for _, hp in self._shard_files(ns):
+            d = self.wd.load_array(hp, mmap=False)  # (m, 20) uint8: sha1 digests
+            if d is not None and (d.ndim != 2 or d.shape[1] != 20 or d.dtype != np.uint8):
+                self.wd.discard(hp, f"it holds a {d.dtype} array of shape {d.shape}, not (m, 20) uint8 digests")
+                d = None
+            if d is None:  # damaged (logged and removed) or removed meanwhile
+                self._forget(self._vectors_of(hp), f"the hashes file {hp.name} of its shard is gone")
+                continue
+            shard.append(np.full(d.shape[0], len(hash_paths), dtype=np.int32))
             row.append(np.arange(d.shape[0], dtype=np.int64))
-            vec_paths.append(hp.with_name(hp.name.replace(".hashes.npy", ".f16.npy")))
+            digs.append(d)
+            hash_paths.append(hp)
         if not digs:
             z = np.zeros(0, dtype=np.int64)
             return _ShardIndex(np.zeros((0, 20), dtype=np.uint8), z.astype(np.int32), z), []
-        return _ShardIndex(np.concatenate(digs), np.concatenate(shard), np.concatenate(row)), vec_paths
+        return _ShardIndex(np.concatenate(digs), np.concatenate(shard), np.concatenate(row)), hash_paths
+
+    def _resolve(self, ns: Path, digs: np.ndarray) -> tuple[_ShardIndex, list[np.ndarray | None], np.ndarray]:
+        """``(index, vectors, pos)``: where each of ``digs`` is stored (-1: not stored) and the
+        checked vector memmaps of the shards those texts are in (None for the other shards). A
+        shard that fails its check is removed with its hashes file, so its texts come back as
+        not stored."""
+        while True:
+            index, hash_paths = self._index(ns)
+            pos = index.lookup(digs)
+            rows = np.bincount(index.shard, minlength=len(hash_paths))
+            vecs: list[np.ndarray | None] = [None] * len(hash_paths)
+            damaged = False
+            for si in np.unique(index.shard[pos[pos >= 0]]):
+                vp = self._vectors_of(hash_paths[si])
+                v = self.wd.load_array(vp, mmap=True)
+                if v is not None and (v.ndim != 2 or v.shape[0] != rows[si] or v.dtype != np.float16):
+                    self.wd.discard(vp, f"it holds a {v.dtype} array of shape {v.shape} for {rows[si]} texts")
+                    v = None
+                if v is None:
+                    self._forget(hash_paths[si], f"the vectors file {vp.name} of its shard is damaged or gone")
+                    damaged = True
+                vecs[si] = v
+            if not damaged:
+                return index, vecs, pos
+
+    def _write_shard(self, ns: Path, shard_id: str, vecs16: np.ndarray, digests: np.ndarray) -> None:
+        base = f"shard-{shard_id}"
+        self.wd.save_array(ns / f"{base}.f16.npy", vecs16)
+        self.wd.save_array(ns / f"{base}.hashes.npy", np.ascontiguousarray(digests, dtype=np.uint8))  # last: the shard exists
 
     @staticmethod
-    def _save(path: Path, arr: np.ndarray) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-
-    def _write_shard(self, ns: Path, shard_id: int, vecs16: np.ndarray, digests: np.ndarray) -> None:
-        base = ns / f"shard-{shard_id}"
-        self._save(base.with_name(base.name + ".f16.npy"), vecs16)
-        self._save(base.with_name(base.name + ".hashes.npy"), np.ascontiguousarray(digests, dtype=np.uint8))
-
-    def _next_shard_id(self, ns: Path) -> int:
-        files = self._shard_files(ns)
-        return files[-1][0] + 1 if files else 0
+    def _new_shard_id() -> str:
+        """Time in ns, host, pid and random digits: unique across runs, ordered by time."""
+        return f"{time.time_ns():020d}-{unique_suffix()}"
 
     @staticmethod
     def _missing(pos: np.ndarray, digs: np.ndarray) -> np.ndarray:
@@ -152,23 +199,24 @@ class EmbeddingStore:
         _, first = np.unique(digs[absent].view("V20").ravel(), return_index=True)
         return np.sort(absent[first])
 
-    def _assemble(self, final: Path, index: _ShardIndex, vec_paths: list[Path], digs: np.ndarray,
-                  pos: np.ndarray | None = None, block_rows: int = 1 << 16) -> tuple[np.memmap, float]:
-        """Write the request's (n, d) float16 ``.npy`` from the shards, ``block_rows`` output rows
-        at a time: each block is gathered from the shards' memmaps and appended to the file with
-        plain writes, and the shard pages it touched are released from this process (the page
-        cache keeps them), so the resident memory stays near one block instead of growing to the
-        request plus the shards (1M x 384 rows: ~0.2 GB peak instead of ~1.9 GB)."""
+    def _assemble(self, final: Path, index: _ShardIndex, vecs: list[np.ndarray | None], digs: np.ndarray,
+                  pos: np.ndarray, block_rows: int = 1 << 16) -> tuple[np.memmap, float]:
+        """Write the request's (n, d) float16 ``.npy`` from the shards' checked memmaps ``vecs``,
+        ``block_rows`` output rows at a time: each block is gathered from the shards' memmaps and
+        appended to the file with plain writes, and the shard pages it touched are released from
+        this process (the page cache keeps them), so the resident memory stays near one block
+        instead of growing to the request plus the shards (1M x 384 rows: ~0.2 GB peak instead of
+        ~1.9 GB). The file is written through :meth:`WorkDir.atomic` (integrity record included)."""
         t0 = time.perf_counter()
-        if pos is None:
-            pos = index.lookup(digs)
         if (pos < 0).any():  # pragma: no cover - every text was stored just before
             raise LaserError(f"embedding store {final.parent}: {(pos < 0).sum()} texts have no stored vector; delete that folder and rerun")
-        shards = [np.load(p, mmap_mode="r") for p in vec_paths]
-        dim = int(shards[0].shape[1]) if shards else 0
+        dims = {int(v.shape[1]) for v in vecs if v is not None}
+        if len(dims) > 1:
+            raise LaserError(f"embedding store {final.parent}: the shards of one namespace hold vectors of {sorted(dims)} dimensions; "
+                             "delete that folder and rerun")
+        dim = dims.pop() if dims else 0
         n = digs.shape[0]
-        tmp = final.with_name(final.name + ".tmp.npy")
-        with open(tmp, "wb") as f:
+        with self.wd.atomic(final) as tmp, open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
                                                      "fortran_order": False, "shape": (n, dim)})
             sh = index.shard[pos]
@@ -181,13 +229,11 @@ class EmbeddingStore:
                 touched = []
                 for grp in np.split(order, cuts):
                     si = int(bs[grp[0]])
-                    block[grp] = shards[si][br[grp]]
+                    block[grp] = vecs[si][br[grp]]
                     touched.append(si)
                 f.write(block.data)  # contiguous: no copy
                 for si in touched:
-                    release_pages(shards[si])
-        del shards
-        os.replace(tmp, final)
+                    release_pages(vecs[si])
         return np.load(final, mmap_mode="r"), time.perf_counter() - t0
 
     def get(
@@ -228,57 +274,68 @@ class EmbeddingStore:
 
         Raises:
             ModelLoadError: the model cannot be loaded.
+            LaserError: shards written now keep failing their check (a failing disk), or a
+                damaged shard cannot be removed.
         """
         t_start = time.perf_counter()
         label = self._label(model)
         digs = hash_texts(texts)
-        key = _key_of_digests(digs, label, field)
-        self.root.mkdir(parents=True, exist_ok=True)
+        key = self._request_key(digs, label, field)
         final = self.root / f"{key}.npy"
         info: dict[str, Any] = {"key": key, "model": label, "field": field, "rows": len(texts)}
-        if final.exists():
-            arr = np.load(final, mmap_mode="r")
-            if arr.shape[0] == len(texts):
-                info.update(cache_hit=True, computed=0, device=None, seconds=round(time.perf_counter() - t_start, 3), dim=int(arr.shape[1]))
-                logger.info("embeddings: reusing %s (%d x %d)", final, arr.shape[0], arr.shape[1])
-                return arr, info
+        arr = self.wd.load_array(final, mmap=True)  # checked: size and checksum
+        if arr is not None and (arr.ndim != 2 or arr.shape[0] != len(texts) or arr.dtype != np.float16):
+            self.wd.discard(final, f"it holds a {arr.dtype} array of shape {arr.shape} for {len(texts)} texts")
+            arr = None
+        if arr is not None:
+            info.update(cache_hit=True, computed=0, device=None, seconds=round(time.perf_counter() - t_start, 3), dim=int(arr.shape[1]))
+            logger.info("embeddings: reusing %s (%d x %d)", final, arr.shape[0], arr.shape[1])
+            return arr, info
         ns = self._namespace(label, field)
         ns.mkdir(parents=True, exist_ok=True)
-        index, vec_paths = self._index(ns)
-        pos = index.lookup(digs)
-        todo = self._missing(pos, digs)
-        dev = None
-        if todo.size:
+        dev, enc, stats, computed = None, None, new_embed_stats(), 0
+        for attempt in range(3):
+            index, vecs, pos = self._resolve(ns, digs)
+            todo = self._missing(pos, digs)
+            if todo.size == 0:
+                break
+            if attempt == 2:
+                raise LaserError(f"embedding store {ns}: {todo.size} texts are still missing after they were embedded and stored twice "
+                                 "(their shards fail their check as soon as they are written: is the disk full or failing?); "
+                                 "check the warnings above, free or fix the disk and rerun")
             logger.info("embeddings: %d of %d texts to embed (%d cached)", todo.size, len(texts), len(texts) - todo.size)
-            m = load_sentence_model(model, device, dtype)
-            dev = str(m.device)
-            enc = _Encoder(m, batch_tokens, max_batch_size or batch_size)
-            stats = new_embed_stats()
-            from laser_fast.runtime.progress import progress_bar
-
-            next_id = self._next_shard_id(ns)
-            with progress_bar(total=int(todo.size), desc="embed", unit="rec", show=show_progress) as bar:
-                for w in range(0, todo.size, SORT_WINDOW):
-                    rows = todo[w:w + SORT_WINDOW]
-                    wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
-                    ids, off = enc.tokenize(wtexts)
-                    order = np.argsort(-(off[1:] - off[:-1]), kind="stable")  # longest first
-                    for c in range(0, order.size, chunk_rows):
-                        sel = order[c:c + chunk_rows]
-                        sub_off = np.zeros(sel.size + 1, dtype=np.int64)
-                        np.cumsum(off[sel + 1] - off[sel], out=sub_off[1:])
-                        sub_ids = np.concatenate([ids[off[i]:off[i + 1]] for i in sel]) if ids.size else ids
-                        e = enc.run([wtexts[i] for i in sel], sub_ids, sub_off, stats=stats, bar=bar)
-                        self._write_shard(ns, next_id, e.astype(np.float16), digs[rows[sel]])
-                        next_id += 1
-            index, vec_paths = self._index(ns)
-            pos = None  # the index changed: look the texts up again
+            if enc is None:
+                m = load_sentence_model(model, device, dtype)
+                dev = str(m.device)
+                enc = _Encoder(m, batch_tokens, max_batch_size or batch_size)
+            self._embed(ns, enc, texts, digs, todo, chunk_rows, stats, show_progress)
+            computed += int(todo.size)
+        if computed:
             info.update({k: stats[k] for k in ("records", "forward_passes", "tokens", "padded_tokens")},
                         embed_seconds=round(stats["seconds"], 3), non_padding=non_padding_share(stats))
-        arr, t_asm = self._assemble(final, index, vec_paths, digs, pos)
-        info.update(cache_hit=False, computed=int(todo.size), device=dev, seconds=round(time.perf_counter() - t_start, 3),
+        arr, t_asm = self._assemble(final, index, vecs, digs, pos)
+        info.update(cache_hit=False, computed=computed, device=dev, seconds=round(time.perf_counter() - t_start, 3),
                     dim=int(arr.shape[1]), assemble_seconds=round(t_asm, 3))
         return arr, info
+
+    def _embed(self, ns: Path, enc: _Encoder, texts: Sequence[str], digs: np.ndarray, todo: np.ndarray, chunk_rows: int,
+               stats: dict, show_progress: bool | None) -> None:
+        """Embed ``texts[todo]`` and store them in shards of ``chunk_rows`` (longest first)."""
+        from laser_fast.runtime.progress import progress_bar
+
+        with progress_bar(total=int(todo.size), desc="embed", unit="rec", show=show_progress) as bar:
+            for w in range(0, todo.size, SORT_WINDOW):
+                rows = todo[w:w + SORT_WINDOW]
+                wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
+                ids, off = enc.tokenize(wtexts)
+                order = np.argsort(-(off[1:] - off[:-1]), kind="stable")  # longest first
+                for c in range(0, order.size, chunk_rows):
+                    sel = order[c:c + chunk_rows]
+                    sub_off = np.zeros(sel.size + 1, dtype=np.int64)
+                    np.cumsum(off[sel + 1] - off[sel], out=sub_off[1:])
+                    sub_ids = np.concatenate([ids[off[i]:off[i + 1]] for i in sel]) if ids.size else ids
+                    e = enc.run([wtexts[i] for i in sel], sub_ids, sub_off, stats=stats, bar=bar)
+                    self._write_shard(ns, self._new_shard_id(), e.astype(np.float16), digs[rows[sel]])
 
     def put(
         self,
@@ -322,14 +379,12 @@ class EmbeddingStore:
         ns = self._namespace(label, field)
         ns.mkdir(parents=True, exist_ok=True)
         digs = hash_texts(texts)
-        index, _ = self._index(ns)
-        if len(index):
-            first_vec = np.load(next(ns.glob("shard-*.f16.npy")), mmap_mode="r")
-            if first_vec.shape[1] != vec.shape[1]:
-                raise InputError("EmbeddingStore.put", f"the store {ns} holds {first_vec.shape[1]}-d vectors for model '{label}', got {vec.shape[1]}-d ones",
-                                 "pass the model label the vectors come from (model=...)")
-        todo = self._missing(index.lookup(digs), digs)
-        next_id = self._next_shard_id(ns)
+        index, _, pos = self._resolve(ns, digs)
+        stored_dim = self._stored_dim(ns) if len(index) else None
+        if stored_dim is not None and stored_dim != vec.shape[1]:
+            raise InputError("EmbeddingStore.put", f"the store {ns} holds {stored_dim}-d vectors for model '{label}', got {vec.shape[1]}-d ones",
+                             "pass the model label the vectors come from (model=...)")
+        todo = self._missing(pos, digs)
         shards = 0
         for s in range(0, todo.size, chunk_rows):
             rows = todo[s:s + chunk_rows]
@@ -347,13 +402,20 @@ class EmbeddingStore:
             else:
                 part[fix] /= norm[fix, None]
                 out16 = part.astype(np.float16)
-            self._write_shard(ns, next_id, out16, digs[rows])
-            next_id += 1
+            self._write_shard(ns, self._new_shard_id(), out16, digs[rows])
             shards += 1
-        key = _key_of_digests(digs, label, field)
+        key = self._request_key(digs, label, field)
         if assemble:
-            self.root.mkdir(parents=True, exist_ok=True)
-            index, vec_paths = self._index(ns)
-            self._assemble(self.root / f"{key}.npy", index, vec_paths, digs)
+            index, vecs, pos = self._resolve(ns, digs)
+            self._assemble(self.root / f"{key}.npy", index, vecs, digs, pos)
         return {"rows": len(texts), "stored": int(todo.size), "already": len(texts) - int(todo.size), "shards": shards,
                 "dim": int(vec.shape[1]), "seconds": round(time.perf_counter() - t0, 3), "key": key}
+
+    def _stored_dim(self, ns: Path) -> int | None:
+        """The dimension of the namespace's vectors, from the first shard header that reads."""
+        for _, hp in self._shard_files(ns):
+            try:
+                return int(npy_header(self._vectors_of(hp))[0][1])
+            except (OSError, ValueError, IndexError):
+                continue
+        return None

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from laser_fast.config import SelectOptions
+from laser_fast.runtime.memory import release_free_heap
+from laser_fast.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +144,78 @@ def select_stratum(
 
 
 # --------------------------------------------------------------------------- main
+
+
+@dataclass
+class Selection:
+    """What sampling decided: the chosen pool rows in selection order, how each pool row was
+    chosen (``selected_by``: cluster_best / fill / greedy / top, None when not selected), its
+    cluster (-1: none), the updated pool status and per-stratum stats."""
+
+    rows: np.ndarray
+    selected_by: np.ndarray
+    cluster: np.ndarray
+    status: np.ndarray
+    stats: dict[str, dict]
+
+
+def select_strata(plan, pref: np.ndarray, length: np.ndarray, status: np.ndarray, embeddings, opts: SelectOptions) -> Selection:
+    """Sample every stratum of ``plan`` (a :class:`~laser_fast.sampling.strata.StrataPlan` over pool rows).
+
+    A stratum that holds no more than its target is taken whole (by preference, no embeddings);
+    the others go through :func:`select_stratum`. ``embeddings(rows)`` returns the rows'
+    embeddings (a :class:`StoreRows`) and is called only for strata that must choose.
+
+    Returns:
+        A :class:`Selection`; candidates left unselected get status ``not_selected``, strata with
+        a zero target ``zero_target``.
+    """
+    n = status.size
+    status = status.copy()
+    for c, r in plan.strata.items():
+        if plan.targets.get(c, 0) == 0 and r.size:
+            status[r] = "zero_target"
+    selected_by = np.full(n, None, dtype=object)
+    cluster = np.full(n, -1, dtype=np.int64)
+    sel_order: list[np.ndarray] = []
+    stats: dict[str, dict] = {}
+    unit_tokens = plan.unit_tokens
+    with progress_bar(total=len(plan.strata), desc=f"select ({opts.mode})", unit="stratum", show=opts.show_progress) as bar:
+        for c, rows in plan.strata.items():
+            bar.update(1)
+            t = plan.targets.get(c, 0)
+            if t <= 0 or rows.size == 0:
+                stats[c] = {"n": int(rows.size), "target": int(t), "selected": 0}
+                continue
+            if plan.available[c] <= t and opts.mode != "greedy" and opts.mode != "kmeans+greedy":
+                chosen = rows[np.argsort(-pref[rows], kind="stable")]
+                by = np.full(chosen.size, "top", dtype=object)  # everything fits: taken by preference
+                st = {"mode": opts.mode, "n": int(rows.size), "target": int(t), "note": "stratum smaller than its target: all taken"}
+            else:
+                loc, by, labels, st = select_stratum(
+                    lambda rows=rows: embeddings(rows),
+                    pref[rows],
+                    t,
+                    mode=opts.mode,
+                    strategy=opts.strategy,
+                    opts=opts,
+                    lengths=length[rows] if unit_tokens else None,
+                    min_distance=opts.min_distance,
+                )
+                chosen = rows[loc]
+                if labels is not None:
+                    cluster[rows] = labels
+                del loc, labels
+                release_free_heap()  # the stratum's working set, before the next one allocates
+            selected_by[chosen] = by
+            status[chosen] = "selected"
+            st["selected"] = int(chosen.size)
+            if unit_tokens:
+                st["selected_tokens"] = int(length[chosen].sum())
+            if chosen.size < (t if not unit_tokens else 1) and not unit_tokens:
+                logger.warning("%s: selected %d of a target of %d (%s mode ran out of candidates)", c, chosen.size, t, opts.mode)
+            stats[c] = st
+            sel_order.append(chosen)
+    status[status == "candidate"] = "not_selected"
+    rows = np.concatenate(sel_order) if sel_order else np.zeros(0, dtype=np.int64)
+    return Selection(rows=rows, selected_by=selected_by, cluster=cluster, status=status, stats=stats)

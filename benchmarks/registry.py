@@ -1,0 +1,33 @@
+"""The benchmark cases: one module per case (``benchmarks/case_<name>.py``), each with a
+``run(quick: bool) -> list[dict]`` that returns one row per measurement.
+
+Adding a case: write ``benchmarks/case_<name>.py`` with ``run(quick)`` and add one line here.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Case:
+    """A benchmark case: its name, the module that runs it, and what it measures."""
+
+    name: str
+    module: str
+    about: str
+
+    def runner(self) -> Callable[[bool], list[dict]]:
+        """The case's ``run(quick)`` (its module is imported on first use)."""
+        return importlib.import_module(self.module).run
+
+
+CASES: dict[str, Case] = {c.name: c for c in (
+    Case("greedy", "benchmarks.case_greedy", "exact greedy min-distance filter vs loops and the reference's ChromaDB loop"),
+    Case("cluster", "benchmarks.case_cluster", "per-category k-means selection vs the reference's scikit-learn path"),
+    Case("embed", "benchmarks.case_embed", "MiniLM batching and the float16 embedding store"),
+    Case("kernels", "benchmarks.case_kernels", "numba statistics kernels vs per-record loops"),
+    Case("scorers", "benchmarks.case_scorers", "model scorers: token-budget batching vs one sample per forward"),
+    Case("e2e", "benchmarks.case_e2e", "laser-fast select end to end on a large pool with warm caches"),
+)}
