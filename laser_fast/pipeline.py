@@ -80,7 +80,7 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
     """
     from laser_fast.scorers.stage import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile, check_scorers, score_records
 
-    wd = WorkDir.of(workdir)
+    wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
     limit_heap_arenas()
     timer = _Timer()
     with timer.stage("ingest"):
@@ -143,7 +143,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         LaserError (and subclasses): bad input, bad options, missing scores or models.
     """
     opts.validate()
-    wd = WorkDir.of(workdir)
+    wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
     limit_heap_arenas()
     timer = _Timer()
     with timer.stage("ingest"):

@@ -28,6 +28,7 @@ from laser_fast.io.schemas import (
     _RecordProblem,
     _unknown_schema,
 )
+from laser_fast.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +88,10 @@ def _file_kind(path: Path) -> str:
 
 
 class _Progress:
-    """A thin optional tqdm wrapper updated in batches (no cost when disabled)."""
+    """A progress bar over records, updated in batches (no cost when disabled)."""
 
     def __init__(self, enabled: bool, desc: str, total: int | None = None):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # pragma: no cover
-                return
-            self.bar = tqdm(desc=desc, total=total, unit=" rec", leave=False, mininterval=0.5)
+        self.bar = progress_bar(total=total, desc=desc, unit=" rec", show=True, leave=False, mininterval=0.5) if enabled else None
 
     def update(self, n: int) -> None:
         if self.bar is not None:

@@ -302,16 +302,23 @@ def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: st
                                  f"or {_hint(name)[0].lower()}{_hint(name)[1:]}") from None
 
 
-def load_tokenizer(model_id: str | None, *, revision: str | None = None, gguf_file: str | None = None):
-    """The tokenizer of ``model_id`` (same resolution rules as :func:`load_hf`)."""
-    from transformers import AutoTokenizer
-
-    src, gguf, local, name = _resolve(model_id, gguf_file)
+def _source_kwargs(revision: str | None, local: bool, gguf: str | None) -> dict[str, Any]:
+    """``from_pretrained`` keywords that say where a model comes from: a hub revision (not for a
+    local folder) and the GGUF file inside the folder."""
     kw: dict[str, Any] = {}
     if revision and not local:
         kw["revision"] = revision
     if gguf:
         kw["gguf_file"] = gguf
+    return kw
+
+
+def load_tokenizer(model_id: str | None, *, revision: str | None = None, gguf_file: str | None = None):
+    """The tokenizer of ``model_id`` (same resolution rules as :func:`load_hf`)."""
+    from transformers import AutoTokenizer
+
+    src, gguf, local, name = _resolve(model_id, gguf_file)
+    kw = _source_kwargs(revision, local, gguf)
     tok = _from_pretrained(AutoTokenizer.from_pretrained, src, local, name, "tokenizer", kw)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
@@ -410,11 +417,7 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
     dev = torch_device(device)
     dtype = torch_dtype(dev) if dtype is None else {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     src, gguf, local, name = _resolve(model_id, gguf_file)
-    common: dict[str, Any] = {}
-    if revision and not local:
-        common["revision"] = revision
-    if gguf:
-        common["gguf_file"] = gguf
+    common = _source_kwargs(revision, local, gguf)
     config = _from_pretrained(AutoConfig.from_pretrained, src, local, name, "config", dict(common))
     archs = list(getattr(config, "architectures", None) or [])
     loader, extra = _model_loader(kind, archs, num_labels)

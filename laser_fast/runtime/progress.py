@@ -14,12 +14,14 @@ def want_progress(show: bool | None) -> bool:
     return logging.getLogger("laser_fast").isEnabledFor(logging.INFO)
 
 
-def progress_bar(*, total: int, desc: str, unit: str = "it", initial: int = 0, show: bool | None = None, unit_scale: bool = False):
-    """A tqdm bar (with rate) or a disabled one: the one place the package builds a counting bar."""
+def progress_bar(*, total: int | None, desc: str, unit: str = "it", initial: int = 0, show: bool | None = None, unit_scale: bool = False,
+                 leave: bool = True, mininterval: float = 1.0):
+    """A tqdm bar (with rate) or a disabled one: the one place the package builds a counting bar
+    (``total=None``: a counter without a known end)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale, disable=not want_progress(show),
-                mininterval=1.0, dynamic_ncols=True)
+                leave=leave, mininterval=mininterval, dynamic_ncols=True)
 
 
 def progress_iter(iterable: Iterable[T], *, desc: str, unit: str = "it", total: int | None = None, show: bool | None = None) -> Iterable[T]:

@@ -201,16 +201,8 @@ def _progress_bar(total: int, show: bool | None):
     """A tqdm-like bar, or None when no bar should be shown."""
     if show is False or total == 0 or (show is None and total < _AUTO_PROGRESS_MIN):
         return None
-    try:
-        from laser_fast.runtime.progress import progress_bar, want_progress
-    except ImportError:
-        if not show:
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=total, desc="greedy diversity", unit="row", mininterval=1.0)
+    from laser_fast.runtime.progress import progress_bar, want_progress
+
     if not want_progress(show):
         return None
     return progress_bar(total=total, desc="greedy diversity", unit="row", show=show)
