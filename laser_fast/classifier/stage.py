@@ -101,23 +101,23 @@ def classify_conversations(
     return out_l, np.clip(out_c, 0.0, 1.0)
 
 
-def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectOptions, workdir: WorkDir | str, facts: dict) -> tuple[np.ndarray, np.ndarray]:
+def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectOptions, workdir: WorkDir | str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Category and confidence per record: given categories are kept, the rest classified
     (cached in the work directory by classifier fingerprint and content, see
     :meth:`~laser_fast.runtime.workdir.WorkDir.cached_arrays`)."""
+    stats: dict = {}
     n = records.height
     cats = np.full(n, None, dtype=object) if known is None else known.copy()
     conf = np.where(cats != None, 1.0, np.nan)  # noqa: E711
     todo = np.flatnonzero(cats == None)  # noqa: E711
-    facts["given"] = int(n - todo.size)
-    facts["classified"] = int(todo.size)
+    stats["given"] = int(n - todo.size)
+    stats["classified"] = int(todo.size)
     if todo.size == 0:
-        return cats, conf
+        return cats, conf, stats
     from laser_fast.classifier.models import load_classifier
-    from laser_fast.classifier.stage import classify_conversations
 
     clf = load_classifier(opts.classifier, device=opts.device)
-    facts["classifier"] = clf.fingerprint
+    stats["classifier"] = clf.fingerprint
     turns = records["user_turns"].to_list()
     sub = [turns[i] for i in todo]
     key = _hash_strings(["\x1f".join(t) for t in sub], clf.fingerprint)
@@ -130,10 +130,10 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
 
     arrays = WorkDir.of(workdir).cached_arrays("categories", key, compute)  # checked; a damaged entry is computed again
     labels, c = arrays["labels"].astype(object), arrays["conf"]
-    facts["cache_hit"] = not computed
+    stats["cache_hit"] = not computed
     cats[todo] = labels
     conf[todo] = c
-    return cats, conf
+    return cats, conf, stats
 
 
 def english_mask(records: pl.DataFrame, workdir: WorkDir | str | None = None) -> np.ndarray:
@@ -173,8 +173,5 @@ def classify_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, colum
     data or score files; None where missing) is kept with confidence 1, the rest classified with
     ``opts.classifier`` (:func:`classify_pool`)."""
     known = (columns or {}).get("category")
-    stats = StageStats("classify")
-    facts: dict = {}
-    cats, conf = classify_pool(records, known, opts, str(workdir), facts)
-    stats.update(facts)
-    return StageResult({"category": cats, "category_confidence": conf}, stats)
+    cats, conf, stats = classify_pool(records, known, opts, str(workdir))
+    return StageResult({"category": cats, "category_confidence": conf}, StageStats("classify", **stats))
