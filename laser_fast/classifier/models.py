@@ -12,7 +12,7 @@ Other models can be used instead (:func:`load_classifier`): a Hugging Face
 (``model_head.pkl`` + sentence-transformers body). Models load lazily on first use.
 
 Example:
-    >>> from laser_fast.classify import classify, is_english
+    >>> from laser_fast import classify, is_english
     >>> classify(["Solve 2x + 3 = 7.", "Write a haiku about rain."])  # doctest: +SKIP
     ['Math', 'Generation']
     >>> is_english(["Hello, how are you?", "Wie geht es dir heute?"]).tolist()

@@ -14,7 +14,7 @@ record's ``origin``, where it came from (``source``) and every other input field
 as a JSON object string (``extra``).
 
 Example:
-    >>> from laser_fast.ingest import read_records
+    >>> from laser_fast.io.ingest import read_records
     >>> records, skipped = read_records(["pool.jsonl.gz"], skip_invalid=True)  # doctest: +SKIP
     >>> records.select("data_id", "instruction", "response").head()  # doctest: +SKIP
 """

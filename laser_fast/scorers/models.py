@@ -4,7 +4,7 @@ reward (Math) and instruction-following difficulty (IFD).
 Every scorer is a :class:`~laser_fast.scorers.base.Scorer`: it loads its model lazily (first
 :meth:`score`), packs records into token-budget batches (:mod:`laser_fast.scorers.hf`), runs in
 bf16 on CUDA and float32 on CPU, and keeps ``self.stats``. Per-token / per-step values are reduced
-per record with the numba kernels of :mod:`laser_fast.kernels`.
+per record with the numba kernels of :mod:`laser_fast.runtime.kernels`.
 
 Multi-turn records follow the reference: difficulty, DEITA and the process reward score each
 exchange (user turn, with its answer where the metric reads one) on its own and average over the

@@ -1,5 +1,5 @@
 """A minimal OpenAI-compatible chat server on the standard library, for running the LLM judges
-offline without vLLM (``laser-fast serve`` / ``python -m laser_fast.serve``).
+offline without vLLM (``laser-fast serve`` / ``python -m laser_fast.scorers.serve``).
 
 Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` (plus ``GET /health`` and
 ``GET /v1/stats``, a request counter) with a transformers causal LM: a local folder, a hub id
@@ -15,7 +15,7 @@ An API key, when set (``--api-key`` or the environment variable ``LASER_FAST_SER
 be sent as ``Authorization: Bearer KEY``; other requests get HTTP 401.
 
 Example:
-    python -m laser_fast.serve --model smollm2 --port 8000
+    python -m laser_fast.scorers.serve --model smollm2 --port 8000
     # then: LASER_FAST_JUDGE_URL=http://127.0.0.1:8000/v1
 """
 from __future__ import annotations
