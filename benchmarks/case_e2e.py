@@ -70,7 +70,7 @@ def run_select(root: Path, out: Path, budget: int, mode: str) -> dict:
         shutil.rmtree(out)
     rss_file = out.with_name(out.name + ".rss")
     # the child's own high-water mark (ru_maxrss would carry the forking parent's peak over exec)
-    wrapper = ("import sys\nfrom laser_fast.cli import main\nfrom laser_fast.pipeline import peak_rss_mb\ntry:\n"
+    wrapper = ("import sys\nfrom laser_fast.cli import main\nfrom laser_fast.runtime.stats import peak_rss_mb\ntry:\n"
                "    rc = main(sys.argv[2:])\nfinally:\n    open(sys.argv[1], 'w').write(str(peak_rss_mb()))\nsys.exit(rc)\n")
     cmd = [sys.executable, "-c", wrapper, str(rss_file), "select", str(root / "pool.parquet"), "--scores", str(root / "scores.parquet"),
            "--budget", str(budget), "--strategy", "combination", "--profile", "none", "--mode", mode, "--seed", "0",
