@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,8 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
         ``(scores, facts)``: a table with ``data_id``, ``category`` and one float column per
         scorer output (NaN where a scorer does not apply to the record's category), and run facts.
     """
-    from laser_fast.scorers.stage import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile, check_scorers, score_records
+    from laser_fast.metrics import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile
+    from laser_fast.scorers.stage import check_scorers, score_records
 
     wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
     limit_heap_arenas()
@@ -130,7 +132,7 @@ def run_stages(records: pl.DataFrame, opts: SelectOptions, *, workdir: WorkDir, 
     stats: dict[str, StageStats] = {}
     for spec in stages:
         with timer.stage(spec.name):
-            res = spec.load()(records, opts, workdir=workdir, columns=columns)
+            res = spec.load()(records, opts, workdir=workdir, columns=MappingProxyType(columns))  # read only
         columns.update(res.columns)
         stats[spec.name] = res.stats
     return columns, stats
