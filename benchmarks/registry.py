@@ -29,5 +29,6 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("embed", "benchmarks.case_embed", "MiniLM batching and the float16 embedding store"),
     Case("kernels", "benchmarks.case_kernels", "numba statistics kernels vs per-record loops"),
     Case("scorers", "benchmarks.case_scorers", "model scorers: token-budget batching vs one sample per forward"),
+    Case("gpu", "benchmarks.case_gpu", "paper-shape random-init scorers (Qwen3-8B, LLaMA-13B, Qwen2.5-Math-PRM-7B) and embedders in bf16/fp16 on one GPU, plus k-means: records/s, tokens/s, MFU, peak memory, batched vs single"),
     Case("e2e", "benchmarks.case_e2e", "laser-fast select end to end on a large pool with warm caches"),
 )}

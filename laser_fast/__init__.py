@@ -108,7 +108,9 @@ def show_config() -> None:
         import faiss
 
         n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        print(f"faiss {faiss.__version__}: {n} GPU(s) visible -> k-means on {'GPU' if n else 'CPU'}")
+        from laser_fast.runtime.devices import kmeans_device_label, resolve_kmeans_backend
+
+        print(f"faiss {faiss.__version__}: {n} GPU(s) visible; k-means (auto) -> {kmeans_device_label(*resolve_kmeans_backend())}")
     except Exception as e:
         print(f"faiss: not available ({e})")
     try:

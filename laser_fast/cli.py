@@ -50,6 +50,8 @@ def _select_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="model batch size (default 64)")
     p.add_argument("--device", help="torch device for models (default: best available)")
     p.add_argument("--num-threads", type=int, help="CPU threads for the compiled core and faiss (0 = all)")
+    p.add_argument("--kmeans-backend", choices=["auto", "faiss", "torch"],
+                   help="k-means on faiss or torch (default auto: faiss on a GPU faiss sees, else torch on CUDA, else faiss on the CPU)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     _scoring_flags(p)
     _add_common(p)
@@ -68,6 +70,22 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="model id or local path for a scorer, e.g. difficulty=/models/difficulty-scorer-8B-v2; repeatable")
     g.add_argument("--judge-url", help="OpenAI-compatible endpoint of the LLM judges (default $LASER_FAST_JUDGE_URL or http://127.0.0.1:8000/v1); "
                                        "the API key is read from $LASER_FAST_JUDGE_API_KEY or $OPENAI_API_KEY")
+    g.add_argument("--judge-backend", choices=["vllm", "transformers", "openai", "auto"],
+                   help="where the LLM judges (code_quality, if_quality) get their answers: vllm (in-process, pip install "
+                        "'laser_fast[vllm]'), transformers (in-process batched generation with constrained JSON decoding; CPU too) "
+                        "or openai (the endpoint of --judge-url). Default: openai when a judge URL is given, else vllm when "
+                        "installed with a GPU, else transformers")
+    g.add_argument("--judge-model", action="append", default=None, metavar="JUDGE=MODEL",
+                   help="the model of a judge, e.g. code_quality=Qwen/Qwen2.5-Coder-14B-Instruct or if_quality=smollm2 (hub id, "
+                        "local folder, or the served name with --judge-backend openai); repeatable")
+    g.add_argument("--judge-fallback", choices=["reference", "missing"],
+                   help="an unparsable or failed judge answer scores the reference's fallback (code_quality 1.0, if_quality 0.5; "
+                        "default) or is missing (the record is left out of the selection as not_scored); counted in the manifest")
+    g.add_argument("--judge-max-tokens", type=int, metavar="N",
+                   help="answer budget per judge request (default: code_quality 2048, if_quality 1024 tokens, as in the reference)")
+    g.add_argument("--trust-remote-code", action="append", default=None, metavar="MODEL_ID",
+                   help="let this model's checkpoint run its own code (e.g. IIS-NLP/difficulty-scorer-8B-v2, whose published "
+                        "head needs it); only for models you name; repeatable")
     g.add_argument("--batch-tokens", type=int, help="token budget per forward pass of the model scorers (default: per scorer)")
 
 
@@ -81,8 +99,20 @@ def _scoring_kw(a) -> dict:
         kw["scorers"] = parse_scorer_list(a.scorers)
     if a.scorer_model:
         kw["scorer_models"] = parse_models(a.scorer_model)
+    if a.judge_model:
+        from laser_fast.metrics import parse_judge_models
+
+        kw["scorer_models"] = {**kw.get("scorer_models", {}), **parse_judge_models(a.judge_model)}
     if a.judge_url is not None:
         kw["judge_url"] = a.judge_url
+    if a.judge_backend is not None:
+        kw["judge_backend"] = None if a.judge_backend == "auto" else a.judge_backend
+    if a.judge_fallback is not None:
+        kw["judge_fallback"] = a.judge_fallback
+    if a.trust_remote_code:
+        kw["trust_remote_code"] = list(a.trust_remote_code)
+    if a.judge_max_tokens is not None:
+        kw["judge_max_tokens"] = a.judge_max_tokens
     if a.batch_tokens is not None:
         kw["batch_tokens"] = a.batch_tokens
     return kw
@@ -113,6 +143,7 @@ def _options_from_args(a) -> tuple:
         "batch_size": a.batch_size,
         "device": a.device,
         "num_threads": a.num_threads,
+        "kmeans_backend": getattr(a, "kmeans_backend", None),
     }
     kw.update({k: v for k, v in cli.items() if v is not None})
     # a budget given on the command line replaces the config's budget of the other unit
@@ -137,6 +168,8 @@ def _options_from_args(a) -> tuple:
     sk = _scoring_kw(a)
     if "scorer_models" in sk:
         sk["scorer_models"] = {**(kw.get("scorer_models") or {}), **sk["scorer_models"]}
+    if "trust_remote_code" in sk:
+        sk["trust_remote_code"] = [*(kw.get("trust_remote_code") or []), *sk["trust_remote_code"]]
     kw.update(sk)
     return SelectOptions(**kw)
 

@@ -91,7 +91,12 @@ class SelectOptions:
     scorers: list[str] = field(default_factory=list)  # scorers that override the profile (and always run)
     scorer_models: dict[str, str] = field(default_factory=dict)  # scorer name -> model id or local path
     judge_url: str | None = None  # OpenAI-compatible endpoint of the LLM judges
+    judge_backend: str | None = None  # vllm, transformers, openai (None: openai with a URL, vllm with a GPU, else transformers)
+    judge_fallback: str = "reference"  # unparsable/failed judge answers: the reference's value, or "missing" (NaN)
+    judge_max_tokens: int | None = None  # answer budget per judge request (None: each judge's default)
+    trust_remote_code: list[str] = field(default_factory=list)  # model ids whose checkpoint code may run
     batch_tokens: int | None = None  # token budget per forward pass of the model scorers
+    kmeans_backend: str = "auto"  # auto (faiss GPU > torch CUDA > faiss CPU), faiss or torch
 
     def validate(self) -> SelectOptions:
         """Check every option and put names in canonical form (strategy, profile, scorers,
@@ -128,6 +133,27 @@ class SelectOptions:
         if self.profile not in (None, "auto", "none"):
             self.profile = canonical_profile(self.profile)
         self.scorers = parse_scorer_list(self.scorers)
+        from laser_fast.metrics import JUDGE_BACKENDS, JUDGE_FALLBACKS
+
+        if self.judge_backend in ("", "auto"):
+            self.judge_backend = None
+        if self.judge_backend is not None:
+            self.judge_backend = str(self.judge_backend).strip().lower()
+            if self.judge_backend not in JUDGE_BACKENDS:
+                raise ConfigError(f"unknown judge_backend '{self.judge_backend}': use one of {', '.join(JUDGE_BACKENDS)} (or auto)")
+        if self.judge_fallback not in JUDGE_FALLBACKS:
+            raise ConfigError(f"judge_fallback must be one of {', '.join(JUDGE_FALLBACKS)}, got {self.judge_fallback!r}")
+        from laser_fast.runtime.devices import KMEANS_BACKENDS
+
+        if self.kmeans_backend not in KMEANS_BACKENDS:
+            raise ConfigError(f"unknown kmeans_backend '{self.kmeans_backend}': use one of {', '.join(KMEANS_BACKENDS)}")
+        if self.judge_max_tokens is not None and (not isinstance(self.judge_max_tokens, int) or self.judge_max_tokens < 8):
+            raise ConfigError(f"judge_max_tokens must be an integer >= 8, got {self.judge_max_tokens!r}")
+        if isinstance(self.trust_remote_code, str):
+            self.trust_remote_code = [self.trust_remote_code]
+        if not isinstance(self.trust_remote_code, (list, tuple)) or not all(isinstance(m, str) and m.strip() for m in self.trust_remote_code):
+            raise ConfigError(f"trust_remote_code must be a list of model ids (e.g. [IIS-NLP/difficulty-scorer-8B-v2]), got {self.trust_remote_code!r}")
+        self.trust_remote_code = [m.strip() for m in self.trust_remote_code]
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
         return self

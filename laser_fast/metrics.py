@@ -70,10 +70,21 @@ class MetricSpec:
 #: keyword each is passed as. ``model`` is ``settings.models[name]`` (passed when given);
 #: ``tokenizer`` is ``settings.models[name]`` or else ``settings.tokenizer`` (always passed);
 #: the others are passed when set.
-SETTING_KEYWORDS = MappingProxyType({"model": "model", "device": "device", "batch_tokens": "batch_tokens", "judge_url": "base_url", "tokenizer": "tokenizer"})
+SETTING_KEYWORDS = MappingProxyType({"model": "model", "device": "device", "batch_tokens": "batch_tokens", "judge_url": "base_url",
+                                     "tokenizer": "tokenizer", "judge_backend": "backend", "judge_fallback": "fallback", "judge_max_tokens": "max_tokens",
+                                     "trust_remote_code": "trust_remote_code"})
 
 #: The settings of the Hugging Face model scorers.
-HF_SETTINGS = ("model", "device", "batch_tokens")
+HF_SETTINGS = ("model", "device", "batch_tokens", "trust_remote_code")
+
+#: The settings of the LLM judges.
+JUDGE_SETTINGS = ("model", "judge_url", "judge_backend", "judge_fallback", "judge_max_tokens", "device", "trust_remote_code")
+
+#: Where the judges get their answers (``--judge-backend``; see laser_fast.scorers.judge_backends).
+JUDGE_BACKENDS = ("vllm", "transformers", "openai")
+
+#: What an unparsable or failed judge answer scores (``--judge-fallback``).
+JUDGE_FALLBACKS = ("reference", "missing")
 
 
 @dataclass(frozen=True)
@@ -163,10 +174,10 @@ SCORER_SPECS: tuple[ScorerSpec, ...] = (
                categories=("Math",), profiles={"paper": {"process_reward": "process_reward"}}, settings=HF_SETTINGS,
                doc="Qwen/Qwen2.5-Math-PRM-7B on Math records"),
     ScorerSpec("code_quality", "laser_fast.scorers.judges:CodeQualityScorer", ("code_quality",),
-               categories=("Coding",), profiles={"paper": {"code_quality": "code_quality"}}, settings=("model", "judge_url"),
+               categories=("Coding",), profiles={"paper": {"code_quality": "code_quality"}}, settings=JUDGE_SETTINGS,
                doc="LLM judge (Qwen2.5-Coder-14B-Instruct) on Coding records"),
     ScorerSpec("if_quality", "laser_fast.scorers.judges:IFQualityScorer", ("if_quality",),
-               categories=("Generation", "Brainstorming"), profiles={"paper": {"if_quality": "if_quality"}}, settings=("model", "judge_url"),
+               categories=("Generation", "Brainstorming"), profiles={"paper": {"if_quality": "if_quality"}}, settings=JUDGE_SETTINGS,
                doc="LLM judge (Qwen3-14B) on Generation and Brainstorming records"),
     ScorerSpec("ifd", "laser_fast.scorers.models:IFDScorer", ("ifd", "ifd_cond_loss", "ifd_direct_loss"),
                settings=HF_SETTINGS,
@@ -431,6 +442,22 @@ def parse_models(values: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_judge_models(values: Sequence[str] | None) -> dict[str, str]:
+    """``["code_quality=MODEL", ...]`` (``--judge-model``) -> dict; the names must be LLM judges."""
+    judges = [s.name for s in SCORER_SPECS if "judge_url" in s.settings]
+    out: dict[str, str] = {}
+    for v in values or []:
+        if "=" not in v:
+            raise ConfigError(f"--judge-model '{v}': write JUDGE=MODEL, e.g. code_quality=Qwen/Qwen2.5-Coder-14B-Instruct")
+        k, m = (x.strip() for x in v.split("=", 1))
+        if k not in judges:
+            raise ConfigError(f"--judge-model '{v}': '{k}' is not an LLM judge (use one of {', '.join(judges)})")
+        if not m:
+            raise ConfigError(f"--judge-model '{v}': the model is empty")
+        out[k] = m
+    return out
+
+
 def metric_sources(profile: str | None, scorers: Sequence[str] = ()) -> dict[str, tuple[str, str]]:
     """metric -> (scorer, output column) for a profile with explicit scorers overriding it."""
     table = dict(PROFILE_METRICS[canonical_profile(profile)])
@@ -451,6 +478,11 @@ class ScorerSettings:
         judge_url: OpenAI-compatible endpoint for the LLM judges (None = $LASER_FAST_JUDGE_URL
             or http://127.0.0.1:8000/v1).
         tokenizer: tokenizer for ``tokens``.
+        judge_backend: where the judges get their answers (None = openai with a URL, vllm with a
+            GPU, else transformers).
+        judge_fallback: what an unparsable or failed judge answer scores (``reference`` / ``missing``).
+        judge_max_tokens: answer budget per judge request (None = each judge's default).
+        trust_remote_code: model ids whose checkpoint code may run.
     """
 
     models: dict[str, str] = field(default_factory=dict)
@@ -458,6 +490,18 @@ class ScorerSettings:
     batch_tokens: int | None = None
     judge_url: str | None = None
     tokenizer: str | None = None
+    judge_backend: str | None = None
+    judge_fallback: str | None = None
+    judge_max_tokens: int | None = None
+    trust_remote_code: tuple[str, ...] = ()
+
+    @classmethod
+    def from_options(cls, opts: Any) -> ScorerSettings:
+        """The settings a run's :class:`~laser_fast.config.SelectOptions` give the scorers."""
+        return cls(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
+                   judge_url=opts.judge_url, tokenizer=opts.tokenizer, judge_backend=opts.judge_backend,
+                   judge_fallback=opts.judge_fallback, judge_max_tokens=opts.judge_max_tokens,
+                   trust_remote_code=tuple(opts.trust_remote_code or ()))
 
 
 def constructor_kwargs(spec: ScorerSpec, settings: ScorerSettings | None = None) -> dict[str, Any]:

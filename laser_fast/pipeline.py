@@ -27,7 +27,7 @@ from laser_fast.io.ingest import load_pool
 from laser_fast.io.output import output_frame
 from laser_fast.io.score_files import SCORES_LOAD, scores_from_extra
 from laser_fast.metrics import METRICS
-from laser_fast.runtime.devices import cuda_available, faiss_device
+from laser_fast.runtime.devices import cuda_available, kmeans_device_label, resolve_kmeans_backend
 from laser_fast.runtime.memory import limit_heap_arenas, release_free_heap, spill_frame
 from laser_fast.runtime.stage import StageSpec, StageStats
 from laser_fast.runtime.stats import _Timer
@@ -98,14 +98,14 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
         res = CLASSIFY.load()(recs, opts, workdir=wd, columns={} if known is None else {"category": known})
     cats = res.columns["category"]
     facts["classification"] = res.stats.to_dict()
-    settings = ScorerSettings(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
-                              judge_url=opts.judge_url, tokenizer=opts.tokenizer)
+    settings = ScorerSettings.from_options(opts)
     out_cols: dict[str, Any] = {"data_id": recs["data_id"], "category": pl.Series("category", [str(c) for c in cats], dtype=pl.Utf8)}
     built = {name: build_scorer(name, settings) for name in names}
     check_scorers(recs, cats, built, str(wd))  # every model and endpoint with work to do, before any work starts
     for name, scorer in built.items():
         with timer.stage(f"score_{name}"):
             out, f = score_records(recs, cats, scorer, str(wd), show_progress=opts.show_progress)
+            scorer.release()  # its model leaves the GPU before the next scorer loads
         facts["scorers"].append(f)
         for col, v in out.items():
             if col not in out_cols:
@@ -165,7 +165,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
     # step 3: candidates, per-source limits and oversampling, strata, then each stratum
     length = metrics["inst_length"] + metrics["resp_length"]
     src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
-    pool = apply_source_limits(candidate_status(english, length, opts), src_index, source_specs(inputs, list(opts.sources or [])),
+    pool = apply_source_limits(candidate_status(english, length, opts, pref), src_index, source_specs(inputs, list(opts.sources or [])),
                                pref=pref, cats=cats, length=length, seed=opts.seed)
     row_map = pool.row_map
     p_cats, p_pref, p_len = cats[row_map], pref[row_map], length[row_map]
@@ -184,7 +184,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
                                                         metrics=metrics, raw=raw, scaled=scaled))
     emb_info = embeddings.info
     devices = {"embedding": emb_info.get("device") if emb_info else None,
-               "kmeans": faiss_device() if opts.mode in ("kmeans", "kmeans+greedy") else None,
+               "kmeans": kmeans_device_label(*resolve_kmeans_backend(opts.kmeans_backend, opts.device)) if opts.mode in ("kmeans", "kmeans+greedy") else None,
                "torch_cuda": cuda_available(only_if_loaded=True)}
     manifest = run_manifest(opts=opts, inputs=inputs, skipped=skipped, score_files=stage_stats["scores_load"]["score_sources"], plan=plan,
                             cats=p_cats, status=sel.status, eligible=eligible, n_selected=selected.size, strata_stats=sel.stats,

@@ -387,9 +387,18 @@ def test_code_quality_scorer_logic(tmp_path, caplog):
     assert out[0] == 1.0
     assert out[2] == pytest.approx(0.5 * line_edit_similarity(["x = a - b", "return b"], ["x = a - b", "return x"]))
     assert np.isnan(out[1]) and np.isnan(out[4])  # not Coding / no category
-    assert np.isnan(out[3]) and s.stats["unparsable"] == 1  # garbage even after the repair retry
-    assert "could not be parsed" in caplog.text and "1 judge answer" in caplog.text
+    # garbage even after the repair retry: the reference's fallback 1.0, counted
+    assert out[3] == 1.0 and s.stats["unparsable"] == 1 and s.stats["fallbacks"] == 1
+    assert "could not be parsed" in caplog.text and "1 judge answer" in caplog.text and "fallback" in caplog.text
     assert s.stats["records"] == 3 and s.stats["requests"] == 4  # 3 + 1 repair
+    # --judge-fallback missing: the same answer scores NaN (a different fingerprint: cached scores differ)
+    with Scripted(resp) as srv:
+        m = CodeQualityScorer(model="m", base_url=srv.url, backoff=0.01, fallback="missing")
+        m.set_workdir(tmp_path / "missing")
+        out_m = m.score(df)["code_quality"]
+    assert np.isnan(out_m[3]) and m.stats["unparsable"] == 1 and m.stats["fallbacks"] == 0
+    assert out_m[0] == out[0] and out_m[2] == out[2]
+    assert m.fingerprint != s.fingerprint
 
 
 def test_if_quality_scorer_logic(tmp_path):

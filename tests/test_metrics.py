@@ -163,8 +163,8 @@ HF = {"device": "cpu", "batch_tokens": 1234}
         ("deita_quality", {"kind": "quality"}, {"kind": "quality", "model": "/m/deita_quality", **HF}),
         ("deita_complexity", {"kind": "complexity"}, {"kind": "complexity", "model": "/m/deita_complexity", **HF}),
         ("process_reward", {}, {"model": "/m/process_reward", **HF}),
-        ("code_quality", {}, {"model": "/m/code_quality", "base_url": "http://judge/v1"}),
-        ("if_quality", {}, {"model": "/m/if_quality", "base_url": "http://judge/v1"}),
+        ("code_quality", {}, {"model": "/m/code_quality", "base_url": "http://judge/v1", "device": "cpu"}),  # judges now also run in process
+        ("if_quality", {}, {"model": "/m/if_quality", "base_url": "http://judge/v1", "device": "cpu"}),
         ("ifd", {}, {"model": "/m/ifd", **HF}),
         ("lite_difficulty", {"max_length": 128, "max_prompt_length": 256}, {"max_length": 128, "max_prompt_length": 256, "model": "/m/lite_difficulty", **HF}),
         ("lite_quality", {}, {"device": "cpu"}),  # as before: no model override, no batch_tokens
@@ -175,6 +175,17 @@ def test_constructor_arguments_are_the_old_ones(name, bare, full):
     assert constructor_kwargs(spec, None) == bare
     assert constructor_kwargs(spec, FULL) == full
     assert constructor_kwargs(REGISTRY.scorers["tokens"], ScorerSettings(tokenizer="tok")) == {"tokenizer": "tok"}
+
+
+def test_new_settings_reach_the_scorers_that_take_them():
+    s = ScorerSettings(judge_backend="transformers", judge_fallback="missing", judge_max_tokens=64,
+                       trust_remote_code=("IIS-NLP/difficulty-scorer-8B-v2",))
+    assert constructor_kwargs(REGISTRY.scorers["code_quality"], s) == {"backend": "transformers", "fallback": "missing", "max_tokens": 64,
+                                                                      "trust_remote_code": ("IIS-NLP/difficulty-scorer-8B-v2",)}
+    assert constructor_kwargs(REGISTRY.scorers["difficulty"], s) == {"trust_remote_code": ("IIS-NLP/difficulty-scorer-8B-v2",)}
+    assert constructor_kwargs(REGISTRY.scorers["lite_quality"], s) == {}
+    built = build_scorer("if_quality", s)
+    assert built.backend == "transformers" and built.fallback == "missing" and built.max_tokens == 64
 
 
 @pytest.mark.parametrize("name", list(OLD_SCORER_OUTPUTS))

@@ -136,13 +136,42 @@ def _check(out, scorer, n):
         assert np.all(np.isfinite(v)), (k, v)
 
 
+def _on_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def _tol(device, cpu: float = 1e-5) -> dict:
+    """``pytest.approx`` tolerances for a value computed on ``device``: float32 on the CPU agrees
+    to rounding (``cpu``); bf16 on CUDA keeps ~3 significant digits per op, and a different batch
+    shape or code path (batched vs one forward, the scorer's vs the manual forward) picks other
+    kernels, so values agree to ~1e-2 (DEITA measured 3.8504 vs 3.8516 on an H200)."""
+    return {"abs": 2e-2, "rel": 2e-2} if _on_cuda(device) else {"abs": cpu, "rel": 0}
+
+
+def _model_device(model):
+    """Where the model's weights are: manual references put their inputs there."""
+    return next(model.parameters()).device
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def _same_as_single(make, batch):
-    a = make(max_batch_size=64).score(batch)
+    batched = make(max_batch_size=64)
+    a = batched.score(batch)
     single = make(max_batch_size=1)
     b = single.score(batch)
     assert single.stats["forward_passes"] >= batch.height
+    assert batched.stats["forward_passes"] < single.stats["forward_passes"]
+    tol = _tol(batched._dev, cpu=1e-4)
     for k in a:
-        np.testing.assert_allclose(a[k], b[k], atol=1e-4, rtol=1e-4, err_msg=k)
+        np.testing.assert_allclose(a[k], b[k], atol=tol["abs"], rtol=max(tol["rel"], 1e-4), err_msg=k)
+        # in bf16, also the order: records whose values differ by more than the tolerance keep it
+        if _on_cuda(batched._dev) and np.ptp(a[k]) > 10 * tol["abs"]:
+            assert _spearman(a[k], b[k]) >= 0.8, (k, a[k], b[k])
     return a
 
 
@@ -194,10 +223,11 @@ def test_difficulty_end_to_end_and_manual(models_dir):
     model, tok = load_hf(path, "seq_regression")
     conv = [{"role": "system", "content": DIFFICULTY_SYSTEM.format(category="Math")},
             {"role": "user", "content": RECORDS[1][0]}]
-    ids = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False, return_tensors="pt").input_ids
+    dev = _model_device(model)
+    ids = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False, return_tensors="pt").input_ids.to(dev)
     with torch.no_grad():
-        want = model(ids).logits[0, 0].item()
-    assert out["difficulty"][1] == pytest.approx(want, abs=1e-4)
+        want = model(ids).logits[0, 0].float().item()
+    assert out["difficulty"][1] == pytest.approx(want, **_tol(dev, cpu=1e-4))
 
 
 def test_difficulty_category_in_prompt(models_dir):
@@ -223,8 +253,8 @@ def test_difficulty_multi_turn_is_mean_of_turns(models_dir):
     s = DifficultyScorer(path)
     both = s.score(df)["difficulty"][0]
     singles = s.score(make_batch(RECORDS[:2]))["difficulty"]
-    assert both == pytest.approx(singles.mean(), abs=1e-5)
-    assert DifficultyScorer(path, turns="last").score(df)["difficulty"][0] == pytest.approx(singles[1], abs=1e-5)
+    assert both == pytest.approx(singles.mean(), **_tol(s._dev))
+    assert DifficultyScorer(path, turns="last").score(df)["difficulty"][0] == pytest.approx(singles[1], **_tol(s._dev))
 
 
 # --------------------------------------------------------------------------------------
@@ -246,12 +276,13 @@ def test_deita_end_to_end_and_manual_softmax(models_dir, kind):
     i = 2
     prompt = s.template.format(instruction=RECORDS[i][0], output=RECORDS[i][1]) if kind == "quality" \
         else s.template.format(instruction=RECORDS[i][0])
-    ids = tok(prompt, return_tensors="pt").input_ids
+    dev = _model_device(model)
+    ids = tok(prompt, return_tensors="pt").input_ids.to(dev)
     with torch.no_grad():
-        logits = model(ids).logits[0, -1, digit_ids]
+        logits = model(ids).logits[0, -1, digit_ids].cpu()
     p = torch.softmax(logits.double(), dim=-1)
     want = float((p * torch.arange(1, 7, dtype=torch.float64)).sum())
-    assert out[kind][i] == pytest.approx(want, abs=1e-5)
+    assert out[kind][i] == pytest.approx(want, **_tol(dev))
 
 
 def test_deita_truncates_long_response(models_dir):
@@ -289,13 +320,14 @@ def test_process_reward_end_to_end_and_manual(models_dir, which):
     steps = split_steps(RECORDS[i][1])
     conv = [{"role": "system", "content": PRM_SYSTEM}, {"role": "user", "content": RECORDS[i][0]},
             {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
-    ids = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False, return_tensors="pt").input_ids
+    dev = _model_device(model)
+    ids = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False, return_tensors="pt").input_ids.to(dev)
     sep = tok.convert_tokens_to_ids("<extra_0>")
     with torch.no_grad():
-        probs = torch.softmax(model(input_ids=ids).logits[0].double(), dim=-1)[ids[0] == sep, 1]
+        probs = torch.softmax(model(input_ids=ids).logits[0].double(), dim=-1)[ids[0] == sep, 1].cpu()
     assert probs.numel() == len(steps) == 3
-    assert out["process_reward_min"][i] == pytest.approx(float(probs.min()), abs=1e-5)
-    assert out["process_reward_mean"][i] == pytest.approx(float(probs.mean()), abs=1e-5)
+    assert out["process_reward_min"][i] == pytest.approx(float(probs.min()), **_tol(dev))
+    assert out["process_reward_mean"][i] == pytest.approx(float(probs.mean()), **_tol(dev))
 
 
 def test_process_reward_missing_step_token(models_dir):
@@ -321,8 +353,10 @@ def _manual_ifd(model, tok, inst, resp, max_length=512):
     r = tok(resp, add_special_tokens=False).input_ids[:max_length]
     header = tok("<|im_start|>assistant\n", add_special_tokens=False).input_ids
 
+    dev = _model_device(model)
+
     def loss(prefix):
-        ids = torch.tensor([prefix + r])
+        ids = torch.tensor([prefix + r], device=dev)
         labels = ids.clone()
         labels[0, :len(prefix)] = -100
         with torch.no_grad():
@@ -342,9 +376,10 @@ def test_ifd_smollm2_real():
     assert np.all(out["ifd"] > 0)
     assert s.stats["records"] == 4 and s.stats["tokens"] <= s.stats["padded_tokens"]
     ifd, c, d = _manual_ifd(s._model, s._tok, *pairs[1])
-    assert out["ifd_cond_loss"][1] == pytest.approx(c, rel=1e-4)
-    assert out["ifd_direct_loss"][1] == pytest.approx(d, rel=1e-4)
-    assert out["ifd"][1] == pytest.approx(ifd, rel=1e-4)
+    rel = 2e-2 if _on_cuda(s._dev) else 1e-4
+    assert out["ifd_cond_loss"][1] == pytest.approx(c, rel=rel)
+    assert out["ifd_direct_loss"][1] == pytest.approx(d, rel=rel)
+    assert out["ifd"][1] == pytest.approx(ifd, rel=rel)
     assert "smollm2:" in s.fingerprint
 
 

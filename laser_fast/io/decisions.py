@@ -79,13 +79,27 @@ def versions() -> dict:
     """Python, platform and the versions of the libraries that decide the results."""
     import importlib.metadata as md
 
+    from laser_fast.runtime.devices import faiss_distributions
+
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("numpy", "polars", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu", "numba"):
+    for pkg in ("numpy", "polars", "torch", "transformers", "sentence-transformers", "numba"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    out.update(faiss_distributions())  # faiss-cpu, or the one CUDA build (two: a broken install)
     return out
+
+
+def kmeans_device_used(strata_stats: Mapping[str, Any], planned: str | None = None) -> str | list[str] | None:
+    """The device k-means really ran on, from the strata's stats (``kmeans_device``:
+    ``"torch:cuda"``, ``"faiss:cpu"``, ``"faiss:cuda (N GPUs)"``): one value, or the sorted
+    values when strata differ. ``planned`` (None when the mode runs no k-means) when no stratum
+    ran k-means: then ``"not run (no stratum needed k-means)"``."""
+    used = sorted({str(st["kmeans_device"]) for st in strata_stats.values() if isinstance(st, Mapping) and st.get("kmeans_device")})
+    if used:
+        return used[0] if len(used) == 1 else used
+    return None if planned is None else "not run (no stratum needed k-means)"
 
 
 def run_manifest(*, opts, inputs: list[dict], skipped: list[dict], score_files: list, plan, cats: np.ndarray, status: np.ndarray,
@@ -108,6 +122,7 @@ def run_manifest(*, opts, inputs: list[dict], skipped: list[dict], score_files: 
             "pool": category_counts(cats, np.ones(status.size, dtype=bool)),
             "non_english_excluded": category_counts(cats, status == "non_english"),
             "too_long_excluded": category_counts(cats, status == "too_long"),
+            "not_scored_excluded": category_counts(cats, status == "not_scored"),
             "source_limit_excluded": category_counts(cats, status == "source_limit"),
             "eligible": category_counts(cats, eligible),
             "selected": category_counts(cats, status == "selected"),
@@ -116,7 +131,7 @@ def run_manifest(*, opts, inputs: list[dict], skipped: list[dict], score_files: 
         },
         "strata": strata_stats,
         "embedding": embedding or None,
-        "devices": devices,
+        "devices": {**devices, "kmeans": kmeans_device_used(strata_stats, devices.get("kmeans"))} if "kmeans" in devices else devices,
         "versions": versions(),
         **dict(stages),
         "timings_seconds": timer.t,

@@ -128,3 +128,62 @@ def run_batched(
         if stats is not None:
             stats["seconds"] += time.perf_counter() - t0
     return results
+
+
+# --------------------------------------------------------------------------------------
+# budgets from free GPU memory
+# --------------------------------------------------------------------------------------
+
+def activation_bytes_per_token(config, *, kv_cache: bool = False, bytes_per_value: int = 2) -> int:
+    """Bytes of GPU memory one token needs during a forward of a decoder (or encoder) layer stack.
+
+    The live tensors of one layer at its widest point (residual, norm, q/k/v, attention output;
+    gate, up, activation and down projections of the MLP): about ``6 * hidden + 3 * intermediate``
+    values per token; with ``kv_cache`` the keys and values of every layer are added
+    (``2 * layers * kv_heads * head_dim``).
+    """
+    cfg = getattr(config, "text_config", None) or config
+    h = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or 1024)
+    inter = int(getattr(cfg, "intermediate_size", 0) or 4 * h)
+    per = 6 * h + 3 * inter
+    if kv_cache:
+        layers = int(getattr(cfg, "num_hidden_layers", 0) or 1)
+        heads = int(getattr(cfg, "num_attention_heads", 0) or 1)
+        kv = int(getattr(cfg, "num_key_value_heads", 0) or heads)
+        head_dim = int(getattr(cfg, "head_dim", 0) or h // max(1, heads))
+        per += 2 * layers * kv * head_dim
+    return per * int(bytes_per_value)
+
+
+def cuda_batch_tokens(model, *, kv_cache: bool = False, share: float = 0.5, floor: int = 8192,
+                      ceiling: int = 262144, free_bytes: int | None = None) -> int:
+    """A token budget per batch from the free GPU memory and the model's shape.
+
+    ``share`` of the memory free now (after the model is loaded) divided by
+    :func:`activation_bytes_per_token`, rounded down to a multiple of 1,024 and kept within
+    ``[floor, ceiling]``. On an H200 with an 8B model this gives the ceiling; on a 24 GB card
+    with the same model, a few tens of thousands of tokens.
+
+    Args:
+        model: a loaded model (its ``config`` and dtype are read).
+        kv_cache: count the key/value cache too (generation).
+        free_bytes: the free memory to plan with (None = ``torch.cuda.mem_get_info`` on the
+            model's device).
+    """
+    bpv = 2
+    try:
+        p = next(model.parameters())
+        bpv = int(p.element_size())
+        dev = p.device
+    except (StopIteration, AttributeError, TypeError):
+        dev = None
+    if free_bytes is None:
+        import torch
+
+        if dev is None or dev.type != "cuda":
+            return int(floor)
+        free_bytes = int(torch.cuda.mem_get_info(dev)[0])
+    per = activation_bytes_per_token(model.config, kv_cache=kv_cache, bytes_per_value=bpv)
+    bt = int(share * free_bytes) // max(1, per)
+    bt = (bt // 1024) * 1024
+    return int(max(floor, min(ceiling, bt)))

@@ -3,11 +3,19 @@
 Every model in laser_fast (sentence-transformers embedders, the task classifiers, the Hugging Face
 scorers, the lite scorer's SmolLM2 and MiniLM, the local judge server) picks its torch device with
 :func:`torch_device`: an explicit device is used as given, ``None`` / ``""`` / ``"auto"`` mean CUDA
-when torch sees a GPU, else the CPU. k-means reports its faiss device with :func:`faiss_device`.
+when torch sees a GPU, else the CPU.
+
+k-means picks its backend with :func:`resolve_kmeans_backend` (faiss on the GPU when faiss sees
+one, else torch on CUDA when torch sees a GPU, else faiss on the CPU) and reports the device it
+really ran on as ``"backend:device"`` (:func:`kmeans_device_label`). :func:`check_faiss_install`
+warns when two distributions of the ``faiss`` module are installed side by side.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import re
 import sys
 
 logger = logging.getLogger(__name__)
@@ -67,11 +75,147 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-def faiss_device() -> str:
-    """'cuda (faiss-gpu, N GPUs)' when faiss sees a GPU, else 'cpu'."""
+#: k-means backends: ``auto`` (see :func:`resolve_kmeans_backend`), ``faiss`` or ``torch``
+KMEANS_BACKENDS = ("auto", "faiss", "torch")
+#: distribution names that install the ``faiss`` module (faiss-cpu, faiss-gpu, faiss-gpu-cu12,
+#: faiss-gpu-cu12-cuvs, faiss-cuda, ...), not the many packages that merely use faiss
+_FAISS_DIST = re.compile(r"^faiss(?:[-_.](?:cpu|gpu|cuda)(?:[-_.].*)?)?$", re.IGNORECASE)
+#: files that exist on Linux when an NVIDIA (or ROCm) driver is loaded: without any of them torch
+#: cannot see a GPU, so torch is not imported just to ask
+_GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+
+
+def faiss_gpus() -> int:
+    """How many GPUs faiss sees (0 when faiss is a CPU build or is not installed)."""
     try:
         import faiss
-    except ImportError:  # pragma: no cover - declared dependency
+    except ImportError:
+        return 0
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def faiss_device() -> str:
+    """'cuda (faiss-gpu, N GPUs)' when faiss sees a GPU, else 'cpu' ('unavailable' without faiss).
+
+    This is where faiss *would* run; the device k-means really used is in each stratum's stats
+    (``kmeans_device``, see :func:`kmeans_device_label`).
+    """
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
         return "unavailable"
-    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    n = faiss_gpus()
     return f"cuda (faiss-gpu, {n} GPU{'s' if n > 1 else ''})" if n > 0 else "cpu"
+
+
+def faiss_distributions() -> dict[str, str]:
+    """Installed distributions that provide the ``faiss`` module, name -> version (usually one:
+    ``faiss-cpu``; two means they overwrite each other's files, see :func:`check_faiss_install`)."""
+    import importlib.metadata as md
+
+    out = {}
+    for dist in md.distributions():
+        name = dist.metadata["Name"] or ""
+        if _FAISS_DIST.match(name):
+            out[name] = dist.version
+    return dict(sorted(out.items()))
+
+
+@functools.lru_cache(maxsize=1)
+def check_faiss_install() -> tuple[str, ...]:
+    """Warn (once per process) when more than one faiss distribution is installed.
+
+    faiss-cpu, faiss-gpu, faiss-gpu-cu12, ... all install the same ``faiss`` module: with two of
+    them the later install overwrites the earlier one file by file, and ``import faiss`` may fail
+    or silently load the CPU build. Returns the names found.
+    """
+    dists = faiss_distributions()
+    if len(dists) > 1:
+        listed = ", ".join(f"{n} {v}" for n, v in dists.items())
+        logger.warning(
+            "%d faiss distributions are installed side by side (%s); they share the one `faiss` module, so the import may "
+            "break or load the CPU build. Fix: `pip uninstall -y %s`, then install exactly one: `pip install faiss-cpu` "
+            "(k-means still runs on a GPU through torch) or, without faiss-cpu, a CUDA build such as `pip install faiss-gpu-cu12`.",
+            len(dists), listed, " ".join(dists))
+    return tuple(dists)
+
+
+def _cuda_maybe() -> bool:
+    """Whether torch sees a CUDA GPU, without importing torch on a Linux machine with no GPU driver."""
+    if "torch" not in sys.modules and sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _GPU_DRIVER_FILES):
+        return False
+    return bool(cuda_available())
+
+
+def _faiss_importable() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_kmeans_backend(backend: str = "auto", device: str | None = None) -> tuple[str, str]:
+    """The k-means backend and device to use.
+
+    ``backend="auto"`` picks, in order: faiss on the GPU when faiss sees one (a faiss GPU build);
+    torch on CUDA when torch sees a GPU (the plain ``pip install laser_fast`` on a CUDA machine,
+    whose faiss-cpu has no GPU); faiss on the CPU; torch on the CPU when faiss is not installed.
+    An explicit ``device`` narrows this: ``"cpu"`` runs faiss (or torch without faiss) on the
+    CPU, ``"cuda[:i]"`` runs faiss GPU when faiss sees one, else torch on that device, any other
+    torch device (``"mps"``) runs torch there.
+
+    Args:
+        backend: ``"auto"``, ``"faiss"`` or ``"torch"``.
+        device: ``None`` / ``"auto"`` (the best available) or a torch device string.
+
+    Returns:
+        ``(backend, device)``: ``("faiss", "cpu")``, ``("faiss", "cuda (N GPUs)")``,
+        ``("torch", "cuda")``, ``("torch", "cpu")``, ...
+
+    Raises:
+        ValueError: an unknown backend, or ``backend="faiss"`` with a CUDA device that faiss does
+            not see.
+        ImportError: ``backend="faiss"`` without faiss installed.
+
+    Example:
+        >>> resolve_kmeans_backend("torch", "cpu")
+        ('torch', 'cpu')
+    """
+    if backend not in KMEANS_BACKENDS:
+        raise ValueError(f"unknown k-means backend {backend!r}: use one of {', '.join(KMEANS_BACKENDS)}")
+    dev = None if device in AUTO else str(device)
+    if backend == "torch":
+        return "torch", torch_device(dev)
+    has_faiss = _faiss_importable()
+    if has_faiss:
+        check_faiss_install()
+    if backend == "faiss" and not has_faiss:
+        raise ImportError("k-means backend 'faiss' needs faiss: `pip install faiss-cpu` (or use backend 'torch')")
+    gpus = faiss_gpus() if has_faiss else 0
+    faiss_gpu = f"cuda ({gpus} GPU{'s' if gpus > 1 else ''})"
+    if backend == "faiss":
+        if dev is None:
+            return "faiss", faiss_gpu if gpus else "cpu"
+        if dev.startswith("cuda"):
+            if not gpus:
+                raise ValueError(f"k-means backend 'faiss' on device {dev!r}: faiss sees no GPU (faiss-cpu); use backend 'torch' or 'auto', "
+                                 "or replace faiss-cpu by a CUDA build (`pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12`)")
+            return "faiss", faiss_gpu
+        return "faiss", "cpu"
+    # auto
+    if gpus and (dev is None or dev.startswith("cuda")):
+        return "faiss", faiss_gpu
+    if dev is None:
+        if _cuda_maybe():
+            return "torch", "cuda"
+        return ("faiss", "cpu") if has_faiss else ("torch", "cpu")
+    if dev == "cpu" and has_faiss:
+        return "faiss", "cpu"
+    return "torch", dev
+
+
+def kmeans_device_label(backend: str, device: str) -> str:
+    """``"backend:device"`` as the manifest records it: ``"torch:cuda"``, ``"faiss:cpu"``,
+    ``"faiss:cuda (2 GPUs)"``."""
+    return f"{backend}:{device}"

@@ -6,8 +6,9 @@ looked up in the local Hugging Face cache; if it is not there we fail fast with 
 :class:`~laser_fast.errors.ModelLoadError` naming the model and how to point at a local copy when
 ``HF_HUB_OFFLINE=1`` or the hub endpoint does not accept a TCP connection within ~3 s. Only a
 reachable hub leads to a download. Checkpoints whose weights do not fill the model class we build
-(e.g. a custom head that needs the repository's own code, which we never run) are refused rather
-than silently completed with random weights.
+(e.g. a custom head that needs the repository's own code) are refused rather than silently
+completed with random weights; a repository's own code runs only for a model the user names with
+``--trust-remote-code MODEL_ID``.
 
 Batching (:func:`plan_batches`, :func:`run_batched`): sequences are sorted by length and packed so
 that ``batch size x longest sequence <= batch_tokens``; each batch is right-padded, run, its
@@ -284,6 +285,8 @@ def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: st
             except ModelLoadError:
                 raise
             except Exception as e:  # noqa: BLE001
+                if "trust_remote_code" in str(e) and not kw.get("trust_remote_code"):
+                    raise ModelLoadError(remote_code_message(name)) from None
                 where = src if local else f"the local Hugging Face cache ({src})"
                 raise ModelLoadError(f"could not load the {what} of model '{name}' from {where} ({_short(e)})") from None
         if _offline():
@@ -313,12 +316,14 @@ def _source_kwargs(revision: str | None, local: bool, gguf: str | None) -> dict[
     return kw
 
 
-def load_tokenizer(model_id: str | None, *, revision: str | None = None, gguf_file: str | None = None):
+def load_tokenizer(model_id: str | None, *, revision: str | None = None, gguf_file: str | None = None,
+                   trust_remote_code: bool = False):
     """The tokenizer of ``model_id`` (same resolution rules as :func:`load_hf`)."""
     from transformers import AutoTokenizer
 
     src, gguf, local, name = _resolve(model_id, gguf_file)
     kw = _source_kwargs(revision, local, gguf)
+    kw["trust_remote_code"] = bool(trust_remote_code)  # explicit: never a question on the terminal
     tok = _from_pretrained(AutoTokenizer.from_pretrained, src, local, name, "tokenizer", kw)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
@@ -369,6 +374,38 @@ def prm_model_class():
     return _PRM_CLASS
 
 
+def remote_code_message(model_id: str) -> str:
+    """What to do when a checkpoint needs its own code: the exact opt-in that names the model."""
+    return (f"model '{model_id}' needs the code its checkpoint ships (a custom architecture or head) and laser_fast "
+            f"runs such code only for models you name: add `--trust-remote-code {model_id}` (config: "
+            f"trust_remote_code: [\"{model_id}\"]) if you trust its repository, or convert it to a standard "
+            "transformers checkpoint")
+
+
+def remote_code_allowed(model_id: str | None, allowed: Sequence[str] | None) -> bool:
+    """Whether the user opted in to run the checkpoint code of ``model_id`` (``--trust-remote-code
+    MODEL_ID``): the id matches an entry exactly, or both name the same local folder."""
+    if not model_id or not allowed:
+        return False
+    mid = str(model_id).strip()
+    for a in allowed:
+        a = str(a).strip()
+        if a == mid:
+            return True
+        pa, pm = Path(a).expanduser(), Path(mid).expanduser()
+        if pa.exists() and pm.exists() and pa.resolve() == pm.resolve():
+            return True
+    return False
+
+
+def _remote_loader(kind: str):
+    """The Auto class a checkpoint with its own code is loaded through, as published."""
+    import transformers as T
+
+    return {"causal_lm": T.AutoModelForCausalLM, "seq_regression": T.AutoModelForSequenceClassification,
+            "token_classification": T.AutoModelForTokenClassification}[kind].from_pretrained
+
+
 def _model_loader(kind: str, architectures: Sequence[str], num_labels: int | None):
     import transformers as T
 
@@ -384,7 +421,8 @@ def _model_loader(kind: str, architectures: Sequence[str], num_labels: int | Non
 
 
 def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, device: str | None = None,
-            gguf_file: str | None = None, num_labels: int | None = None, dtype: str | None = None):
+            gguf_file: str | None = None, num_labels: int | None = None, dtype: str | None = None,
+            trust_remote_code: bool = False):
     """Load a model and its tokenizer for inference.
 
     Args:
@@ -399,6 +437,10 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
         gguf_file: GGUF file inside the folder / repository (dequantised on load).
         num_labels: head size override.
         dtype: ``"bfloat16"`` or ``"float32"`` to override the policy (bf16 on CUDA, float32 on CPU).
+        trust_remote_code: run the code the checkpoint ships (its ``auto_map``) to build the
+            model, as published; only when the user opted in for this model
+            (:func:`remote_code_allowed`; the error otherwise is :func:`remote_code_message`). ``kind`` then names the Auto class (``causal_lm``:
+            ``AutoModelForCausalLM``) and the weights check is the checkpoint's own.
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode on ``device`` in bf16 (CUDA) or float32
@@ -418,19 +460,38 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
     dtype = torch_dtype(dev) if dtype is None else {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     src, gguf, local, name = _resolve(model_id, gguf_file)
     common = _source_kwargs(revision, local, gguf)
+    # always explicit: left unset, transformers would ask on the terminal whether to run the code
+    common["trust_remote_code"] = bool(trust_remote_code)
+    if trust_remote_code:
+        logger.warning("model '%s': running the code its checkpoint ships (trust_remote_code, opted in for this model)", name)
     config = _from_pretrained(AutoConfig.from_pretrained, src, local, name, "config", dict(common))
     archs = list(getattr(config, "architectures", None) or [])
-    loader, extra = _model_loader(kind, archs, num_labels)
+    if trust_remote_code:
+        loader, extra = _remote_loader(kind), {}
+    else:
+        loader, extra = _model_loader(kind, archs, num_labels)
     kw = {**common, **extra, "dtype": dtype, "output_loading_info": True}
     model, info = _from_pretrained(loader, src, local, name, "weights", kw)
     missing = [k for k in (info.get("missing_keys") or []) if "rotary_emb" not in k]
     if missing and not gguf:
+        custom = getattr(config, "auto_map", None)
         raise ModelLoadError(
             f"model '{name}': the checkpoint has no weights for {', '.join(sorted(missing)[:4])}"
             f"{' ...' if len(missing) > 4 else ''} of {type(model).__name__} (architectures in its config: "
-            f"{', '.join(archs) or 'none'}). Its head is not a standard '{kind}' head (custom code is never run); "
-            "convert it to a standard transformers checkpoint or pass a compatible model")
-    tok = load_tokenizer(model_id if not gguf else str(Path(src) / gguf), revision=revision)
+            f"{', '.join(archs) or 'none'}). "
+            + (remote_code_message(name) if custom and not trust_remote_code else
+               f"Its head is not a standard '{kind}' head; convert it to a standard transformers checkpoint or pass a compatible model"))
+    tok = None
+    if trust_remote_code and callable(getattr(model, "get_tokenizer", None)):
+        try:
+            tok = model.get_tokenizer()  # the published difficulty scorer hands out its own tokenizer
+        except Exception:  # noqa: BLE001 - fall back to the folder's tokenizer
+            tok = None
+        if tok is not None and tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+    if tok is None:
+        tok = load_tokenizer(model_id if not gguf else str(Path(src) / gguf), revision=revision,
+                             trust_remote_code=trust_remote_code)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.to(dev).eval()
@@ -444,7 +505,15 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
 
 def base_hidden(model, input_ids, attention_mask):
     """Last hidden states ``(B, L, H)`` of the decoder under a head model, with position ids
-    counted over real tokens (correct for any padding side)."""
+    counted over real tokens (correct for any padding side).
+
+    A model marked for packing (``model._laser_packing = True``, set by the scorers where
+    :func:`~laser_fast.runtime.packing.packing_supported`) runs padding-free instead
+    (:func:`~laser_fast.runtime.packing.packed_hidden`, right-padded batches only)."""
+    if getattr(model, "_laser_packing", False):
+        from laser_fast.runtime.packing import packed_hidden
+
+        return packed_hidden(model, input_ids, attention_mask)
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     if base is None or base is model:
         base = model.model
@@ -562,3 +631,14 @@ def resolve_model_name(model: str | None) -> str:
     if model is None or str(model).strip().lower() in _DEFAULT_ALIASES:
         return minilm_path()
     return str(model)
+
+
+def free_cuda_cache() -> None:
+    """Return cached CUDA memory to the driver after a model is dropped (no-op without torch or CUDA)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,4 +1,4 @@
-"""Step 3 (kmeans mode): PCA to 99% variance, k-means (faiss; GPU when faiss sees one), the best
+"""Step 3 (kmeans mode): PCA to 99% variance, k-means (faiss, or torch on a GPU faiss does not see), the best
 record of each cluster above a preference percentile, then fill by preference.
 """
 from __future__ import annotations
@@ -89,8 +89,14 @@ def cluster_select_detailed(
     niter: int = 25,
     num_threads: int = 0,
     method: str = "auto",
+    kmeans_backend: str = "auto",
+    device: str | None = None,
 ) -> ClusterResult:
-    """The full kmeans-mode computation for one stratum (see :func:`cluster_select`)."""
+    """The full kmeans-mode computation for one stratum (see :func:`cluster_select`).
+
+    ``method``, ``kmeans_backend`` (``"auto"``: faiss GPU > torch CUDA > faiss CPU; ``"faiss"``;
+    ``"torch"``) and ``device`` go to :func:`laser_fast.sampling.kmeans.kmeans_labels`; the stats
+    record where k-means really ran (``kmeans_device``, e.g. ``"torch:cuda"``)."""
     # an array, a memmap, or an array-like that reads its rows on demand (shape, ndim, row
     # slices and np.asarray: see pipeline.StoreRows); PCA reads it in row chunks
     emb = embeddings if hasattr(embeddings, "shape") and hasattr(embeddings, "__getitem__") and hasattr(embeddings, "ndim") else np.asarray(embeddings)
@@ -113,12 +119,12 @@ def cluster_select_detailed(
     else:
         half = emb.dtype == np.float16 and n * emb.shape[1] * 4 > HALF_MIN_BYTES
         x, comps = np.ascontiguousarray(np.asarray(emb, dtype=np.float16 if half else np.float32)), emb.shape[1]
-    labels, stats = kmeans_labels(x, k, seed=seed, niter=niter, num_threads=num_threads, method=method)
+    labels, stats = kmeans_labels(x, k, seed=seed, niter=niter, num_threads=num_threads, method=method, backend=kmeans_backend, device=device)
     stats["pca_components"] = int(comps)
     if threshold_percentile is None:
         threshold = -np.inf
     else:
-        threshold = float(np.percentile(pref, int(round(threshold_percentile * 100))))
+        threshold = float(np.percentile(pref, round(threshold_percentile * 100)))
     # best per cluster = first occurrence of each label in preference order
     lab_in_order = labels[by_pref]
     _, first = np.unique(lab_in_order, return_index=True)
@@ -140,8 +146,9 @@ def cluster_select_detailed(
 def cluster_select(embeddings: np.ndarray, preference: np.ndarray, k: int, *, threshold_percentile: float = 0.8, seed: int = 0) -> np.ndarray:
     """Select ``k`` diverse, high-preference rows of one stratum, as LASER's kmeans mode does.
 
-    PCA keeping 99% of the variance, k-means with ``k`` clusters (faiss, on the GPU when faiss
-    sees one), the highest-preference row of each cluster when its preference is above the
+    PCA keeping 99% of the variance, k-means with ``k`` clusters (faiss on the GPU when faiss
+    sees one, else torch on CUDA when torch sees a GPU, else faiss on the CPU), the
+    highest-preference row of each cluster when its preference is above the
     ``threshold_percentile`` percentile of the stratum's preferences, then the remaining slots
     filled with the highest-preference rows not yet taken.
 

@@ -1,4 +1,13 @@
-"""k-means for step 3: k-means++ seeding, flat Lloyd (faiss) and the two-level k-means for large k."""
+"""k-means for step 3: k-means++ seeding, flat Lloyd (faiss, or torch on a GPU that faiss does
+not see) and the two-level k-means for large k.
+
+Backends (:func:`kmeans_labels`, ``backend=``): ``"auto"`` runs faiss on the GPU when faiss sees
+one, else torch on CUDA when torch sees a GPU (:mod:`laser_fast.sampling.kmeans_torch`: the
+plain ``pip install laser_fast`` on a CUDA machine, whose faiss-cpu has no GPU), else faiss on
+the CPU (torch on the CPU when faiss is missing); ``"faiss"`` and ``"torch"`` force one. The
+stats record the backend and device that really ran (``kmeans_device``: ``"torch:cuda"``,
+``"faiss:cpu"``, ``"faiss:cuda (N GPUs)"``).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from laser_fast.runtime.devices import faiss_device
+from laser_fast.runtime.devices import faiss_gpus, kmeans_device_label, resolve_kmeans_backend
 from laser_fast.runtime.memory import release_free_heap
 
 logger = logging.getLogger(__name__)
@@ -141,9 +150,12 @@ def _single_threaded_blas(enabled: bool = True):
 
 
 def _faiss_gpus() -> int:
-    import faiss
+    return faiss_gpus()
 
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+def _use_gpu(gpu: bool | None) -> bool:
+    """faiss on its GPUs: ``gpu`` when given (False keeps faiss on the CPU), else when faiss sees one."""
+    return _faiss_gpus() > 0 if gpu is None else bool(gpu)
 
 
 def _seed_sample(n: int, k: int, rows_per_cluster: float, seed: int) -> np.ndarray | slice:
@@ -155,9 +167,10 @@ def _seed_sample(n: int, k: int, rows_per_cluster: float, seed: int) -> np.ndarr
 
 def _lloyd(
     x: np.ndarray, k: int, *, seed: int, niter: int, max_points_per_centroid: int = 256, init: np.ndarray | None = None,
-    trials: int | None = None, seed_rows_per_cluster: float = 0,
+    trials: int | None = None, seed_rows_per_cluster: float = 0, gpu: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str, list]:
-    """faiss k-means on ``x`` (GPU when faiss sees one), k-means++ seeded where affordable.
+    """faiss k-means on ``x`` (on faiss's GPUs when ``gpu``; None: when faiss sees one),
+    k-means++ seeded where affordable.
 
     Returns ``(centroids (k, d) float32, labels (n,) int64, init method, objective per iteration)``.
     """
@@ -168,7 +181,7 @@ def _lloyd(
         return x.mean(0, keepdims=True).astype(np.float32), np.zeros(n, dtype=np.int64), "mean", []
     if k >= n:
         return np.ascontiguousarray(x[:k], dtype=np.float32), np.arange(n, dtype=np.int64), "all rows", []
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, gpu=_faiss_gpus() > 0, min_points_per_centroid=1, max_points_per_centroid=max_points_per_centroid, verbose=False)
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, gpu=_use_gpu(gpu), min_points_per_centroid=1, max_points_per_centroid=max_points_per_centroid, verbose=False)
     nk = float(n) * float(k)
     if init is not None:
         init_method = "given"
@@ -298,6 +311,7 @@ def kmeans_two_level(
     num_threads: int = 0,
     allocation: str = "size",
     seed_trials: int | None = None,
+    faiss_gpu: bool | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Two-level k-means: ``coarse_k`` (default ~sqrt(k)) coarse clusters, then each coarse cell
     split into clusters, then faiss k-means inside each cell, then up to ``refine_passes`` Lloyd
@@ -314,12 +328,13 @@ def kmeans_two_level(
     runs on :data:`SEED_ROWS_PER_CLUSTER` rows per cluster.
 
     Cost: coarse n*sqrt(k)*d*niter + fine sum(n_i*k_i)*d*niter ~ n*sqrt(k)*d*niter, instead of
-    flat Lloyd's n*k*d*niter. Returns ``(labels int64 in [0, k), stats)``; every cluster is
+    flat Lloyd's n*k*d*niter. ``faiss_gpu``: run faiss on its GPUs (None: when faiss sees one;
+    False keeps it on the CPU). Returns ``(labels int64 in [0, k), stats)``; every cluster is
     non-empty when n >= k.
     """
     # float16 rows (a large stratum, see HALF_MIN_BYTES) stay float16 and are read in float32 blocks
     x = np.ascontiguousarray(x) if getattr(x, "dtype", None) == np.float16 else _f32(x)
-    n, d = x.shape
+    n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"two-level k-means needs 1 <= k <= n, got k={k}, n={n}")
     # one BLAS thread throughout: faiss's OpenMP threads and OpenBLAS's threads oversubscribe the
@@ -330,12 +345,13 @@ def kmeans_two_level(
     # workers and faiss's own loops on one core (measured: 19.4 s -> 13.0 s at 300k/24k on 2
     # cores once restored)
     omp = _omp_threads()
-    with _single_threaded_blas(_faiss_gpus() == 0):
+    gpu = _use_gpu(faiss_gpu)
+    with _single_threaded_blas(not gpu):
         _set_omp_threads(omp)
-        return _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threads or omp, allocation, seed_trials)
+        return _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threads or omp, allocation, seed_trials, gpu)
 
 
-def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threads, allocation, seed_trials):
+def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threads, allocation, seed_trials, gpu):
     n, d = x.shape
     rng = np.random.default_rng(seed)
     k1 = int(coarse_k or max(2, round(np.sqrt(k))))
@@ -344,9 +360,9 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
     # --- coarse level: k-means on a sample (<= 256 rows per coarse cluster), assign all rows
     m = min(n, k1 * 256)
     sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    coarse_c, _, _, _ = _lloyd(_f32(x[sample]), k1, seed=seed, niter=min(niter, COARSE_NITER), seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER)
+    coarse_c, _, _, _ = _lloyd(_f32(x[sample]), k1, seed=seed, niter=min(niter, COARSE_NITER), seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER, gpu=gpu)
     top = min(2, k1)
-    dist, near = _search(coarse_c, x, top)
+    _, near = _search(coarse_c, x, top, gpu=gpu)
     cell = near[:, 0].astype(np.int64)
     sizes = np.bincount(cell, minlength=k1)
     kc_size = allocate_clusters(sizes, k)
@@ -357,7 +373,6 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
     order = np.argsort(cell, kind="stable")
     starts = np.concatenate([[0], np.cumsum(sizes)])
     cells_by_size = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] > 0]
-    gpu = _faiss_gpus() > 0
     workers = 1 if gpu else max(1, min(num_threads or _omp_threads(), len(cells_by_size)))
 
     def run_cells(fn, cells):
@@ -417,7 +432,7 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
     def fine(i: int) -> tuple[int, np.ndarray, np.ndarray]:
         rows = order[starts[i] : starts[i + 1]]
         c, lab, _, _ = _lloyd(_f32(x[rows]), int(kc[i]), seed=seed + 1 + i, niter=niter, max_points_per_centroid=1 << 30, init=seeds.get(i), trials=seed_trials,
-                          seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER)
+                          seed_rows_per_cluster=SEED_ROWS_PER_CLUSTER, gpu=gpu)
         return i, c, lab
 
     for i, c, lab in run_cells(fine, [i for i in cells_by_size if kc[i] > 0]):
@@ -502,12 +517,13 @@ def _two_level(x, k, seed, niter, coarse_k, refine_passes, neighbours, num_threa
     return labels, stats
 
 
-def _search(c: np.ndarray, x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest ``top`` rows of ``c`` for every row of ``x`` (faiss flat L2; GPU when present)."""
+def _search(c: np.ndarray, x: np.ndarray, top: int, gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest ``top`` rows of ``c`` for every row of ``x`` (faiss flat L2; on faiss's GPUs when
+    ``gpu``, None: when faiss sees one)."""
     import faiss
 
     index = faiss.IndexFlatL2(c.shape[1])
-    if _faiss_gpus() > 0:
+    if _use_gpu(gpu):
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(np.ascontiguousarray(c, dtype=np.float32))
     if x.dtype == np.float32:
@@ -522,33 +538,70 @@ def _chunks(x: np.ndarray, rows: int = 16384):
 
 
 def kmeans_labels(
-    x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, num_threads: int = 0, method: str = "auto"
+    x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, num_threads: int = 0, method: str = "auto",
+    backend: str = "auto", device: str | None = None, chunk_rows: int | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Cluster rows of ``x`` (float32) into ``k`` clusters with faiss (GPU when faiss sees one).
+    """Cluster rows of ``x`` into ``k`` clusters with faiss or torch.
 
-    ``method``: ``"flat"`` (one faiss k-means, k-means++ seeded where affordable),
-    ``"two-level"`` (:func:`kmeans_two_level`), or ``"auto"`` (flat while n*k <=
-    :data:`TWO_LEVEL_MIN_NK` or k < :data:`TWO_LEVEL_MIN_K`, else two-level).
-    Returns labels and stats (``objective``: sum of squared distances to the cluster means).
+    Args:
+        x: (n, d) float32 rows (float16 rows of a large stratum are read in float32 blocks).
+        k: clusters.
+        seed: seeding and sampling seed.
+        niter: Lloyd iterations.
+        num_threads: CPU threads for faiss (0 = all).
+        method: ``"flat"`` (one k-means, k-means++ seeded where affordable), ``"two-level"``
+            (:func:`kmeans_two_level`, faiss only), or ``"auto"``: two-level with faiss while
+            n*k > :data:`TWO_LEVEL_MIN_NK` and k >= :data:`TWO_LEVEL_MIN_K`, else flat (always
+            flat with torch: on a GPU flat Lloyd is affordable).
+        backend: ``"auto"`` (faiss GPU > torch CUDA > faiss CPU, see
+            :func:`laser_fast.runtime.devices.resolve_kmeans_backend`), ``"faiss"`` or ``"torch"``.
+        device: ``None`` / ``"auto"`` or a torch device (``"cpu"``, ``"cuda:1"``) that narrows
+            the choice; for backend torch, the device it runs on.
+        chunk_rows: rows per ``rows x k`` distance block of the torch backend (default: about
+            1 GiB of float32 distances on a GPU, 64 MiB on the CPU).
+
+    Returns:
+        Labels (n,) int64 and stats: ``objective`` (sum of squared distances to the cluster
+        means), ``backend``, ``device`` and ``kmeans_device`` (``"torch:cuda"``, ``"faiss:cpu"``,
+        ``"faiss:cuda (N GPUs)"``: where it really ran), ``method``, ``init``,
+        ``objective_per_iteration``.
+
+    Raises:
+        ValueError: an unknown method or backend, or ``method="two-level"`` with the torch backend.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+        >>> lab, st = kmeans_labels(x, 5, backend="torch", device="cpu")
+        >>> st["kmeans_device"], sorted(set(lab.tolist())) == list(range(5))
+        ('torch:cpu', True)
     """
-    import faiss
-
+    be, dev = resolve_kmeans_backend(backend, device)
     x = np.ascontiguousarray(x) if getattr(x, "dtype", None) == np.float16 else _f32(x)
     n, d = x.shape
-    if num_threads > 0:
-        faiss.omp_set_num_threads(num_threads)
     if method == "auto":
-        method = "two-level" if float(n) * float(k) > TWO_LEVEL_MIN_NK and k >= TWO_LEVEL_MIN_K and k < n else "flat"
-    stats = {"device": faiss_device(), "k": int(k), "n": int(n), "dim": int(d), "rows_dtype": str(x.dtype)}
-    if method == "flat":
-        _, lab, init_method, obj = _lloyd(_f32(x), k, seed=seed, niter=niter)
-        stats.update(method="flat", init=init_method, objective_per_iteration=obj)
-    elif method == "two-level":
-        lab, st = kmeans_two_level(x, k, seed=seed, niter=niter, num_threads=num_threads)
-        stats.update(st)
-    else:
+        big = float(n) * float(k) > TWO_LEVEL_MIN_NK and k >= TWO_LEVEL_MIN_K and k < n
+        method = "two-level" if big and be == "faiss" else "flat"
+    if method not in ("flat", "two-level"):
         raise ValueError(f"unknown k-means method {method!r}: use 'auto', 'flat' or 'two-level'")
+    if method == "two-level" and be == "torch":
+        raise ValueError("the two-level k-means runs on faiss: use method 'flat' or 'auto' with backend 'torch', or backend 'faiss'")
+    stats = {"backend": be, "device": dev, "kmeans_device": kmeans_device_label(be, dev), "k": int(k), "n": int(n), "dim": int(d), "rows_dtype": str(x.dtype)}
+    if be == "torch":
+        from laser_fast.sampling.kmeans_torch import lloyd_torch
+
+        _, lab, init_method, obj, info = lloyd_torch(x, k, seed=seed, niter=niter, device=dev, chunk_rows=chunk_rows)
+        stats.update(method="flat", init=init_method, objective_per_iteration=obj, torch=info)
+    else:
+        import faiss
+
+        if num_threads > 0:
+            faiss.omp_set_num_threads(num_threads)
+        gpu = dev != "cpu"
+        if method == "flat":
+            _, lab, init_method, obj = _lloyd(_f32(x), k, seed=seed, niter=niter, gpu=gpu)
+            stats.update(method="flat", init=init_method, objective_per_iteration=obj)
+        else:
+            lab, st = kmeans_two_level(x, k, seed=seed, niter=niter, num_threads=num_threads, faiss_gpu=gpu)
+            stats.update(st)
     stats["objective"] = kmeans_objective(x, lab, k)
     return lab, stats
-
-

@@ -44,14 +44,17 @@ def order_selection(sel: np.ndarray, order: str, *, seed: int, cats: np.ndarray,
 # candidates, per-source limits and oversampling, strata and targets
 # --------------------------------------------------------------------------------------
 
-def candidate_status(english: np.ndarray, length: np.ndarray, opts: SelectOptions) -> np.ndarray:
+def candidate_status(english: np.ndarray, length: np.ndarray, opts: SelectOptions, pref: np.ndarray | None = None) -> np.ndarray:
     """Status per record before selection: ``candidate``, ``non_english`` (unless
-    ``keep_non_english``) or ``too_long`` (over ``max_seq_length`` tokens)."""
+    ``keep_non_english``), ``too_long`` (over ``max_seq_length`` tokens) or ``not_scored`` (no
+    preference: a scorer that ran on it gave no score)."""
     status = np.full(english.size, "candidate", dtype=object)
     if not opts.keep_non_english:
         status[~english] = "non_english"
     if opts.max_seq_length:
         status[(status == "candidate") & (length > opts.max_seq_length)] = "too_long"
+    if pref is not None:
+        status[(status == "candidate") & ~np.isfinite(np.asarray(pref, dtype=np.float64))] = "not_scored"
     return status
 
 

@@ -120,7 +120,8 @@ def select_stratum(
     emb = emb_fn()
     if mode in ("kmeans", "kmeans+greedy"):
         thr = None if strategy == "random" else opts.threshold_percentile
-        res = cluster_select_detailed(emb, pref, k, threshold_percentile=thr, seed=opts.seed, num_threads=opts.num_threads)
+        res = cluster_select_detailed(emb, pref, k, threshold_percentile=thr, seed=opts.seed, num_threads=opts.num_threads,
+                                      kmeans_backend=opts.kmeans_backend, device=opts.device)
         labels = res.labels
         stats.update(res.stats)
         stats["threshold"] = res.threshold

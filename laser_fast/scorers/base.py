@@ -42,3 +42,12 @@ class Scorer(ABC):
         return np.isin(np.asarray(categories, dtype=object), list(self.categories))
 
 
+    @property
+    def used_device(self) -> str | None:
+        """Where the scorer actually ran (``cpu``, ``cuda:0``, ``vllm:cuda``, an endpoint URL);
+        None before it ran or for a scorer without a model. Recorded in the manifest."""
+        return None
+
+    def release(self) -> None:
+        """Free what the scorer holds once it is done (models on the GPU, judge engines); the next
+        :meth:`score` loads them again. The default holds nothing."""

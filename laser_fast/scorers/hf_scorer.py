@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,10 +12,10 @@ import polars as pl
 
 from laser_fast._version import __version__
 from laser_fast.errors import ConfigError, ModelLoadError
-from laser_fast.runtime.batching import new_stats, run_batched
+from laser_fast.runtime.batching import cuda_batch_tokens, new_stats, run_batched
 from laser_fast.runtime.devices import torch_device
 from laser_fast.runtime.kernels import offsets_from_lengths, segment_mean
-from laser_fast.runtime.models import load_hf
+from laser_fast.runtime.models import free_cuda_cache, load_hf, remote_code_allowed
 from laser_fast.scorers.base import Scorer
 
 logger = logging.getLogger(__name__)
@@ -98,15 +99,21 @@ class _HFScorer(Scorer):
     num_labels: int | None = None
 
     def __init__(self, model: str | None = None, *, revision: str | None = None, device: str | None = None,
-                 batch_tokens: int | None = None, max_batch_size: int = 64, max_length: int = 2048,
-                 turns: str = "all", dtype: str | None = None):
+                 batch_tokens: int | None = None, max_batch_size: int | None = None, max_length: int = 2048,
+                 turns: str = "all", dtype: str | None = None, trust_remote_code: Sequence[str] | bool = (),
+                 packing: bool | str = "auto"):
         if turns not in _TURNS:
             raise ConfigError(f"{self.name}: turns must be one of {', '.join(_TURNS)}, got {turns!r}")
         self.model_id = model or self.default_model
         self.revision = revision
         self.device = device
         self.batch_tokens = batch_tokens
-        self.max_batch_size = int(max_batch_size)
+        self.max_batch_size = int(max_batch_size) if max_batch_size else None
+        # the opt-in list of --trust-remote-code (True: this scorer's model, whatever it is)
+        self.trust_remote_code = trust_remote_code
+        if packing not in ("auto", True, False):
+            raise ConfigError(f"{self.name}: packing must be 'auto', True or False, got {packing!r}")
+        self.packing = packing
         self.max_length = int(max_length)
         self.turns = turns
         if dtype not in (None, "bfloat16", "float32"):
@@ -116,6 +123,7 @@ class _HFScorer(Scorer):
         self._model = None
         self._tok = None
         self._dev: str | None = None
+        self._auto_tokens: int | None = None
 
     # -- identity -------------------------------------------------------------------
     def _template_text(self) -> str:
@@ -127,20 +135,92 @@ class _HFScorer(Scorer):
                 f"|max_length={self.max_length}|turns={self.turns}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")
 
     # -- loading --------------------------------------------------------------------
+    @property
+    def used_device(self) -> str | None:
+        if self._model is None:
+            return self._dev
+        try:
+            p = next(self._model.parameters())
+            packed = ", packed" if getattr(self._model, "_laser_packing", False) else ""
+            return f"{p.device} ({str(p.dtype).replace('torch.', '')}{packed})"
+        except (StopIteration, AttributeError):
+            return self._dev
+
+    @property
+    def cache_chunk(self) -> int:
+        """Records per cached shard in a scoring run: 8192 on CUDA (a chunk bounds the batches, and
+        small ones would leave the GPU idle; a crash loses at most one chunk), 128 on the CPU."""
+        return 8192 if torch_device(self.device).startswith("cuda") else 128
+
+    @property
+    def remote_code(self) -> bool:
+        """Whether the user opted in to run this scorer's checkpoint code (``--trust-remote-code``)."""
+        if self.trust_remote_code is True:
+            return True
+        return remote_code_allowed(self.model_id, self.trust_remote_code or ())
+
     def _load(self):
         if self._model is None:
             self._dev = torch_device(self.device)
-            self._model, self._tok = load_hf(self.model_id, self.kind, revision=self.revision, device=self._dev,
-                                             num_labels=self.num_labels, dtype=self.dtype)
+            self._model, self._tok = load_hf(self.model_id, self._load_kind(), revision=self.revision, device=self._dev,
+                                             num_labels=self.num_labels, dtype=self.dtype, trust_remote_code=self.remote_code)
             self._after_load()
         return self._model, self._tok
 
+    def _load_kind(self) -> str:
+        return self.kind
+
     def _after_load(self) -> None:
-        pass
+        self._set_packing()
+
+    def _set_packing(self) -> None:
+        """Mark the model for padding-free forwards (``packing``: ``"auto"`` = where
+        :func:`~laser_fast.runtime.packing.packing_supported`; True = always, also on the CPU
+        where it is slow; False = never). The published remote-code difficulty model is never packed."""
+        from laser_fast.runtime.packing import packing_supported
+
+        model = self._model
+        if self.remote_code:
+            on = False
+        elif self.packing == "auto":
+            on = packing_supported(model, self._dev)
+        else:
+            on = bool(self.packing)
+        model._laser_packing = on
+        self.stats["packed"] = int(on)
+
+    def attach(self, model, tokenizer, device: str | None = None) -> None:
+        """Use an already built model and tokenizer (benchmarks, tests, a model shared with other
+        code) instead of loading ``model_id``."""
+        self._model, self._tok = model, tokenizer
+        self._dev = str(device) if device else str(next(model.parameters()).device)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.convert_ids_to_tokens(0)
+        self._auto_tokens = None
+        self._after_load()
+
+    def release(self) -> None:
+        """Drop the model (its GPU memory is freed); the next :meth:`score` loads it again."""
+        self._model = None
+        self._tok = None
+        self._auto_tokens = None
+        free_cuda_cache()
 
     def _budget(self, batch_size: int | None) -> tuple[int, int]:
-        bt = self.batch_tokens or (32768 if str(self._dev).startswith("cuda") else 8192)
-        mbs = int(batch_size) if batch_size else self.max_batch_size
+        """``(batch_tokens, max_batch_size)``: on CUDA the token budget comes from the free GPU memory
+        and the model's shape (:func:`~laser_fast.runtime.batching.cuda_batch_tokens`) and the row cap
+        is high (4096), so short inputs fill the GPU; on the CPU 8192 tokens and 64 rows."""
+        cuda = str(self._dev).startswith("cuda")
+        if self.batch_tokens:
+            bt = int(self.batch_tokens)
+        elif cuda:
+            if self._auto_tokens is None:
+                self._auto_tokens = cuda_batch_tokens(self._model)
+                logger.info("%s: %d tokens per batch (from the free GPU memory)", self.name, self._auto_tokens)
+            bt = self._auto_tokens
+        else:
+            bt = 8192
+        mbs = int(batch_size) if batch_size else (self.max_batch_size or (4096 if cuda else 64))
         return int(bt), max(1, mbs)
 
     def _encode(self, texts: list[str], special: bool = False) -> list[list[int]]:

@@ -1,11 +1,11 @@
-"""The base of the LLM judges: prompts rendered per record, sent concurrently through a
-:class:`~laser_fast.scorers.judge_client.JudgeClient`, answers parsed into scores, every answer cached."""
+"""The base of the LLM judges: prompts rendered per record, sent through a judge
+backend (:mod:`~laser_fast.scorers.judge_backends`: an endpoint, vLLM or transformers), answers parsed into scores, every answer cached."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,12 @@ import polars as pl
 
 from laser_fast._version import __version__
 from laser_fast.scorers.base import Scorer
-from laser_fast.scorers.judge_client import _KEY_ENV, JudgeClient, _hash
+from laser_fast.scorers.judge_client import _KEY_ENV, _hash
 
 logger = logging.getLogger(__name__)
+
+#: What an unparsable or failed judge answer scores: the reference's value, or missing (NaN).
+FALLBACKS = ("reference", "missing")
 
 
 class JudgeScorer(Scorer):
@@ -36,20 +39,42 @@ class JudgeScorer(Scorer):
             last exchange only.
         disable_thinking: for Qwen3-style models send ``chat_template_kwargs: {enable_thinking: false}``
             (None = when the model name contains "qwen3").
+        backend: ``vllm``, ``transformers``, ``openai`` or None (``openai`` when a URL is given,
+            else vLLM with a GPU, else transformers; see :mod:`~laser_fast.scorers.judge_backends`).
+        device: torch device of an in-process backend.
+        fallback: ``"reference"`` (default): an unparsable or failed answer gets the reference's
+            fallback value (the class's :attr:`fallback_value`); ``"missing"``: it scores NaN and
+            the record is left out of the selection (``not_scored``). Either way it is counted in
+            ``stats`` (``unparsable``, ``failures``, ``fallbacks``) and so in the manifest.
+        trust_remote_code: run the judge model's own code (in-process backends; opt-in per model).
     """
 
     default_model = ""
     default_max_tokens = 1024
     template_text = ""  # hashed into the fingerprint
+    #: the score the reference gives an exchange whose answer cannot be read (None: no fallback, NaN)
+    fallback_value: float | None = None
 
     def __init__(self, model: str | None = None, base_url: str | None = None, *, max_concurrency: int = 8,
                  timeout: float = 120, max_retries: int = 4, backoff: float = 1.0,
                  api_key_env: Sequence[str] = _KEY_ENV, cache_dir: str | Path | None = None,
                  temperature: float = 0.0, top_p: float | None = 0.5, max_tokens: int | None = None,
                  max_input_chars: int = 8000, json_schema: bool = True, per_turn: bool = True,
-                 disable_thinking: bool | None = None):
+                 disable_thinking: bool | None = None, backend: str | None = None, device: str | None = None,
+                 fallback: str = "reference", trust_remote_code: Sequence[str] | bool = ()):
+        from laser_fast.errors import ConfigError
+        from laser_fast.scorers.judge_backends import resolve_backend
+
         self.model = model or self.default_model
         self.base_url = base_url
+        self.backend = resolve_backend(backend, base_url)
+        self.device = device
+        if fallback not in FALLBACKS:
+            raise ConfigError(f"{self.name}: fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        self.fallback = fallback
+        from laser_fast.runtime.models import remote_code_allowed
+
+        self.trust_remote_code = trust_remote_code is True or remote_code_allowed(self.model, trust_remote_code or ())
         self.max_tokens = int(max_tokens or self.default_max_tokens)
         self.max_input_chars = int(max_input_chars)
         self.json_schema = bool(json_schema)
@@ -63,18 +88,71 @@ class JudgeScorer(Scorer):
             "max_retries": max_retries, "backoff": backoff, "temperature": temperature, "top_p": top_p,
             "max_tokens": self.max_tokens, "extra_body": extra}
         self._cache_dir = cache_dir
-        self._client: JudgeClient | None = None
+        self._client: Any = None  # the backend, built on first use
         self.stats: dict[str, float] = {"records": 0, "requests": 0, "cache_hits": 0, "retries": 0,
-                                        "failures": 0, "unparsable": 0, "seconds": 0.0,
+                                        "failures": 0, "unparsable": 0, "fallbacks": 0, "seconds": 0.0,
                                         "prompt_tokens": 0, "completion_tokens": 0}
 
     # ---- plumbing ----------------------------------------------------------------------------
 
     @property
-    def client(self) -> JudgeClient:
+    def client(self):
+        """The backend answering this judge's prompts (:func:`~laser_fast.scorers.judge_backends.make_backend`)."""
         if self._client is None:
-            self._client = JudgeClient(self.base_url, self.model, cache_dir=self._cache_dir, **self._client_args)
+            from laser_fast.scorers.judge_backends import make_backend
+
+            self._client = make_backend(self.backend, self.model, self.base_url, cache_dir=self._cache_dir,
+                                        device=self.device, trust_remote_code=self.trust_remote_code, **self._client_args)
         return self._client
+
+    @property
+    def cache_chunk(self) -> int:
+        """Records per cached shard in a scoring run: large for an in-process engine on a GPU (a chunk
+        bounds what one generate call sees), 128 otherwise (every answer is cached as it comes anyway)."""
+        if self.backend == "vllm":
+            return 4096
+        if self.backend == "transformers":
+            from laser_fast.runtime.devices import torch_device
+
+            return 1024 if torch_device(self.device).startswith("cuda") else 128
+        return 128
+
+    @property
+    def used_device(self) -> str | None:
+        if self.backend == "openai":
+            return f"endpoint {self.client.base_url}"
+        if self._client is None:
+            return None
+        return f"{self.backend}:{getattr(self._client, 'used_device', None) or '?'}"
+
+    def release(self) -> None:
+        """Drop the in-process judge engines once this judge is done (frees their GPU memory)."""
+        if self._client is not None and self.backend != "openai":
+            from laser_fast.scorers.judge_backends import release_engines
+
+            self._client.close()
+            self._client = None
+            release_engines()
+
+    def preflight(self) -> None:
+        """Check before any work that the judge can answer: the endpoint answers (``openai``), or
+        the model can be found without loading it (in-process backends)."""
+        if self.backend == "openai":
+            from laser_fast.scorers.stage import check_endpoint
+
+            check_endpoint(self)
+            return
+        if self.backend == "vllm":
+            from laser_fast.scorers.judge_backends import vllm_installed
+
+            if not vllm_installed():
+                from laser_fast.errors import ConfigError
+
+                raise ConfigError(f"scorer {self.name}: --judge-backend vllm needs vLLM: pip install 'laser_fast[vllm]' "
+                                  "(or use --judge-backend transformers)")
+        from laser_fast.scorers.stage import check_model_source
+
+        check_model_source(self.name, self.model, None)
 
     def set_workdir(self, path: str | Path) -> None:
         """Keep the response cache in ``path`` (the orchestrator's per-scorer folder)."""
@@ -88,18 +166,44 @@ class JudgeScorer(Scorer):
         params = {"temperature": a["temperature"], "top_p": a["top_p"], "max_tokens": self.max_tokens,
                   "max_input_chars": self.max_input_chars, "json_schema": self.json_schema,
                   "per_turn": self.per_turn, "no_think": self.disable_thinking, **self._fingerprint_extra()}
+        if self.fallback != "reference" and self.fallback_value is not None:
+            params["fallback"] = self.fallback
         tmpl = hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()[:16]
-        return f"{self.name}|{self.model}|tmpl={tmpl}|{_hash(params)[:16]}|v{__version__}"
+        # the openai backend keeps its old fingerprint (cached scores stay valid); others name theirs
+        backend = "" if self.backend == "openai" else f"|backend={self.backend}"
+        return f"{self.name}|{self.model}|tmpl={tmpl}|{_hash(params)[:16]}{backend}|v{__version__}"
 
     def _fingerprint_extra(self) -> dict:
         return {}
 
-    def _chat(self, prompts: Sequence[str], max_tokens: int | None = None, schema: dict | None = None) -> list[str | None]:
-        fmt = None
-        if self.json_schema and schema is not None:
+    def _chat(self, prompts: Sequence[str], max_tokens: int | None = None, schema: dict | Sequence[dict] | None = None) -> list[str | None]:
+        """Answers to ``prompts`` (user messages); ``schema``: one JSON schema for all, or one per prompt."""
+        convs = [[{"role": "user", "content": p}] for p in prompts]
+        if not self.json_schema or schema is None:
+            return self.client.chat_many(convs, max_tokens=max_tokens)
+        if isinstance(schema, Mapping):
             fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
-        return self.client.chat_many([[{"role": "user", "content": p}] for p in prompts],
-                                     max_tokens=max_tokens, response_format=fmt)
+            return self.client.chat_many(convs, max_tokens=max_tokens, response_format=fmt)
+        # one schema per prompt: group prompts that share one (an endpoint takes one format per request)
+        out: list[str | None] = [None] * len(prompts)
+        groups: dict[str, list[int]] = {}
+        for j, sch in enumerate(schema):
+            groups.setdefault(_hash(sch), []).append(j)
+        for idx in groups.values():
+            fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema[idx[0]]}}
+            for j, a in zip(idx, self.client.chat_many([convs[j] for j in idx], max_tokens=max_tokens, response_format=fmt)):
+                out[j] = a
+        return out
+
+    def _fallback(self, what: str, answer: str | None) -> float:
+        """The score of an exchange whose answer is unparsable (or None: the request failed):
+        the reference's fallback value, or NaN with ``fallback="missing"``; counted either way."""
+        if answer is not None:
+            self._unparsable(what, answer)
+        if self.fallback == "reference" and self.fallback_value is not None:
+            self.stats["fallbacks"] += 1
+            return float(self.fallback_value)
+        return float("nan")
 
     def _unparsable(self, what: str, answer: str | None, count: int = 1) -> None:
         self.stats["unparsable"] += count
@@ -155,8 +259,10 @@ class JudgeScorer(Scorer):
             self.stats[k] += cs[k] - before[k]
         new_unp = self.stats["unparsable"] - unparsable0
         if new_unp:
-            logger.warning("%s: %d judge answer(s) could not be parsed (model %s); those exchanges fall back "
-                           "as documented or score NaN", self.name, int(new_unp), self.model)
+            logger.warning("%s: %d judge answer(s) could not be parsed (model %s, backend %s); those exchanges %s",
+                           self.name, int(new_unp), self.model, self.backend,
+                           "get the reference's fallback score" if self.fallback == "reference" and self.fallback_value is not None
+                           else "score NaN")
         nan_rows = int(np.sum(~np.isfinite(out[self.outputs[0]][rows]))) if rows.size else 0
         if nan_rows:
             logger.warning("%s: %d of %d judged record(s) got no score (NaN): unparsable answers or failed requests",

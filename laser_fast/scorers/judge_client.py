@@ -48,50 +48,15 @@ class _Unreachable(Exception):
     """Internal: the endpoint could not be reached after all retries."""
 
 
-class JudgeClient:
-    """A small, cached, retrying client of an OpenAI-compatible ``/chat/completions`` endpoint.
+class AnswerCache:
+    """The judges' answer cache: append-only JSONL shards under a folder, keyed by the sha256 of
+    model + messages + sampling parameters (see :meth:`cache_key`); shared by every judge backend.
 
-    Args:
-        base_url: e.g. ``http://127.0.0.1:8000/v1``; None = ``LASER_FAST_JUDGE_URL`` or the default.
-        model: model name sent in each request.
-        api_key_env: environment variables read (first set wins) for the bearer token.
-        max_concurrency: requests in flight at once.
-        timeout: seconds a request may wait on the server (for the connection and for each read;
-            a timed-out request is retried like a connection error).
-        max_retries: extra attempts after a retryable failure (connection error, timeout, 408/429/5xx).
-        backoff: base delay in seconds; attempt ``k`` waits ``backoff * 2**k`` times a jitter in
-            [0.5, 1.5) (capped at 60 s; a ``Retry-After`` header is honoured up to the same cap).
-        cache_dir: folder of the response cache; None = no cache.
-        temperature, top_p, max_tokens: default sampling parameters.
-        extra_body: extra JSON fields sent with every request (e.g. ``chat_template_kwargs``).
+    Subclasses set ``self.model``, ``self._lock`` (a lock), ``self._cache = None``,
+    ``self._cache_dir = None`` and ``self._shard = None``, then call :meth:`set_cache_dir`.
     """
 
-    def __init__(self, base_url: str | None = None, model: str = "default", *,
-                 api_key_env: Sequence[str] = _KEY_ENV, max_concurrency: int = 8, timeout: float = 120,
-                 max_retries: int = 4, backoff: float = 1.0, cache_dir: str | Path | None = None,
-                 temperature: float = 0.0, top_p: float | None = None, max_tokens: int = 1024,
-                 extra_body: Mapping[str, Any] | None = None):
-        self.base_url = (base_url or default_judge_url()).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"judge URL '{self.base_url}' must start with http:// or https:// (set --judge-url or LASER_FAST_JUDGE_URL)")
-        self.url = self.base_url + "/chat/completions"
-        self.model = model
-        self.api_key_env = tuple(api_key_env)
-        self.max_concurrency = max(1, int(max_concurrency))
-        self.timeout = float(timeout)
-        self.max_retries = max(0, int(max_retries))
-        self.backoff = float(backoff)
-        self.params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
-        if top_p is not None:
-            self.params["top_p"] = float(top_p)
-        self.extra_body = dict(extra_body or {})
-        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0,
-                      "prompt_tokens": 0, "completion_tokens": 0}
-        self._lock = threading.Lock()
-        self._cache: dict[str, str] | None = None
-        self._cache_dir: Path | None = None
-        self._shard = None
-        self.set_cache_dir(cache_dir)
+    model: str
 
     # ---- cache -------------------------------------------------------------------------------
 
@@ -140,6 +105,58 @@ class JudgeClient:
     def cache_key(self, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any]) -> str:
         """sha256 of model + messages + sampling parameters (independent of URL and key)."""
         return _hash({"model": self.model, "messages": [dict(m) for m in messages], "params": dict(params)})
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+
+
+class JudgeClient(AnswerCache):
+    """A small, cached, retrying client of an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000/v1``; None = ``LASER_FAST_JUDGE_URL`` or the default.
+        model: model name sent in each request.
+        api_key_env: environment variables read (first set wins) for the bearer token.
+        max_concurrency: requests in flight at once.
+        timeout: seconds a request may wait on the server (for the connection and for each read;
+            a timed-out request is retried like a connection error).
+        max_retries: extra attempts after a retryable failure (connection error, timeout, 408/429/5xx).
+        backoff: base delay in seconds; attempt ``k`` waits ``backoff * 2**k`` times a jitter in
+            [0.5, 1.5) (capped at 60 s; a ``Retry-After`` header is honoured up to the same cap).
+        cache_dir: folder of the response cache; None = no cache.
+        temperature, top_p, max_tokens: default sampling parameters.
+        extra_body: extra JSON fields sent with every request (e.g. ``chat_template_kwargs``).
+    """
+
+    def __init__(self, base_url: str | None = None, model: str = "default", *,
+                 api_key_env: Sequence[str] = _KEY_ENV, max_concurrency: int = 8, timeout: float = 120,
+                 max_retries: int = 4, backoff: float = 1.0, cache_dir: str | Path | None = None,
+                 temperature: float = 0.0, top_p: float | None = None, max_tokens: int = 1024,
+                 extra_body: Mapping[str, Any] | None = None):
+        self.base_url = (base_url or default_judge_url()).rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"judge URL '{self.base_url}' must start with http:// or https:// (set --judge-url or LASER_FAST_JUDGE_URL)")
+        self.url = self.base_url + "/chat/completions"
+        self.model = model
+        self.api_key_env = tuple(api_key_env)
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.timeout = float(timeout)
+        self.max_retries = max(0, int(max_retries))
+        self.backoff = float(backoff)
+        self.params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
+        if top_p is not None:
+            self.params["top_p"] = float(top_p)
+        self.extra_body = dict(extra_body or {})
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0}
+        self._lock = threading.Lock()
+        self._cache: dict[str, str] | None = None
+        self._cache_dir: Path | None = None
+        self._shard = None
+        self.set_cache_dir(cache_dir)
 
     # ---- requests ----------------------------------------------------------------------------
 
@@ -255,13 +272,6 @@ class JudgeClient:
     def chat(self, messages: Sequence[Mapping[str, str]], **overrides: Any) -> str | None:
         """Answer one conversation (see :meth:`chat_many`)."""
         return self.chat_many([messages], **overrides)[0]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._shard is not None:
-                self._shard.close()
-                self._shard = None
-
 
 class _RequestFailed(Exception):
     """Internal: one request failed for good (a non-retryable status or a malformed answer)."""

@@ -90,8 +90,9 @@ class CodeQualityScorer(JudgeScorer):
 
     The judge returns JSON with a review, a verdict ("correct"/"incorrect"), the original code and a
     revision ("no revision" when correct); the score is :func:`code_quality_formula` (scale [0, 1]).
-    Deviation: an unparsable answer scores NaN (counted and logged; the reference gave 1.0), and
-    over-long inputs are cut to ``max_input_chars`` instead of scoring 0.0.
+    An unparsable or failed answer scores 1.0 as in the reference (``fallback="missing"``: NaN);
+    either way it is counted. Deviation: over-long inputs are cut to ``max_input_chars`` instead
+    of scoring 0.0.
 
     Args:
         min_code_lines: see :func:`code_quality_formula` (reference: 4).
@@ -106,6 +107,7 @@ class CodeQualityScorer(JudgeScorer):
     default_model = "Qwen/Qwen2.5-Coder-14B-Instruct"
     default_max_tokens = 2048
     template_text = CODE_REVIEW_TEMPLATE
+    fallback_value = 1.0
 
     def __init__(self, model: str | None = None, base_url: str | None = None, *, min_code_lines: int = 4,
                  repair: bool = True, **kwargs: Any):
@@ -135,7 +137,7 @@ class CodeQualityScorer(JudgeScorer):
         scores = np.full(len(prompts), np.nan)
         for j, p in enumerate(parsed):
             if p is None:
-                self._unparsable("code review", answers[j])
+                scores[j] = self._fallback("code review", answers[j])
                 continue
             scores[j] = code_quality_formula(p[0], p[1], p[2], self.min_code_lines)
         return {"code_quality": scores}
@@ -195,15 +197,23 @@ ASSISTANT:
 {response}
 """
 
+#: Every type the extraction prompt lists (the 13 kept ones and the 3 the reference drops).
+IF_LISTED_TYPES = (*IF_CONSTRAINT_TYPES, "writing_style", "writing_type", "topic")
+
 _IF_CONSTRAINT_SCHEMA = {
     "type": "object",
-    "properties": {"constraints": {"type": "array", "items": {
-        "type": "object", "properties": {"constraint": {"type": "string"}, "type": {"type": "string"}},
+    "properties": {"constraints": {"type": "array", "maxItems": 8, "items": {
+        "type": "object", "properties": {"constraint": {"type": "string"}, "type": {"type": "string", "enum": list(IF_LISTED_TYPES)}},
         "required": ["constraint", "type"]}}},
     "required": ["constraints"],
 }
-_IF_CHECK_SCHEMA = {"type": "object", "additionalProperties": {"type": "boolean"}}
-_IF_OVERALL_SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+_IF_OVERALL_SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}}, "required": ["score"]}
+
+
+def check_schema(n: int) -> dict:
+    """The answer schema of a constraint check with ``n`` questions: ``{"1": bool, ..., "n": bool}``."""
+    keys = [str(k) for k in range(1, n + 1)]
+    return {"type": "object", "properties": {k: {"type": "boolean"} for k in keys}, "required": keys}
 
 _NEGATION = re.compile(r"\b(no|not|without|never|avoid|refrain)\b|n't\b", re.IGNORECASE)
 _QUOTED = re.compile(r'"([^"]*)"|\'([^\']*)\'')
@@ -363,10 +373,10 @@ class IFQualityScorer(JudgeScorer):
     4. No checked constraint (none found, or the check answer unparsable): the judge rates the
        answer 1-10 and the score is ``rating / 10`` (scale [0.1, 1]), the reference's convention.
 
-    Deviations: length and keyword-frequency constraints are checked by the judge, not by rule; an
-    unparsable final rating is NaN (counted and logged; the reference used 0.5); unparsable step-1/2
-    answers fall back as the reference does (no constraints / no judged constraints) and are counted
-    in ``stats["unparsable"]``.
+    Unparsable or failed answers fall back as the reference does: step 1 to no constraints, step 2
+    to no judged constraints, and the final rating to a score of 0.5 (``fallback="missing"``: NaN);
+    all are counted in ``stats``. Deviation: length and keyword-frequency constraints are checked
+    by the judge, not by rule.
 
     Args:
         check_max_tokens, overall_max_tokens: answer budgets of steps 2 and 4 (reference: 1024, 100);
@@ -381,6 +391,7 @@ class IFQualityScorer(JudgeScorer):
     default_model = "Qwen/Qwen3-14B"
     default_max_tokens = 1024
     template_text = IF_CONSTRAINT_TEMPLATE + IF_CHECK_TEMPLATE + IF_OVERALL_TEMPLATE
+    fallback_value = 0.5
 
     def __init__(self, model: str | None = None, base_url: str | None = None, *, check_max_tokens: int | None = None,
                  overall_max_tokens: int = 100, max_input_chars: int = 24000, **kwargs: Any):
@@ -423,7 +434,7 @@ class IFQualityScorer(JudgeScorer):
                 qs = "\n".join(_question(k + 1, kind, exp) for k, (kind, exp) in enumerate(rest))
                 body = IF_CHECK_TEMPLATE
                 prompts.append(body.replace("{questions}", qs).replace("{response}", _clip(responses[j], lim)))
-            checks = self._chat(prompts, max_tokens=self.check_max_tokens, schema=_IF_CHECK_SCHEMA)
+            checks = self._chat(prompts, max_tokens=self.check_max_tokens, schema=[check_schema(len(rest)) for _, rest in ask])
             for (j, rest), a in zip(ask, checks):
                 c = parse_checks(a, len(rest))
                 if c is None:
@@ -439,11 +450,7 @@ class IFQualityScorer(JudgeScorer):
             rates = self._chat(prompts, max_tokens=self.overall_max_tokens, schema=_IF_OVERALL_SCHEMA)
             for j, a in zip(open_, rates):
                 r = parse_overall(a)
-                if r is None:
-                    self._unparsable("overall rating", a)
-                    scores[j] = np.nan
-                else:
-                    scores[j] = r / 10.0
+                scores[j] = self._fallback("overall rating", a) if r is None else r / 10.0
         return {"if_quality": scores}
 
 

@@ -118,6 +118,15 @@ class LiteQualityScorer(Scorer):
         self._feats: LiteFeatures | None = None
         self.stats = {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
 
+    @property
+    def used_device(self) -> str | None:
+        from laser_fast.runtime.devices import torch_device
+
+        return torch_device(self.device) if self._feats is not None else None
+
+    def release(self) -> None:
+        self._feats = None
+
     def _load_head(self) -> _LinearModel:
         if self._lin is None:
             self._lin = _LinearModel(self.model_dir)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -61,21 +62,6 @@ DEITA_COMPLEXITY_TEMPLATE = (
 PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ======================================================================================
 # difficulty
 # ======================================================================================
@@ -93,12 +79,21 @@ class DifficultyScorer(_HFScorer):
     are an expert of all data. ..."): ``category_prompt="all"`` reproduces those scores.
 
     Args:
-        model: hub id or local folder of a ``*ForSequenceClassification`` checkpoint with one label
-            (default ``IIS-NLP/difficulty-scorer-8B-v2``; its published head needs its own code:
-            convert it to a standard sequence-classification checkpoint to use it here).
+        model: hub id or local folder (default ``IIS-NLP/difficulty-scorer-8B-v2``): a
+            ``*ForSequenceClassification`` checkpoint with one label, or the published checkpoint
+            whose head ships its own code, loaded as published (``AutoModelForCausalLM`` with
+            its code, the output ``logits`` read per sequence) once the user names it in
+            ``trust_remote_code``.
+        packing: padding-free forwards (``"auto"``: on CUDA with ``varlen_attn``; True / False: always /
+            never; see :mod:`laser_fast.runtime.packing`).
+        trust_remote_code: model ids whose checkpoint code may run (``--trust-remote-code MODEL_ID``).
+            Such a model sees no padding: its batches hold inputs of one length only (its code
+            may read the last position), so its scores equal one-per-forward scores.
         revision, device: see :func:`~laser_fast.runtime.models.load_hf`.
-        batch_tokens: padded-token budget per forward (default 32768 on CUDA, 8192 on CPU).
-        max_batch_size: most sequences per forward (1 = one per forward).
+        batch_tokens: padded-token budget per forward (default: from the free GPU memory and the
+            model's shape on CUDA, see :func:`~laser_fast.runtime.batching.cuda_batch_tokens`; 8192 on the CPU).
+        max_batch_size: most sequences per forward (None = 64 on the CPU, 4096 on CUDA where the
+            token budget is the limit; 1 = one per forward).
         max_length: tokens kept from the end of each input (1024 as in the reference).
         category_prompt: ``"all"`` or ``"record"``.
         turns: ``"all"`` (average over exchanges, the reference) or ``"last"``.
@@ -112,16 +107,20 @@ class DifficultyScorer(_HFScorer):
     num_labels = 1
 
     def __init__(self, model: str | None = None, *, revision: str | None = None, device: str | None = None,
-                 batch_tokens: int | None = None, max_batch_size: int = 64, max_length: int = 1024,
-                 category_prompt: str = "record", turns: str = "all"):
+                 batch_tokens: int | None = None, max_batch_size: int | None = None, max_length: int = 1024,
+                 category_prompt: str = "record", turns: str = "all", trust_remote_code: Sequence[str] | bool = (), packing: bool | str = "auto"):
         super().__init__(model, revision=revision, device=device, batch_tokens=batch_tokens,
-                         max_batch_size=max_batch_size, max_length=max_length, turns=turns)
+                         max_batch_size=max_batch_size, max_length=max_length, turns=turns,
+                         trust_remote_code=trust_remote_code, packing=packing)
         if category_prompt not in ("all", "record"):
             raise ConfigError(f"difficulty: category_prompt must be 'all' or 'record', got {category_prompt!r}")
         self.category_prompt = category_prompt
 
     def _template_text(self) -> str:
         return f"{DIFFICULTY_SYSTEM}|category={self.category_prompt}|no_generation_prompt|keep_last"
+
+    def _load_kind(self) -> str:
+        return "causal_lm" if self.remote_code else self.kind
 
     def build_inputs(self, batch: pl.DataFrame) -> tuple[np.ndarray, list[list[int]]]:
         """Token ids per exchange: ``(record index per exchange, ids)`` (empty ids: not scorable)."""
@@ -148,12 +147,47 @@ class DifficultyScorer(_HFScorer):
             h = _gather_last(base_hidden(model, x, mask), lengths)
             return apply_head(model, h)[:, 0].float().cpu().numpy()
 
-        res = self._run(ids, fn, batch_size, show_progress)
+        if self.remote_code:
+            res = self._run_published(model, ids, batch_size, show_progress)
+        else:
+            res = self._run(ids, fn, batch_size, show_progress)
         vals = np.array([np.nan if r is None else float(r) for r in res], dtype=np.float64)
         out = _per_record_mean(vals, rec, batch.height)
         self.stats["records"] += batch.height
         self._warn_missing(out, "empty instruction")
         return {"difficulty": out}
+
+    def _run_published(self, model, ids: list[list[int]], batch_size, show_progress) -> list[float | None]:
+        """The published checkpoint, called as its code expects: ``model(input_ids)["logits"]``, one
+        value per sequence, in batches of equal-length inputs (no padding, no attention mask)."""
+        import torch
+
+        from laser_fast.runtime.batching import plan_batches
+
+        bt, mbs = self._budget(batch_size)
+        lens = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
+        res: list[float | None] = [None] * len(ids)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for length in np.unique(lens[lens > 0]):
+                group = np.flatnonzero(lens == length)
+                for part in plan_batches(lens[group], bt, mbs):
+                    idx = group[part]
+                    x = torch.as_tensor(np.asarray([ids[i] for i in idx], dtype=np.int64), device=self._dev)
+                    out = model(input_ids=x)
+                    logits = out["logits"] if isinstance(out, Mapping) or hasattr(out, "keys") else out[0]
+                    vals = logits.float().reshape(len(idx), -1)
+                    if vals.shape[1] != 1:
+                        raise ModelLoadError(
+                            f"difficulty: the published model '{self.model_id}' returned logits of shape {tuple(logits.shape)} "
+                            f"for {len(idx)} input(s); one value per input was expected")
+                    for i, v in zip(idx, vals[:, 0].cpu().numpy().tolist()):
+                        res[i] = v
+                    self.stats["forward_passes"] += 1
+                    self.stats["tokens"] += int(length) * len(idx)
+                    self.stats["padded_tokens"] += int(length) * len(idx)
+        self.stats["seconds"] += time.perf_counter() - t0
+        return res
 
 
 # ======================================================================================
@@ -205,8 +239,9 @@ class DeitaScorer(_HFScorer):
     kind = "causal_lm"
 
     def __init__(self, kind: str = "quality", model: str | None = None, *, revision: str | None = None,
-                 device: str | None = None, batch_tokens: int | None = None, max_batch_size: int = 64,
-                 max_length: int = 2048, template: str | None = None, turns: str = "all"):
+                 device: str | None = None, batch_tokens: int | None = None, max_batch_size: int | None = None,
+                 max_length: int = 2048, template: str | None = None, turns: str = "all",
+                 trust_remote_code: Sequence[str] | bool = (), packing: bool | str = "auto"):
         if kind not in ("quality", "complexity"):
             raise ConfigError(f"DeitaScorer: kind must be 'quality' or 'complexity', got {kind!r}")
         self.deita_kind = kind
@@ -218,13 +253,15 @@ class DeitaScorer(_HFScorer):
         if any(k not in self.template for k in need):
             raise ConfigError(f"deita_{kind}: the template must contain {' and '.join(need)}")
         super().__init__(model, revision=revision, device=device, batch_tokens=batch_tokens,
-                         max_batch_size=max_batch_size, max_length=max_length, turns=turns)
+                         max_batch_size=max_batch_size, max_length=max_length, turns=turns,
+                         trust_remote_code=trust_remote_code, packing=packing)
         self._score_ids: list[int] | None = None
 
     def _template_text(self) -> str:
         return self.template
 
     def _after_load(self) -> None:
+        super()._after_load()
         self._score_ids = score_token_ids(self._tok)
 
     def _prompt(self, inst: str, resp: str | None) -> str:
@@ -333,10 +370,12 @@ class ProcessRewardScorer(_HFScorer):
     num_labels = 2
 
     def __init__(self, model: str | None = None, *, revision: str | None = None, device: str | None = None,
-                 batch_tokens: int | None = None, max_batch_size: int = 64, max_length: int = 4096,
-                 step_token: str | None = None, system_prompt: str | None = None, turns: str = "all"):
+                 batch_tokens: int | None = None, max_batch_size: int | None = None, max_length: int = 4096,
+                 step_token: str | None = None, system_prompt: str | None = None, turns: str = "all",
+                 trust_remote_code: Sequence[str] | bool = (), packing: bool | str = "auto"):
         super().__init__(model, revision=revision, device=device, batch_tokens=batch_tokens,
-                         max_batch_size=max_batch_size, max_length=max_length, turns=turns)
+                         max_batch_size=max_batch_size, max_length=max_length, turns=turns,
+                         trust_remote_code=trust_remote_code, packing=packing)
         self.step_token = step_token or "<extra_0>"
         self._explicit_step = step_token is not None
         self.system_prompt = PRM_SYSTEM if system_prompt is None else system_prompt
@@ -346,6 +385,7 @@ class ProcessRewardScorer(_HFScorer):
         return f"{self.system_prompt}|sep={self.step_token}|split=blank-lines/lines/sentences|agg=min"
 
     def _after_load(self) -> None:
+        super()._after_load()
         tok = self._tok
         tid = tok.convert_tokens_to_ids(self.step_token)
         enc = tok.encode(self.step_token, add_special_tokens=False)
@@ -443,10 +483,12 @@ class IFDScorer(_HFScorer):
     default_model = "smollm2"
 
     def __init__(self, model: str | None = None, *, revision: str | None = None, device: str | None = None,
-                 batch_tokens: int | None = None, max_batch_size: int = 64, max_length: int = 512,
-                 max_prompt_length: int = 1024, head_chunk: int = 2048, dtype: str | None = None):
+                 batch_tokens: int | None = None, max_batch_size: int | None = None, max_length: int = 512,
+                 max_prompt_length: int = 1024, head_chunk: int = 2048, dtype: str | None = None,
+                 trust_remote_code: Sequence[str] | bool = (), packing: bool | str = "auto"):
         super().__init__(model, revision=revision, device=device, batch_tokens=batch_tokens,
-                         max_batch_size=max_batch_size, max_length=max_length, turns="last", dtype=dtype)
+                         max_batch_size=max_batch_size, max_length=max_length, turns="last", dtype=dtype,
+                         trust_remote_code=trust_remote_code, packing=packing)
         self.max_prompt_length = int(max_prompt_length)
         self.head_chunk = int(head_chunk)
 

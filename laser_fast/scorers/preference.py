@@ -99,6 +99,7 @@ def compute_preference(
     seed: int = 0,
     fit_mask: np.ndarray | None = None,
     groups: np.ndarray | None = None,
+    not_scored: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """Combine raw scores into one preference per record.
 
@@ -111,6 +112,9 @@ def compute_preference(
         groups: source id per record; min-max scaling runs within each source, as the reference
             combines scores per dataset entry (its robust scalers are fitted over all sources).
             None = one group.
+        not_scored: records a scorer ran on but could not score: a metric missing there does not
+            raise; their preference is NaN (the selection leaves them out) and ``info["not_scored"]``
+            counts them.
 
     Returns:
         ``(preference, scaled, info)``: preference (n,) float64; the scaled ``quality``,
@@ -131,7 +135,8 @@ def compute_preference(
     n = len(categories)
     fit_mask = np.ones(n, dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
     info: dict = {"strategy": strategy, "robust_scalers": {}, "minmax": {}}
-    everyone = np.ones(n, dtype=bool)
+    skip = np.zeros(n, dtype=bool) if not_scored is None else np.asarray(not_scored, dtype=bool)
+    everyone = ~skip
 
     if strategy == "random":
         return np.random.default_rng(seed).random(n), {}, info
@@ -159,7 +164,7 @@ def compute_preference(
             if not mask.any():
                 continue
             metric = DEDICATED_QUALITY.get(cat, "quality")
-            v = _require(metric, scaled.get(metric), mask, strategy, categories)
+            v = _require(metric, scaled.get(metric), mask & ~skip, strategy, categories)
             quality[mask] = v[mask]
         scaled["quality"] = quality
 
@@ -192,10 +197,15 @@ def compute_preference(
         pref = used["quality"]
     else:  # combination
         pref = used["quality"] * used["difficulty"]
-    return np.asarray(pref, dtype=np.float64), used, info
+    pref = np.asarray(pref, dtype=np.float64)
+    if skip.any():
+        pref = pref.copy()
+        pref[skip & ~np.isfinite(pref)] = np.nan
+        info["not_scored"] = int((skip & ~np.isfinite(pref)).sum())
+    return pref, used, info
 
 
-PREFERENCE = StageSpec("preference", "laser_fast.scorers.preference:preference_stage", reads=("category", "_source_index", "<metrics>"),
+PREFERENCE = StageSpec("preference", "laser_fast.scorers.preference:preference_stage", reads=("category", "_source_index", "<metrics>", "_not_scored"),
                        writes=("preference", "<metric>_scaled"), resources=Resources(num_cpus=1, row_wise=False))
 
 
@@ -210,7 +220,8 @@ def preference_stage(records, opts, *, workdir=None, columns: Mapping[str, np.nd
     scores = {k: v for k, v in cols.items() if k in METRICS}
     n = records.height
     src = records["_source_index"].to_numpy() if "_source_index" in records.columns else np.zeros(n, dtype=np.int32)
-    pref, scaled, info = compute_preference(scores, cols["category"], opts.strategy, seed=opts.seed, groups=src)
+    pref, scaled, info = compute_preference(scores, cols["category"], opts.strategy, seed=opts.seed, groups=src,
+                                            not_scored=cols.get("_not_scored"))
     out = {"preference": pref, **{f"{m}_scaled": v for m, v in scaled.items()}}
     stats = StageStats("preference")
     stats.update(info)

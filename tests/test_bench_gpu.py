@@ -1,0 +1,134 @@
+"""The ``gpu`` benchmark case (benchmarks/case_gpu.py): its ``--quick`` form on the CPU (tiny models
+of the paper's architectures, the real batching paths), and the same on CUDA when a GPU is there."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+POOL = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
+SCORERS = {"difficulty", "deita_quality", "process_reward"}
+EMBEDDERS = {"minilm_shape", "bert_large_shape"}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _need_pool():
+    if not POOL.exists():
+        pytest.skip(f"{POOL} not present (the shared data folder sits beside the project in development and CI only)")
+
+
+def _check_rows(rows, device_prefix: str, *, agree_tol: float, spearman_min: float | None):
+    by_what: dict[str, list[dict]] = {}
+    for r in rows:
+        assert r["case"] == "gpu"
+        by_what.setdefault(r["what"], []).append(r)
+    assert {r["scorer"] for r in by_what["scorer"]} == SCORERS
+    assert {r["model"].split(" ")[0] for r in by_what["embedder"]} == EMBEDDERS
+    assert len(by_what["kmeans"]) == 1
+    km = by_what["kmeans"][0]
+    # the quick k-means also times faiss on the CPU; a machine without faiss (the GPU image) errs there
+    if not (importlib.util.find_spec("faiss") is None and "faiss" in km.get("error", "")):
+        assert "error" not in km and "note" not in km, km
+        assert km["clusters_nonempty"] == km["k"] and km["device"].startswith(device_prefix), km
+    for r in by_what["scorer"]:
+        assert r["device"].startswith(device_prefix), r
+        assert r["records"] >= r["single_records"] > 0
+        assert r["batched_rec_s"] > 0 and r["single_rec_s"] > 0 and r["batched_tok_s"] > 0
+        assert r["tokens_per_record"] > 1 and 0 < r["non_padding"] <= 1 and 0 < r["forward_share"] <= 1
+        assert r["params_m"] > 0 and r["peak_mem_mb"] > 0
+        assert r["score_std"] > 0.01, r  # scores that vary: the agreement columns say something
+        assert r["max_abs_diff"] is not None and r["max_abs_diff"] <= agree_tol, r
+        if spearman_min is not None:
+            assert r["spearman"] >= spearman_min, r
+        if device_prefix == "cpu":
+            assert r["batched_mfu"] is None and r["single_mfu"] is None and r["mem_kind"] == "process_peak_rss"
+            assert r["dtype"] == "float32"
+        else:
+            assert r["dtype"] == "bfloat16"
+    wide = [r["rec_s_max_batch_512"] for r in by_what["scorer"] if r["scorer"] == "difficulty"]
+    assert wide[0] > 0
+    for r in by_what["embedder"]:
+        assert r["device"].startswith(device_prefix), r
+        assert r["fast_path"] is True  # timed through laser_fast's own token-budget path
+        assert r["batched_rec_s"] > 0 and r["single_rec_s"] > 0 and 0 < r["non_padding"] <= 1
+        assert r["min_cosine"] > (0.9999 if device_prefix == "cpu" else 0.99), r
+        if device_prefix == "cpu":
+            assert r["batched_mfu"] is None and r["dtype"] == "float32"
+        else:
+            assert r["dtype"] == "float16"
+
+
+def test_quick_on_cpu_rows():
+    _need_pool()
+    from benchmarks import case_gpu
+
+    rows = case_gpu.run(quick=True, device="cpu")
+    _check_rows(rows, "cpu", agree_tol=1e-3, spearman_min=0.99)
+
+
+def test_markdown_of_rows():
+    from benchmarks.__main__ import to_markdown
+
+    row = {"case": "gpu", "what": "skipped", "note": "x"}
+    md = to_markdown({"quick": True, "machine": {"cpus": 2}, "cases": {"gpu": [row]}})
+    assert "### gpu" in md and "| case | what | note |" in md
+
+
+def test_full_without_cuda_reports_no_figures(monkeypatch):
+    import torch
+
+    from benchmarks import case_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rows = case_gpu.run(quick=False)
+    assert len(rows) == 1 and rows[0]["what"] == "skipped" and "CUDA" in rows[0]["note"]
+
+
+def test_peak_flops_and_helpers():
+    from benchmarks.case_gpu import peak_flops, spearman
+
+    assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H20") is None and peak_flops("cpu") is None
+    assert spearman(np.arange(5.0), np.arange(5.0) ** 3) == 1.0
+    assert spearman(np.array([1.0, np.nan]), np.array([1.0, 2.0])) is None
+
+
+def test_tokenizer_has_what_the_scorers_need():
+    _need_pool()
+    from benchmarks.case_gpu import pool_tokenizer
+    from laser_fast.scorers.models import score_token_ids
+
+    tok = pool_tokenizer(["What is 12 * 7? It is 84.", "Write a poem about the sea."] * 50, 400)
+    sep = tok.convert_tokens_to_ids("<extra_0>")
+    assert tok.encode("a<extra_0>b", add_special_tokens=False).count(sep) == 1
+    assert len(score_token_ids(tok)) == 6
+    assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="no CUDA GPU visible to torch")
+def test_quick_on_cuda_rows():
+    """Tiny models on the GPU in bf16: every path of the full run, a few seconds."""
+    _need_pool()
+    from benchmarks import case_gpu
+
+    rows = case_gpu.run(quick=True, device="cuda")
+    # bf16: batched and one-per-forward pick other kernels; the tiny models' scores spread widely
+    # (score_std ~0.1-2), so ranks hold and values differ by ~1e-2 (0.03 on a CPU in bf16)
+    _check_rows(rows, "cuda", agree_tol=0.1, spearman_min=0.9)
+    for r in rows:
+        if r["what"] in ("scorer", "embedder"):
+            assert r["mem_kind"] == "cuda_max_allocated"
+            assert r["batched_mfu"] is None or (0 < r["batched_mfu"] < 1 and math.isfinite(r["batched_mfu"]))

