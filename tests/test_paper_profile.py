@@ -383,3 +383,19 @@ def test_cuda_batch_tokens_follows_free_memory_and_model_shape():
     assert big == 262144 and 8192 <= small < big and small % 1024 == 0
     assert small == (int(0.5 * 6 * 2**30) // per) // 1024 * 1024
     assert cuda_batch_tokens(model, free_bytes=10**6) == 8192  # never below the floor
+
+
+def test_prefetched_chunks_give_the_same_scores(tiny, tmp_path):
+    """The next chunk's inputs built in a thread while the current chunk runs: same scores, same cache."""
+    from laser_fast.scorers.models import DeitaScorer
+    from laser_fast.scorers.stage import score_records
+
+    from laser_fast.io.ingest import records_from_frame
+
+    rows = [(c, f"{q} (variant {i})", r) for i, (c, q, r) in enumerate(PACK_ROWS * 3)]
+    df, _ = records_from_frame(pl.DataFrame({"instruction": [r[1] for r in rows], "output": [r[2] for r in rows]}))
+    cats = np.asarray([r[0] for r in rows], dtype=object)
+    plain, f1 = score_records(df, cats, DeitaScorer("quality", tiny["deita"], device="cpu"), tmp_path / "a", chunk_records=5, prefetch=False)
+    ahead, f2 = score_records(df, cats, DeitaScorer("quality", tiny["deita"], device="cpu"), tmp_path / "b", chunk_records=5, prefetch=True)
+    np.testing.assert_array_equal(ahead["quality"], plain["quality"])
+    assert f1["computed"] == f2["computed"] == 12 and np.isfinite(ahead["quality"]).all()

@@ -146,6 +146,19 @@ class _HFScorer(Scorer):
         except (StopIteration, AttributeError):
             return self._dev
 
+    def prepare(self, batch: pl.DataFrame):
+        """The token ids :meth:`score` would build for ``batch`` (its ``build_inputs``), to be passed
+        back as ``score(batch, prepared=...)``: a scoring run builds the next chunk's inputs in a
+        thread while the model runs on the current one (see :attr:`prefetch`)."""
+        return self.build_inputs(batch)
+
+    @property
+    def prefetch(self) -> bool:
+        """Whether a scoring run should prepare the next chunk while this one runs: on CUDA, where
+        the GPU would otherwise wait for chat templating and tokenizing (on the CPU both would
+        compete for the same cores)."""
+        return torch_device(self.device).startswith("cuda")
+
     @property
     def cache_chunk(self) -> int:
         """Records per cached shard in a scoring run: 8192 on CUDA (a chunk bounds the batches, and

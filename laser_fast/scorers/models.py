@@ -139,9 +139,10 @@ class DifficultyScorer(_HFScorer):
             ids[i] = list(e[-self.max_length:])
         return rec, ids
 
-    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
+              prepared=None) -> dict[str, np.ndarray]:
         model, _ = self._load()
-        rec, ids = self.build_inputs(batch)
+        rec, ids = prepared if prepared is not None else self.build_inputs(batch)
 
         def fn(x, mask, lengths, _idx):
             h = _gather_last(base_hidden(model, x, mask), lengths)
@@ -296,9 +297,10 @@ class DeitaScorer(_HFScorer):
             ids[i] = list(e[-self.max_length:])
         return rec, ids
 
-    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
+              prepared=None) -> dict[str, np.ndarray]:
         model, _ = self._load()
-        rec, ids = self.build_inputs(batch)
+        rec, ids = prepared if prepared is not None else self.build_inputs(batch)
         sid = self._score_ids
         values = np.arange(1, len(sid) + 1, dtype=np.float64)
 
@@ -423,11 +425,12 @@ class ProcessRewardScorer(_HFScorer):
             logger.warning("process_reward: %d input(s) longer than %d tokens lose their last steps", cut, self.max_length)
         return rec, ids
 
-    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
+              prepared=None) -> dict[str, np.ndarray]:
         import torch
 
         model, _ = self._load()
-        rec, ids = self.build_inputs(batch)
+        rec, ids = prepared if prepared is not None else self.build_inputs(batch)
         sep = self._sep_id
 
         def fn(x, mask, lengths, _idx):
@@ -555,9 +558,10 @@ class IFDScorer(_HFScorer):
         counts = tgt_mask.sum(dim=1).cpu().numpy()
         return nll.cpu().numpy().astype(np.float64), counts
 
-    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+    def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
+              prepared=None) -> dict[str, np.ndarray]:
         model, _ = self._load()
-        cond, cstart, direct, dstart = self.build_inputs(batch)
+        cond, cstart, direct, dstart = prepared if prepared is not None else self.build_inputs(batch)
         n = batch.height
         seqs = cond + direct
         starts = np.asarray(cstart + dstart, dtype=np.int64)

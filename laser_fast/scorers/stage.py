@@ -218,13 +218,16 @@ def score_records(
     show_progress: bool | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
     check: bool = False,
+    prefetch: bool | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Score ``records`` with ``scorer`` through the cache and return its outputs (NaN where not scored).
 
     Records the scorer does not apply to (its categories) or outside ``mask`` are not scored.
     Cached rows (same fingerprint, data_id and content) are reused; the rest are scored in chunks
     of similar length, each written to the cache as one atomic shard before the next starts, so an
-    interrupted run resumes where it stopped.
+    interrupted run resumes where it stopped. A scorer with ``prepare`` and ``prefetch`` (the Hugging
+    Face scorers on CUDA; ``prefetch=True`` forces it) gets the next chunk's inputs built in a
+    thread while it scores the current one.
 
     Returns:
         ``(outputs, facts)`` with ``facts`` holding counts, time and the scorer's batching stats.
@@ -264,11 +267,25 @@ def score_records(
 
     bar = progress_bar(total=int(todo.size), desc=f"score {scorer.name}", unit="rec", show=show_progress)
     done = 0
+    parts = [todo[i : i + chunk] for i in range(0, todo.size, chunk)]
+    # prepare the next chunk's inputs (templating, tokenizing) in a thread while the model runs
+    ahead = prefetch if prefetch is not None else bool(getattr(scorer, "prefetch", False))
+    pool = None
+    if ahead and hasattr(scorer, "prepare") and len(parts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{scorer.name}")
+        scorer._load()  # the tokenizer is loaded once, before the thread uses it
+    pending_inputs = pool.submit(scorer.prepare, sub[parts[0]]) if pool else None
     try:
-        for i in range(0, todo.size, chunk):
-            part = todo[i : i + chunk]
+        for k, part in enumerate(parts):
             batch = sub[part]
-            res = scorer.score(batch, show_progress=False)
+            if pool is not None:
+                prepared = pending_inputs.result()
+                pending_inputs = pool.submit(scorer.prepare, sub[parts[k + 1]]) if k + 1 < len(parts) else None
+                res = scorer.score(batch, show_progress=False, prepared=prepared)
+            else:
+                res = scorer.score(batch, show_progress=False)
             missing = [o for o in scorer.outputs if o not in res]
             if missing:
                 raise RuntimeError(f"scorer {scorer.name} returned no {missing}")
@@ -281,6 +298,8 @@ def score_records(
                 on_chunk(done, int(todo.size))
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     cache.compact()
     facts["device"] = scorer.used_device
     facts["computed"] = int(todo.size)
