@@ -33,7 +33,7 @@ def main() -> None:
 
     data = Path(a.data)
     he = [json.loads(x) for x in open(data / "humaneval.jsonl")][: a.n]
-    code = pl.DataFrame({"instruction": [r["prompt"] for r in he], "response": [r["prompt"] + r["canonical_solution"] for r in he],
+    code = pl.DataFrame({"instruction": [r["instruction"] for r in he], "response": [r["instruction"] + r["output"] for r in he],
                          "category": ["Coding"] * len(he)})
     with gzip.open(data / "alpaca_eval_pool.jsonl.gz", "rt") as f:
         pool = [json.loads(x) for x in f]

@@ -251,13 +251,14 @@ class TransformersJudge(_LocalJudge):
         prompts = [tok.apply_chat_template([dict(m) for m in c], tokenize=False, add_generation_prompt=True, **kw)
                    for c in conversations]
         enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None else len(tok)
+        head = model.get_output_embeddings()
+        vocab = int(head.weight.shape[0]) if head is not None else len(tok)
         progs, table = [], None
         for s in schemas:
             p, t = self._programs(tok, _schema_of(s), max_new, vocab)
             progs.append(p)
             table = table or t
-        news = [max_new if p is None else min(max(max_new, p.max_tokens), p.max_tokens) for p in progs]
+        news = [max_new if p is None else p.max_tokens for p in progs]  # a program ends within its own bound
         ctx = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         out: list[str | None] = [None] * len(conversations)
         ok = []

@@ -166,11 +166,10 @@ class JudgeScorer(Scorer):
         params = {"temperature": a["temperature"], "top_p": a["top_p"], "max_tokens": self.max_tokens,
                   "max_input_chars": self.max_input_chars, "json_schema": self.json_schema,
                   "per_turn": self.per_turn, "no_think": self.disable_thinking, **self._fingerprint_extra()}
-        if self.fallback != "reference" and self.fallback_value is not None:
-            params["fallback"] = self.fallback
+        if self.fallback_value is not None:  # scores made before the reference's fallbacks were NaN there
+            params["fallback"] = f"{self.fallback}:{self.fallback_value}"
         tmpl = hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()[:16]
-        # the openai backend keeps its old fingerprint (cached scores stay valid); others name theirs
-        backend = "" if self.backend == "openai" else f"|backend={self.backend}"
+        backend = f"|backend={self.backend}"
         return f"{self.name}|{self.model}|tmpl={tmpl}|{_hash(params)[:16]}{backend}|v{__version__}"
 
     def _fingerprint_extra(self) -> dict:
