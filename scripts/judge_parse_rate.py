@@ -5,7 +5,10 @@ AlpacaEval prompts with one generator's outputs (both from ``../shared/data``), 
 ``--judge-backend transformers``, and prints the share of exchanges whose answers parsed, with the
 fallback and failure counts. Default judge: SmolLM2-135M-Instruct on the CPU.
 
-    python scripts/judge_parse_rate.py --n 40 --model smollm2 --max-tokens 96
+    python scripts/judge_parse_rate.py --n 40 --model smollm2 --max-tokens 96 [--unconstrained]
+
+``--unconstrained`` lets the model write freely (the baseline: the same prompts, the JSON parsers
+only). Fallbacks are counted but do not make an answer parse.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--unconstrained", action="store_true", help="free generation (the baseline): no schema held")
     a = ap.parse_args()
 
     from laser_fast.scorers.judges import CodeQualityScorer, IFQualityScorer
@@ -44,11 +48,12 @@ def main() -> None:
     rows = []
     for scorer, df in ((CodeQualityScorer(**kw), code), (IFQualityScorer(**kw, check_max_tokens=48, overall_max_tokens=12), ifd)):
         t0 = time.perf_counter()
+        scorer.client.constrained = not a.unconstrained
         out = scorer.score(df)[scorer.name]
         st = scorer.stats
         answers = st["requests"] + st["cache_hits"]
         bad = st["unparsable"] + st["failures"]
-        rows.append({"judge": scorer.name, "records": df.height, "answers": answers, "parsed_share": round(1 - bad / max(1, answers), 4),
+        rows.append({"judge": scorer.name, "constrained": not a.unconstrained, "records": df.height, "answers": answers, "parsed_share": round(1 - bad / max(1, answers), 4),
                      "unparsable": st["unparsable"], "failures": st["failures"], "fallbacks": st["fallbacks"],
                      "scored_records": int(pl.Series(out).is_finite().sum()), "seconds": round(time.perf_counter() - t0, 1)})
         scorer.release()

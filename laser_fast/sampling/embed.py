@@ -37,10 +37,27 @@ TEXT_COLUMNS = ("instruction", "responses")
 DEFAULT_BATCH_TOKENS_CPU = 2048
 #: the same for bfloat16 / float16 on the CPU (AMX): 2048 -> 148 rec/s, 4096 -> 160, 8192 -> 119
 DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION = 4096
-#: padded-token budget per forward pass on a GPU (fp16 MiniLM: 256 rows of 256 tokens)
+#: the least padded-token budget per forward pass on a GPU (more when the free memory allows it)
 DEFAULT_BATCH_TOKENS_GPU = 65536
 #: most rows per forward pass when the caller sets no cap
 DEFAULT_MAX_BATCH_SIZE = 512
+#: Most rows per forward on a GPU: a small encoder needs many short texts per forward to fill it.
+DEFAULT_MAX_BATCH_SIZE_GPU = 4096
+
+
+def _gpu_batch_tokens(model: Any) -> int:
+    """The token budget of an embedder on a GPU: from the free memory and the encoder's shape
+    (:func:`~laser_fast.runtime.batching.cuda_batch_tokens`), at least ``DEFAULT_BATCH_TOKENS_GPU``."""
+    from laser_fast.runtime.batching import cuda_batch_tokens
+
+    inner = None
+    try:
+        inner = model[0].auto_model  # sentence-transformers: the Transformer module's HF model
+    except (TypeError, IndexError, KeyError, AttributeError):
+        inner = None
+    if inner is None or not hasattr(inner, "config"):
+        return DEFAULT_BATCH_TOKENS_GPU
+    return cuda_batch_tokens(inner, floor=DEFAULT_BATCH_TOKENS_GPU)
 #: missing texts are tokenized and length-sorted this many at a time (bounds the token-id memory:
 #: at most 64k x max_seq_length int32 ids), then cut into shards of ``chunk_rows``
 SORT_WINDOW = 65536
@@ -157,11 +174,11 @@ class _Encoder:
         if batch_tokens:
             self.batch_tokens = int(batch_tokens)
         elif on_gpu:
-            self.batch_tokens = DEFAULT_BATCH_TOKENS_GPU
+            self.batch_tokens = _gpu_batch_tokens(model)
         else:
             low = str(next(iter(model.parameters())).dtype) in ("torch.bfloat16", "torch.float16")
             self.batch_tokens = DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION if low else DEFAULT_BATCH_TOKENS_CPU
-        self.max_batch_size = int(max_batch_size) if max_batch_size else DEFAULT_MAX_BATCH_SIZE
+        self.max_batch_size = int(max_batch_size) if max_batch_size else (DEFAULT_MAX_BATCH_SIZE_GPU if on_gpu else DEFAULT_MAX_BATCH_SIZE)
         tok = getattr(model, "tokenizer", None)
         self.tok = tok
         self.max_len = int(getattr(model, "max_seq_length", None) or getattr(tok, "model_max_length", 512) or 512)
