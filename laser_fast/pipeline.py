@@ -105,7 +105,9 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
     for name, scorer in built.items():
         with timer.stage(f"score_{name}"):
             out, f = score_records(recs, cats, scorer, str(wd), show_progress=opts.show_progress)
-            scorer.release()  # its model leaves the GPU before the next scorer loads
+            release = getattr(scorer, "release", None)
+            if callable(release):
+                release()  # its model leaves the GPU before the next scorer loads
         facts["scorers"].append(f)
         for col, v in out.items():
             if col not in out_cols:

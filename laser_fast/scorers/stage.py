@@ -301,7 +301,7 @@ def score_records(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     cache.compact()
-    facts["device"] = scorer.used_device
+    facts["device"] = getattr(scorer, "used_device", None)  # duck-typed scorers may not say
     facts["computed"] = int(todo.size)
     facts["seconds"] = round(time.perf_counter() - t0, 3)
     st = dict(getattr(scorer, "stats", {}) or {})
@@ -381,6 +381,13 @@ def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> di
     return _cached_arrays(workdir, "tokens", key, lambda: tc.score(records))
 
 
+def _release(scorer: Scorer) -> None:
+    """Free what a finished scorer holds (``release`` is optional for duck-typed scorers)."""
+    release = getattr(scorer, "release", None)
+    if callable(release):
+        release()
+
+
 #: The raw column marking records a scorer ran on but could not score (see :func:`model_scores`).
 NOT_SCORED = "_not_scored"
 
@@ -412,7 +419,7 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     for name, scorer in built.items():
         mask, fills = plan[name]
         out, f = score_records(records, cats, scorer, workdir, mask=mask, show_progress=opts.show_progress)
-        scorer.release()  # its model leaves the GPU before the next scorer loads
+        _release(scorer)  # its model leaves the GPU before the next scorer loads
         f["fills"] = sorted({m for m, _, _ in fills})
         facts["scorers"].append(f)
         for metric, col, rows in fills:
