@@ -80,7 +80,7 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
         scorer output (NaN where a scorer does not apply to the record's category), and run facts.
     """
     from laser_fast.metrics import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile
-    from laser_fast.scorers.stage import check_scorers, score_records
+    from laser_fast.scorers.stage import check_scorers, release_scorer, score_records, scoring_order
 
     wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
     limit_heap_arenas()
@@ -102,12 +102,15 @@ def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tup
     out_cols: dict[str, Any] = {"data_id": recs["data_id"], "category": pl.Series("category", [str(c) for c in cats], dtype=pl.Utf8)}
     built = {name: build_scorer(name, settings) for name in names}
     check_scorers(recs, cats, built, str(wd))  # every model and endpoint with work to do, before any work starts
-    for name, scorer in built.items():
+    outs: dict[str, tuple[dict, dict]] = {}
+    for name, release in scoring_order(built):
+        scorer = built[name]
         with timer.stage(f"score_{name}"):
-            out, f = score_records(recs, cats, scorer, str(wd), show_progress=opts.show_progress)
-            release = getattr(scorer, "release", None)
-            if callable(release):
-                release()  # its model leaves the GPU before the next scorer loads
+            outs[name] = score_records(recs, cats, scorer, str(wd), show_progress=opts.show_progress)
+            if release:
+                release_scorer(scorer)  # its model leaves the GPU before the next scorer loads
+    for name in names:  # facts and columns in the order the scorers were named
+        out, f = outs[name]
         facts["scorers"].append(f)
         for col, v in out.items():
             if col not in out_cols:

@@ -399,3 +399,24 @@ def test_prefetched_chunks_give_the_same_scores(tiny, tmp_path):
     ahead, f2 = score_records(df, cats, DeitaScorer("quality", tiny["deita"], device="cpu"), tmp_path / "b", chunk_records=5, prefetch=True)
     np.testing.assert_array_equal(ahead["quality"], plain["quality"])
     assert f1["computed"] == f2["computed"] == 12 and np.isfinite(ahead["quality"]).all()
+
+
+def test_scoring_order_keeps_shared_engines_together():
+    from laser_fast.scorers.stage import scoring_order
+
+    def s(key=None):
+        return types.SimpleNamespace(engine_key=key)
+
+    built = {"code_quality": s("transformers|smollm2"), "deita_quality": s(), "difficulty": s(),
+             "if_quality": s("transformers|smollm2"), "tokens": types.SimpleNamespace()}
+    order = scoring_order(built)
+    names = [n for n, _ in order]
+    assert sorted(names) == sorted(built)
+    i = names.index("code_quality")
+    assert names[i + 1] == "if_quality"  # one engine, two judges in a row
+    release = dict(order)
+    assert release["code_quality"] is False and release["if_quality"] is True  # released after the last
+    assert release["deita_quality"] and release["difficulty"] and release["tokens"]
+    # different models: each judge releases its own
+    built["if_quality"] = s("transformers|Qwen/Qwen3-14B")
+    assert dict(scoring_order(built))["code_quality"] is True

@@ -67,18 +67,15 @@ def resolve_backend(backend: str | None, base_url: str | None = None) -> str:
     return "transformers"
 
 
-def release_engines() -> None:
-    """Drop every shared in-process engine (and free its GPU memory)."""
+def release_engines(backend: str | None = None, model: str | None = None) -> None:
+    """Drop the shared in-process engines of ``backend`` / ``model`` (None: any) and free their
+    GPU memory."""
     with _ENGINES_LOCK:
-        _ENGINES.clear()
-    try:
-        import sys
+        for key in [k for k in _ENGINES if (backend is None or k[0] == backend) and (model is None or k[1] == model)]:
+            del _ENGINES[key]
+    from laser_fast.runtime.models import free_cuda_cache
 
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort
-        pass
+    free_cuda_cache()
 
 
 def _new_stats() -> dict[str, float]:

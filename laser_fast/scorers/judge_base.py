@@ -125,14 +125,20 @@ class JudgeScorer(Scorer):
             return None
         return f"{self.backend}:{getattr(self._client, 'used_device', None) or '?'}"
 
+    @property
+    def engine_key(self) -> str | None:
+        """Scorers with the same key share one in-process engine (a scoring run runs them one after
+        the other and releases the engine after the last); None for an endpoint."""
+        return None if self.backend == "openai" else f"{self.backend}|{self.model}"
+
     def release(self) -> None:
-        """Drop the in-process judge engines once this judge is done (frees their GPU memory)."""
+        """Drop this judge's in-process engine once it is done (frees its GPU memory)."""
         if self._client is not None and self.backend != "openai":
             from laser_fast.scorers.judge_backends import release_engines
 
             self._client.close()
             self._client = None
-            release_engines()
+            release_engines(self.backend, self.model)
 
     def preflight(self) -> None:
         """Check before any work that the judge can answer: the endpoint answers (``openai``), or

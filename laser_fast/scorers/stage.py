@@ -381,11 +381,23 @@ def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> di
     return _cached_arrays(workdir, "tokens", key, lambda: tc.score(records))
 
 
-def _release(scorer: Scorer) -> None:
+def release_scorer(scorer: Scorer) -> None:
     """Free what a finished scorer holds (``release`` is optional for duck-typed scorers)."""
     release = getattr(scorer, "release", None)
     if callable(release):
         release()
+
+
+def scoring_order(built: Mapping[str, Scorer]) -> list[tuple[str, bool]]:
+    """The order a run scores in, and whether to release each scorer after it: by name, except that
+    scorers sharing an in-process engine (``engine_key``: judges naming one model) run one after
+    the other and only the last of them releases it; every other scorer releases its model
+    before the next one loads."""
+    def key(n: str) -> str | None:
+        return getattr(built[n], "engine_key", None)
+
+    order = sorted(built, key=lambda n: (key(n) or n, n))
+    return [(n, key(n) is None or k + 1 == len(order) or key(order[k + 1]) != key(n)) for k, n in enumerate(order)]
 
 
 #: The raw column marking records a scorer ran on but could not score (see :func:`model_scores`).
@@ -416,10 +428,15 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     built = {name: build_scorer(name, settings) for name in sorted(plan)}
     # every model and endpoint that has work to do is checked before any work starts
     check_scorers(records, cats, built, workdir, {k: v[0] for k, v in plan.items()})
-    for name, scorer in built.items():
-        mask, fills = plan[name]
-        out, f = score_records(records, cats, scorer, workdir, mask=mask, show_progress=opts.show_progress)
-        _release(scorer)  # its model leaves the GPU before the next scorer loads
+    outs: dict[str, tuple[dict, dict]] = {}
+    for name, release in scoring_order(built):
+        scorer = built[name]
+        outs[name] = score_records(records, cats, scorer, workdir, mask=plan[name][0], show_progress=opts.show_progress)
+        if release:
+            release_scorer(scorer)
+    for name in built:  # results applied in name order, whatever order they ran in
+        fills = plan[name][1]
+        out, f = outs[name]
         f["fills"] = sorted({m for m, _, _ in fills})
         facts["scorers"].append(f)
         for metric, col, rows in fills:
