@@ -122,6 +122,14 @@ class DifficultyScorer(_HFScorer):
     def _load_kind(self) -> str:
         return "causal_lm" if self.remote_code else self.kind
 
+    @property
+    def cache_chunk(self) -> int:
+        """The published model runs equal-length inputs together, so its chunks on CUDA are larger
+        (65,536 records: a few hundred distinct lengths leave each length group large enough to fill
+        the GPU)."""
+        base = super().cache_chunk
+        return 65536 if self.remote_code and base > 128 else base
+
     def build_inputs(self, batch: pl.DataFrame) -> tuple[np.ndarray, list[list[int]]]:
         """Token ids per exchange: ``(record index per exchange, ids)`` (empty ids: not scorable)."""
         self._load()
