@@ -1,13 +1,14 @@
-"""LLM judges of LASER step 2 over any OpenAI-compatible chat endpoint.
+"""LLM judges of LASER step 2.
 
-The judges send chat requests to ``{base_url}/chat/completions`` (vLLM, llama.cpp's server,
-``laser-fast serve`` or a hosted API) with the standard library only (``urllib`` + a thread pool):
+A judge renders its prompts and sends them to a backend (:mod:`laser_fast.scorers.judge_backends`,
+``--judge-backend``): an in-process vLLM engine with guided JSON decoding, an in-process
+transformers model whose answers are held to the judge's JSON schema
+(:mod:`laser_fast.scorers.constrained`), or an OpenAI-compatible endpoint through
+:class:`~laser_fast.scorers.judge_client.JudgeClient` (bounded concurrency, retries with backoff,
+timeouts; the API key only from ``LASER_FAST_JUDGE_API_KEY`` / ``OPENAI_API_KEY``, never logged,
+cached or fingerprinted). Every backend caches its answers (append-only JSONL shards), so a rerun
+asks nothing twice.
 
-* :class:`JudgeClient`: bounded concurrency, retries with exponential backoff and jitter on
-  connection errors / timeouts / 429 / 5xx, a per-request timeout and a content-addressed response
-  cache (append-only JSONL shards under ``cache_dir``), so a rerun sends no request for a prompt it
-  has already answered. The API key is read only from the environment (``LASER_FAST_JUDGE_API_KEY``,
-  then ``OPENAI_API_KEY``) and is never logged, cached or fingerprinted.
 * :class:`CodeQualityScorer` (``code_quality``, Coding records) and :class:`IFQualityScorer`
   (``if_quality``, Generation and Brainstorming records) follow the reference's
   ``analysis/analyzer/code_quality_scorer.py`` and ``if_quality_scorer.py`` (formulas documented on

@@ -7,8 +7,8 @@ A *profile* says which scorer produces each LASER metric:
     quality <- ``deita_quality`` (hkust-nlp/deita-quality-scorer), complexity <- ``deita_complexity``,
     difficulty <- ``difficulty`` (IIS-NLP/difficulty-scorer-8B-v2), process_reward (Math) <-
     ``process_reward`` (Qwen/Qwen2.5-Math-PRM-7B), code_quality (Coding) <- ``code_quality`` and
-    if_quality (Generation, Brainstorming) <- ``if_quality``, LLM judges on an OpenAI-compatible
-    endpoint (Qwen2.5-Coder-14B-Instruct, Qwen3-14B).
+    if_quality (Generation, Brainstorming) <- ``if_quality``, LLM judges (Qwen2.5-Coder-14B-Instruct,
+    Qwen3-14B) in process through vLLM or transformers, or on an OpenAI-compatible endpoint.
 ``lite`` (offline models that ship with the install; the default on a machine without a GPU)
     every quality metric (quality, if_quality, process_reward, code_quality) <- ``lite_quality``;
     difficulty and complexity <- ``lite_difficulty``: the instruction-following difficulty (IFD)
