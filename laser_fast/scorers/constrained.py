@@ -314,16 +314,20 @@ class _Row:
         else:
             self.threads.add((pc, a, b))
 
-    def allowed(self, table: TokenTable, out: np.ndarray) -> None:
-        """Set ``out[id] = True`` for every token some thread accepts."""
+    def allowed(self, table: TokenTable) -> tuple[set[int], list[int]]:
+        """What the threads accept: ``(string mask keys, single token ids)``; a key is
+        ``2 * escaped + at_cap`` (see :meth:`TokenTable.string_mask`)."""
+        keys: set[int] = set()
+        ids: list[int] = []
         for pc, a, b in self.threads:
             op = self.ops[pc]
             if op[0] == "lit":
-                out[op[1][a]] = True
+                ids.append(op[1][a])
             elif op[0] == "str":
-                out |= table.string_mask(b, a >= op[1])
+                keys.add(2 * b + int(a >= op[1]))
             else:  # end
-                out[list(table.eos)] = True
+                ids.extend(table.eos)
+        return keys, ids
 
     def advance(self, token: int, table: TokenTable) -> None:
         old, self.threads = self.threads, set()
@@ -363,8 +367,25 @@ class JSONConstraint:
         self.rows = [None if p is None else _Row(p) for p in programs]
         self.table = table
         self.width = int(prompt_width)
+        self._masks = None  # (6, V) on the scores' device: the 4 string masks, "anything", "nothing"
+
+    def _device_masks(self, scores):
+        import torch
+
+        if self._masks is None or self._masks.device != scores.device or self._masks.shape[1] != scores.shape[1]:
+            v = scores.shape[1]
+            m = np.zeros((6, v), dtype=bool)
+            n = min(v, self.table.size)
+            for key in range(4):
+                m[key, :n] = self.table.string_mask(key // 2, bool(key % 2))[:n]
+            m[4] = True
+            self._masks = torch.from_numpy(m).to(scores.device)
+        return self._masks
 
     def __call__(self, input_ids, scores):
+        """Advance every row by its last token and mask the scores of the tokens no row state
+        accepts. The per-row work is a few set operations; the ``(B, V)`` mask is gathered and
+        scattered on the scores' device."""
         import torch
 
         step = input_ids.shape[1] - self.width
@@ -373,15 +394,34 @@ class JSONConstraint:
             for r, t in zip(self.rows, last):
                 if r is not None and not r.done:
                     r.advance(int(t), self.table)
+        masks = self._device_masks(scores)
         v = scores.shape[1]
-        mask = np.zeros((len(self.rows), v), dtype=bool)
+        first = np.full(len(self.rows), 5, dtype=np.int64)  # one string-mask key per row ("anything" 4, "nothing" 5)
+        extra_rows: list[int] = []  # a second string key of a row (rare: two string threads)
+        extra_keys: list[int] = []
+        tok_rows: list[int] = []
+        tok_ids: list[int] = []
+        eos = list(self.table.eos)
         for k, r in enumerate(self.rows):
             if r is None:
-                mask[k] = True
-            elif r.done:
-                mask[k, list(self.table.eos)] = True
-            else:
-                view = mask[k, : self.table.size]
-                r.allowed(self.table, view)
-        keep = torch.from_numpy(mask).to(scores.device)
+                first[k] = 4
+                continue
+            keys, ids = (set(), eos) if r.done else r.allowed(self.table)
+            for j, key in enumerate(sorted(keys)):
+                if j == 0:
+                    first[k] = key
+                else:
+                    extra_rows.append(k)
+                    extra_keys.append(key)
+            tok_rows.extend([k] * len(ids))
+            tok_ids.extend(ids)
+        dev = scores.device
+        keep = torch.index_select(masks, 0, torch.from_numpy(first).to(dev))
+        if extra_rows:
+            er = torch.tensor(extra_rows, device=dev)
+            keep[er] |= masks[torch.tensor(extra_keys, device=dev)]
+        if tok_rows:
+            ids_t = torch.tensor(tok_ids, device=dev)
+            ok = ids_t < v
+            keep[torch.tensor(tok_rows, device=dev)[ok], ids_t[ok]] = True
         return scores.masked_fill(~keep, float("-inf"))
