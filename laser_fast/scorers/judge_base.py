@@ -211,9 +211,12 @@ class JudgeScorer(Scorer):
         return float("nan")
 
     def _unparsable(self, what: str, answer: str | None, count: int = 1) -> None:
+        """Count an answer that could not be read (a failed request, ``answer`` None, is already
+        counted in ``failures`` by the backend)."""
+        if answer is None:
+            return
         self.stats["unparsable"] += count
-        if answer is not None:
-            logger.debug("%s: unparsable %s: %r", self.name, what, (answer or "")[:300])
+        logger.debug("%s: unparsable %s: %r", self.name, what, (answer or "")[:300])
 
     # ---- Scorer ------------------------------------------------------------------------------
 
