@@ -3,8 +3,9 @@ tmp_path and loaded by path), plus IFD on the real SmolLM2 and the offline fast-
 from __future__ import annotations
 
 import importlib.util
-import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,10 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_models  # noqa: E402  (the tiny tokenizer and models, shared with test_paper_profile)
+
 from laser_fast.errors import ModelLoadError
 from laser_fast.io.ingest import records_from_frame
 from laser_fast.runtime.batching import plan_batches
-from laser_fast.runtime.models import load_hf, prm_model_class
+from laser_fast.runtime.models import load_hf
 from laser_fast.scorers.models import (
     DIFFICULTY_SYSTEM,
     PRM_SYSTEM,
@@ -26,21 +30,6 @@ from laser_fast.scorers.models import (
     ProcessRewardScorer,
     split_steps,
 )
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"]
-
-CORPUS = [
-    "What is the sum of 1 and 2? The answer is 3.",
-    "Solve 2x + 3 = 7. Subtract 3 from both sides: 2x = 4. Divide by 2: x = 2.",
-    "Write a short poem about the sea and the wind and the rain.",
-    "def add(a, b):\n    return a + b\n\nprint(add(1, 2))",
-    "Explain why the sky is blue: sunlight scatters off molecules in the air.",
-    "Step 1: compute 4 * 5 = 20.\n\nStep 2: add 6 to get 26.\n\nSo the result is 26.",
-] * 20
 
 RECORDS = [
     ("What is 12 * 7?", "12 * 7 = 84.\n\nSo the answer is 84."),
@@ -58,69 +47,12 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=["<|im_start|>", "<extra_0>"])
-    fast.chat_template = CHATML
-    d = tmp_path_factory.mktemp("tok")
-    fast.save_pretrained(d)
-    return d
-
-
-def _save(model, tok_dir, out, architectures=None):
-    from transformers import AutoTokenizer
-
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(out)
-    if architectures:
-        cfg = json.loads((out / "config.json").read_text())
-        cfg["architectures"] = architectures
-        (out / "config.json").write_text(json.dumps(cfg))
-    return str(out)
-
-
-def _cfg(cls, tok_dir, **kw):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    base = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-                "initializer_range": 0.2, "pad_token_id": tok.pad_token_id, "tie_word_embeddings": False}
-    base.update(kw)
-    return cls(**base)
+    return tiny_models.build_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
 def models_dir(tok_dir, tmp_path_factory):
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        Qwen2ForTokenClassification,
-        Qwen3Config,
-        Qwen3ForSequenceClassification,
-    )
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("models")
-    out = {}
-    out["difficulty"] = _save(Qwen3ForSequenceClassification(_cfg(Qwen3Config, tok_dir, num_labels=1, head_dim=8)),
-                              tok_dir, root / "difficulty")
-    out["deita"] = _save(LlamaForCausalLM(_cfg(LlamaConfig, tok_dir)), tok_dir, root / "deita")
-    out["prm_tc"] = _save(Qwen2ForTokenClassification(_cfg(Qwen2Config, tok_dir, num_labels=2)), tok_dir, root / "prm_tc")
-    out["prm"] = _save(prm_model_class()(_cfg(Qwen2Config, tok_dir, num_labels=2)), tok_dir, root / "prm",
-                       architectures=["Qwen2ForProcessRewardModel"])
-    out["ifd"] = _save(Qwen2ForCausalLM(_cfg(Qwen2Config, tok_dir)), tok_dir, root / "ifd")
-    return out
+    return tiny_models.build_models(tmp_path_factory.mktemp("models"), tok_dir)
 
 
 def make_batch(pairs=RECORDS, categories=None) -> pl.DataFrame:

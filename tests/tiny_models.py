@@ -150,10 +150,10 @@ def build_models(root: Path, tok_dir: Path) -> dict[str, str]:
     out = {}
     out["difficulty"] = save_model(Qwen3ForSequenceClassification(tiny_config(Qwen3Config, tok_dir, num_labels=1, head_dim=8)),
                                    tok_dir, root / "difficulty")
-    out["difficulty_remote"] = build_remote_difficulty(tok_dir, root / "difficulty_remote")
     out["deita"] = save_model(LlamaForCausalLM(tiny_config(LlamaConfig, tok_dir)), tok_dir, root / "deita")
     out["prm_tc"] = save_model(Qwen2ForTokenClassification(tiny_config(Qwen2Config, tok_dir, num_labels=2)), tok_dir, root / "prm_tc")
     out["prm"] = save_model(prm_model_class()(tiny_config(Qwen2Config, tok_dir, num_labels=2)), tok_dir, root / "prm",
                             architectures=["Qwen2ForProcessRewardModel"])
     out["ifd"] = save_model(Qwen2ForCausalLM(tiny_config(Qwen2Config, tok_dir)), tok_dir, root / "ifd")
+    out["difficulty_remote"] = build_remote_difficulty(tok_dir, root / "difficulty_remote")
     return out
