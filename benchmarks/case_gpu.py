@@ -228,16 +228,10 @@ def build_on_device(cls, config, dev: str, dtype):
 
 
 def _attach(scorer, model, tok, dev: str):
-    """Give ``scorer`` a model and tokenizer built here instead of loading them: through the
-    scorers' ``attach`` where they have it, else by setting what ``_load`` would (the one place
-    here that knows those internals)."""
+    """Give ``scorer`` a model and tokenizer built here instead of loading them (``attach``)."""
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
-    if hasattr(scorer, "attach"):
-        scorer.attach(model, tok, dev)
-    else:
-        scorer._model, scorer._tok, scorer._dev = model, tok, dev
-        scorer._after_load()
+    scorer.attach(model, tok, dev)
     return scorer
 
 

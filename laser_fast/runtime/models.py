@@ -503,6 +503,12 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
 # model pieces
 # --------------------------------------------------------------------------------------
 
+def decoder_of(model):
+    """The decoder (base model) under a head model: its ``base_model_prefix`` attribute, else ``model.model``."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    return model.model if base is None or base is model else base
+
+
 def base_hidden(model, input_ids, attention_mask):
     """Last hidden states ``(B, L, H)`` of the decoder under a head model, with position ids
     counted over real tokens (correct for any padding side).
@@ -514,9 +520,7 @@ def base_hidden(model, input_ids, attention_mask):
         from laser_fast.runtime.packing import packed_hidden
 
         return packed_hidden(model, input_ids, attention_mask)
-    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    if base is None or base is model:
-        base = model.model
+    base = decoder_of(model)
     pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     return base(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
 

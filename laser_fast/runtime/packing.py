@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from laser_fast.runtime.models import decoder_of
+
 logger = logging.getLogger(__name__)
 
 #: The attention implementation name registered with transformers.
@@ -98,11 +100,6 @@ def register() -> None:
         _REGISTERED = True
 
 
-def _base(model):
-    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    return model.model if base is None or base is model else base
-
-
 def packing_supported(model, device: str | None = None) -> bool:
     """Whether :func:`packed_hidden` can run ``model`` fast: CUDA, ``varlen_attn`` in torch, and a
     decoder whose attention modules dispatch through transformers' attention interface."""
@@ -115,11 +112,7 @@ def packing_supported(model, device: str | None = None) -> bool:
 def _dispatches(model) -> bool:
     import inspect
 
-    try:
-        from transformers import modeling_utils  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return False
-    for mod in _base(model).modules():
+    for mod in decoder_of(model).modules():
         if type(mod).__name__.endswith("Attention"):
             try:
                 src = inspect.getsource(type(mod).forward)
@@ -146,7 +139,7 @@ def packed_hidden(model, input_ids, attention_mask):
     cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=input_ids.device)
     cu[1:] = lengths.cumsum(0)
     longest = int(lengths.max())
-    base = _base(model)
+    base = decoder_of(model)
     cfg = base.config
     was = getattr(cfg, "_attn_implementation", None)
     cfg._attn_implementation = VARLEN

@@ -89,7 +89,7 @@ class _LocalJudge(AnswerCache):
 
     def __init__(self, model: str, *, cache_dir: str | Path | None = None, temperature: float = 0.0,
                  top_p: float | None = None, max_tokens: int = 1024, extra_body: Mapping[str, Any] | None = None,
-                 device: str | None = None, trust_remote_code: bool = False, **_ignored: Any):
+                 device: str | None = None, trust_remote_code: bool = False):
         self.model = model
         self.base_url = None
         self.device = device
@@ -142,6 +142,13 @@ class _LocalJudge(AnswerCache):
         raise NotImplementedError
 
 
+def _render(tok, conversations: Sequence[Sequence[Mapping[str, str]]], params: Mapping[str, Any]) -> list[str]:
+    """The chat-templated prompt of each conversation, ready for generation (``chat_template_kwargs``
+    from the judge, e.g. thinking off for Qwen3)."""
+    kw = params.get("chat_template_kwargs") or {}
+    return [tok.apply_chat_template([dict(m) for m in c], tokenize=False, add_generation_prompt=True, **kw) for c in conversations]
+
+
 def _schema_of(response_format: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     if not response_format or response_format.get("type") != "json_schema":
         return None
@@ -177,6 +184,7 @@ class TransformersJudge(_LocalJudge):
     def __init__(self, model: str, *, batch_tokens: int | None = None, max_batch_size: int | None = None,
                  constrained: bool = True, **kwargs: Any):
         super().__init__(model, **kwargs)
+        self._dev: str | None = None  # where the engine runs, once loaded
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         self.constrained = bool(constrained)
@@ -197,15 +205,12 @@ class TransformersJudge(_LocalJudge):
                 if getattr(tok, "chat_template", None) is None:
                     raise ModelLoadError(f"judge model '{self.model}': its tokenizer has no chat template; use an instruct/chat model")
                 eng = _ENGINES[key] = (model, tok, dev)
+        self._dev = str(eng[2])
         return eng
 
     @property
     def used_device(self) -> str | None:
-        key = ("transformers", self.model)
-        for k, eng in list(_ENGINES.items()):
-            if k[:2] == key:
-                return str(eng[2])
-        return None
+        return self._dev
 
     def _budget(self, dev: str, model) -> tuple[int, int]:
         cuda = str(dev).startswith("cuda")
@@ -241,21 +246,14 @@ class TransformersJudge(_LocalJudge):
         from laser_fast.scorers.constrained import JSONConstraint
 
         model, tok, dev = self.engine()
-        fmt = params.get("response_format")
-        schemas = fmt if isinstance(fmt, list) else [fmt] * len(conversations)
         max_new = int(params.get("max_tokens") or 1024)
-        kw = params.get("chat_template_kwargs") or {}
-        prompts = [tok.apply_chat_template([dict(m) for m in c], tokenize=False, add_generation_prompt=True, **kw)
-                   for c in conversations]
-        enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        enc = [tok(p, add_special_tokens=False)["input_ids"] for p in _render(tok, conversations, params)]
         head = model.get_output_embeddings()
         vocab = int(head.weight.shape[0]) if head is not None else len(tok)
-        progs, table = [], None
-        for s in schemas:
-            p, t = self._programs(tok, _schema_of(s), max_new, vocab)
-            progs.append(p)
-            table = table or t
-        news = [max_new if p is None else p.max_tokens for p in progs]  # a program ends within its own bound
+        # one answer format per call (a judge groups its prompts by schema): compiled once
+        prog, table = self._programs(tok, _schema_of(params.get("response_format")), max_new, vocab)
+        progs = [prog] * len(conversations)
+        news = [max_new if prog is None else prog.max_tokens] * len(conversations)  # a program ends within its own bound
         ctx = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         out: list[str | None] = [None] * len(conversations)
         ok = []
@@ -380,21 +378,12 @@ class VLLMJudge(_LocalJudge):
         from vllm import SamplingParams
 
         llm = self.engine()
-        fmt = params.get("response_format")
-        schemas = fmt if isinstance(fmt, list) else [fmt] * len(conversations)
-        tok = llm.get_tokenizer()
-        kw = params.get("chat_template_kwargs") or {}
-        prompts = [tok.apply_chat_template([dict(m) for m in c], tokenize=False, add_generation_prompt=True, **kw)
-                   for c in conversations]
-        sps = []
-        for s in schemas:
-            extra = {}
-            schema = _schema_of(s)
-            if schema is not None:
-                extra = self._guided(schema)
-            sps.append(SamplingParams(temperature=float(params.get("temperature") or 0.0),
-                                      top_p=float(params.get("top_p") or 1.0), max_tokens=int(params.get("max_tokens") or 1024),
-                                      seed=0, **extra))
+        prompts = _render(llm.get_tokenizer(), conversations, params)
+        schema = _schema_of(params.get("response_format"))
+        extra = self._guided(schema) if schema is not None else {}
+        sp = SamplingParams(temperature=float(params.get("temperature") or 0.0), top_p=float(params.get("top_p") or 1.0),
+                            max_tokens=int(params.get("max_tokens") or 1024), seed=0, **extra)
+        sps = [sp] * len(prompts)
         try:
             res = llm.generate(prompts, sps, use_tqdm=False)
         except Exception as e:  # noqa: BLE001 - one failed call must not lose the others' cache entries

@@ -275,17 +275,16 @@ def score_records(
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{scorer.name}")
-        scorer._load()  # the tokenizer is loaded once, before the thread uses it
-    pending_inputs = pool.submit(scorer.prepare, sub[parts[0]]) if pool else None
+        upcoming = pool.submit(scorer.prepare, sub[parts[0]])  # loads the model on first use, before any score
     try:
         for k, part in enumerate(parts):
             batch = sub[part]
+            kw = {}
             if pool is not None:
-                prepared = pending_inputs.result()
-                pending_inputs = pool.submit(scorer.prepare, sub[parts[k + 1]]) if k + 1 < len(parts) else None
-                res = scorer.score(batch, show_progress=False, prepared=prepared)
-            else:
-                res = scorer.score(batch, show_progress=False)
+                kw["prepared"] = upcoming.result()
+                if k + 1 < len(parts):
+                    upcoming = pool.submit(scorer.prepare, sub[parts[k + 1]])
+            res = scorer.score(batch, show_progress=False, **kw)
             missing = [o for o in scorer.outputs if o not in res]
             if missing:
                 raise RuntimeError(f"scorer {scorer.name} returned no {missing}")
