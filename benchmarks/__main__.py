@@ -1,6 +1,6 @@
 """Run the benchmark cases side by side in one process and write results.json + results.md.
 
-    python -m benchmarks [--quick] [--out DIR] [--cases greedy,cluster,embed,kernels,scorers,e2e,gpu]
+    python -m benchmarks [--quick] [--out DIR] [--cases greedy,cluster,embed,kernels,scorers,e2e,gpu,ray]
 
 Baselines that need extra packages (scikit-learn, chromadb) come with ``pip install '.[bench]'``
 (``make bench`` installs them and runs ``--quick``); a missing one is reported in its column.

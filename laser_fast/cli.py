@@ -54,6 +54,7 @@ def _select_parser(sub) -> None:
                    help="k-means on faiss or torch (default auto: faiss on a GPU faiss sees, else torch on CUDA, else faiss on the CPU)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     _scoring_flags(p)
+    _engine_flags(p)
     _add_common(p)
 
 
@@ -87,6 +88,24 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="let this model's checkpoint run its own code (e.g. IIS-NLP/difficulty-scorer-8B-v2, whose published "
                         "head needs it); only for models you name; repeatable")
     g.add_argument("--batch-tokens", type=int, help="token budget per forward pass of the model scorers (default: per scorer)")
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "ray"],
+                   help="where the work runs: local (this process, default) or ray (Ray Data actors on every CPU/GPU of the cluster; "
+                        "pip install 'laser_fast[ray]')")
+    g.add_argument("--ray-address", help="with --engine ray: the cluster ('auto' for the one started with 'ray start --head' on this node, "
+                                         "or ray://HOST:10001); default $RAY_ADDRESS or a new local instance")
+
+
+def _engine_kw(a) -> dict:
+    kw = {}
+    if getattr(a, "engine", None) is not None:
+        kw["engine"] = a.engine
+    if getattr(a, "ray_address", None) is not None:
+        kw["ray_address"] = a.ray_address
+    return kw
 
 
 def _scoring_kw(a) -> dict:
@@ -171,6 +190,7 @@ def _options_from_args(a) -> tuple:
     if "trust_remote_code" in sk:
         sk["trust_remote_code"] = [*(kw.get("trust_remote_code") or []), *sk["trust_remote_code"]]
     kw.update(sk)
+    kw.update(_engine_kw(a))
     return SelectOptions(**kw)
 
 
@@ -206,6 +226,7 @@ def cmd_score(a) -> int:
 
     kw = {k: v for k, v in {"classifier": a.classifier, "tokenizer": a.tokenizer, "schema": a.schema, "device": a.device}.items() if v is not None}
     kw.update(_scoring_kw(a))
+    kw.update(_engine_kw(a))
     if a.skip_invalid:
         kw["skip_invalid"] = True
     if a.quiet:
@@ -236,9 +257,15 @@ def cmd_classify(a) -> int:
 
     out = Path(a.output)
     check_output_dir(out.parent, a.inputs, names=[out.name], option="--output")  # before any work: writable, not an input
+    from laser_fast.config import SelectOptions
+    from laser_fast.runtime.engine import use_engine
+
+    opts = SelectOptions(budget=0, **_engine_kw(a)).validate()
     recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid)
     clf = load_classifier(a.classifier, device=a.device)
-    labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64)
+    with use_engine(opts.engine, address=opts.ray_address):  # the classifier's windows run on the engine's workers
+        labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64,
+                                              source=(a.classifier, a.device))
     eng = is_english(recs["instruction"].to_list())
     df = pl.DataFrame({"data_id": recs["data_id"], "origin": recs["origin"], "category": list(labels), "confidence": np.asarray(conf, dtype=float), "is_english": np.asarray(eng, dtype=bool), "source": recs["source"]})
     try:  # atomic: on a failure the previous file (if any) stays
@@ -280,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--skip-invalid", action="store_true")
     c.add_argument("--batch-size", type=int)
     c.add_argument("--device")
+    _engine_flags(c)
     _add_common(c)
     s = sub.add_parser("score", help="run the step-2 scorers (cached, resumable) and write scores.parquet")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL, JSONL.gz or Parquet files")
@@ -291,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-invalid", action="store_true")
     s.add_argument("--device", help="torch device for models (default: best available)")
     _scoring_flags(s)
+    _engine_flags(s)
     _add_common(s)
     sv = sub.add_parser("serve", help="serve a local causal LM on an OpenAI-compatible endpoint (for the LLM judges)", add_help=False)
     sv.add_argument("serve_args", nargs=argparse.REMAINDER)

@@ -97,6 +97,8 @@ class SelectOptions:
     trust_remote_code: list[str] = field(default_factory=list)  # model ids whose checkpoint code may run
     batch_tokens: int | None = None  # token budget per forward pass of the model scorers
     kmeans_backend: str = "auto"  # auto (faiss GPU > torch CUDA > faiss CPU), faiss or torch
+    engine: str = "local"  # local (this process) or ray (Ray Data actors; pip install 'laser_fast[ray]')
+    ray_address: str | None = None  # with engine ray: "auto", ray://host:port, or None ($RAY_ADDRESS or a local instance)
 
     def validate(self) -> SelectOptions:
         """Check every option and put names in canonical form (strategy, profile, scorers,
@@ -147,6 +149,13 @@ class SelectOptions:
 
         if self.kmeans_backend not in KMEANS_BACKENDS:
             raise ConfigError(f"unknown kmeans_backend '{self.kmeans_backend}': use one of {', '.join(KMEANS_BACKENDS)}")
+        from laser_fast.runtime.engine import ENGINES
+
+        self.engine = str(self.engine or "local").strip().lower()
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine '{self.engine}': use one of {', '.join(ENGINES)}")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ConfigError(f"ray_address ({self.ray_address!r}) is set but the engine is '{self.engine}': add --engine ray")
         if self.judge_max_tokens is not None and (not isinstance(self.judge_max_tokens, int) or self.judge_max_tokens < 8):
             raise ConfigError(f"judge_max_tokens must be an integer >= 8, got {self.judge_max_tokens!r}")
         if isinstance(self.trust_remote_code, str):

@@ -544,4 +544,7 @@ def build_scorer(name: str, settings: ScorerSettings | None = None, *, registry:
         raise ConfigError(f"unknown scorer '{name}': use one of {', '.join(reg.scorer_outputs)}")
     cls = scorer_class(spec)
     make = getattr(cls, spec.factory) if spec.factory else cls
-    return make(**constructor_kwargs(spec, settings))
+    scorer = make(**constructor_kwargs(spec, settings))
+    if registry is None:  # how to build it again elsewhere (an engine's worker builds its own copy)
+        scorer.built_from = (name, settings)
+    return scorer

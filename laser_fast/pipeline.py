@@ -71,6 +71,16 @@ def _map_records(recs: pl.DataFrame, workdir: WorkDir, timer: _Timer) -> tuple[p
 
 
 def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tuple[pl.DataFrame, dict]:
+    """:func:`_run_scoring` on ``opts.engine`` (facts get an ``engine`` entry)."""
+    from laser_fast.runtime.engine import describe_engine, use_engine
+
+    with use_engine(opts.engine, address=opts.ray_address) as ex:
+        table, facts = _run_scoring(data, opts, workdir=workdir)
+        facts["engine"] = describe_engine(ex)
+    return table, facts
+
+
+def _run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tuple[pl.DataFrame, dict]:
     """Score ``data`` with the profile's scorers (or ``opts.scorers``) through the score cache.
 
     Categories come from the input (``category`` / ``setfit_label``) or the task classifier.
@@ -144,12 +154,25 @@ def run_stages(records: pl.DataFrame, opts: SelectOptions, *, workdir: WorkDir, 
 
 
 def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> SelectionRun:
-    """Run the three LASER steps over ``data`` (paths, a polars DataFrame or an Arrow table).
+    """Run the three LASER steps over ``data`` (paths, a polars DataFrame or an Arrow table) on
+    ``opts.engine``: ``local`` (this process) or ``ray`` (the units of work of every record-wise
+    stage on Ray Data actors, see :mod:`laser_fast.runtime.engine`; the same selection, byte for byte).
 
     Raises:
         LaserError (and subclasses): bad input, bad options, missing scores or models.
+        ImportError: ``engine="ray"`` without Ray Data installed (names the pip command).
     """
+    from laser_fast.runtime.engine import describe_engine, use_engine
+
     opts.validate()
+    with use_engine(opts.engine, address=opts.ray_address) as ex:
+        run = _run_selection(data, opts, workdir=workdir)
+        run.manifest["engine"] = describe_engine(ex)
+    return run
+
+
+def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> SelectionRun:
+    """The run itself (see :func:`run_selection`)."""
     wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
     limit_heap_arenas()
     timer = _Timer()

@@ -28,7 +28,7 @@ import os
 import pickle
 import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -61,6 +61,17 @@ _SMOLLM_ALIASES = {"smollm", "smollm2", "minilm+smollm", "laser-fast-smollm"}
 # --------------------------------------------------------------------------------------
 # classifiers
 # --------------------------------------------------------------------------------------
+
+#: Unique texts per classification window (see :meth:`TaskClassifier.predict_proba`).
+CLASSIFY_WINDOW = 8192
+#: computes each window's (n, 7) probabilities (an engine's workers)
+WindowRunner = Callable[[list[list[str]]], list[np.ndarray]]
+
+
+def classify_window() -> int:
+    """Unique texts per window: :data:`CLASSIFY_WINDOW`, or ``$LASER_FAST_CLASSIFY_WINDOW``."""
+    return max(1, int(os.environ.get("LASER_FAST_CLASSIFY_WINDOW") or CLASSIFY_WINDOW))
+
 
 class TaskClassifier:
     """Base class: maps instructions to the seven LASER categories.
@@ -112,7 +123,7 @@ class TaskClassifier:
         return self
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 64,
-                      show_progress: bool | None = None) -> np.ndarray:
+                      show_progress: bool | None = None, runner: WindowRunner | None = None) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), 7)``, columns in ``CATEGORIES`` order.
 
         Identical texts are embedded once; empty / whitespace-only texts get a one-hot
@@ -122,6 +133,9 @@ class TaskClassifier:
             texts: instructions.
             batch_size: texts per forward pass.
             show_progress: tqdm progress bar; None = when logging level INFO is enabled.
+            runner: computes the probabilities of a list of windows elsewhere (an engine's
+                workers); None: here. The unique texts, shortest first, are cut into windows of
+                :func:`classify_window` texts either way, so both give the same numbers.
 
         Returns:
             float32 array of probabilities (rows sum to 1).
@@ -141,8 +155,13 @@ class TaskClassifier:
             self.load()
             if len(uniq) < n:
                 logger.debug("classifier: %d texts, %d unique non-empty", n, len(uniq))
-            p = np.asarray(self._predict_unique(uniq, max(1, int(batch_size)),
-                                                _want_progress(show_progress)), dtype=np.float32)
+            w = classify_window()
+            windows = [uniq[i:i + w] for i in range(0, len(uniq), w)]
+            if runner is not None:
+                parts = runner(windows)
+            else:
+                parts = [self._predict_unique(win, max(1, int(batch_size)), _want_progress(show_progress)) for win in windows]
+            p = np.concatenate([np.asarray(x, dtype=np.float32) for x in parts])
             pos = {k: i for i, k in enumerate(uniq)}
             rows = np.array([pos.get(k, -1) for k in keyed])
             ok = rows >= 0
@@ -153,7 +172,7 @@ class TaskClassifier:
         return probs
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 64,
-                show_progress: bool | None = None) -> tuple[list[str], np.ndarray]:
+                show_progress: bool | None = None, runner: WindowRunner | None = None) -> tuple[list[str], np.ndarray]:
         """Classify instructions.
 
         Args:
@@ -175,7 +194,7 @@ class TaskClassifier:
             (['Generation'], array([0.83], dtype=float32))
         """
         texts = [_as_text(t) for t in texts]
-        probs = self.predict_proba(texts, batch_size=batch_size, show_progress=show_progress)
+        probs = self.predict_proba(texts, batch_size=batch_size, show_progress=show_progress, runner=runner)
         if len(texts) == 0:
             return [], np.zeros(0, dtype=np.float32)
         idx = probs.argmax(axis=1)

@@ -14,6 +14,7 @@ from laser_fast._version import __version__
 from laser_fast.classifier.features import _as_text
 from laser_fast.classifier.models import TaskClassifier, load_classifier
 from laser_fast.config import SelectOptions
+from laser_fast.runtime.engine import UnitTask
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 from laser_fast.runtime.workdir import WorkDir, _hash_strings, _iter_column
 
@@ -47,6 +48,7 @@ def classify_conversations(
     classifier: TaskClassifier | None = None,
     batch_size: int = 64,
     show_progress: bool | None = None,
+    source: tuple[str | None, str | None] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Classify conversations by majority vote over their user turns.
 
@@ -61,6 +63,9 @@ def classify_conversations(
         classifier: the classifier (default: the bundled offline one).
         batch_size: texts per forward pass.
         show_progress: tqdm progress bar; None = when logging level INFO is enabled.
+        source: ``(model, device)`` the classifier was loaded with: when a run's engine has
+            workers (:func:`~laser_fast.runtime.engine.current_executor`), they load it from this
+            and classify the windows; None: here.
 
     Returns:
         ``(labels, confidence)``: one category per conversation, and the mean confidence of the
@@ -76,7 +81,8 @@ def classify_conversations(
     clf = classifier or load_classifier()
     convs = [[_as_text(t) for t in (c if not isinstance(c, str) else [c])] or [""] for c in user_turns]
     flat = [t for c in convs for t in c]
-    labels, conf = clf.predict(flat, batch_size=batch_size, show_progress=show_progress)
+    runner = _window_runner(clf, source, batch_size)
+    labels, conf = clf.predict(flat, batch_size=batch_size, show_progress=show_progress, runner=runner)
     out_l: list[str] = []
     out_c = np.zeros(len(convs), dtype=np.float32)
     k = 0
@@ -99,6 +105,41 @@ def classify_conversations(
         out_l.append(win)
         out_c[ci] = float(np.mean(sel)) * len(sel) / len(labs)
     return out_l, np.clip(out_c, 0.0, 1.0)
+
+
+class ClassifyTask(UnitTask):
+    """Classification windows on an engine's workers: each loads the classifier once from the
+    driver's ``(model, device)`` and returns the window's probabilities."""
+
+    label = "classify"
+
+    def __init__(self, model: str | None, device: str | None, batch_size: int, fingerprint: str):
+        self.model, self.device, self.batch_size, self.fingerprint = model, device, int(batch_size), fingerprint
+        self.resources = CLASSIFY.resources
+        self.uses_gpu = str(device or "") != "cpu"
+
+    def setup(self) -> None:
+        from laser_fast.classifier.models import load_classifier
+
+        self._clf = load_classifier(self.model, device=self.device).load()
+        if self._clf.fingerprint != self.fingerprint:
+            raise RuntimeError(f"the classifier is {self._clf.fingerprint} on this worker and {self.fingerprint} on the driver: "
+                               "install the same laser_fast and models on every node")
+
+    def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
+        texts = unit["text"].to_list()
+        return {"probs": np.asarray(self._clf._predict_unique(texts, max(1, self.batch_size), False), dtype=np.float32)}
+
+
+def _window_runner(clf: TaskClassifier, source: tuple | None, batch_size: int):
+    """The classifier's windows on the run's engine (None: no engine with workers, or no source)."""
+    from laser_fast.runtime.engine import current_executor
+
+    ex = current_executor()
+    if ex is None or source is None:
+        return None
+    task = ClassifyTask(source[0], source[1], batch_size, clf.fingerprint)
+    return lambda windows: [p["probs"] for p in ex.map_units(task, [pl.DataFrame({"text": w}, schema={"text": pl.Utf8}) for w in windows])]
 
 
 def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectOptions, workdir: WorkDir | str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -124,7 +165,8 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
     computed = []
 
     def compute() -> dict[str, np.ndarray]:
-        labs, cf = classify_conversations(sub, classifier=clf, batch_size=opts.batch_size, show_progress=opts.show_progress)
+        labs, cf = classify_conversations(sub, classifier=clf, batch_size=opts.batch_size, show_progress=opts.show_progress,
+                                          source=(opts.classifier, opts.device))
         computed.append(True)
         return {"labels": np.asarray(labs, dtype=str), "conf": np.asarray(cf, dtype=np.float64)}
 
@@ -147,7 +189,18 @@ def english_mask(records: pl.DataFrame, workdir: WorkDir | str | None = None) ->
     if workdir is None:
         return np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
     key = _hash_strings(_iter_column(records, "instruction"), f"language|v{__version__}|{records.height}")
-    return WorkDir.of(workdir).cached_arrays("language", key, lambda: {"english": english_mask(records)})["english"]
+    return WorkDir.of(workdir).cached_arrays("language", key, lambda: _english_arrays(records))["english"]
+
+
+def _english_arrays(records: pl.DataFrame) -> dict[str, np.ndarray]:
+    """``{"english": mask}``, on the engine's workers for a large pool (row-wise: any split gives the same)."""
+    from laser_fast.runtime.engine import RowTask, map_rows, remote_rows
+
+    ex = remote_rows(records.height)
+    if ex is not None:
+        task = RowTask("language", "laser_fast.classifier.stage:_english_arrays", resources=LANGUAGE.resources)
+        return {"english": map_rows(ex, task, records, ["instruction"])["english"].astype(bool)}
+    return {"english": english_mask(records)}
 
 
 

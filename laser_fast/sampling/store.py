@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from laser_fast.errors import InputError, LaserError
+from laser_fast.runtime.engine import UnitTask, current_executor
 from laser_fast.runtime.memory import release_pages
 from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, load_sentence_model, resolve_model_name
+from laser_fast.runtime.stage import Resources
 from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, npy_header, sidecar, unique_suffix
 from laser_fast.sampling.embed import SORT_WINDOW, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
 
@@ -23,6 +26,62 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------
 # store
 # --------------------------------------------------------------------------------------
+
+def embed_windows(pos: np.ndarray, digs: np.ndarray) -> list[np.ndarray]:
+    """The rows to embed, by window: the first occurrence of every distinct text (stored or not)
+    cut into windows of ``SORT_WINDOW`` (``$LASER_FAST_EMBED_WINDOW``), and of each window the
+    rows not stored yet (``pos < 0``); windows with nothing missing are left out.
+
+    Each window is sorted by length and embedded as one unit of work (by this process or an
+    engine's worker) and stored in whole shards of its longest-first order. So the windows of a
+    request do not depend on what is already stored, and a run killed mid-window resumes with
+    the window's missing shards, computed in the same batches as an uninterrupted run: the
+    vectors are the same, bit for bit."""
+    w = max(1, int(os.environ.get("LASER_FAST_EMBED_WINDOW") or SORT_WINDOW))
+    _, first = np.unique(digs.view("V20").ravel(), return_index=True)
+    firsts = np.sort(first)
+    out = []
+    for i in range(0, firsts.size, w):
+        win = firsts[i:i + w]
+        miss = win[pos[win] < 0]
+        if miss.size:
+            out.append(miss)
+    return out
+
+
+class EmbedTask(UnitTask):
+    """Embedding windows on an engine's workers: each loads the model once, embeds its windows
+    (:meth:`EmbeddingStore._embed_window`) into the shared store and returns its encoder stats."""
+
+    label = "embed"
+
+    def __init__(self, root, model, label, field, batch_tokens, max_batch_size, chunk_rows, device, dtype):
+        self.root, self.model, self.model_label, self.field = str(root), model, label, field
+        self.batch_tokens, self.max_batch_size, self.chunk_rows, self.device, self.dtype = batch_tokens, max_batch_size, chunk_rows, device, dtype
+        self.resources = Resources(num_cpus=1, num_gpus=0.25, memory_mb=1024)  # a small model: four workers share a GPU
+        self.uses_gpu = str(device or "") != "cpu"
+
+    def setup(self) -> None:
+        self._store = EmbeddingStore(self.root)
+        self._ns = self._store._namespace(self.model_label, self.field)
+        self._ns.mkdir(parents=True, exist_ok=True)
+        self._enc = _Encoder(load_sentence_model(self.model, self.device, self.dtype), self.batch_tokens, self.max_batch_size)
+
+    def run(self, unit) -> dict[str, np.ndarray]:
+        digs = np.frombuffer(b"".join(unit["digest"].to_list()), dtype=np.uint8).reshape(-1, 20)
+        stats = new_embed_stats()
+        self._store._embed_window(self._ns, self._enc, unit["text"].to_list(), digs, self.chunk_rows, stats)
+        n = unit.height
+        return {k: _first_row(n, float(stats[k])) for k in ("records", "forward_passes", "tokens", "padded_tokens", "seconds")}
+
+
+def _first_row(n: int, value: float) -> np.ndarray:
+    """A unit-long column holding ``value`` in its first row (a per-unit figure)."""
+    out = np.zeros(n)
+    if n:
+        out[0] = value
+    return out
+
 
 class _ShardIndex:
     """Where each stored text's vector is: (shard, row), found by a vectorised search.
@@ -304,11 +363,24 @@ class EmbeddingStore:
                                  "(their shards fail their check as soon as they are written: is the disk full or failing?); "
                                  "check the warnings above, free or fix the disk and rerun")
             logger.info("embeddings: %d of %d texts to embed (%d cached)", todo.size, len(texts), len(texts) - todo.size)
+            ex = current_executor()
+            if ex is not None:  # the same windows, embedded and stored by the engine's workers
+                task = EmbedTask(self.wd.root, model, label, field, batch_tokens, max_batch_size or batch_size, chunk_rows, device, dtype)
+                units = []
+                for rows in embed_windows(pos, digs):
+                    wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
+                    units.append(pl.DataFrame({"text": list(wtexts), "digest": [bytes(d) for d in digs[rows]]}, schema={"text": pl.Utf8, "digest": pl.Binary}))
+                for part in ex.map_units(task, units):
+                    for k in ("records", "forward_passes", "tokens", "padded_tokens", "seconds"):
+                        stats[k] += float(part[k][0]) if len(part[k]) else 0.0
+                dev = f"{ex.name} workers"
+                computed += int(todo.size)
+                continue
             if enc is None:
                 m = load_sentence_model(model, device, dtype)
                 dev = str(m.device)
                 enc = _Encoder(m, batch_tokens, max_batch_size or batch_size)
-            self._embed(ns, enc, texts, digs, todo, chunk_rows, stats, show_progress)
+            self._embed(ns, enc, texts, digs, pos, todo.size, chunk_rows, stats, show_progress)
             computed += int(todo.size)
         if computed:
             info.update({k: stats[k] for k in ("records", "forward_passes", "tokens", "padded_tokens")},
@@ -318,24 +390,29 @@ class EmbeddingStore:
                     dim=int(arr.shape[1]), assemble_seconds=round(t_asm, 3))
         return arr, info
 
-    def _embed(self, ns: Path, enc: _Encoder, texts: Sequence[str], digs: np.ndarray, todo: np.ndarray, chunk_rows: int,
+    def _embed(self, ns: Path, enc: _Encoder, texts: Sequence[str], digs: np.ndarray, pos: np.ndarray, n_todo: int, chunk_rows: int,
                stats: dict, show_progress: bool | None) -> None:
-        """Embed ``texts[todo]`` and store them in shards of ``chunk_rows`` (longest first)."""
+        """Embed the texts not stored yet (``pos < 0``), window by window (:func:`embed_windows`),
+        and store them in shards of ``chunk_rows`` (longest first)."""
         from laser_fast.runtime.progress import progress_bar
 
-        with progress_bar(total=int(todo.size), desc="embed", unit="rec", show=show_progress) as bar:
-            for w in range(0, todo.size, SORT_WINDOW):
-                rows = todo[w:w + SORT_WINDOW]
+        with progress_bar(total=int(n_todo), desc="embed", unit="rec", show=show_progress) as bar:
+            for rows in embed_windows(pos, digs):
                 wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
-                ids, off = enc.tokenize(wtexts)
-                order = np.argsort(-(off[1:] - off[:-1]), kind="stable")  # longest first
-                for c in range(0, order.size, chunk_rows):
-                    sel = order[c:c + chunk_rows]
-                    sub_off = np.zeros(sel.size + 1, dtype=np.int64)
-                    np.cumsum(off[sel + 1] - off[sel], out=sub_off[1:])
-                    sub_ids = np.concatenate([ids[off[i]:off[i + 1]] for i in sel]) if ids.size else ids
-                    e = enc.run([wtexts[i] for i in sel], sub_ids, sub_off, stats=stats, bar=bar)
-                    self._write_shard(ns, self._new_shard_id(), e.astype(np.float16), digs[rows[sel]])
+                self._embed_window(ns, enc, wtexts, digs[rows], chunk_rows, stats, bar)
+
+    def _embed_window(self, ns: Path, enc: _Encoder, wtexts: Sequence[str], wdigs: np.ndarray, chunk_rows: int, stats: dict, bar=None) -> None:
+        """Embed one window of texts, longest first, and store it in shards of ``chunk_rows``
+        (the unit of work of both engines, see :class:`EmbedTask`)."""
+        ids, off = enc.tokenize(wtexts)
+        order = np.argsort(-(off[1:] - off[:-1]), kind="stable")  # longest first
+        for c in range(0, order.size, chunk_rows):
+            sel = order[c:c + chunk_rows]
+            sub_off = np.zeros(sel.size + 1, dtype=np.int64)
+            np.cumsum(off[sel + 1] - off[sel], out=sub_off[1:])
+            sub_ids = np.concatenate([ids[off[i]:off[i + 1]] for i in sel]) if ids.size else ids
+            e = enc.run([wtexts[i] for i in sel], sub_ids, sub_off, stats=stats, bar=bar)
+            self._write_shard(ns, self._new_shard_id(), e.astype(np.float16), wdigs[sel])
 
     def put(
         self,

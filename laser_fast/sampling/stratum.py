@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from laser_fast.config import SelectOptions
+from laser_fast.runtime.engine import current_executor
 from laser_fast.runtime.memory import release_free_heap
 from laser_fast.runtime.progress import progress_bar
 
@@ -181,6 +182,20 @@ def select_strata(plan, pref: np.ndarray, length: np.ndarray, status: np.ndarray
     sel_order: list[np.ndarray] = []
     stats: dict[str, dict] = {}
     unit_tokens = plan.unit_tokens
+
+    def must_choose(c, rows) -> bool:
+        t = plan.targets.get(c, 0)
+        return t > 0 and rows.size > 0 and not (plan.available[c] <= t and opts.mode not in ("greedy", "kmeans+greedy"))
+
+    remote: dict[str, tuple] = {}
+    ex = current_executor()
+    todo = [c for c, rows in plan.strata.items() if must_choose(c, rows)] if ex is not None else []
+    if todo:  # one unit per stratum on the engine's workers, all at once
+        from laser_fast.sampling.remote import StratumTask, stratum_unit, unpack
+
+        units = [stratum_unit(plan.strata[c], pref, length, plan.targets[c], embeddings(plan.strata[c]), unit_tokens) for c in todo]
+        remote = dict(zip(todo, (unpack(p) for p in ex.map_units(StratumTask(opts, unit_tokens), units))))
+        del units
     with progress_bar(total=len(plan.strata), desc=f"select ({opts.mode})", unit="stratum", show=opts.show_progress) as bar:
         for c, rows in plan.strata.items():
             bar.update(1)
@@ -192,6 +207,10 @@ def select_strata(plan, pref: np.ndarray, length: np.ndarray, status: np.ndarray
                 chosen = rows[np.argsort(-pref[rows], kind="stable")]
                 by = np.full(chosen.size, "top", dtype=object)  # everything fits: taken by preference
                 st = {"mode": opts.mode, "n": int(rows.size), "target": int(t), "note": "stratum smaller than its target: all taken"}
+            elif c in remote:
+                loc, by, labels, st = remote.pop(c)
+                chosen = rows[loc]
+                cluster[rows] = labels
             else:
                 loc, by, labels, st = select_stratum(
                     lambda rows=rows: embeddings(rows),

@@ -48,6 +48,7 @@ from laser_fast.metrics import (  # noqa: F401 - the profile and scorer tables a
     parse_models,
     parse_scorer_list,
 )
+from laser_fast.runtime.engine import UnitTask, current_executor
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column
 from laser_fast.scorers.base import Scorer
@@ -207,6 +208,81 @@ def _approx_length(batch: pl.DataFrame) -> np.ndarray:
     return (batch["instruction"].str.len_chars().fill_null(0) + batch["response"].str.len_chars().fill_null(0)).to_numpy()
 
 
+#: the content key of each row of a scoring unit, shipped with the unit (see :class:`ScoreTask`)
+_KEY_COLUMN = "_content_key"
+
+
+def score_chunks(length: np.ndarray, found: np.ndarray, chunk: int) -> list[np.ndarray]:
+    """The chunks to score: every record the scorer applies to, longest first (memory problems
+    show at once, and chunks of similar length pad little), cut into chunks of ``chunk``; of each
+    chunk the records not cached yet, and no chunk that is all cached.
+
+    The chunks do not depend on what is cached, and each is cached as one shard: a run killed
+    midway resumes with the chunks it had not finished, scored in the same batches as an
+    uninterrupted run, so the scores are the same, bit for bit (with either engine)."""
+    order = np.argsort(-np.asarray(length), kind="stable")
+    out = []
+    for i in range(0, order.size, chunk):
+        part = order[i:i + chunk]
+        part = part[~found[part]]
+        if part.size:
+            out.append(part)
+    return out
+
+
+def _score_unit(scorer: Scorer, cache: ScoreCache, batch: pl.DataFrame, ids: list, keys: list, **kw) -> dict:
+    """Score one chunk and append it to the cache as one atomic shard (local loop and workers)."""
+    res = scorer.score(batch, show_progress=False, **kw)
+    missing = [o for o in scorer.outputs if o not in res]
+    if missing:
+        raise RuntimeError(f"scorer {scorer.name} returned no {missing}")
+    cache.append(ids, keys, res)
+    return res
+
+
+class ScoreTask(UnitTask):
+    """One scorer's chunks on an engine's workers: each worker builds the scorer once (same name,
+    settings and fingerprint as the driver's), scores its chunks and writes them to the shared
+    score cache, exactly as :func:`score_records` does in this process."""
+
+    def __init__(self, scorer: Scorer, workdir: str):
+        from laser_fast.scorers.hf_scorer import _HFScorer
+
+        self.name, self.fingerprint, self.outputs = scorer.name, scorer.fingerprint, tuple(scorer.outputs)
+        built = getattr(scorer, "built_from", None)
+        self.settings = built[1] if built is not None and built[0] == scorer.name else None
+        self.workdir = str(workdir)
+        self.label = f"score:{scorer.name}"
+        # models that run on a GPU when the cluster has one (lite scorers and HTTP judges need none)
+        self.uses_gpu = (isinstance(scorer, _HFScorer) or getattr(scorer, "backend", None) in ("vllm", "transformers")) \
+            and str(getattr(scorer, "device", None) or "") != "cpu"
+        self.resources = MODEL_SCORES.resources
+        self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_cache", None)
+        return state
+
+    def setup(self) -> None:
+        from laser_fast.metrics import build_scorer
+
+        if self._scorer is None:
+            self._scorer = build_scorer(self.name, self.settings)  # settings None: the registry's defaults, as on the driver
+        if self._scorer.fingerprint != self.fingerprint:
+            raise RuntimeError(f"scorer {self.name} has fingerprint {self._scorer.fingerprint} on this worker and {self.fingerprint} on the "
+                               "driver: install the same laser_fast, models and settings on every node")
+        self._cache = ScoreCache(self.workdir, self.name, self.fingerprint, self.outputs)
+        if hasattr(self._scorer, "set_workdir"):
+            self._scorer.set_workdir(self._cache.dir / "work")
+
+    def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
+        keys = unit[_KEY_COLUMN].to_list()
+        batch = unit.drop(_KEY_COLUMN)
+        res = _score_unit(self._scorer, self._cache, batch, batch["data_id"].to_list(), keys)
+        return {o: np.asarray(res[o], dtype=np.float64) for o in self.outputs}
+
+
 def score_records(
     records: pl.DataFrame,
     categories: Sequence | np.ndarray,
@@ -259,15 +335,23 @@ def score_records(
     if check:
         preflight(scorer)
     t0 = time.perf_counter()
-    # longest first: memory problems show at once, and chunks of similar length pad little
-    todo = todo[np.argsort(-_approx_length(sub[todo]), kind="stable")]
     chunk = int(chunk_records or os.environ.get("LASER_FAST_SCORE_CHUNK") or getattr(scorer, "cache_chunk", 0) or 128)
+    parts = score_chunks(_approx_length(sub), found, chunk)
     sub = sub.with_columns(pl.Series("category", [None if c is None else str(c) for c in cats[rows]], dtype=pl.Utf8))
     from laser_fast.runtime.progress import progress_bar
 
+    ex = current_executor()
+    if ex is not None:  # the same chunks, scored and cached by the engine's workers
+        task = ScoreTask(scorer, str(workdir))
+        units = [sub[part].with_columns(pl.Series(_KEY_COLUMN, [keys[j] for j in part], dtype=pl.Utf8)) for part in parts]
+        for part, res in zip(parts, ex.map_units(task, units)):
+            for o in scorer.outputs:
+                out[o][rows[part]] = np.asarray(res[o], dtype=np.float64)
+        cache.compact()
+        facts.update(engine=ex.name, computed=int(todo.size), seconds=round(time.perf_counter() - t0, 3))
+        return out, facts
     bar = progress_bar(total=int(todo.size), desc=f"score {scorer.name}", unit="rec", show=show_progress)
     done = 0
-    parts = [todo[i : i + chunk] for i in range(0, todo.size, chunk)]
     # prepare the next chunk's inputs (templating, tokenizing) in a thread while the model runs
     ahead = prefetch if prefetch is not None else bool(getattr(scorer, "prefetch", False))
     pool = None
@@ -284,11 +368,7 @@ def score_records(
                 kw["prepared"] = upcoming.result()
                 if k + 1 < len(parts):
                     upcoming = pool.submit(scorer.prepare, sub[parts[k + 1]])
-            res = scorer.score(batch, show_progress=False, **kw)
-            missing = [o for o in scorer.outputs if o not in res]
-            if missing:
-                raise RuntimeError(f"scorer {scorer.name} returned no {missing}")
-            cache.append([ids[j] for j in part], [keys[j] for j in part], res)
+            res = _score_unit(scorer, cache, batch, [ids[j] for j in part], [keys[j] for j in part], **kw)
             for o in scorer.outputs:
                 out[o][rows[part]] = np.asarray(res[o], dtype=np.float64)
             done += part.size
@@ -377,7 +457,18 @@ def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> di
 
     tc = TokenCounter(opts.tokenizer)
     key = _hash_strings(itertools.chain(_iter_column(records, "data_id"), _iter_column(records, "response")), tc.fingerprint + str(records.height))
-    return _cached_arrays(workdir, "tokens", key, lambda: tc.score(records))
+    return _cached_arrays(workdir, "tokens", key, lambda: _token_arrays(records, opts.tokenizer, tc))
+
+
+def _token_arrays(records: pl.DataFrame, tokenizer: str | None, tc=None) -> dict[str, np.ndarray]:
+    """Token counts per record, on the engine's workers for a large pool (row-wise)."""
+    from laser_fast.runtime.engine import RowTask, map_rows, remote_rows
+    from laser_fast.scorers.tokens import TokenCounter
+
+    ex = remote_rows(records.height) if tc is not None else None  # workers (tc None) count here
+    if ex is not None:
+        return map_rows(ex, RowTask("tokens", "laser_fast.scorers.stage:_token_arrays", {"tokenizer": tokenizer}, TOKENS.resources), records)
+    return (tc or TokenCounter(tokenizer)).score(records)
 
 
 def release_scorer(scorer: Scorer) -> None:

@@ -1,0 +1,166 @@
+"""Where the work of a run executes: in this process (the ``local`` engine, the default) or on a
+Ray cluster (``--engine ray``, :mod:`laser_fast.runtime.ray_engine`).
+
+The stages plan their work on the driver and cut it into **units**: a chunk of records to score,
+a window of texts to classify or embed. A unit is the same in both engines (the same records in
+the same order), so a unit computed on a Ray worker gives bit for bit what the local loop gives,
+and the driver assembles units in plan order: the same inputs and seed give the same selection
+with either engine. Caches stay the single source of truth: workers write score and embedding
+shards to the shared work directory, and a rerun (local or Ray) finds them.
+
+A stage asks :func:`current_executor` for a remote executor; None means the stage runs its own
+loop in this process. :func:`use_engine` sets the executor for the duration of a run.
+
+Example:
+    >>> from laser_fast.runtime.engine import current_executor
+    >>> current_executor() is None  # the local engine: stages run their own loops
+    True
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from laser_fast.runtime.stage import Resources
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+logger = logging.getLogger(__name__)
+
+#: The engines a run can use.
+ENGINES = ("local", "ray")
+
+
+class UnitTask:
+    """One kind of work unit, sent to workers by value (it must pickle).
+
+    Subclasses set :attr:`label` (the manifest key, e.g. ``"score:lite_quality"``) and
+    :attr:`resources`, and implement :meth:`setup` (once per worker: load the model) and
+    :meth:`run` (one unit). :attr:`uses_gpu` says whether a worker asks the cluster for GPUs.
+    """
+
+    label: str = "unit"
+    resources: Resources = Resources()
+    uses_gpu: bool = False
+
+    def setup(self) -> None:
+        """Load what the units need (called once per worker, before its first unit)."""
+
+    def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
+        """The outputs of one unit: arrays with one row per unit row (2-D arrays allowed)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class Executor(Protocol):
+    """Runs units of work somewhere else than this process."""
+
+    name: str
+
+    def map_units(self, task: UnitTask, units: Sequence[pl.DataFrame]) -> list[dict[str, np.ndarray]]:
+        """Each unit's outputs, in the order of ``units``."""
+        ...  # pragma: no cover
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the engine: name, cluster, per-task stats."""
+        ...  # pragma: no cover
+
+
+_CURRENT: ContextVar[Executor | None] = ContextVar("laser_fast_executor", default=None)
+
+
+def current_executor() -> Executor | None:
+    """The executor of the running run (None: the local engine)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def use_engine(engine: str | None, *, address: str | None = None) -> Iterator[Executor | None]:
+    """Run the body with ``engine``'s executor (``"local"``/None: none, stages run here).
+
+    Raises:
+        ImportError: ``ray`` is asked for and Ray Data is not installed (names the pip command).
+    """
+    if engine in (None, "local"):
+        yield None
+        return
+    if engine != "ray":  # validated in SelectOptions; a direct caller gets the same message
+        from laser_fast.errors import ConfigError
+
+        raise ConfigError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
+    from laser_fast.runtime.ray_engine import RayExecutor
+
+    ex = RayExecutor(address)
+    token = _CURRENT.set(ex)
+    try:
+        yield ex
+    finally:
+        _CURRENT.reset(token)
+
+
+def describe_engine(ex: Executor | None) -> dict[str, Any]:
+    """The manifest's ``engine`` entry."""
+    return {"name": "local"} if ex is None else ex.describe()
+
+
+def concat_units(parts: Sequence[dict[str, np.ndarray]], key: str) -> np.ndarray:
+    """One output column over all units, in unit order."""
+    return np.concatenate([np.asarray(p[key]) for p in parts]) if parts else np.zeros(0)
+
+
+#: Row-wise CPU stages (language, token counts) go to the engine's workers from this many records
+#: on (``$LASER_FAST_RAY_MIN_ROWS``); below, they take well under a second here, less than
+#: starting workers costs.
+REMOTE_MIN_ROWS = 50_000
+#: Records per unit of a row-wise CPU stage.
+ROW_UNIT = 20_000
+
+
+class RowTask(UnitTask):
+    """A row-wise function over units of records on an engine's workers; its result per row does
+    not depend on the other rows, so any split gives the local result.
+
+    Args:
+        label: manifest key.
+        fn: ``"module:function"`` taking ``(records, **kwargs)`` and returning row-aligned arrays.
+        kwargs: picklable keyword arguments.
+        resources: what one worker needs.
+    """
+
+    def __init__(self, label: str, fn: str, kwargs: dict | None = None, resources: Resources | None = None):
+        self.label, self.fn, self.kwargs, self.resources = label, fn, dict(kwargs or {}), resources or Resources()
+
+    def setup(self) -> None:
+        import importlib
+
+        mod, _, attr = self.fn.partition(":")
+        self._fn = getattr(importlib.import_module(mod), attr)
+
+    def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self._fn(unit, **self.kwargs).items()}
+
+
+def remote_rows(n: int) -> Executor | None:
+    """The executor to run a row-wise CPU stage over ``n`` records on (None: run it here)."""
+    import os
+
+    ex = current_executor()
+    if ex is None or n < int(os.environ.get("LASER_FAST_RAY_MIN_ROWS") or REMOTE_MIN_ROWS):
+        return None
+    return ex
+
+
+def map_rows(ex: Executor, task: RowTask, records: pl.DataFrame, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """``task`` over ``records`` (only ``columns``, when given) in units of :data:`ROW_UNIT` rows;
+    the outputs in row order."""
+    import os
+
+    frame = records.select(list(columns)) if columns else records
+    unit = max(1, int(os.environ.get("LASER_FAST_RAY_ROW_UNIT") or ROW_UNIT))
+    parts = ex.map_units(task, [frame.slice(i, unit) for i in range(0, frame.height, unit)])
+    return {k: concat_units(parts, k) for k in (parts[0] if parts else {})}

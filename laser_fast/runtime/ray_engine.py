@@ -1,0 +1,214 @@
+"""The Ray engine (``--engine ray``): the units of work of a run on Ray Data actors.
+
+Each :class:`~laser_fast.runtime.engine.UnitTask` becomes one ``Dataset.map_batches`` over the
+task's units with a class UDF (:class:`_UnitWorker`: one model load per actor, then unit after
+unit). Every unit travels whole inside one block (``batch_size=None``: a block is a batch), so a
+worker computes exactly what the local loop computes for it. Actors ask for the task's declared
+:class:`~laser_fast.runtime.stage.Resources` (GPUs only when the cluster has some and the task
+runs a model on one; fractions share a GPU). Ray Data restarts a dead actor and retries its
+batch; a unit's cache shard is written atomically, so a retry never leaves half a unit behind.
+Results come back tagged with unit and position and are put in plan order on the driver.
+
+Needs ``ray[data]`` (``pip install 'laser_fast[ray]'``); nothing here is imported by the local
+engine.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from laser_fast.runtime.engine import UnitTask
+
+logger = logging.getLogger(__name__)
+
+#: Test hook: ``LABEL=PATH`` makes the first worker of task LABEL exit the process (``os._exit``)
+#: on its first batch, once (PATH is created as the marker), to check that Ray retries the unit.
+FAULT_ENV = "LASER_FAST_RAY_FAULT"
+#: Blocks per actor: more than one, so a slow unit does not hold back the other actors.
+BLOCKS_PER_ACTOR = 4
+_META = ("_unit", "_pos", "_unit_rows")
+
+
+def require_ray():
+    """``ray`` with Ray Data, or an ImportError that names the install command."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise ImportError("--engine ray needs Ray Data, which is not installed here: pip install 'laser_fast[ray]' "
+                          "(or pip install 'ray[data]>=2.40') on the driver and on every node of the cluster") from e
+    return ray
+
+
+def _to_arrow(frame):
+    import polars as pl
+
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+def _arrow_column(v: np.ndarray):
+    import pyarrow as pa
+
+    a = np.asarray(v)
+    if a.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a).reshape(-1)), a.shape[1])
+    if a.dtype == object:
+        return pa.array(a.tolist())
+    return pa.array(a)
+
+
+def _numpy_column(col) -> np.ndarray:
+    import pyarrow as pa
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_fixed_size_list(col.type):
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return np.asarray(col.to_pylist(), dtype=object)
+    return col.to_numpy(zero_copy_only=False)
+
+
+class _UnitWorker:
+    """The class UDF: one per actor; sets the task up once and runs every unit of each batch."""
+
+    def __init__(self, task: UnitTask, fault: str | None = None):
+        self.task = task
+        self.fault = fault
+        self.ready = False
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _maybe_fail(self) -> None:
+        label, _, marker = (self.fault or "").partition("=")
+        if label == self.task.label and marker and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(self.worker)
+            os._exit(17)
+
+    def __call__(self, batch):
+        import polars as pl
+        import pyarrow as pa
+
+        self._maybe_fail()
+        if not self.ready:
+            self.task.setup()
+            self.ready = True
+        df = pl.from_arrow(batch)
+        out = []
+        for uid in sorted(set(df["_unit"].to_list())):
+            u = df.filter(pl.col("_unit") == uid).sort("_pos")
+            want = int(u["_unit_rows"][0])
+            if u.height != want:  # a unit split across blocks would not compute what the local loop does
+                raise RuntimeError(f"unit {uid} of {self.task.label} arrived with {u.height} of its {want} rows")
+            t0 = time.perf_counter()
+            res = self.task.run(u.drop(list(_META)))
+            dt = time.perf_counter() - t0
+            cols: dict[str, Any] = {"_unit": pa.array(np.full(want, uid, dtype=np.int64)), "_pos": pa.array(np.arange(want, dtype=np.int64)),
+                                    "_worker": pa.array([self.worker] * want), "_seconds": pa.array(np.full(want, dt / max(want, 1)))}
+            for k, v in res.items():
+                if len(v) != want:
+                    raise RuntimeError(f"{self.task.label} returned {len(v)} values of {k} for a unit of {want} rows")
+                cols[k] = _arrow_column(v)
+            out.append(pa.table(cols))
+        return pa.concat_tables(out)
+
+
+class RayExecutor:
+    """Runs units on Ray Data actors (see the module docstring).
+
+    Args:
+        address: the cluster (``"auto"``: the running cluster of this node; ``ray://host:10001``;
+            None: ``$RAY_ADDRESS`` or a new local instance). An already initialised Ray in this
+            process is used as it is.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        ray = require_ray()
+        self.address = address
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = logger.isEnabledFor(logging.INFO) and os.environ.get("CI") is None
+        ctx.verbose_stats_logs = False
+        if not logger.isEnabledFor(logging.DEBUG):  # Ray Data's per-dataset INFO lines only with --verbose
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        self.fault = os.environ.get(FAULT_ENV)
+        self.tasks: dict[str, dict[str, Any]] = {}
+
+    def cluster(self) -> dict[str, Any]:
+        import ray
+
+        res = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return {"nodes": len(nodes), "CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0)),
+                "memory_gb": round(float(res.get("memory", 0)) / 2**30, 1), "ray_version": ray.__version__}
+
+    def plan(self, task: UnitTask, n_units: int) -> tuple[int, float, float]:
+        """``(actors, num_cpus, num_gpus)`` for ``n_units`` units of ``task`` on this cluster."""
+        c = self.cluster()
+        r = task.resources
+        use_gpu = task.uses_gpu and c["GPU"] > 0 and r.num_gpus > 0
+        ngpu = float(r.num_gpus) if use_gpu else 0.0
+        ncpu = float(r.num_cpus)
+        slots = int(c["GPU"] // ngpu) if use_gpu else int(max(1.0, c["CPU"] // max(ncpu, 1e-3)))
+        return max(1, min(slots, n_units)), ncpu, ngpu
+
+    def map_units(self, task: UnitTask, units: Sequence) -> list[dict[str, np.ndarray]]:
+        import polars as pl
+        import pyarrow as pa
+        import ray
+
+        n = len(units)
+        if n == 0:
+            return []
+        t0 = time.perf_counter()
+        actors, ncpu, ngpu = self.plan(task, n)
+        per_block = max(1, math.ceil(n / (actors * BLOCKS_PER_ACTOR)))
+        blocks = []
+        for b in range(0, n, per_block):
+            tabs = [_to_arrow(u.with_columns(pl.lit(i, dtype=pl.Int64).alias("_unit"), pl.int_range(u.height, dtype=pl.Int64).alias("_pos"),
+                                             pl.lit(u.height, dtype=pl.Int64).alias("_unit_rows")))
+                    for i, u in enumerate(units[b:b + per_block], start=b)]
+            blocks.append(pa.concat_tables(tabs))
+        ds = ray.data.from_arrow(blocks).map_batches(
+            _UnitWorker, fn_constructor_kwargs={"task": task, "fault": self.fault}, batch_size=None, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ncpu, num_gpus=ngpu)
+        got = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+        table = pa.concat_tables(got).sort_by([("_unit", "ascending"), ("_pos", "ascending")]) if got else None
+        counts = np.bincount(_numpy_column(table["_unit"]), minlength=n) if table is not None else np.zeros(n, dtype=np.int64)
+        expected = np.array([u.height for u in units])
+        if not np.array_equal(counts, expected):
+            bad = int(np.flatnonzero(counts != expected)[0])
+            raise RuntimeError(f"{task.label}: unit {bad} came back with {counts[bad]} of its {expected[bad]} rows")
+        cols = [c for c in table.column_names if c not in ("_unit", "_pos", "_worker", "_seconds")]
+        arrays = {c: _numpy_column(table[c]) for c in cols}
+        bounds = np.concatenate([[0], np.cumsum(expected)])
+        parts = [{c: a[bounds[i]:bounds[i + 1]] for c, a in arrays.items()} for i in range(n)]
+        self._record(task, table, actors, ncpu, ngpu, n, time.perf_counter() - t0)
+        return parts
+
+    def _record(self, task: UnitTask, table, actors: int, ncpu: float, ngpu: float, n_units: int, wall: float) -> None:
+        workers = _numpy_column(table["_worker"])
+        secs = _numpy_column(table["_seconds"]).astype(np.float64)
+        per: dict[str, dict[str, Any]] = {}
+        for w in sorted(set(workers.tolist())):
+            m = workers == w
+            busy = float(secs[m].sum())
+            per[w] = {"rows": int(m.sum()), "busy_s": round(busy, 3), "rows_per_s": round(float(m.sum()) / busy, 1) if busy > 0 else None}
+        entry = self.tasks.setdefault(task.label, {"runs": 0, "units": 0, "rows": 0, "wall_s": 0.0})
+        entry.update(runs=entry["runs"] + 1, units=entry["units"] + n_units, rows=entry["rows"] + int(table.num_rows),
+                     wall_s=round(entry["wall_s"] + wall, 3), actors=actors, num_cpus=ncpu, num_gpus=ngpu, workers=per)
+        logger.info("ray: %s: %d units, %d rows on %d actor(s) in %.1f s", task.label, n_units, table.num_rows, actors, wall)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "ray", "address": self.address, "cluster": self.cluster(), "tasks": self.tasks}

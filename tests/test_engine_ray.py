@@ -1,0 +1,211 @@
+"""The Ray engine (``--engine ray``) against the local engine, on a real local Ray instance.
+
+Units are made small (a few records per scoring chunk, classification and embedding window) so
+every stage runs as many units on both Ray workers; the local engine runs with the same sizes.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from laser_fast.config import SelectOptions
+from laser_fast.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = [str(ROOT / "examples" / "pool" / n) for n in ("chat_messages.jsonl", "sharegpt.jsonl.gz", "alpaca.jsonl")]
+#: small units, the same for both engines (they are read on the driver only)
+SMALL_UNITS = {"LASER_FAST_SCORE_CHUNK": "16", "LASER_FAST_CLASSIFY_WINDOW": "96", "LASER_FAST_EMBED_WINDOW": "150",
+               "LASER_FAST_RAY_MIN_ROWS": "1", "LASER_FAST_RAY_ROW_UNIT": "250"}
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(ConfigError, match="unknown engine 'spark'"):
+        SelectOptions(budget=1, engine="spark").validate()
+    with pytest.raises(ConfigError, match="--engine ray"):
+        SelectOptions(budget=1, ray_address="auto").validate()
+    assert SelectOptions(budget=1, engine="RAY", ray_address="auto").validate().engine == "ray"
+
+
+def test_missing_ray_names_the_install_command(monkeypatch):
+    from laser_fast.runtime import ray_engine
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'laser_fast\[ray\]'"):
+        ray_engine.require_ray()
+
+
+def test_cli_takes_the_engine_flags():
+    from laser_fast.cli import _options_from_args, build_parser
+
+    a = build_parser().parse_args(["select", "x.jsonl", "--budget", "5", "--output-dir", "o", "--engine", "ray", "--ray-address", "auto"])
+    opts = _options_from_args(a).validate()
+    assert (opts.engine, opts.ray_address) == ("ray", "auto")
+    for cmd in (["score", "x.jsonl", "--output-dir", "o"], ["classify", "x.jsonl", "--output", "o.jsonl"]):
+        assert build_parser().parse_args([*cmd, "--engine", "ray"]).engine == "ray"
+
+
+def test_score_chunks_do_not_depend_on_the_cache():
+    import numpy as np
+
+    from laser_fast.scorers.stage import score_chunks
+
+    length = np.array([5, 9, 1, 7, 3, 8, 2])
+    fresh = score_chunks(length, np.zeros(7, dtype=bool), 3)
+    assert [p.tolist() for p in fresh] == [[1, 5, 3], [0, 4, 6], [2]]
+    # a run killed after its first chunk resumes with the same second and third chunks
+    found = np.zeros(7, dtype=bool)
+    found[[1, 5, 3]] = True
+    assert [p.tolist() for p in score_chunks(length, found, 3)] == [[0, 4, 6], [2]]
+    # rows cached by another run: only the missing rows of a chunk are scored
+    found[:] = False
+    found[[4, 2]] = True
+    assert [p.tolist() for p in score_chunks(length, found, 3)] == [[1, 5, 3], [0, 6]]
+
+
+def test_embedding_windows_do_not_depend_on_the_store(monkeypatch):
+    import numpy as np
+
+    from laser_fast.sampling.embed import hash_texts
+    from laser_fast.sampling.store import embed_windows
+
+    monkeypatch.setenv("LASER_FAST_EMBED_WINDOW", "3")
+    digs = hash_texts(["a", "b", "a", "c", "d", "e", "b", "f"])  # 6 distinct texts, first seen at 0 1 3 4 5 7
+    missing = np.full(8, -1)
+    assert [w.tolist() for w in embed_windows(missing, digs)] == [[0, 1, 3], [4, 5, 7]]
+    stored = missing.copy()
+    stored[[0, 2, 1, 6, 3]] = 0  # the first window was stored before a crash
+    assert [w.tolist() for w in embed_windows(stored, digs)] == [[4, 5, 7]]
+    stored[[5]] = 0  # part of a window stored: the rest of that window only
+    assert [w.tolist() for w in embed_windows(stored, digs)] == [[4, 7]]
+
+
+# --------------------------------------------------------------------------------------
+# a real local Ray instance
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def small_units(monkeypatch):
+    for k, v in SMALL_UNITS.items():
+        monkeypatch.setenv(k, v)
+
+
+def _select(inputs, out: Path, workdir: Path, **options) -> dict:
+    from laser_fast.io.output import write_outputs
+    from laser_fast.pipeline import run_selection
+
+    opts = SelectOptions(**{"budget": 60, "mode": "kmeans", "seed": 0, "show_progress": False, **options})
+    run = run_selection(inputs, opts, workdir=str(workdir))
+    write_outputs(run, str(out), report=False)
+    return run.manifest
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sample(tmp_path: Path, n: int) -> str:
+    from conftest import shared_or_skip
+
+    src = shared_or_skip("alpaca_eval_pool.jsonl.gz")
+    out = tmp_path / f"pool{n}.jsonl"
+    with gzip.open(src, "rt") as f, open(out, "w") as g:
+        for i, line in enumerate(f):
+            if i >= n:
+                break
+            g.write(line)
+    return str(out)
+
+
+def _both_engines(tmp_path: Path, inputs, **options) -> tuple[dict, dict]:
+    local = _select(inputs, tmp_path / "local", tmp_path / "wl", **options)
+    remote = _select(inputs, tmp_path / "ray", tmp_path / "wr", engine="ray", **options)
+    for name in ("selected.jsonl", "decisions.parquet"):
+        assert _digest(tmp_path / "local" / name) == _digest(tmp_path / "ray" / name), name
+    return local, remote
+
+
+@pytest.mark.ray
+def test_bundled_example_is_byte_identical(ray_local, small_units, tmp_path):
+    local, remote = _both_engines(tmp_path, EXAMPLE, profile="none", strategy="longest", classifier="minilm", budget=120)
+    assert local["engine"] == {"name": "local"}
+    eng = remote["engine"]
+    assert eng["name"] == "ray" and eng["cluster"]["CPU"] == 2.0
+    # every record-wise stage ran as several units on the workers
+    for label in ("language", "classify", "tokens", "embed"):
+        assert eng["tasks"][label]["units"] > 1, label
+        assert sum(w["rows"] for w in eng["tasks"][label]["workers"].values()) == eng["tasks"][label]["rows"]
+    assert remote["counts"] == local["counts"]
+
+
+@pytest.mark.ray
+def test_alpaca_eval_sample_is_byte_identical(ray_local, small_units, tmp_path):
+    pool = _sample(tmp_path, 2000)
+    _, remote = _both_engines(tmp_path, [pool], profile="none", strategy="longest", classifier="minilm", budget=300, mode="kmeans+greedy")
+    assert remote["engine"]["tasks"]["classify"]["units"] >= 2
+
+
+@pytest.mark.ray
+def test_lite_profile_is_byte_identical_and_a_killed_worker_is_retried(ray_local, small_units, tmp_path, monkeypatch):
+    pool = _sample(tmp_path, 120)
+    marker = tmp_path / "worker-killed"
+    # the first worker of the lite quality scorer exits its process on its first batch, once
+    monkeypatch.setenv("LASER_FAST_RAY_FAULT", f"score:lite_quality={marker}")
+    _, remote = _both_engines(tmp_path, [pool], profile="lite", classifier="minilm", budget=40)
+    assert marker.exists(), "the fault hook never fired"
+    task = remote["engine"]["tasks"]["score:lite_quality"]
+    assert task["rows"] == sum(w["rows"] for w in task["workers"].values())  # every unit once, none lost or doubled
+    scored = {f["scorer"]: f for f in remote["scoring"]["scorers"]}
+    assert scored["lite_quality"]["engine"] == "ray" and scored["lite_quality"]["computed"] == task["rows"]
+
+
+@pytest.mark.ray
+def test_rerun_after_the_driver_is_killed_reuses_the_caches(ray_local, tmp_path, monkeypatch):
+    pool = _sample(tmp_path, 160)
+    wd, out = tmp_path / "wd", tmp_path / "out"
+    for k, v in {**SMALL_UNITS, "LASER_FAST_SCORE_CHUNK": "4"}.items():  # the killed run, the rerun and the local run alike
+        monkeypatch.setenv(k, v)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "laser_fast.cli", "select", pool, "--budget", "40", "--profile", "lite", "--classifier", "minilm",
+           "--engine", "ray", "--workdir", str(wd), "--output-dir", str(out), "--no-report", "-q"]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(ROOT), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((wd / "scores").glob("lite_quality-*/part-*.parquet"))) >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+            killed = True
+            break
+        time.sleep(0.2)
+    proc.wait(timeout=60)
+    if not killed:
+        pytest.fail(f"the driver ended (rc {proc.returncode}) before any score was cached: {proc.stderr.read().decode()[-2000:]}")
+    assert not (out / "selected.jsonl").exists()  # nothing half-written
+    manifest = _select([pool], out, wd, profile="lite", classifier="minilm", budget=40, engine="ray")
+    lq = {f["scorer"]: f for f in manifest["scoring"]["scorers"]}["lite_quality"]
+    assert lq["cached"] >= 8, lq  # the killed run's shards were found, not scored again
+    assert lq["cached"] + lq.get("computed", 0) == lq["records"]
+    # and the result is the local engine's
+    _select([pool], tmp_path / "local", tmp_path / "wl", profile="lite", classifier="minilm", budget=40)
+    assert _digest(out / "selected.jsonl") == _digest(tmp_path / "local" / "selected.jsonl")
+    json.loads((out / "manifest.json").read_text())  # complete
