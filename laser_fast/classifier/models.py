@@ -149,7 +149,7 @@ class TaskClassifier:
         if n == 0:
             return probs
         keyed = [t.strip() for t in texts]
-        uniq = sorted({k for k in keyed if k}, key=len)
+        uniq = sorted({k for k in keyed if k}, key=lambda t: (len(t), t))  # ties by text: the same order in every process
         empty_idx = CATEGORIES.index(EMPTY_LABEL)
         if uniq:
             self.load()

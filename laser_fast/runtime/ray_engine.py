@@ -134,7 +134,14 @@ class RayExecutor:
         ray = require_ray()
         self.address = address
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            try:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            except ConnectionError as e:
+                from laser_fast.errors import LaserError
+
+                raise LaserError(f"--engine ray: no Ray cluster answers at --ray-address {address or '$RAY_ADDRESS'} ({e}); start one with "
+                                 "'ray start --head' on this node (then --ray-address auto), give the head's ray://HOST:10001 address, "
+                                 "or leave --ray-address out for a Ray instance on this machine only") from e
         from ray.data import DataContext
 
         ctx = DataContext.get_current()

@@ -18,11 +18,14 @@ class Scorer(ABC):
         name: short unique name (``"tokens"``, ``"difficulty"``...).
         outputs: the metric columns :meth:`score` returns.
         categories: the categories it applies to (None = every record).
+        gpu_share: the share of a GPU one copy of its model needs on an engine's worker (0: it
+            runs no model on a GPU, e.g. an HTTP judge; fractions share a GPU between workers).
     """
 
     name: str = ""
     outputs: tuple[str, ...] = ()
     categories: tuple[str, ...] | None = None
+    gpu_share: float = 0.0
 
     @property
     @abstractmethod

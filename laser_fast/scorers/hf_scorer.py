@@ -92,6 +92,7 @@ def _gather_last(hidden, lengths: np.ndarray):
 
 
 class _HFScorer(Scorer):
+    gpu_share = 1.0  # 7-14B models: a GPU each
     """Shared plumbing: lazy loading, stats, fingerprint, batching knobs."""
 
     kind: str = "causal_lm"

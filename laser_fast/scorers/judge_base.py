@@ -69,6 +69,7 @@ class JudgeScorer(Scorer):
         self.base_url = base_url
         self.backend = resolve_backend(backend, base_url)
         self.device = device
+        self.gpu_share = 0.0 if self.backend == "openai" else 1.0  # an in-process 14B judge takes a GPU
         if fallback not in FALLBACKS:
             raise ConfigError(f"{self.name}: fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
         self.fallback = fallback

@@ -103,6 +103,7 @@ class LiteQualityScorer(Scorer):
     """
 
     name = "lite_quality"
+    gpu_share = 0.25  # SmolLM2-135M and MiniLM: four workers share a GPU
     outputs = ("lite_quality",)
     categories = None
 

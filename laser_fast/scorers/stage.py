@@ -61,6 +61,7 @@ class LiteDifficulty(Scorer):
     """The ``lite`` profile's stand-in for difficulty: IFD of SmolLM2-135M-Instruct clipped to [0, 1]."""
 
     name = "lite_difficulty"
+    gpu_share = 0.25  # SmolLM2-135M: four workers share a GPU
     outputs = ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss")
     categories = None
 
@@ -246,17 +247,16 @@ class ScoreTask(UnitTask):
     score cache, exactly as :func:`score_records` does in this process."""
 
     def __init__(self, scorer: Scorer, workdir: str):
-        from laser_fast.scorers.hf_scorer import _HFScorer
-
         self.name, self.fingerprint, self.outputs = scorer.name, scorer.fingerprint, tuple(scorer.outputs)
         built = getattr(scorer, "built_from", None)
         self.settings = built[1] if built is not None and built[0] == scorer.name else None
         self.workdir = str(workdir)
         self.label = f"score:{scorer.name}"
-        # models that run on a GPU when the cluster has one (lite scorers and HTTP judges need none)
-        self.uses_gpu = (isinstance(scorer, _HFScorer) or getattr(scorer, "backend", None) in ("vllm", "transformers")) \
-            and str(getattr(scorer, "device", None) or "") != "cpu"
-        self.resources = MODEL_SCORES.resources
+        # its model runs on a GPU when the cluster has one, unless the run pins the CPU
+        share = float(getattr(scorer, "gpu_share", 0.0) or 0.0)
+        self.uses_gpu = share > 0 and str(getattr(scorer, "device", None) or "") != "cpu"
+        base = MODEL_SCORES.resources
+        self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0, memory_mb=base.memory_mb)
         self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
 
     def __getstate__(self):
