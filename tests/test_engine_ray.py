@@ -89,12 +89,14 @@ def test_embedding_windows_do_not_depend_on_the_store(monkeypatch):
 
 
 def test_classification_is_the_same_in_every_process(tmp_path):
-    """Unique instructions of equal length were ordered by Python's per-process string hash, so
-    two processes (a driver and a rerun, or two workers) cut different windows and batches."""
+    """The default classifier gives the same bits in two processes with different string hash
+    seeds and thread counts: unique instructions of equal length were ordered by the process's
+    string hash (so processes cut different windows and batches), and the numpy head's matrix
+    product split its rows by BLAS thread (an engine's worker runs one thread)."""
     script = ("import sys, json, numpy as np\n"
               "from laser_fast.classifier.models import load_classifier\n"
               "texts = [json.loads(l)['instruction'] for l in open(sys.argv[1])]\n"
-              "np.save(sys.argv[2], load_classifier('minilm').predict(texts, batch_size=8)[1])\n")
+              "np.save(sys.argv[2], load_classifier().predict(texts, batch_size=8)[1])\n")
     texts = tmp_path / "texts.jsonl"
     import polars as pl
 
@@ -102,12 +104,15 @@ def test_classification_is_the_same_in_every_process(tmp_path):
 
     recs, _ = read_records(EXAMPLE)
     with open(texts, "w") as f:  # the bundled example's instructions: many share a length in characters
-        for t in recs["instruction"].to_list():
+        for t in recs["instruction"].to_list()[:240]:
             f.write(json.dumps({"instruction": t}) + "\n")
-    assert pl.Series([len(t) for t in recs["instruction"].to_list()]).is_duplicated().sum() > 20
+    assert pl.Series([len(t) for t in recs["instruction"].to_list()[:240]]).is_duplicated().sum() > 20
     out = []
-    for seed in ("1", "2"):
+    for seed, threads in (("1", None), ("2", "1")):
         env = {**os.environ, "PYTHONHASHSEED": seed, "LASER_FAST_CLASSIFY_WINDOW": "24", "HF_HUB_OFFLINE": "1"}
+        env.pop("OMP_NUM_THREADS", None)
+        if threads:
+            env["OMP_NUM_THREADS"] = threads
         subprocess.run([sys.executable, "-c", script, str(texts), str(tmp_path / f"c{seed}.npy")], env=env, check=True, cwd=str(ROOT))
         out.append((tmp_path / f"c{seed}.npy").read_bytes())
     assert out[0] == out[1]

@@ -218,13 +218,16 @@ def _load_minilm(device: str | None):
 def apply_head(head: dict, x: np.ndarray) -> np.ndarray:
     """Standardise with the head's ``mean``/``scale``, apply its layers ``W0, b0, W1, ...`` (ReLU
     between layers) and return class probabilities. Shared by inference and the training script."""
+    from laser_fast.runtime.engine import one_blas_thread
+
     x = (x - head["mean"]) / head["scale"]
     layer = 0
-    while f"W{layer}" in head:
-        x = x @ head[f"W{layer}"] + head[f"b{layer}"]
-        if f"W{layer + 1}" in head:
-            x = np.maximum(x, 0.0)
-        layer += 1
+    with one_blas_thread():  # the same bits with any thread count (an engine's worker runs one)
+        while f"W{layer}" in head:
+            x = x @ head[f"W{layer}"] + head[f"b{layer}"]
+            if f"W{layer + 1}" in head:
+                x = np.maximum(x, 0.0)
+            layer += 1
     return _softmax(x)
 
 

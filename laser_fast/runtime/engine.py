@@ -164,3 +164,15 @@ def map_rows(ex: Executor, task: RowTask, records: pl.DataFrame, columns: Sequen
     unit = max(1, int(os.environ.get("LASER_FAST_RAY_ROW_UNIT") or ROW_UNIT))
     parts = ex.map_units(task, [frame.slice(i, unit) for i in range(0, frame.height, unit)])
     return {k: concat_units(parts, k) for k in (parts[0] if parts else {})}
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread for the body. OpenBLAS splits a matrix product's rows between
+    its threads, and a row's last bits depend on where the split falls; an engine's worker runs
+    one thread, the local engine all cores. Used around the small numpy heads (classifier, lite
+    quality), so both engines give the same bits."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -84,7 +84,10 @@ class _LinearModel:
         x = np.concatenate([parts[g] for g in self.groups], axis=1)
         if x.shape[1] != self.w.size:
             raise ModelLoadError(f"{self.dir}: the weights expect {self.w.size} features, got {x.shape[1]}")
-        return ((x - self.mean) / self.std) @ self.w
+        from laser_fast.runtime.engine import one_blas_thread
+
+        with one_blas_thread():  # the same bits with any thread count (an engine's worker runs one)
+            return ((x - self.mean) / self.std) @ self.w
 
 
 class LiteQualityScorer(Scorer):
