@@ -41,6 +41,10 @@ _SOURCE_KEYS = {
 }
 
 
+#: Where a run's work executes (see :mod:`laser_fast.runtime.engine`).
+ENGINES = ("local", "ray")
+
+
 @dataclass
 class SourceSpec:
     """One input source (a ``data:`` entry, or a path given on the command line)."""
@@ -149,8 +153,6 @@ class SelectOptions:
 
         if self.kmeans_backend not in KMEANS_BACKENDS:
             raise ConfigError(f"unknown kmeans_backend '{self.kmeans_backend}': use one of {', '.join(KMEANS_BACKENDS)}")
-        from laser_fast.runtime.engine import ENGINES
-
         self.engine = str(self.engine or "local").strip().lower()
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine '{self.engine}': use one of {', '.join(ENGINES)}")

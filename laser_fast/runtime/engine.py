@@ -26,15 +26,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from laser_fast.config import ENGINES  # the engines a run can use, defined with the options
 from laser_fast.runtime.stage import Resources
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
 logger = logging.getLogger(__name__)
-
-#: The engines a run can use.
-ENGINES = ("local", "ray")
 
 
 class UnitTask:
