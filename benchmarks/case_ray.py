@@ -15,7 +15,6 @@ Scaling across the GPUs of a lent machine runs the same command there with the p
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -25,20 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import bench_cache  # noqa: F401 - the bench cache root is where the pool sample lives
+from benchmarks.common import head_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
-
-
-def _sample(dst: Path, n: int) -> Path:
-    out = dst / f"alpaca_eval_{n}.jsonl"
-    with gzip.open(POOL, "rt") as f, open(out, "w") as g:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            g.write(line)
-    return out
 
 
 def _run(pool: Path, root: Path, tag: str, budget: int, engine: str, profile: str) -> dict:
@@ -72,7 +61,7 @@ def run(quick: bool) -> list[dict]:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     try:
-        pool = _sample(root, n)
+        pool = head_jsonl(POOL, root / f"alpaca_eval_{n}.jsonl", n)
         budget = max(1, n // 12)
         local = _run(pool, root, "local", budget, "local", profile)
         remote = _run(pool, root, "ray", budget, "ray", profile)

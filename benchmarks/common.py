@@ -124,3 +124,16 @@ def real_pool_embeddings(n: int | None, seed: int = 0):
     return np.asarray(arr, dtype=np.float32), pref
 
 
+
+
+def head_jsonl(src, out, n: int):
+    """The first ``n`` lines of a (gzipped) JSONL file ``src`` written to ``out``; returns ``out``."""
+    import gzip
+
+    opener = gzip.open if str(src).endswith(".gz") else open
+    with opener(src, "rt") as f, open(out, "w") as g:
+        for i, line in enumerate(f):
+            if i >= n:
+                break
+            g.write(line)
+    return out

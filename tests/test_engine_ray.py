@@ -5,7 +5,6 @@ every stage runs as many units on both Ray workers; the local engine runs with t
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -156,14 +155,9 @@ def _digest(path: Path) -> str:
 def _sample(tmp_path: Path, n: int) -> str:
     from conftest import shared_or_skip
 
-    src = shared_or_skip("alpaca_eval_pool.jsonl.gz")
-    out = tmp_path / f"pool{n}.jsonl"
-    with gzip.open(src, "rt") as f, open(out, "w") as g:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            g.write(line)
-    return str(out)
+    from benchmarks.common import head_jsonl
+
+    return str(head_jsonl(shared_or_skip("alpaca_eval_pool.jsonl.gz"), tmp_path / f"pool{n}.jsonl", n))
 
 
 def _both_engines(tmp_path: Path, inputs, **options) -> tuple[dict, dict]:

@@ -49,6 +49,10 @@ def embed_windows(pos: np.ndarray, digs: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+#: the encoder stats a worker sends back per window
+_STAT_KEYS = ("records", "forward_passes", "tokens", "padded_tokens", "seconds")
+
+
 class EmbedTask(UnitTask):
     """Embedding windows on an engine's workers: each loads the model once, embeds its windows
     (:meth:`EmbeddingStore._embed_window`) into the shared store and returns its encoder stats."""
@@ -72,7 +76,7 @@ class EmbedTask(UnitTask):
         stats = new_embed_stats()
         self._store._embed_window(self._ns, self._enc, unit["text"].to_list(), digs, self.chunk_rows, stats)
         n = unit.height
-        return {k: _first_row(n, float(stats[k])) for k in ("records", "forward_passes", "tokens", "padded_tokens", "seconds")}
+        return {k: _first_row(n, float(stats[k])) for k in _STAT_KEYS}
 
 
 def _first_row(n: int, value: float) -> np.ndarray:
@@ -371,7 +375,7 @@ class EmbeddingStore:
                     wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
                     units.append(pl.DataFrame({"text": list(wtexts), "digest": [bytes(d) for d in digs[rows]]}, schema={"text": pl.Utf8, "digest": pl.Binary}))
                 for part in ex.map_units(task, units):
-                    for k in ("records", "forward_passes", "tokens", "padded_tokens", "seconds"):
+                    for k in _STAT_KEYS:
                         stats[k] += float(part[k][0]) if len(part[k]) else 0.0
                 dev = f"{ex.name} workers"
                 computed += int(todo.size)
