@@ -122,11 +122,17 @@ def test_classification_is_the_same_in_every_process(tmp_path):
 # --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
     started = not ray.is_initialized()
-    if started:
+    before = os.environ.get("LASER_FAST_SCRATCH")
+    if started:  # the workers' local copies of URI work directories: their own "machine"
+        os.environ["LASER_FAST_SCRATCH"] = str(tmp_path_factory.mktemp("ray-workers-scratch"))
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        if before is None:
+            os.environ.pop("LASER_FAST_SCRATCH")
+        else:
+            os.environ["LASER_FAST_SCRATCH"] = before
     yield ray
     if started:
         ray.shutdown()
@@ -233,3 +239,24 @@ def test_rerun_after_the_driver_is_killed_reuses_the_caches(ray_local, tmp_path,
     _select([pool], tmp_path / "local", tmp_path / "wl", profile="lite", classifier="minilm", budget=40)
     assert _digest(out / "selected.jsonl") == _digest(tmp_path / "local" / "selected.jsonl")
     json.loads((out / "manifest.json").read_text())  # complete
+
+
+@pytest.mark.ray
+def test_a_ray_run_and_a_local_run_share_caches_on_shared_storage(ray_local, small_units, tmp_path, monkeypatch):
+    """``--workdir`` as a URI: the Ray workers score, classify and embed into their own local
+    copies and upload; a local run on another 'machine' (an empty local copy) then computes nothing
+    and selects the same bytes."""
+    pool = _sample(tmp_path, 120)
+    uri = (tmp_path / "shared").as_uri()
+    monkeypatch.setenv("LASER_FAST_SCRATCH", str(tmp_path / "driver-scratch"))
+    remote = _select([pool], tmp_path / "ray", uri, profile="lite", classifier="minilm", budget=40, engine="ray")
+    shared = tmp_path / "shared"
+    assert list(shared.glob("scores/lite_quality-*/part-*.parquet")) and list(shared.glob("embeddings/*/shard-*.parquet"))
+    assert list(shared.glob("cache/categories-*.npz.meta.json"))
+    monkeypatch.setenv("LASER_FAST_SCRATCH", str(tmp_path / "other-machine"))
+    local = _select([pool], tmp_path / "local", uri, profile="lite", classifier="minilm", budget=40)
+    assert _digest(tmp_path / "ray" / "selected.jsonl") == _digest(tmp_path / "local" / "selected.jsonl")
+    for f in local["scoring"]["scorers"]:
+        assert f.get("computed", 0) == 0 and f["cached"] == f["records"], f
+    assert local["embedding"]["computed"] == 0
+    assert {f["scorer"]: f for f in remote["scoring"]["scorers"]}["lite_quality"]["computed"] > 0

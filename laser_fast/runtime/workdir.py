@@ -37,6 +37,7 @@ memory grows by ~9 MB while it runs.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -54,6 +55,7 @@ import numpy as np
 import polars as pl
 
 from laser_fast.errors import LaserError
+from laser_fast.runtime.storage import RemoteStore, is_uri, scratch_for
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ _HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest(
 _TEMP_RE = re.compile(r"^\..+\.tmp-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}$")
 _SPILL_RE = re.compile(r"^records-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}\.arrow$")
 _READY: set[str] = set()
+#: local copies of URI work directories made by this process -> their URIs (:meth:`WorkDir.owning`)
+_REMOTE: dict[str, str] = {}
 
 
 def default_workdir() -> str:
@@ -213,8 +217,30 @@ class WorkDir:
     """
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root if root is not None else default_workdir()).expanduser()
+        spec = root if root is not None else default_workdir()
+        spec = spec if isinstance(spec, str) else os.fspath(spec)
+        #: the shared storage's URI, None for a local folder (see :mod:`laser_fast.runtime.storage`)
+        self.uri: str | None = None
+        self.remote: RemoteStore | None = None
+        if is_uri(spec):
+            self.uri = spec.rstrip("/")
+            self.remote = RemoteStore(self.uri)
+            self.root = scratch_for(self.uri)  # this machine's copy
+            _REMOTE[str(self.root)] = self.uri
+        else:
+            self.root = Path(spec).expanduser()
         self._ready = False
+
+    @classmethod
+    def owning(cls, path: str | os.PathLike) -> WorkDir | None:
+        """The URI work directory whose local copy holds ``path`` (None: none does, ``path`` is
+        plain local storage). Lets code that was handed a folder inside the work directory (a
+        judge's answer cache) share what it writes."""
+        p = Path(path)
+        for root, uri in _REMOTE.items():
+            if p == Path(root) or Path(root) in p.parents:
+                return cls(uri)
+        return None
 
     @classmethod
     def of(cls, x: WorkDir | str | os.PathLike | None) -> WorkDir:
@@ -222,22 +248,24 @@ class WorkDir:
         return x if isinstance(x, WorkDir) else cls(x)
 
     def __str__(self) -> str:
-        return str(self.root)
+        """The URI of a shared work directory, else the folder: ``WorkDir(str(wd)) == wd``."""
+        return self.uri or str(self.root)
 
     def __fspath__(self) -> str:
+        """The local folder (for a URI work directory, this machine's copy)."""
         return str(self.root)
 
     def __repr__(self) -> str:
-        return f"WorkDir({str(self.root)!r})"
+        return f"WorkDir({str(self)!r})"
 
     def __truediv__(self, other: str) -> Path:
         return self.root / other
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, WorkDir) and other.root == self.root
+        return isinstance(other, WorkDir) and (other.uri, other.root) == (self.uri, self.root)
 
     def __hash__(self) -> int:
-        return hash(self.root)
+        return hash((self.uri, self.root))
 
     cache = property(lambda self: self.root / "cache", doc="``cache/``: small arrays per stage and key")
     embeddings = property(lambda self: self.root / "embeddings", doc="``embeddings/``: the embedding store")
@@ -279,6 +307,8 @@ class WorkDir:
         except OSError as e:
             raise LaserError(f"work directory {self.root}: cannot be created or written ({e}); pass a writable folder with --workdir "
                              "(or set LASER_FAST_WORKDIR)") from e
+        if self.remote is not None and self.remote.size("VERSION") is None:
+            self.remote.upload(self.root / "VERSION", "VERSION")
         _READY.add(key)
         self._ready = True
         self.clean_stale()
@@ -373,7 +403,7 @@ class WorkDir:
             os.close(fd)
 
     @contextmanager
-    def atomic(self, final: str | os.PathLike, *, record: bool = True) -> Iterator[Path]:
+    def atomic(self, final: str | os.PathLike, *, record: bool = True, share: bool = True, keep: bool = True) -> Iterator[Path]:
         """Write ``final`` atomically: the block writes the yielded temporary path (same folder,
         unique name, normal file mode); when it ends the file is fsynced, renamed to ``final``
         and, with ``record``, its integrity record written. On an error the temporary file is
@@ -383,6 +413,10 @@ class WorkDir:
             final: the entry's path.
             record: write the integrity record ``<final>.meta.json`` (size, checksum, npy shape
                 and dtype).
+            share: in a URI work directory, upload the entry (then its record) once it is in
+                place; False keeps it on this machine (a per-request assembly of shared entries).
+            keep: False: once uploaded, the entry is removed from this machine (the shared form
+                of an entry kept here in another form); only with shared storage.
 
         Returns:
             A context manager yielding the temporary path.
@@ -407,9 +441,90 @@ class WorkDir:
                 if meta is not None:
                     self._write_sidecar(final, meta)
             self._fsync(final.parent, directory=True)
+            if share:
+                self._push(final, record=meta is not None)
+                if not keep and self.remote is not None:
+                    for p in (sidecar(final), final):
+                        p.unlink(missing_ok=True)
         finally:
             try:
                 tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    # ---- shared storage (URI work directories) ------------------------------------------------
+
+    def _rel(self, path: str | os.PathLike) -> str | None:
+        """``path`` relative to the root (``/``-separated); None outside it or without shared storage."""
+        if self.remote is None:
+            return None
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+
+    def _push(self, path: Path, *, record: bool = True) -> None:
+        """Upload the entry at ``path``, then its integrity record (which makes it present there)."""
+        rel = self._rel(path)
+        if rel is None:
+            return
+        self.remote.upload(path, rel)
+        if record:
+            self.remote.upload(sidecar(path), rel + ".meta.json")
+
+    def _pull(self, path: Path) -> bool:
+        """Copy the entry at ``path`` (file, then integrity record) from the shared storage when it
+        is present there; whether it was."""
+        rel = self._rel(path)
+        if rel is None or self.remote.size(rel + ".meta.json") is None:
+            return False
+        with self._entry_lock(path):
+            if sidecar(path).exists() and path.exists():
+                return True
+            if not self.remote.download(rel, path):
+                return False
+            return self.remote.download(rel + ".meta.json", sidecar(path))
+
+    def entries(self, folder: str | os.PathLike, pattern: str) -> list[Path]:
+        """The entries in ``folder`` whose names match ``pattern``, sorted by name: those on this
+        machine and, in a URI work directory, those on the shared storage (fetched when they are
+        read through :meth:`check`, :meth:`verify` or :meth:`load_array`)."""
+        folder = Path(folder)
+        names = {p.name for p in folder.glob(pattern)} if folder.is_dir() else set()
+        rel = self._rel(folder)
+        if rel is not None:
+            there = self.remote.listdir(rel)
+            names |= {n for n in there if fnmatch.fnmatchcase(n, pattern) and n + ".meta.json" in there}
+        return [folder / n for n in sorted(names)]
+
+    def sync_files(self, folder: str | os.PathLike, pattern: str) -> None:
+        """Make ``folder``'s growing files (append-only logs, named per writer) the same here and
+        on the shared storage: each side takes the other's copy where it is larger. Nothing
+        happens for a local work directory."""
+        folder = Path(folder)
+        rel = self._rel(folder)
+        if rel is None:
+            return
+        there = self.remote.listdir(rel, pattern)
+        here = {p.name: p.stat().st_size for p in folder.glob(pattern)} if folder.is_dir() else {}
+        for name, size in there.items():
+            if size > here.get(name, -1):
+                self.remote.download(f"{rel}/{name}", folder / name)
+        for name, size in here.items():
+            if size > there.get(name, -1):
+                self.remote.upload(folder / name, f"{rel}/{name}")
+
+    def remove_entry(self, path: str | os.PathLike) -> None:
+        """Remove the entry at ``path`` and its integrity record, here and on the shared storage
+        (the record first, so no reader takes the entry as present meanwhile)."""
+        path = Path(path)
+        rel = self._rel(path)
+        if rel is not None:
+            self.remote.delete(rel + ".meta.json")
+            self.remote.delete(rel)
+        for p in (sidecar(path), path):
+            try:
+                p.unlink()
             except FileNotFoundError:
                 pass
 
@@ -429,14 +544,15 @@ class WorkDir:
             except FileNotFoundError:
                 pass
 
-    def save_array(self, path: str | os.PathLike, arr: np.ndarray) -> Path:
-        """Write ``arr`` as ``.npy`` to ``path`` atomically, with its integrity record.
+    def save_array(self, path: str | os.PathLike, arr: np.ndarray, *, share: bool = True) -> Path:
+        """Write ``arr`` as ``.npy`` to ``path`` atomically, with its integrity record (``share``:
+        see :meth:`atomic`).
 
         Returns:
             The path.
         """
         path = Path(path)
-        with self.atomic(path) as tmp, open(tmp, "wb") as f:
+        with self.atomic(path, share=share) as tmp, open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
         return path
 
@@ -480,6 +596,8 @@ class WorkDir:
         self.ensure()
         path = Path(path)
         problem, meta = self._problem(path)
+        if problem == "missing" and self._pull(path):
+            problem, meta = self._problem(path)
         if problem is None:
             return meta
         if problem == "missing":
@@ -505,9 +623,12 @@ class WorkDir:
         with self._entry_lock(Path(path)):
             self._remove(Path(path), problem)
 
-    @staticmethod
-    def _remove(path: Path, problem: str) -> None:
+    def _remove(self, path: Path, problem: str) -> None:
         logger.warning("work directory: %s is damaged (%s); removed, it is computed again", path, problem)
+        rel = self._rel(path)
+        if rel is not None:  # a copy that arrived damaged, or one damaged here: no run should take it again
+            self.remote.delete(rel + ".meta.json")
+            self.remote.delete(rel)
         for p in (path, sidecar(path)):
             try:
                 p.unlink()

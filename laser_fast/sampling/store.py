@@ -17,7 +17,7 @@ from laser_fast.runtime.engine import UnitTask, current_executor
 from laser_fast.runtime.memory import release_pages
 from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, load_sentence_model, resolve_model_name
 from laser_fast.runtime.stage import Resources
-from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, npy_header, sidecar, unique_suffix
+from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, sidecar, unique_suffix
 from laser_fast.sampling.embed import SORT_WINDOW, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,11 @@ class EmbeddingStore:
     record first; a damaged one is logged with its path and removed (a shard's two files
     together), and its texts are embedded again (the memmap is assembled again).
 
+    In a URI work directory (:mod:`laser_fast.runtime.storage`) each shard is also uploaded as one
+    Parquet object ``shard-<id>.parquet`` (columns ``sha1``: fixed_size_binary(20), ``embedding``:
+    fixed_size_list<float16>[d]) with its integrity record; a machine that lacks a shard fetches
+    that object and keeps the ``.npy`` pair locally. The per-request ``<key>.npy`` stays local.
+
     Example:
         >>> store = EmbeddingStore("/tmp/work")                      # doctest: +SKIP
         >>> emb, info = store.get(["a text", "another"], model=None)  # doctest: +SKIP
@@ -179,23 +184,61 @@ class EmbeddingStore:
         name = resolve_model_name(model)
         return DEFAULT_EMBEDDING_MODEL if name == resolve_model_name(None) else str(model)
 
-    @staticmethod
-    def _shard_files(ns: Path) -> list[tuple[str, Path]]:
-        """``(shard id, hashes path)`` of the namespace's shards, in id order."""
-        return sorted((hp.name[len("shard-"):-len(".hashes.npy")], hp) for hp in ns.glob("shard-*.hashes.npy"))
+    def _shard_files(self, ns: Path) -> list[tuple[str, Path]]:
+        """``(shard id, hashes path)`` of the namespace's shards, in id order. In a URI work
+        directory, shards only the shared storage holds (as Parquet) are fetched and kept here as
+        the ``.npy`` pair first."""
+        ids = {hp.name[len("shard-"):-len(".hashes.npy")] for hp in ns.glob("shard-*.hashes.npy")} if ns.is_dir() else set()
+        if self.wd.remote is not None:
+            for pq in self.wd.entries(ns, "shard-*.parquet"):
+                sid = pq.name[len("shard-"):-len(".parquet")]
+                if sid not in ids and self._fetch_shared(pq):
+                    ids.add(sid)
+        return [(sid, ns / f"shard-{sid}.hashes.npy") for sid in sorted(ids)]
+
+    def _share(self, ns: Path, base: str, vecs16: np.ndarray, digests: np.ndarray) -> None:
+        """Upload one shard as ``<base>.parquet``: ``sha1`` (fixed_size_binary(20)) and
+        ``embedding`` (fixed_size_list<float16>[d]), one object that any Parquet reader takes."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n, d = vecs16.shape
+        sha = pa.FixedSizeBinaryArray.from_buffers(pa.binary(20), n, [None, pa.py_buffer(np.ascontiguousarray(digests, dtype=np.uint8).tobytes())])
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vecs16, dtype=np.float16).ravel()), d)
+        with self.wd.atomic(ns / f"{base}.parquet", keep=False) as tmp:
+            pq.write_table(pa.table({"sha1": sha, "embedding": emb}), tmp, compression="zstd")
+
+    def _fetch_shared(self, path: Path) -> bool:
+        """Fetch the shared Parquet form of a shard (checked) and keep it here as its ``.npy``
+        pair; False when it is gone or damaged (then logged and removed)."""
+        import pyarrow.parquet as pq
+
+        if self.wd.check(path) is None:
+            return False
+        try:
+            t = pq.read_table(path)
+            sha, emb = t["sha1"].combine_chunks(), t["embedding"].combine_chunks()
+            n, d = len(sha), emb.type.list_size
+            digests = np.frombuffer(sha.buffers()[1], dtype=np.uint8, count=n * 20, offset=sha.offset * 20).reshape(n, 20)
+            vecs = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float16, copy=False).reshape(n, d)
+        except (OSError, KeyError, ValueError, AttributeError) as e:
+            self.wd.discard(path, f"it is not an embedding shard ({e})")
+            return False
+        base = path.name[:-len(".parquet")]
+        self.wd.save_array(path.with_name(f"{base}.f16.npy"), vecs, share=False)
+        self.wd.save_array(path.with_name(f"{base}.hashes.npy"), digests, share=False)
+        for p in (sidecar(path), path):  # the pair is what this machine reads
+            p.unlink(missing_ok=True)
+        return True
 
     @staticmethod
     def _vectors_of(hashes_path: Path) -> Path:
         return hashes_path.with_name(hashes_path.name.replace(".hashes.npy", ".f16.npy"))
 
-    @staticmethod
-    def _forget(path: Path, why: str) -> None:
-        """Remove the intact half of a shard whose other half was damaged (its texts are then missing)."""
-        for p in (path, sidecar(path)):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+    def _forget(self, path: Path, why: str) -> None:
+        """Remove the intact half of a shard whose other half was damaged (its texts are then
+        missing; a URI work directory fetches the shard again from its shared form)."""
+        self.wd.remove_entry(path)
         logger.info("embedding store: removed %s (%s)", path, why)
 
     def _index(self, ns: Path) -> tuple[_ShardIndex, list[Path]]:
@@ -245,8 +288,11 @@ class EmbeddingStore:
 
     def _write_shard(self, ns: Path, shard_id: str, vecs16: np.ndarray, digests: np.ndarray) -> None:
         base = f"shard-{shard_id}"
-        self.wd.save_array(ns / f"{base}.f16.npy", vecs16)
-        self.wd.save_array(ns / f"{base}.hashes.npy", np.ascontiguousarray(digests, dtype=np.uint8))  # last: the shard exists
+        shared = self.wd.remote is not None  # the shared storage gets one Parquet object per shard instead of the pair
+        self.wd.save_array(ns / f"{base}.f16.npy", vecs16, share=not shared)
+        self.wd.save_array(ns / f"{base}.hashes.npy", np.ascontiguousarray(digests, dtype=np.uint8), share=not shared)  # last: the shard exists
+        if shared:
+            self._share(ns, base, vecs16, digests)
 
     @staticmethod
     def _new_shard_id() -> str:
@@ -279,7 +325,7 @@ class EmbeddingStore:
                              "delete that folder and rerun")
         dim = dims.pop() if dims else 0
         n = digs.shape[0]
-        with self.wd.atomic(final) as tmp, open(tmp, "wb") as f:
+        with self.wd.atomic(final, share=False) as tmp, open(tmp, "wb") as f:  # rebuilt from the shared shards anywhere
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
                                                      "fortran_order": False, "shape": (n, dim)})
             sh = index.shard[pos]
@@ -369,7 +415,7 @@ class EmbeddingStore:
             logger.info("embeddings: %d of %d texts to embed (%d cached)", todo.size, len(texts), len(texts) - todo.size)
             ex = current_executor()
             if ex is not None:  # the same windows, embedded and stored by the engine's workers
-                task = EmbedTask(self.wd.root, model, label, field, batch_tokens, max_batch_size or batch_size, chunk_rows, device, dtype)
+                task = EmbedTask(str(self.wd), model, label, field, batch_tokens, max_batch_size or batch_size, chunk_rows, device, dtype)
                 units = []
                 for rows in embed_windows(pos, digs):
                     wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
@@ -495,8 +541,8 @@ class EmbeddingStore:
     def _stored_dim(self, ns: Path) -> int | None:
         """The dimension of the namespace's vectors, from the first shard header that reads."""
         for _, hp in self._shard_files(ns):
-            try:
-                return int(npy_header(self._vectors_of(hp))[0][1])
-            except (OSError, ValueError, IndexError):
-                continue
+            meta = self.wd.check(self._vectors_of(hp))  # fetched first when only the shared storage has it
+            shape = (meta or {}).get("shape")
+            if isinstance(shape, list) and len(shape) == 2:
+                return int(shape[1])
         return None

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, sidecar, unique_suffix
+from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, unique_suffix
 
 #: Compact a cache folder once it holds more shards than this.
 COMPACT_AFTER = 64
@@ -84,9 +84,7 @@ class ScoreCache:
 
     def shards(self) -> list[Path]:
         """The folder's shards, oldest first."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(p for p in self.dir.glob("part-*.parquet"))
+        return self.wd.entries(self.dir, "part-*.parquet")
 
     def _read(self, path: Path, schema: dict) -> pl.DataFrame | None:
         """One shard in ``schema``; None when it is gone or damaged (logged and removed)."""
@@ -187,8 +185,4 @@ class ScoreCache:
             with self.wd.atomic(final) as tmp:
                 merged.write_parquet(tmp)
             for p in parts:
-                for q in (p, sidecar(p)):
-                    try:
-                        q.unlink()
-                    except FileNotFoundError:
-                        pass
+                self.wd.remove_entry(p)

@@ -44,6 +44,10 @@ def _hash(obj: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+#: Answers written between two uploads of a growing answer shard in a URI work directory.
+SHARE_EVERY = 256
+
+
 class _Unreachable(Exception):
     """Internal: the endpoint could not be reached after all retries."""
 
@@ -63,15 +67,33 @@ class AnswerCache:
     def set_cache_dir(self, cache_dir: str | Path | None) -> None:
         """Use ``cache_dir`` for the response cache (None = no cache); loads existing shards lazily."""
         with self._lock:
-            if self._shard is not None:
-                self._shard.close()
-                self._shard = None
+            self._close_shard()
             self._cache_dir = Path(cache_dir) if cache_dir is not None else None
             self._cache = None
+
+    def _shared(self):
+        """The URI work directory whose copy holds the cache folder (None: local storage)."""
+        if self._cache_dir is None:
+            return None
+        from laser_fast.runtime.workdir import WorkDir
+
+        return WorkDir.owning(self._cache_dir)
+
+    def _close_shard(self) -> None:
+        # called under self._lock
+        if self._shard is not None:
+            self._shard.close()
+            self._shard = None
+            wd = self._shared()
+            if wd is not None:
+                wd.sync_files(self._cache_dir, "responses-*.jsonl")
 
     def _load_cache(self) -> dict[str, str]:
         if self._cache is None:
             cache: dict[str, str] = {}
+            wd = self._shared()
+            if wd is not None:  # shards other machines wrote, and this machine's that never reached the storage
+                wd.sync_files(self._cache_dir, "responses-*.jsonl")
             if self._cache_dir is not None and self._cache_dir.is_dir():
                 for shard in sorted(self._cache_dir.glob("responses-*.jsonl")):
                     bad = 0
@@ -101,6 +123,12 @@ class AnswerCache:
         # one write of one complete line per entry: a crash can only tear the last line
         self._shard.write(json.dumps({"key": key, "model": self.model, "content": content}, ensure_ascii=False) + "\n")
         self._shard.flush()
+        self._unshared = getattr(self, "_unshared", 0) + 1
+        if self._unshared >= SHARE_EVERY:  # a URI work directory gets the growing shard now and then
+            self._unshared = 0
+            wd = self._shared()
+            if wd is not None:
+                wd.sync_files(self._cache_dir, self._shard.name.rsplit("/", 1)[-1])
 
     def cache_key(self, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any]) -> str:
         """sha256 of model + messages + sampling parameters (independent of URL and key)."""
@@ -108,9 +136,7 @@ class AnswerCache:
 
     def close(self) -> None:
         with self._lock:
-            if self._shard is not None:
-                self._shard.close()
-                self._shard = None
+            self._close_shard()
 
 
 class JudgeClient(AnswerCache):
