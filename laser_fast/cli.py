@@ -204,7 +204,7 @@ def cmd_select(a) -> int:
         raise LaserError("no input: give INPUT files or --config with data: entries")
     inputs = list(a.inputs)
     if a.input_dir:  # relative INPUTs that do not exist here are looked up in --input-dir
-        inputs = [str(Path(a.input_dir) / p) if not Path(p).is_absolute() and not Path(p).exists() else p for p in inputs]
+        inputs = [str(Path(a.input_dir) / p) if "://" not in p and not Path(p).is_absolute() and not Path(p).exists() else p for p in inputs]
     # before any work: the output folder takes files, and no input or score file is one it replaces
     check_output_dir(a.output_dir, [*inputs, *(s.path for s in opts.sources), *(opts.scores or [])], names=SELECT_OUTPUT_NAMES)
     run = run_selection(inputs, opts, workdir=a.workdir or default_workdir())

@@ -326,7 +326,7 @@ def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, 
             if input_dir is None:
                 raise ConfigError(f"{where}: data_path '{path}' uses DATA_PATH: pass --input-dir DIR to say where the data lies")
             path = path.replace("DATA_PATH", str(input_dir))
-        elif not Path(path).is_absolute():
+        elif not Path(path).is_absolute() and "://" not in path:  # a URI (s3://, hf://, ...) is taken as given
             base = Path(input_dir) if input_dir else p.parent
             path = str(base / path)
         schema = entry.get("schema")

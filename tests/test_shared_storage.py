@@ -177,3 +177,49 @@ def test_cli_select_shares_every_cache(tmp_path, monkeypatch):
         manifests.append(json.loads((out / "manifest.json").read_text()))
     assert (tmp_path / "out-a" / "selected.jsonl").read_bytes() == (tmp_path / "out-b" / "selected.jsonl").read_bytes()
     assert manifests[0]["embedding"]["computed"] > 0 and manifests[1]["embedding"]["computed"] == 0
+
+
+# --------------------------------------------------------------------------- inputs by URI
+
+
+def test_inputs_are_read_by_uri_with_the_same_records_and_errors(tmp_path):
+    import fsspec
+
+    from laser_fast.errors import InputError
+    from laser_fast.io.ingest import read_records
+
+    pool = ROOT / "examples" / "pool"
+    for name in ("sharegpt.jsonl.gz", "alpaca.jsonl", "chat_messages.jsonl"):
+        local, _ = read_records(str(pool / name))
+        remote, _ = read_records((pool / name).as_uri())
+        assert remote.drop("source").equals(local.drop("source")), name
+        assert remote["source"][0] == f"{(pool / name).as_uri()}:1"
+    pq = tmp_path / "a.parquet"
+    pl.read_ndjson(pool / "alpaca.jsonl").write_parquet(pq)
+    assert read_records(pq.as_uri())[0].height == 130
+    # an fsspec protocol, and a bad line named by URI and line
+    lines = (pool / "alpaca.jsonl").read_bytes().split(b"\n")
+    lines[6] = b"{not json"
+    fsspec.filesystem("memory").pipe("/inputs/bad.jsonl", b"\n".join(lines))
+    with pytest.raises(InputError, match=r"memory://inputs/bad.jsonl:7.*invalid JSON on line 7"):
+        read_records("memory://inputs/bad.jsonl")
+    with pytest.raises(InputError, match="file not found"):
+        read_records((tmp_path / "missing.jsonl").as_uri())
+    with pytest.raises(InputError, match="is a directory"):
+        read_records(tmp_path.as_uri())
+
+
+def test_cli_select_reads_inputs_by_uri(tmp_path):
+    from laser_fast.cli import main
+
+    pool = [(ROOT / "examples" / "pool" / n) for n in ("alpaca.jsonl", "sharegpt.jsonl.gz")]
+    outs = []
+    for tag, inputs in (("path", [str(p) for p in pool]), ("uri", [p.as_uri() for p in pool])):
+        out = tmp_path / tag
+        assert main(["select", *inputs, "--budget", "30", "--profile", "none", "--strategy", "longest", "--classifier", "minilm",
+                     "--workdir", str(tmp_path / "wd"), "--output-dir", str(out), "--no-report", "-q"]) == 0
+        outs.append(out)
+    sel = [pl.read_ndjson(o / "selected.jsonl").drop("input_location") for o in outs]
+    assert sel[0].equals(sel[1])
+    man = json.loads((outs[1] / "manifest.json").read_text())
+    assert man["inputs"][0]["path"] == pool[0].as_uri() and man["inputs"][0]["bytes"] == pool[0].stat().st_size

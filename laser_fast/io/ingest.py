@@ -30,7 +30,7 @@ import pyarrow as pa
 from laser_fast.config import SelectOptions, SourceSpec
 from laser_fast.errors import ConfigError, InputError, LaserError
 from laser_fast.io.builder import _Builder
-from laser_fast.io.sources import _as_paths, _check_schema_arg, _file_kind, _finish, _origin_for, _read_jsonl, _read_parquet, _read_table, _short
+from laser_fast.io.sources import InputFile, _as_paths, _check_schema_arg, _file_kind, _finish, _origin_for, _read_jsonl, _read_parquet, _read_table, _short
 from laser_fast.runtime.progress import want_progress
 
 logger = logging.getLogger(__name__)
@@ -95,10 +95,7 @@ def read_records(
     n_seen = 0
     for path in files:
         label = str(path)
-        if not path.exists():
-            raise InputError(label, "file not found", "Check the path")
-        if path.is_dir():
-            raise InputError(label, "is a directory, not a file", "Pass the data files themselves")
+        path.check()
         try:
             kind = _file_kind(path)
         except OSError as e:
@@ -174,8 +171,6 @@ def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list
     if not specs:
         raise ConfigError("no input: give input files (JSONL, JSONL.gz or Parquet) or a config with data: entries")
     frames = []
-    from laser_fast.io.score_files import file_sha256
-
     for spec in specs:
         recs, sk = read_records([spec.path], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid, show_progress=opts.show_progress)
         skipped += sk
@@ -183,8 +178,8 @@ def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list
             {
                 "path": str(spec.path),
                 "name": spec.name or (recs["origin"][0] if recs.height else None),
-                "sha256": file_sha256(spec.path),
-                "bytes": os.path.getsize(spec.path),
+                "sha256": InputFile(spec.path).sha256(),
+                "bytes": InputFile(spec.path).size(),
                 "rows": recs.height,
                 "skipped": len(sk),
                 "schema": recs["schema"][0] if recs.height else None,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import logging
 import os
 import zlib
@@ -38,7 +40,105 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
-def _stem(path: Path) -> str:
+class _RawStream(io.RawIOBase):
+    """A readable stream of any object with ``read(n)`` (a pyarrow input stream), so that
+    ``io.BufferedReader`` gives it lines."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._f.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+class InputFile:
+    """One input: a local path or a URI (``s3://``, ``gs://``, ``hf://``, ``file://``, …, through
+    pyarrow's or fsspec's filesystems; see :mod:`laser_fast.runtime.storage`).
+
+    Args:
+        where: the path or URI as the user gave it (the label of every error about it).
+    """
+
+    def __init__(self, where: str | os.PathLike):
+        from laser_fast.runtime.storage import is_uri
+
+        self.label = str(where)
+        self.uri = self.label if is_uri(self.label) else None
+        self.path = None if self.uri else Path(where)
+        self._remote = None
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else self.label.rstrip("/").rsplit("/", 1)[-1]
+
+    def _fs(self):
+        if self._remote is None:
+            from laser_fast.runtime.storage import RemoteStore
+
+            self._remote = RemoteStore(self.uri)
+        return self._remote.fs, self._remote.path("")
+
+    def check(self) -> None:
+        """Raises InputError when the input is missing or a folder."""
+        if self.path is not None:
+            exists, folder = self.path.exists(), self.path.is_dir()
+        else:
+            import pyarrow.fs as pafs
+
+            try:
+                fs, p = self._fs()
+                info = fs.get_file_info(p)
+            except Exception as e:  # noqa: BLE001 - any filesystem's error: one clear message
+                raise InputError(self.label, f"cannot open it ({_short(e)})",
+                                 "Check the URI, its credentials and that the storage is reachable") from None
+            exists, folder = info.type != pafs.FileType.NotFound, info.type == pafs.FileType.Directory
+        if not exists:
+            raise InputError(self.label, "file not found", "Check the path")
+        if folder:
+            raise InputError(self.label, "is a directory, not a file", "Pass the data files themselves")
+
+    def open(self):
+        """The file's bytes as a buffered binary stream (iterates over lines)."""
+        if self.path is not None:
+            return open(self.path, "rb")
+        fs, p = self._fs()
+        return io.BufferedReader(_RawStream(fs.open_input_stream(p, compression=None)), 1 << 20)
+
+    def parquet(self):
+        """What ``pyarrow.parquet.ParquetFile`` reads."""
+        if self.path is not None:
+            return self.path
+        fs, p = self._fs()
+        return fs.open_input_file(p)
+
+    def size(self) -> int:
+        if self.path is not None:
+            return os.path.getsize(self.path)
+        fs, p = self._fs()
+        return int(fs.get_file_info(p).size)
+
+    def sha256(self, chunk: int = 1 << 20) -> str:
+        h = hashlib.sha256()
+        with self.open() as f:
+            while b := f.read(chunk):
+                h.update(b)
+        return h.hexdigest()
+
+
+def _stem(path: Path | InputFile) -> str:
     name = path.name
     changed = True
     while changed:
@@ -50,9 +150,13 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _origin_for(path: Path, given: str | Mapping | None) -> str:
+def _origin_for(path: Path | InputFile, given: str | Mapping | None) -> str:
     if isinstance(given, str):
         return given
+    if isinstance(path, InputFile):
+        if path.path is None:
+            return str(given[path.label]) if isinstance(given, Mapping) and path.label in given else _stem(path)
+        path = path.path
     if isinstance(given, Mapping):
         candidates = [str(path), os.fspath(path), path.name]
         try:
@@ -72,13 +176,13 @@ def _origin_for(path: Path, given: str | Mapping | None) -> str:
     return _stem(path)
 
 
-def _file_kind(path: Path) -> str:
+def _file_kind(path: Path | InputFile) -> str:
     name = path.name.lower()
     if name.endswith(".parquet"):
         return "parquet"
     if name.endswith(".gz"):
         return "gzip"
-    with open(path, "rb") as fh:
+    with (path.open() if isinstance(path, InputFile) else open(path, "rb")) as fh:
         head = fh.read(4)
     if head[:2] == _GZIP_MAGIC:
         return "gzip"
@@ -102,10 +206,13 @@ class _Progress:
             self.bar.close()
 
 
-def _read_jsonl(path: Path, label: str, kind: str, schema: str | None, origin: str, b: _Builder,
+def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | None, origin: str, b: _Builder,
                 progress: bool) -> int:
     """Stream one JSONL(.gz) file into the builder; return the number of non-blank lines."""
-    opener = gzip.open if kind == "gzip" else open
+    src = path if isinstance(path, InputFile) else InputFile(path)
+
+    def opener(_, mode):
+        return gzip.open(src.open(), mode) if kind == "gzip" else src.open()
     file_schema = schema
     n_lines = 0
     lineno = 0
@@ -234,24 +341,25 @@ def _read_table(table: pa.Table | Any, label: str, schema: str | None, origin: s
     return num_rows
 
 
-def _read_parquet(path: Path, label: str, schema: str | None, origin: str, b: _Builder, progress: bool) -> int:
+def _read_parquet(path: Path | InputFile, label: str, schema: str | None, origin: str, b: _Builder, progress: bool) -> int:
     import pyarrow.parquet as pq
 
+    src = path.parquet() if isinstance(path, InputFile) else path
     try:
         # streamed: row groups are decoded batch by batch, never the whole file at once
-        pf = pq.ParquetFile(path, memory_map=True)
+        pf = pq.ParquetFile(src, memory_map=isinstance(src, Path))
         return _read_table(pf, label, schema, origin, b, progress)
     except (OSError, pa.ArrowException) as e:
         raise InputError(label, f"cannot read the Parquet file ({_short(e)}); it may be truncated or not Parquet",
                          "Re-create the file") from None
 
 
-def _as_paths(paths: list[str | Path] | str | Path) -> list[Path]:
+def _as_paths(paths: list[str | Path] | str | Path) -> list[InputFile]:
     if isinstance(paths, (str, os.PathLike)):
-        return [Path(paths)]
+        return [InputFile(paths)]
     if not isinstance(paths, Iterable):
         raise InputError("input", f"expected a path or a list of paths, got {type(paths).__name__}")
-    out = [Path(p) for p in paths]
+    out = [InputFile(p) for p in paths]
     if not out:
         raise InputError("input", "no input files were given", "Pass at least one JSONL, JSONL.gz or Parquet file")
     return out
