@@ -82,6 +82,9 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--judge-fallback", choices=["reference", "missing"],
                    help="an unparsable or failed judge answer scores the reference's fallback (code_quality 1.0, if_quality 0.5; "
                         "default) or is missing (the record is left out of the selection as not_scored); counted in the manifest")
+    g.add_argument("--judge-gpus", type=int, metavar="N",
+                   help="GPUs per in-process vLLM judge replica (tensor parallel; default 1). With --engine ray each replica is one "
+                        "actor holding N GPUs, so a node of 8 GPUs runs 8/N replicas")
     g.add_argument("--judge-max-tokens", type=int, metavar="N",
                    help="answer budget per judge request (default: code_quality 2048, if_quality 1024 tokens, as in the reference)")
     g.add_argument("--trust-remote-code", action="append", default=None, metavar="MODEL_ID",
@@ -132,6 +135,8 @@ def _scoring_kw(a) -> dict:
         kw["trust_remote_code"] = list(a.trust_remote_code)
     if a.judge_max_tokens is not None:
         kw["judge_max_tokens"] = a.judge_max_tokens
+    if a.judge_gpus is not None:
+        kw["judge_gpus"] = a.judge_gpus
     if a.batch_tokens is not None:
         kw["batch_tokens"] = a.batch_tokens
     return kw

@@ -97,7 +97,8 @@ class SelectOptions:
     judge_url: str | None = None  # OpenAI-compatible endpoint of the LLM judges
     judge_backend: str | None = None  # vllm, transformers, openai (None: openai with a URL, vllm with a GPU, else transformers)
     judge_fallback: str = "reference"  # unparsable/failed judge answers: the reference's value, or "missing" (NaN)
-    judge_max_tokens: int | None = None  # answer budget per judge request (None: each judge's default)
+    judge_max_tokens: int | None = None
+    judge_gpus: int = 1  # GPUs per in-process vLLM judge replica (tensor parallel)  # answer budget per judge request (None: each judge's default)
     trust_remote_code: list[str] = field(default_factory=list)  # model ids whose checkpoint code may run
     batch_tokens: int | None = None  # token budget per forward pass of the model scorers
     kmeans_backend: str = "auto"  # auto (faiss GPU > torch CUDA > faiss CPU), faiss or torch
@@ -158,6 +159,11 @@ class SelectOptions:
             raise ConfigError(f"unknown engine '{self.engine}': use one of {', '.join(ENGINES)}")
         if self.ray_address is not None and self.engine != "ray":
             raise ConfigError(f"ray_address ({self.ray_address!r}) is set but the engine is '{self.engine}': add --engine ray")
+        if not isinstance(self.judge_gpus, int) or isinstance(self.judge_gpus, bool) or self.judge_gpus < 1:
+            raise ConfigError(f"judge_gpus must be an integer >= 1 (GPUs per vLLM judge replica), got {self.judge_gpus!r}")
+        if self.judge_gpus > 1 and self.judge_backend not in (None, "vllm"):
+            raise ConfigError(f"judge_gpus {self.judge_gpus} splits a judge over GPUs with vLLM's tensor parallelism; "
+                              f"the {self.judge_backend} backend runs on one device: use --judge-backend vllm or drop --judge-gpus")
         if self.judge_max_tokens is not None and (not isinstance(self.judge_max_tokens, int) or self.judge_max_tokens < 8):
             raise ConfigError(f"judge_max_tokens must be an integer >= 8, got {self.judge_max_tokens!r}")
         if isinstance(self.trust_remote_code, str):

@@ -72,13 +72,13 @@ class MetricSpec:
 #: the others are passed when set.
 SETTING_KEYWORDS = MappingProxyType({"model": "model", "device": "device", "batch_tokens": "batch_tokens", "judge_url": "base_url",
                                      "tokenizer": "tokenizer", "judge_backend": "backend", "judge_fallback": "fallback", "judge_max_tokens": "max_tokens",
-                                     "trust_remote_code": "trust_remote_code"})
+                                     "judge_gpus": "gpus", "trust_remote_code": "trust_remote_code"})
 
 #: The settings of the Hugging Face model scorers.
 HF_SETTINGS = ("model", "device", "batch_tokens", "trust_remote_code")
 
 #: The settings of the LLM judges.
-JUDGE_SETTINGS = ("model", "judge_url", "judge_backend", "judge_fallback", "judge_max_tokens", "device", "trust_remote_code")
+JUDGE_SETTINGS = ("model", "judge_url", "judge_backend", "judge_fallback", "judge_max_tokens", "judge_gpus", "device", "trust_remote_code")
 
 #: Where the judges get their answers (``--judge-backend``; see laser_fast.scorers.judge_backends).
 JUDGE_BACKENDS = ("vllm", "transformers", "openai")
@@ -482,6 +482,7 @@ class ScorerSettings:
             GPU, else transformers).
         judge_fallback: what an unparsable or failed judge answer scores (``reference`` / ``missing``).
         judge_max_tokens: answer budget per judge request (None = each judge's default).
+        judge_gpus: GPUs per in-process vLLM judge replica (tensor parallel; None = 1).
         trust_remote_code: model ids whose checkpoint code may run.
     """
 
@@ -493,6 +494,7 @@ class ScorerSettings:
     judge_backend: str | None = None
     judge_fallback: str | None = None
     judge_max_tokens: int | None = None
+    judge_gpus: int | None = None
     trust_remote_code: tuple[str, ...] = ()
 
     @classmethod
@@ -501,7 +503,7 @@ class ScorerSettings:
         return cls(models=dict(opts.scorer_models), device=opts.device, batch_tokens=opts.batch_tokens,
                    judge_url=opts.judge_url, tokenizer=opts.tokenizer, judge_backend=opts.judge_backend,
                    judge_fallback=opts.judge_fallback, judge_max_tokens=opts.judge_max_tokens,
-                   trust_remote_code=tuple(opts.trust_remote_code or ()))
+                   judge_gpus=opts.judge_gpus if opts.judge_gpus > 1 else None, trust_remote_code=tuple(opts.trust_remote_code or ()))
 
 
 def constructor_kwargs(spec: ScorerSpec, settings: ScorerSettings | None = None) -> dict[str, Any]:

@@ -198,7 +198,35 @@ def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
     assert b.score(df)["if_quality"][0] == pytest.approx(0.7)
     assert len(made) == 1 and len(calls) == n_calls  # the shared engine, and every answer from the cache
     assert b.stats["cache_hits"] > 0 and b.stats["requests"] == 0
+    # a replica over a group of GPUs: vLLM's tensor parallelism, and an engine worker asks for the group
+    c = IFQualityScorer(model="m2", backend="vllm", cache_dir=tmp_path, gpus=2)
+    c.score(df)
+    assert made[-1]["model"] == "m2" and made[-1]["tensor_parallel_size"] == 2 and made[-1]["distributed_executor_backend"] == "mp"
+    assert "tensor_parallel_size" not in made[0]
+    from laser_fast.runtime.ray_engine import RayExecutor
+    from laser_fast.scorers.stage import ScoreTask
+
+    task = ScoreTask(c, str(tmp_path / "wd"))
+    assert task.uses_gpu and task.resources.num_gpus == 2.0
+    ex = object.__new__(RayExecutor)
+    ex.cluster = lambda: {"CPU": 64.0, "GPU": 8.0}
+    assert ex.plan(task, 100)[0] == 4  # one replica per pair of the node's 8 GPUs
     judge_backends.release_engines()
+
+
+def test_judge_gpus_are_checked():
+    from laser_fast.cli import _options_from_args, build_parser
+    from laser_fast.config import SelectOptions
+    from laser_fast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="judge_gpus must be an integer >= 1"):
+        SelectOptions(budget=1, judge_gpus=0).validate()
+    with pytest.raises(ConfigError, match="tensor parallelism.*--judge-backend vllm"):
+        SelectOptions(budget=1, judge_gpus=2, judge_backend="transformers").validate()
+    with pytest.raises(ConfigError, match="only with the vllm backend"):
+        IFQualityScorer(model="m", backend="transformers", gpus=2)
+    a = build_parser().parse_args(["select", "x.jsonl", "--budget", "5", "--output-dir", "o", "--judge-gpus", "4", "--judge-backend", "vllm"])
+    assert _options_from_args(a).validate().judge_gpus == 4
 
 
 # ------------------------------------------------------------------------------------------

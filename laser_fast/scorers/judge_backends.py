@@ -327,18 +327,23 @@ class VLLMJudge(_LocalJudge):
     Args:
         gpu_memory_utilization: share of GPU memory vLLM may take (default 0.85).
         max_model_len: context length (default 8192, the reference's if_quality setting).
+        tensor_parallel_size: GPUs the engine spans (default 1). Above 1 the engine runs its
+            shards as processes of this one (``distributed_executor_backend="mp"``) on the GPUs
+            this process sees, so inside a Ray actor holding N GPUs it stays on those N.
         cache_dir, temperature, top_p, max_tokens, extra_body: as for :class:`JudgeClient`.
     """
 
     backend = "vllm"
 
-    def __init__(self, model: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int = 8192, **kwargs: Any):
+    def __init__(self, model: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int = 8192,
+                 tensor_parallel_size: int = 1, **kwargs: Any):
         super().__init__(model, **kwargs)
+        self.tensor_parallel_size = int(tensor_parallel_size)
         self.gpu_memory_utilization = float(gpu_memory_utilization)
         self.max_model_len = int(max_model_len)
 
     def engine(self):
-        key = ("vllm", self.model, self.trust_remote_code)
+        key = ("vllm", self.model, self.trust_remote_code, self.tensor_parallel_size)
         with _ENGINES_LOCK:
             eng = _ENGINES.get(key)
             if eng is None:
@@ -352,9 +357,10 @@ class VLLMJudge(_LocalJudge):
                     from laser_fast.runtime.models import smollm2_folder
 
                     src = smollm2_folder()[0]
+                tp = {"tensor_parallel_size": self.tensor_parallel_size, "distributed_executor_backend": "mp"} if self.tensor_parallel_size > 1 else {}
                 try:
                     eng = LLM(model=src, trust_remote_code=self.trust_remote_code,
-                              gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len)
+                              gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len, **tp)
                 except Exception as e:  # noqa: BLE001
                     raise ModelLoadError(f"judge model '{self.model}': vLLM could not load it ({type(e).__name__}: {e})") from None
                 _ENGINES[key] = eng
@@ -403,7 +409,7 @@ class VLLMJudge(_LocalJudge):
 # --------------------------------------------------------------------------------------------
 
 def make_backend(backend: str | None, model: str, base_url: str | None = None, *, cache_dir: str | Path | None = None,
-                 device: str | None = None, trust_remote_code: bool = False, **client_args: Any):
+                 device: str | None = None, trust_remote_code: bool = False, gpus: int = 1, **client_args: Any):
     """The backend object a judge sends its prompts to (see :func:`resolve_backend`).
 
     Args:
@@ -413,6 +419,7 @@ def make_backend(backend: str | None, model: str, base_url: str | None = None, *
         cache_dir: the answer cache folder.
         device: torch device of the in-process backends.
         trust_remote_code: run the model repository's own code (in-process backends).
+        gpus: GPUs one vLLM engine spans (its ``tensor_parallel_size``).
         **client_args: :class:`JudgeClient` arguments (sampling parameters, concurrency, retries...);
             those an in-process backend has no use for are ignored.
     """
@@ -421,7 +428,7 @@ def make_backend(backend: str | None, model: str, base_url: str | None = None, *
         return JudgeClient(base_url or default_judge_url(), model, cache_dir=cache_dir, **client_args)
     local = {k: v for k, v in client_args.items() if k in ("temperature", "top_p", "max_tokens", "extra_body")}
     if b == "vllm":
-        return VLLMJudge(model, cache_dir=cache_dir, device=device, trust_remote_code=trust_remote_code, **local)
+        return VLLMJudge(model, cache_dir=cache_dir, device=device, trust_remote_code=trust_remote_code, tensor_parallel_size=gpus, **local)
     if b == "transformers":
         return TransformersJudge(model, cache_dir=cache_dir, device=device, trust_remote_code=trust_remote_code, **local)
     raise LaserError(f"unknown judge backend {b!r}")  # pragma: no cover - resolve_backend checked it

@@ -47,6 +47,8 @@ class JudgeScorer(Scorer):
             the record is left out of the selection (``not_scored``). Either way it is counted in
             ``stats`` (``unparsable``, ``failures``, ``fallbacks``) and so in the manifest.
         trust_remote_code: run the judge model's own code (in-process backends; opt-in per model).
+        gpus: GPUs one vLLM replica spans (``tensor_parallel_size``); an engine's worker holding
+            this judge asks for that many GPUs, so a node runs one replica per group of GPUs.
     """
 
     default_model = ""
@@ -61,7 +63,7 @@ class JudgeScorer(Scorer):
                  temperature: float = 0.0, top_p: float | None = 0.5, max_tokens: int | None = None,
                  max_input_chars: int = 8000, json_schema: bool = True, per_turn: bool = True,
                  disable_thinking: bool | None = None, backend: str | None = None, device: str | None = None,
-                 fallback: str = "reference", trust_remote_code: Sequence[str] | bool = ()):
+                 fallback: str = "reference", trust_remote_code: Sequence[str] | bool = (), gpus: int = 1):
         from laser_fast.errors import ConfigError
         from laser_fast.scorers.judge_backends import resolve_backend
 
@@ -69,7 +71,12 @@ class JudgeScorer(Scorer):
         self.base_url = base_url
         self.backend = resolve_backend(backend, base_url)
         self.device = device
-        self.gpu_share = 0.0 if self.backend == "openai" else 1.0  # an in-process 14B judge takes a GPU
+        self.gpus = int(gpus)
+        if self.gpus < 1 or (self.gpus > 1 and self.backend != "vllm"):
+            raise ConfigError(f"{self.name}: gpus={gpus}: a judge spans several GPUs only with the vllm backend (tensor parallel), "
+                              f"this one uses {self.backend}")
+        # an in-process 14B judge takes a GPU (a vLLM replica: its tensor-parallel group); an endpoint none
+        self.gpu_share = 0.0 if self.backend == "openai" else float(self.gpus)
         if fallback not in FALLBACKS:
             raise ConfigError(f"{self.name}: fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
         self.fallback = fallback
@@ -103,7 +110,7 @@ class JudgeScorer(Scorer):
             from laser_fast.scorers.judge_backends import make_backend
 
             self._client = make_backend(self.backend, self.model, self.base_url, cache_dir=self._cache_dir,
-                                        device=self.device, trust_remote_code=self.trust_remote_code, **self._client_args)
+                                        device=self.device, trust_remote_code=self.trust_remote_code, gpus=self.gpus, **self._client_args)
         return self._client
 
     @property
