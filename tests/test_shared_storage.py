@@ -144,21 +144,26 @@ def test_an_unknown_scheme_is_a_clear_error():
         RemoteStore("nosuchproto://x/y").listdir("")
 
 
-def test_judge_answers_are_shared(tmp_path, machine):
+def test_judge_answers_are_shared(tmp_path, machine, monkeypatch):
+    from laser_fast.scorers import judge_client
     from laser_fast.scorers.judge_client import JudgeClient
 
+    monkeypatch.setattr(judge_client, "SHARE_EVERY", 2)
     uri = _uri(tmp_path)
     folder = machine("a", uri).scores / "judge-x" / "work"
     c = JudgeClient("http://127.0.0.1:9/v1", "m", cache_dir=folder)
+    shared = tmp_path / "shared" / "scores" / "judge-x" / "work"
     with c._lock:
         c._load_cache()
-        c._store("k1", "answer one")
+        for i in range(3):
+            c._store(f"k{i}", f"answer {i}")
+    assert len(list(shared.glob("responses-*.jsonl"))) == 1  # the full shard, uploaded once; the third answer not yet
     c.close()
-    shared = list((tmp_path / "shared" / "scores" / "judge-x" / "work").glob("responses-*.jsonl"))
-    assert len(shared) == 1 and json.loads(shared[0].read_text())["content"] == "answer one"
+    shards = sorted(shared.glob("responses-*.jsonl"))
+    assert len(shards) == 2 and sum(len(p.read_text().splitlines()) for p in shards) == 3
     d = JudgeClient("http://127.0.0.1:9/v1", "m", cache_dir=machine("b", uri).scores / "judge-x" / "work")
     with d._lock:
-        assert d._load_cache() == {"k1": "answer one"}
+        assert d._load_cache() == {f"k{i}": f"answer {i}" for i in range(3)}
 
 
 def test_cli_select_shares_every_cache(tmp_path, monkeypatch):

@@ -44,7 +44,8 @@ def _hash(obj: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-#: Answers written between two uploads of a growing answer shard in a URI work directory.
+#: Answers per shard in a URI work directory: a full shard is closed and uploaded once (the answers
+#: of a killed run's last shard stay in the machine's local copy and are uploaded by its next run).
 SHARE_EVERY = 256
 
 
@@ -124,11 +125,9 @@ class AnswerCache:
         self._shard.write(json.dumps({"key": key, "model": self.model, "content": content}, ensure_ascii=False) + "\n")
         self._shard.flush()
         self._unshared = getattr(self, "_unshared", 0) + 1
-        if self._unshared >= SHARE_EVERY:  # a URI work directory gets the growing shard now and then
+        if self._unshared >= SHARE_EVERY and self._shared() is not None:
             self._unshared = 0
-            wd = self._shared()
-            if wd is not None:
-                wd.sync_files(self._cache_dir, self._shard.name.rsplit("/", 1)[-1])
+            self._close_shard()  # uploaded once, whole; the next answer opens a new shard
 
     def cache_key(self, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any]) -> str:
         """sha256 of model + messages + sampling parameters (independent of URL and key)."""
