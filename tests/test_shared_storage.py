@@ -228,3 +228,13 @@ def test_cli_select_reads_inputs_by_uri(tmp_path):
     assert sel[0].equals(sel[1])
     man = json.loads((outs[1] / "manifest.json").read_text())
     assert man["inputs"][0]["path"] == pool[0].as_uri() and man["inputs"][0]["bytes"] == pool[0].stat().st_size
+
+
+def test_a_damaged_local_copy_is_fetched_again_and_the_shared_one_kept(tmp_path, machine):
+    uri = _uri(tmp_path)
+    a = machine("a", uri)
+    a.save_array(a.cache / "w.npy", np.arange(100))
+    local = a.cache / "w.npy"
+    local.write_bytes(local.read_bytes()[:-16])  # e.g. a copy cut short
+    assert a.load_array(local).tolist() == list(range(100))
+    assert (tmp_path / "shared" / "cache" / "w.npy.meta.json").exists()

@@ -525,6 +525,14 @@ class WorkDir:
         self.ensure()
         path = Path(path)
         problem, meta = self._problem(path)
+        if problem is not None and problem != "missing" and self._rel(path) is not None:
+            with self._entry_lock(path):  # a damaged copy here (a fetch cut short...): drop it, take the shared one
+                problem, meta = self._problem(path)
+                if problem is not None and problem != "missing":
+                    logger.info("work directory: the local copy %s is damaged (%s); fetching it again", path, problem)
+                    for p in (sidecar(path), path):
+                        p.unlink(missing_ok=True)
+                    problem = "missing"
         if problem == "missing" and self._pull(path):
             problem, meta = self._problem(path)
         if problem is None:
@@ -536,7 +544,7 @@ class WorkDir:
             if problem is None:
                 return meta
             if problem != "missing":
-                self._remove(path, problem)
+                self._remove(path, problem)  # in a URI work directory: the shared copy is damaged too
         return None
 
     def verify(self, path: str | os.PathLike) -> bool:
