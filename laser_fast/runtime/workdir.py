@@ -373,7 +373,7 @@ class WorkDir:
             if share:
                 self._push(final, record=meta is not None)
                 if not keep and self.remote is not None:
-                    for p in (sidecar(final), final):
+                    for p in (final, sidecar(final)):
                         p.unlink(missing_ok=True)
         finally:
             try:
@@ -444,14 +444,17 @@ class WorkDir:
                 self.remote.upload(folder / name, f"{rel}/{name}")
 
     def remove_entry(self, path: str | os.PathLike) -> None:
-        """Remove the entry at ``path`` and its integrity record, here and on the shared storage
-        (the record first, so no reader takes the entry as present meanwhile)."""
+        """Remove the entry at ``path`` and its integrity record, here and on the shared storage.
+
+        Here the file goes first (a concurrent reader then finds it missing, not a file without
+        its record, which it would take for damage); there the record goes first (the record is
+        what makes an entry present on the storage)."""
         path = Path(path)
         rel = self._rel(path)
         if rel is not None:
             self.remote.delete(rel + ".meta.json")
             self.remote.delete(rel)
-        for p in (sidecar(path), path):
+        for p in (path, sidecar(path)):
             try:
                 p.unlink()
             except FileNotFoundError:
@@ -530,7 +533,7 @@ class WorkDir:
                 problem, meta = self._problem(path)
                 if problem is not None and problem != "missing":
                     logger.info("work directory: the local copy %s is damaged (%s); fetching it again", path, problem)
-                    for p in (sidecar(path), path):
+                    for p in (path, sidecar(path)):
                         p.unlink(missing_ok=True)
                     problem = "missing"
         if problem == "missing" and self._pull(path):

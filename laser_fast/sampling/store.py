@@ -227,7 +227,7 @@ class EmbeddingStore:
         base = path.name[:-len(".parquet")]
         self.wd.save_array(path.with_name(f"{base}.f16.npy"), vecs, share=False)
         self.wd.save_array(path.with_name(f"{base}.hashes.npy"), digests, share=False)
-        for p in (sidecar(path), path):  # the pair is what this machine reads
+        for p in (path, sidecar(path)):  # the pair is what this machine reads (file first: see WorkDir.remove_entry)
             p.unlink(missing_ok=True)
         return True
 
