@@ -1,6 +1,7 @@
 """Input files: JSONL (optionally gzipped) and Parquet readers."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -211,8 +212,15 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
     """Stream one JSONL(.gz) file into the builder; return the number of non-blank lines."""
     src = path if isinstance(path, InputFile) else InputFile(path)
 
+    @contextlib.contextmanager
     def opener(_, mode):
-        return gzip.open(src.open(), mode) if kind == "gzip" else src.open()
+        with src.open() as raw:  # closed with the gzip reader over it
+            if kind != "gzip":
+                yield raw
+                return
+            with gzip.open(raw, mode) as g:
+                yield g
+
     file_schema = schema
     n_lines = 0
     lineno = 0
