@@ -565,17 +565,10 @@ class WorkDir:
 
     def _remove(self, path: Path, problem: str) -> None:
         logger.warning("work directory: %s is damaged (%s); removed, it is computed again", path, problem)
-        rel = self._rel(path)
-        if rel is not None:  # a copy that arrived damaged, or one damaged here: no run should take it again
-            self.remote.delete(rel + ".meta.json")
-            self.remote.delete(rel)
-        for p in (path, sidecar(path)):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                raise LaserError(f"work directory: {p} is damaged ({problem}) and cannot be removed ({e}); delete it and rerun") from e
+        try:  # on shared storage too: a copy that arrived damaged must not be taken again by any run
+            self.remove_entry(path)
+        except OSError as e:
+            raise LaserError(f"work directory: {path} is damaged ({problem}) and cannot be removed ({e}); delete it and rerun") from e
 
     def load_array(self, path: str | os.PathLike, *, mmap: bool = True) -> np.ndarray | None:
         """The ``.npy`` array at ``path`` once its size, checksum, shape and dtype match its
