@@ -63,7 +63,7 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model scorers (step 2)")
     g.add_argument("--profile", choices=[*PROFILES, "auto", "none"],
-                   help="scorer set: lite (offline models, default without a GPU), paper (the reference models, default with a GPU), "
+                   help="scorer set: lite (offline, one MiniLM pass per record; default without a GPU), lite-llm (offline, SmolLM2-135M features: slower), paper (the reference models, default with a GPU), "
                         "none (no model scoring: scores must come from inputs or --scores)")
     g.add_argument("--scorers", help="comma-separated scorers that override the profile for the metrics they produce and always run: "
                                      + ", ".join(SCORER_OUTPUTS))

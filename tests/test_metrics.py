@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # ---- the hand-written tables the registry replaced (laser_fast/scorers/stage.py, preference.py
 # and metrics.py at e800702), kept as the expectation --------------------------------------------
 
-OLD_PROFILES = ("lite", "paper")
+OLD_PROFILES = ("lite", "lite-llm", "paper")  # lite-llm: the SmolLM2 path the lite profile was before issue 17
 OLD_PROFILE_METRICS = {
     "paper": {
         "quality": ("deita_quality", "quality"),
@@ -30,6 +30,11 @@ OLD_PROFILE_METRICS = {
         "if_quality": ("if_quality", "if_quality"),
     },
     "lite": {
+        **{m: ("onepass", "onepass_quality") for m in ("quality", "if_quality", "process_reward", "code_quality")},
+        "difficulty": ("onepass", "onepass_difficulty"),
+        "complexity": ("onepass", "onepass_difficulty"),
+    },
+    "lite-llm": {
         "quality": ("lite_quality", "lite_quality"),
         "if_quality": ("lite_quality", "lite_quality"),
         "process_reward": ("lite_quality", "lite_quality"),
@@ -49,6 +54,7 @@ OLD_SCORER_OUTPUTS = {
     "ifd": ("ifd", "ifd_cond_loss", "ifd_direct_loss"),
     "lite_difficulty": ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss"),
     "lite_quality": ("lite_quality",),
+    "onepass": ("onepass_quality", "onepass_difficulty"),
 }
 OLD_SCORER_METRICS = {
     "difficulty": {"difficulty": "difficulty"},
@@ -59,6 +65,8 @@ OLD_SCORER_METRICS = {
     "if_quality": {"if_quality": "if_quality"},
     "lite_quality": {m: "lite_quality" for m in ("quality", "if_quality", "process_reward", "code_quality")},
     "lite_difficulty": {"difficulty": "lite_difficulty", "complexity": "lite_difficulty"},
+    "onepass": {**{m: "onepass_quality" for m in ("quality", "if_quality", "process_reward", "code_quality")},
+                "difficulty": "onepass_difficulty", "complexity": "onepass_difficulty"},
     "ifd": {},
     "tokens": {},
 }
@@ -71,7 +79,7 @@ OLD_METRIC_ALIASES = {
     "complexity_scores": "complexity",
 }
 OLD_METRIC_SCORER = {
-    "quality": "deita_quality (or lite_quality)",
+    "quality": "deita_quality (or onepass, lite_quality)",
     "complexity": "deita_complexity",
     "difficulty": "difficulty",
     "if_quality": "if_quality",
@@ -86,7 +94,8 @@ OLD_MINMAX_METRICS = ("quality", "complexity", "difficulty")
 OLD_STRATEGIES = ("random", "longest", "deita", "difficulty", "quality", "dedicated_quality", "combination")
 OLD_DEDICATED_QUALITY = {"Generation": "if_quality", "Brainstorming": "if_quality", "Math": "process_reward", "Coding": "code_quality"}
 OLD_SCORE_COLUMNS = ("quality", "complexity", "difficulty", "if_quality", "process_reward", "code_quality", "inst_length", "resp_length", "last_resp_length",
-                     "lite_quality", "lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss", "process_reward_min", "process_reward_mean")
+                     "lite_quality", "onepass_quality", "onepass_difficulty", "lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss",
+                     "process_reward_min", "process_reward_mean")
 
 
 def old_metric_relevant(category, metric):
@@ -139,12 +148,12 @@ def test_the_old_names_stay_importable_where_they_were():
 def test_metric_sources_and_parsers():
     assert M.metric_sources("paper") == OLD_PROFILE_METRICS["paper"]
     src = M.metric_sources("lite", ["deita_quality", "tokens"])
-    assert src["quality"] == ("deita_quality", "quality") and src["if_quality"] == ("lite_quality", "lite_quality")
+    assert src["quality"] == ("deita_quality", "quality") and src["if_quality"] == ("onepass", "onepass_quality")
     assert M.parse_scorer_list("tokens, ifd,tokens") == ["tokens", "ifd"]
     with pytest.raises(ConfigError, match="unknown scorer 'nope': use one of tokens, difficulty, deita_quality, deita_complexity, process_reward, "
-                                          "code_quality, if_quality, ifd, lite_difficulty, lite_quality$"):
+                                          "code_quality, if_quality, ifd, lite_difficulty, lite_quality, onepass$"):
         M.parse_scorer_list("nope")
-    with pytest.raises(ConfigError, match="unknown scoring profile 'big': use one of lite, paper \\(or 'auto'\\)"):
+    with pytest.raises(ConfigError, match="unknown scoring profile 'big': use one of lite, lite-llm, paper \\(or 'auto'\\)"):
         M.canonical_profile("big")
     assert M.canonical_profile(" Paper ") == "paper"
     with pytest.raises(ConfigError, match="unknown scorer 'nope'"):
@@ -247,7 +256,7 @@ def test_a_toy_scorer_registered_in_one_place_shows_everywhere():
     reg = REGISTRY.extend(toy, metrics=[MetricSpec("toy_metric", aliases=("toy_alias",), robust=True, scorer="toy")])
     assert reg.scorer_outputs["toy"] == ("toy_len", "toy_raw")
     assert reg.scorer_metrics["toy"] == {"difficulty": "toy_len", "toy_metric": "toy_len"}
-    assert reg.profiles == ("lite", "paper", "toy_profile")
+    assert reg.profiles == ("lite", "lite-llm", "paper", "toy_profile")
     assert reg.profile_metrics["toy_profile"] == {"difficulty": ("toy", "toy_len")}
     assert reg.profile_metrics["paper"]["toy_metric"] == ("toy", "toy_len")
     assert reg.metrics[-1] == "toy_metric" and reg.metric_aliases["toy_alias"] == "toy_metric"
@@ -267,7 +276,7 @@ def test_a_toy_scorer_registered_in_one_place_shows_everywhere():
         (ScorerSpec("ifd", "m:C", ("x",)), "registered twice"),
         (ScorerSpec("bad", "m:C", ("x",), fills={"quality": "y"}), "not one of its outputs"),
         (ScorerSpec("bad", "m:C", ("x",), fills={"nope": "x"}), "unknown metric 'nope'"),
-        (ScorerSpec("bad", "m:C", ("x",), profiles={"lite": {"quality": "x"}}), "filled by both lite_quality and bad"),
+        (ScorerSpec("bad", "m:C", ("x",), profiles={"lite": {"quality": "x"}}), "filled by both onepass and bad"),
         (ScorerSpec("bad", "m:C", ("x",), settings=("gpu",)), "unknown settings"),
         (ScorerSpec("bad", "no_colon", ("x",)), "module:Class"),
     ],

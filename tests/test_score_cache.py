@@ -125,17 +125,21 @@ def test_needed_scorers_routes_by_category_and_skips_given_scores():
     plan2 = needed_scorers("combination", cats, {"difficulty": np.arange(5.0)}, src)
     assert "difficulty" not in plan2
     # lite: one scorer stands in for every quality metric
-    lite = needed_scorers("combination", cats, {}, metric_sources("lite"))
+    lite = needed_scorers("combination", cats, {}, metric_sources("lite-llm"))
     assert set(lite) == {"lite_quality", "lite_difficulty"} and lite["lite_quality"][0].all()
     assert {m for m, _, _ in lite["lite_quality"][1]} == {"process_reward", "code_quality", "if_quality", "quality"}
+    # lite: one scorer, one pass, stands in for every quality metric and for difficulty
+    one = needed_scorers("combination", cats, {}, metric_sources("lite"))
+    assert set(one) == {"onepass"} and one["onepass"][0].all()
+    assert {m for m, _, _ in one["onepass"][1]} == {"process_reward", "code_quality", "if_quality", "quality", "difficulty"}
     assert needed_scorers("longest", cats, {}, src) == {}
     # a stand-in never fills gaps among given values (two scales would be mixed); the native scorer does
     gappy = {"difficulty": np.array([1.0, np.nan, 2.0, 3.0, 4.0])}
-    assert "lite_difficulty" not in needed_scorers("combination", cats, gappy, metric_sources("lite"))
+    assert "lite_difficulty" not in needed_scorers("combination", cats, gappy, metric_sources("lite-llm"))
     assert needed_scorers("combination", cats, gappy, src)["difficulty"][0].tolist() == [False, True, False, False, False]
     # explicit scorers override the profile for the metrics they produce
     assert metric_sources("lite", ["deita_quality"])["quality"] == ("deita_quality", "quality")
-    assert metric_sources("lite", ["deita_quality"])["if_quality"] == ("lite_quality", "lite_quality")
+    assert metric_sources("lite", ["deita_quality"])["if_quality"] == ("onepass", "onepass_quality")
 
 
 def test_apply_scores_never_overwrites():

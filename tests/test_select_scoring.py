@@ -33,16 +33,23 @@ def _pool(tmp_path: Path, n: int = 24, given: dict | None = None, name: str = "p
     return f
 
 
-def test_combination_with_the_lite_profile_scores_then_reuses_the_cache(tmp_path):
+# per offline profile: (quality scorer, its column, difficulty scorer, its column)
+LITE_PROFILES = {"lite": ("onepass", "onepass_quality", "onepass", "onepass_difficulty"),
+                 "lite-llm": ("lite_quality", "lite_quality", "lite_difficulty", "lite_difficulty")}
+
+
+@pytest.mark.parametrize("profile", sorted(LITE_PROFILES))
+def test_combination_with_the_lite_profiles_scores_then_reuses_the_cache(tmp_path, profile):
+    q_scorer, q_col, d_scorer, d_col = LITE_PROFILES[profile]
     f = _pool(tmp_path)
-    opts = dict(budget=8, strategy="combination", mode="none", proportions="natural", profile="lite", show_progress=False)
+    opts = dict(budget=8, strategy="combination", mode="none", proportions="natural", profile=profile, show_progress=False)
     run = run_selection([str(f)], SelectOptions(**opts), workdir=str(tmp_path / "w"))
     sc = run.manifest["scoring"]
-    assert sc["profile"] == "lite"
+    assert sc["profile"] == profile
     ran = {s["scorer"]: s for s in sc["scorers"]}
-    assert set(ran) == {"lite_quality", "lite_difficulty"}
-    assert ran["lite_quality"]["computed"] == 24 and ran["lite_difficulty"]["computed"] == 24
-    assert set(ran["lite_quality"]["fills"]) == {"quality", "if_quality", "process_reward", "code_quality"}
+    assert set(ran) == {q_scorer, d_scorer}
+    assert ran[q_scorer]["computed"] == 24 and ran[d_scorer]["computed"] == 24
+    assert {"quality", "if_quality", "process_reward", "code_quality"} <= set(ran[q_scorer]["fills"])
     pool = run.pool.sort("data_id")
     cats = pool["category"].to_list()
     for metric, wanted in (("process_reward", {"Math"}), ("code_quality", {"Coding"}), ("if_quality", {"Generation", "Brainstorming"}),
@@ -50,11 +57,11 @@ def test_combination_with_the_lite_profile_scores_then_reuses_the_cache(tmp_path
         v = pool[metric].to_numpy()
         has = np.isfinite(v)
         assert {c for c, h in zip(cats, has) if h} == wanted, metric
-        # the lite stand-in: the metric equals lite_quality where it is routed
-        np.testing.assert_array_equal(v[has], pool["lite_quality"].to_numpy()[has])
+        # the lite stand-in: the metric equals the stand-in's column where it is routed
+        np.testing.assert_array_equal(v[has], pool[q_col].to_numpy()[has])
     d = pool["difficulty"].to_numpy()
     assert np.isfinite(d).all() and (d >= 0).all() and (d <= 1).all()
-    np.testing.assert_array_equal(d, pool["lite_difficulty"].to_numpy())
+    np.testing.assert_array_equal(d, pool[d_col].to_numpy())
     assert np.isfinite(pool["preference"].to_numpy()).all()
     assert len(run.selected_rows) == 8
     # second run: everything from the cache, same selection
@@ -65,7 +72,7 @@ def test_combination_with_the_lite_profile_scores_then_reuses_the_cache(tmp_path
     # given scores win: a difficulty column for every record is used as is, only quality is scored (from the cache)
     full = _pool(tmp_path, given={"difficulty": [i / 24 for i in range(24)]}, name="given.jsonl")
     run3 = run_selection([str(full)], SelectOptions(**opts), workdir=str(tmp_path / "w"))
-    assert {s["scorer"] for s in run3.manifest["scoring"]["scorers"]} == {"lite_quality"}
+    assert {s["scorer"] for s in run3.manifest["scoring"]["scorers"]} == {q_scorer}
     assert run3.manifest["scoring"]["scorers"][0]["computed"] == 0
     assert sorted(run3.pool["difficulty"].to_list()) == [i / 24 for i in range(24)]
     # ... and a partly given metric is not patched with a stand-in of another scale: the gap is named

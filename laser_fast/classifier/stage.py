@@ -2,6 +2,7 @@
 that keeps given categories, classifies the rest and caches the result in the work directory."""
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -113,8 +114,9 @@ class ClassifyTask(UnitTask):
 
     label = "classify"
 
-    def __init__(self, model: str | None, device: str | None, batch_size: int, fingerprint: str):
+    def __init__(self, model: str | None, device: str | None, batch_size: int, fingerprint: str, store_root: str | None = None):
         self.model, self.device, self.batch_size, self.fingerprint = model, device, int(batch_size), fingerprint
+        self.store_root = store_root
         self.resources = CLASSIFY.resources
         self.uses_gpu = str(device or "") != "cpu"
 
@@ -122,6 +124,8 @@ class ClassifyTask(UnitTask):
         from laser_fast.classifier.models import load_classifier
 
         self._clf = load_classifier(self.model, device=self.device).load()
+        if hasattr(self._clf, "store_root"):
+            self._clf.store_root = self.store_root
         if self._clf.fingerprint != self.fingerprint:
             raise RuntimeError(f"the classifier is {self._clf.fingerprint} on this worker and {self.fingerprint} on the driver: "
                                "install the same laser_fast and models on every node")
@@ -138,7 +142,7 @@ def _window_runner(clf: TaskClassifier, source: tuple | None, batch_size: int):
     ex = current_executor()
     if ex is None or source is None:
         return None
-    task = ClassifyTask(source[0], source[1], batch_size, clf.fingerprint)
+    task = ClassifyTask(source[0], source[1], batch_size, clf.fingerprint, getattr(clf, "store_root", None))
     return lambda windows: [p["probs"] for p in ex.map_units(task, [pl.DataFrame({"text": w}, schema={"text": pl.Utf8}) for w in windows])]
 
 
@@ -159,6 +163,9 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
 
     clf = load_classifier(opts.classifier, device=opts.device)
     stats["classifier"] = clf.fingerprint
+    if hasattr(clf, "store_root"):  # instruction vectors shared with the onepass scorer through the embedding store
+        clf = copy.copy(clf)  # the process-wide default instance keeps no work directory
+        clf.store_root = str(workdir)
     turns = records["user_turns"].to_list()
     sub = [turns[i] for i in todo]
     key = _hash_strings(["\x1f".join(t) for t in sub], clf.fingerprint)

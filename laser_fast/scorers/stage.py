@@ -9,7 +9,11 @@ A *profile* says which scorer produces each LASER metric:
     ``process_reward`` (Qwen/Qwen2.5-Math-PRM-7B), code_quality (Coding) <- ``code_quality`` and
     if_quality (Generation, Brainstorming) <- ``if_quality``, LLM judges (Qwen2.5-Coder-14B-Instruct,
     Qwen3-14B) in process through vLLM or transformers, or on an OpenAI-compatible endpoint.
-``lite`` (offline models that ship with the install; the default on a machine without a GPU)
+``lite`` (offline, ships with the install; the default on a machine without a GPU)
+    every quality metric and difficulty / complexity <- ``onepass``: linear heads over one
+    all-MiniLM-L6-v2 pass per record (its instruction and its first response, the same vectors the
+    classifier and k-means read from the work directory's embedding store).
+``lite-llm`` (offline, slower: SmolLM2-135M-Instruct forwards per record)
     every quality metric (quality, if_quality, process_reward, code_quality) <- ``lite_quality``;
     difficulty and complexity <- ``lite_difficulty``: the instruction-following difficulty (IFD)
     of SmolLM2-135M-Instruct over the first 128 response tokens (and the last 256 prompt tokens),
@@ -275,6 +279,8 @@ class ScoreTask(UnitTask):
         self._cache = ScoreCache(self.workdir, self.name, self.fingerprint, self.outputs)
         if hasattr(self._scorer, "set_workdir"):
             self._scorer.set_workdir(self._cache.dir / "work")
+        if hasattr(self._scorer, "set_store_root"):  # scorers that share the run's embedding store
+            self._scorer.set_store_root(self.workdir)
 
     def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
         keys = unit[_KEY_COLUMN].to_list()
@@ -321,6 +327,8 @@ def score_records(
     cache = ScoreCache(workdir, scorer.name, scorer.fingerprint, scorer.outputs)
     if hasattr(scorer, "set_workdir"):
         scorer.set_workdir(cache.dir / "work")
+    if hasattr(scorer, "set_store_root"):
+        scorer.set_store_root(str(workdir))
     sub = records[rows]
     ids = sub["data_id"].to_list()
     keys = content_keys(sub, cats[rows])

@@ -1,0 +1,168 @@
+"""Benchmark case ``lite``: the offline profiles on real AlpacaEval records, old path vs one pass.
+
+* ``lite`` (one pass): the MiniLM classifier head and the ``onepass`` scorer, which read each
+  record's instruction and response once through the work directory's embedding store (k-means
+  reuses the response vectors);
+* ``lite-llm`` (the old path): the SmolLM2 classifier head, ``lite_quality`` and
+  ``lite_difficulty`` (SmolLM2-135M forwards per record, in float32 on a CPU without bf16 units).
+
+Rows:
+
+* ``stage``: records/s of each step alone, models loaded and warmed outside the timing
+  (classifier prompts/s over distinct instructions, each scorer's records/s);
+* ``select``: ``laser-fast select`` end to end in a child process on a seeded sample of the pool
+  (combination, k-means, cold work directory, models loading included), records/s from its wall
+  time, the manifest's stage times, and the mean AlpacaEval 2 length-controlled win rate of the
+  selected rows' generators (the leaderboard in ../shared/data; NullModel = 0) beside a random
+  selection's expectation and "longest response first" at the same budget.
+* ``accuracy``: the held-out figures the shipped heads recorded at training time (meta.json).
+
+The CPU's name and flags (AVX2 / AVX-512 / AMX) are in every row: the old path's speed depends on
+them. Sizes: ``--quick`` 200 records (lite-llm 100); full 2,000 (lite-llm 300); override with
+``LASER_BENCH_LITE_ROWS`` / ``LASER_BENCH_LITE_LLM_ROWS`` (the whole pool: 32199, budget
+``LASER_BENCH_LITE_BUDGET``, default rows / 16).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import timed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the vector / matrix extensions that matter for float32 and bf16."""
+    name, flags = "unknown", set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name") and name == "unknown":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    want = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"cpu": name, "cpu_flags": " ".join(f for f in want if f in flags), "cores": os.cpu_count()}
+
+
+def _sample(n: int, seed: int = 0) -> list[dict]:
+    from benchmarks.data import alpaca_pool_rows
+
+    rows = alpaca_pool_rows() or []
+    idx = sorted(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
+    return [{"instruction": rows[i]["instruction"], "output": rows[i]["output"] or "", "generator": rows[i]["generator"]} for i in idx]
+
+
+def _win_rates() -> dict[str, float]:
+    from benchmarks.data import DATA
+
+    lc = {}
+    for line in open(DATA / "alpaca_eval_leaderboard.jsonl", encoding="utf-8"):
+        d = json.loads(line)
+        lc[d["generator"]] = float(d["length_controlled_winrate"])
+    lc["NullModel"] = 0.0
+    return lc
+
+
+def _select(rows: list[dict], root: Path, profile: str, classifier: str, budget: int) -> dict:
+    pool = root / f"pool-{profile}.jsonl"
+    with open(pool, "w", encoding="utf-8") as fh:
+        for i, r in enumerate(rows):
+            fh.write(json.dumps({"id": f"r{i}", "instruction": r["instruction"], "output": r["output"]}) + "\n")
+    out, wd = root / f"out-{profile}", root / f"wd-{profile}"
+    cmd = [sys.executable, "-m", "laser_fast.cli", "select", str(pool), "--budget", str(budget), "--profile", profile,
+           "--classifier", classifier, "--strategy", "combination", "--mode", "kmeans", "--seed", "0",
+           "--workdir", str(wd), "--output-dir", str(out), "--no-report", "-q"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=str(ROOT), stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    man = json.loads((out / "manifest.json").read_text())
+    picked = [json.loads(line) for line in open(out / "selected.jsonl", encoding="utf-8")]
+    return {"wall_s": wall, "ids": [p.get("id") or p.get("data_id") for p in picked],
+            "stages_s": {k: round(v, 1) for k, v in (man.get("timings_seconds") or {}).items() if isinstance(v, (int, float))}}
+
+
+def _stage_rows(rows: list[dict], n_llm: int, cpu: dict) -> list[dict]:
+    import polars as pl
+
+    from laser_fast.classifier.models import load_classifier
+    from laser_fast.io.ingest import records_from_frame
+    from laser_fast.metrics import ScorerSettings, build_scorer
+
+    out = []
+    insts = sorted({r["instruction"] for r in rows})
+    for name, n in (("minilm", len(insts)), ("smollm", min(n_llm, len(insts)))):
+        clf = load_classifier(name, device="cpu")
+        clf.predict(["warm up the model"])
+        _, t = timed(clf.predict, insts[:n])
+        out.append({"case": "lite", "row": "stage", "stage": f"classify ({name})", "path": "one pass" if name == "minilm" else "old",
+                    "items": n, "per_s": round(n / t, 2), **cpu})
+    frame = pl.DataFrame([{"instruction": r["instruction"], "output": r["output"]} for r in rows])
+    recs, _ = records_from_frame(frame, origin="bench")
+    recs = recs.with_columns(pl.lit("Generation").alias("category"))
+    for name, n in (("onepass", len(rows)), ("lite_quality", n_llm), ("lite_difficulty", n_llm)):
+        sc = build_scorer(name, ScorerSettings(device="cpu"))
+        sc.score(recs[:2])  # load and warm up outside the timing
+        _, t = timed(sc.score, recs[:n])
+        out.append({"case": "lite", "row": "stage", "stage": f"score ({name})", "path": "one pass" if name == "onepass" else "old",
+                    "items": n, "per_s": round(n / t, 2), **cpu})
+    for r in out:
+        print(json.dumps(r), flush=True)
+    return out
+
+
+def run(quick: bool) -> list[dict]:
+    from benchmarks.data import DATA
+
+    if not (DATA / "alpaca_eval_pool.jsonl.gz").exists():
+        print("lite: ../shared/data/alpaca_eval_pool.jsonl.gz not present, skipped", flush=True)
+        return []
+    cpu = cpu_info()
+    n = int(os.environ.get("LASER_BENCH_LITE_ROWS") or (200 if quick else 2000))
+    n_llm = int(os.environ.get("LASER_BENCH_LITE_LLM_ROWS") or (100 if quick else 300))
+    budget = int(os.environ.get("LASER_BENCH_LITE_BUDGET") or max(1, n // 16))
+    rows = _sample(n)
+    out = _stage_rows(rows, n_llm, cpu)
+    lc = _win_rates()
+    gens = [r["generator"] for r in rows]
+    longest = sorted(range(len(rows)), key=lambda i: (-len(rows[i]["output"]), i))[:budget]
+    root = Path(os.environ.get("LASER_FAST_BENCH_TMP") or "/tmp/laser_fast_bench_lite")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        for profile, classifier, m in (("lite", "minilm", n), ("lite-llm", "smollm", n_llm)):
+            sub = rows[:m] if m < n else rows
+            b = budget if m == n else max(1, m // 16)
+            res = _select(sub, root, profile, classifier, b)
+            sel = [int(str(i)[1:]) for i in res["ids"]]
+            row = {"case": "lite", "row": "select", "profile": profile, "path": "one pass" if profile == "lite" else "old",
+                   "records": m, "budget": b, "wall_s": round(res["wall_s"], 1), "records_per_s": round(m / res["wall_s"], 2),
+                   "selected_mean_lc_winrate": round(float(np.mean([lc[gens[i]] for i in sel])), 2),
+                   "random_mean_lc_winrate": round(float(np.mean([lc[g] for g in gens[:m]])), 2),
+                   "stages_s": " ".join(f"{k}={v}" for k, v in res["stages_s"].items()), **cpu}
+            if m == n:
+                row["longest_first_mean_lc_winrate"] = round(float(np.mean([lc[gens[i]] for i in longest])), 2)
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    meta = json.loads((ROOT / "laser_fast" / "models" / "onepass" / "meta.json").read_text())
+    acc = {"case": "lite", "row": "accuracy", "source": "laser_fast/models/onepass/meta.json (held-out quarter, scripts/train_onepass.py)",
+           "quality": meta["quality"]["held_out"], "difficulty": meta["difficulty"]["held_out"]}
+    cls = json.loads((ROOT / "laser_fast" / "models" / "classifier" / "meta.json").read_text())
+    if "held_out" in cls:
+        acc["classifier"] = cls["held_out"]
+    out.append(acc)
+    print(json.dumps(acc), flush=True)
+    return out

@@ -1,0 +1,95 @@
+"""The ``lite`` profile's one pass: MiniLM reads each instruction and response once; the classifier,
+the ``onepass`` heads and k-means share the vectors through the work directory's embedding store."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from laser_fast.classifier.models import load_classifier
+from laser_fast.config import SelectOptions
+from laser_fast.errors import ModelLoadError
+from laser_fast.pipeline import run_selection
+from laser_fast.sampling.store import EmbeddingStore
+from laser_fast.scorers.onepass import DEFAULT_MODEL_DIR, OnePassScorer, instruction_views
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = ROOT / "examples" / "pool" / "chat_messages.jsonl"
+
+INST = ["What is 17 * 3?", "Write a short poem about the sea.", "Explain recursion to a child.", "Name three primes."]
+RESP = ["17 * 3 = 51.", "Waves fold silver light\nover the patient shore.", "", "2, 3 and 5."]
+
+
+def test_scores_with_and_without_a_work_directory_are_equal_and_vectors_are_stored_once(tmp_path):
+    bare = OnePassScorer().score_pairs(INST, RESP)
+    assert set(bare) == {"onepass_quality", "onepass_difficulty"}
+    q, d = bare["onepass_quality"], bare["onepass_difficulty"]
+    assert np.isnan(q[2]) and np.isnan(d[2])  # the empty response gets no score
+    ok = [0, 1, 3]
+    assert np.isfinite(q[ok]).all() and ((d[ok] >= 0) & (d[ok] <= 1)).all()
+
+    sc = OnePassScorer()
+    sc.set_store_root(str(tmp_path / "wd"))
+    stored = sc.score_pairs(INST, RESP)
+    for k in bare:
+        np.testing.assert_array_equal(stored[k], bare[k])  # float16 vectors either way: the same bits
+    assert sc.stats["embedded_texts"] == 6  # three instructions and three non-empty responses
+
+    again = OnePassScorer()
+    again.set_store_root(str(tmp_path / "wd"))
+    out = again.score_pairs(INST, RESP)
+    assert again.stats["embedded_texts"] == 0
+    np.testing.assert_array_equal(out["onepass_quality"], bare["onepass_quality"])
+
+
+def test_the_classifier_writes_the_instruction_vectors_the_scorer_reads(tmp_path):
+    texts = [t for t, r in zip(INST, RESP) if r]
+    plain = load_classifier("minilm")
+    shared = load_classifier("minilm")
+    shared.store_root = str(tmp_path / "wd")
+    np.testing.assert_array_equal(shared.predict_proba(texts), plain.predict_proba(texts))
+    _, info = EmbeddingStore(tmp_path / "wd").get(instruction_views(texts), field="instruction")
+    assert info["computed"] == 0
+    sc = OnePassScorer()
+    sc.set_store_root(str(tmp_path / "wd"))
+    sc.score_pairs(texts, [r for r in RESP if r])
+    assert sc.stats["embedded_texts"] == 3  # only the responses
+
+
+def test_a_lite_selection_embeds_every_text_once(tmp_path):
+    rows = [json.loads(line) for line in POOL.read_text().splitlines()[:40]]
+    f = tmp_path / "pool.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    opts = SelectOptions(budget=6, strategy="combination", mode="kmeans", profile="lite", seed=0, show_progress=False)
+    run = run_selection([str(f)], opts, workdir=str(tmp_path / "w"))
+    ran = {s["scorer"]: s for s in run.manifest["scoring"]["scorers"]}
+    assert set(ran) == {"onepass"}
+    # k-means found every response vector in the store: the onepass scorer had embedded them
+    assert run.manifest["embedding"]["computed"] == 0
+    assert len(run.selected_rows) == 6
+    again = run_selection([str(f)], opts, workdir=str(tmp_path / "w"))
+    assert again.pool[again.selected_rows.tolist()]["data_id"].to_list() == run.pool[run.selected_rows.tolist()]["data_id"].to_list()
+
+
+def test_a_record_table_is_read_as_first_instruction_and_first_answer():
+    batch = pl.DataFrame({"instruction": ["What is 17 * 3?"], "response": ["the last answer"],
+                          "responses": [["17 * 3 = 51.", "the last answer"]]})
+    a = OnePassScorer().score(batch)
+    b = OnePassScorer().score_pairs(["What is 17 * 3?"], ["17 * 3 = 51."])
+    np.testing.assert_array_equal(a["onepass_quality"], b["onepass_quality"])
+
+
+def test_heads_of_another_feature_version_are_refused_with_the_retrain_command(tmp_path):
+    d = tmp_path / "heads"
+    shutil.copytree(DEFAULT_MODEL_DIR, d)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["onepass_version"] = 0
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="train_onepass.py"):
+        _ = OnePassScorer(d).fingerprint
+    with pytest.raises(ModelLoadError, match="train_onepass.py"):
+        OnePassScorer(tmp_path / "nowhere").score_pairs(["a"], ["b"])
