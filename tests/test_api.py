@@ -141,4 +141,10 @@ ALLOWED = {
     # the lite quality scorer reads instructions through the classifier's text view (one definition
     # of "the part of a long text a small model sees")
     ("laser_fast.scorers.lite_features", "classifier"),
+    # the lite profile's one pass: the classifier and the onepass scorer read and write the run's
+    # MiniLM vectors through the embedding store of the sampling step (each text embedded once per
+    # run), and the scorer reads instructions through the classifier's text view
+    ("laser_fast.scorers.onepass", "classifier"),
+    ("laser_fast.scorers.onepass", "sampling"),
+    ("laser_fast.classifier.models", "sampling"),
 }
