@@ -193,7 +193,7 @@ SCORER_SPECS: tuple[ScorerSpec, ...] = (
                profiles={"lite-llm": _LITE_QUALITY_FILLS}, settings=("device",),
                doc="the lite-llm stand-in for every quality metric: a linear head on SmolLM2 and MiniLM features (CPU)"),
     ScorerSpec("onepass", "laser_fast.scorers.onepass:OnePassScorer", ("onepass_quality", "onepass_difficulty"),
-               profiles={"lite": _ONEPASS_FILLS}, settings=("device",),
+               profiles={"lite": _ONEPASS_FILLS}, settings=("model", "device"),
                doc="the lite profile's quality and difficulty: linear heads on one MiniLM pass over instruction and response"),
 )
 

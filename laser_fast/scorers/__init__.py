@@ -8,7 +8,8 @@ Modules:
     tokens      token counts (``tokens``)
     models      difficulty, deita_quality / deita_complexity, process_reward, ifd
     judges      LLM judges over any OpenAI-compatible endpoint: code_quality, if_quality, custom prompts
-    lite        lite_quality, the fast CPU quality scorer, and ``score_quality``
+    onepass     the lite profile's quality and difficulty heads over one MiniLM pass per record (``onepass``)
+    lite        lite_quality, the SmolLM2 CPU quality scorer of the lite-llm profile, and ``score_quality``
     cache       per-(fingerprint, data_id) score cache: append-only Parquet shards
     stage       the orchestration used by ``laser-fast score`` and ``laser-fast select`` (and ``lite_difficulty``)
     preference  combining the scores into one preference per record

@@ -11,13 +11,16 @@ Both vectors go through the work directory's :class:`~laser_fast.sampling.store.
 them: a record costs one MiniLM forward per text for the whole run. Two linear heads then read
 ``cheap`` text cues (:func:`~laser_fast.scorers.lite_features.cheap_features`), the response
 vector (``emb``), its element-wise product with the instruction vector plus their cosine
-(``embx``) and the instruction vector (``iemb``):
+(``embx``), the instruction vector (``iemb``) and the classifier's lexical cues of the
+instruction (``ilex``):
 
 * ``onepass_quality``: a pairwise logistic regression trained on public human / AI preference
   pairs (higher is better);
-* ``onepass_difficulty``: a ridge regression of the instruction-following difficulty (IFD) that
-  SmolLM2-135M-Instruct gives the pair (the ``lite-llm`` profile's ``lite_difficulty``), clipped
-  to [0, 1].
+* ``onepass_difficulty``: a ridge regression, over every group, of the instruction-following
+  difficulty (IFD) that SmolLM2-135M-Instruct gives the pair (the ``lite-llm`` profile's
+  ``lite_difficulty``), clipped to [0, 1]. A head on the instruction alone (as the paper's
+  difficulty scorer reads it) followed the IFD less well (cross-validated Spearman 0.30 against
+  0.51) and did not select better (``docs/lite_quality.md``).
 
 The weights are in ``laser_fast/models/onepass/`` (``meta.json`` + ``weights.npz``), written by
 ``scripts/train_onepass.py``; ``docs/lite_quality.md`` has the data, the held-out split and the
@@ -44,6 +47,7 @@ import polars as pl
 from laser_fast._version import __version__
 from laser_fast.errors import ModelLoadError
 from laser_fast.scorers.base import Scorer
+from laser_fast.classifier.features import LEXICAL_FEATURES, lexical_features
 from laser_fast.scorers.lite_features import CHEAP_FEATURES, cheap_features
 
 logger = logging.getLogger(__name__)
@@ -52,10 +56,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "onepass"
 
 #: Bumped when a feature's definition changes (the heads record the version they were trained on).
-ONEPASS_VERSION = 1
+ONEPASS_VERSION = 2
 
-#: The feature groups and their widths (384 = MiniLM's dimension).
-GROUP_DIMS = {"cheap": len(CHEAP_FEATURES), "emb": 384, "embx": 385, "iemb": 384}
+#: The feature groups and their widths (384 = MiniLM's dimension); ``ilex`` are the classifier's
+#: lexical features of the instruction.
+GROUP_DIMS = {"cheap": len(CHEAP_FEATURES), "emb": 384, "embx": 385, "iemb": 384, "ilex": len(LEXICAL_FEATURES)}
 
 #: Embedding-store namespaces of the two views (``response`` is the one clustering uses by default).
 INSTRUCTION_FIELD = "instruction"
@@ -117,8 +122,9 @@ def features(instructions: Sequence[str], responses: Sequence[str], ei: np.ndarr
     cheap = np.stack([cheap_features(a, b) for a, b in zip(instructions, responses)]) if n else np.zeros((0, GROUP_DIMS["cheap"]))
     ei64, er64 = ei.astype(np.float64), er.astype(np.float64)
     prod = ei64 * er64
+    ilex = np.asarray(lexical_features(list(instructions)), dtype=np.float64) if n else np.zeros((0, GROUP_DIMS["ilex"]))
     return {"cheap": cheap.astype(np.float64), "emb": er64, "embx": np.concatenate([prod, prod.sum(1, keepdims=True)], axis=1),
-            "iemb": ei64}
+            "iemb": ei64, "ilex": ilex.reshape(n, GROUP_DIMS["ilex"])}
 
 
 class _Head:
