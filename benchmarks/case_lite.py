@@ -78,8 +78,7 @@ def _win_rates() -> dict[str, float]:
 def _select(rows: list[dict], root: Path, profile: str, classifier: str, budget: int) -> dict:
     pool = root / f"pool-{profile}.jsonl"
     with open(pool, "w", encoding="utf-8") as fh:
-        for i, r in enumerate(rows):
-            fh.write(json.dumps({"id": f"r{i}", "instruction": r["instruction"], "output": r["output"]}) + "\n")
+        fh.writelines(json.dumps({"id": f"r{i}", "instruction": r["instruction"], "output": r["output"]}) + "\n" for i, r in enumerate(rows))
     out, wd = root / f"out-{profile}", root / f"wd-{profile}"
     cmd = [sys.executable, "-m", "laser_fast.cli", "select", str(pool), "--budget", str(budget), "--profile", profile,
            "--classifier", classifier, "--strategy", "combination", "--mode", "kmeans", "--seed", "0",

@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import train_lite_quality as tlq  # noqa: E402  (pair loaders, pairwise fit, accuracy)
+import train_lite_quality as tlq
 
-from laser_fast._version import __version__  # noqa: E402
-from laser_fast.scorers.onepass import GROUP_DIMS, ONEPASS_VERSION, embed_views, features  # noqa: E402
+from laser_fast._version import __version__
+from laser_fast.scorers.onepass import GROUP_DIMS, ONEPASS_VERSION, embed_views, features
 
 log = logging.getLogger("train_onepass")
 

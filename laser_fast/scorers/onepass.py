@@ -38,16 +38,17 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from laser_fast._version import __version__
+from laser_fast.classifier.features import LEXICAL_FEATURES, lexical_features
 from laser_fast.errors import ModelLoadError
 from laser_fast.scorers.base import Scorer
-from laser_fast.classifier.features import LEXICAL_FEATURES, lexical_features
 from laser_fast.scorers.lite_features import CHEAP_FEATURES, cheap_features
 
 logger = logging.getLogger(__name__)
