@@ -18,7 +18,8 @@ Rows:
 * ``accuracy``: the held-out figures the shipped heads recorded at training time (meta.json).
 
 The CPU's name and flags (AVX2 / AVX-512 / AMX) are in every row: the old path's speed depends on
-them. Sizes: ``--quick`` 200 records (lite-llm 100); full 2,000 (lite-llm 300); override with
+them; ``old_path_dtype`` says whether SmolLM2 ran in bfloat16 (``LASER_FAST_CPU_BF16=0`` forces
+float32, as on an AVX2-only CPU). Sizes: ``--quick`` 200 records (lite-llm 100); full 2,000 (lite-llm 300); override with
 ``LASER_BENCH_LITE_ROWS`` / ``LASER_BENCH_LITE_LLM_ROWS`` (the whole pool: 32199, budget
 ``LASER_BENCH_LITE_BUDGET``, default rows / 16).
 """
@@ -53,7 +54,12 @@ def cpu_info() -> dict:
     except OSError:
         pass
     want = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return {"cpu": name, "cpu_flags": " ".join(f for f in want if f in flags), "cores": os.cpu_count()}
+    from laser_fast.runtime.devices import cpu_bf16_supported
+
+    # the old path runs SmolLM2 in bf16 where the CPU multiplies it natively; LASER_FAST_CPU_BF16=0
+    # measures it in float32, as on an AVX2-only CPU (the one pass is float32 either way)
+    return {"cpu": name, "cpu_flags": " ".join(f for f in want if f in flags), "cores": os.cpu_count(),
+            "old_path_dtype": "bfloat16" if cpu_bf16_supported() else "float32"}
 
 
 def _sample(n: int, seed: int = 0) -> list[dict]:
@@ -141,16 +147,18 @@ def run(quick: bool) -> list[dict]:
     root.mkdir(parents=True)
     try:
         for profile, classifier, m in (("lite", "minilm", n), ("lite-llm", "smollm", n_llm)):
-            sub = rows[:m] if m < n else rows
-            b = budget if m == n else max(1, m // 16)
+            # a smaller run takes a seeded random subset (the pool file is ordered by generator)
+            pick = list(range(n)) if m >= n else sorted(random.Random(1).sample(range(n), m))
+            sub, sub_gens = [rows[i] for i in pick], [gens[i] for i in pick]
+            b = budget if m >= n else max(1, m // 16)
             res = _select(sub, root, profile, classifier, b)
-            sel = [int(str(i)[1:]) for i in res["ids"]]
+            sel = [int(str(i)[1:]) for i in res["ids"]]  # ids are positions in ``sub``
             row = {"case": "lite", "row": "select", "profile": profile, "path": "one pass" if profile == "lite" else "old",
-                   "records": m, "budget": b, "wall_s": round(res["wall_s"], 1), "records_per_s": round(m / res["wall_s"], 2),
-                   "selected_mean_lc_winrate": round(float(np.mean([lc[gens[i]] for i in sel])), 2),
-                   "random_mean_lc_winrate": round(float(np.mean([lc[g] for g in gens[:m]])), 2),
+                   "records": len(sub), "budget": b, "wall_s": round(res["wall_s"], 1), "records_per_s": round(len(sub) / res["wall_s"], 2),
+                   "selected_mean_lc_winrate": round(float(np.mean([lc[sub_gens[i]] for i in sel])), 2),
+                   "random_mean_lc_winrate": round(float(np.mean([lc[g] for g in sub_gens])), 2),
                    "stages_s": " ".join(f"{k}={v}" for k, v in res["stages_s"].items()), **cpu}
-            if m == n:
+            if m >= n:
                 row["longest_first_mean_lc_winrate"] = round(float(np.mean([lc[gens[i]] for i in longest])), 2)
             out.append(row)
             print(json.dumps(row), flush=True)

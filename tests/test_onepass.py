@@ -93,3 +93,12 @@ def test_heads_of_another_feature_version_are_refused_with_the_retrain_command(t
         _ = OnePassScorer(d).fingerprint
     with pytest.raises(ModelLoadError, match="train_onepass.py"):
         OnePassScorer(tmp_path / "nowhere").score_pairs(["a"], ["b"])
+
+
+def test_cpu_bf16_can_be_turned_off_for_float32_runs(monkeypatch):
+    from laser_fast.runtime.devices import cpu_bf16_supported
+
+    monkeypatch.setenv("LASER_FAST_CPU_BF16", "0")
+    assert cpu_bf16_supported() is False
+    monkeypatch.setenv("LASER_FAST_CPU_BF16", "1")
+    assert cpu_bf16_supported() is True

@@ -66,7 +66,14 @@ def torch_dtype(device: str):
 
 
 def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (AMX / AVX-512 BF16 via oneDNN)."""
+    """Whether this CPU runs bfloat16 matrix products natively (AMX / AVX-512 BF16 via oneDNN).
+
+    ``LASER_FAST_CPU_BF16=0`` answers no (float32 everywhere, as on an AVX2-only CPU: for
+    benchmarks and bit-for-bit comparisons across machines); ``=1`` answers yes.
+    """
+    forced = os.environ.get("LASER_FAST_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     import torch
 
     try:
