@@ -45,7 +45,7 @@ def cpu_info() -> dict:
     """The CPU's model name and the vector / matrix extensions that matter for float32 and bf16."""
     name, flags = "unknown", set()
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name") and name == "unknown":
                 name = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
@@ -74,7 +74,7 @@ def _win_rates() -> dict[str, float]:
     from benchmarks.data import DATA
 
     lc = {}
-    for line in open(DATA / "alpaca_eval_leaderboard.jsonl", encoding="utf-8"):
+    for line in (DATA / "alpaca_eval_leaderboard.jsonl").read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
         lc[d["generator"]] = float(d["length_controlled_winrate"])
     lc["NullModel"] = 0.0
@@ -93,7 +93,7 @@ def _select(rows: list[dict], root: Path, profile: str, classifier: str, budget:
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=str(ROOT), stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     man = json.loads((out / "manifest.json").read_text())
-    picked = [json.loads(line) for line in open(out / "selected.jsonl", encoding="utf-8")]
+    picked = [json.loads(line) for line in (out / "selected.jsonl").read_text(encoding="utf-8").splitlines()]
     return {"wall_s": wall, "ids": [p.get("id") or p.get("data_id") for p in picked],
             "stages_s": {k: round(v, 1) for k, v in (man.get("timings_seconds") or {}).items() if isinstance(v, (int, float))}}
 
