@@ -63,7 +63,7 @@ def held_out(source: str, group: str) -> bool:
 
 def load_pairs_file(path: Path, p: tlq.Pairs) -> dict:
     n = defaultdict(int)
-    for i, line in enumerate(open(path, encoding="utf-8"), 1):
+    for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         src = "oasst" if r["source"].startswith("oasst") else "ultrafeedback" if r["source"].startswith("ultrafeedback") else r["source"]
         group = r.get("tree_id") or r.get("group_id") or r["instruction"]
@@ -139,7 +139,7 @@ def difficulty(args) -> tuple[dict, dict]:
     from scipy.stats import pearsonr, spearmanr
     from sklearn.linear_model import Ridge
 
-    rows = [json.loads(line) for line in open(args.teacher, encoding="utf-8")]
+    rows = [json.loads(line) for line in args.teacher.read_text(encoding="utf-8").splitlines()]
     rows = [r for r in rows if r["response"].strip() and np.isfinite(r["lite_difficulty"])]
     F = embed_cached([(r["instruction"], r["response"]) for r in rows], args.work)
     y = np.array([r["lite_difficulty"] for r in rows])
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         commit = ""
     meta = {"name": "onepass", "onepass_version": ONEPASS_VERSION, "code_version": __version__, "git_commit_at_training": commit,
