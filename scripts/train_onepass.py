@@ -7,7 +7,7 @@ Quality: a pairwise logistic regression (as scripts/train_lite_quality.py) on
   * GSM8K correct vs incorrect model solutions (../shared/data/gsm8k_model_solutions.jsonl.gz),
   * ``--pairs FILE`` (JSONL with ``instruction``, ``chosen``, ``rejected``, ``source``): public
     train-split preference pairs, e.g. Open-Assistant's human-ranked ``en_100_tree`` and
-    UltraFeedback GPT-4 ratings (built outside the project from public repositories);
+    UltraFeedback GPT-4 ratings (scripts/public_data/build.py; docs/public_data.md);
   * AlpacaEval generator pairs only with ``--w-alpaca-eval > 0`` (off by default: the selection
     benchmark ranks rows by those same generators).
 
