@@ -19,11 +19,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import train_lite_quality as tlq  # noqa: E402
-import train_onepass as to  # noqa: E402
+import train_lite_quality as tlq
+import train_onepass as to
 
-from laser_fast.scorers.lite import score_quality  # noqa: E402
-from laser_fast.scorers.onepass import OnePassScorer  # noqa: E402
+from laser_fast.scorers.lite import score_quality
+from laser_fast.scorers.onepass import OnePassScorer
 
 
 def main() -> int:
