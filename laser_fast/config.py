@@ -17,6 +17,7 @@ the whole pool).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,11 @@ class SelectOptions:
         self.trust_remote_code = [m.strip() for m in self.trust_remote_code]
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2^32), got {self.seed!r}")
+        if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or isinstance(self.max_seq_length, bool)
+                                                or self.max_seq_length < 1):
+            raise ConfigError(f"max_seq_length must be a positive integer (tokens; --max-seq-length 0 or None: no limit), got {self.max_seq_length!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,8 +219,8 @@ def parse_category_map(value, key: str) -> dict[str, float]:
             v = float(b)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}.{a}: '{b}' is not a number") from None
-        if v < 0:
-            raise ConfigError(f"{key}.{a}: must be >= 0, got {v}")
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{key}.{a}: must be a finite number >= 0, got {b!r}")
         out[c] = v
     return out
 
@@ -247,8 +253,14 @@ def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, 
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: config file not found")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, not a config file: give the path of a YAML file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
@@ -338,16 +350,28 @@ def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, 
         schema = entry.get("schema")
         if schema is None and entry.get("multi_turn") is False:
             schema = None  # the reference converts Alpaca records; auto-detection does the same
+        def num(key: str, conv, default=None, low: float = 0.0, entry=entry, where=where):
+            value = entry.get(key, default)
+            if value is None:
+                return None
+            try:
+                v = conv(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.{key}: {value!r} is not a number") from None
+            if isinstance(value, bool) or not math.isfinite(v) or v < low:
+                raise ConfigError(f"{where}.{key}: must be a finite number >= {low:g}, got {value!r}")
+            return v
+
         sources.append(
             SourceSpec(
                 path=path,
                 name=str(entry["name"]) if entry.get("name") is not None else None,
                 schema=schema,
-                sample_size=int(entry["sample_size"]) if entry.get("sample_size") is not None else None,
-                token_size=int(entry["token_size"]) if entry.get("token_size") is not None else None,
-                oversampling=float(entry.get("oversampling", 1.0)),
+                sample_size=num("sample_size", int),
+                token_size=num("token_size", int),
+                oversampling=num("oversampling", float, 1.0),
                 setfit_limits=parse_category_map(entry["setfit_limits"], f"{where}.setfit_limits") if entry.get("setfit_limits") else None,
-                min_distance=float(entry["min_distance"]) if entry.get("min_distance") is not None else None,
+                min_distance=num("min_distance", float),
                 language=str(entry["language"]) if entry.get("language") is not None else None,
             )
         )

@@ -268,6 +268,9 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
                     except _RecordProblem as p:
                         b.problem(label, lineno, where, p)
             except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                if lineno == 0 and isinstance(e, gzip.BadGzipFile):  # the first bytes are not a gzip header
+                    raise InputError(label, f"not a gzip file ({_short(e)}), though its name ends in .gz",
+                                     "Compress it with gzip, or rename it without .gz if it is plain JSONL") from None
                 raise InputError(
                     f"{label}:{lineno + 1}",
                     f"the gzip stream ends early or is corrupt after line {lineno}: the file looks "

@@ -1,0 +1,63 @@
+"""Issue 18, first slice: every bad value of an option or a config key is one ``laser-fast: error:``
+line (exit 2) that names it, never a traceback or a silent empty selection."""
+from __future__ import annotations
+
+import pytest
+
+from laser_fast.cli import main
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+POOL = str(ROOT / "examples" / "pool" / "alpaca.jsonl")
+
+
+def _run(tmp_path, capsys, *extra: str) -> tuple[int, str]:
+    rc = main(["select", POOL, "--budget", "5", "--strategy", "random", "--profile", "none", "-q",
+               "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o"), *extra])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,named", [
+    (("--seed", "-1"), "seed"),
+    (("--seed", str(2**32)), "seed"),
+    (("--max-seq-length", "-1"), "max_seq_length"),
+    (("--proportions", "Math=nan,Coding=1"), "--proportions.Math"),
+    (("--proportions", "Math=inf"), "--proportions.Math"),
+    (("--proportions", "Math=-1,Coding=1"), "--proportions.Math"),
+])
+def test_bad_option_values_are_one_line_errors(tmp_path, capsys, args, named):
+    rc, err = _run(tmp_path, capsys, *args)
+    assert rc == 2 and err.startswith("laser-fast: error:") and named in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "selected.jsonl").exists()
+
+
+def _config(tmp_path, text: bytes) -> str:
+    f = tmp_path / "c.yaml"
+    f.write_bytes(text)
+    return str(f)
+
+
+@pytest.mark.parametrize("body,named", [
+    (b"data:\n  - path: POOL\n    sample_size: abc\n", "data[0].sample_size"),
+    (b"data:\n  - path: POOL\n    oversampling: lots\n", "data[0].oversampling"),
+    (b"data:\n  - path: POOL\n    oversampling: -1\n", "data[0].oversampling"),
+    (b"data:\n  - path: POOL\n    min_distance: .nan\n", "data[0].min_distance"),
+    (b"sample_size: 5\nnote: \xff\xfe\n", "not UTF-8"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, capsys, body, named):
+    cfg = _config(tmp_path, body.replace(b"POOL", POOL.encode()))
+    rc, err = _run(tmp_path, capsys, "--config", cfg)
+    assert rc == 2 and err.startswith("laser-fast: error:") and named in err and "Traceback" not in err
+
+
+def test_a_config_folder_is_named(tmp_path, capsys):
+    rc, err = _run(tmp_path, capsys, "--config", str(tmp_path))
+    assert rc == 2 and "is a folder" in err
+
+
+def test_a_plain_file_named_gz_is_not_called_truncated(tmp_path, capsys):
+    f = tmp_path / "plain.jsonl.gz"
+    f.write_text('{"instruction": "a", "output": "b"}\n')
+    rc = main(["select", str(f), "--budget", "1", "--strategy", "random", "--profile", "none", "-q",
+               "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a gzip file" in err and "truncated" not in err and str(f) in err
