@@ -102,3 +102,13 @@ def test_cpu_bf16_can_be_turned_off_for_float32_runs(monkeypatch):
     assert cpu_bf16_supported() is False
     monkeypatch.setenv("LASER_FAST_CPU_BF16", "1")
     assert cpu_bf16_supported() is True
+
+
+def test_a_one_off_store_request_writes_no_request_file_and_equals_a_kept_one(tmp_path):
+    store = EmbeddingStore(tmp_path / "wd")
+    texts = ["one text", "another text", "one text"]
+    loose, info = store.get(texts, field="response", keep=False)
+    assert info["computed"] == 2 and not list(store.root.glob("*.npy"))  # shards only, in their namespace
+    kept, info2 = store.get(texts, field="response")
+    assert info2["computed"] == 0 and len(list(store.root.glob("*.npy"))) == 1
+    np.testing.assert_array_equal(np.asarray(kept), loose)

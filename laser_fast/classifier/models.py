@@ -321,7 +321,8 @@ class DefaultClassifier(TaskClassifier):
         if self.store_root is not None and (self._head_words, self._tail_words) == (150, 50):
             from laser_fast.sampling.store import EmbeddingStore
 
-            arr, _info = EmbeddingStore(self.store_root).get(prepared, field="instruction", device=self.device, show_progress=progress)
+            arr, _info = EmbeddingStore(self.store_root).get(prepared, field="instruction", device=self.device, show_progress=progress,
+                                                             keep=False)  # a window: no request file of its own
             return np.asarray(arr, dtype=np.float32)
         return self._encode(prepared, progress)
 

@@ -308,7 +308,32 @@ class EmbeddingStore:
         _, first = np.unique(digs[absent].view("V20").ravel(), return_index=True)
         return np.sort(absent[first])
 
-    def _assemble(self, final: Path, index: _ShardIndex, vecs: list[np.ndarray | None], digs: np.ndarray,
+    @staticmethod
+    def _dim(where: Path, vecs: list[np.ndarray | None], pos: np.ndarray) -> int:
+        """The vectors' width, after checking that every text has a stored vector of one width."""
+        if (pos < 0).any():  # pragma: no cover - every text was stored just before
+            raise LaserError(f"embedding store {where}: {(pos < 0).sum()} texts have no stored vector; delete that folder and rerun")
+        dims = {int(v.shape[1]) for v in vecs if v is not None}
+        if len(dims) > 1:
+            raise LaserError(f"embedding store {where}: the shards of one namespace hold vectors of {sorted(dims)} dimensions; "
+                             "delete that folder and rerun")
+        return dims.pop() if dims else 0
+
+    @staticmethod
+    def _gather(index: _ShardIndex, vecs: list[np.ndarray | None], pos: np.ndarray, dim: int) -> tuple[np.ndarray, list[int]]:
+        """The float16 rows of store positions ``pos`` (read shard by shard), and the shards read."""
+        bs, br = index.shard[pos], index.row[pos]
+        block = np.empty((bs.size, dim), dtype=np.float16)
+        order = np.argsort(bs, kind="stable")
+        cuts = np.flatnonzero(np.diff(bs[order])) + 1
+        touched = []
+        for grp in np.split(order, cuts) if order.size else []:
+            si = int(bs[grp[0]])
+            block[grp] = vecs[si][br[grp]]
+            touched.append(si)
+        return block, touched
+
+    def _assemble(self, final: Path, index: _ShardIndex, vecs: list[np.ndarray | None],
                   pos: np.ndarray, block_rows: int = 1 << 16) -> tuple[np.memmap, float]:
         """Write the request's (n, d) float16 ``.npy`` from the shards' checked memmaps ``vecs``,
         ``block_rows`` output rows at a time: each block is gathered from the shards' memmaps and
@@ -317,29 +342,13 @@ class EmbeddingStore:
         instead of growing to the request plus the shards (1M x 384 rows: ~0.2 GB peak instead of
         ~1.9 GB). The file is written through :meth:`WorkDir.atomic` (integrity record included)."""
         t0 = time.perf_counter()
-        if (pos < 0).any():  # pragma: no cover - every text was stored just before
-            raise LaserError(f"embedding store {final.parent}: {(pos < 0).sum()} texts have no stored vector; delete that folder and rerun")
-        dims = {int(v.shape[1]) for v in vecs if v is not None}
-        if len(dims) > 1:
-            raise LaserError(f"embedding store {final.parent}: the shards of one namespace hold vectors of {sorted(dims)} dimensions; "
-                             "delete that folder and rerun")
-        dim = dims.pop() if dims else 0
-        n = digs.shape[0]
+        dim = self._dim(final.parent, vecs, pos)
+        n = pos.size
         with self.wd.atomic(final, share=False) as tmp, open(tmp, "wb") as f:  # rebuilt from the shared shards anywhere
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
                                                      "fortran_order": False, "shape": (n, dim)})
-            sh = index.shard[pos]
-            rw = index.row[pos]
             for b0 in range(0, n, block_rows):
-                bs, br = sh[b0:b0 + block_rows], rw[b0:b0 + block_rows]
-                block = np.empty((bs.size, dim), dtype=np.float16)
-                order = np.argsort(bs, kind="stable")
-                cuts = np.flatnonzero(np.diff(bs[order])) + 1
-                touched = []
-                for grp in np.split(order, cuts):
-                    si = int(bs[grp[0]])
-                    block[grp] = vecs[si][br[grp]]
-                    touched.append(si)
+                block, touched = self._gather(index, vecs, pos[b0:b0 + block_rows], dim)
                 f.write(block.data)  # contiguous: no copy
                 for si in touched:
                     release_pages(vecs[si])
@@ -358,6 +367,7 @@ class EmbeddingStore:
         device: str | None = None,
         dtype: str | None = None,
         show_progress: bool | None = None,
+        keep: bool = True,
     ) -> tuple[np.memmap, dict]:
         """Return the (n, d) float16 memmap of ``texts`` embeddings, computing only what is missing.
 
@@ -373,6 +383,10 @@ class EmbeddingStore:
             dtype: compute dtype (see :func:`load_sentence_model`; default exact float32 on the
                 CPU, float16 on CUDA).
             show_progress: progress bar (None: when INFO logging is on).
+            keep: write the request's own ``<key>.npy`` and return it memory-mapped (a whole pool,
+                asked for again by the next run); False returns an in-memory float16 array
+                gathered from the shards and writes nothing but the shards (small, one-off
+                requests such as a scorer's chunk).
 
         Returns:
             ``(array, info)``: info has ``key``, ``model``, ``field``, ``rows``, ``cache_hit``
@@ -392,7 +406,7 @@ class EmbeddingStore:
         key = self._request_key(digs, label, field)
         final = self.root / f"{key}.npy"
         info: dict[str, Any] = {"key": key, "model": label, "field": field, "rows": len(texts)}
-        arr = self.wd.load_array(final, mmap=True)  # checked: size and checksum
+        arr = self.wd.load_array(final, mmap=True) if keep else None  # checked: size and checksum
         if arr is not None and (arr.ndim != 2 or arr.shape[0] != len(texts) or arr.dtype != np.float16):
             self.wd.discard(final, f"it holds a {arr.dtype} array of shape {arr.shape} for {len(texts)} texts")
             arr = None
@@ -435,7 +449,12 @@ class EmbeddingStore:
         if computed:
             info.update({k: stats[k] for k in ("records", "forward_passes", "tokens", "padded_tokens")},
                         embed_seconds=round(stats["seconds"], 3), non_padding=non_padding_share(stats))
-        arr, t_asm = self._assemble(final, index, vecs, digs, pos)
+        if keep:
+            arr, t_asm = self._assemble(final, index, vecs, pos)
+        else:
+            t0 = time.perf_counter()
+            arr, _ = self._gather(index, vecs, pos, self._dim(final.parent, vecs, pos))
+            t_asm = time.perf_counter() - t0
         info.update(cache_hit=False, computed=computed, device=dev, seconds=round(time.perf_counter() - t_start, 3),
                     dim=int(arr.shape[1]), assemble_seconds=round(t_asm, 3))
         return arr, info
@@ -534,7 +553,7 @@ class EmbeddingStore:
         key = self._request_key(digs, label, field)
         if assemble:
             index, vecs, pos = self._resolve(ns, digs)
-            self._assemble(self.root / f"{key}.npy", index, vecs, digs, pos)
+            self._assemble(self.root / f"{key}.npy", index, vecs, pos)
         return {"rows": len(texts), "stored": int(todo.size), "already": len(texts) - int(todo.size), "shards": shards,
                 "dim": int(vec.shape[1]), "seconds": round(time.perf_counter() - t0, 3), "key": key}
 

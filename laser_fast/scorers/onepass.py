@@ -105,7 +105,8 @@ def embed_views(instructions: Sequence[str], responses: Sequence[str], *, workdi
         store = EmbeddingStore(workdir)
         out = []
         for texts, field in ((views, INSTRUCTION_FIELD), (list(responses), RESPONSE_FIELD)):
-            arr, got = store.get(texts, field=field, batch_tokens=batch_tokens, device=device, show_progress=False)
+            # keep=False: a chunk's vectors are gathered from the shards, no per-chunk request file
+            arr, got = store.get(texts, field=field, batch_tokens=batch_tokens, device=device, show_progress=False, keep=False)
             info["computed"] += int(got.get("computed", 0))
             out.append(np.asarray(arr, dtype=np.float32))
         return out[0], out[1], info
