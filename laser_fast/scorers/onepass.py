@@ -182,6 +182,11 @@ class OnePassScorer(Scorer):
     gpu_share = 0.25  # MiniLM: four workers share a GPU
     outputs = ("onepass_quality", "onepass_difficulty")
     categories = None
+    #: records per cached chunk: each chunk looks its texts up in the embedding store (which reads
+    #: every shard's digest list) and adds a shard of new vectors, so chunks of the default 128 would
+    #: make that lookup quadratic in the pool; a killed run loses at most one chunk's heads (its
+    #: vectors are stored already)
+    cache_chunk = 2048
 
     def __init__(self, model: str | Path | None = None, *, device: str | None = None, batch_tokens: int | None = None):
         self.model_dir = Path(model) if model is not None else DEFAULT_MODEL_DIR
