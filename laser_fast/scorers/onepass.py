@@ -78,12 +78,9 @@ def instruction_views(instructions: Sequence[str]) -> list[str]:
 def record_views(batch: pl.DataFrame) -> tuple[list[str], list[str]]:
     """``(instructions, responses)`` of a record table: the first user turn and the first answer
     (the same texts the classifier and k-means embed)."""
-    inst = ["" if t is None else str(t) for t in batch["instruction"].to_list()]
-    if "responses" in batch.columns:
-        resp = batch["responses"].list.first().fill_null("").to_list()
-    else:
-        resp = batch["response"].fill_null("").to_list()
-    return inst, ["" if t is None else str(t) for t in resp]
+    inst = batch["instruction"].fill_null("").to_list()
+    resp = batch["responses"].list.first() if "responses" in batch.columns else batch["response"]
+    return inst, resp.fill_null("").to_list()
 
 
 def embed_views(instructions: Sequence[str], responses: Sequence[str], *, workdir: Any = None, device: str | None = None,
