@@ -238,3 +238,41 @@ def test_a_damaged_local_copy_is_fetched_again_and_the_shared_one_kept(tmp_path,
     local.write_bytes(local.read_bytes()[:-16])  # e.g. a copy cut short
     assert a.load_array(local).tolist() == list(range(100))
     assert (tmp_path / "shared" / "cache" / "w.npy.meta.json").exists()
+
+
+def test_an_input_by_uri_is_downloaded_once_and_hashed_as_it_is_parsed(tmp_path, monkeypatch):
+    import gzip
+    import hashlib
+
+    import fsspec
+
+    from laser_fast.config import SelectOptions
+    from laser_fast.io import sources
+    from laser_fast.io.ingest import load_pool
+
+    read = []
+    orig = sources._RawStream.readinto
+    monkeypatch.setattr(sources._RawStream, "readinto", lambda self, b: read.append(orig(self, b)) or read[-1])
+    plain = (ROOT / "examples" / "pool" / "alpaca.jsonl").read_bytes()
+    for name, data in (("a.jsonl", plain), ("a.jsonl.gz", gzip.compress(plain, mtime=0))):
+        fsspec.filesystem("memory").pipe(f"/in/{name}", data)
+        read.clear()
+        recs, _, inputs = load_pool(f"memory://in/{name}", SelectOptions())
+        assert recs.height == 130 and inputs[0]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert inputs[0]["bytes"] == len(data)
+        assert sum(read) == len(data), name  # every byte once: parsed and hashed in one pass (the sniff reads 4 bytes unbuffered, elsewhere)
+
+
+def test_a_uri_work_directory_asks_the_storage_only_for_shared_entries(tmp_path, machine, monkeypatch):
+    from laser_fast.sampling.store import EmbeddingStore
+
+    texts = ["one text", "another text", "a third"]
+    uri = _uri(tmp_path)
+    EmbeddingStore(machine("a", uri)).get(texts, model=None)
+    asked = []
+    orig = RemoteStore.size
+    monkeypatch.setattr(RemoteStore, "size", lambda self, rel: asked.append(rel) or orig(self, rel))
+    emb, info = EmbeddingStore(machine("b", uri)).get(texts[::-1], model=None)
+    assert info["computed"] == 0 and emb.shape[0] == 3
+    # the request matrix and the shards' .npy pairs are kept on each machine only: never looked up there
+    assert asked and not [r for r in asked if ".npy" in r], asked

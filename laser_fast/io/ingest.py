@@ -57,7 +57,7 @@ def read_records(
     line by line; blank lines are ignored.
 
     Args:
-        paths: One path or a list of paths.
+        paths: One path or a list of paths (local or URIs, or :class:`~laser_fast.io.sources.InputFile`).
         schema: ``"messages"``, ``"sharegpt"`` or ``"alpaca"`` to force a schema for every file;
             None (or ``"auto"``) to detect it.
         origin: Fallback origin for records without an ``origin`` field: a string for all files,
@@ -172,14 +172,15 @@ def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list
         raise ConfigError("no input: give input files (JSONL, JSONL.gz or Parquet) or a config with data: entries")
     frames = []
     for spec in specs:
-        recs, sk = read_records([spec.path], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid, show_progress=opts.show_progress)
+        src = InputFile(spec.path)  # remembers the hash and size of its read: a bucket's file is downloaded once
+        recs, sk = read_records([src], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid, show_progress=opts.show_progress)
         skipped += sk
         inputs.append(
             {
                 "path": str(spec.path),
                 "name": spec.name or (recs["origin"][0] if recs.height else None),
-                "sha256": InputFile(spec.path).sha256(),
-                "bytes": InputFile(spec.path).size(),
+                "sha256": src.sha256(),
+                "bytes": src.size(),
                 "rows": recs.height,
                 "skipped": len(sk),
                 "schema": recs["schema"][0] if recs.height else None,

@@ -43,10 +43,14 @@ logger = logging.getLogger(__name__)
 
 class _RawStream(io.RawIOBase):
     """A readable stream of any object with ``read(n)`` (a pyarrow input stream), so that
-    ``io.BufferedReader`` gives it lines."""
+    ``io.BufferedReader`` gives it lines. With ``on_end``, the bytes are hashed as they pass and
+    ``on_end(sha256 hex digest, byte count)`` is called once the end is reached."""
 
-    def __init__(self, f):
+    def __init__(self, f, on_end=None):
         self._f = f
+        self._on_end = on_end
+        self._h = hashlib.sha256() if on_end is not None else None
+        self._n = 0
 
     def readable(self) -> bool:
         return True
@@ -55,6 +59,13 @@ class _RawStream(io.RawIOBase):
         data = self._f.read(len(b))
         n = len(data)
         b[:n] = data
+        if self._h is not None:
+            if n:
+                self._h.update(data)
+                self._n += n
+            elif self._on_end is not None:
+                self._on_end(self._h.hexdigest(), self._n)
+                self._on_end = None
         return n
 
     def close(self) -> None:
@@ -77,6 +88,7 @@ class InputFile:
         self.uri = self.label if is_uri(self.label) else None
         self.path = None if self.uri else Path(where)
         self._remote = None
+        self._read: tuple[str, int] | None = None  # (sha256, bytes) of a read to the end
 
     def __str__(self) -> str:
         return self.label
@@ -111,12 +123,35 @@ class InputFile:
         if folder:
             raise InputError(self.label, "is a directory, not a file", "Pass the data files themselves")
 
-    def open(self):
-        """The file's bytes as a buffered binary stream (iterates over lines)."""
+    def open(self, *, digest: bool = False):
+        """The file's bytes as a buffered binary stream (iterates over lines).
+
+        ``digest``: hash the bytes as they are read; once the stream has been read to its end,
+        :meth:`sha256` and :meth:`size` answer without reading the file again (an input on a
+        bucket is downloaded once).
+        """
         if self.path is not None:
-            return open(self.path, "rb")
+            f = open(self.path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+            if not digest:
+                return f
+        else:
+            fs, p = self._fs()
+            f = fs.open_input_stream(p, compression=None)
+
+        def done(hexdigest: str, nbytes: int) -> None:
+            self._read = (hexdigest, nbytes)
+
+        return io.BufferedReader(_RawStream(f, done if digest else None), 1 << 20)
+
+    def head(self, n: int) -> bytes:
+        """The file's first ``n`` bytes (without reading ahead: a bucket's file is not
+        downloaded for its magic bytes)."""
+        if self.path is not None:
+            with open(self.path, "rb") as f:
+                return f.read(n)
         fs, p = self._fs()
-        return io.BufferedReader(_RawStream(fs.open_input_stream(p, compression=None)), 1 << 20)
+        with fs.open_input_stream(p, compression=None) as f:
+            return f.read(n)
 
     def parquet(self):
         """What ``pyarrow.parquet.ParquetFile`` reads."""
@@ -126,12 +161,16 @@ class InputFile:
         return fs.open_input_file(p)
 
     def size(self) -> int:
+        if self._read is not None:
+            return self._read[1]
         if self.path is not None:
             return os.path.getsize(self.path)
         fs, p = self._fs()
         return int(fs.get_file_info(p).size)
 
     def sha256(self, chunk: int = 1 << 20) -> str:
+        if self._read is not None:
+            return self._read[0]
         h = hashlib.sha256()
         with self.open() as f:
             while b := f.read(chunk):
@@ -183,8 +222,7 @@ def _file_kind(path: Path | InputFile) -> str:
         return "parquet"
     if name.endswith(".gz"):
         return "gzip"
-    with (path.open() if isinstance(path, InputFile) else open(path, "rb")) as fh:
-        head = fh.read(4)
+    head = (path if isinstance(path, InputFile) else InputFile(path)).head(4)
     if head[:2] == _GZIP_MAGIC:
         return "gzip"
     if head == _PARQUET_MAGIC:
@@ -214,7 +252,7 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
 
     @contextlib.contextmanager
     def opener(_, mode):
-        with src.open() as raw:  # closed with the gzip reader over it
+        with src.open(digest=True) as raw:  # closed with the gzip reader over it
             if kind != "gzip":
                 yield raw
                 return
@@ -366,11 +404,13 @@ def _read_parquet(path: Path | InputFile, label: str, schema: str | None, origin
 
 
 def _as_paths(paths: list[str | Path] | str | Path) -> list[InputFile]:
+    if isinstance(paths, InputFile):
+        return [paths]
     if isinstance(paths, (str, os.PathLike)):
         return [InputFile(paths)]
     if not isinstance(paths, Iterable):
         raise InputError("input", f"expected a path or a list of paths, got {type(paths).__name__}")
-    out = [InputFile(p) for p in paths]
+    out = [p if isinstance(p, InputFile) else InputFile(p) for p in paths]
     if not out:
         raise InputError("input", "no input files were given", "Pass at least one JSONL, JSONL.gz or Parquet file")
     return out

@@ -518,9 +518,12 @@ class WorkDir:
             return "its checksum does not match what was written", meta
         return None, meta
 
-    def check(self, path: str | os.PathLike) -> dict | None:
+    def check(self, path: str | os.PathLike, *, shared: bool = True) -> dict | None:
         """The integrity record of an intact entry, or None when it is absent or damaged (a
         damaged entry is logged as a warning with its path and removed).
+
+        ``shared=False``: the entry is only ever kept on this machine (written with
+        ``share=False``), so a missing one is not looked up on the shared storage.
 
         Raises:
             LaserError: a damaged entry cannot be removed.
@@ -528,7 +531,8 @@ class WorkDir:
         self.ensure()
         path = Path(path)
         problem, meta = self._problem(path)
-        if problem is not None and problem != "missing" and self._rel(path) is not None:
+        shared = shared and self._rel(path) is not None
+        if problem is not None and problem != "missing" and shared:
             with self._entry_lock(path):  # a damaged copy here (a fetch cut short...): drop it, take the shared one
                 problem, meta = self._problem(path)
                 if problem is not None and problem != "missing":
@@ -536,7 +540,7 @@ class WorkDir:
                     for p in (path, sidecar(path)):
                         p.unlink(missing_ok=True)
                     problem = "missing"
-        if problem == "missing" and self._pull(path):
+        if problem == "missing" and shared and self._pull(path):
             problem, meta = self._problem(path)
         if problem is None:
             return meta
@@ -550,9 +554,9 @@ class WorkDir:
                 self._remove(path, problem)  # in a URI work directory: the shared copy is damaged too
         return None
 
-    def verify(self, path: str | os.PathLike) -> bool:
+    def verify(self, path: str | os.PathLike, *, shared: bool = True) -> bool:
         """Whether the entry at ``path`` is present and intact (see :meth:`check`)."""
-        return self.check(path) is not None
+        return self.check(path, shared=shared) is not None
 
     def discard(self, path: str | os.PathLike, problem: str) -> None:
         """Log ``path`` as damaged (``problem``) and remove it with its integrity record.
@@ -570,12 +574,12 @@ class WorkDir:
         except OSError as e:
             raise LaserError(f"work directory: {path} is damaged ({problem}) and cannot be removed ({e}); delete it and rerun") from e
 
-    def load_array(self, path: str | os.PathLike, *, mmap: bool = True) -> np.ndarray | None:
+    def load_array(self, path: str | os.PathLike, *, mmap: bool = True, shared: bool = True) -> np.ndarray | None:
         """The ``.npy`` array at ``path`` once its size, checksum, shape and dtype match its
         integrity record (memory-mapped read-only with ``mmap``); None when it is absent or
-        damaged (then logged and removed, see :meth:`check`)."""
+        damaged (then logged and removed, see :meth:`check`, also for ``shared``)."""
         path = Path(path)
-        meta = self.check(path)
+        meta = self.check(path, shared=shared)
         if meta is None:
             return None
         try:

@@ -246,7 +246,7 @@ class EmbeddingStore:
         shards' hashes files (in index order)."""
         digs, shard, row, hash_paths = [], [], [], []
         for _, hp in self._shard_files(ns):
-            d = self.wd.load_array(hp, mmap=False)  # (m, 20) uint8: sha1 digests
+            d = self.wd.load_array(hp, mmap=False, shared=False)  # (m, 20) uint8: sha1 digests (kept here only)
             if d is not None and (d.ndim != 2 or d.shape[1] != 20 or d.dtype != np.uint8):
                 self.wd.discard(hp, f"it holds a {d.dtype} array of shape {d.shape}, not (m, 20) uint8 digests")
                 d = None
@@ -275,7 +275,7 @@ class EmbeddingStore:
             damaged = False
             for si in np.unique(index.shard[pos[pos >= 0]]):
                 vp = self._vectors_of(hash_paths[si])
-                v = self.wd.load_array(vp, mmap=True)
+                v = self.wd.load_array(vp, mmap=True, shared=False)
                 if v is not None and (v.ndim != 2 or v.shape[0] != rows[si] or v.dtype != np.float16):
                     self.wd.discard(vp, f"it holds a {v.dtype} array of shape {v.shape} for {rows[si]} texts")
                     v = None
@@ -406,7 +406,7 @@ class EmbeddingStore:
         key = self._request_key(digs, label, field)
         final = self.root / f"{key}.npy"
         info: dict[str, Any] = {"key": key, "model": label, "field": field, "rows": len(texts)}
-        arr = self.wd.load_array(final, mmap=True) if keep else None  # checked: size and checksum
+        arr = self.wd.load_array(final, mmap=True, shared=False) if keep else None  # checked; a request file is never shared
         if arr is not None and (arr.ndim != 2 or arr.shape[0] != len(texts) or arr.dtype != np.float16):
             self.wd.discard(final, f"it holds a {arr.dtype} array of shape {arr.shape} for {len(texts)} texts")
             arr = None
@@ -560,7 +560,7 @@ class EmbeddingStore:
     def _stored_dim(self, ns: Path) -> int | None:
         """The dimension of the namespace's vectors, from the first shard header that reads."""
         for _, hp in self._shard_files(ns):
-            meta = self.wd.check(self._vectors_of(hp))  # fetched first when only the shared storage has it
+            meta = self.wd.check(self._vectors_of(hp), shared=False)  # the .npy pair is kept here only
             shape = (meta or {}).get("shape")
             if isinstance(shape, list) and len(shape) == 2:
                 return int(shape[1])
