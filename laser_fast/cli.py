@@ -1,4 +1,4 @@
-"""The ``laser-fast`` command line: ``select``, ``score``, ``classify``, ``report``, ``serve``, ``show-config``.
+"""The ``laser-fast`` command line: ``select``, ``score``, ``classify``, ``report``, ``show-config``.
 
 User errors print one line ``laser-fast: error: ...`` and exit with status 2 (no traceback).
 """
@@ -326,8 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
     _scoring_flags(s)
     _engine_flags(s)
     _add_common(s)
-    sv = sub.add_parser("serve", help="serve a local causal LM on an OpenAI-compatible endpoint (for the LLM judges)", add_help=False)
-    sv.add_argument("serve_args", nargs=argparse.REMAINDER)
     r = sub.add_parser("report", help="rebuild report.html from a selection's output folder")
     r.add_argument("output_dir")
     _add_common(r)
@@ -339,13 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] == "serve":
-        from laser_fast.scorers.serve import serve_main
-
-        try:
-            return serve_main(args[1:]) or 0
-        except LaserError as e:
-            print(f"laser-fast: error: {e}", file=sys.stderr)
-            return 2
+        print("laser-fast: error: `laser-fast serve` is gone: it was a test fixture (one request at a time, no guided "
+              "decoding). Serve a judge with vLLM (`vllm serve MODEL`), llama.cpp (`llama-server -m MODEL.gguf`) or "
+              "`transformers serve` and pass --judge-url, or run the judges in this process with --judge-backend transformers",
+              file=sys.stderr)
+        return 2
     ap = build_parser()
     a = ap.parse_args(argv)
     level = logging.WARNING if a.quiet else logging.DEBUG if a.verbose else logging.INFO

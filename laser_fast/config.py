@@ -185,6 +185,10 @@ class SelectOptions:
         """The options as plain data (sources as dicts), for the manifest."""
         d = asdict(self)
         d["sources"] = [asdict(s) for s in self.sources]
+        if d.get("judge_url"):  # credentials in the URL never reach the manifest
+            from laser_fast.scorers.judge_client import redact_url
+
+            d["judge_url"] = redact_url(d["judge_url"])
         return d
 
 

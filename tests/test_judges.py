@@ -63,7 +63,7 @@ class Scripted:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
-                    outer.requests.append((body, dict(self.headers)))
+                    outer.requests.append((body, {**dict(self.headers), "_path": self.path}))
                     n = len(outer.requests)
                 status, content, headers = outer.respond(body, n)
                 if isinstance(content, str):
@@ -293,7 +293,7 @@ def test_unreachable_endpoint_quick_clear_error():
         JudgeClient(url, "m", max_retries=2, backoff=0.01).chat([{"role": "user", "content": "x"}])
     assert time.perf_counter() - t < 3
     msg = str(e.value)
-    assert url + "/chat/completions" in msg and "laser-fast serve" in msg and "LASER_FAST_JUDGE_URL" in msg
+    assert url + "/chat/completions" in msg and "vllm serve" in msg and "LASER_FAST_JUDGE_URL" in msg
 
 
 def test_default_url_from_env(monkeypatch):
@@ -314,6 +314,56 @@ def test_401_stops_and_400_is_a_record_failure(caplog):
         with caplog.at_level(logging.WARNING):
             got = c.chat_many([[{"role": "user", "content": "long"}], [{"role": "user", "content": "short"}]])
     assert got == [None, "fine"] and c.stats["failures"] == 1 and "too long" in caplog.text
+
+
+def test_a_redirect_is_refused_and_the_key_never_reaches_another_host(monkeypatch):
+    monkeypatch.setenv("LASER_FAST_JUDGE_API_KEY", SECRET)
+    with Scripted(ok("stolen")) as other:
+        loc = other.url.replace("127.0.0.1", "localhost") + "/chat/completions"
+        with Scripted(lambda b, n: (302, {}, {"Location": loc})) as srv:
+            c = JudgeClient(srv.url, "m", max_retries=0)
+            with pytest.raises(LaserError, match=r"redirected \(HTTP 302\).*not followed.*final address") as e:
+                c.chat([{"role": "user", "content": "q"}])
+            assert srv.hits == 1 and other.hits == 0 and SECRET not in str(e.value)
+
+
+def test_credentials_in_the_judge_url_are_used_but_never_shown(tmp_path, monkeypatch, caplog):
+    from laser_fast.config import SelectOptions
+    from laser_fast.scorers.judge_client import redact_url
+
+    monkeypatch.delenv("LASER_FAST_JUDGE_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with Scripted(ok("fine")) as srv:
+        url = srv.url.replace("http://", f"http://me:{SECRET}@") + f"?api_key={SECRET}"
+        c = JudgeClient(url, "m", max_retries=0)
+        assert c.chat([{"role": "user", "content": "q"}]) == "fine"
+        (_, headers), = srv.requests
+        import base64
+
+        assert headers["Authorization"] == "Basic " + base64.b64encode(f"me:{SECRET}".encode()).decode()
+        assert headers["_path"] == f"/v1/chat/completions?api_key={SECRET}"  # the query goes to the server as given
+        assert SECRET not in c.shown_url and SECRET not in str(c.base_url.split("?")[0])
+    assert SECRET not in json.dumps(SelectOptions(judge_url=url).to_dict())
+    assert redact_url(url).endswith("/v1?api_key=***") and "***@127.0.0.1" in redact_url(url)
+    with caplog.at_level(logging.DEBUG), pytest.raises(LaserError) as e:  # unreachable now: the error names the URL
+        JudgeClient(url, "m", max_retries=0, timeout=2).chat([{"role": "user", "content": "q"}])
+    assert "127.0.0.1" in str(e.value) and SECRET not in str(e.value) and SECRET not in caplog.text
+
+
+def test_plain_http_to_another_host_with_a_key_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setenv("LASER_FAST_JUDGE_API_KEY", SECRET)
+    with caplog.at_level(logging.WARNING):
+        for url in ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1", "https://api.example.com/v1"):
+            JudgeClient(url, "m")
+        assert "plain http" not in caplog.text
+        JudgeClient("http://judge.example.com:8000/v1", "m")
+    assert "judge.example.com" in caplog.text and "unencrypted" in caplog.text and SECRET not in caplog.text
+    monkeypatch.delenv("LASER_FAST_JUDGE_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        JudgeClient("http://judge.example.com:8000/v1", "m")  # no key: nothing to leak
+    assert "unencrypted" not in caplog.text
 
 
 def test_cache_and_key_never_leak(tmp_path, monkeypatch, caplog):
@@ -548,6 +598,54 @@ def test_server_api(smol_server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(bad, timeout=10)
     assert e.value.code == 400
+
+
+class _Echo:
+    """A stand-in for the served model: answers "ok" at once."""
+    name = "echo"
+
+    def generate(self, messages, max_tokens=None, **kw):
+        return "ok", "stop", 1, 1
+
+
+def test_the_test_server_checks_the_key_first_caps_prompts_and_drops_idle_connections(capsys):
+    from laser_fast.cli import main
+    from laser_fast.scorers.serve import make_server
+
+    assert main(["serve", "--model", "smollm2"]) == 2  # no longer a user command: a clear pointer instead
+    err = capsys.readouterr().err
+    assert err.startswith("laser-fast: error:") and "vllm serve" in err and "--judge-backend transformers" in err
+    with pytest.raises(LaserError, match="without an API key"):
+        make_server(_Echo(), "0.0.0.0", 0)
+    srv = make_server(_Echo(), "127.0.0.1", 0, api_key=SECRET, max_prompt_chars=100, socket_timeout=0.5)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def post(content: str, key: str | None = SECRET, length: int | None = None) -> bytes:
+        body = json.dumps({"messages": [{"role": "user", "content": content}]}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length or len(body)}\r\n"
+                + (f"Authorization: Bearer {key}\r\n" if key else "") + "\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(head if length else head + body)  # with length: the body is announced, never sent
+            got = b""
+            while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < int(got.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
+                part = c.recv(65536)
+                if not part:
+                    break
+                got += part
+            return got
+
+    try:
+        assert b" 401 " in post("hi", key=None, length=30 << 20)  # answered without waiting for the 30 MB body
+        assert b" 413 " in post("hi", length=30 << 20)  # over the body cap
+        assert b" 413 " in post("x" * 101) and b"--max-prompt-chars 100" in post("x" * 101)
+        assert b" 200 " in post("x" * 100)
+        t = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:  # half-open: sends nothing
+            assert c.recv(10) == b"" and time.perf_counter() - t < 4  # closed by the server's socket timeout
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 E2E = [

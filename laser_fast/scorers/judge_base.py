@@ -128,7 +128,7 @@ class JudgeScorer(Scorer):
     @property
     def used_device(self) -> str | None:
         if self.backend == "openai":
-            return f"endpoint {self.client.base_url}"
+            return f"endpoint {self.client.shown_url}"
         if self._client is None:
             return None
         return f"{self.backend}:{getattr(self._client, 'used_device', None) or '?'}"

