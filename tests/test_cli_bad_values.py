@@ -61,3 +61,33 @@ def test_a_plain_file_named_gz_is_not_called_truncated(tmp_path, capsys):
                "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "not a gzip file" in err and "truncated" not in err and str(f) in err
+
+
+def test_a_budget_over_the_pool_is_warned_about_on_the_console(tmp_path, capsys, caplog):
+    import json
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="laser_fast"):
+        rc, _ = _run(tmp_path, capsys, "--budget", "100000")
+    assert rc == 0
+    assert "--budget 100000 is more than the pool can give" in caplog.text and "only 130 records" in caplog.text
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["counts"]["total_selected"] == 130
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="laser_fast"):
+        _run(tmp_path, capsys, "--budget", "20", "--output-dir", str(tmp_path / "o2"))
+    assert "more than the pool" not in caplog.text
+
+
+def test_profile_none_runs_the_scorers_named(tmp_path, capsys):
+    """``--profile none --scorers NAME`` runs NAME (it was skipped with no word); without
+    ``--scorers`` nothing is scored."""
+    import json
+
+    rc, err = _run(tmp_path, capsys, "--scorers", "onepass", "--strategy", "longest")
+    assert rc == 0, err
+    scoring = json.loads((tmp_path / "o" / "manifest.json").read_text())["scoring"]
+    (s,) = scoring["scorers"]
+    assert s["scorer"] == "onepass" and s["records"] == 130 and scoring["metric_sources"]["quality"] == "onepass:onepass_quality"
+    rc, _ = _run(tmp_path, capsys, "--output-dir", str(tmp_path / "o2"))
+    assert rc == 0 and json.loads((tmp_path / "o2" / "manifest.json").read_text())["scoring"] == {"profile": "none"}

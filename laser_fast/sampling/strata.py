@@ -154,4 +154,13 @@ def plan_strata(cats: np.ndarray, candidate: np.ndarray, length: np.ndarray, opt
     available = {c: int(length[r].sum()) if unit_tokens else int(r.size) for c, r in strata.items()}
     limits = opts.setfit_limits if opts.proportions != "none" else None
     targets, moves = allocate(budget, {c: props.get(c, 0.0) for c in strata}, available, limits)
+    placed = sum(targets.values())
+    if placed < budget:
+        unit = "tokens" if unit_tokens else "records"
+        flag = "--token-budget" if unit_tokens else "--budget"
+        total = sum(available.values())
+        why = (f"the candidates hold only {total} {unit}" if placed >= total else
+               f"the categories with a share (proportions and limits) hold only {placed} of the {total} candidate {unit}")
+        logger.warning("%s %d is more than the pool can give: %s, so %d %s are selected. Lower %s, add data, or widen "
+                       "--proportions (e.g. natural)", flag, budget, why, placed, unit, flag)
     return StrataPlan(strata=strata, proportions=props, available=available, targets=targets, moves=moves, budget=budget, unit_tokens=unit_tokens)

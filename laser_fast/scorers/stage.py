@@ -512,10 +512,15 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     marked in the boolean raw column :data:`NOT_SCORED`: the preference step leaves them out
     instead of stopping the run.
     """
-    if opts.profile == "none":
-        return {}, {"profile": "none"}
-    profile = canonical_profile(opts.profile)
-    sources = metric_sources(profile, opts.scorers)
+    if opts.profile == "none":  # no profile: only the scorers named (--scorers), filling what they produce
+        named = [n for n in opts.scorers if n != "tokens"]
+        if not named:
+            return {}, {"profile": "none"}
+        profile = "none"
+        sources = {m: (s, c) for s in named for m, c in SCORER_METRICS.get(s, {}).items()}
+    else:
+        profile = canonical_profile(opts.profile)
+        sources = metric_sources(profile, opts.scorers)
     plan = needed_scorers(opts.strategy, cats, scores, sources)
     for name in opts.scorers:  # named scorers always run, on every record they apply to
         if name != "tokens":
