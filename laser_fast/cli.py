@@ -14,6 +14,11 @@ from laser_fast.errors import LaserError
 logger = logging.getLogger("laser_fast")
 
 
+_MAX_RECORD_HELP = ("a record larger than N bytes (a JSONL line, checked before it is parsed; or the UTF-8 text of a Parquet "
+                    "record's turns) is invalid: it stops the run, or is dropped and listed with --skip-invalid "
+                    "(default 1048576; 0: no limit)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -44,6 +49,7 @@ def _select_parser(sub) -> None:
     p.add_argument("--analysis-dir", help="import the reference code's line-aligned analysis CSVs from this folder")
     p.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"], help="force the input schema (default: detected per file)")
     p.add_argument("--skip-invalid", action="store_true", help="drop invalid records (counted and listed in the manifest) instead of stopping")
+    p.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     p.add_argument("--keep-non-english", action="store_true", help="keep records flagged as non-English (LASER keeps English only)")
     p.add_argument("--workdir", help="cache folder for embeddings and scores (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast)")
     p.add_argument("--format", choices=["jsonl", "parquet"], help="output format (default jsonl)")
@@ -185,6 +191,8 @@ def _options_from_args(a) -> tuple:
         kw["scores"] = list(kw.get("scores") or []) + a.scores
     if a.skip_invalid:
         kw["skip_invalid"] = True
+    if a.max_record_bytes is not None:
+        kw["max_record_bytes"] = a.max_record_bytes
     if a.keep_non_english:
         kw["keep_non_english"] = True
     if a.quiet:
@@ -234,6 +242,8 @@ def cmd_score(a) -> int:
     kw.update(_engine_kw(a))
     if a.skip_invalid:
         kw["skip_invalid"] = True
+    if a.max_record_bytes is not None:
+        kw["max_record_bytes"] = a.max_record_bytes
     if a.quiet:
         kw["show_progress"] = False
     opts = SelectOptions(budget=0, **kw).validate()
@@ -265,12 +275,14 @@ def cmd_classify(a) -> int:
     from laser_fast.config import SelectOptions
     from laser_fast.runtime.engine import use_engine
 
-    opts = SelectOptions(budget=0, **_engine_kw(a)).validate()
-    recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid)
-    clf = load_classifier(a.classifier, device=a.device)
+    kw = {} if a.max_record_bytes is None else {"max_record_bytes": a.max_record_bytes}
+    opts = SelectOptions(budget=0, **_engine_kw(a), **kw).validate()
+    recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid, max_record_bytes=opts.max_record_bytes)
+    trust = tuple(a.trust_remote_code or ())
+    clf = load_classifier(a.classifier, device=a.device, trust_remote_code=trust)
     with use_engine(opts.engine, address=opts.ray_address):  # the classifier's windows run on the engine's workers
         labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64,
-                                              source=(a.classifier, a.device))
+                                              source=(a.classifier, a.device, trust))
     eng = is_english(recs["instruction"].to_list())
     df = pl.DataFrame({"data_id": recs["data_id"], "origin": recs["origin"], "category": list(labels), "confidence": np.asarray(conf, dtype=float), "is_english": np.asarray(eng, dtype=bool), "source": recs["source"]})
     try:  # atomic: on a failure the previous file (if any) stays
@@ -310,8 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--classifier", help="model id or path (default: bundled)")
     c.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"])
     c.add_argument("--skip-invalid", action="store_true")
+    c.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     c.add_argument("--batch-size", type=int)
     c.add_argument("--device")
+    c.add_argument("--trust-remote-code", action="append", default=None, metavar="MODEL_ID",
+                   help="let this hub classifier run its own code (a SetFit head is a pickle); repeatable")
     _engine_flags(c)
     _add_common(c)
     s = sub.add_parser("score", help="run the step-2 scorers (cached, resumable) and write scores.parquet")
@@ -322,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", help="tokenizer for the tokens scorer")
     s.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"])
     s.add_argument("--skip-invalid", action="store_true")
+    s.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     s.add_argument("--device", help="torch device for models (default: best available)")
     _scoring_flags(s)
     _engine_flags(s)

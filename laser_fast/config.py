@@ -84,6 +84,7 @@ class SelectOptions:
     analysis_dir: str | None = None
     keep_non_english: bool = False
     skip_invalid: bool = False
+    max_record_bytes: int = 1 << 20  # a record (JSONL line, or the turns' UTF-8 text) over this is invalid; 0 = no limit
     schema: str | None = None
     sources: list[SourceSpec] = field(default_factory=list)
     format: str = "jsonl"
@@ -174,6 +175,8 @@ class SelectOptions:
         self.trust_remote_code = [m.strip() for m in self.trust_remote_code]
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
+        if not isinstance(self.max_record_bytes, int) or isinstance(self.max_record_bytes, bool) or self.max_record_bytes < 0:
+            raise ConfigError(f"max_record_bytes must be a non-negative integer (bytes per record; 0: no limit), got {self.max_record_bytes!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in [0, 2^32), got {self.seed!r}")
         if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or isinstance(self.max_seq_length, bool)

@@ -91,3 +91,47 @@ def test_profile_none_runs_the_scorers_named(tmp_path, capsys):
     assert s["scorer"] == "onepass" and s["records"] == 130 and scoring["metric_sources"]["quality"] == "onepass:onepass_quality"
     rc, _ = _run(tmp_path, capsys, "--output-dir", str(tmp_path / "o2"))
     assert rc == 0 and json.loads((tmp_path / "o2" / "manifest.json").read_text())["scoring"] == {"profile": "none"}
+
+
+def test_a_records_origin_cannot_read_files_outside_the_analysis_folder(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+    import polars as pl
+
+    from laser_fast.io.score_files import import_reference_analysis
+
+    root = tmp_path / "analysis"
+    (root / "quality_scores").mkdir(parents=True)
+    (root / "quality_scores" / "good.csv").write_text("0.5\n")
+    (tmp_path / "secret.csv").write_text("0.9\n")  # outside the folder
+    records = pl.DataFrame({"origin": ["good", "../../secret", "/etc/x", ".."]})
+    with caplog.at_level(logging.WARNING):
+        scores, _, report = import_reference_analysis(records, root, {}, None)
+    assert [r["origin"] for r in report] == ["good"]
+    assert scores["quality"][0] == 0.5 and np.isnan(scores["quality"][1:]).all()
+    assert "3 dataset name(s) are not plain file names" in caplog.text and "'../../secret'" in caplog.text
+
+
+def test_a_setfit_head_from_the_hub_is_unpickled_only_when_trusted(tmp_path, monkeypatch):
+    import pickle
+
+    import huggingface_hub
+
+    from laser_fast.classifier.models import load_classifier
+    from laser_fast.errors import ModelLoadError
+
+    class Boom:  # what a hostile model_head.pkl does when it is unpickled
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    (snap / "model_head.pkl").write_bytes(pickle.dumps(Boom()))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(snap))
+    with pytest.raises(ModelLoadError, match=r"pickle.*--trust-remote-code org/setfit-cls"):
+        load_classifier("org/setfit-cls").load()
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(ModelLoadError) as e:  # trusted: past the check (this stand-in has no body to load)
+        load_classifier("org/setfit-cls", trust_remote_code=["org/setfit-cls"]).load()
+    assert "--trust-remote-code" not in str(e.value)

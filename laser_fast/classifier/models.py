@@ -536,7 +536,7 @@ def smollm_available() -> bool:
 
 
 
-def load_classifier(model: str | None = None, *, device: str | None = None) -> TaskClassifier:
+def load_classifier(model: str | None = None, *, device: str | None = None, trust_remote_code: Sequence[str] = ()) -> TaskClassifier:
     """Get a task classifier (weights load lazily, on first use).
 
     Args:
@@ -550,6 +550,10 @@ def load_classifier(model: str | None = None, *, device: str | None = None) -> T
             with ``head.npz``) or a Hugging Face hub id such as ``IIS-NLP/sigma-cls``.
         device: torch device ("cpu", "cuda", ...); default cpu for MiniLM, cuda if available
             for Hugging Face models.
+        trust_remote_code: hub ids whose code may run: a SetFit model from the hub keeps its head
+            as a pickle (``model_head.pkl``), and unpickling runs code from the download, so it
+            loads only when its id is listed here (``--trust-remote-code ID``). A local SetFit
+            folder you name is loaded as it is.
 
     Returns:
         A :class:`TaskClassifier`.
@@ -601,15 +605,17 @@ def load_classifier(model: str | None = None, *, device: str | None = None) -> T
             "`huggingface-cli download owner/name --local-dir DIR`), or None for the bundled model."
         )
     # hub id: a SetFit repo has model_head.pkl; look in the local cache / hub for it lazily.
-    return _HubClassifier(model, device)
+    return _HubClassifier(model, device, trusted=model in set(trust_remote_code or ()))
 
 
 class _HubClassifier(TaskClassifier):
-    """Hub id: resolves to a local snapshot on first use, then to SetFit or HF."""
+    """Hub id: resolves to a local snapshot on first use, then to SetFit (only when ``trusted``:
+    its head is a pickle) or HF."""
 
-    def __init__(self, model: str, device: str | None):
+    def __init__(self, model: str, device: str | None, trusted: bool = False):
         super().__init__(device)
         self.name = model
+        self.trusted = bool(trusted)
         self._inner: TaskClassifier | None = None
 
     @property
@@ -624,8 +630,13 @@ class _HubClassifier(TaskClassifier):
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(_load_hint(self.name, e)) from e
         lp = Path(local)
-        inner: TaskClassifier = (SetFitClassifier(local, self.device) if (lp / "model_head.pkl").exists()
-                                 else HFClassifier(local, self.device))
+        setfit = (lp / "model_head.pkl").exists()
+        if setfit and not self.trusted:
+            raise ModelLoadError(
+                f"task classifier {self.name}: a SetFit model from the hub keeps its head as a pickle (model_head.pkl), and "
+                f"loading a pickle runs code from the download. If you trust the repository, pass --trust-remote-code "
+                f"{self.name} (Python: trust_remote_code=[{self.name!r}]); or download it, check it, and pass the folder")
+        inner: TaskClassifier = SetFitClassifier(local, self.device) if setfit else HFClassifier(local, self.device)
         inner.load()
         inner.name = self.name
         self._inner = inner

@@ -49,7 +49,7 @@ def classify_conversations(
     classifier: TaskClassifier | None = None,
     batch_size: int = 64,
     show_progress: bool | None = None,
-    source: tuple[str | None, str | None] | None = None,
+    source: tuple | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Classify conversations by majority vote over their user turns.
 
@@ -64,7 +64,7 @@ def classify_conversations(
         classifier: the classifier (default: the bundled offline one).
         batch_size: texts per forward pass.
         show_progress: tqdm progress bar; None = when logging level INFO is enabled.
-        source: ``(model, device)`` the classifier was loaded with: when a run's engine has
+        source: ``(model, device[, trust_remote_code])`` the classifier was loaded with: when a run's engine has
             workers (:func:`~laser_fast.runtime.engine.current_executor`), they load it from this
             and classify the windows; None: here.
 
@@ -114,16 +114,18 @@ class ClassifyTask(UnitTask):
 
     label = "classify"
 
-    def __init__(self, model: str | None, device: str | None, batch_size: int, fingerprint: str, store_root: str | None = None):
+    def __init__(self, model: str | None, device: str | None, batch_size: int, fingerprint: str, store_root: str | None = None,
+                 trust_remote_code: tuple[str, ...] = ()):
         self.model, self.device, self.batch_size, self.fingerprint = model, device, int(batch_size), fingerprint
         self.store_root = store_root
+        self.trust_remote_code = tuple(trust_remote_code)
         self.resources = CLASSIFY.resources
         self.uses_gpu = str(device or "") != "cpu"
 
     def setup(self) -> None:
         from laser_fast.classifier.models import load_classifier
 
-        self._clf = load_classifier(self.model, device=self.device).load()
+        self._clf = load_classifier(self.model, device=self.device, trust_remote_code=self.trust_remote_code).load()
         if hasattr(self._clf, "store_root"):
             self._clf.store_root = self.store_root
         if self._clf.fingerprint != self.fingerprint:
@@ -142,7 +144,8 @@ def _window_runner(clf: TaskClassifier, source: tuple | None, batch_size: int):
     ex = current_executor()
     if ex is None or source is None:
         return None
-    task = ClassifyTask(source[0], source[1], batch_size, clf.fingerprint, getattr(clf, "store_root", None))
+    task = ClassifyTask(source[0], source[1], batch_size, clf.fingerprint, getattr(clf, "store_root", None),
+                        tuple(source[2]) if len(source) > 2 else ())
     return lambda windows: [p["probs"] for p in ex.map_units(task, [pl.DataFrame({"text": w}, schema={"text": pl.Utf8}) for w in windows])]
 
 
@@ -161,7 +164,7 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
         return cats, conf, stats
     from laser_fast.classifier.models import load_classifier
 
-    clf = load_classifier(opts.classifier, device=opts.device)
+    clf = load_classifier(opts.classifier, device=opts.device, trust_remote_code=opts.trust_remote_code)
     stats["classifier"] = clf.fingerprint
     turns = records["user_turns"].to_list()
     sub = [turns[i] for i in todo]
@@ -174,7 +177,7 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
             run_clf = copy.copy(clf.load())  # the process-wide default keeps its loaded model and no work directory
             run_clf.store_root = str(workdir)
         labs, cf = classify_conversations(sub, classifier=run_clf, batch_size=opts.batch_size, show_progress=opts.show_progress,
-                                          source=(opts.classifier, opts.device))
+                                          source=(opts.classifier, opts.device, tuple(opts.trust_remote_code)))
         computed.append(True)
         return {"labels": np.asarray(labs, dtype=str), "conf": np.asarray(cf, dtype=np.float64)}
 

@@ -75,11 +75,23 @@ def _string_views(strings: pa.Array, idx: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.string_view(), idx.size, buffers)
 
 
+#: Records larger than this (bytes) are invalid unless ``max_record_bytes`` says otherwise.
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+
+
+def too_large(nbytes: int, limit: int, what: str) -> _RecordProblem:
+    """The problem of a record over ``--max-record-bytes``."""
+    return _RecordProblem(f"{what} is {nbytes:,} bytes, more than the --max-record-bytes limit of {limit:,}",
+                          hint="Raise --max-record-bytes (max_record_bytes=; 0: no limit) to keep such records, or pass "
+                               "--skip-invalid (skip_invalid=True) to drop them")
+
+
 class _Builder:
     """Accumulates normalised records in flat column lists (cheap appends, one table at the end)."""
 
-    def __init__(self, skip_invalid: bool):
+    def __init__(self, skip_invalid: bool, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
         self.skip_invalid = skip_invalid
+        self.max_record_bytes = int(max_record_bytes or 0)
         self.skipped: list[dict] = []
         self.n = 0
         self.ids: list[str | None] = []
@@ -111,6 +123,13 @@ class _Builder:
         """Validate and append one record (raises _RecordProblem; nothing is appended then)."""
         turns = _TURN_READERS[schema](rec)
         users, _answers = _check_structure(turns, schema)
+        if self.max_record_bytes:
+            limit = self.max_record_bytes
+            size = 0
+            for _, text in turns:
+                size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+                if size > limit:
+                    raise too_large(size, limit, "the record's text (its turns, UTF-8) at least")
 
         did = rec.get("data_id", _MISSING)
         if did is not _MISSING:

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from laser_fast.config import SelectOptions, SourceSpec
 from laser_fast.errors import ConfigError, InputError, LaserError
-from laser_fast.io.builder import _Builder
+from laser_fast.io.builder import DEFAULT_MAX_RECORD_BYTES, _Builder
 from laser_fast.io.sources import InputFile, _as_paths, _check_schema_arg, _file_kind, _finish, _origin_for, _read_jsonl, _read_parquet, _read_table, _short
 from laser_fast.runtime.progress import want_progress
 
@@ -48,6 +48,7 @@ def read_records(
     origin: str | dict | None = None,
     skip_invalid: bool = False,
     show_progress: bool | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> tuple[pl.DataFrame, list[dict]]:
     """Read and normalise instruction-tuning records from JSONL, JSONL.gz and Parquet files.
 
@@ -68,6 +69,10 @@ def read_records(
             (missing, empty, unreadable or truncated gzip) still raise.
         show_progress: Show a tqdm progress bar; None shows one when INFO logging is enabled for
             ``laser_fast``.
+        max_record_bytes: a record larger than this is invalid (0: no limit; default 1 MiB). A
+            JSONL line is measured before it is parsed and read in bounded pieces, so one huge
+            line costs no more memory than the limit; Parquet and frame records are measured by
+            the UTF-8 bytes of their turns.
 
     Returns:
         ``(records, skipped)``: a :class:`polars.DataFrame` with the columns of
@@ -91,7 +96,7 @@ def read_records(
     forced = _check_schema_arg(schema)
     files = _as_paths(paths)
     progress = want_progress(show_progress)
-    b = _Builder(skip_invalid)
+    b = _Builder(skip_invalid, max_record_bytes)
     n_seen = 0
     for path in files:
         label = str(path)
@@ -117,6 +122,7 @@ def records_from_frame(
     origin: str = "dataframe",
     schema: str | None = None,
     skip_invalid: bool = False,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> tuple[pl.DataFrame, list[dict]]:
     """Normalise an in-memory table exactly as :func:`read_records` normalises a Parquet file.
 
@@ -128,6 +134,7 @@ def records_from_frame(
             ``source`` (``"<origin>:row N"``) and in error messages.
         schema: Force ``"messages"``, ``"sharegpt"`` or ``"alpaca"``; None detects it.
         skip_invalid: Collect invalid rows in ``skipped`` instead of raising.
+        max_record_bytes: as for :func:`read_records` (the turns' UTF-8 bytes).
 
     Returns:
         ``(records, skipped)`` as :func:`read_records` returns them.
@@ -149,7 +156,7 @@ def records_from_frame(
         table = df
     else:
         raise InputError(origin, f"expected a polars DataFrame or a pyarrow Table, got {type(df).__name__}")
-    b = _Builder(skip_invalid)
+    b = _Builder(skip_invalid, max_record_bytes)
     n = _read_table(table, origin, forced, origin, b, False)
     return _finish(b, n, origin)
 
@@ -159,7 +166,8 @@ def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list
     inputs: list[dict] = []
     skipped: list[dict] = []
     if isinstance(data, (pl.DataFrame,)) or type(data).__name__ == "Table":
-        recs, sk = records_from_frame(data, origin=opts.name or "dataframe", schema=opts.schema, skip_invalid=opts.skip_invalid)
+        recs, sk = records_from_frame(data, origin=opts.name or "dataframe", schema=opts.schema, skip_invalid=opts.skip_invalid,
+                                     max_record_bytes=opts.max_record_bytes)
         inputs.append({"path": None, "kind": type(data).__name__, "rows": recs.height, "skipped": len(sk)})
         return recs, sk, inputs
     if isinstance(data, (str, os.PathLike)):
@@ -173,7 +181,8 @@ def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list
     frames = []
     for spec in specs:
         src = InputFile(spec.path)  # remembers the hash and size of its read: a bucket's file is downloaded once
-        recs, sk = read_records([src], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid, show_progress=opts.show_progress)
+        recs, sk = read_records([src], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid,
+                               show_progress=opts.show_progress, max_record_bytes=opts.max_record_bytes)
         skipped += sk
         inputs.append(
             {

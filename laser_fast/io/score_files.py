@@ -229,6 +229,11 @@ def _read_lines(path: Path) -> list[str]:
         return [line.rstrip("\n").rstrip("\r") for line in f]
 
 
+def _plain_file_name(name: str) -> bool:
+    """Whether ``name`` is one path component (no separator, not ``.``/``..``, no NUL or drive)."""
+    return bool(name) and name not in (".", "..") and not any(ch in name for ch in ("/", "\\", "\0", ":"))
+
+
 def import_reference_analysis(records: pl.DataFrame, analysis_dir: str | Path, scores: dict[str, np.ndarray], categories: np.ndarray | None):
     """Import the reference code's line-aligned analysis CSVs for each origin (dataset name).
 
@@ -242,8 +247,12 @@ def import_reference_analysis(records: pl.DataFrame, analysis_dir: str | Path, s
     n = records.height
     origins = records["origin"].to_numpy()
     report = []
+    unsafe = []
     for name in dict.fromkeys(origins.tolist()):
         idx = np.flatnonzero(origins == name)
+        if not _plain_file_name(str(name)):  # a record's origin names a file inside each folder, never elsewhere
+            unsafe.append(str(name))
+            continue
         entries = [("categories_v2", None, root / "categories_v2" / f"{name}_aggr.csv")]
         entries += [(d, m, root / d / f"{name}.csv") for d, m in REFERENCE_METRIC_DIRS.items()]
         for folder, metric, path in entries:
@@ -276,6 +285,10 @@ def import_reference_analysis(records: pl.DataFrame, analysis_dir: str | Path, s
                 gap = ~np.isfinite(arr[idx])
                 arr[idx[gap]] = vals[gap]
             report.append({"path": str(path), "origin": name, "metric": metric or "category", "lines": len(lines)})
+    if unsafe:
+        logger.warning("%s: %d dataset name(s) are not plain file names and were not looked up there (an origin may not "
+                       "name a path): %s; give those records plain origin names (letters, digits, '.', '-', '_') to "
+                       "import their files", root, len(unsafe), ", ".join(repr(u) for u in unsafe[:5]))
     if not report:
         logger.warning("%s: no analysis files matched the dataset names %s", root, sorted(set(origins.tolist())))
     return scores, categories, report

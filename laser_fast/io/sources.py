@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 from laser_fast.errors import InputError
-from laser_fast.io.builder import _Builder
+from laser_fast.io.builder import _Builder, too_large
 from laser_fast.io.schemas import (
     _GZIP_MAGIC,
     _JSON_ERRORS,
@@ -245,6 +245,29 @@ class _Progress:
             self.bar.close()
 
 
+def _bounded_lines(fh, limit: int):
+    """The lines of ``fh`` (bytes, newline kept); with a ``limit``, a line whose content is longer
+    than ``limit`` bytes is read past in 1 MiB pieces and yielded as its length (an int), so memory
+    stays bounded by the limit whatever the file holds."""
+    if not limit:
+        yield from fh
+        return
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        n = len(line)
+        while True:
+            part = fh.readline(1 << 20)
+            n += len(part)
+            if not part or part.endswith(b"\n"):
+                break
+        yield n - (1 if part.endswith(b"\n") else 0)
+
+
 def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | None, origin: str, b: _Builder,
                 progress: bool) -> int:
     """Stream one JSONL(.gz) file into the builder; return the number of non-blank lines."""
@@ -267,7 +290,11 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
     try:
         with opener(path, "rb") as fh:
             try:
-                for lineno, raw in enumerate(fh, 1):
+                for lineno, raw in enumerate(_bounded_lines(fh, b.max_record_bytes), 1):
+                    if isinstance(raw, int):  # a line over the limit, read past in pieces and never held whole
+                        n_lines += 1
+                        b.problem(label, lineno, f"{label}:{lineno}", too_large(raw, b.max_record_bytes, f"line {lineno}"))
+                        continue
                     if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                         raw = raw[3:]
                     if not raw.strip():

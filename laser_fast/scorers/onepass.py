@@ -185,6 +185,14 @@ class OnePassScorer(Scorer):
     #: vectors are stored already)
     cache_chunk = 2048
 
+    def chunk_for(self, n: int) -> int:
+        """Records per chunk for a scorer run over ``n`` records: :attr:`cache_chunk`, or smaller so
+        that there are 16 chunks (at least 256 records each) and they spread evenly over an
+        engine's workers (5,000 records in chunks of 2,048 made 3 chunks, and one of 2 workers sat
+        idle for a third of the run). It depends on ``n`` only, so both engines and a resumed run
+        cut the same chunks."""
+        return min(self.cache_chunk, max(256, -(-int(n) // 16)))
+
     def __init__(self, model: str | Path | None = None, *, device: str | None = None, batch_tokens: int | None = None):
         self.model_dir = Path(model) if model is not None else DEFAULT_MODEL_DIR
         self.device = device

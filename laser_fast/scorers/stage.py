@@ -344,7 +344,10 @@ def score_records(
     if check:
         preflight(scorer)
     t0 = time.perf_counter()
-    chunk = int(chunk_records or os.environ.get("LASER_FAST_SCORE_CHUNK") or getattr(scorer, "cache_chunk", 0) or 128)
+    chunk = int(chunk_records or os.environ.get("LASER_FAST_SCORE_CHUNK") or 0)
+    if not chunk:  # the scorer's own size, or its size for this many records (never what is cached: see score_chunks)
+        chunk_for = getattr(scorer, "chunk_for", None)
+        chunk = int(chunk_for(int(rows.size)) if chunk_for is not None else getattr(scorer, "cache_chunk", 0) or 128)
     parts = score_chunks(_approx_length(sub), found, chunk)
     sub = sub.with_columns(pl.Series("category", [None if c is None else str(c) for c in cats[rows]], dtype=pl.Utf8))
     from laser_fast.runtime.progress import progress_bar
