@@ -51,6 +51,7 @@ def _select_parser(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true", help="drop invalid records (counted and listed in the manifest) instead of stopping")
     p.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     p.add_argument("--keep-non-english", action="store_true", help="keep records flagged as non-English (LASER keeps English only)")
+    p.add_argument("--languages", metavar="CODES", help="instruction languages to keep, ISO 639 codes (default en, as LASER; e.g. en,de)")
     p.add_argument("--workdir", help="cache folder for embeddings and scores (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast)")
     p.add_argument("--format", choices=["jsonl", "parquet"], help="output format (default jsonl)")
     p.add_argument("--batch-size", type=int, help="model batch size (default 64)")
@@ -195,6 +196,8 @@ def _options_from_args(a) -> tuple:
         kw["max_record_bytes"] = a.max_record_bytes
     if a.keep_non_english:
         kw["keep_non_english"] = True
+    if a.languages is not None:
+        kw["languages"] = a.languages
     if a.quiet:
         kw["show_progress"] = False
     sk = _scoring_kw(a)
@@ -264,7 +267,7 @@ def cmd_classify(a) -> int:
     import numpy as np
     import polars as pl
 
-    from laser_fast.classifier.language import is_english
+    from laser_fast.classifier.language import detect_languages, keep_languages
     from laser_fast.classifier.models import load_classifier
     from laser_fast.classifier.stage import classify_conversations
     from laser_fast.io.ingest import read_records
@@ -283,8 +286,10 @@ def cmd_classify(a) -> int:
     with use_engine(opts.engine, address=opts.ray_address):  # the classifier's windows run on the engine's workers
         labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64,
                                               source=(a.classifier, a.device, trust))
-    eng = is_english(recs["instruction"].to_list())
-    df = pl.DataFrame({"data_id": recs["data_id"], "origin": recs["origin"], "category": list(labels), "confidence": np.asarray(conf, dtype=float), "is_english": np.asarray(eng, dtype=bool), "source": recs["source"]})
+    codes, _ = detect_languages(recs["instruction"].to_list())
+    eng = keep_languages(recs["instruction"].to_list(), ("en",), codes=codes, conf=_)
+    df = pl.DataFrame({"data_id": recs["data_id"], "origin": recs["origin"], "category": list(labels), "confidence": np.asarray(conf, dtype=float),
+                       "is_english": np.asarray(eng, dtype=bool), "language": codes.astype(str).tolist(), "source": recs["source"]})
     try:  # atomic: on a failure the previous file (if any) stays
         if out.suffix == ".parquet":
             write_parquet(out, df)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ class SelectOptions:
     scores: list[str] = field(default_factory=list)
     analysis_dir: str | None = None
     keep_non_english: bool = False
+    languages: list[str] = field(default_factory=lambda: ["en"])  # instruction languages kept (ISO 639 codes; keep_non_english keeps all)
     skip_invalid: bool = False
     max_record_bytes: int = 1 << 20  # a record (JSONL line, or the turns' UTF-8 text) over this is invalid; 0 = no limit
     schema: str | None = None
@@ -175,6 +177,12 @@ class SelectOptions:
         self.trust_remote_code = [m.strip() for m in self.trust_remote_code]
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
+        if isinstance(self.languages, str):
+            self.languages = [x for x in self.languages.replace(" ", "").split(",") if x]
+        if (not isinstance(self.languages, (list, tuple)) or not self.languages
+                or not all(isinstance(x, str) and re.fullmatch(r"[a-z]{2,3}", x.strip().lower()) for x in self.languages)):
+            raise ConfigError(f"languages must be ISO 639 codes such as en or en,de (two or three letters), got {self.languages!r}")
+        self.languages = [x.strip().lower() for x in self.languages]
         if not isinstance(self.max_record_bytes, int) or isinstance(self.max_record_bytes, bool) or self.max_record_bytes < 0:
             raise ConfigError(f"max_record_bytes must be a non-negative integer (bytes per record; 0: no limit), got {self.max_record_bytes!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:

@@ -54,7 +54,9 @@ class SelectionRun:
     release: Any = field(default=None, repr=False, compare=False)
 
     def selected_frame(self) -> pl.DataFrame:
-        return output_frame(self.pool, self.selected_rows, release=self.release)
+        from laser_fast.io.output import retyped_fields
+
+        return output_frame(self.pool, self.selected_rows, release=self.release, retyped=retyped_fields(self.pool, self.selected_rows)[0])
 
 
 def _map_records(recs: pl.DataFrame, workdir: WorkDir, timer: _Timer) -> tuple[pl.DataFrame, Any]:
@@ -209,7 +211,7 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
 
     table = pool_table(recs, row_map, decision_columns(n_records=n, row_map=row_map, copy=pool.copy, cats=p_cats, conf=conf, english=english,
                                                         pref=p_pref, status=sel.status, selected_by=sel.selected_by, cluster=sel.cluster,
-                                                        metrics=metrics, raw=raw, scaled=scaled))
+                                                        metrics=metrics, raw=raw, scaled=scaled, language=cols.get("language")))
     emb_info = embeddings.info
     devices = {"embedding": emb_info.get("device") if emb_info else None,
                "kmeans": kmeans_device_label(*resolve_kmeans_backend(opts.kmeans_backend, opts.device)) if opts.mode in ("kmeans", "kmeans+greedy") else None,

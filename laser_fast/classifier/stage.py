@@ -189,47 +189,80 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
     return cats, conf, stats
 
 
-def english_mask(records: pl.DataFrame, workdir: WorkDir | str | None = None) -> np.ndarray:
-    """Whether each record's instruction looks English (:func:`laser_fast.classifier.language.is_english`).
+def english_mask(records: pl.DataFrame, workdir: WorkDir | str | None = None, languages: Sequence[str] = ("en",)) -> np.ndarray:
+    """Whether each record's instruction is in one of ``languages`` (default English; see
+    :func:`laser_fast.classifier.language.keep_languages`)."""
+    return language_columns(records, workdir, languages)["keep"]
 
-    With a ``workdir`` the mask is cached under ``cache/language-<key>-v<layout>.npz``, keyed by every
-    instruction's hash and the package version: the heuristic runs in Python at ~9 us a text
-    (9 s at a million records), hashing the texts for the key takes about a tenth of that."""
-    from laser_fast.classifier.language import is_english
+
+def language_columns(records: pl.DataFrame, workdir: WorkDir | str | None = None, languages: Sequence[str] = ("en",)) -> dict[str, np.ndarray]:
+    """``language`` (ISO code per record, ``und`` without letters), ``language_confidence`` and
+    ``keep`` (in ``languages``) for each record's instruction.
+
+    With a ``workdir`` the detected languages are cached under ``cache/language-<key>-v<layout>.npz``,
+    keyed by every instruction's hash, the package version and the model (the model runs at
+    ~20 us a text, hashing the texts for the key at about a tenth of that); ``keep`` is derived
+    from them for each run's ``languages``."""
+    from laser_fast.classifier.language import keep_languages, language_model_name
 
     if workdir is None:
-        return np.asarray(is_english(_iter_column(records, "instruction")), dtype=bool)
-    key = _hash_strings(_iter_column(records, "instruction"), f"language|v{__version__}|{records.height}")
-    return WorkDir.of(workdir).cached_arrays("language", key, lambda: _english_arrays(records))["english"]
+        arrays = _language_arrays(records)
+    else:
+        key = _hash_strings(_iter_column(records, "instruction"), f"language|v{__version__}|{language_model_name()}|{records.height}")
+        arrays = WorkDir.of(workdir).cached_arrays("language", key, lambda: _language_arrays(records))
+    codes = np.asarray(arrays["language"], dtype=object)
+    conf = np.asarray(arrays["confidence"], dtype=np.float64)
+    texts = _LazyInstructions(records)
+    return {"language": codes, "language_confidence": conf, "keep": keep_languages(texts, languages, codes=codes, conf=conf)}
 
 
-def _english_arrays(records: pl.DataFrame) -> dict[str, np.ndarray]:
-    """``{"english": mask}``, on the engine's workers for a large pool (row-wise: any split gives the same)."""
+class _LazyInstructions:
+    """``records["instruction"][i]`` on demand (the heuristic reads only the texts the model is unsure about)."""
+
+    def __init__(self, records: pl.DataFrame):
+        self._col = records["instruction"]
+
+    def __getitem__(self, i: int) -> str:
+        return self._col[int(i)]
+
+
+def _language_arrays(records: pl.DataFrame) -> dict[str, np.ndarray]:
+    """``{"language": codes (str), "confidence": floats}``, on the engine's workers for a large
+    pool (row-wise: any split gives the same)."""
+    from laser_fast.classifier.language import detect_languages
     from laser_fast.runtime.engine import RowTask, map_rows, remote_rows
 
     ex = remote_rows(records.height)
     if ex is not None:
-        task = RowTask("language", "laser_fast.classifier.stage:_english_arrays", resources=LANGUAGE.resources)
-        return {"english": map_rows(ex, task, records, ["instruction"])["english"].astype(bool)}
-    return {"english": english_mask(records)}
-
-
+        task = RowTask("language", "laser_fast.classifier.stage:_language_arrays", resources=LANGUAGE.resources)
+        out = map_rows(ex, task, records, ["instruction"])
+        return {"language": np.asarray(out["language"]).astype(str), "confidence": np.asarray(out["confidence"], dtype=np.float64)}
+    codes, conf = detect_languages(_iter_column(records, "instruction"))
+    return {"language": codes.astype(str), "confidence": conf}
 
 
 # --------------------------------------------------------------------------------------
 # the stages
 # --------------------------------------------------------------------------------------
 
-LANGUAGE = StageSpec("language", "laser_fast.classifier.stage:language_stage", reads=("instruction",), writes=("is_english",),
+LANGUAGE = StageSpec("language", "laser_fast.classifier.stage:language_stage", reads=("instruction",), writes=("is_english", "language"),
                      resources=Resources(num_cpus=1, memory_mb=64))
 CLASSIFY = StageSpec("classify", "laser_fast.classifier.stage:classify_stage", reads=("user_turns", "category"),
                      writes=("category", "category_confidence"), resources=Resources(num_cpus=1, num_gpus=0.25, memory_mb=2048))
 
 
 def language_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
-    """``is_english`` per record (:func:`english_mask`, cached in the work directory)."""
-    english = english_mask(records, str(workdir) if workdir is not None else None)
-    return StageResult({"is_english": english}, StageStats("language", english=int(english.sum()), other=int(english.size - english.sum())))
+    """``language`` per record and ``is_english`` (in ``opts.languages``, English by default; see
+    :func:`language_columns`, cached in the work directory), with the records per detected language."""
+    from laser_fast.classifier.language import language_model_name
+
+    cols = language_columns(records, str(workdir) if workdir is not None else None, opts.languages)
+    keep = cols["keep"]
+    codes, counts = np.unique(cols["language"].astype(str), return_counts=True)
+    per = {str(c): int(k) for c, k in sorted(zip(codes, counts), key=lambda x: (-x[1], x[0]))}
+    stats = StageStats("language", model=language_model_name(), languages=list(opts.languages), english=int(keep.sum()),
+                       other=int(keep.size - keep.sum()), detected=per)
+    return StageResult({"is_english": keep, "language": cols["language"]}, stats)
 
 
 def classify_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:

@@ -40,7 +40,7 @@ def pool_table(records: pl.DataFrame, row_map: np.ndarray, columns: Mapping[str,
 
 def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, cats: np.ndarray, conf: np.ndarray, english: np.ndarray,
                      pref: np.ndarray, status: np.ndarray, selected_by: np.ndarray, cluster: np.ndarray, metrics: Mapping[str, np.ndarray],
-                     raw: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray]) -> dict[str, Any]:
+                     raw: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray], language: np.ndarray | None = None) -> dict[str, Any]:
     """The decision columns of :func:`pool_table` (record-level arrays are mapped to pool rows;
     score columns in :data:`laser_fast.metrics.SCORE_COLUMNS` order, metrics before raw scorer
     outputs of the same name, then the ``*_scaled`` metrics)."""
@@ -54,6 +54,8 @@ def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, c
         "category": lambda: pl.Series(cats.tolist(), dtype=pl.Utf8),
         "category_confidence": lambda: per_row(conf),
         "is_english": lambda: per_row(english),
+        **({"language": lambda: pl.Series(np.asarray(language).astype(str)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
+           if language is not None else {}),
         "preference": lambda: pref,
         "status": lambda: pl.Series(status.tolist(), dtype=pl.Utf8),
         "selected_by": lambda: pl.Series(selected_by.tolist(), dtype=pl.Utf8),

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from laser_fast.io.output_set import OUTPUT_NAMES, SCORE_OUTPUT_NAMES, SELECT_OUTPUT_NAMES, OutputSet, check_output_dir, clean_stale_temps, fsync_path, temp_name  # noqa: F401
+from laser_fast.io.field_types import conflicting_fields, retype
 from laser_fast.metrics import SCORE_COLUMNS
 from laser_fast.runtime.stats import peak_rss_mb
 
@@ -140,16 +141,18 @@ OUTPUT_CHUNK_ROWS = 4096
 DECISION_SLICE_ROWS = 131072
 
 
-def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = OUTPUT_CHUNK_ROWS, release=None) -> Iterator[dict]:
+def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = OUTPUT_CHUNK_ROWS, release=None,
+                     retyped: frozenset[str] = frozenset()) -> Iterator[dict]:
     """Selected records as dicts (``messages``, every input field, then provenance columns),
     converted ``chunk_rows`` at a time so a large selection never lives as Python objects at once;
-    ``release()`` (when given) runs after each chunk (see :class:`SelectionRun`)."""
+    ``release()`` (when given) runs after each chunk (see :class:`SelectionRun`). Input fields in
+    ``retyped`` are written as text (see :mod:`laser_fast.io.field_types`)."""
     score_cols = [c for c in SCORE_COLUMNS if c in pool.columns]
     for s in range(0, rows.size, chunk_rows):
         sub = pool[rows[s : s + chunk_rows].tolist()]
         for r in sub.iter_rows(named=True):
             d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
-            extra = json.loads(r["extra"]) if r["extra"] else {}
+            extra = retype(json.loads(r["extra"]), retyped) if r["extra"] else {}
             for k, v in extra.items():
                 if k not in d:
                     d[k] = v
@@ -172,10 +175,18 @@ def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = 
 
 def output_rows(pool: pl.DataFrame, rows: np.ndarray) -> list[dict]:
     """Selected records as dicts: ``messages``, every input field, then provenance columns."""
-    return list(iter_output_rows(pool, rows))
+    return list(iter_output_rows(pool, rows, retyped=retyped_fields(pool, rows)[0]))
 
 
-def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None) -> pl.DataFrame:
+def retyped_fields(pool: pl.DataFrame, rows: np.ndarray) -> tuple[frozenset[str], dict[str, list[str]]]:
+    """The input fields of the records at ``rows`` whose JSON types conflict (written as text in
+    either output format), and the kinds each had."""
+    ex = pool["extra"].gather(np.asarray(rows, dtype=np.int64)) if rows.size else pool["extra"].head(0)
+    found = conflicting_fields(json.loads(e) for e in ex if e)
+    return frozenset(found), found
+
+
+def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None, retyped: frozenset[str] = frozenset()) -> pl.DataFrame:
     """The selected records as a frame: the same columns, order and types as a frame built from
     :func:`output_rows`, but assembled column by column from ``pool`` (a frame built from a
     list of nested dicts costs several kB per row); only the ``extra`` JSON goes through Python.
@@ -186,7 +197,7 @@ def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None) -> pl.Da
     if not rows.size:
         return pl.DataFrame({"messages": [], "data_id": [], "category": [], "preference": [], "selected_by": []})
     sub = gather_owned(pool.select([c for c in pool.columns if c not in ("instruction", "response", "user_turns", "responses")]), rows, release=release)
-    extras = [json.loads(e) if e else {} for e in sub["extra"].to_list()]
+    extras = [retype(json.loads(e), retyped) if e else {} for e in sub["extra"].to_list()]
     score_cols = [c for c in SCORE_COLUMNS if c in sub.columns]
     fixed = {"data_id": sub["data_id"], "origin": sub["origin"], "category": sub["category"], "category_confidence": sub["category_confidence"],
              **{c: sub[c] for c in score_cols}, "preference": sub["preference"], "cluster": sub["cluster"], "selected_by": sub["selected_by"]}
@@ -281,10 +292,14 @@ def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | Non
     names = {"selected": sel_name, "decisions": "decisions.parquet"}
     with OutputSet(out, SELECT_OUTPUT_NAMES, "manifest.json") as s:
         t0 = time.perf_counter()
+        retyped, kinds = retyped_fields(run.pool, run.selected_rows)
+        if kinds:
+            logger.warning("input field(s) with conflicting types across records are written as text (in JSONL and Parquet "
+                           "alike, so every reader loads them): %s", "; ".join(f"{k} ({', '.join(v)})" for k, v in kinds.items()))
         if fmt == "jsonl":
-            write_jsonl(s.path(sel_name), iter_output_rows(run.pool, run.selected_rows, release=run.release))
+            write_jsonl(s.path(sel_name), iter_output_rows(run.pool, run.selected_rows, release=run.release, retyped=retyped))
         else:
-            write_parquet(s.path(sel_name), output_frame(run.pool, run.selected_rows, release=run.release))
+            write_parquet(s.path(sel_name), output_frame(run.pool, run.selected_rows, release=run.release, retyped=retyped))
         dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
         # a pool read from a mapped file is written a slice at a time, its pages dropped after each
         write_parquet(s.path("decisions.parquet"), dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
@@ -292,6 +307,8 @@ def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | Non
         run.manifest.setdefault("peak_rss_mb_after_stage", {})["write"] = peak_rss_mb()
         run.manifest["outputs"] = {"selected": {"path": sel_name, "sha256": file_sha256(s.path(sel_name)), "rows": int(run.selected_rows.size)},
                                    "decisions": {"path": "decisions.parquet"}}
+        if kinds:
+            run.manifest["outputs"]["retyped_fields"] = kinds
         if report:
             from laser_fast.io.report import write_report
 

@@ -1,0 +1,50 @@
+"""Issue 18: pass-through fields whose JSON types differ across sources are written the same way
+in JSONL and Parquet (as text), so the JSONL loads in pyarrow, polars and ``datasets`` alike."""
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
+from laser_fast.cli import main
+from laser_fast.io.field_types import conflicting_fields
+
+
+def _pool(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": f"Answer {i}.", "id": i, "meta": {"x": 1},
+                                     "score": 0.5 + i, "tags": ["t"]}) + "\n" for i in range(6)))
+    b.write_text("".join(json.dumps({"instruction": f"Other {i}?", "output": f"Reply {i}.", "id": f"s{i}", "meta": {"x": "y"},
+                                     "score": i, "tags": []}) + "\n" for i in range(6)))
+    return [str(a), str(b)]
+
+
+def test_conflicting_fields_are_text_in_both_formats_and_every_reader_loads_them(tmp_path, caplog):
+    import logging
+
+    common = ["--budget", "12", "--strategy", "random", "--profile", "none", "-q", "--workdir", str(tmp_path / "w")]
+    with caplog.at_level(logging.WARNING, logger="laser_fast"):
+        assert main(["select", *_pool(tmp_path), *common, "--output-dir", str(tmp_path / "j")]) == 0
+    assert "conflicting types" in caplog.text and "id (number, string)" in caplog.text
+    assert main(["select", *_pool(tmp_path), *common, "--format", "parquet", "--output-dir", str(tmp_path / "p")]) == 0
+    jl = tmp_path / "j" / "selected.jsonl"
+    arrow = pj.read_json(jl)  # stopped with "Column(/id) changed from string to number" before
+    polars_j = pl.read_ndjson(jl)
+    par = pq.read_table(tmp_path / "p" / "selected.parquet")
+    assert arrow.schema.field("id").type == par.schema.field("id").type == "string"
+    ids = sorted(arrow.column("id").to_pylist())
+    assert ids == sorted(par.column("id").to_pylist()) == sorted([str(i) for i in range(6)] + [f"s{i}" for i in range(6)])
+    assert sorted(polars_j["meta"].to_list()) == sorted(['{"x": 1}'] * 6 + ['{"x": "y"}'] * 6)  # nested conflict: JSON text
+    # numbers (ints and floats) and lists with nothing in them are not conflicts: kept as they are
+    assert polars_j["score"].dtype == pl.Float64 and polars_j["tags"].dtype == pl.List(pl.String)
+    man = json.loads((tmp_path / "j" / "manifest.json").read_text())
+    assert man["outputs"]["retyped_fields"] == {"id": ["number", "string"], "meta": ["object"]}
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["outputs"]["retyped_fields"] == man["outputs"]["retyped_fields"]
+
+
+def test_consistent_fields_are_untouched():
+    assert conflicting_fields([{"a": 1, "b": None, "c": [1, 2]}, {"a": 2.5, "b": "x", "c": []}, {"d": True}]) == {}
+    assert conflicting_fields([{"a": [1]}, {"a": ["x"]}]) == {"a": ["list"]}
+    assert conflicting_fields([{"a": True}, {"a": 0}]) == {"a": ["boolean", "number"]}
