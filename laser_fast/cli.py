@@ -286,8 +286,9 @@ def cmd_classify(a) -> int:
     with use_engine(opts.engine, address=opts.ray_address):  # the classifier's windows run on the engine's workers
         labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64,
                                               source=(a.classifier, a.device, trust))
-    codes, _ = detect_languages(recs["instruction"].to_list())
-    eng = keep_languages(recs["instruction"].to_list(), ("en",), codes=codes, conf=_)
+    detected = detect_languages(recs["instruction"].to_list())
+    codes = detected[0]
+    eng = keep_languages(recs["instruction"].to_list(), ("en",), detected=detected)
     df = pl.DataFrame({"data_id": recs["data_id"], "origin": recs["origin"], "category": list(labels), "confidence": np.asarray(conf, dtype=float),
                        "is_english": np.asarray(eng, dtype=bool), "language": codes.astype(str).tolist(), "source": recs["source"]})
     try:  # atomic: on a failure the previous file (if any) stays

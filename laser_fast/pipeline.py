@@ -134,7 +134,7 @@ def _run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tu
 #: The stages of a selection run, in order (each declared once, next to its function).
 STAGES: tuple[StageSpec, ...] = (SCORES_LOAD, LANGUAGE, CLASSIFY, TOKENS, MODEL_SCORES, PREFERENCE)
 #: manifest key of each stage's stats (as the manifest has always named them)
-_MANIFEST_KEYS = {"classify": "classification", "model_scores": "scoring", "preference": "preference"}
+_MANIFEST_KEYS = {"language": "language", "classify": "classification", "model_scores": "scoring", "preference": "preference"}
 
 
 def run_stages(records: pl.DataFrame, opts: SelectOptions, *, workdir: WorkDir, timer: _Timer,

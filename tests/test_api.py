@@ -95,7 +95,7 @@ def test_stage_results_are_columns_and_stats(tmp_path):
     recs, _ = read_records(str(ROOT / "examples" / "pool" / "alpaca.jsonl"))
     opts = SelectOptions(budget=5, strategy="deita").validate()
     res = language_stage(recs, opts, workdir=str(tmp_path), columns={})
-    assert set(res.columns) == {"is_english"} and res.columns["is_english"].shape == (recs.height,)
+    assert set(res.columns) == {"is_english", "language"} and res.columns["is_english"].shape == (recs.height,)
     assert res.stats.name == "language" and res.stats["english"] + res.stats["other"] == recs.height
     rng = np.random.default_rng(0)
     given = {"quality": rng.random(recs.height), "complexity": rng.random(recs.height),

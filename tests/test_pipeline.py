@@ -292,9 +292,9 @@ def test_language_mask_is_cached_by_instruction_texts(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("language-*.npz"))) == 1
 
     def boom(texts):
-        raise AssertionError("the heuristic ran again")
+        raise AssertionError("the model ran again")
 
-    monkeypatch.setattr(clf, "is_english", boom)
+    monkeypatch.setattr(clf, "detect_languages", boom)
     assert english_mask(recs, str(tmp_path)).tolist() == first.tolist()  # from the cache
     other = recs.with_columns(pl.Series("instruction", ["Bonjour, où est la gare la plus proche de la ville ?", "Name three colours.", "Hi"]))
     with pytest.raises(AssertionError, match="ran again"):

