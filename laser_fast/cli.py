@@ -26,7 +26,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _select_parser(sub) -> None:
     p = sub.add_parser("select", help="classify, score and select the LASER subset", description="Run the three LASER steps and write the selection.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="JSONL, JSONL.gz or Parquet files (messages, ShareGPT or Alpaca schema)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="JSONL(.gz), JSON-array, CSV/TSV or Parquet files (messages, ShareGPT or Alpaca schema)")
     p.add_argument("--budget", type=int, help="number of records to select (config: sample_size)")
     p.add_argument("--token-budget", type=int, help="select up to this many tokens instead (config: token_size)")
     p.add_argument("--output-dir", required=True, help="where selected.jsonl|parquet, decisions.parquet, manifest.json and report.html go")
@@ -48,6 +48,7 @@ def _select_parser(sub) -> None:
     p.add_argument("--scores", action="append", default=None, metavar="FILE", help="score file keyed by data_id (CSV/TSV/JSONL/Parquet); repeatable")
     p.add_argument("--analysis-dir", help="import the reference code's line-aligned analysis CSVs from this folder")
     p.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"], help="force the input schema (default: detected per file)")
+    p.add_argument("--split", help="the split of a Hugging Face dataset input (a save_to_disk folder or a hub name; default: its only split)")
     p.add_argument("--skip-invalid", action="store_true", help="drop invalid records (counted and listed in the manifest) instead of stopping")
     p.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     p.add_argument("--keep-non-english", action="store_true", help="keep records flagged as non-English (LASER keeps English only)")
@@ -170,6 +171,7 @@ def _options_from_args(a) -> tuple:
         "tokenizer": a.tokenizer,
         "analysis_dir": a.analysis_dir,
         "schema": a.schema,
+        "split": a.split,
         "format": a.format,
         "batch_size": a.batch_size,
         "device": a.device,
@@ -240,7 +242,8 @@ def cmd_score(a) -> int:
     from laser_fast.pipeline import run_scoring
     from laser_fast.runtime.workdir import default_workdir
 
-    kw = {k: v for k, v in {"classifier": a.classifier, "tokenizer": a.tokenizer, "schema": a.schema, "device": a.device}.items() if v is not None}
+    kw = {k: v for k, v in {"classifier": a.classifier, "tokenizer": a.tokenizer, "schema": a.schema, "split": a.split,
+                            "device": a.device}.items() if v is not None}
     kw.update(_scoring_kw(a))
     kw.update(_engine_kw(a))
     if a.skip_invalid:
@@ -336,12 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_flags(c)
     _add_common(c)
     s = sub.add_parser("score", help="run the step-2 scorers (cached, resumable) and write scores.parquet")
-    s.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL, JSONL.gz or Parquet files")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL(.gz), JSON-array, CSV/TSV or Parquet files")
     s.add_argument("--output-dir", required=True, help="where scores.parquet (data_id, category, one column per score) and scores_manifest.json go")
     s.add_argument("--workdir", help="cache folder (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast); scores are cached per scorer fingerprint and data_id")
     s.add_argument("--classifier", help="task classifier (id or path) for records without a category column")
     s.add_argument("--tokenizer", help="tokenizer for the tokens scorer")
     s.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"])
+    s.add_argument("--split", help="the split of a Hugging Face dataset input")
     s.add_argument("--skip-invalid", action="store_true")
     s.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     s.add_argument("--device", help="torch device for models (default: best available)")

@@ -88,6 +88,7 @@ class SelectOptions:
     skip_invalid: bool = False
     max_record_bytes: int = 1 << 20  # a record (JSONL line, or the turns' UTF-8 text) over this is invalid; 0 = no limit
     schema: str | None = None
+    split: str | None = None  # the split of a Hugging Face DatasetDict / hub dataset input
     sources: list[SourceSpec] = field(default_factory=list)
     format: str = "jsonl"
     name: str | None = None

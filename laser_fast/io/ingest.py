@@ -30,7 +30,7 @@ import pyarrow as pa
 from laser_fast.config import SelectOptions, SourceSpec
 from laser_fast.errors import ConfigError, InputError, LaserError
 from laser_fast.io.builder import DEFAULT_MAX_RECORD_BYTES, _Builder
-from laser_fast.io.sources import InputFile, _as_paths, _check_schema_arg, _file_kind, _finish, _origin_for, _read_jsonl, _read_parquet, _read_table, _short
+from laser_fast.io.sources import InputFile, _as_paths, _check_schema_arg, _file_kind, _finish, _origin_for, _read_csv, _read_jsonl, _read_parquet, _read_table, _short
 from laser_fast.runtime.progress import want_progress
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ def read_records(
         before = b.n
         if kind == "parquet":
             n_seen += _read_parquet(path, label, forced, file_origin, b, progress)
+        elif kind in ("csv", "tsv"):
+            n_seen += _read_csv(path, label, kind, forced, file_origin, b, progress)
         else:
             n_seen += _read_jsonl(path, label, kind, forced, file_origin, b, progress)
         logger.debug("%s: %d records", label, b.n - before)
@@ -161,10 +163,49 @@ def records_from_frame(
     return _finish(b, n, origin)
 
 
+def records_from_dataset(ds, *, name: str = "dataset", split: str | None = None, schema: str | None = None,
+                         skip_invalid: bool = False, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+    """Normalise a Hugging Face ``Dataset``, ``IterableDataset`` (streamed in batches) or
+    ``DatasetDict`` (its ``split``, or its only one) as :func:`records_from_frame` does a table.
+
+    Returns:
+        ``(records, skipped, the dataset read)``.
+    """
+    from laser_fast.io.hf_inputs import hf_batches, pick_split
+
+    ds = pick_split(ds, split, name)
+    forced = _check_schema_arg(schema)
+    b = _Builder(skip_invalid, max_record_bytes)
+    n = 0
+    for table, row0 in hf_batches(ds, name):
+        if table.num_rows:
+            n += _read_table(table, name, forced, name, b, False, row0=row0)
+    if n == 0:
+        raise InputError(name, "the dataset holds no records", "Pass a non-empty dataset")
+    recs, sk = _finish(b, n, name)
+    return recs, sk, ds
+
+
+def _dataset_name(ds, given: str | None) -> str:
+    info = getattr(ds, "info", None)
+    return given or getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) or "dataset"
+
+
 def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list[dict]]:
-    """Read the inputs into one records table; returns (records, skipped, input facts)."""
+    """Read the inputs into one records table; returns (records, skipped, input facts).
+
+    ``data``: paths or URIs (files, ``save_to_disk`` folders, hub dataset names), a polars
+    DataFrame or Arrow table, or a Hugging Face dataset (see :mod:`laser_fast.io.hf_inputs`)."""
+    from laser_fast.io.hf_inputs import hf_facts, hf_source, is_hf_dataset
+
     inputs: list[dict] = []
     skipped: list[dict] = []
+    if is_hf_dataset(data):
+        name = _dataset_name(data, opts.name)
+        recs, sk, ds = records_from_dataset(data, name=name, split=opts.split, schema=opts.schema, skip_invalid=opts.skip_invalid,
+                                            max_record_bytes=opts.max_record_bytes)
+        inputs.append(hf_facts(ds, name, recs.height, len(sk), opts.split))
+        return recs, sk, inputs
     if isinstance(data, (pl.DataFrame,)) or type(data).__name__ == "Table":
         recs, sk = records_from_frame(data, origin=opts.name or "dataframe", schema=opts.schema, skip_invalid=opts.skip_invalid,
                                      max_record_bytes=opts.max_record_bytes)
@@ -180,6 +221,15 @@ def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list
         raise ConfigError("no input: give input files (JSONL, JSONL.gz or Parquet) or a config with data: entries")
     frames = []
     for spec in specs:
+        hf = hf_source(str(spec.path), opts.split)
+        if hf is not None:  # a save_to_disk folder or a hub dataset name
+            name = spec.name or hf[1]
+            recs, sk, ds = records_from_dataset(hf[0], name=name, split=opts.split, schema=spec.schema or opts.schema,
+                                                skip_invalid=opts.skip_invalid, max_record_bytes=opts.max_record_bytes)
+            skipped += sk
+            inputs.append({**hf_facts(ds, name, recs.height, len(sk), opts.split), "path": str(spec.path), "name": name})
+            frames.append(recs.with_columns(pl.lit(len(frames), dtype=pl.Int32).alias("_source_index")))
+            continue
         src = InputFile(spec.path)  # remembers the hash and size of its read: a bucket's file is downloaded once
         recs, sk = read_records([src], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid,
                                show_progress=opts.show_progress, max_record_bytes=opts.max_record_bytes)

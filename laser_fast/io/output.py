@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from laser_fast.io.output_set import OUTPUT_NAMES, SCORE_OUTPUT_NAMES, SELECT_OUTPUT_NAMES, OutputSet, check_output_dir, clean_stale_temps, fsync_path, temp_name  # noqa: F401
 from laser_fast.io.field_types import conflicting_fields, retype
+from laser_fast.io.output_set import OUTPUT_NAMES, SCORE_OUTPUT_NAMES, SELECT_OUTPUT_NAMES, OutputSet, check_output_dir, clean_stale_temps, fsync_path, temp_name  # noqa: F401
 from laser_fast.metrics import SCORE_COLUMNS
 from laser_fast.runtime.stats import peak_rss_mb
 

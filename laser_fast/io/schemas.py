@@ -44,7 +44,7 @@ _CONSUMED = {
     "sharegpt": frozenset(("conversations", "data_id", "origin")),
     "alpaca": frozenset(("instruction", "input", "output", "data_id", "origin")),
 }
-_STRIP_SUFFIXES = (".gz", ".jsonl", ".json", ".parquet")
+_STRIP_SUFFIXES = (".gz", ".jsonl", ".json", ".parquet", ".csv", ".tsv")
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
 

@@ -222,6 +222,8 @@ def _file_kind(path: Path | InputFile) -> str:
         return "parquet"
     if name.endswith(".gz"):
         return "gzip"
+    if name.endswith((".csv", ".tsv")):
+        return name[-3:]
     head = (path if isinstance(path, InputFile) else InputFile(path)).head(4)
     if head[:2] == _GZIP_MAGIC:
         return "gzip"
@@ -268,6 +270,60 @@ def _bounded_lines(fh, limit: int):
         yield n - (1 if part.endswith(b"\n") else 0)
 
 
+def _starts_array(fh) -> bool:
+    """Whether the stream's first non-blank byte opens a JSON array (peeked, nothing consumed)."""
+    peek = getattr(fh, "peek", None)
+    head = peek(256)[:256] if peek is not None else b""
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def _read_json_array(fh, label: str, schema: str | None, origin: str, b: _Builder) -> int:
+    """Add the records of a file holding one JSON array (read whole: such files are loaded at once
+    by every reader; JSONL streams). Items are located as ``FILE:item K`` (0-based)."""
+    data = fh.read().lstrip(b"\xef\xbb\xbf")
+    try:
+        items = _loads(data)
+    except _JSON_ERRORS as e:
+        raise InputError(label, f"invalid JSON array ({_short(e)})",
+                         "Fix the file, or write one record per line (JSONL)") from None
+    del data
+    if not isinstance(items, list):
+        raise InputError(label, f"the file is JSON but not an array of records (got {_json_kind(items)})",
+                         "Give a JSON array of record objects, or JSONL (one object per line)")
+    file_schema = schema
+    for k, rec in enumerate(items):
+        where = f"{label}:item {k}"
+        if not isinstance(rec, dict):
+            b.problem(label, k, where, _RecordProblem(f"item {k} is JSON but not an object (got {_json_kind(rec)}); "
+                                                      "each item must be one record object"))
+            continue
+        try:
+            if file_schema is None:
+                file_schema = _detect_schema(rec)
+                if file_schema is None:
+                    raise _unknown_schema(rec)
+            b.add(rec, file_schema, origin, where, _dumps_json_extra)
+        except _RecordProblem as p:
+            b.problem(label, k, where, p)
+    return len(items)
+
+
+def _read_csv(path: Path | InputFile, label: str, kind: str, schema: str | None, origin: str, b: _Builder, progress: bool) -> int:
+    """Add the rows of a CSV (or TSV) file with a header, e.g. ``instruction,input,output``; every
+    column is read as text (CSV has no types)."""
+    import pyarrow.csv as pcsv
+
+    src = path if isinstance(path, InputFile) else InputFile(path)
+    try:
+        with src.open(digest=True) as f:
+            table = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True))
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(label, f"cannot read the {kind.upper()} file ({_short(e)})",
+                         "Give a header row (e.g. instruction,input,output) and quote fields that hold the delimiter or newlines") from None
+    table = table.cast(pa.schema([(n, pa.string()) for n in table.column_names]))
+    return _read_table(table, label, schema, origin, b, progress)
+
+
 def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | None, origin: str, b: _Builder,
                 progress: bool) -> int:
     """Stream one JSONL(.gz) file into the builder; return the number of non-blank lines."""
@@ -290,6 +346,8 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
     try:
         with opener(path, "rb") as fh:
             try:
+                if _starts_array(fh):  # one JSON array of records (the Alpaca / DEITA release format)
+                    return _read_json_array(fh, label, schema, origin, b)
                 for lineno, raw in enumerate(_bounded_lines(fh, b.max_record_bytes), 1):
                     if isinstance(raw, int):  # a line over the limit, read past in pieces and never held whole
                         n_lines += 1
@@ -382,7 +440,7 @@ def _detect_table_schema(columns: list[str]) -> str | None:
 
 
 def _read_table(table: pa.Table | Any, label: str, schema: str | None, origin: str, b: _Builder,
-                progress: bool) -> int:
+                progress: bool, row0: int = 0) -> int:
     """Add every row of an Arrow table (an in-memory frame) or of a ``pyarrow.parquet.ParquetFile``
     (read 65,536 rows at a time, so the whole file is never decoded at once) to the builder."""
     if isinstance(table, pa.Table):
@@ -398,7 +456,6 @@ def _read_table(table: pa.Table | Any, label: str, schema: str | None, origin: s
         cols = ", ".join(repr(c) for c in names[:20]) or "none"
         raise InputError(label, f"unrecognised table schema; columns seen: {cols}", _SCHEMA_HELP)
     bar = _Progress(progress, label, total=num_rows)
-    row0 = 0
     try:
         for batch in batches():
             cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
