@@ -44,7 +44,9 @@ def _select_parser(sub) -> None:
     p.add_argument("--order", choices=["shuffle", "difficulty", "length", "category", "difficulty_category", "length_category", "none"], help="output order (default shuffle)")
     p.add_argument("--seed", type=int, help="seed for k-means, ties, shuffling and the random strategy (default 0)")
     p.add_argument("--classifier", help="SetFit or Hugging Face sequence-classification model (id or path) instead of the bundled one")
-    p.add_argument("--tokenizer", help="tokenizer for token counts (id or path; default the bundled MiniLM tokenizer)")
+    p.add_argument("--tokenizer", "--train-tokenizer", dest="tokenizer", metavar="MODEL",
+                   help="the tokenizer of the model you will train (hub id or folder): --token-budget and --max-seq-length count "
+                        "its tokens (default: the bundled MiniLM WordPiece tokenizer, which only approximates them)")
     p.add_argument("--scores", action="append", default=None, metavar="FILE", help="score file keyed by data_id (CSV/TSV/JSONL/Parquet); repeatable")
     p.add_argument("--analysis-dir", help="import the reference code's line-aligned analysis CSVs from this folder")
     p.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"], help="force the input schema (default: detected per file)")
@@ -61,6 +63,8 @@ def _select_parser(sub) -> None:
     p.add_argument("--kmeans-backend", choices=["auto", "faiss", "torch"],
                    help="k-means on faiss or torch (default auto: faiss on a GPU faiss sees, else torch on CUDA, else faiss on the CPU)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--training-file", action="store_true",
+                   help="also write train.jsonl: messages and data_id only, the minimal file a trainer reads")
     _scoring_flags(p)
     _engine_flags(p)
     _add_common(p)
@@ -226,12 +230,14 @@ def cmd_select(a) -> int:
     # before any work: the output folder takes files, and no input or score file is one it replaces
     check_output_dir(a.output_dir, [*inputs, *(s.path for s in opts.sources), *(opts.scores or [])], names=SELECT_OUTPUT_NAMES)
     run = run_selection(inputs, opts, workdir=a.workdir or default_workdir())
-    paths = write_outputs(run, a.output_dir, report=not a.no_report)
+    paths = write_outputs(run, a.output_dir, report=not a.no_report, training_file=a.training_file)
     m = run.manifest
     logger.info("selected %d of %d records: %s", m["counts"]["total_selected"], m["counts"]["total_pool"], m["counts"]["selected"])
     print(f"selection: {paths['selected']}")
     if "report" in paths:
         print(f"report:    {paths['report']}")
+    if "train" in paths:
+        print(f"train:     {paths['train']}")
     print(f"manifest:  {paths['manifest']}")
     return 0
 
@@ -343,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", required=True, help="where scores.parquet (data_id, category, one column per score) and scores_manifest.json go")
     s.add_argument("--workdir", help="cache folder (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast); scores are cached per scorer fingerprint and data_id")
     s.add_argument("--classifier", help="task classifier (id or path) for records without a category column")
-    s.add_argument("--tokenizer", help="tokenizer for the tokens scorer")
+    s.add_argument("--tokenizer", "--train-tokenizer", dest="tokenizer", metavar="MODEL",
+                   help="the tokenizer of the model you will train, for the token counts (default: the bundled MiniLM tokenizer)")
     s.add_argument("--schema", choices=["messages", "sharegpt", "alpaca"])
     s.add_argument("--split", help="the split of a Hugging Face dataset input")
     s.add_argument("--skip-invalid", action="store_true")

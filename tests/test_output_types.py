@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
@@ -33,7 +34,7 @@ def test_conflicting_fields_are_text_in_both_formats_and_every_reader_loads_them
     arrow = pj.read_json(jl)  # stopped with "Column(/id) changed from string to number" before
     polars_j = pl.read_ndjson(jl)
     par = pq.read_table(tmp_path / "p" / "selected.parquet")
-    assert arrow.schema.field("id").type == par.schema.field("id").type == "string"
+    assert pa.types.is_string(arrow.schema.field("id").type) and pa.types.is_large_string(par.schema.field("id").type)
     ids = sorted(arrow.column("id").to_pylist())
     assert ids == sorted(par.column("id").to_pylist()) == sorted([str(i) for i in range(6)] + [f"s{i}" for i in range(6)])
     assert sorted(polars_j["meta"].to_list()) == sorted(['{"x": 1}'] * 6 + ['{"x": "y"}'] * 6)  # nested conflict: JSON text
@@ -48,3 +49,17 @@ def test_consistent_fields_are_untouched():
     assert conflicting_fields([{"a": 1, "b": None, "c": [1, 2]}, {"a": 2.5, "b": "x", "c": []}, {"d": True}]) == {}
     assert conflicting_fields([{"a": [1]}, {"a": ["x"]}]) == {"a": ["list"]}
     assert conflicting_fields([{"a": True}, {"a": 0}]) == {"a": ["boolean", "number"]}
+
+
+def test_outputs_load_with_datasets_and_the_training_file(tmp_path):
+    datasets = __import__("pytest").importorskip("datasets")
+    common = ["--budget", "12", "--strategy", "random", "--profile", "none", "-q", "--workdir", str(tmp_path / "w")]
+    assert main(["select", *_pool(tmp_path), *common, "--training-file", "--output-dir", str(tmp_path / "j")]) == 0
+    assert main(["select", *_pool(tmp_path), *common, "--format", "parquet", "--output-dir", str(tmp_path / "p")]) == 0
+    j = datasets.load_dataset("json", data_files=str(tmp_path / "j" / "selected.jsonl"), split="train")
+    p = datasets.load_dataset("parquet", data_files=str(tmp_path / "p" / "selected.parquet"), split="train")
+    assert len(j) == len(p) == 12 and j[0]["messages"][0]["role"] == "user" and sorted(j["data_id"]) == sorted(p["data_id"])
+    t = datasets.load_dataset("json", data_files=str(tmp_path / "j" / "train.jsonl"), split="train")
+    assert t.column_names == ["messages", "data_id"] and t["data_id"] == j["data_id"] and t["messages"] == j["messages"]
+    man = json.loads((tmp_path / "j" / "manifest.json").read_text())
+    assert man["outputs"]["train"]["rows"] == 12

@@ -256,7 +256,8 @@ def run_input_paths(manifest: dict) -> list[str]:
     return out
 
 
-def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | None = None, report: bool = True) -> dict[str, str]:
+def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | None = None, report: bool = True,
+                  training_file: bool = False) -> dict[str, str]:
     """Write the run's outputs into ``output_dir`` as one set.
 
     ``selected.jsonl`` (or ``selected.parquet``), ``decisions.parquet``, ``report.html`` (unless
@@ -273,9 +274,11 @@ def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | Non
         output_dir: the output folder (created when missing).
         fmt: ``"jsonl"`` or ``"parquet"`` (default: the run's ``format`` option).
         report: also write ``report.html``.
+        training_file: also write ``train.jsonl``: ``messages`` and ``data_id`` only, the minimal
+            file a trainer reads (``selected.*`` keeps the provenance).
 
     Returns:
-        Output name (``selected``, ``decisions``, ``report``, ``manifest``) -> final path.
+        Output name (``selected``, ``decisions``, ``report``, ``train``, ``manifest``) -> final path.
 
     Raises:
         LaserError: the folder cannot take the outputs (see :func:`check_output_dir`: a file, not
@@ -300,6 +303,10 @@ def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | Non
             write_jsonl(s.path(sel_name), iter_output_rows(run.pool, run.selected_rows, release=run.release, retyped=retyped))
         else:
             write_parquet(s.path(sel_name), output_frame(run.pool, run.selected_rows, release=run.release, retyped=retyped))
+        if training_file:
+            write_jsonl(s.path("train.jsonl"), ({"messages": d["messages"], "data_id": d["data_id"]}
+                                                for d in iter_output_rows(run.pool, run.selected_rows, release=run.release)))
+            names["train"] = "train.jsonl"
         dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
         # a pool read from a mapped file is written a slice at a time, its pages dropped after each
         write_parquet(s.path("decisions.parquet"), dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
@@ -309,6 +316,9 @@ def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | Non
                                    "decisions": {"path": "decisions.parquet"}}
         if kinds:
             run.manifest["outputs"]["retyped_fields"] = kinds
+        if training_file:
+            run.manifest["outputs"]["train"] = {"path": "train.jsonl", "sha256": file_sha256(s.path("train.jsonl")),
+                                                "rows": int(run.selected_rows.size)}
         if report:
             from laser_fast.io.report import write_report
 

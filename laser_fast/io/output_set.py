@@ -27,7 +27,7 @@ from laser_fast.errors import LaserError
 logger = logging.getLogger(__name__)
 
 #: files ``laser-fast select`` (:func:`laser_fast.io.output.write_outputs`) writes or replaces
-SELECT_OUTPUT_NAMES = ("selected.jsonl", "selected.parquet", "decisions.parquet", "report.html", "manifest.json")
+SELECT_OUTPUT_NAMES = ("selected.jsonl", "selected.parquet", "train.jsonl", "decisions.parquet", "report.html", "manifest.json")
 #: files ``laser-fast score`` writes or replaces
 SCORE_OUTPUT_NAMES = ("scores.parquet", "scores_manifest.json")
 #: every output name of the commands that write an output folder
