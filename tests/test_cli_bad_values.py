@@ -135,3 +135,35 @@ def test_a_setfit_head_from_the_hub_is_unpickled_only_when_trusted(tmp_path, mon
     with pytest.raises(ModelLoadError) as e:  # trusted: past the check (this stand-in has no body to load)
         load_classifier("org/setfit-cls", trust_remote_code=["org/setfit-cls"]).load()
     assert "--trust-remote-code" not in str(e.value)
+
+
+# every numeric option of select, with the invalid values of each kind; the run never starts
+_NUMERIC = {
+    "--budget": ["0", "-5", "abc", "nan"],
+    "--token-budget": ["-1", "1.5", "inf"],
+    "--threshold-percentile": ["nan", "inf", "-1", "101", "abc"],
+    "--min-distance": ["nan", "-0.5", "inf", "abc"],
+    "--max-seq-length": ["-1", "abc"],
+    "--seed": ["-1", "abc", str(2**32)],
+    "--max-record-bytes": ["-1", "abc"],
+    "--batch-size": ["0", "-3", "abc"],
+    "--num-threads": ["-2", "abc"],
+    "--judge-gpus": ["0", "abc"],
+    "--judge-max-tokens": ["2", "abc"],
+    "--batch-tokens": ["0", "abc"],
+}
+
+
+@pytest.mark.parametrize("flag,value", [(f, v) for f, vs in _NUMERIC.items() for v in vs])
+def test_every_numeric_option_rejects_bad_values_in_one_line(tmp_path, capsys, flag, value):
+    args = ["select", POOL, "--strategy", "random", "--profile", "none", "-q", "--workdir", str(tmp_path / "w"),
+            "--output-dir", str(tmp_path / "o"), flag, value]
+    if flag != "--budget":
+        args += ["--budget", "5"] if flag != "--token-budget" else []
+    rc = main(args)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, (flag, value, err)
+    assert lines and lines[-1].startswith("laser-fast: error:") and "Traceback" not in err, (flag, value, err)
+    assert flag.lstrip("-").replace("-", "_") in lines[-1].replace("-", "_"), (flag, value, lines[-1])
+    assert not (tmp_path / "o" / "selected.jsonl").exists()

@@ -292,20 +292,27 @@ def _read_json_array(fh, label: str, schema: str | None, origin: str, b: _Builde
                          "Give a JSON array of record objects, or JSONL (one object per line)")
     file_schema = schema
     for k, rec in enumerate(items):
-        where = f"{label}:item {k}"
-        if not isinstance(rec, dict):
-            b.problem(label, k, where, _RecordProblem(f"item {k} is JSON but not an object (got {_json_kind(rec)}); "
-                                                      "each item must be one record object"))
-            continue
-        try:
-            if file_schema is None:
-                file_schema = _detect_schema(rec)
-                if file_schema is None:
-                    raise _unknown_schema(rec)
-            b.add(rec, file_schema, origin, where, _dumps_json_extra)
-        except _RecordProblem as p:
-            b.problem(label, k, where, p)
+        file_schema = _add_json(b, rec, file_schema, origin, label, k, f"{label}:item {k}", "item")
     return len(items)
+
+
+def _add_json(b: _Builder, rec: Any, schema: str | None, origin: str, label: str, pos: int, where: str, unit: str) -> str | None:
+    """Add one parsed JSON value (a line's or an array item's) as a record; returns the file's
+    schema (detected from its first record unless forced)."""
+    if not isinstance(rec, dict):
+        b.problem(label, pos, where, _RecordProblem(f"{unit} {pos} is JSON but not an object (got {_json_kind(rec)}); "
+                                                    f"each {unit} must hold one record object"))
+        return schema
+    try:
+        if schema is None:
+            schema = _detect_schema(rec)
+            if schema is None:
+                raise _unknown_schema(rec)
+            logger.debug("%s: detected schema %r at %s", label, schema, where)
+        b.add(rec, schema, origin, where, _dumps_json_extra)
+    except _RecordProblem as p:
+        b.problem(label, pos, where, p)
+    return schema
 
 
 def _read_csv(path: Path | InputFile, label: str, kind: str, schema: str | None, origin: str, b: _Builder, progress: bool) -> int:
@@ -376,20 +383,7 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
                             p = _RecordProblem(f"invalid JSON on line {lineno} ({_short(e)})")
                         b.problem(label, lineno, where, p)
                         continue
-                    if not isinstance(rec, dict):
-                        b.problem(label, lineno, where, _RecordProblem(
-                            f"line {lineno} is JSON but not an object (got {_json_kind(rec)}); "
-                            "each line must hold one record object"))
-                        continue
-                    try:
-                        if file_schema is None:
-                            file_schema = _detect_schema(rec)
-                            if file_schema is None:
-                                raise _unknown_schema(rec)
-                            logger.debug("%s: detected schema %r at line %d", label, file_schema, lineno)
-                        b.add(rec, file_schema, origin, where, _dumps_json_extra)
-                    except _RecordProblem as p:
-                        b.problem(label, lineno, where, p)
+                    file_schema = _add_json(b, rec, file_schema, origin, label, lineno, where, "line")
             except (EOFError, zlib.error, gzip.BadGzipFile) as e:
                 if lineno == 0 and isinstance(e, gzip.BadGzipFile):  # the first bytes are not a gzip header
                     raise InputError(label, f"not a gzip file ({_short(e)}), though its name ends in .gz",

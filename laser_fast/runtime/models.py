@@ -106,7 +106,8 @@ def smollm2_folder() -> tuple[str, str | None]:
 
     Reading the GGUF (config, tokenizer, de-quantised weights) takes ~35 s on a busy CPU; the
     de-quantised float32 weights (~540 MB) and tokenizer are therefore saved once under
-    :func:`cache_root` (keyed by the GGUF's name and content hash, so reinstalls share one copy)
+    :func:`cache_root` (keyed by the GGUF's name and content hash, so reinstalls share one copy,
+    and by transformers' major version)
     and load in ~1 s afterwards. The
     values are identical (float32 holds the de-quantised weights exactly). When the folder cannot
     be written, the GGUF is read directly each time.
@@ -114,8 +115,12 @@ def smollm2_folder() -> tuple[str, str | None]:
     Returns:
         ``(folder, None)`` for the converted copy, or ``(package folder, gguf file)``.
     """
+    import transformers
+
     folder, name = smollm2_gguf()
-    dest = cache_root() / "smollm2" / f"{Path(name).stem}-{_file_digest(os.path.join(folder, name))}"
+    # keyed by transformers' major version too: a tokenizer saved by 5.x names classes 4.x lacks
+    tf_major = transformers.__version__.split(".")[0]
+    dest = cache_root() / "smollm2" / f"{Path(name).stem}-{_file_digest(os.path.join(folder, name))}-tf{tf_major}"
     if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
         return str(dest), None
     try:
