@@ -14,6 +14,13 @@ from laser_fast.errors import LaserError
 logger = logging.getLogger("laser_fast")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: ``laser-fast: error: ...`` and where to look (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"laser-fast: error: {message} (see `{self.prog} --help`)\n")
+
+
 _MAX_RECORD_HELP = ("a record larger than N bytes (a JSONL line, checked before it is parsed; or the UTF-8 text of a Parquet "
                     "record's turns) is invalid: it stops the run, or is dropped and listed with --skip-invalid "
                     "(default 1048576; 0: no limit)")
@@ -327,7 +334,7 @@ def cmd_report(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from laser_fast._version import __version__
 
-    ap = argparse.ArgumentParser(prog="laser-fast", description="Fast LASER data selection for instruction tuning.")
+    ap = _Parser(prog="laser-fast", description="Fast LASER data selection for instruction tuning.")
     ap.add_argument("--version", action="version", version=f"laser-fast {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     _select_parser(sub)
@@ -376,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     ap = build_parser()
-    a = ap.parse_args(argv)
+    try:
+        a = ap.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 2
     level = logging.WARNING if a.quiet else logging.DEBUG if a.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("laser_fast").setLevel(level)

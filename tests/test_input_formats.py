@@ -67,3 +67,40 @@ def test_csv_and_tsv(tmp_path):
     bad.write_text("question,answer\nwhat?,that\n")
     with pytest.raises(InputError, match=r"bad\.csv.*unrecognised table schema.*'question'"):
         read_records(str(bad))
+
+
+TOOL_CONV = [
+    {"role": "system", "content": "You can call tools."},
+    {"role": "user", "content": "What is 6 times 7?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                           "function": {"name": "mul", "arguments": "{\"a\": 6, \"b\": 7}"}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    {"role": "assistant", "content": "6 times 7 is 42."},
+]
+
+
+def test_tool_turns_pass_through_to_the_outputs(tmp_path):
+    import polars as pl
+
+    from laser_fast.cli import main
+
+    f = tmp_path / "tools.jsonl"
+    rows = [{"messages": TOOL_CONV}, {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]},
+            {"messages": [*TOOL_CONV[:3], {"role": "function", "name": "mul", "content": "42"}, TOOL_CONV[4]]}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs, _ = read_records(str(f))
+    assert recs["instruction"].to_list() == ["What is 6 times 7?", "Name a colour.", "What is 6 times 7?"]
+    assert recs["response"].to_list() == ["6 times 7 is 42.", "Blue.", "6 times 7 is 42."]
+    assert recs["data_id"][0] != recs["data_id"][2]  # the tool turns differ, so do the hashed ids
+    common = ["--budget", "3", "--strategy", "random", "--profile", "none", "-q", "--workdir", str(tmp_path / "w")]
+    assert main(["select", str(f), *common, "--keep-non-english", "--output-dir", str(tmp_path / "j")]) == 0
+    assert main(["select", str(f), *common, "--keep-non-english", "--format", "parquet", "--output-dir", str(tmp_path / "p")]) == 0
+    out = {json.dumps(r["messages"]): r for r in map(json.loads, (tmp_path / "j" / "selected.jsonl").read_text().splitlines())}
+    assert json.dumps(TOOL_CONV) in out and json.dumps(rows[1]["messages"]) in out  # as they came, tool calls and all
+    par = pl.read_parquet(tmp_path / "p" / "selected.parquet")
+    tool_row = next(m for m in par["messages"].to_list() if len(m) == 5 and m[3]["role"] == "tool")
+    assert tool_row[2]["tool_calls"][0]["function"]["name"] == "mul" and tool_row[3]["tool_call_id"] == "c1"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": TOOL_CONV[:4]}) + "\n")  # ends with the tool's result: no answer
+    with pytest.raises(InputError, match="no assistant answer"):
+        read_records(str(bad))

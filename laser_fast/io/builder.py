@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,17 @@ import polars as pl
 import pyarrow as pa
 
 from laser_fast.errors import InputError
-from laser_fast.io.schemas import _CONSUMED, _MISSING, _TURN_READERS, _canonical_json, _check_data_id, _check_structure, _RecordProblem, _type_name
+from laser_fast.io.schemas import (
+    _CONSUMED,
+    _MISSING,
+    _TURN_READERS,
+    _canonical_json,
+    _check_data_id,
+    _check_structure,
+    _RecordProblem,
+    _type_name,
+    has_tool_turns,
+)
 
 #: Output columns, in order, with their polars types.
 OUTPUT_COLUMNS: dict[str, pl.DataType] = {
@@ -123,6 +134,7 @@ class _Builder:
         """Validate and append one record (raises _RecordProblem; nothing is appended then)."""
         turns = _TURN_READERS[schema](rec)
         users, _answers = _check_structure(turns, schema)
+        original = rec["messages"] if schema == "messages" and has_tool_turns(rec.get("messages")) else None
         if self.max_record_bytes:
             limit = self.max_record_bytes
             size = 0
@@ -143,7 +155,10 @@ class _Builder:
             h = None
         else:
             did = None
-            h = "h" + hashlib.sha1(_canonical_json(turns).encode("utf-8")).hexdigest()[:16]
+            key = _canonical_json(turns)
+            if original is not None:  # the tool turns are content too: two runs of one tool differ
+                key += "\x1f" + json.dumps(original, ensure_ascii=False, sort_keys=True, default=str)
+            h = "h" + hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
         rec_origin = rec.get("origin")
         if rec_origin is not None:
@@ -154,6 +169,8 @@ class _Builder:
 
         consumed = _CONSUMED[schema]
         extra = {k: v for k, v in rec.items() if k not in consumed}
+        if original is not None:  # the whole conversation, tool calls and results included, for the output
+            extra["messages"] = original
         extra_s = extra_json(extra)
 
         # Everything validated: append.

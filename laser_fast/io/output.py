@@ -151,8 +151,9 @@ def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = 
     for s in range(0, rows.size, chunk_rows):
         sub = pool[rows[s : s + chunk_rows].tolist()]
         for r in sub.iter_rows(named=True):
-            d: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
             extra = retype(json.loads(r["extra"]), retyped) if r["extra"] else {}
+            whole = extra.pop("messages", None)  # a conversation with tool turns, as it came
+            d: dict[str, Any] = {"messages": whole if whole is not None else [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
             for k, v in extra.items():
                 if k not in d:
                     d[k] = v
@@ -182,7 +183,7 @@ def retyped_fields(pool: pl.DataFrame, rows: np.ndarray) -> tuple[frozenset[str]
     """The input fields of the records at ``rows`` whose JSON types conflict (written as text in
     either output format), and the kinds each had."""
     ex = pool["extra"].gather(np.asarray(rows, dtype=np.int64)) if rows.size else pool["extra"].head(0)
-    found = conflicting_fields(json.loads(e) for e in ex if e)
+    found = conflicting_fields({k: v for k, v in json.loads(e).items() if k != "messages"} for e in ex if e)
     return frozenset(found), found
 
 
@@ -219,6 +220,10 @@ def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None, retyped:
     ex_keys = [k for k in dict.fromkeys(k for ex in extras for k in ex) if k != "messages"]
     ex_frame = pl.DataFrame([{k: ex.get(k) for k in ex_keys} for ex in extras], infer_schema_length=None) if ex_keys else None
     cols: dict[str, pl.Series] = {"messages": sub["messages"]}
+    if any("messages" in ex for ex in extras):  # conversations with tool turns go out as they came
+        plain = sub["messages"].to_list()
+        cols["messages"] = pl.Series([ex["messages"] if "messages" in ex else [{"role": m["role"], "content": m["content"]} for m in p]
+                                      for ex, p in zip(extras, plain)], strict=False)
     for k in order:
         if k == "messages":
             continue

@@ -28,6 +28,9 @@ _enc_str = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py
 
 
 _ROLES = frozenset(("system", "user", "assistant"))
+#: Roles of tool results (OpenAI ``tool`` / legacy ``function``, Llama ``ipython``): passed through to the
+#: output, not scored (a record's instruction and answers are its user and assistant texts)
+TOOL_ROLES = frozenset(("tool", "function", "ipython"))
 _SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -107,15 +110,26 @@ def _turns_messages(rec: Mapping[str, Any]) -> list[tuple[str, str]]:
         role = m.get("role")
         if not isinstance(role, str):
             raise _RecordProblem(f"role must be a string, got {_type_name(role)}", f"messages[{i}].role")
+        if role in TOOL_ROLES:
+            continue  # a tool's result: kept in the output (see has_tool_turns), not a turn
         if role not in _ROLES:
-            raise _RecordProblem(f"unknown role {role!r} (accepted: system, user, assistant)",
-                                 f"messages[{i}].role")
+            raise _RecordProblem(f"unknown role {role!r} (accepted: system, user, assistant, and tool/function/ipython "
+                                 "results)", f"messages[{i}].role")
         content = m.get("content")
+        if role == "assistant" and (m.get("tool_calls") or m.get("function_call")) and not (isinstance(content, str) and content.strip()):
+            continue  # a call of a tool without text: kept in the output, not an answer
         if not isinstance(content, str):
             raise _RecordProblem(f"content must be a string, got {_type_name(content)}",
                                  f"messages[{i}].content")
         out.append((role, content))
     return out
+
+
+def has_tool_turns(msgs: Any) -> bool:
+    """Whether a ``messages`` list holds more than role/content text turns (tool results, tool
+    calls, names): then the list is passed through to the output as it came."""
+    return isinstance(msgs, (list, tuple)) and any(
+        isinstance(m, Mapping) and (m.get("role") in TOOL_ROLES or any(k not in ("role", "content") for k in m)) for m in msgs)
 
 
 def _turns_sharegpt(rec: Mapping[str, Any]) -> list[tuple[str, str]]:
