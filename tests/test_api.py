@@ -147,4 +147,7 @@ ALLOWED = {
     ("laser_fast.scorers.onepass", "classifier"),
     ("laser_fast.scorers.onepass", "sampling"),
     ("laser_fast.classifier.models", "sampling"),
+    # classifications are cached per conversation in the score cache's shards (one per-record
+    # store for every model output)
+    ("laser_fast.classifier.stage", "scorers"),
 }

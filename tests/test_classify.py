@@ -317,3 +317,26 @@ def test_default_is_the_minilm_head_even_with_smollm_installed(monkeypatch):
     assert C.load_classifier(device="cpu").model_dir == C.DEFAULT_MODEL_DIR
     assert C.load_classifier("minilm").model_dir == C.DEFAULT_MODEL_DIR
     assert C.load_classifier("smollm").model_dir == C.SMOLLM_MODEL_DIR
+
+def test_classification_is_cached_per_conversation(tmp_path, monkeypatch):
+    """A pool that grows is classified only for its new conversations (issue 15: only records
+    missing from the caches are computed)."""
+    from laser_fast.classifier import stage
+    from laser_fast.config import SelectOptions
+    from laser_fast.io.ingest import read_records
+
+    recs, _ = read_records(str(Path(__file__).resolve().parents[1] / "examples" / "pool" / "alpaca.jsonl"))
+    opts = SelectOptions(budget=1, show_progress=False).validate()
+    first, conf1, st1 = stage.classify_pool(recs.head(40), None, opts, str(tmp_path / "w"))
+    assert st1["cached"] == 0 and st1["classified"] == 40
+    seen = []
+    real = stage.classify_conversations
+    monkeypatch.setattr(stage, "classify_conversations", lambda convs, **kw: seen.append(len(convs)) or real(convs, **kw))
+    cats, conf, st = stage.classify_pool(recs.head(55), None, opts, str(tmp_path / "w"))
+    assert seen == [15] and st["cached"] == 40 and not st["cache_hit"]
+    assert cats[:40].tolist() == first.tolist() and np.allclose(conf[:40], conf1)
+    cold, cold_conf, _ = stage.classify_pool(recs.head(55), None, opts, str(tmp_path / "cold"))
+    assert cats.tolist() == cold.tolist() and np.allclose(conf, cold_conf, atol=1e-6)
+    seen.clear()
+    again = stage.classify_pool(recs.head(55), None, opts, str(tmp_path / "w"))
+    assert seen == [] and again[2]["cache_hit"] and again[0].tolist() == cats.tolist()

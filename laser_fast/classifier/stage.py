@@ -3,6 +3,7 @@ that keeps given categories, classifies the rest and caches the result in the wo
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -13,13 +14,18 @@ import polars as pl
 
 from laser_fast._version import __version__
 from laser_fast.classifier.features import _as_text
+from laser_fast.categories import CATEGORIES
 from laser_fast.classifier.models import TaskClassifier, load_classifier
 from laser_fast.config import SelectOptions
 from laser_fast.runtime.engine import UnitTask
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 from laser_fast.runtime.workdir import WorkDir, _hash_strings, _iter_column
+from laser_fast.scorers.cache import ScoreCache
 
 logger = logging.getLogger(__name__)
+
+#: category names by index (the per-conversation cache stores the index)
+_LABELS = tuple(CATEGORIES)
 
 
 def classify(texts: Sequence[str], *, batch_size: int = 64, show_progress: bool | None = None) -> list[str]:
@@ -150,9 +156,11 @@ def _window_runner(clf: TaskClassifier, source: tuple | None, batch_size: int):
 
 
 def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectOptions, workdir: WorkDir | str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Category and confidence per record: given categories are kept, the rest classified
-    (cached in the work directory by classifier fingerprint and content, see
-    :meth:`~laser_fast.runtime.workdir.WorkDir.cached_arrays`)."""
+    """Category and confidence per record: given categories are kept, the rest classified.
+
+    Cached per conversation (its user turns) and classifier fingerprint in the work directory's
+    score cache (``scores/categories-<key>/``, shards as the scorers' caches): a pool that grows,
+    or another pool sharing conversations, classifies only what no run has classified."""
     stats: dict = {}
     n = records.height
     cats = np.full(n, None, dtype=object) if known is None else known.copy()
@@ -168,22 +176,28 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
     stats["classifier"] = clf.fingerprint
     turns = records["user_turns"].to_list()
     sub = [turns[i] for i in todo]
-    key = _hash_strings(["\x1f".join(t) for t in sub], clf.fingerprint)
-    computed = []
-
-    def compute() -> dict[str, np.ndarray]:
+    # per conversation: a pool that grows is classified only for its new conversations
+    keys = [hashlib.blake2b("\x1f".join(t).encode("utf-8"), digest_size=12).hexdigest() for t in sub]
+    cache = ScoreCache(workdir, "categories", f"classify|{clf.fingerprint}", ("category", "confidence"))
+    found, vals = cache.lookup(keys, keys)
+    miss = np.flatnonzero(~found)
+    if miss.size:
         run_clf = clf
         if hasattr(clf, "store_root"):  # instruction vectors shared with the onepass scorer through the embedding store
             run_clf = copy.copy(clf.load())  # the process-wide default keeps its loaded model and no work directory
             run_clf.store_root = str(workdir)
-        labs, cf = classify_conversations(sub, classifier=run_clf, batch_size=opts.batch_size, show_progress=opts.show_progress,
-                                          source=(opts.classifier, opts.device, tuple(opts.trust_remote_code)))
-        computed.append(True)
-        return {"labels": np.asarray(labs, dtype=str), "conf": np.asarray(cf, dtype=np.float64)}
-
-    arrays = WorkDir.of(workdir).cached_arrays("categories", key, compute)  # checked; a damaged entry is computed again
-    labels, c = arrays["labels"].astype(object), arrays["conf"]
-    stats["cache_hit"] = not computed
+        labs, cf = classify_conversations([sub[i] for i in miss], classifier=run_clf, batch_size=opts.batch_size,
+                                          show_progress=opts.show_progress, source=(opts.classifier, opts.device, tuple(opts.trust_remote_code)))
+        idx = np.asarray([_LABELS.index(lab) for lab in labs], dtype=np.float64)
+        cf = np.asarray(cf, dtype=np.float64)
+        cache.append([keys[i] for i in miss], [keys[i] for i in miss], {"category": idx, "confidence": cf})
+        cache.compact()
+        vals["category"][miss] = idx
+        vals["confidence"][miss] = cf
+    labels = np.asarray(_LABELS, dtype=object)[vals["category"].astype(np.int64)]
+    c = vals["confidence"]
+    stats["cache_hit"] = not miss.size
+    stats["cached"] = int(found.sum())
     cats[todo] = labels
     conf[todo] = c
     return cats, conf, stats
