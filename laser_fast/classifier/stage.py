@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 
 from laser_fast._version import __version__
-from laser_fast.classifier.features import _as_text
 from laser_fast.categories import CATEGORIES
+from laser_fast.classifier.features import _as_text
 from laser_fast.classifier.models import TaskClassifier, load_classifier
 from laser_fast.config import SelectOptions
 from laser_fast.runtime.engine import UnitTask
