@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from laser_fast.errors import LaserError
+from laser_fast.errors import ConfigError, LaserError
 
 logger = logging.getLogger("laser_fast")
 
@@ -70,6 +71,8 @@ def _select_parser(sub) -> None:
     p.add_argument("--kmeans-backend", choices=["auto", "faiss", "torch"],
                    help="k-means on faiss or torch (default auto: faiss on a GPU faiss sees, else torch on CUDA, else faiss on the CPU)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the outputs (not the report) to this Hugging Face dataset repository "
+                                                         "(created private when missing; online only)")
     p.add_argument("--training-file", action="store_true",
                    help="also write train.jsonl: messages and data_id only, the minimal file a trainer reads")
     _scoring_flags(p)
@@ -229,6 +232,9 @@ def cmd_select(a) -> int:
     from laser_fast.runtime.workdir import default_workdir
 
     opts = _options_from_args(a)
+    for flag, v in (("--budget", opts.budget), ("--token-budget", opts.token_budget)):
+        if v is not None and isinstance(v, int) and v == 0:
+            raise ConfigError(f"{flag} 0 selects nothing: give at least 1 ({flag.lstrip('-').replace('-', '_')} in a config)")
     if not a.inputs and not opts.sources:
         raise LaserError("no input: give INPUT files or --config with data: entries")
     inputs = list(a.inputs)
@@ -236,6 +242,9 @@ def cmd_select(a) -> int:
         inputs = [str(Path(a.input_dir) / p) if "://" not in p and not Path(p).is_absolute() and not Path(p).exists() else p for p in inputs]
     # before any work: the output folder takes files, and no input or score file is one it replaces
     check_output_dir(a.output_dir, [*inputs, *(s.path for s in opts.sources), *(opts.scores or [])], names=SELECT_OUTPUT_NAMES)
+    if a.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
+        raise LaserError(f"--push-to-hub {a.push_to_hub} needs the hub, and HF_HUB_OFFLINE is set: unset it, or drop --push-to-hub "
+                         "and upload the output folder later (huggingface-cli upload --repo-type dataset REPO DIR)")
     run = run_selection(inputs, opts, workdir=a.workdir or default_workdir())
     paths = write_outputs(run, a.output_dir, report=not a.no_report, training_file=a.training_file)
     m = run.manifest
@@ -246,6 +255,10 @@ def cmd_select(a) -> int:
     if "train" in paths:
         print(f"train:     {paths['train']}")
     print(f"manifest:  {paths['manifest']}")
+    if a.push_to_hub:
+        from laser_fast.io.output import push_to_hub
+
+        print(f"hub:       {push_to_hub(a.output_dir, a.push_to_hub)}")
     return 0
 
 
@@ -391,8 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("laser_fast").setLevel(level)
     if a.quiet:  # model-loading bars of transformers / the hub follow -q too
-        import os
-
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
     for noisy in ("sentence_transformers", "transformers", "faiss", "numba", "httpx", "urllib3", "huggingface_hub", "matplotlib"):

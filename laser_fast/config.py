@@ -122,9 +122,13 @@ class SelectOptions:
         if self.budget is None and self.token_budget is None:
             raise ConfigError("no budget: pass --budget N (records) or --token-budget N (tokens), or set sample_size in the config")
         if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 0):
-            raise ConfigError(f"budget must be a non-negative integer, got {self.budget!r}")
+            raise ConfigError(f"budget (--budget) must be a non-negative integer, got {self.budget!r}")
         if self.token_budget is not None and (not isinstance(self.token_budget, int) or self.token_budget < 0):
-            raise ConfigError(f"token budget must be a non-negative integer, got {self.token_budget!r}")
+            raise ConfigError(f"token_budget (--token-budget) must be a non-negative integer, got {self.token_budget!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ConfigError(f"batch_size (--batch-size) must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.num_threads, int) or isinstance(self.num_threads, bool) or self.num_threads < 0:
+            raise ConfigError(f"num_threads (--num-threads) must be a non-negative integer (0: every core), got {self.num_threads!r}")
         self.strategy = canonical_strategy(self.strategy)
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode '{self.mode}': use one of {', '.join(MODES)}")

@@ -63,3 +63,31 @@ def test_outputs_load_with_datasets_and_the_training_file(tmp_path):
     assert t.column_names == ["messages", "data_id"] and t["data_id"] == j["data_id"] and t["messages"] == j["messages"]
     man = json.loads((tmp_path / "j" / "manifest.json").read_text())
     assert man["outputs"]["train"]["rows"] == 12
+
+
+def test_push_to_hub_uploads_the_complete_outputs_and_refuses_offline(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo, **kw):
+            calls.append(("create", repo, kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload", kw["repo_id"], kw))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    common = ["--budget", "12", "--strategy", "random", "--profile", "none", "-q", "--workdir", str(tmp_path / "w")]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["select", *_pool(tmp_path), *common, "--push-to-hub", "me/picked", "--output-dir", str(tmp_path / "o1")]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err and not (tmp_path / "o1" / "manifest.json").exists() and not calls
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert main(["select", *_pool(tmp_path), *common, "--training-file", "--push-to-hub", "me/picked", "--output-dir", str(tmp_path / "o")]) == 0
+    (_, repo, create), (_, _, up) = calls
+    assert repo == "me/picked" and create["repo_type"] == "dataset" and create["private"] is True
+    assert up["allow_patterns"] == ["selected.jsonl", "train.jsonl", "decisions.parquet", "manifest.json"]
+    assert "huggingface.co/datasets/me/picked" in capsys.readouterr().out

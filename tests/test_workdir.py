@@ -410,9 +410,11 @@ def test_two_runs_sharing_a_work_directory_agree(tmp_path):
         for me in ("a", "b"):
             assert (base / f"o{r}-{me}" / "selected.jsonl").read_bytes() == want, f"round {r}, run {me}"
         w = base / f"w{r}"
-        entries = [p for p in w.rglob("*") if p.is_file() and p.parent.name != "locks" and not p.name.endswith(".meta.json") and p.name != "VERSION"]
+        entries = [p for p in w.rglob("*") if p.is_file() and p.parent.name != "locks" and not p.name.endswith(".meta.json")
+                   and p.name not in ("VERSION", "FINGERPRINT")]  # FINGERPRINT: a score folder's description, no record
         assert all(WorkDir(w).verify(p) for p in entries), r  # every entry intact, with its record
-        assert sorted(p.name.split("-")[0] for p in (w / "cache").glob("*.npz")) == ["categories", "language", "tokens"], r
+        assert sorted(p.name.split("-")[0] for p in (w / "cache").glob("*.npz")) == ["language", "tokens"], r
+        assert list(w.glob("scores/categories-*/part-*.parquet")), r  # classifications, per conversation
         assert list(w.glob("embeddings/*.npy")) and list(w.glob("embeddings/*/shard-*.hashes.npy")), r
         assert not [p for p in w.rglob("*") if ".tmp-" in p.name or p.name.startswith("records-")]
 

@@ -336,3 +336,37 @@ def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | Non
         write_json(s.path("manifest.json"), run.manifest)
         names["manifest"] = "manifest.json"
     return {k: str(out / n) for k, n in names.items()}
+
+
+def push_to_hub(output_dir: str | Path, repo: str, *, private: bool = True, token: str | None = None) -> str:
+    """Upload a selection's output folder to the Hugging Face dataset repository ``repo``
+    (created when missing, private by default): ``selected.*``, ``train.jsonl`` when written,
+    ``decisions.parquet`` and ``manifest.json`` (no report, no work files). Online only.
+
+    Returns:
+        The repository's URL.
+
+    Raises:
+        LaserError: offline (``HF_HUB_OFFLINE``), no manifest in ``output_dir`` (an incomplete
+            folder is never pushed), or the hub refused (its message, with what to do).
+    """
+    from laser_fast.errors import LaserError
+
+    out = Path(output_dir)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
+        raise LaserError(f"--push-to-hub {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; the outputs are in {out}: "
+                         "push them later (huggingface-cli upload --repo-type dataset REPO DIR) or unset HF_HUB_OFFLINE")
+    if not (out / "manifest.json").is_file():
+        raise LaserError(f"--push-to-hub {repo}: {out} has no manifest.json, so its outputs are incomplete: run the selection again")
+    names = [n for n in ("selected.jsonl", "selected.parquet", "train.jsonl", "decisions.parquet", "manifest.json") if (out / n).is_file()]
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(out), allow_patterns=names,
+                          commit_message=f"laser_fast selection ({len(names)} files)")
+    except Exception as e:  # noqa: BLE001 - the hub's many errors (auth, network, names): one clear message
+        raise LaserError(f"--push-to-hub {repo}: the upload failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                         f"the outputs stay in {out}. Log in (huggingface-cli login or HF_TOKEN) and check the repository name") from None
+    return f"https://huggingface.co/datasets/{repo}"
