@@ -62,6 +62,9 @@ def _select_parser(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true", help="drop invalid records (counted and listed in the manifest) instead of stopping")
     p.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     p.add_argument("--keep-non-english", action="store_true", help="keep records flagged as non-English (LASER keeps English only)")
+    p.add_argument("--dedup", choices=["none", "exact", "normalized", "instruction"],
+                   help="leave out repeated conversations before scoring, keeping the first copy (default exact; normalized: "
+                        "NFKC, case, punctuation and whitespace ignored; instruction: the same user turns)")
     p.add_argument("--languages", metavar="CODES", help="instruction languages to keep, ISO 639 codes (default en, as LASER; e.g. en,de)")
     p.add_argument("--workdir", help="cache folder for embeddings and scores (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast)")
     p.add_argument("--format", choices=["jsonl", "parquet"], help="output format (default jsonl)")
@@ -214,6 +217,8 @@ def _options_from_args(a) -> tuple:
         kw["keep_non_english"] = True
     if a.languages is not None:
         kw["languages"] = a.languages
+    if a.dedup is not None:
+        kw["dedup"] = a.dedup
     if a.quiet:
         kw["show_progress"] = False
     sk = _scoring_kw(a)

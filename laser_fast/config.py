@@ -47,6 +47,9 @@ _SOURCE_KEYS = {
 ENGINES = ("local", "ray")
 
 
+#: duplicate detection before scoring (see :mod:`laser_fast.sampling.dedup`)
+DEDUP_MODES = ("none", "exact", "normalized", "instruction")
+
 @dataclass
 class SourceSpec:
     """One input source (a ``data:`` entry, or a path given on the command line)."""
@@ -84,6 +87,7 @@ class SelectOptions:
     scores: list[str] = field(default_factory=list)
     analysis_dir: str | None = None
     keep_non_english: bool = False
+    dedup: str = "exact"  # duplicates left out before scoring: none, exact, normalized, instruction
     languages: list[str] = field(default_factory=lambda: ["en"])  # instruction languages kept (ISO 639 codes; keep_non_english keeps all)
     skip_invalid: bool = False
     max_record_bytes: int = 1 << 20  # a record (JSONL line, or the turns' UTF-8 text) over this is invalid; 0 = no limit
@@ -182,6 +186,9 @@ class SelectOptions:
         self.trust_remote_code = [m.strip() for m in self.trust_remote_code]
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
+        self.dedup = str(self.dedup or "none").strip().lower()
+        if self.dedup not in DEDUP_MODES:
+            raise ConfigError(f"unknown dedup mode {self.dedup!r} (--dedup): use one of {', '.join(DEDUP_MODES)}")
         if isinstance(self.languages, str):
             self.languages = [x for x in self.languages.replace(" ", "").split(",") if x]
         if (not isinstance(self.languages, (list, tuple)) or not self.languages

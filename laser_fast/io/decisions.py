@@ -40,7 +40,8 @@ def pool_table(records: pl.DataFrame, row_map: np.ndarray, columns: Mapping[str,
 
 def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, cats: np.ndarray, conf: np.ndarray, english: np.ndarray,
                      pref: np.ndarray, status: np.ndarray, selected_by: np.ndarray, cluster: np.ndarray, metrics: Mapping[str, np.ndarray],
-                     raw: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray], language: np.ndarray | None = None) -> dict[str, Any]:
+                     raw: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray], language: np.ndarray | None = None,
+                     duplicate_of: np.ndarray | None = None) -> dict[str, Any]:
     """The decision columns of :func:`pool_table` (record-level arrays are mapped to pool rows;
     score columns in :data:`laser_fast.metrics.SCORE_COLUMNS` order, metrics before raw scorer
     outputs of the same name, then the ``*_scaled`` metrics)."""
@@ -56,6 +57,8 @@ def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, c
         "is_english": lambda: per_row(english),
         **({"language": lambda: pl.Series(np.asarray(language).astype(str)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
            if language is not None else {}),
+        **({"duplicate_of": lambda: pl.Series(np.asarray(duplicate_of, dtype=object)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
+           if duplicate_of is not None else {}),
         "preference": lambda: pref,
         "status": lambda: pl.Series(status.tolist(), dtype=pl.Utf8),
         "selected_by": lambda: pl.Series(selected_by.tolist(), dtype=pl.Utf8),
@@ -122,6 +125,7 @@ def run_manifest(*, opts, inputs: list[dict], skipped: list[dict], score_files: 
         "redistribution": plan.moves,
         "counts": {
             "pool": category_counts(cats, np.ones(status.size, dtype=bool)),
+            "duplicate_excluded": category_counts(cats, status == "duplicate"),
             "non_english_excluded": category_counts(cats, status == "non_english"),
             "too_long_excluded": category_counts(cats, status == "too_long"),
             "not_scored_excluded": category_counts(cats, status == "not_scored"),

@@ -44,13 +44,17 @@ def order_selection(sel: np.ndarray, order: str, *, seed: int, cats: np.ndarray,
 # candidates, per-source limits and oversampling, strata and targets
 # --------------------------------------------------------------------------------------
 
-def candidate_status(english: np.ndarray, length: np.ndarray, opts: SelectOptions, pref: np.ndarray | None = None) -> np.ndarray:
-    """Status per record before selection: ``candidate``, ``non_english`` (unless
+def candidate_status(english: np.ndarray, length: np.ndarray, opts: SelectOptions, pref: np.ndarray | None = None,
+                     duplicate: np.ndarray | None = None) -> np.ndarray:
+    """Status per record before selection: ``candidate``, ``duplicate`` (repeats an earlier
+    record, see :mod:`laser_fast.sampling.dedup`), ``non_english`` (unless
     ``keep_non_english``), ``too_long`` (over ``max_seq_length`` tokens) or ``not_scored`` (no
     preference: a scorer that ran on it gave no score)."""
     status = np.full(english.size, "candidate", dtype=object)
+    if duplicate is not None:
+        status[np.asarray(duplicate, dtype=bool)] = "duplicate"
     if not opts.keep_non_english:
-        status[~english] = "non_english"
+        status[(status == "candidate") & ~english] = "non_english"
     if opts.max_seq_length:
         status[(status == "candidate") & (length > opts.max_seq_length)] = "too_long"
     if pref is not None:

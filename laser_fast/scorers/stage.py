@@ -506,7 +506,8 @@ def scoring_order(built: Mapping[str, Scorer]) -> list[tuple[str, bool]]:
 NOT_SCORED = "_not_scored"
 
 
-def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.ndarray], opts: SelectOptions, workdir: str) -> tuple[dict[str, np.ndarray], dict]:
+def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.ndarray], opts: SelectOptions, workdir: str,
+                 skip: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Run the scorers the strategy needs (profile + explicit ``opts.scorers``) through the cache.
 
     Fills the missing metrics in ``scores`` in place (input columns and score files win) and
@@ -528,6 +529,9 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     for name in opts.scorers:  # named scorers always run, on every record they apply to
         if name != "tokens":
             plan[name] = (np.ones(records.height, dtype=bool), plan.get(name, (None, []))[1])
+    if skip is not None and np.any(skip):  # duplicates (left out before scoring): never scored
+        keep = ~np.asarray(skip, dtype=bool)
+        plan = {k: (m & keep, [(met, col, rows & keep) for met, col, rows in fills]) for k, (m, fills) in plan.items()}
     settings = ScorerSettings.from_options(opts)
     raw: dict[str, np.ndarray] = {}
     facts: dict[str, Any] = {"profile": profile, "metric_sources": {m: f"{s}:{c}" for m, (s, c) in sorted(sources.items())}, "scorers": []}
@@ -574,7 +578,7 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
 
 TOKENS = StageSpec("tokens", "laser_fast.scorers.stage:tokens_stage", reads=("data_id", "messages", "response", "<given token metrics>"),
                    writes=("inst_length", "resp_length", "last_resp_length"), resources=Resources(num_cpus=1, memory_mb=512))
-MODEL_SCORES = StageSpec("model_scores", "laser_fast.scorers.stage:scores_stage", reads=("messages", "category", "<given metrics>"),
+MODEL_SCORES = StageSpec("model_scores", "laser_fast.scorers.stage:scores_stage", reads=("messages", "category", "<given metrics>", "duplicate_of"),
                          writes=("<metrics>", "raw:<scorer outputs>", "_not_scored"), resources=Resources(num_cpus=1, num_gpus=1.0, memory_mb=16384))
 
 
@@ -610,7 +614,8 @@ def scores_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns
     cols = columns or {}
     metrics = _metric_columns(cols)
     filled = dict(metrics)  # model_scores replaces the arrays it fills, never writes into them
-    raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir))
+    dup = cols.get("duplicate_of")
+    raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir), skip=None if dup is None else dup != None)  # noqa: E711
     out = {k: v for k, v in filled.items() if k not in metrics or v is not metrics[k]}
     failed = raw.pop(NOT_SCORED, None)
     if failed is not None:

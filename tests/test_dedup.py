@@ -1,0 +1,68 @@
+"""Issue 19, first slice: duplicates are found before scoring (exact, normalised, or by
+instruction), never scored, left out of the selection with the ``data_id`` they repeat, and
+counted in the manifest."""
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from laser_fast.cli import main
+from laser_fast.io.ingest import records_from_frame
+from laser_fast.sampling.dedup import find_duplicates
+
+ROWS = [
+    ("Name a colour.", "Blue."),          # 0
+    ("Name a colour.", "Blue."),          # 1: exact copy of 0
+    ("NAME a colour!!", "blue"),          # 2: a normalised copy of 0
+    ("Ｎａｍｅ   a colour", "Blue…"),       # 3: full-width letters, spaces, an ellipsis: normalised copy of 0
+    ("Name a colour.", "Red."),           # 4: same instruction, other answer
+    ("Name a fruit.", "Apple."),          # 5
+    ("Name a fruit.", "Apple."),          # 6: exact copy of 5
+]
+
+
+def _recs():
+    recs, _ = records_from_frame(pl.DataFrame({"instruction": [r[0] for r in ROWS], "output": [r[1] for r in ROWS]}))
+    return recs
+
+
+@pytest.mark.parametrize("mode,dups", [("none", {}), ("exact", {1: 0, 6: 5}), ("normalized", {1: 0, 2: 0, 3: 0, 6: 5}),
+                                       ("instruction", {1: 0, 2: 0, 3: 0, 4: 0, 6: 5})])
+def test_each_mode_finds_exactly_the_planted_copies_and_keeps_the_first(mode, dups):
+    recs = _recs()
+    ids = recs["data_id"].to_list()
+    got = find_duplicates(recs, mode).tolist()
+    assert got == [ids[dups[i]] if i in dups else None for i in range(len(ROWS))]
+
+
+def test_duplicates_are_not_scored_not_selected_and_counted(tmp_path):
+    f = tmp_path / "pool.jsonl"
+    f.write_text("".join(json.dumps({"instruction": a, "output": b}) + "\n" for a, b in ROWS))
+    args = ["select", str(f), "--budget", "7", "--profile", "lite", "--strategy", "combination", "--proportions", "natural",
+            "--keep-non-english", "-q", "--workdir", str(tmp_path / "w")]
+    assert main([*args, "--dedup", "normalized", "--output-dir", str(tmp_path / "o")]) == 0
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["dedup"] == {"mode": "normalized", "duplicates": 4, "per_origin": {"pool": 4}}
+    assert sum(man["counts"]["duplicate_excluded"].values()) == 4 and man["counts"]["total_selected"] == 3
+    (onepass,) = man["scoring"]["scorers"]
+    assert onepass["records"] == 3  # the copies were never scored
+    dec = pl.read_parquet(tmp_path / "o" / "decisions.parquet")
+    ids = dec["data_id"].to_list()
+    assert dec.filter(pl.col("status") == "duplicate")["duplicate_of"].to_list() == [ids[0], ids[0], ids[0], ids[5]]
+    assert dec.filter(pl.col("status") != "duplicate")["duplicate_of"].null_count() == 3
+    sel = [json.loads(x)["data_id"] for x in (tmp_path / "o" / "selected.jsonl").read_text().splitlines()]
+    assert sorted(sel) == sorted([ids[0], ids[4], ids[5]])
+    assert main([*args, "--dedup", "none", "--output-dir", str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "manifest.json").read_text())["counts"]["total_selected"] == 7
+    assert main([*args, "--dedup", "fuzzy", "--output-dir", str(tmp_path / "bad")]) == 2
+
+
+def test_the_default_is_exact():
+    from laser_fast.config import SelectOptions
+    from laser_fast.errors import ConfigError
+
+    assert SelectOptions(budget=1).validate().dedup == "exact"
+    with pytest.raises(ConfigError, match="dedup"):
+        SelectOptions(budget=1, dedup="fuzzy").validate()
