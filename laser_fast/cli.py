@@ -65,6 +65,10 @@ def _select_parser(sub) -> None:
     p.add_argument("--dedup", choices=["none", "exact", "normalized", "instruction"],
                    help="leave out repeated conversations before scoring, keeping the first copy (default exact; normalized: "
                         "NFKC, case, punctuation and whitespace ignored; instruction: the same user turns)")
+    p.add_argument("--decontaminate", nargs="+", action="extend", default=None, metavar="FILE|DIR",
+                   help="benchmark test sets (JSONL/Parquet with prompt and/or answer fields; a folder: its files): records sharing "
+                        "a 13-word n-gram with an item, or whose instruction equals a prompt, are left out")
+    p.add_argument("--decontaminate-ngram", type=int, metavar="N", help="words per n-gram for --decontaminate (default 13)")
     p.add_argument("--languages", metavar="CODES", help="instruction languages to keep, ISO 639 codes (default en, as LASER; e.g. en,de)")
     p.add_argument("--workdir", help="cache folder for embeddings and scores (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast)")
     p.add_argument("--format", choices=["jsonl", "parquet"], help="output format (default jsonl)")
@@ -219,6 +223,10 @@ def _options_from_args(a) -> tuple:
         kw["languages"] = a.languages
     if a.dedup is not None:
         kw["dedup"] = a.dedup
+    if a.decontaminate:
+        kw["decontaminate"] = [*(kw.get("decontaminate") or []), *a.decontaminate]
+    if a.decontaminate_ngram is not None:
+        kw["decontaminate_ngram"] = a.decontaminate_ngram
     if a.quiet:
         kw["show_progress"] = False
     sk = _scoring_kw(a)

@@ -88,6 +88,8 @@ class SelectOptions:
     analysis_dir: str | None = None
     keep_non_english: bool = False
     dedup: str = "exact"  # duplicates left out before scoring: none, exact, normalized, instruction
+    decontaminate: list[str] = field(default_factory=list)  # benchmark test sets (files or folders) whose items are left out
+    decontaminate_ngram: int = 13  # words per n-gram shared with a benchmark text that flags a record
     languages: list[str] = field(default_factory=lambda: ["en"])  # instruction languages kept (ISO 639 codes; keep_non_english keeps all)
     skip_invalid: bool = False
     max_record_bytes: int = 1 << 20  # a record (JSONL line, or the turns' UTF-8 text) over this is invalid; 0 = no limit
@@ -186,6 +188,12 @@ class SelectOptions:
         self.trust_remote_code = [m.strip() for m in self.trust_remote_code]
         if self.batch_tokens is not None and (not isinstance(self.batch_tokens, int) or self.batch_tokens < 1):
             raise ConfigError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
+        if isinstance(self.decontaminate, (str, Path)):
+            self.decontaminate = [str(self.decontaminate)]
+        self.decontaminate = [str(x) for x in (self.decontaminate or [])]
+        if (not isinstance(self.decontaminate_ngram, int) or isinstance(self.decontaminate_ngram, bool)
+                or not 3 <= self.decontaminate_ngram <= 50):
+            raise ConfigError(f"decontaminate_ngram (--decontaminate-ngram) must be an integer from 3 to 50 (words), got {self.decontaminate_ngram!r}")
         self.dedup = str(self.dedup or "none").strip().lower()
         if self.dedup not in DEDUP_MODES:
             raise ConfigError(f"unknown dedup mode {self.dedup!r} (--dedup): use one of {', '.join(DEDUP_MODES)}")

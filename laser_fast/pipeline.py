@@ -32,6 +32,7 @@ from laser_fast.runtime.memory import limit_heap_arenas, release_free_heap, spil
 from laser_fast.runtime.stage import StageSpec, StageStats
 from laser_fast.runtime.stats import _Timer
 from laser_fast.runtime.workdir import WorkDir
+from laser_fast.sampling.decontam import DECONTAMINATE
 from laser_fast.sampling.dedup import DEDUP
 from laser_fast.sampling.embed import PoolEmbeddings
 from laser_fast.sampling.strata import apply_source_limits, candidate_status, order_selection, plan_strata, source_specs
@@ -133,9 +134,9 @@ def _run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tu
 
 
 #: The stages of a selection run, in order (each declared once, next to its function).
-STAGES: tuple[StageSpec, ...] = (SCORES_LOAD, DEDUP, LANGUAGE, CLASSIFY, TOKENS, MODEL_SCORES, PREFERENCE)
+STAGES: tuple[StageSpec, ...] = (SCORES_LOAD, DEDUP, DECONTAMINATE, LANGUAGE, CLASSIFY, TOKENS, MODEL_SCORES, PREFERENCE)
 #: manifest key of each stage's stats (as the manifest has always named them)
-_MANIFEST_KEYS = {"dedup": "dedup", "language": "language", "classify": "classification", "model_scores": "scoring", "preference": "preference"}
+_MANIFEST_KEYS = {"dedup": "dedup", "decontaminate": "decontamination", "language": "language", "classify": "classification", "model_scores": "scoring", "preference": "preference"}
 
 
 def run_stages(records: pl.DataFrame, opts: SelectOptions, *, workdir: WorkDir, timer: _Timer,
@@ -196,9 +197,10 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
     # step 3: candidates, per-source limits and oversampling, strata, then each stratum
     length = metrics["inst_length"] + metrics["resp_length"]
     src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
-    duplicate_of = cols.get("duplicate_of")
+    duplicate_of, contaminated_by = cols.get("duplicate_of"), cols.get("contaminated_by")
     is_dup = None if duplicate_of is None else np.asarray([d is not None for d in duplicate_of], dtype=bool)
-    pool = apply_source_limits(candidate_status(english, length, opts, pref, duplicate=is_dup), src_index, source_specs(inputs, list(opts.sources or [])),
+    is_bench = None if contaminated_by is None else np.asarray([d is not None for d in contaminated_by], dtype=bool)
+    pool = apply_source_limits(candidate_status(english, length, opts, pref, duplicate=is_dup, contaminated=is_bench), src_index, source_specs(inputs, list(opts.sources or [])),
                                pref=pref, cats=cats, length=length, seed=opts.seed)
     row_map = pool.row_map
     p_cats, p_pref, p_len = cats[row_map], pref[row_map], length[row_map]
@@ -215,7 +217,7 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
     table = pool_table(recs, row_map, decision_columns(n_records=n, row_map=row_map, copy=pool.copy, cats=p_cats, conf=conf, english=english,
                                                         pref=p_pref, status=sel.status, selected_by=sel.selected_by, cluster=sel.cluster,
                                                         metrics=metrics, raw=raw, scaled=scaled, language=cols.get("language"),
-                                                        duplicate_of=duplicate_of))
+                                                        duplicate_of=duplicate_of, contaminated_by=contaminated_by))
     emb_info = embeddings.info
     devices = {"embedding": emb_info.get("device") if emb_info else None,
                "kmeans": kmeans_device_label(*resolve_kmeans_backend(opts.kmeans_backend, opts.device)) if opts.mode in ("kmeans", "kmeans+greedy") else None,

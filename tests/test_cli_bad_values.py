@@ -151,6 +151,7 @@ _NUMERIC = {
     "--judge-gpus": ["0", "abc"],
     "--judge-max-tokens": ["2", "abc"],
     "--batch-tokens": ["0", "abc"],
+    "--decontaminate-ngram": ["2", "abc", "-13"],
 }
 
 

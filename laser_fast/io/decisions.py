@@ -41,7 +41,7 @@ def pool_table(records: pl.DataFrame, row_map: np.ndarray, columns: Mapping[str,
 def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, cats: np.ndarray, conf: np.ndarray, english: np.ndarray,
                      pref: np.ndarray, status: np.ndarray, selected_by: np.ndarray, cluster: np.ndarray, metrics: Mapping[str, np.ndarray],
                      raw: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray], language: np.ndarray | None = None,
-                     duplicate_of: np.ndarray | None = None) -> dict[str, Any]:
+                     duplicate_of: np.ndarray | None = None, contaminated_by: np.ndarray | None = None) -> dict[str, Any]:
     """The decision columns of :func:`pool_table` (record-level arrays are mapped to pool rows;
     score columns in :data:`laser_fast.metrics.SCORE_COLUMNS` order, metrics before raw scorer
     outputs of the same name, then the ``*_scaled`` metrics)."""
@@ -59,6 +59,8 @@ def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, c
            if language is not None else {}),
         **({"duplicate_of": lambda: pl.Series(np.asarray(duplicate_of, dtype=object)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
            if duplicate_of is not None else {}),
+        **({"contaminated_by": lambda: pl.Series(np.asarray(contaminated_by, dtype=object)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
+           if contaminated_by is not None else {}),
         "preference": lambda: pref,
         "status": lambda: pl.Series(status.tolist(), dtype=pl.Utf8),
         "selected_by": lambda: pl.Series(selected_by.tolist(), dtype=pl.Utf8),
@@ -126,6 +128,7 @@ def run_manifest(*, opts, inputs: list[dict], skipped: list[dict], score_files: 
         "counts": {
             "pool": category_counts(cats, np.ones(status.size, dtype=bool)),
             "duplicate_excluded": category_counts(cats, status == "duplicate"),
+            "contaminated_excluded": category_counts(cats, status == "contaminated"),
             "non_english_excluded": category_counts(cats, status == "non_english"),
             "too_long_excluded": category_counts(cats, status == "too_long"),
             "not_scored_excluded": category_counts(cats, status == "not_scored"),

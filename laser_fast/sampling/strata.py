@@ -45,14 +45,17 @@ def order_selection(sel: np.ndarray, order: str, *, seed: int, cats: np.ndarray,
 # --------------------------------------------------------------------------------------
 
 def candidate_status(english: np.ndarray, length: np.ndarray, opts: SelectOptions, pref: np.ndarray | None = None,
-                     duplicate: np.ndarray | None = None) -> np.ndarray:
-    """Status per record before selection: ``candidate``, ``duplicate`` (repeats an earlier
-    record, see :mod:`laser_fast.sampling.dedup`), ``non_english`` (unless
+                     duplicate: np.ndarray | None = None, contaminated: np.ndarray | None = None) -> np.ndarray:
+    """Status per record before selection: ``candidate``, ``contaminated`` (holds a benchmark
+    item, see :mod:`laser_fast.sampling.decontam`), ``duplicate`` (repeats an earlier record, see
+    :mod:`laser_fast.sampling.dedup`), ``non_english`` (unless
     ``keep_non_english``), ``too_long`` (over ``max_seq_length`` tokens) or ``not_scored`` (no
     preference: a scorer that ran on it gave no score)."""
     status = np.full(english.size, "candidate", dtype=object)
     if duplicate is not None:
         status[np.asarray(duplicate, dtype=bool)] = "duplicate"
+    if contaminated is not None:
+        status[np.asarray(contaminated, dtype=bool)] = "contaminated"
     if not opts.keep_non_english:
         status[(status == "candidate") & ~english] = "non_english"
     if opts.max_seq_length:

@@ -205,7 +205,7 @@ def compute_preference(
     return pref, used, info
 
 
-PREFERENCE = StageSpec("preference", "laser_fast.scorers.preference:preference_stage", reads=("category", "_source_index", "<metrics>", "_not_scored", "duplicate_of"),
+PREFERENCE = StageSpec("preference", "laser_fast.scorers.preference:preference_stage", reads=("category", "_source_index", "<metrics>", "_not_scored", "duplicate_of", "contaminated_by"),
                        writes=("preference", "<metric>_scaled"), resources=Resources(num_cpus=1, row_wise=False))
 
 
@@ -220,10 +220,11 @@ def preference_stage(records, opts, *, workdir=None, columns: Mapping[str, np.nd
     scores = {k: v for k, v in cols.items() if k in METRICS}
     n = records.height
     src = records["_source_index"].to_numpy() if "_source_index" in records.columns else np.zeros(n, dtype=np.int32)
+    from laser_fast.scorers.stage import excluded_rows
+
     not_scored = cols.get("_not_scored")
-    dup = cols.get("duplicate_of")
-    if dup is not None:  # duplicates were not scored: their preference is NaN, and nothing is missing
-        d = np.asarray(dup != None, dtype=bool)  # noqa: E711
+    d = excluded_rows(cols, n)
+    if d is not None:  # duplicates and benchmark items were not scored: their preference is NaN, nothing is missing
         not_scored = d if not_scored is None else np.asarray(not_scored, dtype=bool) | d
     pref, scaled, info = compute_preference(scores, cols["category"], opts.strategy, seed=opts.seed, groups=src,
                                             not_scored=not_scored)

@@ -578,7 +578,7 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
 
 TOKENS = StageSpec("tokens", "laser_fast.scorers.stage:tokens_stage", reads=("data_id", "messages", "response", "<given token metrics>"),
                    writes=("inst_length", "resp_length", "last_resp_length"), resources=Resources(num_cpus=1, memory_mb=512))
-MODEL_SCORES = StageSpec("model_scores", "laser_fast.scorers.stage:scores_stage", reads=("messages", "category", "<given metrics>", "duplicate_of"),
+MODEL_SCORES = StageSpec("model_scores", "laser_fast.scorers.stage:scores_stage", reads=("messages", "category", "<given metrics>", "duplicate_of", "contaminated_by"),
                          writes=("<metrics>", "raw:<scorer outputs>", "_not_scored"), resources=Resources(num_cpus=1, num_gpus=1.0, memory_mb=16384))
 
 
@@ -605,6 +605,18 @@ def tokens_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns
     return StageResult(out, StageStats("tokens", tokenizer=opts.tokenizer))
 
 
+def excluded_rows(cols: Mapping[str, np.ndarray], n: int) -> np.ndarray | None:
+    """Records left out before scoring: duplicates (``duplicate_of``) and benchmark items
+    (``contaminated_by``); None when neither stage ran."""
+    out = None
+    for k in ("duplicate_of", "contaminated_by"):
+        v = cols.get(k)
+        if v is not None:
+            m = np.fromiter((x is not None for x in v), dtype=bool, count=n)
+            out = m if out is None else out | m
+    return out
+
+
 def scores_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
     """The model scorers the strategy needs (:func:`model_scores`): missing metrics filled by the
     profile's scorers (given values win), and every scorer output as ``raw:<column>``.
@@ -614,8 +626,7 @@ def scores_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns
     cols = columns or {}
     metrics = _metric_columns(cols)
     filled = dict(metrics)  # model_scores replaces the arrays it fills, never writes into them
-    dup = cols.get("duplicate_of")
-    raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir), skip=None if dup is None else dup != None)  # noqa: E711
+    raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir), skip=excluded_rows(cols, records.height))
     out = {k: v for k, v in filled.items() if k not in metrics or v is not metrics[k]}
     failed = raw.pop(NOT_SCORED, None)
     if failed is not None:
