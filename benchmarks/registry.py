@@ -32,5 +32,6 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("gpu", "benchmarks.case_gpu", "paper-shape random-init scorers (Qwen3-8B, LLaMA-13B, Qwen2.5-Math-PRM-7B) and embedders in bf16/fp16 on one GPU, plus k-means: records/s, tokens/s, MFU, peak memory, batched vs single"),
     Case("e2e", "benchmarks.case_e2e", "laser-fast select end to end on a large pool with warm caches"),
     Case("lite", "benchmarks.case_lite", "the offline profiles on AlpacaEval records: lite (one MiniLM pass) vs lite-llm (SmolLM2): records/s per stage and end to end, selected generators' win rate, held-out accuracy"),
+    Case("dedup", "benchmarks.case_dedup", "duplicate detection before scoring (exact, normalized, instruction) vs a plain Python dict over the same keys"),
     Case("ray", "benchmarks.case_ray", "laser-fast select with --engine ray vs the local engine on the same machine: overhead ratio and byte identity"),
 )}

@@ -1,5 +1,6 @@
-"""The LASER run, wired from its stages: ingest -> scores given with the data -> language ->
-classify -> token counts -> model scores -> preference -> sampling -> outputs.
+"""The LASER run, wired from its stages: ingest -> scores given with the data -> duplicates ->
+benchmark decontamination -> language -> classify -> token counts -> model scores -> preference ->
+sampling -> outputs.
 
 This module only connects stages; each lives with its kind (see docs/architecture.md):
 :mod:`laser_fast.io` reads inputs and writes outputs, :mod:`laser_fast.classifier`,

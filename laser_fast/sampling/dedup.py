@@ -33,9 +33,9 @@ def _normalized(e: pl.Expr) -> pl.Expr:
 def dedup_keys(records: pl.DataFrame, mode: str) -> pl.DataFrame:
     """Two 64-bit hashes per record of what ``mode`` compares (columns ``k1``, ``k2``)."""
     msgs = pl.col("messages")
-    if mode == "exact":
-        text = msgs.list.eval(pl.element().struct.field("role") + "\x1f" + pl.element().struct.field("content")).list.join("\x1e")
-    elif mode == "normalized":
+    if mode == "exact":  # the list of (role, content) structs hashed as it is
+        return records.select(msgs.hash(seed=1).alias("k1"), msgs.hash(seed=2).alias("k2"))
+    if mode == "normalized":
         text = msgs.list.eval(pl.element().struct.field("role") + "\x1f" + _normalized(pl.element().struct.field("content"))).list.join("\x1e")
     elif mode == "instruction":
         text = pl.col("user_turns").list.eval(_normalized(pl.element())).list.join("\x1e")
@@ -49,12 +49,11 @@ def find_duplicates(records: pl.DataFrame, mode: str) -> np.ndarray:
     n = records.height
     if mode == "none" or n == 0:
         return np.full(n, None, dtype=object)
-    keys = dedup_keys(records, mode).with_columns(records["data_id"], pl.int_range(n, dtype=pl.Int64).alias("_i"))
-    first = keys.group_by(["k1", "k2"], maintain_order=True).agg(pl.col("data_id").first().alias("_first"),
-                                                                   pl.col("_i").first().alias("_fi"))
-    joined = keys.join(first, on=["k1", "k2"], how="left", maintain_order="left")
-    out = np.asarray(joined["_first"].to_list(), dtype=object)
-    out[joined["_i"].to_numpy() == joined["_fi"].to_numpy()] = None
+    keys = dedup_keys(records, mode).with_columns(records["data_id"])
+    res = keys.select(pl.col("data_id").first().over(["k1", "k2"]).alias("first"),
+                      pl.struct("k1", "k2").is_first_distinct().alias("is_first"))
+    out = np.asarray(res["first"].to_list(), dtype=object)
+    out[res["is_first"].to_numpy()] = None
     return out
 
 
