@@ -7,10 +7,17 @@ unique, then 10% of the rows are replaced by exact copies of earlier rows and 5%
 re-cased, re-spaced and re-punctuated (normalised duplicates). ``--quick``: 100,000 rows; full:
 1,000,000 (``LASER_BENCH_DEDUP_ROWS=N`` overrides). Each mode's result must equal the baseline's
 (``agree``), and the planted copies must all be found.
+
+``near`` (MinHash-LSH, threshold 0.8) runs on the first ``LASER_BENCH_DEDUP_NEAR_ROWS`` rows
+(default 20,000 quick, 100,000 full) beside datasketch's ``MinHashLSH`` with the same 128
+permutations, 5-word shingles and threshold, when datasketch is installed (``pip install
+datasketch``); ``agree`` there is the share of records both call copies or both keep, and
+``normalized_found`` the share of the planted normalised copies each finds.
 """
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import time
@@ -75,6 +82,27 @@ def _python(df: pl.DataFrame, mode: str) -> np.ndarray:
     return out
 
 
+def _datasketch(df: pl.DataFrame, threshold: float) -> np.ndarray:
+    """datasketch's MinHash + MinHashLSH over the same shingles: a record is a copy when the LSH
+    index already holds a record it matches (inserted in input order)."""
+    from datasketch import MinHash, MinHashLSH
+
+    from laser_fast.sampling.dedup import _shingles
+
+    rows, hashes = _shingles(df, 5)
+    starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1, rows.size]
+    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    out = np.full(df.height, False)
+    for a, b in itertools.pairwise(starts):
+        m = MinHash(num_perm=128, seed=1)
+        m.update_batch([int(h).to_bytes(8, "little") for h in hashes[a:b]])
+        key = int(rows[a])
+        if lsh.query(m):
+            out[key] = True
+        lsh.insert(key, m)
+    return out
+
+
 def run(quick: bool) -> list[dict]:
     from laser_fast.sampling.dedup import find_duplicates
 
@@ -96,4 +124,22 @@ def run(quick: bool) -> list[dict]:
                "planted_normalized": n_norm, "agree": bool((ours == base).all())}
         print(json.dumps(row), flush=True)
         rows.append(row)
+    m = min(n, int(os.environ.get("LASER_BENCH_DEDUP_NEAR_ROWS") or (20_000 if quick else 100_000)))
+    sub = df.head(m)
+    planted = find_duplicates(sub, "normalized") != None  # noqa: E711 - the normalised copies among them
+    t0 = time.perf_counter()
+    ours = find_duplicates(sub, "near") != None  # noqa: E711
+    t1 = time.perf_counter()
+    row = {"case": "dedup", "rows": m, "mode": "near", "polars_s": round(t1 - t0, 2), "duplicates": int(ours.sum()),
+           "normalized_found": round(float(ours[planted].mean()), 4) if planted.any() else None}
+    try:
+        base = _datasketch(sub, 0.8)
+        t2 = time.perf_counter()
+        row.update(datasketch_s=round(t2 - t1, 2), speedup=round((t2 - t1) / max(t1 - t0, 1e-9), 2), datasketch_duplicates=int(base.sum()),
+                   datasketch_normalized_found=round(float(base[planted].mean()), 4) if planted.any() else None,
+                   agree=round(float((ours == base).mean()), 4))
+    except ImportError:
+        row["datasketch_s"] = None
+    print(json.dumps(row), flush=True)
+    rows.append(row)
     return rows

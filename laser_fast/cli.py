@@ -62,9 +62,10 @@ def _select_parser(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true", help="drop invalid records (counted and listed in the manifest) instead of stopping")
     p.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     p.add_argument("--keep-non-english", action="store_true", help="keep records flagged as non-English (LASER keeps English only)")
-    p.add_argument("--dedup", choices=["none", "exact", "normalized", "instruction"],
+    p.add_argument("--dedup", choices=["none", "exact", "normalized", "instruction", "near"],
                    help="leave out repeated conversations before scoring, keeping the first copy (default exact; normalized: "
-                        "NFKC, case, punctuation and whitespace ignored; instruction: the same user turns)")
+                        "NFKC, case, punctuation and whitespace ignored; instruction: the same user turns; near: MinHash near-copies)")
+    p.add_argument("--dedup-threshold", type=float, metavar="J", help="--dedup near: Jaccard similarity of 5-word shingles that makes a copy (default 0.8)")
     p.add_argument("--decontaminate", nargs="+", action="extend", default=None, metavar="FILE|DIR",
                    help="benchmark test sets (JSONL/Parquet with prompt and/or answer fields; a folder: its files): records sharing "
                         "a 13-word n-gram with an item, or whose instruction equals a prompt, are left out")
@@ -223,6 +224,8 @@ def _options_from_args(a) -> tuple:
         kw["languages"] = a.languages
     if a.dedup is not None:
         kw["dedup"] = a.dedup
+    if a.dedup_threshold is not None:
+        kw["dedup_threshold"] = a.dedup_threshold
     if a.decontaminate:
         kw["decontaminate"] = [*(kw.get("decontaminate") or []), *a.decontaminate]
     if a.decontaminate_ngram is not None:

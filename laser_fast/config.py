@@ -48,7 +48,7 @@ ENGINES = ("local", "ray")
 
 
 #: duplicate detection before scoring (see :mod:`laser_fast.sampling.dedup`)
-DEDUP_MODES = ("none", "exact", "normalized", "instruction")
+DEDUP_MODES = ("none", "exact", "normalized", "instruction", "near")
 
 @dataclass
 class SourceSpec:
@@ -87,7 +87,8 @@ class SelectOptions:
     scores: list[str] = field(default_factory=list)
     analysis_dir: str | None = None
     keep_non_english: bool = False
-    dedup: str = "exact"  # duplicates left out before scoring: none, exact, normalized, instruction
+    dedup: str = "exact"  # duplicates left out before scoring: none, exact, normalized, instruction, near
+    dedup_threshold: float = 0.8  # near: estimated Jaccard similarity of 5-word shingles at which two records are copies
     decontaminate: list[str] = field(default_factory=list)  # benchmark test sets (files or folders) whose items are left out
     decontaminate_ngram: int = 13  # words per n-gram shared with a benchmark text that flags a record
     languages: list[str] = field(default_factory=lambda: ["en"])  # instruction languages kept (ISO 639 codes; keep_non_english keeps all)
@@ -194,6 +195,9 @@ class SelectOptions:
         if (not isinstance(self.decontaminate_ngram, int) or isinstance(self.decontaminate_ngram, bool)
                 or not 3 <= self.decontaminate_ngram <= 50):
             raise ConfigError(f"decontaminate_ngram (--decontaminate-ngram) must be an integer from 3 to 50 (words), got {self.decontaminate_ngram!r}")
+        if (not isinstance(self.dedup_threshold, (int, float)) or isinstance(self.dedup_threshold, bool)
+                or not math.isfinite(self.dedup_threshold) or not 0.5 <= self.dedup_threshold <= 1.0):
+            raise ConfigError(f"dedup_threshold (--dedup-threshold) must be a number from 0.5 to 1.0 (Jaccard similarity), got {self.dedup_threshold!r}")
         self.dedup = str(self.dedup or "none").strip().lower()
         if self.dedup not in DEDUP_MODES:
             raise ConfigError(f"unknown dedup mode {self.dedup!r} (--dedup): use one of {', '.join(DEDUP_MODES)}")

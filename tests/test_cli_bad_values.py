@@ -152,6 +152,7 @@ _NUMERIC = {
     "--judge-max-tokens": ["2", "abc"],
     "--batch-tokens": ["0", "abc"],
     "--decontaminate-ngram": ["2", "abc", "-13"],
+    "--dedup-threshold": ["nan", "inf", "0.2", "1.5", "abc"],
 }
 
 

@@ -66,3 +66,38 @@ def test_the_default_is_exact():
     assert SelectOptions(budget=1).validate().dedup == "exact"
     with pytest.raises(ConfigError, match="dedup"):
         SelectOptions(budget=1, dedup="fuzzy").validate()
+
+
+def test_near_copies_by_minhash():
+    from laser_fast.sampling.dedup import find_near_duplicates
+
+    base = ("The committee met on Tuesday to review the budget for the new library, and after a long discussion "
+            "about costs, staffing and opening hours it agreed to start building in the spring of next year")
+    texts = [
+        base,                                                    # 0
+        base + " at the latest",                                 # 1: a near copy of 0 (Jaccard ~0.91)
+        base.upper().replace(",", " ;"),                         # 2: the same words re-cased and re-punctuated: a copy
+        base.replace("Tuesday", "Friday").replace("spring", "autumn"),  # 3: two words changed: Jaccard ~0.6, kept
+        "A recipe for bread: mix flour, water, salt and yeast, knead for ten minutes, let it rise for an hour, then bake it hot",
+        "",                                                      # 5: no words: never a near copy
+    ]
+    recs, _ = records_from_frame(pl.DataFrame({"instruction": [t or "?" for t in texts], "output": ["Noted."] * len(texts)}))
+    ids = recs["data_id"].to_list()
+    got = find_near_duplicates(recs, 0.8).tolist()
+    assert got == [None, ids[0], ids[0], None, None, None]
+    assert find_near_duplicates(recs, 0.5).tolist()[3] == ids[0]  # a lower threshold takes the two-word change too
+    assert find_near_duplicates(recs, 0.8).tolist() == got  # deterministic
+
+
+def test_near_mode_in_a_run(tmp_path):
+    f = tmp_path / "pool.jsonl"
+    base = "Explain how a refrigerator keeps food cold, covering the compressor, the refrigerant and the heat exchange"
+    answer = ("A pump called the compressor squeezes the refrigerant gas, which heats it; the hot gas gives its heat to the "
+              "room through the coils at the back, turns liquid, then expands through a valve inside the fridge, where it "
+              "evaporates and takes heat from the food.")
+    rows = [(base, answer), (base, answer + " Hope this helps."), ("Name a fruit.", "Apple.")]
+    f.write_text("".join(json.dumps({"instruction": a, "output": b}) + "\n" for a, b in rows))
+    assert main(["select", str(f), "--budget", "3", "--profile", "none", "--strategy", "random", "-q", "--dedup", "near",
+                 "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o")]) == 0
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["dedup"]["mode"] == "near" and man["dedup"]["duplicates"] == 1

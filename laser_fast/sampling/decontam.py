@@ -44,8 +44,9 @@ def ngram_hashes(texts: pl.Series, n: int) -> pl.DataFrame:
     than ``n`` words give none)."""
     words = pl.DataFrame({"t": texts}).with_row_index("row").select(
         "row", _normalized(pl.col("t")).str.split(" ").alias("w")).explode("w").filter(pl.col("w").is_not_null() & (pl.col("w") != ""))
-    gram = pl.concat_str([pl.col("w").shift(-k).over("row") for k in range(n)], separator=" ")
-    return words.select("row", gram.alias("g")).drop_nulls("g").select("row", pl.col("g").hash(seed=7).alias("h"))
+    gram = pl.concat_str([pl.col("w").shift(-k) for k in range(n)], separator=" ")  # words are in row order
+    return (words.select("row", gram.alias("g"), (pl.col("row").shift(-(n - 1)) == pl.col("row")).alias("ok"))
+            .filter("ok").select("row", pl.col("g").hash(seed=7).alias("h")))
 
 
 def _files(paths: Sequence[str]) -> list[Path]:

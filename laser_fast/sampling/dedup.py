@@ -7,6 +7,11 @@ Modes (``--dedup``, config ``dedup``):
 * ``normalized``: the same after Unicode NFKC, lower case, punctuation and symbols removed and
   whitespace runs collapsed (``"Hello,  World!"`` repeats ``"hello world"``);
 * ``instruction``: the same user turns after that normalisation (the answers may differ);
+* ``near``: near-copies by MinHash (128 permutations) over 5-word shingles of the normalised
+  conversation, LSH in bands sized for the threshold (16 of 8 rows at 0.8, see :func:`lsh_rows`),
+  then each candidate pair's estimated Jaccard similarity
+  checked against ``--dedup-threshold`` (default 0.8); groups are transitive, the first record of
+  a group is kept;
 * ``none``: nothing is removed.
 
 The first copy in input order is kept (a record's ``duplicate_of`` names its ``data_id``): the
@@ -44,11 +49,14 @@ def dedup_keys(records: pl.DataFrame, mode: str) -> pl.DataFrame:
     return records.select(text.hash(seed=1).alias("k1"), text.hash(seed=2).alias("k2"))
 
 
-def find_duplicates(records: pl.DataFrame, mode: str) -> np.ndarray:
-    """Per record, the ``data_id`` of the earlier copy it repeats (None for the first copy)."""
+def find_duplicates(records: pl.DataFrame, mode: str, threshold: float = 0.8) -> np.ndarray:
+    """Per record, the ``data_id`` of the earlier copy it repeats (None for the first copy);
+    ``near``: see :func:`find_near_duplicates` (``threshold``)."""
     n = records.height
     if mode == "none" or n == 0:
         return np.full(n, None, dtype=object)
+    if mode == "near":
+        return find_near_duplicates(records, threshold)
     keys = dedup_keys(records, mode).with_columns(records["data_id"])
     res = keys.select(pl.col("data_id").first().over(["k1", "k2"]).alias("first"),
                       pl.struct("k1", "k2").is_first_distinct().alias("is_first"))
@@ -64,7 +72,7 @@ DEDUP = StageSpec("dedup", "laser_fast.sampling.dedup:dedup_stage", reads=("mess
 def dedup_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
     """``duplicate_of`` per record (see :func:`find_duplicates`); stats: the mode and how many
     copies were found per source file."""
-    dup = find_duplicates(records, opts.dedup)
+    dup = find_duplicates(records, opts.dedup, getattr(opts, "dedup_threshold", NEAR_THRESHOLD))
     is_dup = dup != None  # noqa: E711 - elementwise
     per_origin: dict[str, int] = {}
     if is_dup.any():
@@ -72,3 +80,117 @@ def dedup_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[s
         vals, cnt = np.unique(origins.astype(str), return_counts=True)
         per_origin = {str(v): int(c) for v, c in zip(vals, cnt)}
     return StageResult({"duplicate_of": dup}, StageStats("dedup", mode=opts.dedup, duplicates=int(is_dup.sum()), per_origin=per_origin))
+
+
+# --------------------------------------------------------------------------------------------
+# near-duplicates: MinHash over word shingles, LSH bands, then the estimated Jaccard checked
+# --------------------------------------------------------------------------------------------
+
+#: MinHash defaults: 128 permutations in 16 bands of 8 rows; 5-word shingles; pairs whose
+#: estimated Jaccard similarity (share of equal signature values) is at least 0.8 are copies.
+NEAR_PERMUTATIONS, NEAR_BANDS, NEAR_SHINGLE, NEAR_THRESHOLD = 128, 16, 5, 0.8
+_MASK61 = np.uint64((1 << 61) - 1)
+_NEAR_CHUNK = 20_000  # records whose shingles are built at once
+
+
+def _shingles(records: pl.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, hash)`` of every k-word shingle of each record's normalised conversation (sorted
+    by row; a record shorter than k words gives one shingle of all its words)."""
+    text = pl.col("messages").list.eval(_normalized(pl.element().struct.field("content"))).list.join(" ")
+    words = (records.select(text.alias("t")).with_row_index("row")
+             .select("row", pl.col("t").str.split(" ").alias("w")).explode("w").filter(pl.col("w").is_not_null() & (pl.col("w") != "")))
+    # the k words from each position (shifted over the whole column: the words are in row order),
+    # kept where the k-th word still belongs to the same record
+    gram = pl.concat_str([pl.col("w").shift(-j) for j in range(k)], separator=" ")
+    full = words.select("row", gram.alias("g"), (pl.col("row").shift(-(k - 1)) == pl.col("row")).alias("ok")).filter("ok").select("row", "g")
+    short = words.group_by("row").agg(pl.col("w").str.join(" ").alias("g"), pl.len().alias("n")).filter(pl.col("n") < k).select("row", "g")
+    out = pl.concat([full, short]).select("row", pl.col("g").hash(seed=11).alias("h")).unique().sort("row")
+    return out["row"].to_numpy(), out["h"].to_numpy()
+
+
+def minhash_signatures(rows: np.ndarray, hashes: np.ndarray, n: int, perms: int = NEAR_PERMUTATIONS, seed: int = 0,
+                       block: int = 1 << 18) -> np.ndarray:
+    """(n, perms) uint64 MinHash signatures from ``(row, shingle hash)`` pairs sorted by row
+    (multiply-add hashes modulo 2^61-1 of the shingle hashes; rows without shingles keep 2^64-1)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, (1 << 61) - 1, size=perms, dtype=np.uint64)
+    b = rng.integers(0, (1 << 61) - 1, size=perms, dtype=np.uint64)
+    sig = np.full((n, perms), np.iinfo(np.uint64).max, dtype=np.uint64)
+    h = (hashes.astype(np.uint64) & _MASK61)
+    for s in range(0, h.size, block):
+        hh, rr = h[s:s + block], rows[s:s + block]
+        starts = np.flatnonzero(np.r_[True, rr[1:] != rr[:-1]])
+        for p0 in range(0, perms, 32):
+            v = (hh[:, None] * a[None, p0:p0 + 32] + b[None, p0:p0 + 32]) & _MASK61  # wraps mod 2^64, then 61 bits
+            mins = np.minimum.reduceat(v, starts, axis=0)
+            cur = sig[rr[starts], p0:p0 + 32]
+            sig[rr[starts], p0:p0 + 32] = np.minimum(cur, mins)
+    return sig
+
+
+def _components(n: int, edges_a: np.ndarray, edges_b: np.ndarray) -> np.ndarray:
+    """The smallest index of each record's connected component (label propagation)."""
+    label = np.arange(n, dtype=np.int64)
+    if edges_a.size == 0:
+        return label
+    while True:
+        m = np.minimum(label[edges_a], label[edges_b])
+        new = label.copy()
+        np.minimum.at(new, edges_a, m)
+        np.minimum.at(new, edges_b, m)
+        new = new[new]  # jump to the label's own label
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+def lsh_rows(threshold: float, perms: int = NEAR_PERMUTATIONS) -> int:
+    """Rows per LSH band for ``threshold``: the most rows (fewest false candidates) whose S-curve
+    midpoint (1/bands)^(1/rows) lies at least 0.05 below the threshold, so pairs at the threshold
+    become candidates with probability 0.9 or more (0.8: 16 bands of 8; 0.5: 32 bands of 4)."""
+    best = 1
+    for r in (2, 4, 8, 16, 32):
+        if perms % r == 0 and (r / perms) ** (1 / r) <= threshold - 0.05:
+            best = r
+    return best
+
+
+def find_near_duplicates(records: pl.DataFrame, threshold: float = NEAR_THRESHOLD, *, perms: int = NEAR_PERMUTATIONS,
+                         bands: int | None = None, shingle: int = NEAR_SHINGLE) -> np.ndarray:
+    """Per record, the ``data_id`` of the first record of its group of near-copies (None for that
+    first record and for records without one): pairs that share an LSH band and whose estimated
+    Jaccard similarity of ``shingle``-word shingles is at least ``threshold``, grouped transitively."""
+    n = records.height
+    out = np.full(n, None, dtype=object)
+    if n < 2:
+        return out
+    sig = np.empty((n, perms), dtype=np.uint64)
+    has = np.zeros(n, dtype=bool)  # a record without words has no signature: never a near-copy
+    for s in range(0, n, _NEAR_CHUNK):  # shingles of a chunk of records at a time: memory stays bounded
+        part = records.slice(s, _NEAR_CHUNK)
+        rows, hashes = _shingles(part, shingle)
+        sig[s:s + part.height] = minhash_signatures(rows, hashes, part.height, perms)
+        has[s + rows] = True
+    r = perms // bands if bands else lsh_rows(threshold, perms)
+    bands = perms // r
+    ea, eb = [], []
+    for band in range(bands):
+        blk = np.ascontiguousarray(sig[:, band * r:(band + 1) * r]).view(np.dtype((np.void, 8 * r))).ravel()
+        _, first_idx, inv = np.unique(blk, return_index=True, return_inverse=True)
+        f = first_idx[inv.ravel()]  # the first record in this record's bucket
+        m = (f != np.arange(n)) & has & has[f]
+        if m.any():
+            ea.append(f[m])
+            eb.append(np.flatnonzero(m))
+    if not ea:
+        return out
+    a, b = np.concatenate(ea), np.concatenate(eb)
+    pair = np.unique(np.stack([a, b], axis=1), axis=0)
+    a, b = pair[:, 0], pair[:, 1]
+    sim = (sig[a] == sig[b]).mean(axis=1)
+    keep = sim >= threshold
+    root = _components(n, a[keep], b[keep])
+    ids = np.asarray(records["data_id"].to_list(), dtype=object)
+    dup = root != np.arange(n)
+    out[dup] = ids[root[dup]]
+    return out
