@@ -86,8 +86,9 @@ def dedup_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[s
 # near-duplicates: MinHash over word shingles, LSH bands, then the estimated Jaccard checked
 # --------------------------------------------------------------------------------------------
 
-#: MinHash defaults: 128 permutations in 16 bands of 8 rows; 5-word shingles; pairs whose
-#: estimated Jaccard similarity (share of equal signature values) is at least 0.8 are copies.
+#: MinHash defaults: 128 permutations (at 0.8, 16 LSH bands of 8 rows: see :func:`lsh_rows`);
+#: 5-word shingles; pairs whose estimated Jaccard similarity (share of equal signature values) is
+#: at least 0.8 are copies.
 NEAR_PERMUTATIONS, NEAR_BANDS, NEAR_SHINGLE, NEAR_THRESHOLD = 128, 16, 5, 0.8
 _MASK61 = np.uint64((1 << 61) - 1)
 _NEAR_CHUNK = 20_000  # records whose shingles are built at once
@@ -110,8 +111,9 @@ def _shingles(records: pl.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def minhash_signatures(rows: np.ndarray, hashes: np.ndarray, n: int, perms: int = NEAR_PERMUTATIONS, seed: int = 0,
                        block: int = 1 << 18) -> np.ndarray:
-    """(n, perms) uint64 MinHash signatures from ``(row, shingle hash)`` pairs sorted by row
-    (multiply-add hashes modulo 2^61-1 of the shingle hashes; rows without shingles keep 2^64-1)."""
+    """(n, perms) uint64 MinHash signatures from ``(row, shingle hash)`` pairs sorted by row: per
+    permutation, the minimum over a record's shingles of ``(a * h + b) mod 2^61`` (random
+    ``a``, ``b`` from ``seed``; rows without shingles keep 2^64-1)."""
     rng = np.random.default_rng(seed)
     a = rng.integers(1, (1 << 61) - 1, size=perms, dtype=np.uint64)
     b = rng.integers(0, (1 << 61) - 1, size=perms, dtype=np.uint64)
