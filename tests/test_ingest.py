@@ -430,10 +430,14 @@ def test_wrong_types_name_key(tmp_path, rec, key):
 def test_bad_role(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [
         {"messages": msgs(("user", "q"), ("assistant", "a"))},
-        {"messages": msgs(("user", "q"), ("tool", "a"))},
+        {"messages": msgs(("user", "q"), ("narrator", "a"))},
     ])
-    with pytest.raises(InputError, match=r"x\.jsonl:2: .*'tool'"):
+    with pytest.raises(InputError, match=r"x\.jsonl:2: .*'narrator'"):
         read_records(p)
+    # a tool's result passes through (issue 18), but it is no answer
+    p1 = write_jsonl(tmp_path / "t.jsonl", [{"messages": msgs(("user", "q"), ("tool", "a"))}])
+    with pytest.raises(InputError, match=r"t\.jsonl:1: .*no assistant answer"):
+        read_records(p1)
     p2 = write_jsonl(tmp_path / "y.jsonl", [{"conversations": [{"from": "robot", "value": "q"}]}])
     with pytest.raises(InputError, match="'robot'"):
         read_records(p2)
