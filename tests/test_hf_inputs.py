@@ -67,3 +67,14 @@ def test_cli_reads_a_save_to_disk_folder_with_a_split_and_refuses_hub_names_offl
     assert main(["select", "some-org/some-dataset", "--split", "train", *common, "--output-dir", str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("laser-fast: error:") and "some-org/some-dataset" in err and "save_to_disk" in err
+
+
+def test_a_missing_data_file_is_not_taken_for_a_hub_name(tmp_path, monkeypatch):
+    from laser_fast.io.hf_inputs import hf_source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hf_source("data/missing.jsonl", None) is None  # read as a file: "file not found"
+    with pytest.raises(InputError, match="file not found"):
+        read_records("data/missing.jsonl")
+    with pytest.raises(InputError, match="hub datasets need the network"):
+        hf_source("org/name", None)

@@ -22,6 +22,7 @@ from laser_fast.errors import InputError
 
 #: Rows read per batch from a streamed dataset.
 STREAM_BATCH = 8192
+_FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".csv", ".tsv", ".txt")
 _HUB_NAME = re.compile(r"^(?:hf://datasets/)?([A-Za-z0-9][\w.-]*/[\w.-]+)$")
 
 
@@ -46,8 +47,8 @@ def hf_source(spec: str, split: str | None) -> tuple[Any, str] | None:
         ds = _datasets(spec).load_from_disk(str(p))
         return ds, p.name
     m = _HUB_NAME.match(spec)
-    if m is None or ("://" not in spec and (p.exists() or spec.startswith((".", "/", "~")))):
-        return None
+    if m is None or ("://" not in spec and (p.exists() or spec.startswith((".", "/", "~")) or spec.lower().endswith(_FILE_SUFFIXES))):
+        return None  # a file (a missing one is reported as such by the file reader)
     name = m.group(1)
     lib = _datasets(spec)
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() not in ("0", "", "false"):
