@@ -66,6 +66,7 @@ def test_the_cli_leaves_contaminated_records_out_unscored_and_counts_them(tmp_pa
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["select", str(pool), "--budget", "3", "--profile", "lite", "--strategy", "combination", "--proportions", "natural",
             "-q", "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o"), "--decontaminate", str(tmp_path / "benchmarks")]
+    assert "--no-report" not in args
     assert main(args) == 0  # a folder: every benchmark file in it
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
     d = man["decontamination"]
@@ -73,6 +74,8 @@ def test_the_cli_leaves_contaminated_records_out_unscored_and_counts_them(tmp_pa
     assert man["scoring"]["scorers"][0]["records"] == 2 and man["counts"]["total_selected"] == 2
     dec = pl.read_parquet(tmp_path / "o" / "decisions.parquet")
     assert dec.filter(pl.col("status") == "contaminated")["contaminated_by"].to_list() == ["mini_bench.jsonl:q1"]
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "Removed before scoring" in html and "mini_bench.jsonl: 1" in html
     with pytest.raises(InputError, match="benchmark file not found"):
         Benchmarks([str(tmp_path / "nope.jsonl")])
     (tmp_path / "bad").mkdir()

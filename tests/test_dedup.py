@@ -46,6 +46,7 @@ def test_duplicates_are_not_scored_not_selected_and_counted(tmp_path):
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert man["dedup"] == {"mode": "normalized", "duplicates": 4, "per_origin": {"pool": 4}}
     assert sum(man["counts"]["duplicate_excluded"].values()) == 4 and man["counts"]["total_selected"] == 3
+    assert "duplicates (normalized)" in (tmp_path / "o" / "report.html").read_text()  # the report's removals table
     (onepass,) = man["scoring"]["scorers"]
     assert onepass["records"] == 3  # the copies were never scored
     dec = pl.read_parquet(tmp_path / "o" / "decisions.parquet")

@@ -47,6 +47,23 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def _removed_rows(manifest: dict) -> list[list]:
+    """Rows of what deduplication and decontamination left out: per mode or benchmark file, with
+    the counts per category and per source."""
+    counts = manifest.get("counts") or {}
+    rows = []
+    d = manifest.get("dedup") or {}
+    if d.get("duplicates"):
+        rows.append([f"duplicates ({d.get('mode')})", int(d["duplicates"]), json.dumps(counts.get("duplicate_excluded") or {}),
+                     json.dumps(d.get("per_origin") or {})])
+    c = manifest.get("decontamination") or {}
+    if c.get("contaminated"):
+        per = ", ".join(f"{k}: {v}" for k, v in (c.get("per_benchmark") or {}).items())
+        rows.append([f"benchmark items ({per}; {c.get('ngram')}-grams)", int(c["contaminated"]),
+                     json.dumps(counts.get("contaminated_excluded") or {}), json.dumps(c.get("per_origin") or {})])
+    return rows
+
+
 def build_report(decisions: pl.DataFrame, manifest: dict) -> str:
     """Return the report page as a string (see module docstring)."""
     import matplotlib
@@ -104,6 +121,10 @@ def build_report(decisions: pl.DataFrame, manifest: dict) -> str:
     if sb.size:
         v, cnt = np.unique(sb, return_counts=True)
         parts.append(_table(["selected_by", "records"], [[a, int(b)] for a, b in zip(v, cnt)]))
+    removed = _removed_rows(manifest)
+    if removed:
+        parts.append("<h2>Removed before scoring</h2>")
+        parts.append(_table(["what", "records", "per category", "per source"], removed))
     red = manifest.get("redistribution") or []
     if red:
         parts.append("<p class='small'>Redistribution of short categories: " + html.escape(json.dumps(red)) + "</p>")
