@@ -194,6 +194,11 @@ def _options_from_args(a) -> tuple:
         "analysis_dir": a.analysis_dir,
         "schema": a.schema,
         "split": a.split,
+        "max_record_bytes": a.max_record_bytes,
+        "languages": a.languages,
+        "dedup": a.dedup,
+        "dedup_threshold": a.dedup_threshold,
+        "decontaminate_ngram": a.decontaminate_ngram,
         "format": a.format,
         "batch_size": a.batch_size,
         "device": a.device,
@@ -216,20 +221,10 @@ def _options_from_args(a) -> tuple:
         kw["scores"] = list(kw.get("scores") or []) + a.scores
     if a.skip_invalid:
         kw["skip_invalid"] = True
-    if a.max_record_bytes is not None:
-        kw["max_record_bytes"] = a.max_record_bytes
     if a.keep_non_english:
         kw["keep_non_english"] = True
-    if a.languages is not None:
-        kw["languages"] = a.languages
-    if a.dedup is not None:
-        kw["dedup"] = a.dedup
-    if a.dedup_threshold is not None:
-        kw["dedup_threshold"] = a.dedup_threshold
     if a.decontaminate:
         kw["decontaminate"] = [*(kw.get("decontaminate") or []), *a.decontaminate]
-    if a.decontaminate_ngram is not None:
-        kw["decontaminate_ngram"] = a.decontaminate_ngram
     if a.quiet:
         kw["show_progress"] = False
     sk = _scoring_kw(a)
@@ -245,11 +240,12 @@ def _options_from_args(a) -> tuple:
 def cmd_select(a) -> int:
     from laser_fast.io.output import SELECT_OUTPUT_NAMES, check_output_dir, write_outputs
     from laser_fast.pipeline import run_selection
+    from laser_fast.runtime.models import hub_offline
     from laser_fast.runtime.workdir import default_workdir
 
     opts = _options_from_args(a)
     for flag, v in (("--budget", opts.budget), ("--token-budget", opts.token_budget)):
-        if v is not None and isinstance(v, int) and v == 0:
+        if v == 0:
             raise ConfigError(f"{flag} 0 selects nothing: give at least 1 ({flag.lstrip('-').replace('-', '_')} in a config)")
     if not a.inputs and not opts.sources:
         raise LaserError("no input: give INPUT files or --config with data: entries")
@@ -258,7 +254,7 @@ def cmd_select(a) -> int:
         inputs = [str(Path(a.input_dir) / p) if "://" not in p and not Path(p).is_absolute() and not Path(p).exists() else p for p in inputs]
     # before any work: the output folder takes files, and no input or score file is one it replaces
     check_output_dir(a.output_dir, [*inputs, *(s.path for s in opts.sources), *(opts.scores or [])], names=SELECT_OUTPUT_NAMES)
-    if a.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
+    if a.push_to_hub and hub_offline():
         raise LaserError(f"--push-to-hub {a.push_to_hub} needs the hub, and HF_HUB_OFFLINE is set: unset it, or drop --push-to-hub "
                          "and upload the output folder later (huggingface-cli upload --repo-type dataset REPO DIR)")
     run = run_selection(inputs, opts, workdir=a.workdir or default_workdir())

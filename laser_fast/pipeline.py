@@ -199,9 +199,9 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
     length = metrics["inst_length"] + metrics["resp_length"]
     src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
     duplicate_of, contaminated_by = cols.get("duplicate_of"), cols.get("contaminated_by")
-    is_dup = None if duplicate_of is None else np.asarray([d is not None for d in duplicate_of], dtype=bool)
-    is_bench = None if contaminated_by is None else np.asarray([d is not None for d in contaminated_by], dtype=bool)
-    pool = apply_source_limits(candidate_status(english, length, opts, pref, duplicate=is_dup, contaminated=is_bench), src_index, source_specs(inputs, list(opts.sources or [])),
+    named = {k: None if v is None else np.fromiter((x is not None for x in v), dtype=bool, count=n)
+             for k, v in (("duplicate", duplicate_of), ("contaminated", contaminated_by))}
+    pool = apply_source_limits(candidate_status(english, length, opts, pref, **named), src_index, source_specs(inputs, list(opts.sources or [])),
                                pref=pref, cats=cats, length=length, seed=opts.seed)
     row_map = pool.row_map
     p_cats, p_pref, p_len = cats[row_map], pref[row_map], length[row_map]

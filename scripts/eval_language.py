@@ -11,8 +11,8 @@ Data (none of it goes into the project):
   (Apache-2.0; read with ``git show`` from a bare clone under ``--mirror``), 1,000 lines each.
 
 Every text is put in one half by sha1(text) (even: tune, odd: report). The tuned values are the
-five of :func:`laser_fast.classifier.language.keep_languages` (``sure``, ``maybe``,
-``min_share``, ``short_words``, ``short_conf``), chosen on the tune half by the mean accuracy over four classes (English
+three of :func:`laser_fast.classifier.language.keep_languages` (``sure``, ``maybe``,
+``min_share``), chosen on the tune half by the mean accuracy over four classes (English
 instructions, English sentences and word pairs, other languages' sentences, their word pairs);
 every figure printed is from the report half (``rule_defaults``: the package's defaults).
 """
@@ -111,13 +111,9 @@ def main() -> int:
         return float(np.mean([(v[m & mask] == is_en[m & mask]).mean() for m in classes.values()]))
 
     tune, report = halves == 0, halves == 1
-    # first the three values of the model's English probability and the stop-word evidence, then, with
-    # those fixed, the two of the short-text fallback (a joint grid is too slow on 2 cores)
-    grid = [{"sure": a, "maybe": b, "min_share": c, "short_words": 0} for a in (0.2, 0.3, 0.4, 0.5, 0.6)
+    grid = [{"sure": a, "maybe": b, "min_share": c} for a in (0.2, 0.3, 0.4, 0.5, 0.6)
             for b in (0.02, 0.05, 0.1, 0.15, 0.2) for c in (0.0, 0.1, 0.2, 0.3) if b <= a]
     best = max(grid, key=lambda g: (round(balanced(tune, g), 5), g["sure"]))
-    grid2 = [{**best, "short_words": w, "short_conf": q} for w in (3, 4, 5, 6) for q in (0.3, 0.4, 0.45, 0.5, 0.6)]
-    best = max([best, *grid2], key=lambda g: (round(balanced(tune, g), 5), -g["short_words"]))
     model_alone = {"sure": 1.1, "maybe": 1.1, "min_share": 0.0}  # plus the top label below
     res = {"lingua_commit": commit, "tuned_on_even_half": best, "report_half": {}}
     v_best = verdicts(report, best)

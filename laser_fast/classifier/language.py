@@ -142,10 +142,6 @@ EN_SURE = 0.5
 #: three values were tuned by ``scripts/eval_language.py`` on one half of its data; the README
 #: reports the other half.
 EN_MAYBE = 0.2
-#: A text of at most this many words whose first label has confidence under :data:`SHORT_CONF`
-#: is judged by the heuristic (0: never).
-SHORT_WORDS = 0
-SHORT_CONF = 0.5
 #: English evidence: at least this share of the words are English stop words.
 EN_MIN_SHARE = 0.2
 #: The model reads at most this many characters of a text (the start; a label is stable long before).
@@ -254,16 +250,13 @@ def _looks_like_code(t: str) -> bool:
 
 
 def keep_languages(texts, languages: Iterable[str] = ("en",), *, detected: tuple | None = None,
-                   sure: float = EN_SURE, maybe: float = EN_MAYBE, min_share: float = EN_MIN_SHARE,
-                   short_words: int = SHORT_WORDS, short_conf: float = SHORT_CONF) -> np.ndarray:
+                   sure: float = EN_SURE, maybe: float = EN_MAYBE, min_share: float = EN_MIN_SHARE) -> np.ndarray:
     """Whether each text is in one of ``languages`` (ISO 639 codes, e.g. ``("en",)``).
 
     A text without letters (numbers, symbols: nothing to judge) is kept. English: the model gives
     it English probability ``sure`` or more, or ``maybe`` or more and it shows English
     (:func:`_english_evidence`), or it is source code (:func:`_looks_like_code`) the heuristic
-    does not call another language, or it has at most ``short_words`` words, the model's first
-    label has confidence under ``short_conf`` and the heuristic calls it English (the model is
-    least sure of short texts). Other languages: the model's first label.
+    does not call another language. Other languages: the model's first label.
 
     Args:
         texts: the texts (a sequence; only those below ``sure`` are read again).
@@ -273,7 +266,7 @@ def keep_languages(texts, languages: Iterable[str] = ("en",), *, detected: tuple
     if detected is None:
         texts = list(texts)
         detected = detect_languages(texts)
-    codes, conf, p_en = (np.asarray(a) for a in detected)
+    codes, _conf, p_en = (np.asarray(a) for a in detected)
     want = {str(x).strip().lower() for x in languages}
     keep = np.isin(codes, list(want - {"en"})) | (codes == UNDETERMINED)
     if "en" in want:
@@ -281,6 +274,5 @@ def keep_languages(texts, languages: Iterable[str] = ("en",), *, detected: tuple
         for i in np.flatnonzero(~keep):
             t = texts[i]
             keep[i] = ((p_en[i] >= maybe and _english_evidence(t, min_share))
-                       or (_looks_like_code(t) and _english_one(t))  # code and maths (in Latin letters) stay with English
-                       or (conf[i] < short_conf and len(_RE_WORD.findall(_as_text(t)[:MAX_CHARS])) <= short_words and _english_one(t)))
+                       or (_looks_like_code(t) and _english_one(t)))  # code and maths (in Latin letters) stay with English
     return keep

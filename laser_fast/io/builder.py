@@ -130,12 +130,13 @@ class _Builder:
 
     # -- one record ----------------------------------------------------------------------------
     def add(self, rec: Mapping[str, Any], schema: str, origin: str, where: str,
-            extra_json: Any) -> None:
-        """Validate and append one record (raises _RecordProblem; nothing is appended then)."""
+            extra_json: Any, *, measured: bool = False) -> None:
+        """Validate and append one record (raises _RecordProblem; nothing is appended then).
+        ``measured``: its size was checked already (a JSONL line, before it was parsed)."""
         turns = _TURN_READERS[schema](rec)
         users, _answers = _check_structure(turns, schema)
         original = rec["messages"] if schema == "messages" and has_tool_turns(rec.get("messages")) else None
-        if self.max_record_bytes:
+        if self.max_record_bytes and not measured:
             limit = self.max_record_bytes
             size = 0
             for _, text in turns:

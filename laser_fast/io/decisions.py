@@ -55,12 +55,8 @@ def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, c
         "category": lambda: pl.Series(cats.tolist(), dtype=pl.Utf8),
         "category_confidence": lambda: per_row(conf),
         "is_english": lambda: per_row(english),
-        **({"language": lambda: pl.Series(np.asarray(language).astype(str)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
-           if language is not None else {}),
-        **({"duplicate_of": lambda: pl.Series(np.asarray(duplicate_of, dtype=object)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
-           if duplicate_of is not None else {}),
-        **({"contaminated_by": lambda: pl.Series(np.asarray(contaminated_by, dtype=object)[row_map if not ident else slice(None)].tolist(), dtype=pl.Utf8)}
-           if contaminated_by is not None else {}),
+        **{name: (lambda a=a: pl.Series(per_row(np.asarray(a, dtype=object)).tolist(), dtype=pl.Utf8))  # None stays null
+           for name, a in (("language", language), ("duplicate_of", duplicate_of), ("contaminated_by", contaminated_by)) if a is not None},
         "preference": lambda: pref,
         "status": lambda: pl.Series(status.tolist(), dtype=pl.Utf8),
         "selected_by": lambda: pl.Series(selected_by.tolist(), dtype=pl.Utf8),

@@ -10,7 +10,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -51,7 +50,9 @@ def hf_source(spec: str, split: str | None) -> tuple[Any, str] | None:
         return None  # a file (a missing one is reported as such by the file reader)
     name = m.group(1)
     lib = _datasets(spec)
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() not in ("0", "", "false"):
+    from laser_fast.runtime.models import hub_offline
+
+    if hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise InputError(spec, "is neither a local file nor a folder, and hub datasets need the network (HF_HUB_OFFLINE is set)",
                          "Download it where the hub is reachable (datasets.load_dataset(NAME).save_to_disk(DIR)) and pass DIR")
     try:
@@ -92,8 +93,6 @@ def hf_batches(ds: Any, name: str):
     kind = type(ds).__name__
     if kind == "Dataset":
         n = len(ds)
-        if n == 0:
-            raise InputError(name, "the dataset holds no records", "Pass a non-empty dataset")
         arrow = ds.with_format("arrow")
         step = 65536
         for s in range(0, n, step):
@@ -118,8 +117,4 @@ def hf_facts(ds: Any, name: str, rows: int, skipped: int, split: str | None = No
     split = split or getattr(ds, "split", None)
     if split is not None:
         info["split"] = str(split)
-    try:
-        json.dumps(info)
-    except TypeError:  # pragma: no cover
-        info = {k: str(v) for k, v in info.items()}
     return info

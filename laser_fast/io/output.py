@@ -351,9 +351,10 @@ def push_to_hub(output_dir: str | Path, repo: str, *, private: bool = True, toke
             folder is never pushed), or the hub refused (its message, with what to do).
     """
     from laser_fast.errors import LaserError
+    from laser_fast.runtime.models import hub_offline
 
     out = Path(output_dir)
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
+    if hub_offline():
         raise LaserError(f"--push-to-hub {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; the outputs are in {out}: "
                          "push them later (huggingface-cli upload --repo-type dataset REPO DIR) or unset HF_HUB_OFFLINE")
     if not (out / "manifest.json").is_file():

@@ -296,7 +296,8 @@ def _read_json_array(fh, label: str, schema: str | None, origin: str, b: _Builde
     return len(items)
 
 
-def _add_json(b: _Builder, rec: Any, schema: str | None, origin: str, label: str, pos: int, where: str, unit: str) -> str | None:
+def _add_json(b: _Builder, rec: Any, schema: str | None, origin: str, label: str, pos: int, where: str, unit: str,
+              measured: bool = False) -> str | None:
     """Add one parsed JSON value (a line's or an array item's) as a record; returns the file's
     schema (detected from its first record unless forced)."""
     if not isinstance(rec, dict):
@@ -309,7 +310,7 @@ def _add_json(b: _Builder, rec: Any, schema: str | None, origin: str, label: str
             if schema is None:
                 raise _unknown_schema(rec)
             logger.debug("%s: detected schema %r at %s", label, schema, where)
-        b.add(rec, schema, origin, where, _dumps_json_extra)
+        b.add(rec, schema, origin, where, _dumps_json_extra, measured=measured)
     except _RecordProblem as p:
         b.problem(label, pos, where, p)
     return schema
@@ -383,7 +384,7 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
                             p = _RecordProblem(f"invalid JSON on line {lineno} ({_short(e)})")
                         b.problem(label, lineno, where, p)
                         continue
-                    file_schema = _add_json(b, rec, file_schema, origin, label, lineno, where, "line")
+                    file_schema = _add_json(b, rec, file_schema, origin, label, lineno, where, "line", measured=True)
             except (EOFError, zlib.error, gzip.BadGzipFile) as e:
                 if lineno == 0 and isinstance(e, gzip.BadGzipFile):  # the first bytes are not a gzip header
                     raise InputError(label, f"not a gzip file ({_short(e)}), though its name ends in .gz",

@@ -236,8 +236,12 @@ def hub_reachable(endpoint: str | None = None, timeout: float = _HUB_TIMEOUT_S) 
         return False
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is off limits (``HF_HUB_OFFLINE`` set to 1/true/yes/on)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_offline = hub_offline
 
 
 def _hint(model_id: str) -> str:

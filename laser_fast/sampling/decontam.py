@@ -12,10 +12,10 @@ record is contaminated when:
   the common practice of GPT-3 and later) with a benchmark text, or
 * its instruction, normalised, equals a benchmark prompt (short prompts have no 13-gram).
 
-Texts are normalised as for deduplication (NFKC, lower case, punctuation and symbols removed,
-whitespace collapsed), so re-spaced or re-punctuated copies match too. n-grams are built and
-hashed column-wise in polars (64-bit hashes in sets; no Python object per n-gram), in chunks of
-records.
+Texts are normalised as for deduplication (:func:`~laser_fast.sampling.dedup.normalized_text`:
+NFKC, lower case, punctuation and symbols removed, whitespace collapsed), so re-spaced or
+re-punctuated copies match too. n-grams are built and hashed column-wise in polars
+(:func:`~laser_fast.sampling.dedup.word_ngrams`; no Python object per n-gram), in chunks of records.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import polars as pl
 
 from laser_fast.errors import InputError
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
+from laser_fast.sampling.dedup import normalized_text, word_ngrams
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "problem", "input", "query", "text")
 ANSWER_FIELDS = ("output", "answer", "response", "solution", "canonical_solution", "completion", "target")
@@ -34,19 +35,10 @@ _SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 _CHUNK = 50_000
 
 
-def _normalized(e: pl.Expr) -> pl.Expr:
-    return (e.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"[\p{P}\p{S}]+", " ")
-            .str.replace_all(r"\s+", " ").str.strip_chars())
-
-
 def ngram_hashes(texts: pl.Series, n: int) -> pl.DataFrame:
     """``(row, h)``: the 64-bit hash of every word n-gram of each normalised text (texts with fewer
     than ``n`` words give none)."""
-    words = pl.DataFrame({"t": texts}).with_row_index("row").select(
-        "row", _normalized(pl.col("t")).str.split(" ").alias("w")).explode("w").filter(pl.col("w").is_not_null() & (pl.col("w") != ""))
-    gram = pl.concat_str([pl.col("w").shift(-k) for k in range(n)], separator=" ")  # words are in row order
-    return (words.select("row", gram.alias("g"), (pl.col("row").shift(-(n - 1)) == pl.col("row")).alias("ok"))
-            .filter("ok").select("row", pl.col("g").hash(seed=7).alias("h")))
+    return word_ngrams(texts, n, 7)
 
 
 def _files(paths: Sequence[str]) -> list[Path]:
@@ -109,7 +101,7 @@ class Benchmarks:
         first = grams.group_by("h", maintain_order=True).agg(pl.col("row").first())
         self._grams = first.rename({"row": "item"})
         p = pl.concat(prompts) if prompts else pl.DataFrame({"label": [], "t": []}, schema={"label": pl.String, "t": pl.String})
-        p = p.select("label", _normalized(pl.col("t")).alias("t")).filter(pl.col("t") != "")
+        p = p.select("label", normalized_text(pl.col("t")).alias("t")).filter(pl.col("t") != "")
         self._prompts = p.group_by("t", maintain_order=True).agg(pl.col("label").first())
         self.items = int(sum(self.files.values()))
 
@@ -123,7 +115,7 @@ class Benchmarks:
                     .join(self._grams, on="h", how="inner").group_by("row").agg(pl.col("item").min()))
             for row, item in zip(hits["row"].to_list(), hits["item"].to_list()):
                 out[s + row] = self.labels[item]
-            exact = (pl.DataFrame({"t": ins}).with_row_index("row").select("row", _normalized(pl.col("t")).alias("t"))
+            exact = (pl.DataFrame({"t": ins}).with_row_index("row").select("row", normalized_text(pl.col("t")).alias("t"))
                      .join(self._prompts, on="t", how="inner"))
             for row, label in zip(exact["row"].to_list(), exact["label"].to_list()):
                 if out[s + row] is None:

@@ -30,7 +30,9 @@ from laser_fast.config import DEDUP_MODES  # noqa: F401 - the modes, importable 
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 
 
-def _normalized(e: pl.Expr) -> pl.Expr:
+def normalized_text(e: pl.Expr) -> pl.Expr:
+    """The text as ``normalized`` compares it: Unicode NFKC, lower case, punctuation and symbols
+    dropped, whitespace runs collapsed (also what decontamination matches on)."""
     return (e.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"[\p{P}\p{S}]+", "")
             .str.replace_all(r"\s+", " ").str.strip_chars())
 
@@ -41,9 +43,9 @@ def dedup_keys(records: pl.DataFrame, mode: str) -> pl.DataFrame:
     if mode == "exact":  # the list of (role, content) structs hashed as it is
         return records.select(msgs.hash(seed=1).alias("k1"), msgs.hash(seed=2).alias("k2"))
     if mode == "normalized":
-        text = msgs.list.eval(pl.element().struct.field("role") + "\x1f" + _normalized(pl.element().struct.field("content"))).list.join("\x1e")
+        text = msgs.list.eval(pl.element().struct.field("role") + "\x1f" + normalized_text(pl.element().struct.field("content"))).list.join("\x1e")
     elif mode == "instruction":
-        text = pl.col("user_turns").list.eval(_normalized(pl.element())).list.join("\x1e")
+        text = pl.col("user_turns").list.eval(normalized_text(pl.element())).list.join("\x1e")
     else:
         raise ValueError(f"unknown dedup mode {mode!r}")
     return records.select(text.hash(seed=1).alias("k1"), text.hash(seed=2).alias("k2"))
@@ -72,7 +74,7 @@ DEDUP = StageSpec("dedup", "laser_fast.sampling.dedup:dedup_stage", reads=("mess
 def dedup_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
     """``duplicate_of`` per record (see :func:`find_duplicates`); stats: the mode and how many
     copies were found per source file."""
-    dup = find_duplicates(records, opts.dedup, getattr(opts, "dedup_threshold", NEAR_THRESHOLD))
+    dup = find_duplicates(records, opts.dedup, opts.dedup_threshold)
     is_dup = dup != None  # noqa: E711 - elementwise
     per_origin: dict[str, int] = {}
     if is_dup.any():
@@ -94,18 +96,26 @@ _MASK61 = np.uint64((1 << 61) - 1)
 _NEAR_CHUNK = 20_000  # records whose shingles are built at once
 
 
+def word_ngrams(texts: pl.Series, n: int, seed: int, *, short: bool = False) -> pl.DataFrame:
+    """``(row, h)``: the 64-bit hash (``seed``) of every n-word sequence of each normalised text
+    (:func:`normalized_text`). ``short``: a text of fewer than n words gives one hash of all its
+    words (otherwise none)."""
+    words = (pl.DataFrame({"t": texts}).with_row_index("row").select("row", normalized_text(pl.col("t")).str.split(" ").alias("w"))
+             .explode("w").filter(pl.col("w").is_not_null() & (pl.col("w") != "")))
+    # the n words from each position (shifted over the whole column: the words are in row order),
+    # kept where the n-th word still belongs to the same text
+    gram = pl.concat_str([pl.col("w").shift(-j) for j in range(n)], separator=" ")
+    out = words.select("row", gram.alias("g"), (pl.col("row").shift(-(n - 1)) == pl.col("row")).alias("ok")).filter("ok").select("row", "g")
+    if short:
+        few = words.group_by("row").agg(pl.col("w").str.join(" ").alias("g"), pl.len().alias("k")).filter(pl.col("k") < n)
+        out = pl.concat([out, few.select("row", "g")])
+    return out.select("row", pl.col("g").hash(seed=seed).alias("h"))
+
+
 def _shingles(records: pl.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, hash)`` of every k-word shingle of each record's normalised conversation (sorted
-    by row; a record shorter than k words gives one shingle of all its words)."""
-    text = pl.col("messages").list.eval(_normalized(pl.element().struct.field("content"))).list.join(" ")
-    words = (records.select(text.alias("t")).with_row_index("row")
-             .select("row", pl.col("t").str.split(" ").alias("w")).explode("w").filter(pl.col("w").is_not_null() & (pl.col("w") != "")))
-    # the k words from each position (shifted over the whole column: the words are in row order),
-    # kept where the k-th word still belongs to the same record
-    gram = pl.concat_str([pl.col("w").shift(-j) for j in range(k)], separator=" ")
-    full = words.select("row", gram.alias("g"), (pl.col("row").shift(-(k - 1)) == pl.col("row")).alias("ok")).filter("ok").select("row", "g")
-    short = words.group_by("row").agg(pl.col("w").str.join(" ").alias("g"), pl.len().alias("n")).filter(pl.col("n") < k).select("row", "g")
-    out = pl.concat([full, short]).select("row", pl.col("g").hash(seed=11).alias("h")).unique().sort("row")
+    """``(row, hash)`` of every k-word shingle of each record's conversation, distinct, sorted by row."""
+    text = records.select(pl.col("messages").list.eval(pl.element().struct.field("content")).list.join(" ").alias("t"))["t"]
+    out = word_ngrams(text, k, 11, short=True).unique().sort("row")
     return out["row"].to_numpy(), out["h"].to_numpy()
 
 

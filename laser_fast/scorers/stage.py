@@ -529,7 +529,7 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
     for name in opts.scorers:  # named scorers always run, on every record they apply to
         if name != "tokens":
             plan[name] = (np.ones(records.height, dtype=bool), plan.get(name, (None, []))[1])
-    if skip is not None and np.any(skip):  # duplicates (left out before scoring): never scored
+    if skip is not None and np.any(skip):  # duplicates and benchmark items (left out before scoring): never scored
         keep = ~np.asarray(skip, dtype=bool)
         plan = {k: (m & keep, [(met, col, rows & keep) for met, col, rows in fills]) for k, (m, fills) in plan.items()}
     settings = ScorerSettings.from_options(opts)
