@@ -63,8 +63,11 @@ def _select_parser(sub) -> None:
     p.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
     p.add_argument("--keep-non-english", action="store_true", help="keep records flagged as non-English (LASER keeps English only)")
     p.add_argument("--dedup", choices=["none", "exact", "normalized", "instruction", "near"],
-                   help="leave out repeated conversations before scoring, keeping the first copy (default exact; normalized: "
+                   help="leave out repeated conversations (default exact; normalized: "
                         "NFKC, case, punctuation and whitespace ignored; instruction: the same user turns; near: MinHash near-copies)")
+    p.add_argument("--dedup-keep", choices=["best", "first"],
+                   help="the copy of each group of duplicates that stays: best (highest preference, default; copies whose texts differ "
+                        "are scored to find it) or first (the first in input order; no copy is scored)")
     p.add_argument("--dedup-threshold", type=float, metavar="J", help="--dedup near: Jaccard similarity of 5-word shingles that makes a copy (default 0.8)")
     p.add_argument("--decontaminate", nargs="+", action="extend", default=None, metavar="FILE|DIR",
                    help="benchmark test sets (JSONL/Parquet with prompt and/or answer fields; a folder: its files): records sharing "
@@ -197,6 +200,7 @@ def _options_from_args(a) -> tuple:
         "max_record_bytes": a.max_record_bytes,
         "languages": a.languages,
         "dedup": a.dedup,
+        "dedup_keep": a.dedup_keep,
         "dedup_threshold": a.dedup_threshold,
         "decontaminate_ngram": a.decontaminate_ngram,
         "format": a.format,

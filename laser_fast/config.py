@@ -49,6 +49,8 @@ ENGINES = ("local", "ray")
 
 #: duplicate detection before scoring (see :mod:`laser_fast.sampling.dedup`)
 DEDUP_MODES = ("none", "exact", "normalized", "instruction", "near")
+#: which copy of a group of duplicates stays: the best preference, or the first in input order
+DEDUP_KEEP = ("best", "first")
 
 @dataclass
 class SourceSpec:
@@ -88,6 +90,7 @@ class SelectOptions:
     analysis_dir: str | None = None
     keep_non_english: bool = False
     dedup: str = "exact"  # duplicates left out before scoring: none, exact, normalized, instruction, near
+    dedup_keep: str = "best"  # the copy kept of each group: best (highest preference; differing copies are scored) or first (none scored)
     dedup_threshold: float = 0.8  # near: estimated Jaccard similarity of 5-word shingles at which two records are copies
     decontaminate: list[str] = field(default_factory=list)  # benchmark test sets (files or folders) whose items are left out
     decontaminate_ngram: int = 13  # words per n-gram shared with a benchmark text that flags a record
@@ -201,6 +204,9 @@ class SelectOptions:
         self.dedup = str(self.dedup or "none").strip().lower()
         if self.dedup not in DEDUP_MODES:
             raise ConfigError(f"unknown dedup mode {self.dedup!r} (--dedup): use one of {', '.join(DEDUP_MODES)}")
+        self.dedup_keep = str(self.dedup_keep or "best").strip().lower()
+        if self.dedup_keep not in DEDUP_KEEP:
+            raise ConfigError(f"unknown dedup_keep {self.dedup_keep!r} (--dedup-keep): use one of {', '.join(DEDUP_KEEP)}")
         if isinstance(self.languages, str):
             self.languages = [x for x in self.languages.replace(" ", "").split(",") if x]
         if (not isinstance(self.languages, (list, tuple)) or not self.languages

@@ -1,5 +1,5 @@
 """The LASER run, wired from its stages: ingest -> scores given with the data -> duplicates ->
-benchmark decontamination -> language -> classify -> token counts -> model scores -> preference ->
+benchmark decontamination -> language -> classify -> token counts -> model scores -> preference -> the best copy of each group of duplicates ->
 sampling -> outputs.
 
 This module only connects stages; each lives with its kind (see docs/architecture.md):
@@ -34,7 +34,7 @@ from laser_fast.runtime.stage import StageSpec, StageStats
 from laser_fast.runtime.stats import _Timer
 from laser_fast.runtime.workdir import WorkDir
 from laser_fast.sampling.decontam import DECONTAMINATE
-from laser_fast.sampling.dedup import DEDUP
+from laser_fast.sampling.dedup import DEDUP, DEDUP_BEST
 from laser_fast.sampling.embed import PoolEmbeddings
 from laser_fast.sampling.strata import apply_source_limits, candidate_status, order_selection, plan_strata, source_specs
 from laser_fast.sampling.stratum import select_strata
@@ -135,7 +135,7 @@ def _run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tu
 
 
 #: The stages of a selection run, in order (each declared once, next to its function).
-STAGES: tuple[StageSpec, ...] = (SCORES_LOAD, DEDUP, DECONTAMINATE, LANGUAGE, CLASSIFY, TOKENS, MODEL_SCORES, PREFERENCE)
+STAGES: tuple[StageSpec, ...] = (SCORES_LOAD, DEDUP, DECONTAMINATE, LANGUAGE, CLASSIFY, TOKENS, MODEL_SCORES, PREFERENCE, DEDUP_BEST)
 #: manifest key of each stage's stats (as the manifest has always named them)
 _MANIFEST_KEYS = {"dedup": "dedup", "decontaminate": "decontamination", "language": "language", "classify": "classification", "model_scores": "scoring", "preference": "preference"}
 
@@ -190,6 +190,9 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
 
     # steps 1 and 2: record-wise stages, then the preference over the whole pool
     cols, stage_stats = run_stages(recs, opts, workdir=wd, timer=timer)
+    best = stage_stats.pop("dedup_best")
+    if best["ran"]:  # the copies left out once the best of each group was known
+        stage_stats["dedup"].update({"per_origin": best["per_origin"], "kept_not_first": best["kept_not_first"]})
     metrics = {k: v for k, v in cols.items() if k in METRICS}
     raw = {k[4:]: v for k, v in cols.items() if k.startswith("raw:")}
     scaled = {k[: -len("_scaled")]: v for k, v in cols.items() if k.endswith("_scaled")}

@@ -69,7 +69,7 @@ def test_stages_are_declared():
     from laser_fast.runtime.stage import StageResult
 
     names = [s.name for s in STAGES]
-    assert names == ["scores_load", "dedup", "decontaminate", "language", "classify", "tokens", "model_scores", "preference"]
+    assert names == ["scores_load", "dedup", "decontaminate", "language", "classify", "tokens", "model_scores", "preference", "dedup_best"]
     for spec in STAGES:
         fn = spec.load()
         assert callable(fn) and spec.reads and spec.writes

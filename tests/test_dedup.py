@@ -42,9 +42,9 @@ def test_duplicates_are_not_scored_not_selected_and_counted(tmp_path):
     f.write_text("".join(json.dumps({"instruction": a, "output": b}) + "\n" for a, b in ROWS))
     args = ["select", str(f), "--budget", "7", "--profile", "lite", "--strategy", "combination", "--proportions", "natural",
             "--keep-non-english", "-q", "--workdir", str(tmp_path / "w")]
-    assert main([*args, "--dedup", "normalized", "--output-dir", str(tmp_path / "o")]) == 0
+    assert main([*args, "--dedup", "normalized", "--dedup-keep", "first", "--output-dir", str(tmp_path / "o")]) == 0
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert man["dedup"] == {"mode": "normalized", "duplicates": 4, "per_origin": {"pool": 4}}
+    assert man["dedup"] == {"mode": "normalized", "keep": "first", "duplicates": 4, "per_origin": {"pool": 4}}
     assert sum(man["counts"]["duplicate_excluded"].values()) == 4 and man["counts"]["total_selected"] == 3
     assert "duplicates (normalized)" in (tmp_path / "o" / "report.html").read_text()  # the report's removals table
     (onepass,) = man["scoring"]["scorers"]
@@ -102,3 +102,77 @@ def test_near_mode_in_a_run(tmp_path):
                  "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o")]) == 0
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert man["dedup"]["mode"] == "near" and man["dedup"]["duplicates"] == 1
+
+
+def _scored_pool(tmp_path, rows):
+    """A pool whose records carry their category and scores (nothing is scored by a model)."""
+    f = tmp_path / "pool.jsonl"
+    f.write_text("".join(json.dumps({"instruction": a, "output": b, "category": "Factual QA", "quality": q, "difficulty": 1.0}) + "\n"
+                         for a, b, q in rows))
+    return f
+
+
+def test_the_best_scored_copy_of_each_group_is_kept(tmp_path):
+    """Planted exact, normalised and near copies: exactly the planted copies go, and of each group
+    the copy with the best preference stays (the first one only where `--dedup-keep first`)."""
+    base = ("Explain how a refrigerator keeps food cold, covering the compressor, the refrigerant, the coils at the back "
+            "and the way heat leaves the inside of the box")
+    rows = [
+        ("Name a colour.", "Blue.", 0.2),          # 0
+        ("Name a colour.", "Blue.", 0.2),          # 1: exact copy of 0
+        ("NAME a colour!!", "blue", 0.9),          # 2: normalised copy of 0, the best of its group
+        ("Name a colour", "Blue", 0.5),            # 3: normalised copy of 0
+        (base, "It pumps heat out.", 0.3),         # 4
+        (base, "It pumps heat out. Hope this helps.", 0.8),  # 5: near copy of 4 (not a normalised one), the best
+        ("Name a fruit.", "Apple.", 0.6),          # 6: no copy
+    ]
+    f = _scored_pool(tmp_path, rows)
+    common = ["select", str(f), "--budget", "7", "--profile", "none", "--strategy", "quality", "--proportions", "natural",
+              "--keep-non-english", "-q", "--workdir", str(tmp_path / "w")]
+
+    def run(name, *extra):
+        assert main([*common, *extra, "--output-dir", str(tmp_path / name)]) == 0
+        dec = pl.read_parquet(tmp_path / name / "decisions.parquet")
+        ids = dec["data_id"].to_list()
+        dups = {ids.index(i): ids.index(d) for i, d in zip(ids, dec["duplicate_of"].to_list()) if d is not None}
+        assert set(dec.filter(pl.col("status") == "duplicate")["data_id"].to_list()) == {ids[i] for i in dups}
+        return dups, json.loads((tmp_path / name / "manifest.json").read_text())
+
+    dups, man = run("norm", "--dedup", "normalized")
+    assert dups == {0: 2, 1: 2, 3: 2}  # the exact copy too names the kept one
+    assert man["dedup"]["duplicates"] == 3 and man["dedup"]["kept_not_first"] == 1 and man["dedup"]["keep"] == "best"
+    dups, _ = run("first", "--dedup", "normalized", "--dedup-keep", "first")
+    assert dups == {1: 0, 2: 0, 3: 0}
+    dups, _ = run("near", "--dedup", "near")
+    assert dups == {0: 2, 1: 2, 3: 2, 4: 5}  # short texts: one shingle of all their words, equal once normalised
+    dups, _ = run("exact", "--dedup", "exact")
+    assert dups == {1: 0}
+    dups, man = run("rand", "--dedup", "normalized", "--strategy", "random")
+    assert dups == {1: 0, 2: 0, 3: 0} and man["dedup"]["kept_not_first"] == 0  # random preference is noise: the first stays
+
+
+def test_only_the_differing_copies_are_scored(tmp_path):
+    f = tmp_path / "pool.jsonl"
+    f.write_text("".join(json.dumps({"instruction": a, "output": b}) + "\n" for a, b in ROWS))
+    assert main(["select", str(f), "--budget", "7", "--profile", "lite", "--strategy", "combination", "--proportions", "natural",
+                 "--keep-non-english", "-q", "--workdir", str(tmp_path / "w"), "--dedup", "normalized",
+                 "--output-dir", str(tmp_path / "o")]) == 0
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    (onepass,) = man["scoring"]["scorers"]
+    assert onepass["records"] == 5  # rows 1 and 6 repeat 0 and 5 character for character: not scored
+    dec = pl.read_parquet(tmp_path / "o" / "decisions.parquet")
+    group = dec[:4]  # rows 0-3: one group; the kept one has the best preference among those scored
+    kept = group.filter(pl.col("duplicate_of").is_null())
+    assert kept.height == 1 and kept["preference"][0] == group["preference"].drop_nans().max()
+    assert set(group["duplicate_of"].drop_nulls().to_list()) == {kept["data_id"][0]}
+
+
+def test_keep_best_unit():
+    import numpy as np
+
+    from laser_fast.sampling.dedup import keep_best
+
+    root = np.array([0, 0, 0, 3, 3, 5])
+    pref = np.array([0.1, 0.7, 0.7, np.nan, np.nan, 0.0])
+    assert keep_best(root, pref).tolist() == [1, 1, 1, 3, 3, 5]  # a tie: the first of the best; no preference: the first
+    assert keep_best(root, pref, np.array([1, 0, 1, 1, 1, 1], bool)).tolist() == [2, 2, 2, 3, 3, 5]

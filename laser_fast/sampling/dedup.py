@@ -14,8 +14,15 @@ Modes (``--dedup``, config ``dedup``):
   a group is kept;
 * ``none``: nothing is removed.
 
-The first copy in input order is kept (a record's ``duplicate_of`` names its ``data_id``): the
-copies are found before any model runs, so none is scored twice. Keys are two 64-bit hashes of
+Which copy stays (``--dedup-keep``, config ``dedup_keep``):
+
+* ``best`` (the default): the copy with the highest preference. Copies of one conversation,
+  character for character, are identical, so only the first of them is scored; the other members
+  of a group (``normalized``, ``instruction`` and ``near`` copies: different texts) are scored,
+  and after the preference step (:data:`DEDUP_BEST`) every member but the best names the kept one
+  in ``duplicate_of``. Ties, and groups none of whose members has a preference (a ``random``
+  strategy's preference is noise, so it keeps the first), keep the first copy in input order;
+* ``first``: the first copy in input order, found before any model runs, so no copy is scored. Keys are two 64-bit hashes of
 the text computed in polars (column-wise, no Python object per record); two different texts
 share both with a probability of about 2^-128 per pair.
 """
@@ -26,7 +33,7 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from laser_fast.config import DEDUP_MODES  # noqa: F401 - the modes, importable from here
+from laser_fast.config import DEDUP_KEEP, DEDUP_MODES  # noqa: F401 - the choices, importable from here
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 
 
@@ -51,37 +58,107 @@ def dedup_keys(records: pl.DataFrame, mode: str) -> pl.DataFrame:
     return records.select(text.hash(seed=1).alias("k1"), text.hash(seed=2).alias("k2"))
 
 
-def find_duplicates(records: pl.DataFrame, mode: str, threshold: float = 0.8) -> np.ndarray:
-    """Per record, the ``data_id`` of the earlier copy it repeats (None for the first copy);
-    ``near``: see :func:`find_near_duplicates` (``threshold``)."""
+def duplicate_groups(records: pl.DataFrame, mode: str, threshold: float = 0.8) -> np.ndarray:
+    """Per record, the index of the first record of its group of copies (its own index when it
+    repeats nothing); ``near``: see :func:`near_duplicate_groups` (``threshold``)."""
     n = records.height
     if mode == "none" or n == 0:
-        return np.full(n, None, dtype=object)
+        return np.arange(n, dtype=np.int64)
     if mode == "near":
-        return find_near_duplicates(records, threshold)
-    keys = dedup_keys(records, mode).with_columns(records["data_id"])
-    res = keys.select(pl.col("data_id").first().over(["k1", "k2"]).alias("first"),
-                      pl.struct("k1", "k2").is_first_distinct().alias("is_first"))
-    out = np.asarray(res["first"].to_list(), dtype=object)
-    out[res["is_first"].to_numpy()] = None
+        return near_duplicate_groups(records, threshold)
+    keys = dedup_keys(records, mode).with_row_index("i")
+    return keys.select(pl.col("i").first().over(["k1", "k2"]))["i"].to_numpy().astype(np.int64)
+
+
+def _named(records: pl.DataFrame, root: np.ndarray) -> np.ndarray:
+    """The ``data_id`` of ``root[i]`` where it is not ``i`` (None elsewhere), as an object array."""
+    out = np.full(root.size, None, dtype=object)
+    dup = root != np.arange(root.size)
+    if dup.any():
+        out[dup] = np.asarray(records["data_id"].gather(root[dup]).to_list(), dtype=object)
     return out
 
 
+def find_duplicates(records: pl.DataFrame, mode: str, threshold: float = 0.8) -> np.ndarray:
+    """Per record, the ``data_id`` of the earlier copy it repeats (None for the first copy);
+    ``near``: see :func:`find_near_duplicates` (``threshold``)."""
+    return _named(records, duplicate_groups(records, mode, threshold))
+
+
+def _per_origin(records: pl.DataFrame, dup: np.ndarray) -> dict[str, int]:
+    is_dup = dup != None  # noqa: E711 - elementwise
+    if not is_dup.any():
+        return {}
+    vals, cnt = np.unique(records["origin"].to_numpy()[is_dup].astype(str), return_counts=True)
+    return {str(v): int(c) for v, c in zip(vals, cnt)}
+
+
 DEDUP = StageSpec("dedup", "laser_fast.sampling.dedup:dedup_stage", reads=("messages", "user_turns", "data_id"),
-                  writes=("duplicate_of",), resources=Resources(num_cpus=1, row_wise=False))
+                  writes=("duplicate_of", "dedup_group"), resources=Resources(num_cpus=1, row_wise=False))
 
 
 def dedup_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
     """``duplicate_of`` per record (see :func:`find_duplicates`); stats: the mode and how many
-    copies were found per source file."""
-    dup = find_duplicates(records, opts.dedup, opts.dedup_threshold)
-    is_dup = dup != None  # noqa: E711 - elementwise
-    per_origin: dict[str, int] = {}
-    if is_dup.any():
-        origins = records["origin"].to_numpy()[is_dup]
-        vals, cnt = np.unique(origins.astype(str), return_counts=True)
-        per_origin = {str(v): int(c) for v, c in zip(vals, cnt)}
-    return StageResult({"duplicate_of": dup}, StageStats("dedup", mode=opts.dedup, duplicates=int(is_dup.sum()), per_origin=per_origin))
+    copies were found per source file.
+
+    With ``dedup_keep="best"`` and a mode whose copies can differ (``normalized``,
+    ``instruction``, ``near``), only the exact repeats are named here (they are never scored);
+    ``dedup_group`` (the first member's index per record) lets :data:`DEDUP_BEST` pick the kept
+    copy once preferences are known."""
+    root = duplicate_groups(records, opts.dedup, opts.dedup_threshold)
+    n_dup = int((root != np.arange(records.height)).sum())
+    keep = opts.dedup_keep
+    if keep == "first" or opts.dedup in ("none", "exact") or n_dup == 0:
+        dup = _named(records, root)
+        return StageResult({"duplicate_of": dup}, StageStats("dedup", mode=opts.dedup, keep=keep, duplicates=n_dup, per_origin=_per_origin(records, dup)))
+    exact = _named(records, duplicate_groups(records, "exact"))
+    return StageResult({"duplicate_of": exact, "dedup_group": root},
+                       StageStats("dedup", mode=opts.dedup, keep=keep, duplicates=n_dup, per_origin=_per_origin(records, _named(records, root))))
+
+
+def keep_best(root: np.ndarray, preference: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Per record, the index of the copy its group keeps: the member with the highest finite
+    ``preference`` among ``eligible`` ones (ties: the first in input order), or the first member
+    when none has one. ``root``: the first member's index per record (:func:`duplicate_groups`)."""
+    n = root.size
+    idx = np.arange(n)
+    p = np.where(np.isfinite(preference), preference, -np.inf)
+    if eligible is not None:
+        p = np.where(eligible, p, -np.inf)
+    p = np.where(idx == root, np.maximum(p, -np.finfo(np.float64).max), p)  # the first member wins when nobody has a preference
+    order = np.lexsort((idx, -p, root))  # by group, best first, then input order
+    r = root[order]
+    starts = np.r_[True, r[1:] != r[:-1]]
+    best = np.empty(n, dtype=np.int64)
+    best[r[starts]] = order[starts]
+    return best[root]
+
+
+DEDUP_BEST = StageSpec("dedup_best", "laser_fast.sampling.dedup:dedup_best_stage", reads=("dedup_group", "preference", "duplicate_of", "contaminated_by"),
+                       writes=("duplicate_of",), resources=Resources(num_cpus=1, row_wise=False))
+
+
+def dedup_best_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
+    """The kept copy of each group of copies (``dedup_keep="best"``, see the module notes): every
+    other member's ``duplicate_of`` names it. Nothing to do when the dedup stage found no group
+    whose members differ. Stats: how many groups keep a copy other than their first, and the
+    copies left out per source file."""
+    from laser_fast.metrics import canonical_strategy
+
+    cols = columns or {}
+    root = cols.get("dedup_group")
+    if root is None:
+        return StageResult({}, StageStats("dedup_best", ran=False))
+    n = records.height
+    pref = np.asarray(cols["preference"], dtype=np.float64)
+    if canonical_strategy(opts.strategy) == "random":  # noise, not a preference: the first copy stays
+        pref = np.full(n, np.nan)
+    contaminated = cols.get("contaminated_by")
+    eligible = None if contaminated is None else np.fromiter((x is None for x in contaminated), dtype=bool, count=n)
+    kept = keep_best(root, pref, eligible)
+    dup = _named(records, kept)
+    moved = int(((kept == np.arange(n)) & (root != np.arange(n))).sum())
+    return StageResult({"duplicate_of": dup}, StageStats("dedup_best", ran=True, kept_not_first=moved, per_origin=_per_origin(records, dup)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,15 +244,20 @@ def lsh_rows(threshold: float, perms: int = NEAR_PERMUTATIONS) -> int:
     return best
 
 
-def find_near_duplicates(records: pl.DataFrame, threshold: float = NEAR_THRESHOLD, *, perms: int = NEAR_PERMUTATIONS,
-                         bands: int | None = None, shingle: int = NEAR_SHINGLE) -> np.ndarray:
+def find_near_duplicates(records: pl.DataFrame, threshold: float = NEAR_THRESHOLD, **kw) -> np.ndarray:
     """Per record, the ``data_id`` of the first record of its group of near-copies (None for that
-    first record and for records without one): pairs that share an LSH band and whose estimated
-    Jaccard similarity of ``shingle``-word shingles is at least ``threshold``, grouped transitively."""
+    first record and for records without one); see :func:`near_duplicate_groups`."""
+    return _named(records, near_duplicate_groups(records, threshold, **kw))
+
+
+def near_duplicate_groups(records: pl.DataFrame, threshold: float = NEAR_THRESHOLD, *, perms: int = NEAR_PERMUTATIONS,
+                          bands: int | None = None, shingle: int = NEAR_SHINGLE) -> np.ndarray:
+    """Per record, the index of the first record of its group of near-copies (its own index when
+    it has none): pairs that share an LSH band and whose estimated Jaccard similarity of
+    ``shingle``-word shingles is at least ``threshold``, grouped transitively."""
     n = records.height
-    out = np.full(n, None, dtype=object)
     if n < 2:
-        return out
+        return np.arange(n, dtype=np.int64)
     sig = np.empty((n, perms), dtype=np.uint64)
     has = np.zeros(n, dtype=bool)  # a record without words has no signature: never a near-copy
     for s in range(0, n, _NEAR_CHUNK):  # shingles of a chunk of records at a time: memory stays bounded
@@ -195,14 +277,10 @@ def find_near_duplicates(records: pl.DataFrame, threshold: float = NEAR_THRESHOL
             ea.append(f[m])
             eb.append(np.flatnonzero(m))
     if not ea:
-        return out
+        return np.arange(n, dtype=np.int64)
     a, b = np.concatenate(ea), np.concatenate(eb)
     pair = np.unique(np.stack([a, b], axis=1), axis=0)
     a, b = pair[:, 0], pair[:, 1]
     sim = (sig[a] == sig[b]).mean(axis=1)
     keep = sim >= threshold
-    root = _components(n, a[keep], b[keep])
-    ids = np.asarray(records["data_id"].to_list(), dtype=object)
-    dup = root != np.arange(n)
-    out[dup] = ids[root[dup]]
-    return out
+    return _components(n, a[keep], b[keep])
