@@ -1,6 +1,6 @@
 """The LASER run, wired from its stages: ingest -> scores given with the data -> duplicates ->
-benchmark decontamination -> language -> classify -> token counts -> model scores -> preference -> the best copy of each group of duplicates ->
-sampling -> outputs.
+benchmark decontamination -> language -> classify -> token counts -> model scores -> preference ->
+the kept copy of each group of duplicates -> sampling -> outputs.
 
 This module only connects stages; each lives with its kind (see docs/architecture.md):
 :mod:`laser_fast.io` reads inputs and writes outputs, :mod:`laser_fast.classifier`,

@@ -86,7 +86,7 @@ def find_duplicates(records: pl.DataFrame, mode: str, threshold: float = 0.8) ->
 
 
 def _per_origin(records: pl.DataFrame, dup: np.ndarray) -> dict[str, int]:
-    is_dup = dup != None  # noqa: E711 - elementwise
+    is_dup = np.fromiter((x is not None for x in dup), dtype=bool, count=dup.size)
     if not is_dup.any():
         return {}
     vals, cnt = np.unique(records["origin"].to_numpy()[is_dup].astype(str), return_counts=True)
