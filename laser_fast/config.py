@@ -98,6 +98,7 @@ class SelectOptions:
     skip_invalid: bool = False
     max_record_bytes: int = 1 << 20  # a record (JSONL line, or the turns' UTF-8 text) over this is invalid; 0 = no limit
     schema: str | None = None
+    type_dataset: str | None = None  # sft, dpo or kto (the reference's key): checked against the inputs; None = as read
     split: str | None = None  # the split of a Hugging Face DatasetDict / hub dataset input
     sources: list[SourceSpec] = field(default_factory=list)
     format: str = "jsonl"
@@ -204,6 +205,10 @@ class SelectOptions:
         self.dedup = str(self.dedup or "none").strip().lower()
         if self.dedup not in DEDUP_MODES:
             raise ConfigError(f"unknown dedup mode {self.dedup!r} (--dedup): use one of {', '.join(DEDUP_MODES)}")
+        if self.type_dataset is not None:
+            self.type_dataset = str(self.type_dataset).strip().lower()
+            if self.type_dataset not in ("sft", "dpo", "kto"):
+                raise ConfigError(f"unknown type_dataset {self.type_dataset!r}: use sft, dpo (prompt/chosen/rejected) or kto (prompt/completion/label)")
         self.dedup_keep = str(self.dedup_keep or "best").strip().lower()
         if self.dedup_keep not in DEDUP_KEEP:
             raise ConfigError(f"unknown dedup_keep {self.dedup_keep!r} (--dedup-keep): use one of {', '.join(DEDUP_KEEP)}")
@@ -321,8 +326,6 @@ def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, 
     unknown = sorted(k for k in cfg if k not in _REF_TOP_KEYS and k not in known_ours)
     if unknown:
         logger.warning("%s: ignoring unknown config key(s): %s", p, ", ".join(map(str, unknown)))
-    if cfg.get("type_dataset") in ("kto", "dpo"):
-        raise ConfigError(f"{p}: type_dataset '{cfg['type_dataset']}' (preference-pair data) is not supported; laser_fast selects SFT conversations")
     if "custom_embedder" in cfg:
         logger.warning("%s: custom_embedder (one embedding model per category) is not supported; using default_embedding_model for every category", p)
 

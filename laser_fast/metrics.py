@@ -154,9 +154,10 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("last_resp_length", relevant=(), scorer="tokens"),
 )
 
-_QUALITY_METRICS = ("quality", "if_quality", "process_reward", "code_quality")
-_LITE_QUALITY_FILLS = {m: "lite_quality" for m in _QUALITY_METRICS}
-_ONEPASS_FILLS = {**{m: "onepass_quality" for m in _QUALITY_METRICS}, "difficulty": "onepass_difficulty", "complexity": "onepass_difficulty"}
+#: the metrics that judge a response (a preference pair's quality is their margin, see laser_fast.io.pairs)
+QUALITY_METRICS = ("quality", "if_quality", "process_reward", "code_quality")
+_LITE_QUALITY_FILLS = {m: "lite_quality" for m in QUALITY_METRICS}
+_ONEPASS_FILLS = {**{m: "onepass_quality" for m in QUALITY_METRICS}, "difficulty": "onepass_difficulty", "complexity": "onepass_difficulty"}
 
 #: The scorers, in the order error messages and listings name them.
 SCORER_SPECS: tuple[ScorerSpec, ...] = (

@@ -26,6 +26,7 @@ from laser_fast.errors import LaserError
 from laser_fast.io.decisions import decision_columns, pool_table, run_manifest
 from laser_fast.io.ingest import load_pool
 from laser_fast.io.output import output_frame
+from laser_fast.io.pairs import pair_facts
 from laser_fast.io.score_files import SCORES_LOAD, scores_from_extra
 from laser_fast.metrics import METRICS
 from laser_fast.runtime.devices import cuda_available, kmeans_device_label, resolve_kmeans_backend
@@ -230,6 +231,9 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
                             cats=p_cats, status=sel.status, eligible=eligible, n_selected=selected.size, strata_stats=sel.stats,
                             embedding=emb_info, devices=devices, timer=timer,
                             stages={key: stage_stats[name].to_dict() for name, key in _MANIFEST_KEYS.items()})
+    pairs = pair_facts(recs)
+    if pairs is not None:
+        manifest["pairs"] = pairs
     return SelectionRun(pool=table, selected_rows=selected, manifest=manifest, options=opts, timings=timer.t, release=release)
 
 

@@ -67,6 +67,9 @@ def decision_columns(*, n_records: int, row_map: np.ndarray, copy: np.ndarray, c
             cols[m] = lambda m=m: per_row(metrics[m])
         elif m in raw:
             cols[m] = lambda m=m: per_row(raw[m])
+    for m in raw:  # preference units: the quality of both answers (see laser_fast.io.pairs)
+        if m.startswith(("chosen_", "rejected_")):
+            cols[m] = lambda m=m: per_row(raw[m])
     for m in scaled:
         cols[f"{m}_scaled"] = lambda m=m: per_row(scaled[m])
     return cols

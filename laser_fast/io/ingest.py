@@ -193,6 +193,15 @@ def _dataset_name(ds, given: str | None) -> str:
 
 def load_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list[dict]]:
     """Read the inputs into one records table; returns (records, skipped, input facts).
+    Preference data becomes one row per unit (see :func:`laser_fast.io.pairs.attach_pairs`)."""
+    from laser_fast.io.pairs import attach_pairs
+
+    recs, skipped, inputs = _read_pool(data, opts)
+    return attach_pairs(recs, opts.type_dataset), skipped, inputs
+
+
+def _read_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], list[dict]]:
+    """The records of every input, as read (see :func:`load_pool`).
 
     ``data``: paths or URIs (files, ``save_to_disk`` folders, hub dataset names), a polars
     DataFrame or Arrow table, or a Hugging Face dataset (see :mod:`laser_fast.io.hf_inputs`)."""

@@ -11,14 +11,16 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from laser_fast.io.field_types import conflicting_fields, retype
 from laser_fast.io.output_set import OUTPUT_NAMES, SCORE_OUTPUT_NAMES, SELECT_OUTPUT_NAMES, OutputSet, check_output_dir, clean_stale_temps, fsync_path, temp_name  # noqa: F401
+from laser_fast.io.pairs import PAIR_COLUMNS, PAIR_SCORE_PREFIXES, TRL_FIELDS, pair_format, unit_rows
 from laser_fast.metrics import SCORE_COLUMNS
 from laser_fast.runtime.stats import peak_rss_mb
 
@@ -105,11 +107,10 @@ def write_json(path, obj) -> None:
 
 
 def write_jsonl(path, rows: Iterable[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(clean_json(r), ensure_ascii=False, default=_json_default))
-                f.write("\n")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(clean_json(r), ensure_ascii=False, default=_json_default))
+            f.write("\n")
 
 
 def write_parquet(path, df, *, slice_rows: int | None = None, release=None) -> None:
@@ -147,7 +148,8 @@ def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = 
     converted ``chunk_rows`` at a time so a large selection never lives as Python objects at once;
     ``release()`` (when given) runs after each chunk (see :class:`SelectionRun`). Input fields in
     ``retyped`` are written as text (see :mod:`laser_fast.io.field_types`)."""
-    score_cols = [c for c in SCORE_COLUMNS if c in pool.columns]
+    pairs = "_rejected" in pool.columns  # preference units: TRL's format (see laser_fast.io.pairs)
+    score_cols = [c for c in SCORE_COLUMNS if c in pool.columns] + [c for c in pool.columns if c.startswith(PAIR_SCORE_PREFIXES)]
     for s in range(0, rows.size, chunk_rows):
         sub = pool[rows[s : s + chunk_rows].tolist()]
         for r in sub.iter_rows(named=True):
@@ -169,7 +171,10 @@ def iter_output_rows(pool: pl.DataFrame, rows: np.ndarray, *, chunk_rows: int = 
             if r["copy"]:
                 d["copy"] = r["copy"]
             d["input_location"] = r["source"]
-            yield d
+            if pairs:
+                yield from unit_rows(d, r["_rejected_record"])
+            else:
+                yield d
         if release is not None:
             release()  # the pages this chunk's gather and rows touched
 
@@ -197,6 +202,8 @@ def output_frame(pool: pl.DataFrame, rows: np.ndarray, *, release=None, retyped:
 
     if not rows.size:
         return pl.DataFrame({"messages": [], "data_id": [], "category": [], "preference": [], "selected_by": []})
+    if "_rejected" in pool.columns:  # preference units in TRL's format: few enough to build from their dicts
+        return pl.DataFrame(list(iter_output_rows(pool, rows, release=release, retyped=retyped)), infer_schema_length=None)
     sub = gather_owned(pool.select([c for c in pool.columns if c not in ("instruction", "response", "user_turns", "responses")]), rows, release=release)
     extras = [retype(json.loads(e), retyped) if e else {} for e in sub["extra"].to_list()]
     score_cols = [c for c in SCORE_COLUMNS if c in sub.columns]
@@ -261,7 +268,7 @@ def run_input_paths(manifest: dict) -> list[str]:
     return out
 
 
-def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | None = None, report: bool = True,
+def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None = None, report: bool = True,
                   training_file: bool = False) -> dict[str, str]:
     """Write the run's outputs into ``output_dir`` as one set.
 
@@ -309,10 +316,11 @@ def write_outputs(run: "SelectionRun", output_dir: str | Path, *, fmt: str | Non
         else:
             write_parquet(s.path(sel_name), output_frame(run.pool, run.selected_rows, release=run.release, retyped=retyped))
         if training_file:
-            write_jsonl(s.path("train.jsonl"), ({"messages": d["messages"], "data_id": d["data_id"]}
+            fields = TRL_FIELDS.get(pair_format(run.pool) or "", ("messages",))
+            write_jsonl(s.path("train.jsonl"), ({**{k: d[k] for k in fields if k in d}, "data_id": d["data_id"]}
                                                 for d in iter_output_rows(run.pool, run.selected_rows, release=run.release)))
             names["train"] = "train.jsonl"
-        dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response"])
+        dec = run.pool.drop(["messages", "user_turns", "responses", "extra", "instruction", "response", *PAIR_COLUMNS], strict=False)
         # a pool read from a mapped file is written a slice at a time, its pages dropped after each
         write_parquet(s.path("decisions.parquet"), dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
         run.timings["write"] = round(time.perf_counter() - t0, 3)

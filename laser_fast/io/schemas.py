@@ -46,6 +46,9 @@ _CONSUMED = {
     "messages": frozenset(("messages", "data_id", "origin")),
     "sharegpt": frozenset(("conversations", "data_id", "origin")),
     "alpaca": frozenset(("instruction", "input", "output", "data_id", "origin")),
+    # preference pairs keep prompt/chosen/rejected (KTO: prompt/completion/label) as they came, for the output
+    "dpo": frozenset(("data_id", "origin")),
+    "kto": frozenset(("data_id", "origin")),
 }
 _STRIP_SUFFIXES = (".gz", ".jsonl", ".json", ".parquet", ".csv", ".tsv")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -80,6 +83,10 @@ def _detect_schema(rec: Mapping[str, Any]) -> str | None:
         return "messages"
     if "conversations" in rec:
         return "sharegpt"
+    if "chosen" in rec and "rejected" in rec:
+        return "dpo"
+    if "completion" in rec and "label" in rec:
+        return "kto"
     if "instruction" in rec and "output" in rec:
         return "alpaca"
     return None
@@ -178,9 +185,72 @@ def _turns_alpaca(rec: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [("user", user), ("assistant", out)]
 
 
+# --------------------------------------------------------------------------------------------
+# Preference data (TRL's DPO and KTO formats; see laser_fast.io.pairs)
+# --------------------------------------------------------------------------------------------
+
+
+def _pair_messages(v: Any, key: str, default_role: str) -> list[tuple[str, str]]:
+    """A prompt or completion: a string (one ``default_role`` turn) or a list of {role, content}."""
+    if isinstance(v, str):
+        return [(default_role, v)]
+    if not isinstance(v, (list, tuple)):
+        raise _RecordProblem(f"'{key}' must be a string or a list of {{role, content}}, got {_type_name(v)}", key)
+    out = []
+    for i, m in enumerate(v):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise _RecordProblem("each message must be an object with a string role and content", f"{key}[{i}]")
+        if m["role"] not in _ROLES:
+            raise _RecordProblem(f"unknown role {m['role']!r} (accepted in preference pairs: system, user, assistant)", f"{key}[{i}].role")
+        out.append((m["role"], m["content"]))
+    return out
+
+
+def pair_sides(rec: Mapping[str, Any], a: str, b: str) -> tuple[list[tuple[str, str]], str, str]:
+    """``(prompt turns, answer a, answer b)`` of a preference record whose completions are fields
+    ``a`` and ``b`` (DPO: chosen, rejected; KTO: completion only, ``b`` = None). With a
+    ``prompt`` field each completion is one assistant answer; without one (TRL's implicit
+    prompt) each is a whole conversation ending in an assistant answer, and the turns before it
+    must be the same on both sides."""
+    prompt = rec.get("prompt")
+    answers, prefixes = [], []
+    for key in (a, b) if b else (a,):
+        if key not in rec:
+            raise _RecordProblem(f"record has no '{key}' field", key)
+        side = _pair_messages(rec[key], key, "assistant")
+        if not side or side[-1][0] != "assistant":
+            raise _RecordProblem(f"'{key}' must end with an assistant answer", key)
+        if prompt is not None and len(side) != 1:
+            raise _RecordProblem(f"with a 'prompt' field, '{key}' must be one assistant answer (a string or a list of one "
+                                 f"assistant message), got {len(side)} messages", key)
+        answers.append(side[-1][1])
+        prefixes.append(side[:-1])
+    if prompt is not None:
+        turns = _pair_messages(prompt, "prompt", "user")
+    else:
+        turns = prefixes[0]
+        if b and prefixes[1] != turns:
+            raise _RecordProblem(f"'{a}' and '{b}' differ before their last answer; give the shared turns as a 'prompt' field", b)
+    return turns, answers[0], answers[1] if b else ""
+
+
+def _turns_dpo(rec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    turns, chosen, rejected = pair_sides(rec, "chosen", "rejected")
+    if not rejected.strip():
+        raise _RecordProblem("empty rejected answer", "rejected")
+    return turns + [("assistant", chosen)]
+
+
+def _turns_kto(rec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if not isinstance(rec.get("label"), bool):
+        raise _RecordProblem(f"'label' must be true (a desirable completion) or false, got {_type_name(rec.get('label'))}", "label")
+    turns, completion, _ = pair_sides(rec, "completion", None)
+    return turns + [("assistant", completion)]
+
+
 _MISSING = object()
-_TURN_READERS = {"messages": _turns_messages, "sharegpt": _turns_sharegpt, "alpaca": _turns_alpaca}
-_TURN_KEY_FMT = {"messages": "messages[{}]", "sharegpt": "conversations[{}]", "alpaca": "{}"}
+_TURN_READERS = {"messages": _turns_messages, "sharegpt": _turns_sharegpt, "alpaca": _turns_alpaca, "dpo": _turns_dpo, "kto": _turns_kto}
+_TURN_KEY_FMT = {"messages": "messages[{}]", "sharegpt": "conversations[{}]", "alpaca": "{}", "dpo": "prompt", "kto": "prompt"}
 
 
 def _check_structure(turns: list[tuple[str, str]], schema: str) -> tuple[list[str], list[str]]:
@@ -308,4 +378,4 @@ def _dumps_arrow_extra(obj: dict) -> str:
 
 
 #: Accepted values of ``schema=``.
-SCHEMAS: tuple[str, ...] = ("messages", "sharegpt", "alpaca")
+SCHEMAS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "dpo", "kto")

@@ -429,6 +429,10 @@ def _detect_table_schema(columns: list[str]) -> str | None:
         return "messages"
     if "conversations" in cols:
         return "sharegpt"
+    if "chosen" in cols and "rejected" in cols:
+        return "dpo"
+    if "completion" in cols and "label" in cols:
+        return "kto"
     if "instruction" in cols and "output" in cols:
         return "alpaca"
     return None

@@ -47,10 +47,14 @@ def normalized_text(e: pl.Expr) -> pl.Expr:
 def dedup_keys(records: pl.DataFrame, mode: str) -> pl.DataFrame:
     """Two 64-bit hashes per record of what ``mode`` compares (columns ``k1``, ``k2``)."""
     msgs = pl.col("messages")
+    pairs = "_rejected" in records.columns  # preference units: a copy repeats the rejected answer too
     if mode == "exact":  # the list of (role, content) structs hashed as it is
-        return records.select(msgs.hash(seed=1).alias("k1"), msgs.hash(seed=2).alias("k2"))
+        key = pl.struct(msgs, pl.col("_rejected")) if pairs else msgs
+        return records.select(key.hash(seed=1).alias("k1"), key.hash(seed=2).alias("k2"))
     if mode == "normalized":
         text = msgs.list.eval(pl.element().struct.field("role") + "\x1f" + normalized_text(pl.element().struct.field("content"))).list.join("\x1e")
+        if pairs:
+            text = text + "\x1d" + normalized_text(pl.col("_rejected"))
     elif mode == "instruction":
         text = pl.col("user_turns").list.eval(normalized_text(pl.element())).list.join("\x1e")
     else:

@@ -31,9 +31,9 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -617,6 +617,30 @@ def excluded_rows(cols: Mapping[str, np.ndarray], n: int) -> np.ndarray | None:
     return out
 
 
+def _pair_margins(records: pl.DataFrame, cats, given: Mapping[str, np.ndarray], filled: dict[str, np.ndarray], raw: dict[str, np.ndarray],
+                  facts: dict, opts: SelectOptions, workdir: str, skip: np.ndarray | None) -> None:
+    """Score the rejected answers of preference units with the quality scorers and replace each
+    quality metric the models filled by the margin, chosen minus rejected (values given with the
+    data stay: they are the unit's own); both sides go to ``raw:chosen_<metric>`` and
+    ``raw:rejected_<metric>``. See :mod:`laser_fast.io.pairs`."""
+    from laser_fast.io.pairs import rejected_records
+    from laser_fast.metrics import QUALITY_METRICS
+
+    # the prompt's metrics (difficulty, lengths) are known: only the quality scorers run
+    side = {m: v for m, v in filled.items() if m not in QUALITY_METRICS}
+    raw_r, facts_r = model_scores(rejected_records(records), cats, side, opts, workdir, skip=skip)
+    facts["rejected"] = facts_r
+    for m in QUALITY_METRICS:
+        if m not in filled or m not in side:
+            continue
+        mine = ~np.isfinite(given[m]) if m in given else np.ones(records.height, dtype=bool)
+        raw[f"chosen_{m}"], raw[f"rejected_{m}"] = filled[m], np.where(mine, side[m], np.nan)
+        filled[m] = np.where(mine, filled[m] - side[m], filled[m])
+    failed = raw_r.get(NOT_SCORED)
+    if failed is not None:
+        raw[NOT_SCORED] = failed | raw.get(NOT_SCORED, np.zeros(records.height, dtype=bool))
+
+
 def scores_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
     """The model scorers the strategy needs (:func:`model_scores`): missing metrics filled by the
     profile's scorers (given values win), and every scorer output as ``raw:<column>``.
@@ -626,7 +650,10 @@ def scores_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns
     cols = columns or {}
     metrics = _metric_columns(cols)
     filled = dict(metrics)  # model_scores replaces the arrays it fills, never writes into them
-    raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir), skip=excluded_rows(cols, records.height))
+    skip = excluded_rows(cols, records.height)
+    raw, facts = model_scores(records, cols["category"], filled, opts, str(workdir), skip=skip)
+    if "_rejected" in records.columns:  # preference units: quality is the margin over the rejected answer
+        _pair_margins(records, cols["category"], metrics, filled, raw, facts, opts, str(workdir), skip)
     out = {k: v for k, v in filled.items() if k not in metrics or v is not metrics[k]}
     failed = raw.pop(NOT_SCORED, None)
     if failed is not None:
