@@ -208,9 +208,8 @@ def test_the_reference_dpo_config_runs_unchanged(tmp_path):
 
 
 def _tiny_policy(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     import tiny_models as tm
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     tok_dir = tm.build_tokenizer(tmp_path / "tok")
     return tm.save_model(LlamaForCausalLM(tm.tiny_config(LlamaConfig, tok_dir)), tok_dir, tmp_path / "policy"), tok_dir
