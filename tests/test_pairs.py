@@ -208,6 +208,9 @@ def test_the_reference_dpo_config_runs_unchanged(tmp_path):
 
 
 def _tiny_policy(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import tiny_models as tm
     from transformers import LlamaConfig, LlamaForCausalLM
 
