@@ -176,3 +176,23 @@ def test_keep_best_unit():
     pref = np.array([0.1, 0.7, 0.7, np.nan, np.nan, 0.0])
     assert keep_best(root, pref).tolist() == [1, 1, 1, 3, 3, 5]  # a tie: the first of the best; no preference: the first
     assert keep_best(root, pref, np.array([1, 0, 1, 1, 1, 1], bool)).tolist() == [2, 2, 2, 3, 3, 5]
+
+
+def test_compiled_minhash_equals_the_numpy_formula():
+    """The compiled signatures equal the definition computed with numpy (min over shingles of
+    (a*h + b) mod 2^64, masked to 61 bits), also when a row's hashes come in several runs."""
+    import numpy as np
+
+    from laser_fast.sampling.dedup import minhash_signatures
+
+    rng = np.random.default_rng(3)
+    rows = np.r_[np.sort(rng.integers(0, 40, size=3000)), [5, 5, 39]]  # row 5 and 39 again at the end
+    h = rng.integers(0, 2**62, size=rows.size, dtype=np.int64).astype(np.uint64)
+    sig = minhash_signatures(rows, h, 41, perms=16, seed=7)
+    g = np.random.default_rng(7)
+    a = g.integers(1, (1 << 61) - 1, size=16, dtype=np.uint64)
+    b = g.integers(0, (1 << 61) - 1, size=16, dtype=np.uint64)
+    v = (h[:, None] * a[None] + b[None]) & np.uint64((1 << 61) - 1)
+    for r in range(41):
+        want = v[rows == r].min(axis=0) if (rows == r).any() else np.full(16, np.iinfo(np.uint64).max, dtype=np.uint64)
+        assert np.array_equal(sig[r], want)

@@ -194,30 +194,27 @@ def word_ngrams(texts: pl.Series, n: int, seed: int, *, short: bool = False) -> 
 
 
 def _shingles(records: pl.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, hash)`` of every k-word shingle of each record's conversation, distinct, sorted by row."""
+    """``(row, hash)`` of every k-word shingle of each record's conversation, each record's in one
+    run (repeats kept: a minimum does not change when a value comes twice, so no sort or
+    distinct pass is needed)."""
     text = records.select(pl.col("messages").list.eval(pl.element().struct.field("content")).list.join(" ").alias("t"))["t"]
-    out = word_ngrams(text, k, 11, short=True).unique().sort("row")
+    out = word_ngrams(text, k, 11, short=True)
     return out["row"].to_numpy(), out["h"].to_numpy()
 
 
-def minhash_signatures(rows: np.ndarray, hashes: np.ndarray, n: int, perms: int = NEAR_PERMUTATIONS, seed: int = 0,
-                       block: int = 1 << 18) -> np.ndarray:
-    """(n, perms) uint64 MinHash signatures from ``(row, shingle hash)`` pairs sorted by row: per
+def minhash_signatures(rows: np.ndarray, hashes: np.ndarray, n: int, perms: int = NEAR_PERMUTATIONS, seed: int = 0) -> np.ndarray:
+    """(n, perms) uint64 MinHash signatures from ``(row, shingle hash)`` pairs (each row's pairs
+    in one run, as :func:`word_ngrams` gives them): per
     permutation, the minimum over a record's shingles of ``(a * h + b) mod 2^61`` (random
-    ``a``, ``b`` from ``seed``; rows without shingles keep 2^64-1)."""
+    ``a``, ``b`` from ``seed``; rows without shingles keep 2^64-1). Computed by the compiled
+    :func:`laser_fast.runtime.kernels.minhash_into`."""
+    from laser_fast.runtime.kernels import minhash_into
+
     rng = np.random.default_rng(seed)
     a = rng.integers(1, (1 << 61) - 1, size=perms, dtype=np.uint64)
     b = rng.integers(0, (1 << 61) - 1, size=perms, dtype=np.uint64)
     sig = np.full((n, perms), np.iinfo(np.uint64).max, dtype=np.uint64)
-    h = (hashes.astype(np.uint64) & _MASK61)
-    for s in range(0, h.size, block):
-        hh, rr = h[s:s + block], rows[s:s + block]
-        starts = np.flatnonzero(np.r_[True, rr[1:] != rr[:-1]])
-        for p0 in range(0, perms, 32):
-            v = (hh[:, None] * a[None, p0:p0 + 32] + b[None, p0:p0 + 32]) & _MASK61  # wraps mod 2^64, then 61 bits
-            mins = np.minimum.reduceat(v, starts, axis=0)
-            cur = sig[rr[starts], p0:p0 + 32]
-            sig[rr[starts], p0:p0 + 32] = np.minimum(cur, mins)
+    minhash_into(hashes.astype(np.uint64) & _MASK61, rows, a, b, sig)
     return sig
 
 
