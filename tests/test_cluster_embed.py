@@ -87,6 +87,19 @@ def test_embedding_store_reuses_texts_and_subsets(tmp_path):
     assert info["computed"] == 2
 
 
+def test_a_request_finds_its_distinct_texts_once(tmp_path, monkeypatch):
+    """The distinct texts of a request are found by one pass (issue 15: they were found twice,
+    once for what is missing and once for the windows)."""
+    from laser_fast.sampling import store as S
+
+    calls = []
+    real = S.first_occurrences
+    monkeypatch.setattr(S, "first_occurrences", lambda d: calls.append(len(d)) or real(d))
+    texts = ["a b c", "d e f", "a b c", "g h i"]
+    a, info = S.EmbeddingStore(tmp_path).get(texts, field="response", keep=False, show_progress=False)
+    assert calls == [4] and info["computed"] == 3 and np.array_equal(a[0], a[2])
+
+
 # --- two-level k-means (the path for large n * k) ---------------------------------------------
 from laser_fast.sampling.kmeans import allocate_by_gain, allocate_clusters, kmeans_labels, kmeans_objective, kmeans_two_level
 

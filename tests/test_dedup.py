@@ -196,3 +196,17 @@ def test_compiled_minhash_equals_the_numpy_formula():
     for r in range(41):
         want = v[rows == r].min(axis=0) if (rows == r).any() else np.full(16, np.iinfo(np.uint64).max, dtype=np.uint64)
         assert np.array_equal(sig[r], want)
+
+
+def test_band_keys_equal_exactly_when_bands_are_equal():
+    import numpy as np
+
+    from laser_fast.sampling.dedup import band_keys
+
+    rng = np.random.default_rng(0)
+    sig = rng.integers(0, 2**61, size=(50, 16), dtype=np.int64).astype(np.uint64)
+    sig[7, 4:8] = sig[3, 4:8]  # record 7 shares band 1 (rows 4-7) with record 3, nothing else
+    k = band_keys(sig, 4)
+    assert k.shape == (50, 4)
+    assert k[7, 1] == k[3, 1] and (k[7, [0, 2, 3]] != k[3, [0, 2, 3]]).all()
+    assert len(np.unique(k[:, 0])) == 50

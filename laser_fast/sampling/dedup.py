@@ -218,6 +218,22 @@ def minhash_signatures(rows: np.ndarray, hashes: np.ndarray, n: int, perms: int 
     return sig
 
 
+def band_keys(sig: np.ndarray, rows: int) -> np.ndarray:
+    """(n, perms // rows) uint64: one key per LSH band of ``rows`` signature values (a polynomial
+    over the band's values mod 2^64, then a 64-bit finaliser). Two records with equal bands get
+    equal keys; unequal bands share a key with a probability of about 2^-64, and every candidate
+    pair is checked on its whole signature anyway."""
+    n, perms = sig.shape
+    with np.errstate(over="ignore"):
+        k = sig[:, 0::rows].copy()
+        for j in range(1, rows):
+            k = k * np.uint64(0x9E3779B97F4A7C15) + sig[:, j::rows]
+        k ^= k >> np.uint64(33)  # murmur3's fmix64
+        k *= np.uint64(0xFF51AFD7ED558CCD)
+        k ^= k >> np.uint64(33)
+    return k
+
+
 def _components(n: int, edges_a: np.ndarray, edges_b: np.ndarray) -> np.ndarray:
     """The smallest index of each record's connected component (label propagation)."""
     label = np.arange(n, dtype=np.int64)
@@ -259,29 +275,42 @@ def near_duplicate_groups(records: pl.DataFrame, threshold: float = NEAR_THRESHO
     n = records.height
     if n < 2:
         return np.arange(n, dtype=np.int64)
-    sig = np.empty((n, perms), dtype=np.uint64)
+    r = perms // bands if bands else lsh_rows(threshold, perms)
+    bands = perms // r
+    # pass 1: per record one 64-bit key per LSH band (bands x 8 bytes: 128 B at the default, so
+    # 1.3 GB at 10M records, where whole signatures would take 10 GB)
+    keys = np.empty((n, bands), dtype=np.uint64)
     has = np.zeros(n, dtype=bool)  # a record without words has no signature: never a near-copy
     for s in range(0, n, _NEAR_CHUNK):  # shingles of a chunk of records at a time: memory stays bounded
         part = records.slice(s, _NEAR_CHUNK)
         rows, hashes = _shingles(part, shingle)
-        sig[s:s + part.height] = minhash_signatures(rows, hashes, part.height, perms)
+        keys[s:s + part.height] = band_keys(minhash_signatures(rows, hashes, part.height, perms), r)
         has[s + rows] = True
-    r = perms // bands if bands else lsh_rows(threshold, perms)
-    bands = perms // r
     ea, eb = [], []
+    idx = np.arange(n)
     for band in range(bands):
-        blk = np.ascontiguousarray(sig[:, band * r:(band + 1) * r]).view(np.dtype((np.void, 8 * r))).ravel()
-        _, first_idx, inv = np.unique(blk, return_index=True, return_inverse=True)
+        _, first_idx, inv = np.unique(keys[:, band], return_index=True, return_inverse=True)
         f = first_idx[inv.ravel()]  # the first record in this record's bucket
-        m = (f != np.arange(n)) & has & has[f]
+        m = (f != idx) & has & has[f]
         if m.any():
             ea.append(f[m])
             eb.append(np.flatnonzero(m))
+    del keys
     if not ea:
-        return np.arange(n, dtype=np.int64)
+        return idx.astype(np.int64)
     a, b = np.concatenate(ea), np.concatenate(eb)
     pair = np.unique(np.stack([a, b], axis=1), axis=0)
     a, b = pair[:, 0], pair[:, 1]
-    sim = (sig[a] == sig[b]).mean(axis=1)
+    # pass 2: the whole signatures of the candidates only, to check each pair's estimated Jaccard
+    need = np.unique(pair)
+    sig = np.empty((need.size, perms), dtype=np.uint64)
+    for s in range(0, need.size, _NEAR_CHUNK):
+        part = records[need[s:s + _NEAR_CHUNK].tolist()]
+        rows, hashes = _shingles(part, shingle)
+        sig[s:s + part.height] = minhash_signatures(rows, hashes, part.height, perms)
+    ia, ib = np.searchsorted(need, a), np.searchsorted(need, b)
+    sim = np.empty(a.size)
+    for s in range(0, a.size, 1 << 20):  # pairs compared in blocks: no (pairs, perms) temporary of the whole set
+        sim[s:s + (1 << 20)] = (sig[ia[s:s + (1 << 20)]] == sig[ib[s:s + (1 << 20)]]).mean(axis=1)
     keep = sim >= threshold
     return _components(n, a[keep], b[keep])

@@ -27,7 +27,13 @@ logger = logging.getLogger(__name__)
 # store
 # --------------------------------------------------------------------------------------
 
-def embed_windows(pos: np.ndarray, digs: np.ndarray) -> list[np.ndarray]:
+def first_occurrences(digs: np.ndarray) -> np.ndarray:
+    """The position of the first occurrence of every distinct digest, ascending."""
+    _, first = np.unique(digs.view("V20").ravel(), return_index=True)
+    return np.sort(first)
+
+
+def embed_windows(pos: np.ndarray, digs: np.ndarray, firsts: np.ndarray | None = None) -> list[np.ndarray]:
     """The rows to embed, by window: the first occurrence of every distinct text (stored or not)
     cut into windows of ``SORT_WINDOW`` (``$LASER_FAST_EMBED_WINDOW``), and of each window the
     rows not stored yet (``pos < 0``); windows with nothing missing are left out.
@@ -36,10 +42,10 @@ def embed_windows(pos: np.ndarray, digs: np.ndarray) -> list[np.ndarray]:
     engine's worker) and stored in whole shards of its longest-first order. So the windows of a
     request do not depend on what is already stored, and a run killed mid-window resumes with
     the window's missing shards, computed in the same batches as an uninterrupted run: the
-    vectors are the same, bit for bit."""
+    vectors are the same, bit for bit. ``firsts``: :func:`first_occurrences` of ``digs`` when
+    the caller has them (one distinct pass per request)."""
     w = max(1, int(os.environ.get("LASER_FAST_EMBED_WINDOW") or SORT_WINDOW))
-    _, first = np.unique(digs.view("V20").ravel(), return_index=True)
-    firsts = np.sort(first)
+    firsts = first_occurrences(digs) if firsts is None else firsts
     out = []
     for i in range(0, firsts.size, w):
         win = firsts[i:i + w]
@@ -417,9 +423,10 @@ class EmbeddingStore:
         ns = self._namespace(label, field)
         ns.mkdir(parents=True, exist_ok=True)
         dev, enc, stats, computed = None, None, new_embed_stats(), 0
+        firsts = first_occurrences(digs)  # the distinct texts, found once per request
         for attempt in range(3):
             index, vecs, pos = self._resolve(ns, digs)
-            todo = self._missing(pos, digs)
+            todo = firsts[pos[firsts] < 0]
             if todo.size == 0:
                 break
             if attempt == 2:
@@ -431,7 +438,7 @@ class EmbeddingStore:
             if ex is not None:  # the same windows, embedded and stored by the engine's workers
                 task = EmbedTask(str(self.wd), model, label, field, batch_tokens, max_batch_size or batch_size, chunk_rows, device, dtype)
                 units = []
-                for rows in embed_windows(pos, digs):
+                for rows in embed_windows(pos, digs, firsts):
                     wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
                     units.append(pl.DataFrame({"text": list(wtexts), "digest": [bytes(d) for d in digs[rows]]}, schema={"text": pl.Utf8, "digest": pl.Binary}))
                 for part in ex.map_units(task, units):
@@ -444,7 +451,7 @@ class EmbeddingStore:
                 m = load_sentence_model(model, device, dtype)
                 dev = str(m.device)
                 enc = _Encoder(m, batch_tokens, max_batch_size or batch_size)
-            self._embed(ns, enc, texts, digs, pos, todo.size, chunk_rows, stats, show_progress)
+            self._embed(ns, enc, texts, digs, pos, todo.size, chunk_rows, stats, show_progress, firsts)
             computed += int(todo.size)
         if computed:
             info.update({k: stats[k] for k in ("records", "forward_passes", "tokens", "padded_tokens")},
@@ -460,13 +467,13 @@ class EmbeddingStore:
         return arr, info
 
     def _embed(self, ns: Path, enc: _Encoder, texts: Sequence[str], digs: np.ndarray, pos: np.ndarray, n_todo: int, chunk_rows: int,
-               stats: dict, show_progress: bool | None) -> None:
+               stats: dict, show_progress: bool | None, firsts: np.ndarray | None = None) -> None:
         """Embed the texts not stored yet (``pos < 0``), window by window (:func:`embed_windows`),
         and store them in shards of ``chunk_rows`` (longest first)."""
         from laser_fast.runtime.progress import progress_bar
 
         with progress_bar(total=int(n_todo), desc="embed", unit="rec", show=show_progress) as bar:
-            for rows in embed_windows(pos, digs):
+            for rows in embed_windows(pos, digs, firsts):
                 wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
                 self._embed_window(ns, enc, wtexts, digs[rows], chunk_rows, stats, bar)
 
