@@ -223,7 +223,6 @@ def band_keys(sig: np.ndarray, rows: int) -> np.ndarray:
     over the band's values mod 2^64, then a 64-bit finaliser). Two records with equal bands get
     equal keys; unequal bands share a key with a probability of about 2^-64, and every candidate
     pair is checked on its whole signature anyway."""
-    n, perms = sig.shape
     with np.errstate(over="ignore"):
         k = sig[:, 0::rows].copy()
         for j in range(1, rows):
