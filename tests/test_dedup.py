@@ -210,3 +210,38 @@ def test_band_keys_equal_exactly_when_bands_are_equal():
     assert k.shape == (50, 4)
     assert k[7, 1] == k[3, 1] and (k[7, [0, 2, 3]] != k[3, [0, 2, 3]]).all()
     assert len(np.unique(k[:, 0])) == 50
+
+
+def test_the_same_record_in_two_inputs_is_a_duplicate_not_an_error(tmp_path):
+    """Content-hashed ids are numbered across inputs as within one (h..., h...-2): a conversation
+    in two files no longer stops the run with a data_id clash; dedup then leaves the copy out.
+    Explicit ids that clash still stop it."""
+    rows = [{"instruction": "Name a colour.", "output": "Blue."}, {"instruction": "Name a fruit.", "output": "Apple."}]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for f in (a, b):
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["select", str(a), str(b), "--budget", "4", "--profile", "none", "--strategy", "random", "--keep-non-english", "-q",
+            "--workdir", str(tmp_path / "w")]
+    assert main([*args, "--output-dir", str(tmp_path / "o")]) == 0
+    dec = pl.read_parquet(tmp_path / "o" / "decisions.parquet")
+    ids = dec["data_id"].to_list()
+    assert ids[2:] == [ids[0] + "-2", ids[1] + "-2"]
+    assert dec["duplicate_of"].to_list() == [None, None, ids[0], ids[1]]
+    c = tmp_path / "c.jsonl"
+    c.write_text("".join(json.dumps({**r, "data_id": f"x{i}"}) + "\n" for i, r in enumerate(rows)))
+    assert main(["select", str(c), str(c), "--budget", "2", "--profile", "none", "--strategy", "random", "-q",
+                 "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "bad")]) == 2
+
+
+def test_hashed_ids_skip_an_explicit_id_of_the_same_form(tmp_path):
+    from laser_fast.config import SelectOptions
+    from laser_fast.io.ingest import load_pool, read_records
+
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"instruction": "Hi there?", "output": "Hello."}) + "\n")
+    (h,) = read_records([a])[0]["data_id"].to_list()
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps({"instruction": "Other?", "output": "Yes.", "data_id": f"{h}-2"}) + "\n"
+                 + json.dumps({"instruction": "Hi there?", "output": "Hello."}) + "\n")
+    recs, _, _ = load_pool([str(a), str(b)], SelectOptions(budget=1).validate())
+    assert recs["data_id"].to_list() == [h, f"{h}-2", f"{h}-3"] and "_id_hashed" not in recs.columns

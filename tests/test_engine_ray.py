@@ -260,3 +260,29 @@ def test_a_ray_run_and_a_local_run_share_caches_on_shared_storage(ray_local, sma
         assert f.get("computed", 0) == 0 and f["cached"] == f["records"], f
     assert local["embedding"]["computed"] == 0
     assert {f["scorer"]: f for f in remote["scoring"]["scorers"]}["onepass"]["computed"] > 0
+
+
+@pytest.mark.ray
+def test_inputs_are_read_by_workers_with_the_local_ids_and_errors(ray_local, tmp_path):
+    """Each input file is read by a Ray task: the same records and ids as the local engine (a
+    conversation in two files numbered h..., h...-2 across them), and a bad record stops the run
+    with the same file:line message."""
+    from laser_fast.errors import InputError
+    from laser_fast.io.ingest import load_pool
+    from laser_fast.runtime.engine import use_engine
+
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(Path(EXAMPLE[2]).read_text().splitlines()[0] + "\n" + json.dumps({"instruction": "Name a river.", "output": "Nile."}) + "\n")
+    inputs = [*EXAMPLE, str(dup)]
+    opts = SelectOptions(budget=1, show_progress=False).validate()
+    local, _, local_facts = load_pool(inputs, opts)
+    with use_engine("ray") as ex:
+        remote, _, remote_facts = load_pool(inputs, opts)
+        assert ex.describe()["tasks"]["read"]["units"] == 4
+    assert remote.equals(local) and remote_facts == local_facts
+    assert local["data_id"].to_list()[-2].endswith("-2")  # the alpaca file's first record, again in dup.jsonl
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "Fine?", "output": "Yes."}) + "\n" + json.dumps({"instruction": "Broken?", "output": 3}) + "\n")
+    for engine in ("local", "ray"):
+        with use_engine(engine), pytest.raises(InputError, match=r"bad\.jsonl:2.*output must be a string"):
+            load_pool([EXAMPLE[0], str(bad)], opts)

@@ -270,12 +270,16 @@ class _Builder:
             out.append(cand)
         return out
 
-    def frame(self) -> pl.DataFrame:
+    def frame(self, id_flag: bool = False) -> pl.DataFrame:
         """The records as one polars frame. Columns are converted one at a time and each one's
-        Arrow chunks are released right after, so the peak holds the frame plus one column."""
+        Arrow chunks are released right after, so the peak holds the frame plus one column.
+        ``id_flag``: add ``_id_hashed`` (the data_id was made from the content, not given), which
+        lets several inputs' hashed ids be numbered across the pool (see ``load_pool``)."""
         self._flush()
         ids = self._assign_ids()
         series = [pl.Series("data_id", ids, dtype=pl.String)]
+        if id_flag:
+            series.append(pl.Series("_id_hashed", [i is None for i in self.ids], dtype=pl.Boolean))
         del ids
         names = ["origin", "messages", "instruction", "response", "user_turns", "responses", "n_turns", "schema", "source", "extra"]
         for name in names:

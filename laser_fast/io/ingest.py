@@ -24,6 +24,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -49,6 +50,7 @@ def read_records(
     skip_invalid: bool = False,
     show_progress: bool | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    _id_flag: bool = False,
 ) -> tuple[pl.DataFrame, list[dict]]:
     """Read and normalise instruction-tuning records from JSONL, JSONL.gz and Parquet files.
 
@@ -115,7 +117,7 @@ def read_records(
             n_seen += _read_jsonl(path, label, kind, forced, file_origin, b, progress)
         logger.debug("%s: %d records", label, b.n - before)
     what = str(files[0]) if len(files) == 1 else f"{len(files)} files"
-    return _finish(b, n_seen, what)
+    return _finish(b, n_seen, what, _id_flag)
 
 
 def records_from_frame(
@@ -164,7 +166,7 @@ def records_from_frame(
 
 
 def records_from_dataset(ds, *, name: str = "dataset", split: str | None = None, schema: str | None = None,
-                         skip_invalid: bool = False, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+                         skip_invalid: bool = False, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, _id_flag: bool = False):
     """Normalise a Hugging Face ``Dataset``, ``IterableDataset`` (streamed in batches) or
     ``DatasetDict`` (its ``split``, or its only one) as :func:`records_from_frame` does a table.
 
@@ -182,7 +184,7 @@ def records_from_dataset(ds, *, name: str = "dataset", split: str | None = None,
             n += _read_table(table, name, forced, name, b, False, row0=row0)
     if n == 0:
         raise InputError(name, "the dataset holds no records", "Pass a non-empty dataset")
-    recs, sk = _finish(b, n, name)
+    recs, sk = _finish(b, n, name, _id_flag)
     return recs, sk, ds
 
 
@@ -205,7 +207,9 @@ def _read_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], lis
 
     ``data``: paths or URIs (files, ``save_to_disk`` folders, hub dataset names), a polars
     DataFrame or Arrow table, or a Hugging Face dataset (see :mod:`laser_fast.io.hf_inputs`)."""
-    from laser_fast.io.hf_inputs import hf_facts, hf_source, is_hf_dataset
+    from laser_fast.io.hf_inputs import hf_facts, is_hf_dataset
+    from laser_fast.runtime.engine import current_executor
+    from laser_fast.runtime.stage import Resources
 
     inputs: list[dict] = []
     skipped: list[dict] = []
@@ -228,40 +232,75 @@ def _read_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], lis
     specs += list(opts.sources)
     if not specs:
         raise ConfigError("no input: give input files (JSONL, JSONL.gz or Parquet) or a config with data: entries")
-    frames = []
-    for spec in specs:
-        hf = hf_source(str(spec.path), opts.split)
-        if hf is not None:  # a save_to_disk folder or a hub dataset name
-            name = spec.name or hf[1]
-            recs, sk, ds = records_from_dataset(hf[0], name=name, split=opts.split, schema=spec.schema or opts.schema,
-                                                skip_invalid=opts.skip_invalid, max_record_bytes=opts.max_record_bytes)
-            skipped += sk
-            inputs.append({**hf_facts(ds, name, recs.height, len(sk), opts.split), "path": str(spec.path), "name": name})
-            frames.append(recs.with_columns(pl.lit(len(frames), dtype=pl.Int32).alias("_source_index")))
-            continue
-        src = InputFile(spec.path)  # remembers the hash and size of its read: a bucket's file is downloaded once
-        recs, sk = read_records([src], schema=spec.schema or opts.schema, origin=spec.name, skip_invalid=opts.skip_invalid,
-                               show_progress=opts.show_progress, max_record_bytes=opts.max_record_bytes)
+    calls = [{"path": str(spec.path), "name": spec.name, "schema": spec.schema or opts.schema, "split": opts.split, "index": i,
+              "skip_invalid": opts.skip_invalid, "max_record_bytes": opts.max_record_bytes, "show_progress": opts.show_progress}
+             for i, spec in enumerate(specs)]
+    ex = current_executor()
+    if ex is not None and len(calls) > 1:  # each input read by a worker (paths must be reachable from every node)
+        done = ex.call_each("read", "laser_fast.io.ingest:read_source", [{**c, "show_progress": False} for c in calls], Resources(num_cpus=1))
+    else:
+        done = [read_source(**c) for c in calls]
+    frames = [f for f, _, _ in done]
+    for _, sk, fact in done:
         skipped += sk
-        inputs.append(
-            {
-                "path": str(spec.path),
-                "name": spec.name or (recs["origin"][0] if recs.height else None),
-                "sha256": src.sha256(),
-                "bytes": src.size(),
-                "rows": recs.height,
-                "skipped": len(sk),
-                "schema": recs["schema"][0] if recs.height else None,
-            }
-        )
-        frames.append(recs.with_columns(pl.lit(len(frames), dtype=pl.Int32).alias("_source_index")))
+        inputs.append(fact)
     recs = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    recs = _number_hashed_ids(recs).drop("_id_hashed")
     dup = recs.filter(pl.col("data_id").is_duplicated())
     if dup.height:
         first = dup["data_id"][0]
         locs = recs.filter(pl.col("data_id") == first)["source"].to_list()
         raise LaserError(f"data_id '{first}' appears in more than one record ({', '.join(locs[:3])}): data_ids must be unique across inputs; rename them or drop the field so ids are hashed from content")
     return recs, skipped, inputs
+
+
+def read_source(path: str, *, name: str | None, schema: str | None, split: str | None, index: int, skip_invalid: bool,
+                max_record_bytes: int, show_progress: bool | None) -> tuple[pl.DataFrame, list[dict], dict]:
+    """One input of the pool (a file or URI, a ``save_to_disk`` folder or a hub dataset name):
+    its records (with ``_source_index`` = ``index`` and the ``_id_hashed`` flag), the records
+    skipped, and its manifest entry. Run here, or by an engine's worker (see :func:`load_pool`)."""
+    from laser_fast.io.hf_inputs import hf_facts, hf_source
+
+    hf = hf_source(path, split)
+    if hf is not None:  # a save_to_disk folder or a hub dataset name
+        label = name or hf[1]
+        recs, sk, ds = records_from_dataset(hf[0], name=label, split=split, schema=schema, skip_invalid=skip_invalid,
+                                            max_record_bytes=max_record_bytes, _id_flag=True)
+        fact = {**hf_facts(ds, label, recs.height, len(sk), split), "path": path, "name": label}
+    else:
+        src = InputFile(path)  # remembers the hash and size of its read: a bucket's file is downloaded once
+        recs, sk = read_records([src], schema=schema, origin=name, skip_invalid=skip_invalid, show_progress=show_progress,
+                                max_record_bytes=max_record_bytes, _id_flag=True)
+        fact = {"path": path, "name": name or (recs["origin"][0] if recs.height else None), "sha256": src.sha256(), "bytes": src.size(),
+                "rows": recs.height, "skipped": len(sk), "schema": recs["schema"][0] if recs.height else None}
+    return recs.with_columns(pl.lit(index, dtype=pl.Int32).alias("_source_index")), sk, fact
+
+
+def _number_hashed_ids(recs: pl.DataFrame) -> pl.DataFrame:
+    """Content-hashed data_ids numbered across the whole pool, as within one file: the first
+    record with a content keeps ``h<hash>``, later ones (in another input too) get ``-2``, ``-3``
+    ..., skipping ids some record gives explicitly. Explicit ids are left as they are."""
+    hashed = recs["_id_hashed"].to_numpy()
+    if not hashed.any():
+        return recs
+    base = recs["data_id"].str.replace(r"-\d+$", "")
+    rank = pl.DataFrame({"b": base, "h": hashed}).select(pl.int_range(pl.len()).over("b", "h").alias("r"))["r"] + 1
+    cand = pl.DataFrame({"b": base, "r": rank}).select(pl.when(pl.col("r") == 1).then(pl.col("b"))
+                                                        .otherwise(pl.col("b") + "-" + pl.col("r").cast(pl.String)))["b"]
+    ids = pl.Series("data_id", np.where(hashed, cand.to_numpy(), recs["data_id"].to_numpy()), dtype=pl.String)
+    explicit = set(recs["data_id"].filter(~recs["_id_hashed"]).to_list())
+    if explicit and cand.filter(pl.Series(hashed)).is_in(list(explicit)).any():  # rare: an explicit id looks like a numbered hash
+        used, seen, out = set(explicit), {}, ids.to_list()
+        for k in np.flatnonzero(hashed).tolist():
+            b = base[k]
+            c = seen.get(b, 0) + 1
+            while (b if c == 1 else f"{b}-{c}") in used:
+                c += 1
+            seen[b] = c
+            out[k] = b if c == 1 else f"{b}-{c}"
+            used.add(out[k])
+        ids = pl.Series("data_id", out, dtype=pl.String)
+    return recs.with_columns(ids)
 
 
 # --------------------------------------------------------------------------- steps

@@ -513,7 +513,7 @@ def _check_schema_arg(schema: str | None) -> str | None:
     return s
 
 
-def _finish(b: _Builder, n_seen: int, what: str) -> tuple[pl.DataFrame, list[dict]]:
+def _finish(b: _Builder, n_seen: int, what: str, id_flag: bool = False) -> tuple[pl.DataFrame, list[dict]]:
     if b.skipped:
         logger.warning("skipped %d invalid record(s) of %d; first: %s:%s %s", len(b.skipped), n_seen,
                        b.skipped[0]["file"], b.skipped[0]["line"], b.skipped[0]["reason"])
@@ -522,7 +522,7 @@ def _finish(b: _Builder, n_seen: int, what: str) -> tuple[pl.DataFrame, list[dic
         detail = f"; first problem at {first['file']}:{first['line']}: {first['reason']}" if first else ""
         raise InputError(what, f"no valid records: all {n_seen} records were invalid{detail}",
                          "Fix the input (see the problem above)")
-    df = b.frame()
+    df = b.frame(id_flag)
     logger.info("read %d records from %s (%d skipped)", b.n, what, len(b.skipped))
     return df, b.skipped
 

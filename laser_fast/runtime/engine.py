@@ -68,6 +68,12 @@ class Executor(Protocol):
         """What the manifest records about the engine: name, cluster, per-task stats."""
         ...  # pragma: no cover
 
+    def call_each(self, label: str, fn: str, calls: Sequence[dict], resources: Resources) -> list[Any]:
+        """``fn`` (``"module:function"``) once per keyword dict of ``calls`` on the workers, each
+        call one task; the results in the order of ``calls``. An exception a call raises is
+        raised here as it was raised there."""
+        ...  # pragma: no cover
+
 
 _CURRENT: ContextVar[Executor | None] = ContextVar("laser_fast_executor", default=None)
 

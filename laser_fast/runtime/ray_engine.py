@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from laser_fast.runtime.engine import UnitTask
+from laser_fast.runtime.stage import Resources
 
 logger = logging.getLogger(__name__)
 
@@ -217,5 +218,33 @@ class RayExecutor:
                      wall_s=round(entry["wall_s"] + wall, 3), actors=actors, num_cpus=ncpu, num_gpus=ngpu, workers=per)
         logger.info("ray: %s: %d units, %d rows on %d actor(s) in %.1f s", task.label, n_units, table.num_rows, actors, wall)
 
+    def call_each(self, label: str, fn: str, calls: Sequence[dict], resources: Resources) -> list[Any]:
+        """See :meth:`laser_fast.runtime.engine.Executor.call_each` (one Ray task per call)."""
+        import ray
+
+        t0 = time.perf_counter()
+        remote = ray.remote(num_cpus=float(resources.num_cpus), max_retries=3)(_call)
+        refs = [remote.remote(fn, kw) for kw in calls]
+        try:
+            out = ray.get(refs)
+        except ray.exceptions.RayTaskError as e:  # the worker's own exception, with its own message
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise
+        wall = time.perf_counter() - t0
+        entry = self.tasks.setdefault(label, {"runs": 0, "units": 0, "wall_s": 0.0})
+        entry.update(runs=entry["runs"] + 1, units=entry["units"] + len(calls), wall_s=round(entry["wall_s"] + wall, 3), num_cpus=float(resources.num_cpus))
+        logger.info("ray: %s: %d task(s) in %.1f s", label, len(calls), wall)
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {"name": "ray", "address": self.address, "cluster": self.cluster(), "tasks": self.tasks}
+
+
+def _call(fn: str, kwargs: dict) -> Any:
+    """Run ``fn`` (``"module:function"``) with ``kwargs`` (a Ray task's body)."""
+    import importlib
+
+    mod, _, attr = fn.partition(":")
+    return getattr(importlib.import_module(mod), attr)(**kwargs)
