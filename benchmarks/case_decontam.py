@@ -37,8 +37,8 @@ def _pool(n: int) -> tuple[list[str], list[str], np.ndarray]:
         for line in f:
             r = json.loads(line)
             base.append((r["instruction"], r["output"]))
-    items = [json.loads(x)["question"] for x in (DATA / "gsm8k_test.jsonl").read_text().splitlines()]
-    items += [json.loads(x)["prompt"] for x in (DATA / "humaneval.jsonl").read_text().splitlines()]
+    items = [json.loads(x)["instruction"] for x in (DATA / "gsm8k_test.jsonl").read_text().splitlines()]
+    items += [json.loads(x)["instruction"] for x in (DATA / "humaneval.jsonl").read_text().splitlines()]
     ins, out = [], []
     for i in range(n):
         a, b = base[i % len(base)]
