@@ -177,20 +177,53 @@ _MASK61 = np.uint64((1 << 61) - 1)
 _NEAR_CHUNK = 20_000  # records whose shingles are built at once
 
 
+def nfkc(texts: pl.Series) -> pl.Series:
+    """Unicode NFKC of each text; texts of ASCII only are left as they are (NFKC does not change
+    them), so a mostly English column skips most of the work."""
+    wide = texts.str.contains(r"[^\x00-\x7F]").fill_null(False)
+    if not wide.any():
+        return texts
+    return texts.scatter(wide.arg_true(), texts.filter(wide).str.normalize("NFKC"))
+
+
+def _fmix64(k: np.ndarray) -> np.ndarray:
+    """murmur3's 64-bit finaliser (spreads a polynomial's bits), in place on uint64."""
+    k ^= k >> np.uint64(33)
+    k *= np.uint64(0xFF51AFD7ED558CCD)
+    k ^= k >> np.uint64(33)
+    k *= np.uint64(0xC4CEB9FE1A85EC53)
+    k ^= k >> np.uint64(33)
+    return k
+
+
 def word_ngrams(texts: pl.Series, n: int, seed: int, *, short: bool = False) -> pl.DataFrame:
-    """``(row, h)``: the 64-bit hash (``seed``) of every n-word sequence of each normalised text
-    (:func:`normalized_text`). ``short``: a text of fewer than n words gives one hash of all its
-    words (otherwise none)."""
-    words = (pl.DataFrame({"t": texts}).with_row_index("row").select("row", normalized_text(pl.col("t")).str.split(" ").alias("w"))
+    """``(row, h)``: the 64-bit hash of every n-word sequence of each normalised text (the words
+    of :func:`normalized_text`), in row order. ``short``: a text of fewer than n words gives one
+    hash of all its words (otherwise none).
+
+    Each word is hashed once by polars (``seed``); an n-gram's hash is a polynomial over its
+    words' hashes mod 2^64 (then :func:`_fmix64`), so no n-word string is ever built."""
+    t = nfkc(texts.cast(pl.String))
+    words = (pl.DataFrame({"t": t}).with_row_index("row")
+             .select("row", pl.col("t").str.to_lowercase().str.replace_all(r"[\p{P}\p{S}]+", "").str.replace_all(r"[^\S ]", " ")
+                     .str.split(" ").alias("w"))
              .explode("w").filter(pl.col("w").is_not_null() & (pl.col("w") != "")))
-    # the n words from each position (shifted over the whole column: the words are in row order),
-    # kept where the n-th word still belongs to the same text
-    gram = pl.concat_str([pl.col("w").shift(-j) for j in range(n)], separator=" ")
-    out = words.select("row", gram.alias("g"), (pl.col("row").shift(-(n - 1)) == pl.col("row")).alias("ok")).filter("ok").select("row", "g")
+    row = words["row"].to_numpy()
+    wh = words["w"].hash(seed=seed).to_numpy()
+    m = wh.size - n + 1
+    if m > 0:
+        g = wh[:m].copy()
+        for i in range(1, n):  # the n words from each position; kept where the n-th is still in the same text
+            g *= np.uint64(0x9E3779B97F4A7C15)
+            g += wh[i:i + m]
+        ok = row[n - 1:] == row[:m]
+        out = pl.DataFrame({"row": row[:m][ok], "h": _fmix64(g[ok])}, schema={"row": pl.UInt32, "h": pl.UInt64})
+    else:
+        out = pl.DataFrame({"row": [], "h": []}, schema={"row": pl.UInt32, "h": pl.UInt64})
     if short:
         few = words.group_by("row").agg(pl.col("w").str.join(" ").alias("g"), pl.len().alias("k")).filter(pl.col("k") < n)
-        out = pl.concat([out, few.select("row", "g")])
-    return out.select("row", pl.col("g").hash(seed=seed).alias("h"))
+        out = pl.concat([out, few.select(pl.col("row").cast(pl.UInt32), pl.col("g").hash(seed=seed).alias("h"))])
+    return out
 
 
 def _shingles(records: pl.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
