@@ -24,6 +24,9 @@ class InputError(LaserError):
             msg += f". {hint}"
         super().__init__(msg)
 
+    def __reduce__(self):  # pickles (an engine's worker raises it to the driver) with its fields
+        return (type(self), (self.where, self.problem, self.hint, self.key))
+
 
 class ConfigError(LaserError):
     """A bad config key or value; the message names the file and key."""
