@@ -288,9 +288,9 @@ def _number_hashed_ids(recs: pl.DataFrame) -> pl.DataFrame:
     cand = pl.DataFrame({"b": base, "r": rank}).select(pl.when(pl.col("r") == 1).then(pl.col("b"))
                                                         .otherwise(pl.col("b") + "-" + pl.col("r").cast(pl.String)))["b"]
     ids = pl.Series("data_id", np.where(hashed, cand.to_numpy(), recs["data_id"].to_numpy()), dtype=pl.String)
-    explicit = set(recs["data_id"].filter(~recs["_id_hashed"]).to_list())
-    if explicit and cand.filter(pl.Series(hashed)).is_in(list(explicit)).any():  # rare: an explicit id looks like a numbered hash
-        used, seen, out = set(explicit), {}, ids.to_list()
+    explicit = recs["data_id"].filter(~recs["_id_hashed"])
+    if explicit.len() and cand.filter(pl.Series(hashed)).is_in(explicit).any():  # rare: an explicit id looks like a numbered hash
+        used, seen, out = set(explicit.to_list()), {}, ids.to_list()
         for k in np.flatnonzero(hashed).tolist():
             b = base[k]
             c = seen.get(b, 0) + 1
