@@ -138,6 +138,7 @@ def test_kto_couples_are_units_and_come_out_as_two_lines(tmp_path):
                  "--workdir", str(tmp_path / "w"), "--output-dir", str(out)]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["pairs"] == {"format": "kto", "units": 8, "records_read": 16}
+    assert man["outputs"]["selected"]["rows"] == 6 and man["outputs"]["selected"]["units"] == 3
     sel = _lines(out / "selected.jsonl")
     assert len(sel) == 6 and [r["label"] for r in sel] == [True, False] * 3
     for a, b in zip(sel[::2], sel[1::2]):

@@ -325,7 +325,11 @@ def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None 
         write_parquet(s.path("decisions.parquet"), dec, slice_rows=DECISION_SLICE_ROWS if run.release is not None else None, release=run.release)
         run.timings["write"] = round(time.perf_counter() - t0, 3)
         run.manifest.setdefault("peak_rss_mb_after_stage", {})["write"] = peak_rss_mb()
-        run.manifest["outputs"] = {"selected": {"path": sel_name, "sha256": file_sha256(s.path(sel_name)), "rows": int(run.selected_rows.size)},
+        units, fmt_pairs = int(run.selected_rows.size), pair_format(run.pool)
+        sel_entry = {"path": sel_name, "sha256": file_sha256(s.path(sel_name)), "rows": units * 2 if fmt_pairs == "kto" else units}  # a KTO unit: two lines
+        if fmt_pairs:
+            sel_entry["units"] = units
+        run.manifest["outputs"] = {"selected": sel_entry,
                                    "decisions": {"path": "decisions.parquet"}}
         if kinds:
             run.manifest["outputs"]["retyped_fields"] = kinds
