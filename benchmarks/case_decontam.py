@@ -14,7 +14,6 @@ and every planted item (``planted_found``).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -32,19 +31,11 @@ FILES = ("gsm8k_test.jsonl", "humaneval.jsonl", "vicuna_bench.jsonl", "koala_tes
 
 
 def _pool(n: int) -> tuple[list[str], list[str], np.ndarray]:
-    base = []
-    with gzip.open(POOL, "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            base.append((r["instruction"], r["output"]))
+    from benchmarks.data import repeated_alpaca
+
     items = [json.loads(x)["instruction"] for x in (DATA / "gsm8k_test.jsonl").read_text().splitlines()]
     items += [json.loads(x)["instruction"] for x in (DATA / "humaneval.jsonl").read_text().splitlines()]
-    ins, out = [], []
-    for i in range(n):
-        a, b = base[i % len(base)]
-        k = i // len(base)
-        ins.append(a if k == 0 else f"{a} (variant {k})")
-        out.append(b)
+    ins, out = repeated_alpaca(n)
     planted = np.arange(500, n, 1000)
     for j, i in enumerate(planted):
         ins[i] = f"Please help me with this one, thanks.\n\n{items[j % len(items)]}\n\nShow every step."
@@ -106,7 +97,7 @@ def run(quick: bool) -> list[dict]:
     n_grams = bench._grams.height
     rows = []
     t0 = time.perf_counter()
-    ours_m = bench.match(pl.Series(ins[:m], dtype=pl.String), pl.Series(out[:m], dtype=pl.String)) != None  # noqa: E711
+    ours_m = bench.match(pl.Series(ins[:m], dtype=pl.String), pl.Series(out[:m], dtype=pl.String)) != None
     t1 = time.perf_counter()
     base = _python(paths, ins[:m], out[:m])
     t2 = time.perf_counter()
@@ -119,7 +110,7 @@ def run(quick: bool) -> list[dict]:
     rows.append(row)
     if n > m:
         t0 = time.perf_counter()
-        ours = bench.match(pl.Series(ins, dtype=pl.String), pl.Series(out, dtype=pl.String)) != None  # noqa: E711
+        ours = bench.match(pl.Series(ins, dtype=pl.String), pl.Series(out, dtype=pl.String)) != None
         t1 = time.perf_counter()
         row = {"case": "decontam", "rows": n, "benchmark_items": bench.items, "benchmark_ngrams": n_grams, "load_s": round(t_load, 2),
                "polars_s": round(t1 - t0, 2), "records_per_s": round(n / max(t1 - t0, 1e-9)), "flagged": int(ours.sum()),

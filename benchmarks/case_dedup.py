@@ -16,7 +16,6 @@ datasketch``); ``agree`` there is the share of records both call copies or both 
 """
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import os
@@ -32,18 +31,10 @@ POOL = ROOT.parent / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
 
 
 def _pool(n: int, seed: int = 0) -> tuple[pl.DataFrame, int, int]:
-    base = []
-    with gzip.open(POOL, "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            base.append((r["instruction"], r["output"]))
+    from benchmarks.data import repeated_alpaca
+
     rng = np.random.default_rng(seed)
-    ins, out = [], []
-    for i in range(n):
-        a, b = base[i % len(base)]
-        k = i // len(base)
-        ins.append(a if k == 0 else f"{a} (variant {k})")
-        out.append(b)
+    ins, out = repeated_alpaca(n)
     exact = rng.choice(np.arange(1, n), size=n // 10, replace=False)
     for i in exact:
         j = int(rng.integers(0, i))

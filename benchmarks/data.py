@@ -16,3 +16,17 @@ def alpaca_pool_rows() -> list[dict] | None:
         return None
     with gzip.open(path, "rt") as fh:
         return [json.loads(line) for line in fh]
+
+
+def repeated_alpaca(n: int) -> tuple[list[str], list[str]]:
+    """``n`` (instruction, output) texts from the AlpacaEval pool, repeated in file order; every
+    repetition after the first gets the suffix `` (variant K)`` on its instruction, so each text
+    is unique. Needs ``../shared/data`` (the callers check)."""
+    base = [(r["instruction"], r["output"]) for r in alpaca_pool_rows() or []]
+    ins, out = [], []
+    for i in range(n):
+        a, b = base[i % len(base)]
+        k = i // len(base)
+        ins.append(a if k == 0 else f"{a} (variant {k})")
+        out.append(b)
+    return ins, out
