@@ -31,7 +31,7 @@ from laser_fast.io.score_files import SCORES_LOAD, scores_from_extra
 from laser_fast.metrics import METRICS
 from laser_fast.runtime.devices import cuda_available, kmeans_device_label, resolve_kmeans_backend
 from laser_fast.runtime.memory import limit_heap_arenas, release_free_heap, spill_frame
-from laser_fast.runtime.stage import StageSpec, StageStats
+from laser_fast.runtime.stage import StageSpec, StageStats, named_rows
 from laser_fast.runtime.stats import _Timer
 from laser_fast.runtime.workdir import WorkDir
 from laser_fast.sampling.decontam import DECONTAMINATE
@@ -203,8 +203,7 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
     length = metrics["inst_length"] + metrics["resp_length"]
     src_index = recs["_source_index"].to_numpy() if "_source_index" in recs.columns else np.zeros(n, dtype=np.int32)
     duplicate_of, contaminated_by = cols.get("duplicate_of"), cols.get("contaminated_by")
-    named = {k: None if v is None else np.fromiter((x is not None for x in v), dtype=bool, count=n)
-             for k, v in (("duplicate", duplicate_of), ("contaminated", contaminated_by))}
+    named = {k: None if v is None else named_rows(v) for k, v in (("duplicate", duplicate_of), ("contaminated", contaminated_by))}
     pool = apply_source_limits(candidate_status(english, length, opts, pref, **named), src_index, source_specs(inputs, list(opts.sources or [])),
                                pref=pref, cats=cats, length=length, seed=opts.seed)
     row_map = pool.row_map

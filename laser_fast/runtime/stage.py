@@ -115,3 +115,9 @@ class StageResult:
 
     columns: dict[str, np.ndarray]
     stats: StageStats
+
+
+def named_rows(values) -> np.ndarray:
+    """Which rows of an object column such as ``duplicate_of`` or ``contaminated_by`` name
+    something (are not None), as a bool array."""
+    return np.fromiter((x is not None for x in values), dtype=bool, count=len(values))

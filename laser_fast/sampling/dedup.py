@@ -9,9 +9,8 @@ Modes (``--dedup``, config ``dedup``):
 * ``instruction``: the same user turns after that normalisation (the answers may differ);
 * ``near``: near-copies by MinHash (128 permutations) over 5-word shingles of the normalised
   conversation, LSH in bands sized for the threshold (16 of 8 rows at 0.8, see :func:`lsh_rows`),
-  then each candidate pair's estimated Jaccard similarity
-  checked against ``--dedup-threshold`` (default 0.8); groups are transitive, the first record of
-  a group is kept;
+  then each candidate pair's estimated Jaccard similarity checked against ``--dedup-threshold``
+  (default 0.8); groups are transitive;
 * ``none``: nothing is removed.
 
 Which copy stays (``--dedup-keep``, config ``dedup_keep``):
@@ -22,9 +21,11 @@ Which copy stays (``--dedup-keep``, config ``dedup_keep``):
   and after the preference step (:data:`DEDUP_BEST`) every member but the best names the kept one
   in ``duplicate_of``. Ties, and groups none of whose members has a preference (a ``random``
   strategy's preference is noise, so it keeps the first), keep the first copy in input order;
-* ``first``: the first copy in input order, found before any model runs, so no copy is scored. Keys are two 64-bit hashes of
-the text computed in polars (column-wise, no Python object per record); two different texts
-share both with a probability of about 2^-128 per pair.
+* ``first``: the first copy in input order, found before any model runs, so no copy is scored.
+
+Keys of the other modes are two 64-bit hashes of the text computed in polars (column-wise, no
+Python object per record); two different texts share both with a probability of about 2^-128 per
+pair.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from laser_fast.config import DEDUP_KEEP, DEDUP_MODES  # noqa: F401 - the choices, importable from here
-from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
+from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats, named_rows
 
 
 def normalized_text(e: pl.Expr) -> pl.Expr:
@@ -90,7 +91,7 @@ def find_duplicates(records: pl.DataFrame, mode: str, threshold: float = 0.8) ->
 
 
 def _per_origin(records: pl.DataFrame, dup: np.ndarray) -> dict[str, int]:
-    is_dup = np.fromiter((x is not None for x in dup), dtype=bool, count=dup.size)
+    is_dup = named_rows(dup)
     if not is_dup.any():
         return {}
     vals, cnt = np.unique(records["origin"].to_numpy()[is_dup].astype(str), return_counts=True)
@@ -158,7 +159,7 @@ def dedup_best_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapp
     if canonical_strategy(opts.strategy) == "random":  # noise, not a preference: the first copy stays
         pref = np.full(n, np.nan)
     contaminated = cols.get("contaminated_by")
-    eligible = None if contaminated is None else np.fromiter((x is None for x in contaminated), dtype=bool, count=n)
+    eligible = None if contaminated is None else ~named_rows(contaminated)
     kept = keep_best(root, pref, eligible)
     dup = _named(records, kept)
     moved = int(((kept == np.arange(n)) & (root != np.arange(n))).sum())
@@ -251,19 +252,22 @@ def minhash_signatures(rows: np.ndarray, hashes: np.ndarray, n: int, perms: int 
     return sig
 
 
+def _chunk_signatures(part: pl.DataFrame, shingle: int, perms: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(signatures, rows that have shingles)`` of a chunk of records (:func:`minhash_signatures`)."""
+    rows, hashes = _shingles(part, shingle)
+    return minhash_signatures(rows, hashes, part.height, perms), rows
+
+
 def band_keys(sig: np.ndarray, rows: int) -> np.ndarray:
     """(n, perms // rows) uint64: one key per LSH band of ``rows`` signature values (a polynomial
     over the band's values mod 2^64, then a 64-bit finaliser). Two records with equal bands get
     equal keys; unequal bands share a key with a probability of about 2^-64, and every candidate
     pair is checked on its whole signature anyway."""
-    with np.errstate(over="ignore"):
-        k = sig[:, 0::rows].copy()
-        for j in range(1, rows):
-            k = k * np.uint64(0x9E3779B97F4A7C15) + sig[:, j::rows]
-        k ^= k >> np.uint64(33)  # murmur3's fmix64
-        k *= np.uint64(0xFF51AFD7ED558CCD)
-        k ^= k >> np.uint64(33)
-    return k
+    k = sig[:, 0::rows].copy()
+    for j in range(1, rows):
+        k *= np.uint64(0x9E3779B97F4A7C15)
+        k += sig[:, j::rows]
+    return _fmix64(k)
 
 
 def _components(n: int, edges_a: np.ndarray, edges_b: np.ndarray) -> np.ndarray:
@@ -315,8 +319,8 @@ def near_duplicate_groups(records: pl.DataFrame, threshold: float = NEAR_THRESHO
     has = np.zeros(n, dtype=bool)  # a record without words has no signature: never a near-copy
     for s in range(0, n, _NEAR_CHUNK):  # shingles of a chunk of records at a time: memory stays bounded
         part = records.slice(s, _NEAR_CHUNK)
-        rows, hashes = _shingles(part, shingle)
-        keys[s:s + part.height] = band_keys(minhash_signatures(rows, hashes, part.height, perms), r)
+        sig, rows = _chunk_signatures(part, shingle, perms)
+        keys[s:s + part.height] = band_keys(sig, r)
         has[s + rows] = True
     ea, eb = [], []
     idx = np.arange(n)
@@ -338,8 +342,7 @@ def near_duplicate_groups(records: pl.DataFrame, threshold: float = NEAR_THRESHO
     sig = np.empty((need.size, perms), dtype=np.uint64)
     for s in range(0, need.size, _NEAR_CHUNK):
         part = records[need[s:s + _NEAR_CHUNK].tolist()]
-        rows, hashes = _shingles(part, shingle)
-        sig[s:s + part.height] = minhash_signatures(rows, hashes, part.height, perms)
+        sig[s:s + part.height] = _chunk_signatures(part, shingle, perms)[0]
     ia, ib = np.searchsorted(need, a), np.searchsorted(need, b)
     sim = np.empty(a.size)
     for s in range(0, a.size, 1 << 20):  # pairs compared in blocks: no (pairs, perms) temporary of the whole set

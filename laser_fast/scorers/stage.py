@@ -53,7 +53,7 @@ from laser_fast.metrics import (  # noqa: F401 - the profile and scorer tables a
     parse_scorer_list,
 )
 from laser_fast.runtime.engine import UnitTask, current_executor
-from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
+from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats, named_rows
 from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column
 from laser_fast.scorers.base import Scorer
 from laser_fast.scorers.cache import ScoreCache, content_keys
@@ -612,7 +612,7 @@ def excluded_rows(cols: Mapping[str, np.ndarray], n: int) -> np.ndarray | None:
     for k in ("duplicate_of", "contaminated_by"):
         v = cols.get(k)
         if v is not None:
-            m = np.fromiter((x is not None for x in v), dtype=bool, count=n)
+            m = named_rows(v)
             out = m if out is None else out | m
     return out
 
