@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from laser_fast.errors import InputError
 from laser_fast.io.builder import _Builder, too_large
@@ -455,22 +457,60 @@ def _read_table(table: pa.Table | Any, label: str, schema: str | None, origin: s
         cols = ", ".join(repr(c) for c in names[:20]) or "none"
         raise InputError(label, f"unrecognised table schema; columns seen: {cols}", _SCHEMA_HELP)
     bar = _Progress(progress, label, total=num_rows)
+    limit = b.max_record_bytes
     try:
         for batch in batches():
+            rows = range(batch.num_rows)
+            if limit:  # measured in Arrow, so an oversized value never becomes a Python string
+                sizes = _row_text_bytes(batch.to_struct_array() if batch.num_columns else pa.array([]), batch.num_rows)
+                over = np.flatnonzero(sizes > limit)
+                for j in over.tolist():
+                    b.problem(label, row0 + j, f"{label}:row {row0 + j}",
+                              too_large(int(sizes[j]), limit, "the record's text (its string values, UTF-8)"))
+                if over.size:
+                    keep = np.flatnonzero(sizes <= limit)
+                    batch, rows = batch.take(pa.array(keep)), keep.tolist()
             cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-            for j, values in enumerate(zip(*cols)):
+            for j, values in zip(rows, zip(*cols)):
                 row = row0 + j
                 where = f"{label}:row {row}"
                 rec = dict(zip(names, values))
                 try:
-                    b.add(rec, file_schema, origin, where, _dumps_arrow_extra)
+                    b.add(rec, file_schema, origin, where, _dumps_arrow_extra, measured=bool(limit))
                 except _RecordProblem as p:
                     b.problem(label, row, where, p)
-            row0 += batch.num_rows
+            row0 += len(sizes) if limit else batch.num_rows
             bar.update(batch.num_rows)
     finally:
         bar.close()
     return num_rows
+
+
+def _row_text_bytes(arr: pa.Array, n: int) -> np.ndarray:
+    """UTF-8 bytes of every text value in each of the ``n`` rows of ``arr`` (strings inside
+    lists and structs included), computed in Arrow without building Python objects."""
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) \
+            or pa.types.is_string_view(t):
+        return pc.binary_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_struct(t):
+        total = np.zeros(n, np.int64)
+        for field in arr.flatten():  # the fields, with the struct's offset applied
+            total += _row_text_bytes(field, n)
+        return total
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_list_view(t):
+        values = arr.flatten()
+        inner = _row_text_bytes(values, len(values))
+        if not inner.any():
+            return np.zeros(n, np.int64)
+        parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=inner, minlength=n).astype(np.int64)
+    if pa.types.is_map(t):
+        return _row_text_bytes(pa.ListArray.from_arrays(arr.offsets, arr.keys), n) + \
+            _row_text_bytes(pa.ListArray.from_arrays(arr.offsets, arr.items), n)
+    if pa.types.is_dictionary(t):
+        return _row_text_bytes(arr.dictionary_decode(), n)
+    return np.zeros(n, np.int64)
 
 
 def _read_parquet(path: Path | InputFile, label: str, schema: str | None, origin: str, b: _Builder, progress: bool) -> int:
