@@ -179,8 +179,12 @@ def _options_from_args(a) -> tuple:
     from laser_fast.config import SelectOptions, parse_category_map, parse_proportions_arg, read_config
 
     kw = {}
+    input_dir = getattr(a, "input_dir", None)
+    if input_dir is not None and not Path(input_dir).is_dir():
+        what = "is a file" if Path(input_dir).exists() else "does not exist"
+        raise ConfigError(f"--input-dir {input_dir}: {what}; give the folder that DATA_PATH (and relative inputs) stand for")
     if a.config:
-        kw.update(read_config(a.config, input_dir=a.input_dir))
+        kw.update(read_config(a.config, input_dir=input_dir))
     cli = {
         "budget": a.budget,
         "token_budget": a.token_budget,
@@ -258,6 +262,13 @@ def cmd_select(a) -> int:
         inputs = [str(Path(a.input_dir) / p) if "://" not in p and not Path(p).is_absolute() and not Path(p).exists() else p for p in inputs]
     # before any work: the output folder takes files, and no input or score file is one it replaces
     check_output_dir(a.output_dir, [*inputs, *(s.path for s in opts.sources), *(opts.scores or [])], names=SELECT_OUTPUT_NAMES)
+    if a.push_to_hub:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(a.push_to_hub)
+        except HFValidationError as e:
+            raise ConfigError(f"--push-to-hub {a.push_to_hub!r} is not a repository id ({e}); write ORG/NAME or NAME") from None
     if a.push_to_hub and hub_offline():
         raise LaserError(f"--push-to-hub {a.push_to_hub} needs the hub, and HF_HUB_OFFLINE is set: unset it, or drop --push-to-hub "
                          "and upload the output folder later (huggingface-cli upload --repo-type dataset REPO DIR)")
@@ -324,7 +335,7 @@ def cmd_classify(a) -> int:
     from laser_fast.runtime.engine import use_engine
 
     kw = {} if a.max_record_bytes is None else {"max_record_bytes": a.max_record_bytes}
-    opts = SelectOptions(budget=0, **_engine_kw(a), **kw).validate()
+    opts = SelectOptions(budget=0, device=a.device, **_engine_kw(a), **kw).validate()
     recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid, max_record_bytes=opts.max_record_bytes)
     trust = tuple(a.trust_remote_code or ())
     clf = load_classifier(a.classifier, device=a.device, trust_remote_code=trust)

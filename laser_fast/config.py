@@ -177,6 +177,16 @@ class SelectOptions:
         self.engine = str(self.engine or "local").strip().lower()
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine '{self.engine}': use one of {', '.join(ENGINES)}")
+        from laser_fast.runtime.devices import check_device
+
+        try:
+            self.device = check_device(self.device)
+        except ValueError as e:
+            raise ConfigError(f"{e} (--device)") from None
+        if self.judge_url is not None:
+            self.judge_url = _check_url(self.judge_url)
+        if self.split is not None and (not isinstance(self.split, str) or not self.split.strip()):
+            raise ConfigError(f"split (--split) must be a split name such as train, got {self.split!r}")
         if self.ray_address is not None and self.engine != "ray":
             raise ConfigError(f"ray_address ({self.ray_address!r}) is set but the engine is '{self.engine}': add --engine ray")
         if not isinstance(self.judge_gpus, int) or isinstance(self.judge_gpus, bool) or self.judge_gpus < 1:
@@ -290,6 +300,25 @@ def parse_proportions_arg(text: str) -> dict[str, float] | str:
     if t in ("natural", "none", "paper"):
         return None if t == "paper" else t  # type: ignore[return-value]
     return normalise_proportions(text, "--proportions")
+
+
+def _check_url(url: Any) -> str:
+    """An http(s) URL with a host (``--judge-url``), credentials masked in the message."""
+    from urllib.parse import urlsplit
+
+    from laser_fast.scorers.judge_client import redact_url
+
+    text = str(url).strip()
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"judge_url (--judge-url) {redact_url(text)!r} is not an http(s) URL with a host: give the "
+                          "endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    return text
 
 
 def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, Any]:

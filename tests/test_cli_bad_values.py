@@ -169,3 +169,58 @@ def test_every_numeric_option_rejects_bad_values_in_one_line(tmp_path, capsys, f
     assert lines and lines[-1].startswith("laser-fast: error:") and "Traceback" not in err, (flag, value, err)
     assert flag.lstrip("-").replace("-", "_") in lines[-1].replace("-", "_"), (flag, value, lines[-1])
     assert not (tmp_path / "o" / "selected.jsonl").exists()
+
+
+# every option that takes a name, a path or a URL, with a value of the wrong kind
+_TEXT = {
+    "--output-dir": ["FILE"],
+    "--input-dir": ["FILE", "MISSING"],
+    "--workdir": ["FILE"],
+    "--config": ["MISSING", "DIR"],
+    "--scores": ["MISSING"],
+    "--analysis-dir": ["MISSING", "FILE"],
+    "--decontaminate": ["MISSING"],
+    "--classifier": ["MISSING"],
+    "--embedding-model": ["MISSING"],
+    "--train-tokenizer": ["MISSING"],
+    "--strategy": ["bogus"],
+    "--proportions": ["Math", "Bogus=1", "Math=abc"],
+    "--setfit-limits": ["x", "Math=abc"],
+    "--device": ["tpu", "cuda:99"],
+    "--split": ["train"],  # no input is a Hugging Face dataset
+    "--languages": ["xx!", ","],
+    "--scorers": ["bogus"],
+    "--scorer-model": ["nonsense", "bogus=x"],
+    "--judge-url": ["notaurl", "ftp://host/v1", "http://"],
+    "--judge-model": ["nonsense", "bogus=x"],
+    "--push-to-hub": ["bad name!"],
+    "--trust-remote-code": [""],
+    "--ray-address": ["auto"],  # without --engine ray
+}
+
+
+@pytest.mark.parametrize("flag,value", [(f, v) for f, vs in _TEXT.items() for v in vs])
+def test_every_text_option_rejects_values_of_the_wrong_kind(tmp_path, capsys, flag, value):
+    (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "a_dir").mkdir()
+    value = {"FILE": str(tmp_path / "a_file"), "DIR": str(tmp_path / "a_dir"), "MISSING": str(tmp_path / "missing")}.get(value, value)
+    rc = main(["select", POOL, "--strategy", "random", "--profile", "none", "-q", "--budget", "5",
+               "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o"), flag, value])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, (flag, value, err)
+    assert lines and lines[-1].startswith("laser-fast: error:") and "Traceback" not in err, (flag, value, err)
+    assert not (tmp_path / "o" / "selected.jsonl").exists()
+
+
+def test_the_tables_cover_every_option_of_select():
+    """A new option of ``select`` that takes a value must get its bad values in one of the tables."""
+    import argparse
+
+    from laser_fast.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    valued = {a.option_strings[-1] for a in sub.choices["select"]._actions
+              if a.option_strings and a.nargs != 0 and not a.choices}
+    uncovered = valued - set(_NUMERIC) - set(_TEXT)
+    assert not uncovered, sorted(uncovered)

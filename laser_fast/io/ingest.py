@@ -244,6 +244,9 @@ def _read_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], lis
     for _, sk, fact in done:
         skipped += sk
         inputs.append(fact)
+    if opts.split is not None and not any("split" in f for f in inputs):
+        raise ConfigError(f"--split {opts.split} (split=) chooses the split of a Hugging Face dataset input (a DatasetDict, a "
+                          "save_to_disk folder or a hub name), and no input is one: drop --split")
     recs = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
     recs = _number_hashed_ids(recs).drop("_id_hashed")
     dup = recs.filter(pl.col("data_id").is_duplicated())

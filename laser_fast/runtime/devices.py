@@ -43,6 +43,33 @@ def torch_device(device: str | None = None) -> str:
     return str(device)
 
 
+_RE_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|mtia)(:\d+)?")
+
+
+def check_device(device: str | None) -> str | None:
+    """Check a device option before any work: a torch device type (``cpu``, ``cuda``, ``cuda:1``,
+    ``mps``, ...) or ``auto``; a CUDA device must exist. Returns the device (``None`` for auto).
+
+    Raises:
+        ValueError: the message says what to use instead.
+    """
+    if device in AUTO:
+        return None
+    dev = str(device).strip().lower()
+    if not _RE_DEVICE.fullmatch(dev):
+        raise ValueError(f"device {device!r} is not a torch device: use cpu, cuda, cuda:N, mps or auto")
+    if dev.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(dev.split(":")[1]) if ":" in dev else 0
+        if index >= n:
+            seen = f"{n} CUDA device(s)" if n else "no CUDA device (a CPU-only torch, or no GPU)"
+            raise ValueError(f"device {device!r}: torch sees {seen}; use cpu, auto or a cuda:N below {max(n, 1)}"
+                             if n else f"device {device!r}: torch sees {seen}; use cpu or auto")
+    return dev
+
+
 def cuda_available(*, only_if_loaded: bool = False) -> bool | None:
     """Whether torch sees a CUDA GPU.
 
