@@ -131,6 +131,25 @@ def eval_sets():
 POOL = ROOT / "examples" / "pool"
 
 
+def public_heldout(path, halves):
+    """Held-out public prompts (``prompts_heldout.jsonl`` of scripts/public_data/build_prompts.py):
+    ``{"public_<half>": [(text, category), ...]}`` for each half asked for. Never trained on; the
+    ``test`` half is only reported (``--report-test``), the ``dev`` half may guide choices."""
+    sets = {f"public_{h}": [] for h in halves}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            if f"public_{d['half']}" in sets:
+                sets[f"public_{d['half']}"].append((d["text"], d["category"]))
+    return sets
+
+
+def majority_report(rows, ci, title):
+    """The trivial baseline: every prompt gets the most common category of the set."""
+    y = np.array([ci[l] for _, l in rows])
+    return report(y, np.full_like(y, np.bincount(y).argmax()), title + " (majority)")
+
+
 def pool_eval():
     """The project's bundled example pool with its gold labels (extra held-out set, never trained on).
 
@@ -365,6 +384,10 @@ def main(argv=None):
                     help="more labelled prompts (public train splits; one {text, category, source[, template]} per line); repeatable")
     ap.add_argument("--extra-per-group", type=int, default=150, help="at most this many extra prompts per source/template (seeded)")
     ap.add_argument("--extra-weight", type=float, default=1.0, help="sample weight of each extra prompt (the project's own rows weigh 1)")
+    ap.add_argument("--heldout", default=None, metavar="JSONL",
+                    help="public held-out prompts (prompts_heldout.jsonl of scripts/public_data/build_prompts.py): its dev "
+                         "half is evaluated (never trained on), and its test half with --report-test")
+    ap.add_argument("--report-test", action="store_true", help="also report the held-out file's test half (report, never tune)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -376,7 +399,8 @@ def main(argv=None):
     # never train on an evaluation text (eval sets and the example pool), compared after
     # lower-casing and collapsing punctuation / whitespace
     pool_ins, pool_turns, _ = pool_eval()
-    held = {_norm(t) for s in ev.values() for t, _ in s}
+    public = public_heldout(args.heldout, ["dev", "test"] if args.report_test else ["dev"]) if args.heldout else {}
+    held = {_norm(t) for s in [*ev.values(), *public.values()] for t, _ in s}
     held |= {_norm(t) for t in pool_ins} | {_norm(t) for ts in pool_turns for t in ts}
     tr_all = train_set()
     n_own = len(tr_all)
@@ -404,6 +428,12 @@ def main(argv=None):
             ally.append(y)
         results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
         results.extend(pool_reports(clf, ci))
+        for name, rows in public.items():
+            labels, _ = clf.predict([t for t, _ in rows])
+            results.append(report(np.array([ci[l] for _, l in rows]), np.array([ci[l] for l in labels]), name))
+            results.append(majority_report(rows, ci, name))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
         for r in results:
             print(fmt(r))
         return results
@@ -430,6 +460,10 @@ def main(argv=None):
     results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
     if not args.no_pool:
         results.extend(pool_reports(_head_classifier(heads, emb, lex, smol), ci))
+    for name, rows in public.items():
+        y = np.array([ci[l] for _, l in rows])
+        results.append(report(y, ensemble(heads, featurize(emb, [t for t, _ in rows], lex, smol=smol)).argmax(1), name))
+        results.append(majority_report(rows, ci, name))
     for r in results:
         print(fmt(r))
     from sklearn.metrics import confusion_matrix
@@ -445,7 +479,8 @@ def main(argv=None):
     if args.final:
         Xall = np.vstack([Xtr] + list(Xev.values()))
         yall = np.concatenate([ytr] + [np.array([ci[l] for _, l in ev[n]]) for n in ev])
-        heads = train(Xall, yall)
+        wall = np.concatenate([wtr, np.ones(len(yall) - len(ytr))]) if args.extra else None  # the eval prompts weigh 1
+        heads = train(Xall, yall, wall)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if len(heads) == 1:
@@ -465,6 +500,8 @@ def main(argv=None):
         "hidden": args.hidden if args.head == "mlp" else None, "n_ensemble": args.n_ensemble,
         "final_includes_eval_sets": bool(args.final), "n_train": int(len(ytr) if not args.final else len(ytr) + sum(len(v) for v in ev.values())),
         "held_out_results": results if not args.final else None,
+        "extra": {"files": [Path(x).name for x in args.extra], "per_group": args.extra_per_group, "weight": args.extra_weight,
+                  "rows": int(len(ytr) - sum(1 for i, k in enumerate(keep) if k and i < n_own))} if args.extra else None,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     log.info("saved head to %s (%d bytes)", out, (out / "head.npz").stat().st_size)
