@@ -335,12 +335,14 @@ def cmd_classify(a) -> int:
     from laser_fast.runtime.engine import use_engine
 
     kw = {} if a.max_record_bytes is None else {"max_record_bytes": a.max_record_bytes}
+    if a.batch_size is not None:
+        kw["batch_size"] = a.batch_size
     opts = SelectOptions(budget=0, device=a.device, **_engine_kw(a), **kw).validate()
     recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid, max_record_bytes=opts.max_record_bytes)
     trust = tuple(a.trust_remote_code or ())
     clf = load_classifier(a.classifier, device=a.device, trust_remote_code=trust)
     with use_engine(opts.engine, address=opts.ray_address):  # the classifier's windows run on the engine's workers
-        labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=a.batch_size or 64,
+        labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=opts.batch_size,
                                               source=(a.classifier, a.device, trust))
     detected = detect_languages(recs["instruction"].to_list())
     codes = detected[0]

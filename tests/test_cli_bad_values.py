@@ -224,3 +224,17 @@ def test_the_tables_cover_every_option_of_select():
               if a.option_strings and a.nargs != 0 and not a.choices}
     uncovered = valued - set(_NUMERIC) - set(_TEXT)
     assert not uncovered, sorted(uncovered)
+
+
+@pytest.mark.parametrize("flag,value", [("--output", "DIR"), ("--device", "tpu"), ("--batch-size", "0"),
+                                        ("--max-record-bytes", "-1"), ("--engine", "spark")])
+def test_classify_rejects_bad_values_in_one_line_and_leaves_no_file(tmp_path, capsys, flag, value):
+    (tmp_path / "a_dir").mkdir()
+    value = str(tmp_path / "a_dir") if value == "DIR" else value
+    args = ["classify", POOL, "-q", "--output", str(tmp_path / "labels.jsonl")]
+    args = args[:-2] + [flag, value] if flag == "--output" else args + [flag, value]
+    rc = main(args)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and lines[-1].startswith("laser-fast: error:") and "Traceback" not in err, (flag, value, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir"] and not any((tmp_path / "a_dir").iterdir())
