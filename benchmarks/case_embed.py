@@ -3,8 +3,11 @@
 Batching (real texts from ``../shared/data/alpaca_eval_pool.jsonl.gz``: long responses, 55% of
 them truncated at MiniLM's 256 tokens, and short instructions; the bundled all-MiniLM-L6-v2):
 
-* ``token_budget``: :func:`laser_fast.sampling.embed.encode_texts` -- tokenized once, sorted by token
-  count, packed up to ``batch_tokens`` padded tokens per forward (ours);
+* ``exact_length``: :func:`laser_fast.sampling.embed.encode_texts` as the CPU runs it (ours, the
+  default there) -- tokenized once, texts of one token length per forward, at least two rows, up
+  to ``batch_tokens`` tokens: no padding, so a vector does not depend on the other texts;
+* ``token_budget``: the same tokens sorted by count and packed up to ``batch_tokens`` padded
+  tokens per forward (``exact=False``; the GPU default);
 * ``naive_32``: consecutive runs of 32 texts in input order, no sorting (the model is called per
   run, so sentence-transformers' internal length sort cannot help);
 * ``st_encode_64``: ``SentenceTransformer.encode(batch_size=64)`` on the whole list (sorts by
@@ -103,14 +106,15 @@ def _batching_rows(quick: bool) -> list[dict]:
             encode_texts(mm, texts[:16])  # warm up outside the timings
         modes = [
             ("one_per_forward", {"max_batch_size": 1}, "default"),
-            ("token_budget", {}, "default"),
+            ("exact_length", {}, "default"),
+            ("token_budget", {"exact": False}, "default"),
             ("naive_32", {"sort": False, "max_batch_size": 32}, "default"),
             ("st_encode_64", None, "default"),
         ]
         if not quick and label == "responses":
-            modes += [(f"token_budget_{bt}", {"batch_tokens": bt}, "default") for bt in (8192, 32768)]
+            modes += [(f"token_budget_{bt}", {"batch_tokens": bt, "exact": False}, "default") for bt in (8192, 32768)]
         if bf16:
-            modes += [("one_per_forward_bf16", {"max_batch_size": 1}, "bf16"), ("token_budget_bf16", {}, "bf16")]
+            modes += [("one_per_forward_bf16", {"max_batch_size": 1}, "bf16"), ("token_budget_bf16", {"exact": False}, "bf16")]
         res: dict[str, tuple[np.ndarray, float, dict]] = {}
         for _ in range(repeat):
             for mode, kw, which in modes:
@@ -137,7 +141,8 @@ def _batching_rows(quick: bool) -> list[dict]:
             row = {
                 "case": "embed", "texts": label, "n": len(texts), "mode": mode, "device": device,
                 "dtype": str(next(models[which].parameters()).dtype).replace("torch.", ""),
-                "batch_tokens": (kw or {}).get("batch_tokens", _Encoder(models[which], None, None).batch_tokens) if mode.startswith("token_budget") else None,
+                "batch_tokens": (kw or {}).get("batch_tokens", _Encoder(models[which], None, None).batch_tokens)
+                if mode.startswith(("token_budget", "exact_length")) else None,
                 "max_batch_size": 1 if mode.startswith("one_per_forward") else {"naive_32": 32, "st_encode_64": 64}.get(mode, DEFAULT_MAX_BATCH_SIZE),
                 "seconds": round(dt, 3), "records_per_s": round(len(texts) / dt, 1),
                 "forward_passes": int(st["forward_passes"]), "mean_tokens": round(st["tokens"] / len(texts), 1),

@@ -55,11 +55,54 @@ def test_encode_texts_equals_sentence_transformers(model, texts, reference):
         assert st["tokens"] <= st["padded_tokens"] and st["non_padding"] == pytest.approx(st["tokens"] / st["padded_tokens"], abs=1e-4)
     _, one = E.encode_texts(model, texts, max_batch_size=1)
     assert one["forward_passes"] == len(texts) and one["padded_tokens"] == one["tokens"]
-    _, packed = E.encode_texts(model, texts, batch_tokens=600)
+    _, packed = E.encode_texts(model, texts, batch_tokens=600, exact=False)
     # each forward stays under the budget unless a single text exceeds it
     assert packed["forward_passes"] < len(texts) and packed["padded_tokens"] <= 600 * packed["forward_passes"] + 256
     _, naive = E.encode_texts(model, texts, sort=False, max_batch_size=7)
     assert naive["forward_passes"] == 3
+
+
+def test_a_texts_vector_does_not_depend_on_the_texts_embedded_with_it(model):
+    """On the CPU a forward holds texts of one token length and at least two rows, so each text
+    gets the same bits alone, among all the others, in any subset, on one torch thread or two
+    (with token-budget packing, padding changes a text's vector by a few ulps)."""
+    import torch
+
+    if not DATA.exists():
+        pytest.skip("../shared/data/alpaca_eval_pool.jsonl.gz is absent (shared data beside the project)")
+    texts = []
+    with gzip.open(DATA, "rt") as fh:
+        for i, line in enumerate(fh):
+            if i % 97 == 0:
+                texts.append(json.loads(line)["output" if len(texts) % 3 else "instruction"])
+            if len(texts) == 120:
+                break
+    full, st = E.encode_texts(model, texts)
+    assert st["forward_passes"] < len(texts)  # texts of equal length share forwards
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (threads, 1):
+            torch.set_num_threads(n_threads)
+            for k in (1, 7, 60):
+                sub = np.sort(rng.choice(len(texts), k, replace=False))
+                part, _ = E.encode_texts(model, [texts[i] for i in sub], batch_tokens=int(rng.integers(300, 4000)))
+                assert np.array_equal(part, full[sub]), (n_threads, k)
+    finally:
+        torch.set_num_threads(threads)
+    packed, _ = E.encode_texts(model, texts, exact=False)
+    alone = np.stack([E.encode_texts(model, [t], exact=False)[0][0] for t in texts[:30]])
+    assert not np.array_equal(packed[:30], alone)  # the effect the exact batches remove
+    np.testing.assert_allclose(full, packed, atol=2e-6)
+
+
+def test_exact_length_batches_group_equal_lengths():
+    lens = np.array([5, 3, 5, 3, 3, 9, 5, 5, 5])
+    batches = E.exact_length_batches(lens, 10, 512)
+    assert [b.tolist() for b in batches] == [[1, 3, 4], [0, 2], [6, 7], [8], [5]]
+    assert all(len(set(lens[b])) == 1 for b in batches)
+    assert [b.tolist() for b in E.exact_length_batches(lens, 10_000, 2)][:2] == [[1, 3], [4]]
+    assert E.exact_length_batches(np.array([], dtype=np.int64), 10, 4) == []
 
 
 def test_fallback_path_is_exact(model, texts, reference, monkeypatch):

@@ -286,3 +286,25 @@ def test_inputs_are_read_by_workers_with_the_local_ids_and_errors(ray_local, tmp
     for engine in ("local", "ray"):
         with use_engine(engine), pytest.raises(InputError, match=r"bad\.jsonl:2.*output must be a string"):
             load_pool([EXAMPLE[0], str(bad)], opts)
+
+
+@pytest.mark.ray
+def test_a_preference_pool_is_byte_identical(ray_local, small_units, tmp_path):
+    """40 DPO pairs of real AlpacaEval answers with the lite profile: both sides of each pair are
+    embedded (in other batches on the two engines) and the outputs agree to the byte. (This pool
+    also agreed before vectors stopped depending on their batch; that property itself is tested
+    in tests/test_embed_batching.py.)"""
+    import gzip
+
+    from conftest import shared_or_skip
+
+    by_instruction: dict[str, list[str]] = {}
+    with gzip.open(shared_or_skip("alpaca_eval_pool.jsonl.gz"), "rt") as fh:
+        for line in fh:
+            r = json.loads(line)
+            by_instruction.setdefault(r["instruction"], []).append(r["output"])
+    pairs = [{"prompt": p, "chosen": outs[-1], "rejected": outs[0]} for p, outs in list(by_instruction.items())[:40]]
+    pool = tmp_path / "pairs.jsonl"
+    pool.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    local, remote = _both_engines(tmp_path, [str(pool)], profile="lite", classifier="minilm", budget=12)
+    assert local["counts"]["total_selected"] == 12 and remote["engine"]["name"] == "ray"

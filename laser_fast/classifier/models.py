@@ -276,7 +276,9 @@ class DefaultClassifier(TaskClassifier):
                 if p.exists():
                     h.update(p.read_bytes())
             kind = "minilm+smollm" if meta.get("smollm") else "minilm"
-            self._fp = f"laser-fast-{kind}-head:v{meta.get('version', '?')}:{h.hexdigest()[:16]}:f16"
+            from laser_fast.sampling.embed import VECTOR_SCHEME
+
+            self._fp = f"laser-fast-{kind}-head:v{meta.get('version', '?')}:{h.hexdigest()[:16]}:f16:vec{VECTOR_SCHEME}"
         return self._fp
 
     def _load(self) -> None:

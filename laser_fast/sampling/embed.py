@@ -43,6 +43,10 @@ DEFAULT_BATCH_TOKENS_GPU = 65536
 DEFAULT_MAX_BATCH_SIZE = 512
 #: Most rows per forward on a GPU: a small encoder needs many short texts per forward to fill it.
 DEFAULT_MAX_BATCH_SIZE_GPU = 4096
+#: How the vectors of a text are computed, in every key that caches them or results made from
+#: them. 2: on the CPU a forward pass holds only texts of one token length (no padding) and at
+#: least two rows, so a text's vector does not depend on which texts share its batch.
+VECTOR_SCHEME = 2
 
 
 def _gpu_batch_tokens(model: Any) -> int:
@@ -165,7 +169,7 @@ class _Encoder:
 
     _FEATURE_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 
-    def __init__(self, model: Any, batch_tokens: int | None, max_batch_size: int | None):
+    def __init__(self, model: Any, batch_tokens: int | None, max_batch_size: int | None, *, exact: bool | None = None):
         self.m = model
         if hasattr(model, "eval"):
             model.eval()  # as encode does: no dropout in the direct forward calls
@@ -179,6 +183,12 @@ class _Encoder:
             low = str(next(iter(model.parameters())).dtype) in ("torch.bfloat16", "torch.float16")
             self.batch_tokens = DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION if low else DEFAULT_BATCH_TOKENS_CPU
         self.max_batch_size = int(max_batch_size) if max_batch_size else (DEFAULT_MAX_BATCH_SIZE_GPU if on_gpu else DEFAULT_MAX_BATCH_SIZE)
+        # exact-length batches (the CPU default): a padded batch, or a batch of one row, gives a
+        # text a vector a few float32 ulps off the one it gets among other texts (the GEMM shapes
+        # differ), so vectors would depend on which texts were embedded together: on the cache's
+        # state, the engine's split into workers, a resumed run. One text per forward is
+        # canonical already.
+        self.exact = (not on_gpu if exact is None else bool(exact)) and self.max_batch_size > 1
         tok = getattr(model, "tokenizer", None)
         self.tok = tok
         self.max_len = int(getattr(model, "max_seq_length", None) or getattr(tok, "model_max_length", 512) or 512)
@@ -265,6 +275,8 @@ class _Encoder:
         consecutive runs of ``max_batch_size`` rows in input order."""
         if not sort:
             return [np.arange(s, min(s + self.max_batch_size, lens.size), dtype=np.int64) for s in range(0, lens.size, self.max_batch_size)]
+        if self.exact:
+            return exact_length_batches(lens, self.batch_tokens, self.max_batch_size)
         from laser_fast.runtime.batching import plan_batches
 
         return plan_batches(lens, self.batch_tokens, self.max_batch_size)
@@ -284,25 +296,48 @@ class _Encoder:
         t0 = time.perf_counter()
         with torch.inference_mode():
             for rows in self.plan(lens, sort):
+                fw = np.repeat(rows, 2) if self.exact and rows.size == 1 else rows  # at least two rows (see exact)
                 if self.fast:
-                    f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, rows).items()}
+                    f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, fw).items()}
                     e = self.m(f)["sentence_embedding"].float()
                     e = torch.nn.functional.normalize(e, p=2, dim=1).cpu().numpy()
                 else:
-                    e = self.m.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True,
+                    e = self.m.encode([texts[i] for i in fw], batch_size=len(fw), normalize_embeddings=True,
                                       convert_to_numpy=True, show_progress_bar=False)
-                out[rows] = np.asarray(e, dtype=np.float32)
+                out[rows] = np.asarray(e, dtype=np.float32)[:rows.size]
                 if stats is not None:
                     bl = lens[rows]
                     stats["forward_passes"] += 1
                     stats["tokens"] += int(bl.sum())
-                    stats["padded_tokens"] += int(rows.size * bl.max())
+                    stats["padded_tokens"] += int(fw.size * bl.max())
                     stats["records"] += int(rows.size)
                 if bar is not None:
                     bar.update(int(rows.size))
         if stats is not None:
             stats["seconds"] += time.perf_counter() - t0
         return out
+
+
+def exact_length_batches(lens: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Batches of row indices where every row of a batch has the same length: rows grouped by
+    length (shortest first, ties in input order), each group cut into runs of
+    ``max(2, min(max_batch_size, batch_tokens // length))`` rows. Nothing is padded, so a row's
+    result does not depend on the other rows of its batch (a run of one row is forwarded twice by
+    the caller: one-row forwards take other kernels).
+
+    >>> [b.tolist() for b in exact_length_batches(np.array([3, 5, 3, 3, 5]), 6, 8)]
+    [[0, 2], [3], [1, 4]]
+    """
+    lens = np.asarray(lens, dtype=np.int64)
+    if lens.size == 0:
+        return []
+    order = np.argsort(lens, kind="stable")
+    cuts = np.flatnonzero(np.diff(lens[order])) + 1
+    out: list[np.ndarray] = []
+    for group in np.split(order, cuts):
+        b = max(2, min(int(max_batch_size), int(batch_tokens) // max(int(lens[group[0]]), 1)))
+        out.extend(group[s:s + b] for s in range(0, group.size, b))
+    return out
 
 
 def encode_texts(
@@ -315,6 +350,7 @@ def encode_texts(
     device: str | None = None,
     dtype: str | None = None,
     show_progress: bool | None = False,
+    exact: bool | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Embed ``texts`` with token-budget batching; unit-length float32 rows in the input order.
 
@@ -332,6 +368,9 @@ def encode_texts(
         device, dtype: device and compute dtype when ``model`` is a name (see
             :func:`load_sentence_model`).
         show_progress: a progress bar over records.
+        exact: batches of one token length only, at least two rows (:func:`exact_length_batches`),
+            so each vector is independent of the other texts; None: on the CPU (False packs
+            lengths by the padded-token budget, the GPU default).
 
     Returns:
         ``(vectors, stats)``: ``(n, d)`` float32 and ``records``, ``forward_passes``, ``tokens``
@@ -344,7 +383,7 @@ def encode_texts(
         ((2, 384), 1)
     """
     m = load_sentence_model(model, device, dtype) if model is None or isinstance(model, (str, os.PathLike)) else model
-    enc = _Encoder(m, batch_tokens, max_batch_size)
+    enc = _Encoder(m, batch_tokens, max_batch_size, exact=exact)
     stats = new_embed_stats()
     t0 = time.perf_counter()
     ids, off = enc.tokenize(texts)

@@ -18,7 +18,7 @@ from laser_fast.runtime.memory import release_pages
 from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, load_sentence_model, resolve_model_name
 from laser_fast.runtime.stage import Resources
 from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, sidecar, unique_suffix
-from laser_fast.sampling.embed import SORT_WINDOW, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
+from laser_fast.sampling.embed import SORT_WINDOW, VECTOR_SCHEME, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +179,11 @@ class EmbeddingStore:
         self.root = self.wd.embeddings
 
     def _namespace(self, label: str, field: str) -> Path:
-        return self.root / hashlib.sha1(f"{label}\x00{field}\x00layout {LAYOUT_VERSION}".encode()).hexdigest()[:16]
+        return self.root / hashlib.sha1(f"{label}\x00{field}\x00layout {LAYOUT_VERSION}\x00vectors {VECTOR_SCHEME}".encode()).hexdigest()[:16]
 
     @staticmethod
     def _request_key(digs: np.ndarray, label: str, field: str) -> str:
-        return _key_of_digests(digs, f"{label}\x00layout {LAYOUT_VERSION}", field)
+        return _key_of_digests(digs, f"{label}\x00layout {LAYOUT_VERSION}\x00vectors {VECTOR_SCHEME}", field)
 
     @staticmethod
     def _label(model: str | None) -> str:

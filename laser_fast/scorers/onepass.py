@@ -214,7 +214,9 @@ class OnePassScorer(Scorer):
     @property
     def fingerprint(self) -> str:
         _meta, _heads, digest = self._load()
-        return f"onepass|all-MiniLM-L6-v2 f16|heads {digest}|v{ONEPASS_VERSION}|{__version__}"
+        from laser_fast.sampling.embed import VECTOR_SCHEME
+
+        return f"onepass|all-MiniLM-L6-v2 f16 vec{VECTOR_SCHEME}|heads {digest}|v{ONEPASS_VERSION}|{__version__}"
 
     @property
     def used_device(self) -> str | None:
