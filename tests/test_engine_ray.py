@@ -308,3 +308,14 @@ def test_a_preference_pool_is_byte_identical(ray_local, small_units, tmp_path):
     pool.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     local, remote = _both_engines(tmp_path, [str(pool)], profile="lite", classifier="minilm", budget=12)
     assert local["counts"]["total_selected"] == 12 and remote["engine"]["name"] == "ray"
+
+
+@pytest.mark.ray
+def test_one_large_file_is_read_in_byte_ranges_by_the_workers(ray_local, small_units, tmp_path, monkeypatch):
+    pool = _sample(tmp_path, 2000)
+    monkeypatch.setenv("LASER_FAST_READ_RANGE_BYTES", str(512 << 10))
+    local, remote = _both_engines(tmp_path, [pool], profile="none", strategy="longest", classifier="minilm", budget=200)
+    assert remote["inputs"][0]["ranges"] > 2 and "ranges" not in local["inputs"][0]
+    assert remote["engine"]["tasks"]["read"]["units"] == remote["inputs"][0]["ranges"]
+    for k in ("sha256", "bytes", "rows", "skipped", "schema"):
+        assert remote["inputs"][0][k] == local["inputs"][0][k], k

@@ -236,9 +236,14 @@ def _read_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], lis
               "skip_invalid": opts.skip_invalid, "max_record_bytes": opts.max_record_bytes, "show_progress": opts.show_progress}
              for i, spec in enumerate(specs)]
     ex = current_executor()
-    if ex is not None and len(calls) > 1:  # each input read by a worker (paths must be reachable from every node)
-        done = ex.call_each("read", "laser_fast.io.ingest:read_source", [{**c, "show_progress": False} for c in calls], Resources(num_cpus=1))
-    else:
+    done = None
+    if ex is not None:  # read by the workers (paths must be reachable from every node): large JSONL files in byte ranges
+        from laser_fast.io.ranges import read_in_ranges
+
+        done = read_in_ranges(ex, calls)
+        if done is None and len(calls) > 1:  # one input per worker
+            done = ex.call_each("read", "laser_fast.io.ingest:read_source", [{**c, "show_progress": False} for c in calls], Resources(num_cpus=1))
+    if done is None:
         done = [read_source(**c) for c in calls]
     frames = [f for f, _, _ in done]
     for _, sk, fact in done:

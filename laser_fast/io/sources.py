@@ -145,6 +145,18 @@ class InputFile:
 
         return io.BufferedReader(_RawStream(f, done if digest else None), 1 << 20)
 
+    def open_at(self, offset: int):
+        """The file's bytes from ``offset`` on, as a buffered binary stream (a byte range of a
+        local file or of an object on shared storage, read without the bytes before it)."""
+        if self.path is not None:
+            f = open(self.path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+            f.seek(offset)
+            return f
+        fs, p = self._fs()
+        f = fs.open_input_file(p)
+        f.seek(offset)
+        return io.BufferedReader(_RawStream(f), 1 << 20)
+
     def head(self, n: int) -> bytes:
         """The file's first ``n`` bytes (without reading ahead: a bucket's file is not
         downloaded for its magic bytes)."""
@@ -334,13 +346,45 @@ def _read_csv(path: Path | InputFile, label: str, kind: str, schema: str | None,
     return _read_table(table, label, schema, origin, b, progress)
 
 
+def _lines_in_span(fh, limit: int, start: int, end: int, newlines_before: int):
+    """``(line number, line)`` of the lines of a plain file that start in the byte range
+    ``[start, end)``; ``fh`` is positioned at ``start - 1`` (at 0 for the first range) and
+    ``newlines_before`` counts the newlines before that position. Lines as :func:`_bounded_lines`."""
+    pos, lineno = start, newlines_before + 1
+    if start > 0:
+        pos = start - 1
+        if fh.read(1) != b"\n":  # inside a line that starts in an earlier range: skip its rest
+            pos += 1
+            while True:
+                part = fh.readline(1 << 20)
+                pos += len(part)
+                if not part or part.endswith(b"\n"):
+                    break
+            lineno += 1
+        else:
+            pos += 1
+    for raw in _bounded_lines(fh, limit):
+        if pos >= end:
+            return
+        n = raw if isinstance(raw, int) else len(raw)
+        pos += n + (1 if isinstance(raw, int) else 0)
+        yield lineno, raw
+        lineno += 1
+
+
 def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | None, origin: str, b: _Builder,
-                progress: bool) -> int:
-    """Stream one JSONL(.gz) file into the builder; return the number of non-blank lines."""
+                progress: bool, span: tuple[int, int, int] | None = None) -> int:
+    """Stream one JSONL(.gz) file into the builder; return the number of non-blank lines.
+    ``span``: ``(start, end, newlines before start - 1)``: only the lines that start in that
+    byte range of a plain JSONL file (a range read by one of an engine's workers)."""
     src = path if isinstance(path, InputFile) else InputFile(path)
 
     @contextlib.contextmanager
     def opener(_, mode):
+        if span is not None:
+            with src.open_at(max(span[0] - 1, 0)) as raw:
+                yield raw
+            return
         with src.open(digest=True) as raw:  # closed with the gzip reader over it
             if kind != "gzip":
                 yield raw
@@ -356,9 +400,11 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
     try:
         with opener(path, "rb") as fh:
             try:
-                if _starts_array(fh):  # one JSON array of records (the Alpaca / DEITA release format)
+                if span is None and _starts_array(fh):  # one JSON array of records (the Alpaca / DEITA release format)
                     return _read_json_array(fh, label, schema, origin, b)
-                for lineno, raw in enumerate(_bounded_lines(fh, b.max_record_bytes), 1):
+                lines = (enumerate(_bounded_lines(fh, b.max_record_bytes), 1) if span is None
+                         else _lines_in_span(fh, b.max_record_bytes, *span))
+                for lineno, raw in lines:
                     if isinstance(raw, int):  # a line over the limit, read past in pieces and never held whole
                         n_lines += 1
                         b.problem(label, lineno, f"{label}:{lineno}", too_large(raw, b.max_record_bytes, f"line {lineno}"))
@@ -401,7 +447,7 @@ def _read_jsonl(path: Path | InputFile, label: str, kind: str, schema: str | Non
     finally:
         bar.update(pending)
         bar.close()
-    if n_lines == 0:
+    if n_lines == 0 and span is None:
         raise InputError(label, "the file contains no records", "Pass a non-empty JSONL, JSONL.gz or Parquet file")
     return n_lines
 
