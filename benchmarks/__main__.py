@@ -22,10 +22,12 @@ Cases:
   AlpacaEval pool (preference = the generator's AlpacaEval 2 win rate); time, k-means objective
   in the PCA space, coverage (mean cosine distance of every row to its nearest selected row, on
   a 20k-row sample), mean preference of the selection, and rows taken as cluster bests.
-* ``embed`` (``case_embed.py``): MiniLM records/s with length-sorted token-budget batching vs
-  naive fixed-size batching vs one sample per forward, non-padding share; the float16 memmap
-  store's write/read throughput.
+* ``embed`` (``case_embed.py``): MiniLM records/s with exact-length batches (the CPU default),
+  length-sorted token-budget batching, naive fixed-size batching and one sample per forward,
+  non-padding share; the float16 memmap store's write/read throughput.
 * ``kernels`` (``case_kernels.py``): the numba statistics kernels vs per-record loops.
+* ``read`` (``case_read.py``): one large JSONL file read on the driver vs in byte ranges by Ray
+  workers, records compared.
 * ``scorers``: the model scorers on real AlpacaEval responses (``../shared/data``): token-budget
   batching (sorted by length, packed up to a token budget) vs one sample per forward pass;
   records/s, share of non-padding tokens, and the largest difference between the two results.

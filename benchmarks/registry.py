@@ -34,5 +34,6 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("lite", "benchmarks.case_lite", "the offline profiles on AlpacaEval records: lite (one MiniLM pass) vs lite-llm (SmolLM2): records/s per stage and end to end, selected generators' win rate, held-out accuracy"),
     Case("dedup", "benchmarks.case_dedup", "duplicate detection before scoring (exact, normalized, instruction) vs a plain Python dict over the same keys"),
     Case("decontam", "benchmarks.case_decontam", "benchmark decontamination (13-gram and exact-prompt matches against the shared eval sets) vs a plain Python set of n-gram tuples"),
+    Case("read", "benchmarks.case_read", "one large JSONL file read on the driver vs in byte ranges by Ray workers"),
     Case("ray", "benchmarks.case_ray", "laser-fast select with --engine ray vs the local engine on the same machine: overhead ratio and byte identity"),
 )}
