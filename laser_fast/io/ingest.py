@@ -237,7 +237,7 @@ def _read_pool(data, opts: SelectOptions) -> tuple[pl.DataFrame, list[dict], lis
              for i, spec in enumerate(specs)]
     ex = current_executor()
     done = None
-    if ex is not None:  # read by the workers (paths must be reachable from every node): large JSONL files in byte ranges
+    if ex is not None:  # read by the workers (paths must be reachable from every node); large JSONL files in byte ranges when asked
         from laser_fast.io.ranges import read_in_ranges
 
         done = read_in_ranges(ex, calls)

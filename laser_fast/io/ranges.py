@@ -1,6 +1,7 @@
-"""One large JSONL file read by several workers, each a byte range of it (``--engine ray``).
+"""One large JSONL file read by several workers, each a byte range of it (``--engine ray``,
+opt-in: ``LASER_FAST_READ_RANGE_BYTES=N``).
 
-A plain (not gzipped) JSONL file larger than :data:`RANGE_BYTES` is cut at fixed byte offsets.
+A plain (not gzipped) JSONL file larger than N bytes is cut every N bytes.
 A first round of tasks counts the newlines of each range, so that every worker knows the line
 number its range starts at; a second round parses the ranges (a worker takes the lines that
 *start* in its range). Records, line numbers, skipped lines and errors are those of one reader of
@@ -41,7 +42,8 @@ def plan_ranges(path: str, schema: str | None) -> tuple[list[tuple[int, int]], s
     it whole."""
     from laser_fast.io.sources import InputFile, _file_kind
 
-    if range_bytes() <= 0:
+    step = range_bytes()
+    if step <= 0:
         return None
     src = InputFile(path)
     try:
@@ -51,8 +53,7 @@ def plan_ranges(path: str, schema: str | None) -> tuple[list[tuple[int, int]], s
         size = src.size()
     except (InputError, OSError):
         return None  # the whole-file reader gives the error
-    step = range_bytes()
-    if step <= 0 or size <= step:
+    if size <= step:
         return None
     if schema is None:
         schema = _first_schema(src)
@@ -136,10 +137,10 @@ def merge_ranges(path: str, name: str | None, parts: list[tuple[pl.DataFrame | N
         detail = f"; first problem at {first['file']}:{first['line']}: {first['reason']}" if first else ""
         raise InputError(label, f"no valid records: all {n_seen} records were invalid{detail}", "Fix the input (see the problem above)")
     recs = pl.concat(frames, how="vertical")
-    explicit = ~recs["_id_hashed"]
-    dup = recs["data_id"].is_duplicated() & explicit
+    given = recs.select(pl.when(~pl.col("_id_hashed")).then(pl.col("data_id")).alias("k"))["k"]  # explicit ids, else null
+    dup = given.is_duplicated() & given.is_not_null()
     if dup.any():  # an explicit id repeated in another range: the later line is the bad one, as in one reader
-        later = dup & ~recs["data_id"].is_first_distinct()
+        later = dup & ~given.is_first_distinct()
         first_at = dict(recs.filter(dup & ~later).select("data_id", "source").rows())
         lines = recs["source"].str.extract(r":(\d+)$").cast(pl.Int64).filter(later).to_list()
         for (did, where), ln in zip(recs.filter(later).select("data_id", "source").rows(), lines):

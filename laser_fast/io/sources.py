@@ -349,7 +349,7 @@ def _read_csv(path: Path | InputFile, label: str, kind: str, schema: str | None,
 def _lines_in_span(fh, limit: int, start: int, end: int, newlines_before: int):
     """``(line number, line)`` of the lines of a plain file that start in the byte range
     ``[start, end)``; ``fh`` is positioned at ``start - 1`` (at 0 for the first range) and
-    ``newlines_before`` counts the newlines before that position. Lines as :func:`_bounded_lines`."""
+    ``newlines_before`` counts the newline bytes in ``[0, start)``. Lines as :func:`_bounded_lines`."""
     pos, lineno = start, newlines_before + 1
     if start > 0:
         pos = start - 1
