@@ -187,7 +187,7 @@ def read_in_ranges(ex: Any, calls: list[dict]) -> list[tuple[pl.DataFrame, list[
                            "skip_invalid": c["skip_invalid"], "max_record_bytes": c["max_record_bytes"]}))
             before += counts[k]
             k += 1
-    results = ex.call_each("read", "laser_fast.io.ranges:_call", [{"fn": fn, "kwargs": kw} for fn, kw in tasks], res)
+    results = ex.call_each("read", "laser_fast.runtime.engine:run_named", [{"fn": fn, "kwargs": kw} for fn, kw in tasks], res)
     out, r = [], 0
     for c, p in zip(calls, plans):
         if not p:
@@ -198,11 +198,3 @@ def read_in_ranges(ex: Any, calls: list[dict]) -> list[tuple[pl.DataFrame, list[
         out.append(merge_ranges(c["path"], c["name"], results[r:r + n], c["skip_invalid"]))
         r += n
     return out
-
-
-def _call(fn: str, kwargs: dict) -> Any:
-    """Run ``fn`` (``"module:function"``) with ``kwargs`` (one task of a mixed round)."""
-    import importlib
-
-    mod, _, attr = fn.partition(":")
-    return getattr(importlib.import_module(mod), attr)(**kwargs)

@@ -78,6 +78,16 @@ class Executor(Protocol):
 _CURRENT: ContextVar[Executor | None] = ContextVar("laser_fast_executor", default=None)
 
 
+def run_named(fn: str, kwargs: dict) -> Any:
+    """Run ``fn`` (``"module:function"``) with ``kwargs``: the body of one :meth:`Executor.call_each`
+    task, and a way to mix functions in one round (``call_each(..., "laser_fast.runtime.engine:run_named",
+    [{"fn": ..., "kwargs": ...}, ...])``)."""
+    import importlib
+
+    mod, _, attr = fn.partition(":")
+    return getattr(importlib.import_module(mod), attr)(**kwargs)
+
+
 def current_executor() -> Executor | None:
     """The executor of the running run (None: the local engine)."""
     return _CURRENT.get()

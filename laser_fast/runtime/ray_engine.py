@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from laser_fast.runtime.engine import UnitTask
+from laser_fast.runtime.engine import UnitTask, run_named
 from laser_fast.runtime.stage import Resources
 
 logger = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class RayExecutor:
         import ray
 
         t0 = time.perf_counter()
-        remote = ray.remote(num_cpus=float(resources.num_cpus), max_retries=3)(_call)
+        remote = ray.remote(num_cpus=float(resources.num_cpus), max_retries=3)(run_named)
         refs = [remote.remote(fn, kw) for kw in calls]
         try:
             out = ray.get(refs)
@@ -240,11 +240,3 @@ class RayExecutor:
 
     def describe(self) -> dict[str, Any]:
         return {"name": "ray", "address": self.address, "cluster": self.cluster(), "tasks": self.tasks}
-
-
-def _call(fn: str, kwargs: dict) -> Any:
-    """Run ``fn`` (``"module:function"``) with ``kwargs`` (a Ray task's body)."""
-    import importlib
-
-    mod, _, attr = fn.partition(":")
-    return getattr(importlib.import_module(mod), attr)(**kwargs)

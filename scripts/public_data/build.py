@@ -25,18 +25,18 @@ MIRROR = Path(".mirror")
 STATS = {"sources": {}, "exclusion": {}, "notes": []}
 
 
-def gitdir(repo):
-    d = MIRROR / repo.replace("/", "+") / "repo"
+def gitdir(repo, mirror=None):
+    d = (mirror or MIRROR) / repo.replace("/", "+") / "repo"
     return str(d / ".git") if (d / ".git").is_dir() else str(d)
 
 
-def head(repo):
-    return subprocess.run(["git", "--git-dir", gitdir(repo), "rev-parse", "HEAD"],
+def head(repo, mirror=None):
+    return subprocess.run(["git", "--git-dir", gitdir(repo, mirror), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def show(repo, path):
-    return subprocess.run(["git", "--git-dir", gitdir(repo), "show", f"HEAD:{path}"],
+def show(repo, path, mirror=None):
+    return subprocess.run(["git", "--git-dir", gitdir(repo, mirror), "show", f"HEAD:{path}"],
                           capture_output=True, check=True).stdout.decode("utf-8")
 
 

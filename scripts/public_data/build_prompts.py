@@ -31,8 +31,11 @@ import io
 import json
 import random
 import re
-import subprocess
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from build import head, show  # the mirror readers of the other builder
 
 # Auto-J scenario -> LASER category, following the project's labelling rule (docs/classifier.md)
 AUTOJ = {
@@ -72,12 +75,6 @@ SOURCES = {
 }
 
 
-def _git(mirror: Path, repo: str, *args: str) -> str:
-    d = mirror / repo.replace("/", "+") / "repo"
-    gd = d / ".git" if (d / ".git").is_dir() else d
-    return subprocess.run(["git", "--git-dir", str(gd), *args], capture_output=True, check=True).stdout.decode("utf-8")
-
-
 def _norm(s: str) -> str:
     return re.sub(r"\W+", " ", s.lower()).strip()
 
@@ -104,11 +101,11 @@ def _known_texts(root: Path) -> set[str]:
 def build(mirror: Path, out: Path, root: Path) -> dict:
     stats: dict = {"commits": {}, "kept": {}, "left_out_labels": {}, "dropped_overlap": 0}
     for key, (repo, _) in SOURCES.items():
-        stats["commits"][key] = _git(mirror, repo, "rev-parse", "HEAD").strip()
+        stats["commits"][key] = head(repo, mirror)
 
     def autoj(split: str) -> list[dict]:
         rows = []
-        for line in _git(mirror, SOURCES["autoj"][0], "show", "HEAD:" + SOURCES["autoj"][1].format(split)).splitlines():
+        for line in show(SOURCES["autoj"][0], SOURCES["autoj"][1].format(split), mirror).splitlines():
             d = json.loads(line)
             text = d["instruction"] + ("\n\n" + d["input"] if (d.get("input") or "").strip() else "")
             cat = AUTOJ.get(d["category"])
@@ -120,17 +117,17 @@ def build(mirror: Path, out: Path, root: Path) -> dict:
 
     train = autoj("train")
     held = autoj("test")
-    for line in _git(mirror, SOURCES["mt_bench"][0], "show", "HEAD:" + SOURCES["mt_bench"][1]).splitlines():
+    for line in show(*SOURCES["mt_bench"], mirror).splitlines():
         d = json.loads(line)
         held.append({"text": d["turns"][0], "category": MT_BENCH[d["category"]], "source": "mt_bench", "label": d["category"]})
-    for line in _git(mirror, SOURCES["wizardlm"][0], "show", "HEAD:" + SOURCES["wizardlm"][1]).splitlines():
+    for line in show(*SOURCES["wizardlm"], mirror).splitlines():
         d = json.loads(line)
         cat = WIZARDLM.get(d["Skill"])
         if cat is None:
             stats["left_out_labels"][f"wizardlm:{d['Skill']}"] = stats["left_out_labels"].get(f"wizardlm:{d['Skill']}", 0) + 1
             continue
         held.append({"text": d["Instruction"], "category": cat, "source": "wizardlm", "label": d["Skill"]})
-    tqa = list(csv.DictReader(io.StringIO(_git(mirror, SOURCES["truthfulqa"][0], "show", "HEAD:" + SOURCES["truthfulqa"][1]))))
+    tqa = list(csv.DictReader(io.StringIO(show(*SOURCES["truthfulqa"], mirror))))
     for d in random.Random(0).sample(tqa, 100):
         held.append({"text": d["Question"], "category": "Factual QA", "source": "truthfulqa", "label": d["Category"]})
 
