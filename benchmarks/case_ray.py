@@ -10,8 +10,9 @@ combination strategy, k-means, budget N/12.
 
 Each run is a child process (its own Ray instance for ``--engine ray``), wall time measured
 around it. ``--quick``: 1,000 records; full: 5,000 (``LASER_BENCH_RAY_ROWS=N`` overrides).
-Scaling across the GPUs of a lent machine runs the same command there with the paper profile
-(see README, "Scale out").
+Then the scaling of the model stages over 1..N workers (:mod:`benchmarks.ray_scale`): the GPU
+benchmark's paper-shape scorers on 1, 2, ... N GPU actors on a GPU machine, tiny models of the
+same architectures on 1 and 2 CPU actors here (``LASER_BENCH_RAY_SCALE=0`` leaves it out).
 """
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ def run(quick: bool) -> list[dict]:
                "ray_tasks": " ".join(f"{k}={v['units']}u/{v['actors']}a/{v['wall_s']:.1f}s" for k, v in remote["tasks"].items()),
                "local_stages_s": " ".join(f"{k}={v}" for k, v in local["stages_s"].items())}
         print(json.dumps(row), flush=True)
-        return [row]
+        rows = [row]
+        if os.environ.get("LASER_BENCH_RAY_SCALE", "1") != "0":
+            from benchmarks import ray_scale
+
+            rows += ray_scale.run(quick)
+        return rows
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -319,3 +319,29 @@ def test_one_large_file_is_read_in_byte_ranges_by_the_workers(ray_local, small_u
     assert remote["engine"]["tasks"]["read"]["units"] == remote["inputs"][0]["ranges"]
     for k in ("sha256", "bytes", "rows", "skipped", "schema"):
         assert remote["inputs"][0][k] == local["inputs"][0][k], k
+
+
+def test_the_actor_cap_is_checked(ray_local, monkeypatch):
+    from laser_fast.runtime.ray_engine import RayExecutor
+
+    for bad in ("0", "two"):
+        monkeypatch.setenv("LASER_FAST_RAY_MAX_ACTORS", bad)
+        with pytest.raises(ValueError, match=r"LASER_FAST_RAY_MAX_ACTORS.*got '" + bad):
+            RayExecutor()
+    monkeypatch.setenv("LASER_FAST_RAY_MAX_ACTORS", "1")
+    assert RayExecutor().describe()["max_actors"] == 1
+
+
+def test_scaling_over_workers_keeps_every_score(ray_local, monkeypatch):
+    """The ``ray`` benchmark's scaling part: the same chunks on 1 and 2 capped actor pools use that
+    many actors and give the same scores bit for bit (tiny models of the GPU benchmark on CPUs)."""
+    from conftest import shared_or_skip
+
+    shared_or_skip("alpaca_eval_pool.jsonl.gz")
+    from benchmarks import ray_scale
+
+    monkeypatch.setenv("LASER_BENCH_RAY_SCALE_RECORDS", "64")
+    rows = ray_scale.run(True)
+    assert [(r["workers"], r["actors_used"]) for r in rows] == [(1, 1), (2, 2)]
+    assert all(r["identical"] and r["records"] == 64 and r["units"] == 4 and r["busy_rec_s"] > 0 for r in rows)
+    assert rows[0]["efficiency"] == 1.0 and rows[1]["efficiency"] > 0

@@ -127,13 +127,24 @@ class RayExecutor:
         address: the cluster (``"auto"``: the running cluster of this node; ``ray://host:10001``;
             None: ``$RAY_ADDRESS`` or a new local instance). An already initialised Ray in this
             process is used as it is.
+        max_actors: at most this many actors per kind of work (None: as many as the cluster's
+            CPUs or GPUs hold; ``$LASER_FAST_RAY_MAX_ACTORS`` sets it too), e.g. to leave part of a
+            shared cluster free or to measure scaling over 1..N GPUs.
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, max_actors: int | None = None):
         ray = require_ray()
         self.address = address
+        cap = max_actors if max_actors is not None else os.environ.get("LASER_FAST_RAY_MAX_ACTORS") or None
+        try:
+            self.max_actors = None if cap is None else int(cap)
+        except ValueError:
+            self.max_actors = 0
+        if self.max_actors is not None and self.max_actors < 1:
+            raise ValueError(f"the Ray engine's actor cap (max_actors, $LASER_FAST_RAY_MAX_ACTORS) must be a whole number of at "
+                             f"least 1, got {cap!r}: set it to the most actors per kind of work, or leave it unset for no cap")
         if not ray.is_initialized():
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
@@ -169,6 +180,8 @@ class RayExecutor:
         ngpu = float(r.num_gpus) if use_gpu else 0.0
         ncpu = float(r.num_cpus)
         slots = int(c["GPU"] // ngpu) if use_gpu else int(max(1.0, c["CPU"] // max(ncpu, 1e-3)))
+        if self.max_actors is not None:
+            slots = min(slots, self.max_actors)
         return max(1, min(slots, n_units)), ncpu, ngpu
 
     def map_units(self, task: UnitTask, units: Sequence) -> list[dict[str, np.ndarray]]:
@@ -239,4 +252,4 @@ class RayExecutor:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "ray", "address": self.address, "cluster": self.cluster(), "tasks": self.tasks}
+        return {"name": "ray", "address": self.address, "max_actors": self.max_actors, "cluster": self.cluster(), "tasks": self.tasks}
