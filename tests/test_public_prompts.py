@@ -47,7 +47,11 @@ def test_labels_map_to_laser_categories_and_train_prompts_never_reach_the_held_o
         autoj.format("test"): _jl([
             {"category": "math_reasoning", "instruction": "What is 17 times 23?", "input": ""},
             {"category": "code_generation", "instruction": "Write a Python function that reverses a list.", "input": ""},
-            {"category": "default", "instruction": "something", "input": ""}])})
+            {"category": "default", "instruction": "something", "input": ""}]),
+        "data/test/testdata_pairwise.jsonl": _jl([
+            {"scenario": "code_generation", "label": 0, "prompt": "Reverse a list in Python.", "response 1": "a[::-1]", "response 2": "no"},
+            {"scenario": "chitchat", "label": 1, "prompt": "hello", "response 1": "go away", "response 2": "Hi! How can I help?"},
+            {"scenario": "brainstorming", "label": 2, "prompt": "Name a colour.", "response 1": "red", "response 2": "blue"}])})
     _repo(mirror, "lm-sys/FastChat", {"fastchat/llm_judge/data/mt_bench/question.jsonl": _jl([
         {"question_id": 81, "category": "writing", "turns": ["Compose a travel blog post about Hawaii.", "Rewrite it."]},
         {"question_id": 131, "category": "extraction", "turns": ["Extract the dates from the text below.\nOn May 3...", "x"]}])})
@@ -77,6 +81,9 @@ def test_labels_map_to_laser_categories_and_train_prompts_never_reach_the_held_o
     for r in held:
         assert r["half"] == ("dev" if int(hashlib.sha1(r["text"].encode()).hexdigest(), 16) % 2 == 0 else "test")
     assert {r["half"] for r in held} == {"dev", "test"}
+    pairs = [json.loads(x) for x in (out / "pairs_heldout.jsonl").read_text().splitlines()]
+    assert [(p["chosen"], p["rejected"], p["category"]) for p in pairs] == [("a[::-1]", "no", "Coding"), ("Hi! How can I help?", "go away", None)]
+    assert all(p["half"] == mod._half(p["instruction"]) and p["source"] == "autoj_pairwise_test" for p in pairs)  # the tie is left out
     # deterministic: a second build writes the same bytes
     again = tmp_path / "again"
     mod.build(mirror, again, tmp_path / "project")

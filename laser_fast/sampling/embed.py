@@ -12,11 +12,12 @@ text field. :meth:`EmbeddingStore.put` stores vectors computed elsewhere the sam
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,11 @@ DEFAULT_MAX_BATCH_SIZE_GPU = 4096
 #: How the vectors of a text are computed, in every key that caches them or results made from
 #: them. 2: on the CPU a forward pass holds only texts of one token length (no padding) and at
 #: least two rows, so a text's vector does not depend on which texts share its batch.
-VECTOR_SCHEME = 2
+#: 3: and each forward runs on one torch thread (several forwards side by side in Python threads,
+#: as many as torch's thread count): a multi-threaded matrix product of few rows splits its work
+#: by the rows it has (seen on Intel Xeon with AVX-512: a text's vector changed with the size of
+#: its batch on 2 threads, never on one).
+VECTOR_SCHEME = 3
 
 
 def _gpu_batch_tokens(model: Any) -> int:
@@ -155,6 +160,35 @@ def non_padding_share(stats: dict) -> float | None:
 # --------------------------------------------------------------------------------------
 # token-budget encoder
 # --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _one_thread_per_forward(on: bool) -> Iterator[Callable]:
+    """A runner ``run_all(fn, batches)`` yielding ``(batch, fn(batch))`` in order. With ``on``,
+    torch runs each forward on one thread and up to torch's thread count of forwards run side by
+    side in Python threads (torch releases the GIL inside its kernels), so a batch's result does
+    not depend on the thread count and the cores stay busy; torch's thread count is restored after."""
+    if not on:
+        yield lambda fn, batches: ((b, fn(b)) for b in batches)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if threads <= 1:
+            yield lambda fn, batches: ((b, fn(b)) for b in batches)
+        else:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laser-embed") as pool:
+                def run_all(fn, batches):
+                    batches = list(batches)
+                    return zip(batches, pool.map(fn, batches))
+
+                yield run_all
+    finally:
+        torch.set_num_threads(threads)
+
 
 class _Encoder:
     """Tokenize once, pack by padded-token budget, forward, normalise, restore the order.
@@ -294,9 +328,10 @@ class _Encoder:
             self._decide_fast(texts, ids, off)
         lens = off[1:] - off[:-1]
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for rows in self.plan(lens, sort):
-                fw = np.repeat(rows, 2) if self.exact and rows.size == 1 else rows  # at least two rows (see exact)
+
+        def forward(rows: np.ndarray) -> np.ndarray:
+            fw = np.repeat(rows, 2) if self.exact and rows.size == 1 else rows  # at least two rows (see exact)
+            with torch.inference_mode():  # thread-local: set in each worker thread
                 if self.fast:
                     f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, fw).items()}
                     e = self.m(f)["sentence_embedding"].float()
@@ -304,12 +339,16 @@ class _Encoder:
                 else:
                     e = self.m.encode([texts[i] for i in fw], batch_size=len(fw), normalize_embeddings=True,
                                       convert_to_numpy=True, show_progress_bar=False)
-                out[rows] = np.asarray(e, dtype=np.float32)[:rows.size]
+            return np.asarray(e, dtype=np.float32)[:rows.size]
+
+        with _one_thread_per_forward(self.exact and self.device.startswith("cpu")) as run_all:
+            for rows, e in run_all(forward, self.plan(lens, sort)):
+                out[rows] = e
                 if stats is not None:
                     bl = lens[rows]
                     stats["forward_passes"] += 1
                     stats["tokens"] += int(bl.sum())
-                    stats["padded_tokens"] += int(fw.size * bl.max())
+                    stats["padded_tokens"] += int((2 if self.exact and rows.size == 1 else rows.size) * bl.max())
                     stats["records"] += int(rows.size)
                 if bar is not None:
                     bar.update(int(rows.size))

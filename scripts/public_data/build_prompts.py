@@ -14,7 +14,13 @@ Reads bare git clones under ``--mirror`` as ``<owner>+<name>/repo`` (``git show 
   sample of 100; held out).
 
 Writes ``prompts_train.jsonl`` and ``prompts_heldout.jsonl`` (``text``, ``category``, ``source``,
-``label`` = the source's own label, ``half``) and ``prompts_stats.json``. The maps below were
+``label`` = the source's own label, ``half``) and ``prompts_stats.json``.
+
+It also writes ``pairs_heldout.jsonl``, held-out pairs for the quality heads, from Auto-J's
+pairwise **test** set (``data/test/testdata_pairwise.jsonl``: real user queries, two model
+responses, a human label; ties left out): ``instruction``, ``chosen``, ``rejected``, ``source``,
+``scenario``, ``category`` (the scenario's LASER category, or None), ``half`` (by
+``sha1(instruction)``, so the pairs of one query share a half). Evaluation only, never trained on. The maps below were
 written from the labels' names and a look at a few training queries per scenario, before any
 classifier saw a held-out prompt; labels with no clear LASER category are left out. Held-out rows
 are split once into halves by ``sha1(text)``: ``dev`` may guide choices, ``test`` is only reported.
@@ -73,6 +79,24 @@ SOURCES = {
     "wizardlm": ("nlpxucan/WizardLM", "WizardLM/data/WizardLM_testset.jsonl"),
     "truthfulqa": ("benedictflorance/truthfulqa_experiments", "datasets/TruthfulQA.csv"),
 }
+AUTOJ_PAIRS = "data/test/testdata_pairwise.jsonl"  # in GAIR-NLP/auto-j; label 0: response 1 preferred, 1: response 2, 2: tie
+
+
+def _half(text: str) -> str:
+    return "dev" if int(hashlib.sha1(text.encode()).hexdigest(), 16) % 2 == 0 else "test"
+
+
+def heldout_pairs(mirror: Path) -> list[dict]:
+    """Auto-J's human-labelled pairwise test set without ties (see the module docstring)."""
+    rows = []
+    for line in show(SOURCES["autoj"][0], AUTOJ_PAIRS, mirror).splitlines():
+        d = json.loads(line)
+        if d["label"] not in (0, 1):
+            continue
+        good, bad = (d["response 1"], d["response 2"]) if d["label"] == 0 else (d["response 2"], d["response 1"])
+        rows.append({"instruction": d["prompt"], "chosen": good, "rejected": bad, "source": "autoj_pairwise_test",
+                     "scenario": d["scenario"], "category": AUTOJ.get(d["scenario"]), "half": _half(d["prompt"])})
+    return rows
 
 
 def _norm(s: str) -> str:
@@ -139,15 +163,15 @@ def build(mirror: Path, out: Path, root: Path) -> dict:
             stats["dropped_overlap"] += 1
             continue
         seen.add(n)
-        r["half"] = "dev" if int(hashlib.sha1(r["text"].encode()).hexdigest(), 16) % 2 == 0 else "test"
+        r["half"] = _half(r["text"])
         kept.append(r)
     for r in train:
         r["half"] = "train"
+    pairs = heldout_pairs(mirror)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("prompts_train.jsonl", train), ("prompts_heldout.jsonl", kept)):
+    for name, rows in (("prompts_train.jsonl", train), ("prompts_heldout.jsonl", kept), ("pairs_heldout.jsonl", pairs)):
         with open(out / name, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         stats["kept"][name] = dict(sorted(collections.Counter(f"{r['half']}:{r['category']}" for r in rows).items()))
     (out / "prompts_stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
     return stats
