@@ -63,9 +63,10 @@ def test_encode_texts_equals_sentence_transformers(model, texts, reference):
 
 
 def test_a_texts_vector_does_not_depend_on_the_texts_embedded_with_it(model):
-    """On the CPU a forward holds texts of one token length and at least two rows, so each text
-    gets the same bits alone, among all the others, in any subset, on one torch thread or two
-    (with token-budget packing, padding changes a text's vector by a few ulps)."""
+    """On the CPU a forward holds texts of one token length and at least two rows and runs on one
+    torch thread, so each text gets the same bits alone, among all the others, in any subset, with
+    torch set to one thread or two (with token-budget packing, padding changes a text's vector by a
+    few ulps; on Intel Xeon with AVX-512 a 2-thread forward of few rows did too)."""
     import torch
 
     if not DATA.exists():
@@ -77,10 +78,11 @@ def test_a_texts_vector_does_not_depend_on_the_texts_embedded_with_it(model):
                 texts.append(json.loads(line)["output" if len(texts) % 3 else "instruction"])
             if len(texts) == 120:
                 break
+    threads = torch.get_num_threads()
     full, st = E.encode_texts(model, texts)
     assert st["forward_passes"] < len(texts)  # texts of equal length share forwards
+    assert torch.get_num_threads() == threads  # forwards ran on one thread each; the count is restored
     rng = np.random.default_rng(0)
-    threads = torch.get_num_threads()
     try:
         for n_threads in (threads, 1):
             torch.set_num_threads(n_threads)
