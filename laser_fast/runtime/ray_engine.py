@@ -133,6 +133,8 @@ class RayExecutor:
     """
 
     name = "ray"
+    #: the actor cap (None: none); see ``max_actors`` above
+    max_actors: int | None = None
 
     def __init__(self, address: str | None = None, max_actors: int | None = None):
         ray = require_ray()
