@@ -77,6 +77,29 @@ def test_log_probs_match_a_plain_forward():
     assert lp[names.index("lp_median")] == pytest.approx(np.median(tok_lp), abs=1e-3)
 
 
+@needs_smol
+def test_features_do_not_depend_on_the_thread_count():
+    """Each CPU forward runs on one torch thread (forwards side by side), so SmolLM2's features are
+    the same bits whether torch has one thread (a Ray actor) or two (the local engine); on Intel
+    Xeon with AVX-512 a 2-thread forward of few rows gave other bits before."""
+    import torch
+
+    inst = [f"Explain step {i} of making bread in a few sentences." for i in range(10)]
+    resp = [("Mix flour, water, salt and yeast. " * (1 + i % 4)) + f"Then rest the dough for {i + 1} hours." for i in range(10)]
+    fx = LiteFeatures(dtype="float32", device="cpu", batch_tokens=256)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = fx(inst, resp, ("lp", "hs"))
+        assert torch.get_num_threads() == 2  # restored after the forwards
+        torch.set_num_threads(1)
+        one = fx(inst, resp, ("lp", "hs"))
+    finally:
+        torch.set_num_threads(threads)
+    for g in ("lp", "hs"):
+        assert np.array_equal(two[g], one[g]), g
+
+
 def _gsm8k_heldout(n: int) -> list[tuple[str, str, str]]:
     """n problems with a correct and an incorrect solution, outside the training sample
     (train_lite_quality.py shuffles the mixed problems with seed 0 and trains on the first 250)."""

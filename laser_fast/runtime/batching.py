@@ -1,9 +1,10 @@
 """Token-budget batching: length-sorted batches under a padded-token budget."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,10 @@ def run_batched(
         stats: dict updated in place (forward_passes, tokens, padded_tokens, seconds).
         show_progress: a tqdm bar over tokens.
 
+    On the CPU each forward runs on one torch thread, several side by side
+    (:func:`one_thread_per_forward`), so a result does not depend on torch's thread count (a Ray
+    actor runs one thread, the local engine all cores). ``fn`` must not tokenize.
+
     Returns:
         list of ``len(seqs)`` results (None for empty sequences).
     """
@@ -104,30 +109,66 @@ def run_batched(
         return results
     batches = [todo[b] for b in plan_batches(lens[todo], batch_tokens, max_batch_size)]
     bar = progress_bar(total=int(lens.sum()), desc=desc, unit="tok", unit_scale=True, show=bool(show_progress))
+
+    def forward(idx: np.ndarray):
+        bl = lens[idx]
+        width = int(bl.max())
+        ids = np.full((idx.size, width), pad_id, dtype=np.int64)
+        mask = np.zeros((idx.size, width), dtype=np.int64)
+        for k, i in enumerate(idx):
+            ids[k, :bl[k]] = seqs[i]
+            mask[k, :bl[k]] = 1
+        with torch.inference_mode():  # thread-local: set in each worker thread
+            return fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
+
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
-            for idx in batches:
+        with one_thread_per_forward(str(device).startswith("cpu")) as run_all:
+            for idx, out in run_all(forward, batches):
                 bl = lens[idx]
-                width = int(bl.max())
-                ids = np.full((idx.size, width), pad_id, dtype=np.int64)
-                mask = np.zeros((idx.size, width), dtype=np.int64)
-                for k, i in enumerate(idx):
-                    ids[k, :bl[k]] = seqs[i]
-                    mask[k, :bl[k]] = 1
-                out = fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
                 for k, i in enumerate(idx):
                     results[i] = out[k]
                 if stats is not None:
                     stats["forward_passes"] += 1
                     stats["tokens"] += int(bl.sum())
-                    stats["padded_tokens"] += int(idx.size * width)
+                    stats["padded_tokens"] += int(idx.size * int(bl.max()))
                 bar.update(int(bl.sum()))
     finally:
         bar.close()
         if stats is not None:
             stats["seconds"] += time.perf_counter() - t0
     return results
+
+
+@contextlib.contextmanager
+def one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Callable]:
+    """A runner ``run_all(fn, batches)`` yielding ``(batch, fn(batch))`` in order. With ``on``,
+    torch runs each forward on one thread and, with ``side_by_side``, up to torch's thread count
+    of forwards run at once in Python threads (torch releases the GIL inside its kernels), so a
+    batch's result does not depend on the thread count and the cores stay busy; torch's thread
+    count is restored after. ``side_by_side=False`` where ``fn`` tokenizes: a fast tokenizer
+    used from two threads at once can fail ("Already borrowed")."""
+    if not on:
+        yield lambda fn, batches: ((b, fn(b)) for b in batches)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if threads <= 1 or not side_by_side:
+            yield lambda fn, batches: ((b, fn(b)) for b in batches)
+        else:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laser-embed") as pool:
+                def run_all(fn, batches):
+                    batches = list(batches)
+                    return zip(batches, pool.map(fn, batches))
+
+                yield run_all
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------

@@ -12,16 +12,16 @@ text field. :meth:`EmbeddingStore.put` stores vectors computed elsewhere the sam
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from laser_fast.runtime.batching import one_thread_per_forward
 from laser_fast.runtime.models import load_sentence_model
 from laser_fast.runtime.workdir import text_hash
 
@@ -160,37 +160,6 @@ def non_padding_share(stats: dict) -> float | None:
 # --------------------------------------------------------------------------------------
 # token-budget encoder
 # --------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Callable]:
-    """A runner ``run_all(fn, batches)`` yielding ``(batch, fn(batch))`` in order. With ``on``,
-    torch runs each forward on one thread and, with ``side_by_side``, up to torch's thread count
-    of forwards run at once in Python threads (torch releases the GIL inside its kernels), so a
-    batch's result does not depend on the thread count and the cores stay busy; torch's thread
-    count is restored after. ``side_by_side=False`` where ``fn`` tokenizes: a fast tokenizer
-    used from two threads at once can fail ("Already borrowed")."""
-    if not on:
-        yield lambda fn, batches: ((b, fn(b)) for b in batches)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if threads <= 1 or not side_by_side:
-            yield lambda fn, batches: ((b, fn(b)) for b in batches)
-        else:
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laser-embed") as pool:
-                def run_all(fn, batches):
-                    batches = list(batches)
-                    return zip(batches, pool.map(fn, batches))
-
-                yield run_all
-    finally:
-        torch.set_num_threads(threads)
-
 
 class _Encoder:
     """Tokenize once, pack by padded-token budget, forward, normalise, restore the order.
@@ -343,7 +312,7 @@ class _Encoder:
                                       convert_to_numpy=True, show_progress_bar=False)
             return np.asarray(e, dtype=np.float32)[:rows.size]
 
-        with _one_thread_per_forward(self.exact and self.device.startswith("cpu"), side_by_side=bool(self.fast)) as run_all:
+        with one_thread_per_forward(self.exact and self.device.startswith("cpu"), side_by_side=bool(self.fast)) as run_all:
             for rows, e in run_all(forward, self.plan(lens, sort)):
                 out[rows] = e
                 if stats is not None:

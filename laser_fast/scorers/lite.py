@@ -150,9 +150,11 @@ class LiteQualityScorer(Scorer):
             smol = smollm2_gguf("lite_quality")[1]
         except ModelLoadError:
             smol = "missing"
+        from laser_fast.sampling.embed import VECTOR_SCHEME
+
         cfg = json.dumps(asdict(lin.config), sort_keys=True)
         dt = self.dtype or "auto"
-        return (f"lite_quality|{smol}+all-MiniLM-L6-v2|head {lin.digest}|"
+        return (f"lite_quality|{smol}+all-MiniLM-L6-v2 vec{VECTOR_SCHEME}|head {lin.digest}|"
                 f"{hashlib.sha256(cfg.encode()).hexdigest()[:12]}|{dt}|v{__version__}")
 
     def score_pairs(self, instructions: Sequence[str], responses: Sequence[str], *, batch_size: int | None = None,

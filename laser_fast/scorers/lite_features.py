@@ -300,29 +300,28 @@ class LiteFeatures:
         s = self._smol
         torch, model = s["torch"], s["model"]
         dev = self._resolve_device()
-        from laser_fast.runtime.batching import plan_batches
+        from laser_fast.runtime.batching import one_thread_per_forward, plan_batches
 
         out: list = [None] * len(seqs)
         batches = [b.tolist() for b in plan_batches([len(q[0]) for q in seqs], self.batch_tokens, self.max_batch_size)]
-        it = progress_iter(batches, desc=desc, unit="batch", show=progress)
         layer = self.config.layer
-        with torch.inference_mode():
-            for b in it:
-                L = max(len(seqs[i][0]) for i in b)
-                ids = torch.full((len(b), L), s["pad"], dtype=torch.long)
-                att = torch.zeros((len(b), L), dtype=torch.long)
-                for r, i in enumerate(b):
-                    q = seqs[i][0]
-                    ids[r, :len(q)] = torch.tensor(q)
-                    att[r, :len(q)] = 1
+
+        def forward(b: list[int]):
+            """One batch: per row (log-probs, margins, top-1 flags, mean hidden state or None), and
+            the batch's real and padded token counts."""
+            L = max(len(seqs[i][0]) for i in b)
+            ids = torch.full((len(b), L), s["pad"], dtype=torch.long)
+            att = torch.zeros((len(b), L), dtype=torch.long)
+            for r, i in enumerate(b):
+                q = seqs[i][0]
+                ids[r, :len(q)] = torch.tensor(q)
+                att[r, :len(q)] = 1
+            with torch.inference_mode():  # thread-local: set in each worker thread
                 ids = ids.to(dev)
                 # right padding + causal attention: real tokens only ever attend to real tokens, so
                 # no mask is needed (and the unmasked causal kernel is much faster on CPU)
                 res = model.model(input_ids=ids, output_hidden_states=want_hidden)
                 last = res.last_hidden_state
-                self.stats["forward_passes"] += 1
-                self.stats["tokens"] += int(att.sum())
-                self.stats["padded_tokens"] += int(att.numel())
                 # positions predicting response tokens: start-1 .. len-2
                 rows, pos, tgt = [], [], []
                 spans = []
@@ -356,9 +355,19 @@ class LiteFeatures:
                         # response tokens (not the end token): start .. len-2
                         hs.append(h[r, start:len(q) - 1].mean(0).cpu().numpy() if len(q) - 1 > start
                                   else np.zeros(h.shape[-1], dtype=np.float32))
-                for r, i in enumerate(b):
-                    a, e = spans[r]
-                    out[i] = (lp_all[a:e], mg_all[a:e], t1_all[a:e], None if hs is None else hs[r])
+            rows_out = [(lp_all[a:e], mg_all[a:e], t1_all[a:e], None if hs is None else hs[r]) for r, (a, e) in enumerate(spans)]
+            return rows_out, int(att.sum()), int(att.numel())
+
+        # on the CPU one torch thread per forward, forwards side by side: a row's features do not
+        # depend on torch's thread count (a Ray actor runs one thread, the local engine all cores)
+        with one_thread_per_forward(str(dev).startswith("cpu")) as run_all:
+            for b, (rows_out, real, padded) in progress_iter(run_all(forward, batches), desc=desc, unit="batch", show=progress,
+                                                             total=len(batches)):
+                self.stats["forward_passes"] += 1
+                self.stats["tokens"] += real
+                self.stats["padded_tokens"] += padded
+                for i, row in zip(b, rows_out):
+                    out[i] = row
         return out
 
     def smol_features(self, instructions: list[str], responses: list[str], groups: Sequence[str],
@@ -410,18 +419,20 @@ class LiteFeatures:
     def minilm_features(self, instructions: list[str], responses: list[str], groups: Sequence[str],
                         batch_size: int = 32, progress: bool = False) -> dict[str, np.ndarray]:
         from laser_fast.classifier.features import embedding_text
+        from laser_fast.sampling.embed import encode_texts
+
         m = self.load_minilm()
         c = self.config
+        # encode_texts: on the CPU batches of one token length, one torch thread per forward, so a
+        # vector does not depend on the other texts or on torch's thread count
         r_txt = [embedding_text(r, c.minilm_head_words, c.minilm_tail_words) for r in responses]
-        er = m.encode(r_txt, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                      show_progress_bar=progress).astype(np.float64)
+        er = encode_texts(m, r_txt, show_progress=progress)[0].astype(np.float64)
         out = {}
         if "emb" in groups:
             out["emb"] = er
         if "embx" in groups:
             i_txt = [embedding_text(t, 150, 50) for t in instructions]
-            ei = m.encode(i_txt, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                          show_progress_bar=progress).astype(np.float64)
+            ei = encode_texts(m, i_txt, show_progress=progress)[0].astype(np.float64)
             prod = ei * er
             out["embx"] = np.concatenate([prod, prod.sum(1, keepdims=True)], axis=1)
         return out
