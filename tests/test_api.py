@@ -147,6 +147,11 @@ ALLOWED = {
     ("laser_fast.scorers.onepass", "classifier"),
     ("laser_fast.scorers.onepass", "sampling"),
     ("laser_fast.classifier.models", "sampling"),
+    # lite_quality (lite-llm) embeds with the sampling step's encoder, whose CPU vectors do not
+    # depend on the batch or the thread count (one definition of how a text becomes a vector), and
+    # its fingerprint names that encoder's vector scheme
+    ("laser_fast.scorers.lite_features", "sampling"),
+    ("laser_fast.scorers.lite", "sampling"),
     # classifications are cached per conversation in the score cache's shards (one per-record
     # store for every model output)
     ("laser_fast.classifier.stage", "scorers"),
