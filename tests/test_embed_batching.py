@@ -1,6 +1,7 @@
 """Token-budget embedding (laser_fast.sampling.embed.encode_texts) and the store's put / resume paths."""
 import gzip
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,33 @@ def test_shard_index_prefix_collisions_and_duplicates():
     absent[-1] ^= 1
     pos = idx.lookup(np.vstack([q, absent[None]]))
     assert pos.tolist() == [20, 10, 30, 0, -1]
+
+
+def test_one_thread_per_forward_keeps_order_restores_threads_and_stops_on_an_error():
+    import torch
+
+    from laser_fast.runtime.batching import one_thread_per_forward
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    try:
+        with one_thread_per_forward(True) as run_all:
+            got = list(run_all(lambda b: (torch.get_num_threads(), b * 10), range(6)))
+        assert [b for b, _ in got] == list(range(6)) and [r[1] for _, r in got] == [0, 10, 20, 30, 40, 50]
+        assert {r[0] for _, r in got} == {1}  # each forward saw one torch thread
+        assert torch.get_num_threads() == 2
+
+        def boom(b):
+            seen.append(b)
+            if b == 1:
+                raise ValueError("forward failed")
+            time.sleep(0.05)
+            return b
+
+        with pytest.raises(ValueError, match="forward failed"), one_thread_per_forward(True) as run_all:
+            for _ in run_all(boom, range(200)):
+                pass
+        assert len(seen) < 200 and torch.get_num_threads() == 2  # the rest were dropped; threads restored
+    finally:
+        torch.set_num_threads(threads)

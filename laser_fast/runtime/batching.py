@@ -161,12 +161,16 @@ def one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Call
         if threads <= 1 or not side_by_side:
             yield lambda fn, batches: ((b, fn(b)) for b in batches)
         else:
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laser-embed") as pool:
-                def run_all(fn, batches):
-                    batches = list(batches)
-                    return zip(batches, pool.map(fn, batches))
+            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laser-forward")
 
+            def run_all(fn, batches):
+                batches = list(batches)
+                return zip(batches, pool.map(fn, batches))
+
+            try:
                 yield run_all
+            finally:  # on an error the batches not yet started are dropped, not run first
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         torch.set_num_threads(threads)
 
