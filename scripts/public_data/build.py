@@ -63,6 +63,12 @@ def prov(key, repo, path):
         PROV[key]["paths"].append(path)
 
 
+def source_text(key, repo, path):
+    """The text of ``path`` in ``repo``, recorded in the provenance under ``key``."""
+    prov(key, repo, path)
+    return show(repo, path)
+
+
 # ---------------------------------------------------------------- exclusion set
 def load_exclusion():
     texts = collections.defaultdict(set)  # set name -> raw texts
@@ -194,8 +200,7 @@ def webquestions_rows():
     items = []
     for split in ("trainmodel", "val", "devtest"):
         path = f"main/{split}.json"
-        prov("webquestions", repo, path)
-        for r in json.loads(show(repo, path)):
+        for r in json.loads(source_text("webquestions", repo, path)):
             items.append({"text": r["qText"].strip(), "category": "Factual QA", "source": "webquestions",
                           "split": "train", "orig_split": split, "id": r["qId"]})
     items = dedupe_norm(items)
@@ -207,9 +212,8 @@ def webquestions_rows():
 def math_all():
     repo = "MDX-0003/cs336-assignment5"
     path = "data/MATH/train.jsonl"
-    prov("math", repo, path)
     out = []
-    for r in jsonl(show(repo, path)):
+    for r in jsonl(source_text("math", repo, path)):
         m = re.match(r"Level (\d)", r.get("level", ""))
         out.append({"text": r["problem"].strip(), "category": "Math", "source": "math", "split": "train",
                     "level": int(m.group(1)) if m else None, "subject": r["subject"],
@@ -245,9 +249,8 @@ def math_rows(allrows):
 def gsm8k_rows():
     repo = "openai/grade-school-math"
     path = "grade_school_math/data/train.jsonl"
-    prov("gsm8k", repo, path)
     items = dedupe_norm([{"text": r["question"].strip(), "category": "Math", "source": "gsm8k",
-                          "split": "train"} for r in jsonl(show(repo, path))])
+                          "split": "train"} for r in jsonl(source_text("gsm8k", repo, path))])
     items = filt("gsm8k", items)
     random.Random(0).shuffle(items)
     return items[:1500]
@@ -259,9 +262,8 @@ def gpteacher_rows():
     for path, cat, src, cap in (("Codegen/codegen-instruct.json", "Coding", "gpteacher_codegen", 1500),
                                 ("Roleplay/roleplay-simple-deduped-roleplay-instruct.json", "Generation",
                                  "gpteacher_roleplay", 1000)):
-        prov(src, repo, path)
         items = []
-        for r in json.loads(show(repo, path)):
+        for r in json.loads(source_text(src, repo, path)):
             t = r["instruction"].strip()
             if r.get("input", "").strip():
                 t = t + "\n\n" + r["input"].strip()
@@ -276,9 +278,8 @@ def gpteacher_rows():
 def mbpp_rows():
     repo = "OckBench/OckBench"
     path = "data/mbpp.jsonl"
-    prov("mbpp", repo, path)
     items = []
-    for r in jsonl(show(repo, path)):
+    for r in jsonl(source_text("mbpp", repo, path)):
         tid = int(r["task_id"])
         if 601 <= tid <= 974:
             split = "train"
@@ -332,7 +333,6 @@ def build_categories():
 def oa_pairs():
     repo = "LAION-AI/Open-Assistant"
     path = "model/model_eval/manual/data/en_100_tree.jsonl"
-    prov("oasst_en_100_tree", repo, path)
     pairs, skipped = [], collections.Counter()
 
     def ok(n):
@@ -370,7 +370,7 @@ def oa_pairs():
                 if p.get("role") == "prompter":
                     walk(p, hist + [("Assistant", a["text"].strip())], tree_id)
 
-    for t in jsonl(show(repo, path)):
+    for t in jsonl(source_text("oasst_en_100_tree", repo, path)):
         walk(t["prompt"], [], t["message_tree_id"])
     STATS["oa_skipped"] = dict(skipped)
     return pairs
@@ -381,8 +381,7 @@ def uf_pairs():
     out = []
     for fn, split in (("train_clean", "train"), ("eval_clean", "eval")):
         path = f"data/processed/{fn}.jsonl"
-        prov("ultrafeedback_dpo_noise_study", repo, path)
-        for r in jsonl(show(repo, path)):
+        for r in jsonl(source_text("ultrafeedback_dpo_noise_study", repo, path)):
             def last_text(x):
                 if isinstance(x, list):
                     xs = [m for m in x if m.get("role") == "assistant"] or x
