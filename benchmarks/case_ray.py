@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import head_jsonl
+from benchmarks.common import head_jsonl, ray_case_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
@@ -48,13 +48,7 @@ def _run(pool: Path, root: Path, tag: str, budget: int, engine: str, profile: st
 
 
 def run(quick: bool) -> list[dict]:
-    if not POOL.exists():
-        print(f"ray: {POOL} not present, skipped", flush=True)
-        return []
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        print("ray: Ray Data is not installed (pip install 'laser_fast[ray]'), skipped", flush=True)
+    if ray_case_missing("ray", POOL):
         return []
     n = int(os.environ.get("LASER_BENCH_RAY_ROWS") or (1_000 if quick else 5_000))
     profile = os.environ.get("LASER_BENCH_RAY_PROFILE") or "lite"

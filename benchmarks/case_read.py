@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import ray_case_missing
+
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
 RANGE = 16 << 20
@@ -39,14 +41,10 @@ def _big_file(copies: int) -> Path:
 
 
 def run(quick: bool) -> list[dict]:
-    if not POOL.exists():
-        print(f"read: {POOL} not present, skipped", flush=True)
+    if ray_case_missing("read", POOL):
         return []
-    try:
-        import ray
-    except ImportError:
-        print("read: Ray is not installed (pip install 'laser_fast[ray]'), skipped", flush=True)
-        return []
+    import ray
+
     from laser_fast.io.ingest import read_source
     from laser_fast.io.ranges import read_in_ranges
     from laser_fast.runtime.engine import current_executor, use_engine

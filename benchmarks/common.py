@@ -137,3 +137,16 @@ def head_jsonl(src, out, n: int):
                 break
             g.write(line)
     return out
+
+
+def ray_case_missing(case: str, pool: Path) -> bool:
+    """True (after printing why) when a Ray case cannot run here: no shared pool, or no Ray."""
+    if not pool.exists():
+        print(f"{case}: {pool} not present, skipped", flush=True)
+        return True
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print(f"{case}: Ray Data is not installed (pip install 'laser_fast[ray]'), skipped", flush=True)
+        return True
+    return False
