@@ -148,8 +148,11 @@ def one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Call
     batch's result does not depend on the thread count and the cores stay busy; torch's thread
     count is restored after. ``side_by_side=False`` where ``fn`` tokenizes: a fast tokenizer
     used from two threads at once can fail ("Already borrowed")."""
+    def one_by_one(fn, batches):
+        return ((b, fn(b)) for b in batches)
+
     if not on:
-        yield lambda fn, batches: ((b, fn(b)) for b in batches)
+        yield one_by_one
         return
     from concurrent.futures import ThreadPoolExecutor
 
@@ -159,7 +162,7 @@ def one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Call
     torch.set_num_threads(1)
     try:
         if threads <= 1 or not side_by_side:
-            yield lambda fn, batches: ((b, fn(b)) for b in batches)
+            yield one_by_one
         else:
             pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laser-forward")
 
