@@ -1,8 +1,10 @@
 """Benchmark case ``lite``: the offline profiles on real AlpacaEval records, old path vs one pass.
 
-* ``lite`` (one pass): the MiniLM classifier head and the ``onepass`` scorer, which read each
-  record's instruction and response once through the work directory's embedding store (k-means
-  reuses the response vectors);
+* ``lite`` (one pass): the ``onepass`` scorer, which reads each record's instruction and response
+  once through the work directory's embedding store (k-means reuses the response vectors), with
+  the default classifier (``tuned``: MiniLM with fine-tuned top layers, one more MiniLM pass over
+  the instructions) and with the ``minilm`` head (frozen MiniLM; it reads the store's
+  instruction vectors, so nothing is embedded twice);
 * ``lite-llm`` (the old path): the SmolLM2 classifier head, ``lite_quality`` and
   ``lite_difficulty`` (SmolLM2-135M forwards per record, in float32 on a CPU without bf16 units).
 
@@ -107,11 +109,11 @@ def _stage_rows(rows: list[dict], n_llm: int, cpu: dict) -> list[dict]:
 
     out = []
     insts = sorted({r["instruction"] for r in rows})
-    for name, n in (("minilm", len(insts)), ("smollm", min(n_llm, len(insts)))):
+    for name, n in (("tuned", len(insts)), ("minilm", len(insts)), ("smollm", min(n_llm, len(insts)))):
         clf = load_classifier(name, device="cpu")
         clf.predict(["warm up the model"])
         _, t = timed(clf.predict, insts[:n])
-        out.append({"case": "lite", "row": "stage", "stage": f"classify ({name})", "path": "one pass" if name == "minilm" else "old",
+        out.append({"case": "lite", "row": "stage", "stage": f"classify ({name})", "path": "old" if name == "smollm" else "one pass",
                     "items": n, "per_s": round(n / t, 2), **cpu})
     frame = pl.DataFrame([{"instruction": r["instruction"], "output": r["output"]} for r in rows])
     recs, _ = records_from_frame(frame, origin="bench")
@@ -146,14 +148,14 @@ def run(quick: bool) -> list[dict]:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     try:
-        for profile, classifier, m in (("lite", "minilm", n), ("lite-llm", "smollm", n_llm)):
+        for profile, classifier, m in (("lite", "tuned", n), ("lite", "minilm", n), ("lite-llm", "smollm", n_llm)):
             # a smaller run takes a seeded random subset (the pool file is ordered by generator)
             pick = list(range(n)) if m >= n else sorted(random.Random(1).sample(range(n), m))
             sub, sub_gens = [rows[i] for i in pick], [gens[i] for i in pick]
             b = budget if m >= n else max(1, m // 16)
             res = _select(sub, root, profile, classifier, b)
             sel = [int(str(i)[1:]) for i in res["ids"]]  # ids are positions in ``sub``
-            row = {"case": "lite", "row": "select", "profile": profile, "path": "one pass" if profile == "lite" else "old",
+            row = {"case": "lite", "row": "select", "profile": profile, "classifier": classifier, "path": "one pass" if profile == "lite" else "old",
                    "records": len(sub), "budget": b, "wall_s": round(res["wall_s"], 1), "records_per_s": round(len(sub) / res["wall_s"], 2),
                    "selected_mean_lc_winrate": round(float(np.mean([lc[sub_gens[i]] for i in sel])), 2),
                    "random_mean_lc_winrate": round(float(np.mean([lc[g] for g in sub_gens])), 2),
@@ -167,7 +169,7 @@ def run(quick: bool) -> list[dict]:
     meta = json.loads((ROOT / "laser_fast" / "models" / "onepass" / "meta.json").read_text())
     acc = {"case": "lite", "row": "accuracy", "source": "laser_fast/models/onepass/meta.json (held-out quarter, scripts/train_onepass.py)",
            "quality": meta["quality"]["held_out"], "difficulty": meta["difficulty"]["held_out"]}
-    cls = json.loads((ROOT / "laser_fast" / "models" / "classifier" / "meta.json").read_text())
+    cls = json.loads((ROOT / "laser_fast" / "models" / "classifier_tuned" / "meta.json").read_text())
     if "held_out" in cls:
         acc["classifier"] = cls["held_out"]
     out.append(acc)

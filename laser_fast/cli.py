@@ -51,7 +51,8 @@ def _select_parser(sub) -> None:
     p.add_argument("--max-seq-length", type=int, help="drop records whose instruction+response tokens exceed this (default 4096; 0 = off)")
     p.add_argument("--order", choices=["shuffle", "difficulty", "length", "category", "difficulty_category", "length_category", "none"], help="output order (default shuffle)")
     p.add_argument("--seed", type=int, help="seed for k-means, ties, shuffling and the random strategy (default 0)")
-    p.add_argument("--classifier", help="SetFit or Hugging Face sequence-classification model (id or path) instead of the bundled one")
+    p.add_argument("--classifier", help="task classifier: tuned (the default: MiniLM with fine-tuned top layers), minilm (frozen MiniLM; "
+                   "shares the onepass scorer's instruction vectors), smollm, or a SetFit / Hugging Face sequence-classification model (id or path)")
     p.add_argument("--tokenizer", "--train-tokenizer", dest="tokenizer", metavar="MODEL",
                    help="the tokenizer of the model you will train (hub id or folder): --token-budget and --max-seq-length count "
                         "its tokens (default: the bundled MiniLM WordPiece tokenizer, which only approximates them)")
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", help="classify records into the 7 LASER categories")
     c.add_argument("inputs", nargs="+", metavar="INPUT")
     c.add_argument("--output", required=True, help="categories file (.jsonl or .parquet)")
-    c.add_argument("--classifier", help="model id or path (default: bundled)")
+    c.add_argument("--classifier", help="tuned (default), minilm, smollm, or a model id or path")
     c.add_argument("--schema", choices=["messages", "sharegpt", "alpaca", "dpo", "kto"])
     c.add_argument("--skip-invalid", action="store_true")
     c.add_argument("--max-record-bytes", type=int, metavar="N", help=_MAX_RECORD_HELP)
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL(.gz), JSON-array, CSV/TSV or Parquet files")
     s.add_argument("--output-dir", required=True, help="where scores.parquet (data_id, category, one column per score) and scores_manifest.json go")
     s.add_argument("--workdir", help="cache folder (default $LASER_FAST_WORKDIR or ~/.cache/laser_fast); scores are cached per scorer fingerprint and data_id")
-    s.add_argument("--classifier", help="task classifier (id or path) for records without a category column")
+    s.add_argument("--classifier", help="task classifier (tuned, the default; minilm; smollm; an id or path) for records without a category column")
     s.add_argument("--tokenizer", "--train-tokenizer", dest="tokenizer", metavar="MODEL",
                    help="the tokenizer of the model you will train, for the token counts (default: the bundled MiniLM tokenizer)")
     s.add_argument("--schema", choices=["messages", "sharegpt", "alpaca", "dpo", "kto"])

