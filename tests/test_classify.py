@@ -391,7 +391,7 @@ def test_bad_fine_tuned_layers_name_the_file(tmp_path):
         shutil.copy(TUNED_MODEL_DIR / f, tmp_path / f)
     fp = DefaultClassifier(tmp_path).fingerprint
     z = dict(np.load(TUNED_MODEL_DIR / "layers.npz"))
-    key = sorted(z)[0]
+    key = min(z)
     z[key] = z[key] + np.float16(0.01)
     np.savez(tmp_path / "layers.npz", **z)
     assert DefaultClassifier(tmp_path).fingerprint != fp  # the layers are part of the fingerprint

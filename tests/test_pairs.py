@@ -51,7 +51,9 @@ def test_dpo_units_are_scored_on_both_answers_and_selected_whole(tmp_path):
     assert "_rejected" not in dec.columns
     # the unit's quality is the margin, chosen minus rejected, of the scorer's quality
     scored = 0
-    for m in ("quality", "if_quality", "process_reward", "code_quality"):  # each category's own quality metric
+    metrics = [m for m in ("quality", "if_quality", "process_reward", "code_quality") if m in dec.columns]
+    assert metrics  # each category's own quality metric; a metric no unit's category uses has no column
+    for m in metrics:
         c, r = dec[f"chosen_{m}"].to_numpy(), dec[f"rejected_{m}"].to_numpy()
         np.testing.assert_allclose(dec[m].to_numpy(), c - r)
         scored += int(np.isfinite(c - r).sum())
@@ -63,7 +65,7 @@ def test_dpo_units_are_scored_on_both_answers_and_selected_whole(tmp_path):
     for r in sel:  # every unit whole and as it came, in TRL's format, no messages
         assert "messages" not in r
         assert {k: r[k] for k in ("prompt", "chosen", "rejected")} == {k: src[r["source_tag"]][k] for k in ("prompt", "chosen", "rejected")}
-        m = next(m for m in ("quality", "if_quality", "process_reward", "code_quality") if r[f"chosen_{m}"] is not None)
+        m = next(m for m in metrics if r[f"chosen_{m}"] is not None)
         assert r[m] == pytest.approx(r[f"chosen_{m}"] - r[f"rejected_{m}"])
     train = _lines(out / "train.jsonl")
     assert [sorted(t) for t in train] == [["chosen", "data_id", "prompt", "rejected"]] * 6

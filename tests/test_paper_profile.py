@@ -395,6 +395,38 @@ def test_packed_forward_equals_padded(tiny, which):
         make(device="cpu", packing="yes")
 
 
+def test_packed_forwards_side_by_side_give_the_serial_results(tiny):
+    """A packed forward switches the model's attention on its shared config; forwards that run
+    side by side in threads (one torch thread each on the CPU) must not see another's switch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from laser_fast.runtime.packing import packed_hidden
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["ifd"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny["ifd"])
+    texts = [f"{q} {a}" for _, q, a in PACK_ROWS]
+    enc = [tok(texts[i:] + texts[:i], padding=True, return_tensors="pt") for i in range(len(texts))]
+
+    def run(e):
+        with torch.inference_mode():
+            return packed_hidden(model, e["input_ids"], e["attention_mask"]).numpy()
+
+    serial = [run(e) for e in enc]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(10):
+                for got, want in zip(pool.map(run, enc * 4), serial * 4):
+                    np.testing.assert_array_equal(got, want)
+    finally:
+        torch.set_num_threads(threads)
+    assert model.config._attn_implementation != "laser_varlen"
+
+
 def test_cuda_batch_tokens_follows_free_memory_and_model_shape():
     from transformers import Qwen3Config
 

@@ -27,6 +27,9 @@ VARLEN = "laser_varlen"
 
 _REGISTERED = False
 _LOCK = threading.Lock()
+#: held through each packed forward: it switches the attention on the model's shared config, so
+#: forwards run side by side in threads (one torch thread each, on the CPU) take turns here
+_FORWARD_LOCK = threading.Lock()
 
 
 def varlen_available() -> bool:
@@ -127,7 +130,8 @@ def packed_hidden(model, input_ids, attention_mask):
 
     The real tokens (``attention_mask == 1``, a prefix of each row) run as one packed row with
     per-sequence position ids and causal attention within each sequence; padding positions of
-    the result are zero.
+    the result are zero. Packed forwards run one at a time (the attention switch is on the
+    model's shared config); on a GPU they do anyway, and on the CPU packing is opt-in.
     """
     import torch
 
@@ -141,13 +145,14 @@ def packed_hidden(model, input_ids, attention_mask):
     longest = int(lengths.max())
     base = decoder_of(model)
     cfg = base.config
-    was = getattr(cfg, "_attn_implementation", None)
-    cfg._attn_implementation = VARLEN
-    try:
-        out = base(input_ids=flat, position_ids=pos, attention_mask=None, use_cache=False,
-                   cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).last_hidden_state
-    finally:
-        cfg._attn_implementation = was
+    with _FORWARD_LOCK:  # another thread's forward must neither see the switch nor undo it
+        was = getattr(cfg, "_attn_implementation", None)
+        cfg._attn_implementation = VARLEN
+        try:
+            out = base(input_ids=flat, position_ids=pos, attention_mask=None, use_cache=False,
+                       cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).last_hidden_state
+        finally:
+            cfg._attn_implementation = was
     hidden = out.new_zeros((*input_ids.shape, out.shape[-1]))
     hidden[m] = out[0]
     return hidden
