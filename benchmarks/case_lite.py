@@ -84,10 +84,10 @@ def _win_rates() -> dict[str, float]:
 
 
 def _select(rows: list[dict], root: Path, profile: str, classifier: str, budget: int) -> dict:
-    pool = root / f"pool-{profile}.jsonl"
+    pool = root / f"pool-{profile}-{classifier}.jsonl"
     with open(pool, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps({"id": f"r{i}", "instruction": r["instruction"], "output": r["output"]}) + "\n" for i, r in enumerate(rows))
-    out, wd = root / f"out-{profile}", root / f"wd-{profile}"
+    out, wd = root / f"out-{profile}-{classifier}", root / f"wd-{profile}-{classifier}"  # each run cold
     cmd = [sys.executable, "-m", "laser_fast.cli", "select", str(pool), "--budget", str(budget), "--profile", profile,
            "--classifier", classifier, "--strategy", "combination", "--mode", "kmeans", "--seed", "0",
            "--workdir", str(wd), "--output-dir", str(out), "--no-report", "-q"]
