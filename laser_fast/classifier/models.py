@@ -231,7 +231,7 @@ def _load_tuned_layers(st, path: Path) -> None:
         arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot read the classifier's fine-tuned layers {path}: {e}. Retrain the head "
-                             "with `python scripts/train_classifier.py --finetune 2`.") from e
+                             "with `python scripts/train_classifier.py --finetune 3` (docs/classifier.md).") from e
     layers = st[0].auto_model.encoder.layer
     with torch.no_grad():
         for key, arr in arrays.items():
