@@ -423,8 +423,7 @@ def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, bat
     import copy
 
     import torch
-    torch.manual_seed(seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.manual_seed(seed)  # torch's own thread count (the cores): no process-wide change
     st, _ = _load_minilm("cpu")
     bert = st[0].auto_model
     nl = len(bert.encoder.layer)

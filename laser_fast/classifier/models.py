@@ -27,6 +27,7 @@ import logging
 import os
 import pickle
 import threading
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -229,7 +230,7 @@ def _load_tuned_layers(st, path: Path) -> None:
     try:
         z = np.load(path)
         arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise ModelLoadError(f"cannot read the classifier's fine-tuned layers {path}: {e}. Retrain the head "
                              "with `python scripts/train_classifier.py --finetune 3` (docs/classifier.md).") from e
     layers = st[0].auto_model.encoder.layer
