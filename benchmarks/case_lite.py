@@ -61,7 +61,21 @@ def cpu_info() -> dict:
     # the old path runs SmolLM2 in bf16 where the CPU multiplies it natively; LASER_FAST_CPU_BF16=0
     # measures it in float32, as on an AVX2-only CPU (the one pass is float32 either way)
     return {"cpu": name, "cpu_flags": " ".join(f for f in want if f in flags), "cores": os.cpu_count(),
-            "old_path_dtype": "bfloat16" if cpu_bf16_supported() else "float32"}
+            "old_path_dtype": "bfloat16" if cpu_bf16_supported() else "float32", "isa_cap": isa_cap()}
+
+
+#: environment variables that cap the instruction set the math libraries use: torch's own kernels,
+#: MKL (torch's matrix products), oneDNN and OpenBLAS (numpy)
+ISA_CAP_VARS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
+
+
+def isa_cap() -> str:
+    """The caps in effect (``none`` when unset), with the capability torch reports, so an
+    AVX-512 machine run as an AVX2 one (``scripts/avx2_env.sh``) says so in every result row."""
+    import torch
+
+    caps = [f"{v}={os.environ[v]}" for v in ISA_CAP_VARS if os.environ.get(v)]
+    return f"{' '.join(caps) or 'none'} (torch kernels: {torch.backends.cpu.get_cpu_capability()})"
 
 
 def _sample(n: int, seed: int = 0) -> list[dict]:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run a command with the math libraries capped at AVX2 + FMA, float32: the closest this project can
+# come to an AVX2-only CPU (e.g. AMD EPYC) on an AVX-512 / AMX machine. Clock speed, caches and
+# other jobs on the machine still differ, so figures measured this way are named as capped, not as
+# an AVX2 machine's.
+#   scripts/avx2_env.sh python -m benchmarks --quick --cases lite
+#   scripts/avx2_env.sh make demo
+# ATEN_CPU_CAPABILITY: torch's own vectorised kernels; MKL_ENABLE_INSTRUCTIONS: MKL (torch's float32
+# matrix products); ONEDNN_MAX_CPU_ISA: oneDNN; OPENBLAS_CORETYPE: numpy's OpenBLAS;
+# LASER_FAST_CPU_BF16=0: no bfloat16 path (an AVX2 CPU has none). The compiled core is built
+# without -march=native unless LASER_FAST_NATIVE=1, so it runs AVX2-compatible code already.
+export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell
+export LASER_FAST_CPU_BF16=0
+exec "$@"
