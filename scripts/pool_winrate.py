@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""How strong are the generators of a selection from the shared AlpacaEval pool? (issue 17)
+
+The pool (``../shared/data/alpaca_eval_pool.jsonl.gz``) holds 805 instructions answered by 40
+generators; ``alpaca_eval_leaderboard.jsonl`` gives each generator's length-controlled AlpacaEval 2
+win rate (``NullModel``, a deliberate junk string, counts as 0). A selection's figure is the mean
+win rate of its rows' generators.
+
+  # the pool as a selection input (ids r0, r1, ... are pool positions)
+  python scripts/pool_winrate.py pool /tmp/pool.jsonl
+  laser-fast select /tmp/pool.jsonl --budget 2000 --profile lite --strategy combination \\
+      --mode kmeans --seed 0 --workdir /tmp/wd --output-dir /tmp/out --no-report
+  python scripts/pool_winrate.py score /tmp/out [more output folders...]
+
+``pool --oracle-quality --difficulty-from OUT/decisions.parquet`` writes every quality metric as
+the generator's win rate itself and ``difficulty`` as a lite run over this pool scored it (rows
+that run left unscored, its duplicates, get 0; they are duplicates here too), for ``--profile
+none``: the ceiling a perfect quality scorer would reach under the same selection. Never train or tune a
+scorer on these win rates: they are the benchmark's answer key.
+
+``score`` splits the pool's instructions once, by ``sha1(instruction) mod 2`` (0: development
+half, 1: test half), and prints both halves beside the whole, so a choice made on one half can be
+reported on the other.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+QUALITY_COLUMNS = ("quality", "if_quality", "process_reward", "code_quality")
+
+
+def pool_rows(data: Path) -> list[dict]:
+    with gzip.open(data / "alpaca_eval_pool.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def win_rates(data: Path) -> dict[str, float]:
+    lc = {}
+    for line in (data / "alpaca_eval_leaderboard.jsonl").read_text(encoding="utf-8").splitlines():
+        d = json.loads(line)
+        lc[d["generator"]] = float(d["length_controlled_winrate"])
+    lc["NullModel"] = 0.0
+    return lc
+
+
+def dev_half(instruction: str) -> bool:
+    return int(hashlib.sha1(instruction.encode("utf-8")).hexdigest(), 16) % 2 == 0
+
+
+def write_pool(args) -> None:
+    rows = pool_rows(args.data)
+    lc = win_rates(args.data)
+    diff = None
+    if args.oracle_quality:
+        import polars as pl
+
+        if args.difficulty_from is None:
+            sys.exit("--oracle-quality needs --difficulty-from: the decisions.parquet of a lite run over this pool")
+        diff = np.nan_to_num(pl.read_parquet(args.difficulty_from, columns=["difficulty"])["difficulty"].to_numpy(), nan=0.0)
+        if len(diff) != len(rows):
+            sys.exit(f"{args.difficulty_from}: {len(diff)} rows, the pool has {len(rows)}; run the selection on the file 'pool' wrote")
+    with open(args.out, "w", encoding="utf-8") as f:
+        for i, r in enumerate(rows):
+            rec = {"id": f"r{i}", "instruction": r["instruction"], "output": r["output"] or ""}
+            if args.oracle_quality:
+                rec.update({k: lc[r["generator"]] for k in QUALITY_COLUMNS}, difficulty=float(diff[i]))
+            f.write(json.dumps(rec) + "\n")
+    print(f"wrote {len(rows)} rows to {args.out}")
+
+
+def score(args) -> None:
+    rows = pool_rows(args.data)
+    lc = win_rates(args.data)
+    for out in args.outputs:
+        ids = []
+        for n, line in enumerate((Path(out) / "selected.jsonl").read_text(encoding="utf-8").splitlines(), 1):
+            rid = json.loads(line).get("id") or ""
+            if not (rid.startswith("r") and rid[1:].isdigit() and int(rid[1:]) < len(rows)):
+                sys.exit(f"{out}/selected.jsonl line {n}: id {rid!r} is not a pool position written by 'pool'")
+            ids.append(int(rid[1:]))
+        y = np.array([lc[rows[i]["generator"]] for i in ids])
+        dev = np.array([dev_half(rows[i]["instruction"]) for i in ids])
+        null = sum(rows[i]["generator"] == "NullModel" for i in ids)
+        def mean(v: np.ndarray) -> str:
+            return f"{v.mean():.2f}" if v.size else "-"
+
+        print(f"{out}: {len(ids)} rows, {len({rows[i]['instruction'] for i in ids})} instructions, mean LC win rate "
+              f"{mean(y)} (development half {mean(y[dev])} over {dev.sum()} rows, test half "
+              f"{mean(y[~dev])} over {(~dev).sum()}), NullModel rows {null}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pool", help="write the pool as a selection input")
+    p.add_argument("out", type=Path)
+    p.add_argument("--oracle-quality", action="store_true")
+    p.add_argument("--difficulty-from", type=Path, metavar="PARQUET", help="decisions.parquet of a lite run over this pool")
+    s = sub.add_parser("score", help="mean generator win rate of selections")
+    s.add_argument("outputs", nargs="+")
+    args = ap.parse_args(argv)
+    (write_pool if args.cmd == "pool" else score)(args)
+
+
+if __name__ == "__main__":
+    main()
