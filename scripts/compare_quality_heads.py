@@ -35,9 +35,9 @@ from laser_fast.scorers.lite import score_quality
 from laser_fast.scorers.onepass import OnePassScorer
 
 
-def _score(texts: list[tuple[str, str]], need: list[int], lite_llm: bool) -> dict[str, np.ndarray]:
+def _score(texts: list[tuple[str, str]], need: list[int], lite_llm: bool, onepass_model: Path | None = None) -> dict[str, np.ndarray]:
     inst, resp = [texts[i][0] for i in need], [texts[i][1] for i in need]
-    heads = {"onepass": OnePassScorer().score_pairs(inst, resp)["onepass_quality"]}
+    heads = {"onepass": OnePassScorer(onepass_model).score_pairs(inst, resp)["onepass_quality"]}
     if lite_llm:
         heads["lite_quality"] = score_quality(inst, resp)
     out = {}
@@ -52,7 +52,7 @@ def _score(texts: list[tuple[str, str]], need: list[int], lite_llm: bool) -> dic
 def _report(label: str, scores: dict[str, np.ndarray], b: np.ndarray, w: np.ndarray, chars: np.ndarray) -> dict:
     ratio = np.maximum(chars[b], chars[w]) / np.maximum(1.0, np.minimum(chars[b], chars[w]))
     sim = ratio <= 1.3
-    row = {"set": label, "pairs": int(len(b)), "similar_length_pairs": int(sim.sum())}
+    row = {"set": label, "pairs": len(b), "similar_length_pairs": int(sim.sum())}
     for name, s in scores.items():
         row[name] = round(tlq.pair_acc(s, b, w), 4)
         row[f"{name} (similar length)"] = round(tlq.pair_acc(s, b[sim], w[sim]), 4)
@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--heldout", type=Path, help="external held-out pairs (pairs_heldout.jsonl)")
     ap.add_argument("--report-test", action="store_true", help="also print the test half of --heldout")
     ap.add_argument("--lite-llm", action="store_true", help="also score with lite_quality (SmolLM2)")
+    ap.add_argument("--onepass-model", type=Path, help="the onepass heads' folder (default: the shipped ones)")
     a = ap.parse_args()
     if not (a.pairs or a.heldout):
         ap.error("give --pairs and/or --heldout")
@@ -74,7 +75,7 @@ def main() -> int:
         to.load_pairs_file(a.pairs, p)
         b, w, src, grp = np.array(p.better), np.array(p.worse), np.array(p.source), np.array(p.group)
         test = np.array([to.held_out(s, g) for s, g in zip(src, grp)])
-        scores = _score(p.texts, sorted(set(b[test]) | set(w[test])), a.lite_llm)
+        scores = _score(p.texts, sorted(set(b[test]) | set(w[test])), a.lite_llm, a.onepass_model)
         chars = np.array([len(r) for _, r in p.texts], dtype=float)
         for so in sorted(set(src.tolist())):
             t = test & (src == so)
@@ -85,7 +86,7 @@ def main() -> int:
         rows = [r for r in rows if r["half"] in halves]
         texts = [(r["instruction"], t) for r in rows for t in (r["chosen"], r["rejected"])]
         b, w = np.arange(0, len(texts), 2), np.arange(1, len(texts), 2)
-        scores = _score(texts, list(range(len(texts))), a.lite_llm)
+        scores = _score(texts, list(range(len(texts))), a.lite_llm, a.onepass_model)
         chars = np.array([len(t) for _, t in texts], dtype=float)
         half = np.array([r["half"] for r in rows])
         for h in halves:
