@@ -86,17 +86,6 @@ def _sample(n: int, seed: int = 0) -> list[dict]:
     return [{"instruction": rows[i]["instruction"], "output": rows[i]["output"] or "", "generator": rows[i]["generator"]} for i in idx]
 
 
-def _win_rates() -> dict[str, float]:
-    from benchmarks.data import DATA
-
-    lc = {}
-    for line in (DATA / "alpaca_eval_leaderboard.jsonl").read_text(encoding="utf-8").splitlines():
-        d = json.loads(line)
-        lc[d["generator"]] = float(d["length_controlled_winrate"])
-    lc["NullModel"] = 0.0
-    return lc
-
-
 def _select(rows: list[dict], root: Path, profile: str, classifier: str, budget: int) -> dict:
     pool = root / f"pool-{profile}-{classifier}.jsonl"
     with open(pool, "w", encoding="utf-8") as fh:
@@ -144,7 +133,7 @@ def _stage_rows(rows: list[dict], n_llm: int, cpu: dict) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
-    from benchmarks.data import DATA
+    from benchmarks.data import DATA, alpaca_win_rates
 
     if not (DATA / "alpaca_eval_pool.jsonl.gz").exists():
         print("lite: ../shared/data/alpaca_eval_pool.jsonl.gz not present, skipped", flush=True)
@@ -155,7 +144,7 @@ def run(quick: bool) -> list[dict]:
     budget = int(os.environ.get("LASER_BENCH_LITE_BUDGET") or max(1, n // 16))
     rows = _sample(n)
     out = _stage_rows(rows, n_llm, cpu)
-    lc = _win_rates()
+    lc = alpaca_win_rates()
     gens = [r["generator"] for r in rows]
     longest = sorted(range(len(rows)), key=lambda i: (-len(rows[i]["output"]), i))[:budget]
     root = Path(os.environ.get("LASER_FAST_BENCH_TMP") or "/tmp/laser_fast_bench_lite")

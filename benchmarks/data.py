@@ -18,6 +18,18 @@ def alpaca_pool_rows() -> list[dict] | None:
         return [json.loads(line) for line in fh]
 
 
+def alpaca_win_rates(data: Path = DATA) -> dict[str, float]:
+    """Each pool generator's length-controlled AlpacaEval 2 win rate
+    (``alpaca_eval_leaderboard.jsonl``); ``NullModel``, a deliberate junk string that games the
+    judge, counts as 0."""
+    lc = {}
+    for line in (data / "alpaca_eval_leaderboard.jsonl").read_text(encoding="utf-8").splitlines():
+        d = json.loads(line)
+        lc[d["generator"]] = float(d["length_controlled_winrate"])
+    lc["NullModel"] = 0.0
+    return lc
+
+
 def repeated_alpaca(n: int) -> tuple[list[str], list[str]]:
     """``n`` (instruction, output) texts from the AlpacaEval pool, repeated in file order; every
     repetition after the first gets the suffix `` (variant K)`` on its instruction, so each text

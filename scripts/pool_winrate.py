@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.data import DATA, alpaca_win_rates
+
 QUALITY_COLUMNS = ("quality", "if_quality", "process_reward", "code_quality")
 
 
@@ -42,22 +44,13 @@ def pool_rows(data: Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def win_rates(data: Path) -> dict[str, float]:
-    lc = {}
-    for line in (data / "alpaca_eval_leaderboard.jsonl").read_text(encoding="utf-8").splitlines():
-        d = json.loads(line)
-        lc[d["generator"]] = float(d["length_controlled_winrate"])
-    lc["NullModel"] = 0.0
-    return lc
-
-
 def dev_half(instruction: str) -> bool:
     return int(hashlib.sha1(instruction.encode("utf-8")).hexdigest(), 16) % 2 == 0
 
 
 def write_pool(args) -> None:
     rows = pool_rows(args.data)
-    lc = win_rates(args.data)
+    lc = alpaca_win_rates(args.data)
     diff = None
     if args.oracle_quality:
         import polars as pl
@@ -78,7 +71,7 @@ def write_pool(args) -> None:
 
 def score(args) -> None:
     rows = pool_rows(args.data)
-    lc = win_rates(args.data)
+    lc = alpaca_win_rates(args.data)
     for out in args.outputs:
         ids = []
         for n, line in enumerate((Path(out) / "selected.jsonl").read_text(encoding="utf-8").splitlines(), 1):
