@@ -8,12 +8,13 @@
 #   scripts/avx2_env.sh --check   # torch's kernel level and a float32 matrix product's GFLOP/s
 # ATEN_CPU_CAPABILITY: torch's own vectorised kernels; MKL_ENABLE_INSTRUCTIONS: MKL (torch's float32
 # matrix products); ONEDNN_MAX_CPU_ISA: oneDNN; OPENBLAS_CORETYPE: numpy's OpenBLAS;
-# LASER_FAST_CPU_BF16=0: no bfloat16 path (an AVX2 CPU has none). The compiled core is built
-# without -march=native unless LASER_FAST_NATIVE=1, so it runs AVX2-compatible code already.
+# LASER_FAST_CPU_BF16=0: no bfloat16 path (an AVX2 CPU has none). The compiled core needs no cap:
+# unless built with LASER_FAST_NATIVE=1 it picks its kernel at run time among fma / avx / default
+# (AVX2 + FMA at most; a benchmark's results.json names it under machine.core.kernel).
 export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell
 export LASER_FAST_CPU_BF16=0
 if [ "${1:-}" = "--check" ]; then
-  exec "${PYTHON:-python}" - <<'PY'
+  exec "${PYTHON:-$(command -v python || command -v python3)}" - <<'PY'
 import time, torch
 a = torch.randn(2048, 2048)
 for _ in range(2):
