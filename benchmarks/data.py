@@ -8,10 +8,10 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def alpaca_pool_rows() -> list[dict] | None:
+def alpaca_pool_rows(data: Path = DATA) -> list[dict] | None:
     """Every row of the AlpacaEval pool (``instruction``, ``output``, ``generator``, ...) in file
-    order, or None when ``../shared/data`` is absent."""
-    path = DATA / "alpaca_eval_pool.jsonl.gz"
+    order, or None when ``data`` (default ``../shared/data``) does not hold it."""
+    path = data / "alpaca_eval_pool.jsonl.gz"
     if not path.exists():
         return None
     with gzip.open(path, "rt") as fh:

@@ -25,7 +25,6 @@ reported on the other.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import sys
@@ -34,14 +33,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.data import DATA, alpaca_win_rates
+from benchmarks.data import DATA, alpaca_pool_rows, alpaca_win_rates
 
 QUALITY_COLUMNS = ("quality", "if_quality", "process_reward", "code_quality")
 
 
 def pool_rows(data: Path) -> list[dict]:
-    with gzip.open(data / "alpaca_eval_pool.jsonl.gz", "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    rows = alpaca_pool_rows(data)
+    if rows is None:
+        sys.exit(f"{data / 'alpaca_eval_pool.jsonl.gz'} not found: give the shared data folder with --data")
+    return rows
 
 
 def dev_half(instruction: str) -> bool:
