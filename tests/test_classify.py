@@ -344,10 +344,13 @@ def test_classification_is_cached_per_conversation(tmp_path, monkeypatch):
 
 
 def test_the_default_head_runs_on_its_own_fine_tuned_layers():
-    """The default (``tuned``) head overwrites MiniLM's top layers in a private copy with its
-    ``layers.npz``; the shared MiniLM (clustering, the onepass scorer) keeps its own weights."""
+    """The default (``tuned``) head keeps a plain private MiniLM and a copy of its top layers
+    with the weights of ``layers.npz``; the shared MiniLM (clustering, the onepass scorer) keeps
+    its own weights, and the head's vectors equal a full pass of the fine-tuned encoder."""
+    import copy
+
     from laser_fast.classifier.models import TUNED_MODEL_DIR
-    from laser_fast.sampling.embed import encode_texts
+    from laser_fast.sampling.embed import encode_texts, load_sentence_model
 
     texts = ["Write a haiku about rain.", "What is the capital of Portugal?"]
     base_before, _ = encode_texts(None, texts)
@@ -357,26 +360,49 @@ def test_the_default_head_runs_on_its_own_fine_tuned_layers():
     meta = json.loads((TUNED_MODEL_DIR / "meta.json").read_text())
     z = np.load(TUNED_MODEL_DIR / "layers.npz")
     assert sorted({int(k.split(".")[0]) for k in z.files}) == meta["tuned_layers"]["layers"]
-    layers = clf._st[0].auto_model.encoder.layer
+    plain = clf._st[0].auto_model.encoder.layer
+    reference = load_sentence_model(None, "cpu", "float32", shared=False)[0].auto_model.encoder.layer
     for key in z.files:
         idx, name = key.split(".", 1)
-        got = layers[int(idx)].get_parameter(name).detach().numpy()
+        got = clf._branched.tuned_layer(int(idx)).get_parameter(name).detach().numpy()
         np.testing.assert_array_equal(got, z[key].astype(np.float32))
+        np.testing.assert_array_equal(plain[int(idx)].get_parameter(name).detach().numpy(),
+                                      reference[int(idx)].get_parameter(name).detach().numpy())
     base_after, _ = encode_texts(None, texts)
     np.testing.assert_array_equal(base_before, base_after)
     tuned_vecs = clf.embed(texts)
     assert not np.allclose(tuned_vecs, base_after.astype(np.float16).astype(np.float32), atol=1e-3)
+    full = copy.deepcopy(clf._st)  # the fine-tuned encoder as one model: two full passes
+    layers = full[0].auto_model.encoder.layer
+    for i in range(clf._branched.branch, len(layers)):
+        layers[i] = clf._branched.tuned_layer(i)
+    views = [embedding_text(t) for t in texts]
+    ref_tuned, _ = encode_texts(full, views)
+    ref_plain, _ = encode_texts(clf._st, views)
+    plain_vecs, one_pass = clf._branched.encode(views)
+    np.testing.assert_array_equal(one_pass, ref_tuned)
+    np.testing.assert_array_equal(plain_vecs, ref_plain)
+    np.testing.assert_array_equal(tuned_vecs, ref_tuned.astype(np.float16).astype(np.float32))
 
 
-def test_the_tuned_head_does_not_share_the_instruction_store(tmp_path):
-    """Its vectors are not the base MiniLM's, so it neither reads nor writes the work directory's
-    instruction vectors (the onepass scorer reads those)."""
+def test_the_tuned_head_fills_the_instruction_store_in_its_pass(tmp_path):
+    """One pass gives the head its vectors and the work directory the plain MiniLM instruction
+    vectors (what the store would compute itself), so the onepass scorer embeds no instruction
+    again; predictions do not depend on the store."""
+    from laser_fast.sampling.embed import encode_texts
+    from laser_fast.sampling.store import EmbeddingStore
+
     texts = ["Write a haiku about rain.", "What is the capital of Portugal?", "Solve 2x + 3 = 7."]
     plain = load_classifier("tuned")
     shared = load_classifier("tuned")
     shared.store_root = str(tmp_path / "wd")
     np.testing.assert_array_equal(shared.predict_proba(texts), plain.predict_proba(texts))
-    assert not (tmp_path / "wd").exists() or not any(p.is_file() for p in (tmp_path / "wd").rglob("*"))
+    views = [embedding_text(t) for t in texts]
+    got, info = EmbeddingStore(str(tmp_path / "wd")).get(views, field="instruction", keep=False)
+    assert info["computed"] == 0
+    ref, _ = encode_texts(None, views)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), ref.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(shared.predict_proba(texts), plain.predict_proba(texts))  # again, from a filled store
 
 
 def test_bad_fine_tuned_layers_name_the_file(tmp_path):

@@ -70,6 +70,9 @@ def test_a_lite_selection_embeds_every_text_once(tmp_path):
     assert set(ran) == {"onepass"}
     # k-means found every response vector in the store: the onepass scorer had embedded them
     assert run.manifest["embedding"]["computed"] == 0
+    # and the onepass scorer found every instruction vector there: the default classifier's one
+    # pass (plain bottom layers, then its fine-tuned and the plain top layers) had stored them
+    assert ran["onepass"]["stats"]["embedded_texts"] == len(rows)  # the responses only
     assert len(run.selected_rows) == 6
     again = run_selection([str(f)], opts, workdir=str(tmp_path / "w"))
     assert again.pool[again.selected_rows.tolist()]["data_id"].to_list() == run.pool[run.selected_rows.tolist()]["data_id"].to_list()

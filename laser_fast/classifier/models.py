@@ -27,7 +27,6 @@ import logging
 import os
 import pickle
 import threading
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -221,31 +220,6 @@ def _load_minilm(device: str | None):
     return load_sentence_model(path, device, "float32", shared=False), path
 
 
-def _load_tuned_layers(st, path: Path) -> None:
-    """Overwrite the top encoder layers of a private MiniLM copy with a head's fine-tuned ones
-    (``layers.npz`` of ``scripts/train_classifier.py --finetune K``: float16 arrays named
-    ``<layer>.<parameter>``, e.g. ``5.attention.self.query.weight``)."""
-    import torch
-
-    try:
-        z = np.load(path)
-        arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ModelLoadError(f"cannot read the classifier's fine-tuned layers {path}: {e}. Retrain the head "
-                             "with `python scripts/train_classifier.py --finetune 3` (docs/classifier.md).") from e
-    layers = st[0].auto_model.encoder.layer
-    with torch.no_grad():
-        for key, arr in arrays.items():
-            idx, name = key.split(".", 1)
-            try:
-                target = layers[int(idx)].get_parameter(name)
-            except (ValueError, IndexError, AttributeError) as e:
-                raise ModelLoadError(f"{path}: {key!r} names no parameter of the MiniLM encoder ({e})") from e
-            if tuple(target.shape) != arr.shape:
-                raise ModelLoadError(f"{path}: {key!r} has shape {arr.shape}, the encoder's is {tuple(target.shape)}")
-            target.copy_(torch.from_numpy(arr.astype(np.float32)))
-
-
 def apply_head(head: dict, x: np.ndarray) -> np.ndarray:
     """Standardise with the head's ``mean``/``scale``, apply its layers ``W0, b0, W1, ...`` (ReLU
     between layers) and return class probabilities. Shared by inference and the training script."""
@@ -324,8 +298,11 @@ class DefaultClassifier(TaskClassifier):
             raise ModelLoadError(f"{self.model_dir}: head classes {classes} differ from {CATEGORIES}")
         self._st, self._st_path = _load_minilm(self.device)
         self._tuned = bool(meta.get("tuned_layers"))
-        if self._tuned:
-            _load_tuned_layers(self._st, self.model_dir / meta["tuned_layers"]["file"])
+        self._branched = None
+        if self._tuned:  # one pass: the plain bottom layers, then the plain and the fine-tuned top ones
+            from laser_fast.classifier.branched import BranchedEncoder, read_tuned_layers
+
+            self._branched = BranchedEncoder(self._st, read_tuned_layers(self._st, self.model_dir / meta["tuned_layers"]["file"]))
         self._head_words = int(meta.get("head_words", 150))
         self._tail_words = int(meta.get("tail_words", 50))
         self._use_lex = bool(meta.get("lexical", True))
@@ -343,6 +320,8 @@ class DefaultClassifier(TaskClassifier):
 
         if not views:
             return np.zeros((0, self._st.get_sentence_embedding_dimension()), dtype=np.float32)
+        if self._branched is not None:
+            return self._branched.encode(views, progress)[1].astype(np.float16).astype(np.float32)
         vecs, _ = encode_texts(self._st, views, show_progress=progress)
         return vecs.astype(np.float16).astype(np.float32)
 
@@ -351,17 +330,26 @@ class DefaultClassifier(TaskClassifier):
 
         With :attr:`store_root` set (a work directory), they come from and go to its embedding
         store under the ``instruction`` field: the ``onepass`` scorer reads the same vectors. A
-        head with fine-tuned layers (``tuned_layers`` in ``meta.json``) embeds with its own model.
+        head with fine-tuned layers (``tuned_layers`` in ``meta.json``) has its own vectors: one
+        pass yields them and, on the CPU (where the store's vectors are exact float32 too), the
+        plain ones, which go to the store.
         """
         self.load()
         prepared = [embedding_text(t, self._head_words, self._tail_words) for t in texts]
-        if self.store_root is not None and (self._head_words, self._tail_words) == (150, 50) and not self._tuned:
-            from laser_fast.sampling.store import EmbeddingStore
+        if self.store_root is None or (self._head_words, self._tail_words) != (150, 50):
+            return self._encode(prepared, progress)
+        from laser_fast.sampling.store import EmbeddingStore
 
-            arr, _info = EmbeddingStore(self.store_root).get(prepared, field="instruction", device=self.device, show_progress=progress,
-                                                             keep=False)  # a window: no request file of its own
+        store = EmbeddingStore(self.store_root)
+        if self._branched is None:
+            arr, _info = store.get(prepared, field="instruction", device=self.device, show_progress=progress,
+                                   keep=False)  # a window: no request file of its own
             return np.asarray(arr, dtype=np.float32)
-        return self._encode(prepared, progress)
+        if not prepared or not str(self._st.device).startswith("cpu"):
+            return self._encode(prepared, progress)
+        plain, tuned = self._branched.encode(prepared, progress)
+        store.put(prepared, plain.astype(np.float16), field="instruction")
+        return tuned.astype(np.float16).astype(np.float32)
 
     def embed_opening(self, texts: list[str], emb: np.ndarray, batch_size: int = 64,
                       progress: bool = False) -> np.ndarray:

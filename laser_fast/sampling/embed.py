@@ -286,6 +286,17 @@ class _Encoder:
 
         return plan_batches(lens, self.batch_tokens, self.max_batch_size)
 
+    def forward_batch(self, texts: Sequence[str], ids: np.ndarray, off: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Unit vectors (len(rows), dim) of one packed batch (called under ``torch.inference_mode``)."""
+        import torch
+
+        if self.fast:
+            f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, rows).items()}
+            e = self.m(f)["sentence_embedding"].float()
+            return torch.nn.functional.normalize(e, p=2, dim=1).cpu().numpy()
+        return self.m.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True,
+                             convert_to_numpy=True, show_progress_bar=False)
+
     def run(self, texts: Sequence[str], ids: np.ndarray, off: np.ndarray, *, sort: bool = True,
             stats: dict | None = None, bar: Any = None) -> np.ndarray:
         """float32 (n, d) unit vectors of ``texts`` (their ids/offsets from :meth:`tokenize`), in order."""
@@ -303,13 +314,7 @@ class _Encoder:
         def forward(rows: np.ndarray) -> np.ndarray:
             fw = np.repeat(rows, 2) if self.exact and rows.size == 1 else rows  # at least two rows (see exact)
             with torch.inference_mode():  # thread-local: set in each worker thread
-                if self.fast:
-                    f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, fw).items()}
-                    e = self.m(f)["sentence_embedding"].float()
-                    e = torch.nn.functional.normalize(e, p=2, dim=1).cpu().numpy()
-                else:
-                    e = self.m.encode([texts[i] for i in fw], batch_size=len(fw), normalize_embeddings=True,
-                                      convert_to_numpy=True, show_progress_bar=False)
+                e = self.forward_batch(texts, ids, off, fw)
             return np.asarray(e, dtype=np.float32)[:rows.size]
 
         with one_thread_per_forward(self.exact and self.device.startswith("cpu"), side_by_side=bool(self.fast)) as run_all:
