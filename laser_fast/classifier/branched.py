@@ -118,6 +118,9 @@ class _Branches(_Encoder):
         seen.on, seen.inputs = True, None
         try:
             plain = self.m(f)["sentence_embedding"].float()
+            if seen.inputs is None:
+                raise ModelLoadError(f"the classifier's encoder never called its layer {self.owner.branch} as a module, so the "
+                                     "fine-tuned layers cannot branch off it; use `--classifier minilm` or retrain the head")
             args, kwargs = seen.inputs
         finally:
             seen.on, seen.inputs = False, None
