@@ -147,6 +147,9 @@ ALLOWED = {
     ("laser_fast.scorers.onepass", "classifier"),
     ("laser_fast.scorers.onepass", "sampling"),
     ("laser_fast.classifier.models", "sampling"),
+    # the tuned classifier's pass shares MiniLM's bottom layers with the store's vectors, so it
+    # batches as the sampling step's encoder does (the same vectors, bit for bit)
+    ("laser_fast.classifier.branched", "sampling"),
     # lite_quality (lite-llm) embeds with the sampling step's encoder, whose CPU vectors do not
     # depend on the batch or the thread count (one definition of how a text becomes a vector), and
     # its fingerprint names that encoder's vector scheme
