@@ -384,6 +384,9 @@ def test_the_default_head_runs_on_its_own_fine_tuned_layers():
     plain_vecs, one_pass = clf._branched.encode(views)
     np.testing.assert_array_equal(one_pass, ref_tuned)
     np.testing.assert_array_equal(plain_vecs, ref_plain)
+    none, alone = clf._branched.encode(views, plain=False)  # the fine-tuned encoder alone: the forward stops at the branch
+    assert none is None
+    np.testing.assert_array_equal(alone, ref_tuned)
     np.testing.assert_array_equal(tuned_vecs, ref_tuned[:len(texts)].astype(np.float16).astype(np.float32))
 
 

@@ -6,6 +6,7 @@ and ``--embed-field instruction`` read. :class:`BranchedEncoder` runs the shared
 once per text and then both top stacks: the plain ones (the stored ``instruction`` vector) and the
 fine-tuned ones (the classifier's vector). Both vectors equal those of two separate full passes
 (the same layer calls on the same inputs); the instruction costs 9 layer passes instead of 12.
+When only the classifier's vector is wanted, the forward stops at the branch (6 layers).
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class BranchedEncoder:
         def record(_module, args, kwargs):  # a plain function: copying the model copies no encoder state
             if getattr(seen, "on", False):
                 seen.inputs = (args, kwargs)
+                if seen.stop:  # the plain top layers are not wanted: end the forward here
+                    raise _Stop
 
         layers[self.branch].register_forward_pre_hook(record, with_kwargs=True)
 
@@ -87,26 +90,35 @@ class BranchedEncoder:
         """Layer ``i`` of the fine-tuned encoder (an index of the full encoder)."""
         return self.top[i - self.branch] if i >= self.branch else self.st[0].auto_model.encoder.layer[i]
 
-    def encode(self, texts: Sequence[str], show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts: Sequence[str], show_progress: bool = False, *, plain: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """``(plain, tuned)``: float32 unit vectors (n, d) of both encoders, in input order,
-        batched as :func:`~laser_fast.sampling.embed.encode_texts` batches (the same vectors)."""
+        batched as :func:`~laser_fast.sampling.embed.encode_texts` batches (the same vectors).
+        ``plain=False`` runs the fine-tuned encoder alone (6 layers) and returns ``(None, tuned)``."""
         from laser_fast.runtime.progress import progress_bar
 
-        enc = _Branches(self)
+        enc = _Branches(self, plain)
         ids, off = enc.tokenize(texts)
         with progress_bar(total=len(texts), desc="embed", unit="rec", show=show_progress) as bar:
             both = enc.run(texts, ids, off, bar=bar)
+        if not plain:
+            return None, both
         d = enc.dim // 2
         return both[:, :d], both[:, d:]
+
+
+class _Stop(Exception):
+    """Raised by the recording hook to end a forward at the branch layer."""
 
 
 class _Branches(_Encoder):
     """:class:`~laser_fast.sampling.embed._Encoder` whose batches yield both vectors side by side."""
 
-    def __init__(self, owner: BranchedEncoder):
+    def __init__(self, owner: BranchedEncoder, plain: bool = True):
         super().__init__(owner.st, None, None)
         self.owner = owner
-        self.dim *= 2
+        self.plain = plain
+        if plain:
+            self.dim *= 2
 
     def forward_batch(self, texts, ids, off, rows) -> np.ndarray:
         import torch
@@ -115,15 +127,19 @@ class _Branches(_Encoder):
             return self._two_passes(texts, rows)
         seen = self.owner._seen
         f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, rows).items()}
-        seen.on, seen.inputs = True, None
+        seen.on, seen.inputs, seen.stop = True, None, not self.plain
+        plain = None
         try:
-            plain = self.m(f)["sentence_embedding"].float()
+            try:
+                plain = self.m(f)["sentence_embedding"].float()
+            except _Stop:
+                pass
             if seen.inputs is None:
                 raise ModelLoadError(f"the classifier's encoder never called its layer {self.owner.branch} as a module, so the "
                                      "fine-tuned layers cannot branch off it; use `--classifier minilm` or retrain the head")
             args, kwargs = seen.inputs
         finally:
-            seen.on, seen.inputs = False, None
+            seen.on, seen.inputs, seen.stop = False, None, False
         hidden, rest = (args[0], args[1:]) if args else (kwargs["hidden_states"], ())
         kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         for layer in self.owner.top:
@@ -132,16 +148,17 @@ class _Branches(_Encoder):
         feats = {**f, "token_embeddings": hidden}
         for module in list(self.m)[1:]:  # pooling (and normalisation) as the plain model applies them
             feats = module(feats)
-        tuned = feats["sentence_embedding"].float()
-        norm = torch.nn.functional.normalize
-        return torch.cat([norm(plain, p=2, dim=1), norm(tuned, p=2, dim=1)], dim=1).cpu().numpy()
+        tuned = torch.nn.functional.normalize(feats["sentence_embedding"].float(), p=2, dim=1)
+        if plain is None:
+            return tuned.cpu().numpy()
+        return torch.cat([torch.nn.functional.normalize(plain, p=2, dim=1), tuned], dim=1).cpu().numpy()
 
     def _two_passes(self, texts, rows) -> np.ndarray:
         """Both vectors from two ``encode`` calls: the plain model, then the same model with its
         top layers swapped for the fine-tuned ones (batches run one after another on this path)."""
         sub = [texts[i] for i in rows]
         kw = {"batch_size": len(sub), "normalize_embeddings": True, "convert_to_numpy": True, "show_progress_bar": False}
-        plain = self.m.encode(sub, **kw)
+        plain = self.m.encode(sub, **kw) if self.plain else None
         layers = self.m[0].auto_model.encoder.layer
         b = self.owner.branch
         own = [layers[i] for i in range(b, len(layers))]
@@ -152,4 +169,4 @@ class _Branches(_Encoder):
         finally:
             for k, layer in enumerate(own):
                 layers[b + k] = layer
-        return np.concatenate([plain, tuned], axis=1)
+        return tuned if plain is None else np.concatenate([plain, tuned], axis=1)

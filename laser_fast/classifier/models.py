@@ -321,7 +321,7 @@ class DefaultClassifier(TaskClassifier):
         if not views:
             return np.zeros((0, self._st.get_sentence_embedding_dimension()), dtype=np.float32)
         if self._branched is not None:
-            return self._branched.encode(views, progress)[1].astype(np.float16).astype(np.float32)
+            return self._branched.encode(views, progress, plain=False)[1].astype(np.float16).astype(np.float32)
         vecs, _ = encode_texts(self._st, views, show_progress=progress)
         return vecs.astype(np.float16).astype(np.float32)
 
