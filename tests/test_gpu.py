@@ -137,3 +137,49 @@ def test_tiny_sentence_model_on_cpu(tmp_path):
     emb, info = EmbeddingStore(tmp_path / "w").get(["a gpu sentence", "another one"], model=_tiny_sentence_model(tmp_path),
                                                    device="cpu", show_progress=False)
     assert info["device"] == "cpu" and emb.shape == (2, 32) and np.all(np.isfinite(np.asarray(emb, dtype=np.float32)))
+
+
+def _branched_check(tmp_path, device: str, exact: bool | None) -> None:
+    """The one-pass branch (laser_fast/classifier/branched.py) on a random 2-layer BERT whose top
+    layer is "fine-tuned" (perturbed): both vectors equal two separate full passes."""
+    import copy
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from laser_fast.classifier import branched
+    from laser_fast.sampling.embed import encode_texts
+
+    st = SentenceTransformer(_tiny_sentence_model(tmp_path), device=device)
+    layer = st[0].auto_model.encoder.layer[1]
+    rng = np.random.default_rng(0)
+    tuned = {1: {n: (p.detach().cpu().numpy() + rng.normal(0, 0.05, p.shape)).astype(np.float16)
+                 for n, p in layer.named_parameters() if n.endswith("weight")}}
+    full = copy.deepcopy(st)
+    with torch.no_grad():
+        for n, a in tuned[1].items():
+            full[0].auto_model.encoder.layer[1].get_parameter(n).copy_(torch.from_numpy(a.astype(np.float32)))
+    enc = branched.BranchedEncoder(st, tuned)
+    texts = ["a gpu sentence", "another one", "a sentence " * 20, "one", "a b c d e f g"]
+    plain, tuned_vecs = enc.encode(texts, exact=exact)  # exact-length or padded batches
+    none, alone = enc.encode(texts, plain=False, exact=exact)
+    ref_plain, _ = encode_texts(st, texts, exact=exact)
+    ref_tuned, _ = encode_texts(full, texts, exact=exact)
+    tol = 0 if device == "cpu" else 2e-3  # CUDA kernels may differ with the batch's shape
+    assert none is None
+    np.testing.assert_allclose(plain, ref_plain, atol=tol)
+    np.testing.assert_allclose(tuned_vecs, ref_tuned, atol=tol)
+    np.testing.assert_allclose(alone, ref_tuned, atol=tol)
+    assert not np.allclose(plain, tuned_vecs, atol=1e-3)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_branched_pass_on_cpu(tmp_path, exact):
+    """Checked on every machine, with exact-length batches (the CPU default) and padded ones (the GPU's)."""
+    _branched_check(tmp_path, "cpu", exact)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_branched_pass_on_cuda(tmp_path):
+    _branched_check(tmp_path, "cuda", None)

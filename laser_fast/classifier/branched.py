@@ -90,13 +90,15 @@ class BranchedEncoder:
         """Layer ``i`` of the fine-tuned encoder (an index of the full encoder)."""
         return self.top[i - self.branch] if i >= self.branch else self.st[0].auto_model.encoder.layer[i]
 
-    def encode(self, texts: Sequence[str], show_progress: bool = False, *, plain: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    def encode(self, texts: Sequence[str], show_progress: bool = False, *, plain: bool = True,
+               exact: bool | None = None) -> tuple[np.ndarray | None, np.ndarray]:
         """``(plain, tuned)``: float32 unit vectors (n, d) of both encoders, in input order,
         batched as :func:`~laser_fast.sampling.embed.encode_texts` batches (the same vectors).
-        ``plain=False`` runs the fine-tuned encoder alone (6 layers) and returns ``(None, tuned)``."""
+        ``plain=False`` runs the fine-tuned encoder alone (6 layers) and returns ``(None, tuned)``;
+        ``exact`` as in :func:`~laser_fast.sampling.embed.encode_texts`."""
         from laser_fast.runtime.progress import progress_bar
 
-        enc = _Branches(self, plain)
+        enc = _Branches(self, plain, exact)
         ids, off = enc.tokenize(texts)
         with progress_bar(total=len(texts), desc="embed", unit="rec", show=show_progress) as bar:
             both = enc.run(texts, ids, off, bar=bar)
@@ -113,8 +115,8 @@ class _Stop(Exception):
 class _Branches(_Encoder):
     """:class:`~laser_fast.sampling.embed._Encoder` whose batches yield both vectors side by side."""
 
-    def __init__(self, owner: BranchedEncoder, plain: bool = True):
-        super().__init__(owner.st, None, None)
+    def __init__(self, owner: BranchedEncoder, plain: bool = True, exact: bool | None = None):
+        super().__init__(owner.st, None, None, exact=exact)
         self.owner = owner
         self.plain = plain
         if plain:
