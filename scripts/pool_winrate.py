@@ -70,6 +70,10 @@ def write_pool(args) -> None:
     print(f"wrote {len(rows)} rows to {args.out}")
 
 
+def mean(v: np.ndarray) -> str:
+    return f"{v.mean():.2f}" if v.size else "-"
+
+
 def score(args) -> None:
     rows = pool_rows(args.data)
     lc = alpaca_win_rates(args.data)
@@ -83,9 +87,6 @@ def score(args) -> None:
         y = np.array([lc[rows[i]["generator"]] for i in ids])
         dev = np.array([dev_half(rows[i]["instruction"]) for i in ids])
         null = sum(rows[i]["generator"] == "NullModel" for i in ids)
-        def mean(v: np.ndarray) -> str:
-            return f"{v.mean():.2f}" if v.size else "-"
-
         print(f"{out}: {len(ids)} rows, {len({rows[i]['instruction'] for i in ids})} instructions, mean LC win rate "
               f"{mean(y)} (development half {mean(y[dev])} over {dev.sum()} rows, test half "
               f"{mean(y[~dev])} over {(~dev).sum()}), NullModel rows {null}")

@@ -125,8 +125,9 @@ class _Branches(_Encoder):
     def forward_batch(self, texts, ids, off, rows) -> np.ndarray:
         import torch
 
-        if not self.fast:  # the model's own preprocessing differs: two full passes (never for MiniLM)
-            return self._two_passes(texts, rows)
+        if not self.fast:  # never for the bundled MiniLM, whose tokenization _Encoder checks on the first texts
+            raise ModelLoadError("the classifier's encoder preprocesses texts in its own way, so its fine-tuned layers "
+                                 "cannot branch off the plain pass; use `--classifier minilm` or retrain the head")
         seen = self.owner._seen
         f = {k: (v.to(self.m.device) if isinstance(v, torch.Tensor) else v) for k, v in self._features(ids, off, rows).items()}
         seen.on, seen.inputs, seen.stop = True, None, not self.plain
@@ -154,21 +155,3 @@ class _Branches(_Encoder):
         if plain is None:
             return tuned.cpu().numpy()
         return torch.cat([torch.nn.functional.normalize(plain, p=2, dim=1), tuned], dim=1).cpu().numpy()
-
-    def _two_passes(self, texts, rows) -> np.ndarray:
-        """Both vectors from two ``encode`` calls: the plain model, then the same model with its
-        top layers swapped for the fine-tuned ones (batches run one after another on this path)."""
-        sub = [texts[i] for i in rows]
-        kw = {"batch_size": len(sub), "normalize_embeddings": True, "convert_to_numpy": True, "show_progress_bar": False}
-        plain = self.m.encode(sub, **kw) if self.plain else None
-        layers = self.m[0].auto_model.encoder.layer
-        b = self.owner.branch
-        own = [layers[i] for i in range(b, len(layers))]
-        try:
-            for k, layer in enumerate(self.owner.top):
-                layers[b + k] = layer
-            tuned = self.m.encode(sub, **kw)
-        finally:
-            for k, layer in enumerate(own):
-                layers[b + k] = layer
-        return tuned if plain is None else np.concatenate([plain, tuned], axis=1)
