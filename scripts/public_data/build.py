@@ -8,6 +8,7 @@ every count and the commits read. The data itself never goes into the project.
 """
 import argparse
 import collections
+import functools
 import gzip
 import json
 import random
@@ -73,6 +74,8 @@ def source_text(key, repo, path):
 def load_exclusion():
     texts = collections.defaultdict(set)  # set name -> raw texts
     sd = (ROOT.parent / "shared" / "data")
+    if not sd.is_dir():
+        sys.exit(f"{sd} not found: the exclusion sets come from the project's shared data folder beside the checkout")
     alpaca_eval = set()
 
     def rd(p):
@@ -129,15 +132,20 @@ def load_exclusion():
     return full, pre, ae_full
 
 
-EX_FULL, EX_PRE, AE_FULL = load_exclusion()
+@functools.cache
+def exclusion():
+    """``(EX_FULL, EX_PRE, AE_FULL)`` of :func:`load_exclusion`, read on first use (importing this
+    module for its mirror readers reads no data)."""
+    return load_exclusion()
 
 
 def excluded(text):
+    ex_full, ex_pre, _ = exclusion()
     n = norm(text)
-    if n in EX_FULL:
-        return "exact:" + EX_FULL[n]
-    if n[:60] in EX_PRE:
-        return "prefix60:" + EX_PRE[n[:60]]
+    if n in ex_full:
+        return "exact:" + ex_full[n]
+    if n[:60] in ex_pre:
+        return "prefix60:" + ex_pre[n[:60]]
     return None
 
 
@@ -349,7 +357,7 @@ def oa_pairs():
         if len(ranked) >= 2:
             instr = hist[0][1] if len(hist) == 1 else "\n".join(f"{who}: {t}" for who, t in hist)
             user_turns = [t for who, t in hist if who == "User"]
-            if any(norm(u) in AE_FULL for u in user_turns):
+            if any(norm(u) in exclusion()[2] for u in user_turns):
                 skipped["alpaca_eval_match_groups"] += 1
             else:
                 for a in ranked:
