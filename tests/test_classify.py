@@ -408,6 +408,17 @@ def test_the_tuned_head_fills_the_instruction_store_in_its_pass(tmp_path):
     ref, _ = encode_texts(None, views)
     np.testing.assert_array_equal(np.asarray(got, np.float32), ref.astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(shared.predict_proba(texts), plain.predict_proba(texts))  # again, from a filled store
+    # texts the store holds skip the plain top layers; only the new ones take both branches
+    calls = []
+    real = shared._branched.encode
+    shared._branched.encode = lambda views, *a, **kw: calls.append((sorted(views), kw.get("plain", True))) or real(views, *a, **kw)
+    more = texts + ["List three uses of copper.", "Extract the dates: met on 3 May, left on 9 June."]
+    np.testing.assert_array_equal(shared.predict_proba(more), plain.predict_proba(more))
+    assert calls == [(sorted(embedding_text(t) for t in more[3:]), True), (sorted(views), False)]
+    assert EmbeddingStore(str(tmp_path / "wd")).stored([embedding_text(t) for t in more] + ["never seen"], field="instruction").tolist() == [True] * 5 + [False]
+    calls.clear()
+    shared.predict_proba(more)
+    assert calls == [(sorted(embedding_text(t) for t in more), False)]
 
 
 def test_bad_fine_tuned_layers_name_the_file(tmp_path):

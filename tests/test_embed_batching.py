@@ -128,8 +128,11 @@ def test_put_then_get_without_model(tmp_path, monkeypatch):
     texts = [f"text {i}" for i in range(300)] + ["text 5"]  # a repeat keeps its first vector
     vec = rng.normal(size=(301, 16)).astype(np.float32) * 3.0
     store = ES.EmbeddingStore(tmp_path)
+    assert not store.stored(texts).any()  # no namespace yet
     info = store.put(texts, vec, chunk_rows=128)
     assert info["stored"] == 300 and info["already"] == 1 and info["shards"] == 3
+    assert store.stored(texts + ["unseen"]).tolist() == [True] * 301 + [False]
+    assert not store.stored(texts, field="instruction").any()
     unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
     a, ginfo = store.get(texts)
     assert a.dtype == np.float16 and a.shape == (301, 16) and ginfo["computed"] == 0 and not ginfo["cache_hit"]

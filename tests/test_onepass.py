@@ -3,6 +3,7 @@ the ``onepass`` heads and k-means share the vectors through the work directory's
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,25 @@ def test_cpu_bf16_can_be_turned_off_for_float32_runs(monkeypatch):
     assert cpu_bf16_supported() is False
     monkeypatch.setenv("LASER_FAST_CPU_BF16", "1")
     assert cpu_bf16_supported() is True
+
+
+def test_the_avx2_script_sets_the_caps_the_lite_benchmark_records(monkeypatch):
+    """``scripts/avx2_env.sh`` (bash) and ``benchmarks/case_lite.py`` (Python) name the same
+    instruction-set caps: every variable the script adds is recorded in the benchmark's rows."""
+    import subprocess
+
+    from benchmarks.case_lite import ISA_CAP_VARS, isa_cap
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ISA_CAP_VARS and k != "LASER_FAST_CPU_BF16"}
+    out = subprocess.run(["bash", str(root / "scripts" / "avx2_env.sh"), "env"], env=env, capture_output=True, text=True, check=True).stdout
+    after = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    added = {k: v for k, v in after.items() if k not in env}
+    assert added.pop("LASER_FAST_CPU_BF16") == "0"
+    assert set(added) == set(ISA_CAP_VARS)
+    for k, v in added.items():
+        monkeypatch.setenv(k, v)
+    assert all(f"{k}={v}" in isa_cap() for k, v in added.items())
 
 
 def test_a_one_off_store_request_writes_no_request_file_and_equals_a_kept_one(tmp_path):

@@ -237,6 +237,7 @@ def test_a_damaged_embedding_shard_is_embedded_again(tmp_path, caplog, clean_vec
     else:
         DAMAGE[damage](target)
     with caplog.at_level(logging.WARNING):
+        assert store.stored(TEXTS).tolist() == [i // 4 != 1 for i in range(12)]  # the damaged shard's texts are not stored
         got, info = store.get(TEXTS, model=None, chunk_rows=4, show_progress=False)
     assert _warned(caplog, target) and info["computed"] == 4 and not info["cache_hit"]
     assert not vec_path.exists() and len(_shards(store)) == 3

@@ -332,7 +332,7 @@ class DefaultClassifier(TaskClassifier):
         store under the ``instruction`` field: the ``onepass`` scorer reads the same vectors. A
         head with fine-tuned layers (``tuned_layers`` in ``meta.json``) has its own vectors: one
         pass yields them and, on the CPU (where the store's vectors are exact float32 too), the
-        plain ones, which go to the store.
+        plain ones of the texts the store lacks, which go to the store.
         """
         self.load()
         prepared = [embedding_text(t, self._head_words, self._tail_words) for t in texts]
@@ -347,9 +347,20 @@ class DefaultClassifier(TaskClassifier):
             return np.asarray(arr, dtype=np.float32)
         if not prepared or not str(self._st.device).startswith("cpu"):
             return self._encode(prepared, progress)
-        plain, tuned = self._branched.encode(prepared, progress)
-        store.put(prepared, plain.astype(np.float16), field="instruction")
-        return tuned.astype(np.float16).astype(np.float32)
+        # the plain top layers only for texts the store lacks (on the CPU a text's vectors do not
+        # depend on the batch it is in, so the split changes no vector)
+        have = store.stored(prepared, field="instruction")
+        if have.all():
+            return self._encode(prepared, progress)
+        need = np.flatnonzero(~have)
+        plain, tuned = self._branched.encode([prepared[i] for i in need], progress)
+        store.put([prepared[i] for i in need], plain.astype(np.float16), field="instruction")
+        out = np.empty((len(prepared), tuned.shape[1]), dtype=np.float32)
+        out[need] = tuned.astype(np.float16)
+        if have.any():
+            rest = np.flatnonzero(have)
+            out[rest] = self._encode([prepared[i] for i in rest], progress)
+        return out
 
     def embed_opening(self, texts: list[str], emb: np.ndarray, batch_size: int = 64,
                       progress: bool = False) -> np.ndarray:

@@ -564,6 +564,20 @@ class EmbeddingStore:
         return {"rows": len(texts), "stored": int(todo.size), "already": len(texts) - int(todo.size), "shards": shards,
                 "dim": int(vec.shape[1]), "seconds": round(time.perf_counter() - t0, 3), "key": key}
 
+    def stored(self, texts: Sequence[str], *, model: str | None = None, field: str = "response") -> np.ndarray:
+        """A bool mask: which of ``texts`` already have a vector under ``model`` and ``field``
+        (what :meth:`put` would keep and :meth:`get` would not compute). A damaged shard is
+        removed as :meth:`get` removes it, so its texts count as not stored.
+
+        >>> EmbeddingStore("/tmp/work").stored(["a text"], field="instruction")  # doctest: +SKIP
+        array([ True])
+        """
+        ns = self._namespace(self._label(model), field)
+        if not ns.is_dir() and self.wd.remote is None:
+            return np.zeros(len(texts), dtype=bool)
+        _, _, pos = self._resolve(ns, hash_texts(texts))
+        return pos >= 0
+
     def _stored_dim(self, ns: Path) -> int | None:
         """The dimension of the namespace's vectors, from the first shard header that reads."""
         for _, hp in self._shard_files(ns):
