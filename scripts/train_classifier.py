@@ -203,20 +203,24 @@ def _norm(t):
 
 def extra_set(paths, per_group, seed=0):
     """Labelled prompts from public train splits (``--extra``), at most ``per_group`` per
-    source/template, drawn with a fixed seed."""
-    groups = {}
-    for p in paths:
+    source/template, drawn with a fixed seed. ``per_group``: one cap for every file, or a list
+    with one cap per file."""
+    caps = list(per_group) if isinstance(per_group, (list, tuple)) else [per_group] * len(paths)
+    groups, cap_of = {}, {}
+    for p, cap in zip(paths, caps):
         with open(p, encoding="utf-8") as f:
             for line in f:
                 d = json.loads(line)
                 if d["category"] not in CATEGORIES:
                     raise SystemExit(f"{p}: unknown category {d['category']!r}")
-                groups.setdefault((d.get("source"), d.get("template")), []).append((d["text"], d["category"], f"extra:{d.get('source')}"))
+                key = (d.get("source"), d.get("template"))
+                groups.setdefault(key, []).append((d["text"], d["category"], f"extra:{d.get('source')}"))
+                cap_of[key] = min(cap, cap_of.get(key, cap))
     out = []
     for key in sorted(groups, key=str):
         rows = groups[key]
         random.Random(f"{seed}:{key}").shuffle(rows)
-        out.extend(rows[:per_group])
+        out.extend(rows[:cap_of[key]])
     return out
 
 
@@ -505,7 +509,9 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write metrics JSON here")
     ap.add_argument("--extra", action="append", default=[], metavar="JSONL",
                     help="more labelled prompts (public train splits; one {text, category, source[, template]} per line); repeatable")
-    ap.add_argument("--extra-per-group", type=int, default=150, help="at most this many extra prompts per source/template (seeded)")
+    ap.add_argument("--extra-per-group", type=int, action="append", default=None,
+                    help="at most this many extra prompts per source/template (seeded; default 150); once for every "
+                         "--extra file, or once per --extra file, in their order")
     ap.add_argument("--extra-weight", type=float, default=1.0, help="sample weight of each extra prompt (the project's own rows weigh 1)")
     ap.add_argument("--heldout", default=None, metavar="JSONL",
                     help="public held-out prompts (prompts_heldout.jsonl of scripts/public_data/build_prompts.py): its dev "
@@ -523,6 +529,10 @@ def main(argv=None):
         sys.exit(f"shared data not found at {DATA} (set LASER_SHARED_DATA)")
     if args.finetune and args.smollm:
         sys.exit("--finetune and --smollm cannot be combined")
+    caps = args.extra_per_group or [150]
+    if len(caps) not in (1, len(args.extra)):
+        sys.exit(f"--extra-per-group: give one cap, or one per --extra file ({len(args.extra)}), not {len(caps)}")
+    args.extra_per_group = caps[0] if len(caps) == 1 else caps
     emb = Embedder()
     smol = SmolEmbedder() if args.smollm else None
     fw = 0 if args.finetune else FIRST_WORDS  # a fine-tuned encoder reads the whole text; no opening view

@@ -5,7 +5,7 @@ import datetime as _dt
 import decimal
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 try:  # orjson is optional: ~3x faster parsing when present.
@@ -78,7 +78,9 @@ class _RecordProblem(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def _detect_schema(rec: Mapping[str, Any]) -> str | None:
+def _detect_schema(rec: Container[str]) -> str | None:
+    """The schema a record's keys (a mapping, or a table's column names as a set) name; None
+    when none fits."""
     if "messages" in rec:
         return "messages"
     if "conversations" in rec:

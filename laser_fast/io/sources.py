@@ -471,21 +471,6 @@ def _json_kind(v: Any) -> str:
     return type(v).__name__
 
 
-def _detect_table_schema(columns: list[str]) -> str | None:
-    cols = set(columns)
-    if "messages" in cols:
-        return "messages"
-    if "conversations" in cols:
-        return "sharegpt"
-    if "chosen" in cols and "rejected" in cols:
-        return "dpo"
-    if "completion" in cols and "label" in cols:
-        return "kto"
-    if "instruction" in cols and "output" in cols:
-        return "alpaca"
-    return None
-
-
 def _read_table(table: pa.Table | Any, label: str, schema: str | None, origin: str, b: _Builder,
                 progress: bool, row0: int = 0) -> int:
     """Add every row of an Arrow table (an in-memory frame) or of a ``pyarrow.parquet.ParquetFile``
@@ -498,7 +483,7 @@ def _read_table(table: pa.Table | Any, label: str, schema: str | None, origin: s
         batches = lambda: table.iter_batches(batch_size=65536)  # noqa: E731
     if num_rows == 0:
         raise InputError(label, "the table contains no records", "Pass a non-empty table or file")
-    file_schema = schema or _detect_table_schema(names)
+    file_schema = schema or _detect_schema(set(names))
     if file_schema is None:
         cols = ", ".join(repr(c) for c in names[:20]) or "none"
         raise InputError(label, f"unrecognised table schema; columns seen: {cols}", _SCHEMA_HELP)
