@@ -472,3 +472,22 @@ def test_fine_tuned_layers_embed_as_at_training_time(tmp_path):
     np.testing.assert_allclose(clf.embed(texts), embed(texts), atol=5e-3)
     tc.save_tuned_layers(tmp_path, None)
     assert not (tmp_path / "layers.npz").exists()
+
+
+def test_extra_training_prompts_are_capped_per_file_and_group(tmp_path):
+    """``--extra-per-group``: one cap for every ``--extra`` file, or one per file; draws are seeded."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_classifier", Path(__file__).resolve().parents[1] / "scripts" / "train_classifier.py")
+    tc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tc)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"text": f"a{i}", "category": "Math", "source": "sa"}) + "\n" for i in range(20)))
+    b.write_text("".join(json.dumps({"text": f"b{i}", "category": "Coding", "source": "sb", "template": f"t{i % 2}"}) + "\n" for i in range(20)))
+
+    def count(rows):
+        return {s: sum(1 for r in rows if r[2] == s) for s in ("extra:sa", "extra:sb")}
+
+    assert count(tc.extra_set([a, b], 5)) == {"extra:sa": 5, "extra:sb": 10}  # b has two templates
+    assert count(tc.extra_set([a, b], [100, 3])) == {"extra:sa": 20, "extra:sb": 6}
+    assert tc.extra_set([a, b], [100, 3]) == tc.extra_set([a, b], [100, 3])
