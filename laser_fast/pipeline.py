@@ -63,6 +63,20 @@ class SelectionRun:
         return output_frame(self.pool, self.selected_rows, release=self.release, retyped=retyped_fields(self.pool, self.selected_rows)[0])
 
 
+def _start_run(data, opts, workdir: str | None, verb: str):
+    """The start every run shares: the work directory ready, the records read (and mapped when
+    large). Returns ``(wd, timer, recs, skipped, inputs, release)``; no valid record is an error."""
+    wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
+    limit_heap_arenas()
+    timer = _Timer()
+    with timer.stage("ingest"):
+        recs, skipped, inputs = load_pool(data, opts)
+        recs, release = _map_records(recs, wd, timer)
+    if recs.height == 0:
+        raise LaserError(f"the inputs hold no valid records (all were skipped); nothing to {verb}")
+    return wd, timer, recs, skipped, inputs, release
+
+
 def _map_records(recs: pl.DataFrame, workdir: WorkDir, timer: _Timer) -> tuple[pl.DataFrame, Any]:
     """The records moved to a mapped file in the workdir when they are large (see
     :mod:`laser_fast.runtime.memory`); the pages each stage reads are dropped when it ends.
@@ -98,14 +112,7 @@ def _run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tu
     from laser_fast.metrics import PROFILE_METRICS, ScorerSettings, build_scorer, canonical_profile
     from laser_fast.scorers.stage import check_scorers, release_scorer, score_records, scoring_order
 
-    wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
-    limit_heap_arenas()
-    timer = _Timer()
-    with timer.stage("ingest"):
-        recs, skipped, inputs = load_pool(data, opts)
-        recs, _ = _map_records(recs, wd, timer)
-    if recs.height == 0:
-        raise LaserError("the inputs hold no valid records (all were skipped); nothing to score")
+    wd, timer, recs, skipped, inputs, _ = _start_run(data, opts, workdir, "score")
     profile = canonical_profile(None if opts.profile in (None, "none") else opts.profile)
     names = list(opts.scorers) or ["tokens"] + sorted({s for s, _ in PROFILE_METRICS[profile].values()})
     facts: dict[str, Any] = {"profile": profile, "scorers": [], "inputs": inputs, "skipped": len(skipped)}
@@ -179,14 +186,7 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
 
 def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> SelectionRun:
     """The run itself (see :func:`run_selection`)."""
-    wd = WorkDir.of(workdir).ensure()  # creates the layout, clears dead runs' temp files, fails early when unwritable
-    limit_heap_arenas()
-    timer = _Timer()
-    with timer.stage("ingest"):
-        recs, skipped, inputs = load_pool(data, opts)
-        recs, release = _map_records(recs, wd, timer)
-    if recs.height == 0:
-        raise LaserError("the inputs hold no valid records (all were skipped); nothing to select")
+    wd, timer, recs, skipped, inputs, release = _start_run(data, opts, workdir, "select")
     n = recs.height
 
     # steps 1 and 2: record-wise stages, then the preference over the whole pool
