@@ -353,8 +353,9 @@ class DefaultClassifier(TaskClassifier):
         if have.all():
             return self._encode(prepared, progress)
         need = np.flatnonzero(~have)
-        plain, tuned = self._branched.encode([prepared[i] for i in need], progress)
-        store.put([prepared[i] for i in need], plain.astype(np.float16), field="instruction")
+        new_texts = [prepared[i] for i in need]
+        plain, tuned = self._branched.encode(new_texts, progress)
+        store.put(new_texts, plain.astype(np.float16), field="instruction")
         out = np.empty((len(prepared), tuned.shape[1]), dtype=np.float32)
         out[need] = tuned.astype(np.float16)
         if have.any():
