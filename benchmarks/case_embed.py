@@ -159,6 +159,7 @@ def _batching_rows(quick: bool) -> list[dict]:
 def _store_rows(quick: bool) -> list[dict]:
     import laser_fast.runtime.models as E
     from laser_fast.sampling.store import EmbeddingStore
+    from laser_fast.sampling.store_index import INDEX_CACHE
 
     n, d = (50_000 if quick else 200_000), 384
     rng = np.random.default_rng(0)
@@ -183,6 +184,7 @@ def _store_rows(quick: bool) -> list[dict]:
             info = store.put(texts, v)
             t_put = time.perf_counter() - t0
             ns = store._namespace(E.DEFAULT_EMBEDDING_MODEL, "response")
+            INDEX_CACHE.clear()  # what a new process pays
             t0 = time.perf_counter()
             store._index(ns)
             t_index = time.perf_counter() - t0
@@ -221,9 +223,60 @@ def _store_rows(quick: bool) -> list[dict]:
     return rows
 
 
+def _lookup_rows(quick: bool) -> list[dict]:
+    """A scorer's pattern over a store that already holds ``n`` texts in shards of 4,096: chunks
+    of 2,048 new texts, each looked up (``stored``) and then stored (``put``, which looks them up
+    again), as the classifier's ``embed`` does. Side by side: the process's index cache (only new
+    shards are read) and the index rebuilt for every request (every shard's digests read,
+    checked and sorted again: what each request cost before the cache; the cache is cleared
+    before each call)."""
+    from laser_fast.sampling.store import EmbeddingStore
+    from laser_fast.sampling.store_index import INDEX_CACHE
+
+    n, chunks, d = (200_000 if quick else 1_000_000), 20, 8  # narrow vectors: the lookup does not read them
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="laser-lookup-bench-") as td:
+        store = EmbeddingStore(td)
+        for s0 in range(0, n, 65536):
+            m = min(n, s0 + 65536) - s0
+            store.put([f"stored {i}" for i in range(s0, s0 + m)], rng.standard_normal((m, d), dtype=np.float32), chunk_rows=4096)
+        shards = (n + 4095) // 4096
+        res = {}
+        for mode in ("rebuilt_per_request", "process_cache"):
+            INDEX_CACHE.clear()
+            store.stored(["warm-up"])  # both modes start from a built index
+            t_look = t_put = 0.0
+            for c in range(chunks):
+                texts = [f"{mode} chunk {c} text {i}" for i in range(2048)]
+                if mode == "rebuilt_per_request":
+                    INDEX_CACHE.clear()
+                t0 = time.perf_counter()
+                have = store.stored(texts)
+                t1 = time.perf_counter()
+                if mode == "rebuilt_per_request":
+                    INDEX_CACHE.clear()
+                store.put(texts, rng.standard_normal((len(texts), d), dtype=np.float32), chunk_rows=4096)
+                t2 = time.perf_counter()
+                t_look += t1 - t0
+                t_put += t2 - t1
+                assert not have.any()
+            res[mode] = (t_look, t_put)
+            row = {"case": "embed_store_lookup", "stored_texts": n, "shards_at_start": shards, "chunks": chunks, "chunk_texts": 2048,
+                   "mode": mode, "lookup_ms": round(1000 * t_look / chunks, 1), "put_ms": round(1000 * t_put / chunks, 1),
+                   "seconds": round(t_look + t_put, 3)}
+            if mode == "process_cache":
+                old = res["rebuilt_per_request"]
+                row["speedup_vs_rebuilt"] = round(sum(old) / (t_look + t_put), 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def run(quick: bool) -> list[dict]:
-    """Batching rows (per text set and mode) and one store row; printed as JSON lines as they come."""
-    return _batching_rows(quick) + _store_rows(quick)
+    """Batching rows (per text set and mode), one store row and the lookup rows; printed as JSON
+    lines as they come."""
+    return _batching_rows(quick) + _store_rows(quick) + _lookup_rows(quick)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use

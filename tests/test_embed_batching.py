@@ -11,6 +11,8 @@ import laser_fast.sampling.embed as E
 import laser_fast.sampling.store as ES
 from laser_fast.errors import InputError
 from laser_fast.runtime.models import load_sentence_model
+from laser_fast.runtime.workdir import sidecar
+from laser_fast.sampling.store_index import ShardIndex
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval_pool.jsonl.gz"
 
@@ -191,12 +193,61 @@ def test_shard_index_prefix_collisions_and_duplicates():
     d = rng.integers(0, 256, (50, 20), dtype=np.uint8)
     d[10, :8] = d[20, :8]  # same 8-byte prefix, different digests
     d[30] = d[40]  # the same digest stored twice: the first copy wins
-    idx = ES._ShardIndex(d, np.zeros(50, dtype=np.int32), np.arange(50))
+    idx = ShardIndex.build([d[:25], d[25:]])  # two shards: the first copy is in the first tier
     q = np.stack([d[20], d[10], d[40], d[0]])
     absent = d[10].copy()
     absent[-1] ^= 1
     pos = idx.lookup(np.vstack([q, absent[None]]))
     assert pos.tolist() == [20, 10, 30, 0, -1]
+
+
+def test_shard_index_grown_shard_by_shard_answers_as_one_built_at_once():
+    """Extending an index tier by tier (merged like a binary counter) gives the rows a single
+    build gives, duplicates across tiers included (the lowest row wins)."""
+    rng = np.random.default_rng(2)
+    shards = [rng.integers(0, 256, (int(m), 20), dtype=np.uint8) for m in rng.integers(6, 40, 23)]
+    shards[9][3] = shards[2][5]  # a text stored again in a later shard
+    shards[17][0] = shards[9][3]
+    shards[20][1, :8] = shards[4][0, :8]  # a shared prefix in another tier
+    grown = ShardIndex.empty()
+    for d in shards:
+        grown = grown.extended([d])
+    built = ShardIndex.build(shards)
+    assert len(grown.tiers) < len(shards) and len(built.tiers) == 1
+    q = np.vstack([np.concatenate(shards), rng.integers(0, 256, (30, 20), dtype=np.uint8)])
+    assert grown.lookup(q).tolist() == built.lookup(q).tolist()
+    first = built.lookup(shards[17][:1])[0]
+    assert built.shard_of(np.array([first])).tolist() == [2] and built.row_of(np.array([first])).tolist() == [5]
+    assert grown.rows_per_shard.tolist() == [d.shape[0] for d in shards]
+
+
+def test_the_store_index_follows_shards_written_or_removed_behind_its_back(tmp_path):
+    """The process keeps a namespace's index between requests; a shard another writer adds is
+    found, one sorting before the known ones (two runs at once) wins for the texts it repeats, as
+    a rebuild would have it, and a removed one's texts are no longer stored."""
+    from laser_fast.sampling.store_index import INDEX_CACHE
+
+    store = ES.EmbeddingStore(tmp_path)
+    texts = [f"text {i}" for i in range(12)]
+    v = np.eye(16, dtype=np.float32)[:12]
+    store.put(texts[:8], v[:8], chunk_rows=4)
+    assert store.stored(texts).tolist() == [True] * 8 + [False] * 4
+    ns = store._namespace(store._label(None), "response")
+    other = np.eye(16, dtype=np.float16)[[15, 14]]
+    store._write_shard(ns, store._new_shard_id(), other, E.hash_texts(texts[8:10]))  # another writer, later id
+    assert store.stored(texts).tolist() == [True] * 10 + [False] * 2
+    early = np.eye(16, dtype=np.float16)[[13]]
+    store._write_shard(ns, "0" * 20 + "-early", early, E.hash_texts(texts[:1]))  # sorts first: its copy of text 0 wins
+    got, _ = store.get(texts[:10], keep=False, show_progress=False)
+    np.testing.assert_array_equal(np.asarray(got), np.vstack([early, v[1:8].astype(np.float16), other]))
+    INDEX_CACHE.clear()
+    again, _ = ES.EmbeddingStore(tmp_path).get(texts[:10], keep=False, show_progress=False)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(got))  # what a new process reads
+    for p in sorted(ns.glob("shard-*.hashes.npy"))[1:2]:  # the first of put's two shards: texts 0-3
+        for f in (p, store._vectors_of(p)):
+            f.unlink()
+            sidecar(f).unlink()
+    assert store.stored(texts).tolist() == [True] + [False] * 3 + [True] * 6 + [False] * 2
 
 
 def test_one_thread_per_forward_keeps_order_restores_threads_and_stops_on_an_error():

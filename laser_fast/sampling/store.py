@@ -19,6 +19,7 @@ from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, load_sentence_mod
 from laser_fast.runtime.stage import Resources
 from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, sidecar, unique_suffix
 from laser_fast.sampling.embed import SORT_WINDOW, VECTOR_SCHEME, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
+from laser_fast.sampling.store_index import INDEX_CACHE, ShardIndex
 
 logger = logging.getLogger(__name__)
 
@@ -93,54 +94,6 @@ def _first_row(n: int, value: float) -> np.ndarray:
     return out
 
 
-class _ShardIndex:
-    """Where each stored text's vector is: (shard, row), found by a vectorised search.
-
-    The 20-byte sha1 digests of all shards are concatenated; lookups sort the first 8 bytes (as
-    uint64) once and ``searchsorted`` the queries, then confirm the full 20 bytes (a shared 8-byte
-    prefix of two different digests is resolved by scanning the run of equal prefixes). A text
-    stored twice resolves to its first copy (lowest shard, then row).
-    """
-
-    def __init__(self, digests: np.ndarray, shard: np.ndarray, row: np.ndarray):
-        self.digests = digests  # (m, 20) uint8
-        self.shard = shard
-        self.row = row
-        pre = _prefix64(digests)
-        self.order = np.argsort(pre, kind="stable")
-        self.sorted_pre = pre[self.order]
-
-    def __len__(self) -> int:
-        return int(self.digests.shape[0])
-
-    def lookup(self, q: np.ndarray) -> np.ndarray:
-        """Positions (into the concatenated digests) of query digests ``q`` (k, 20); -1 if absent."""
-        res = np.full(q.shape[0], -1, dtype=np.int64)
-        if q.shape[0] == 0 or len(self) == 0:
-            return res
-        qp = _prefix64(q)
-        qo = np.argsort(qp)  # sorted queries: searchsorted then walks forward (~5x faster at 1M)
-        at = np.empty(qp.size, dtype=np.int64)
-        at[qo] = np.searchsorted(self.sorted_pre, qp[qo], side="left")
-        inb = at < self.sorted_pre.size
-        cand = np.where(inb, self.order[np.minimum(at, self.sorted_pre.size - 1)], 0)
-        hit = inb & (self.sorted_pre[np.minimum(at, self.sorted_pre.size - 1)] == qp)
-        full = hit & np.all(self.digests[cand] == q, axis=1)
-        res[full] = cand[full]
-        for i in np.flatnonzero(hit & ~full):  # an 8-byte prefix shared by two digests: practically never
-            j = int(at[i])
-            while j < self.sorted_pre.size and self.sorted_pre[j] == qp[i]:
-                if np.array_equal(self.digests[self.order[j]], q[i]):
-                    res[i] = self.order[j]
-                    break
-                j += 1
-        return res
-
-
-def _prefix64(d: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(d[:, :8]).view(">u8").ravel()
-
-
 class EmbeddingStore:
     """Float16 embeddings cached per text under ``<workdir>/embeddings``.
 
@@ -160,7 +113,10 @@ class EmbeddingStore:
 
     Every shard a request reads and every reused ``<key>.npy`` is checked against its integrity
     record first; a damaged one is logged with its path and removed (a shard's two files
-    together), and its texts are embedded again (the memmap is assembled again).
+    together), and its texts are embedded again (the memmap is assembled again). The digests are
+    checked once per process: the process keeps the namespace's digest index
+    (:mod:`laser_fast.sampling.store_index`) and reads only shards it has not seen, so a lookup
+    does not cost the whole store; the vectors a request reads are checked at every request.
 
     In a URI work directory (:mod:`laser_fast.runtime.storage`) each shard is also uploaded as one
     Parquet object ``shard-<id>.parquet`` (columns ``sha1``: fixed_size_binary(20), ``embedding``:
@@ -247,28 +203,25 @@ class EmbeddingStore:
         self.wd.remove_entry(path)
         logger.info("embedding store: removed %s (%s)", path, why)
 
-    def _index(self, ns: Path) -> tuple[_ShardIndex, list[Path]]:
+    def _index(self, ns: Path) -> tuple[ShardIndex, list[Path]]:
         """The namespace's digest index (over the shards whose hashes file is intact) and the
-        shards' hashes files (in index order)."""
-        digs, shard, row, hash_paths = [], [], [], []
-        for _, hp in self._shard_files(ns):
-            d = self.wd.load_array(hp, mmap=False, shared=False)  # (m, 20) uint8: sha1 digests (kept here only)
-            if d is not None and (d.ndim != 2 or d.shape[1] != 20 or d.dtype != np.uint8):
-                self.wd.discard(hp, f"it holds a {d.dtype} array of shape {d.shape}, not (m, 20) uint8 digests")
-                d = None
-            if d is None:  # damaged (logged and removed) or removed meanwhile
-                self._forget(self._vectors_of(hp), f"the hashes file {hp.name} of its shard is gone")
-                continue
-            shard.append(np.full(d.shape[0], len(hash_paths), dtype=np.int32))
-            row.append(np.arange(d.shape[0], dtype=np.int64))
-            digs.append(d)
-            hash_paths.append(hp)
-        if not digs:
-            z = np.zeros(0, dtype=np.int64)
-            return _ShardIndex(np.zeros((0, 20), dtype=np.uint8), z.astype(np.int32), z), []
-        return _ShardIndex(np.concatenate(digs), np.concatenate(shard), np.concatenate(row)), hash_paths
+        shards' hashes files (in index order). The process keeps it (:data:`INDEX_CACHE`) and
+        reads only the shards it has not seen; a damaged hashes file is logged and removed with
+        its shard's vectors."""
+        return INDEX_CACHE.index(ns, self._shard_files(ns), self._load_hashes)
 
-    def _resolve(self, ns: Path, digs: np.ndarray) -> tuple[_ShardIndex, list[np.ndarray | None], np.ndarray]:
+    def _load_hashes(self, hp: Path) -> np.ndarray | None:
+        """One shard's checked digests ((m, 20) uint8), or None when damaged (then its shard is
+        removed) or gone."""
+        d = self.wd.load_array(hp, mmap=False, shared=False)  # sha1 digests (kept here only)
+        if d is not None and (d.ndim != 2 or d.shape[1] != 20 or d.dtype != np.uint8):
+            self.wd.discard(hp, f"it holds a {d.dtype} array of shape {d.shape}, not (m, 20) uint8 digests")
+            d = None
+        if d is None:  # damaged (logged and removed) or removed meanwhile
+            self._forget(self._vectors_of(hp), f"the hashes file {hp.name} of its shard is gone")
+        return d
+
+    def _resolve(self, ns: Path, digs: np.ndarray) -> tuple[ShardIndex, list[np.ndarray | None], np.ndarray]:
         """``(index, vectors, pos)``: where each of ``digs`` is stored (-1: not stored) and the
         checked vector memmaps of the shards those texts are in (None for the other shards). A
         shard that fails its check is removed with its hashes file, so its texts come back as
@@ -276,10 +229,10 @@ class EmbeddingStore:
         while True:
             index, hash_paths = self._index(ns)
             pos = index.lookup(digs)
-            rows = np.bincount(index.shard, minlength=len(hash_paths))
+            rows = index.rows_per_shard
             vecs: list[np.ndarray | None] = [None] * len(hash_paths)
             damaged = False
-            for si in np.unique(index.shard[pos[pos >= 0]]):
+            for si in np.unique(index.shard_of(pos[pos >= 0])):
                 vp = self._vectors_of(hash_paths[si])
                 v = self.wd.load_array(vp, mmap=True, shared=False)
                 if v is not None and (v.ndim != 2 or v.shape[0] != rows[si] or v.dtype != np.float16):
@@ -326,9 +279,10 @@ class EmbeddingStore:
         return dims.pop() if dims else 0
 
     @staticmethod
-    def _gather(index: _ShardIndex, vecs: list[np.ndarray | None], pos: np.ndarray, dim: int) -> tuple[np.ndarray, list[int]]:
+    def _gather(index: ShardIndex, vecs: list[np.ndarray | None], pos: np.ndarray, dim: int) -> tuple[np.ndarray, list[int]]:
         """The float16 rows of store positions ``pos`` (read shard by shard), and the shards read."""
-        bs, br = index.shard[pos], index.row[pos]
+        bs = index.shard_of(pos)
+        br = index.row_of(pos, bs)
         block = np.empty((bs.size, dim), dtype=np.float16)
         order = np.argsort(bs, kind="stable")
         cuts = np.flatnonzero(np.diff(bs[order])) + 1
@@ -339,7 +293,7 @@ class EmbeddingStore:
             touched.append(si)
         return block, touched
 
-    def _assemble(self, final: Path, index: _ShardIndex, vecs: list[np.ndarray | None],
+    def _assemble(self, final: Path, index: ShardIndex, vecs: list[np.ndarray | None],
                   pos: np.ndarray, block_rows: int = 1 << 16) -> tuple[np.memmap, float]:
         """Write the request's (n, d) float16 ``.npy`` from the shards' checked memmaps ``vecs``,
         ``block_rows`` output rows at a time: each block is gathered from the shards' memmaps and

@@ -179,10 +179,10 @@ class OnePassScorer(Scorer):
     gpu_share = 0.25  # MiniLM: four workers share a GPU
     outputs = ("onepass_quality", "onepass_difficulty")
     categories = None
-    #: records per cached chunk: each chunk looks its texts up in the embedding store (which reads
-    #: every shard's digest list) and adds a shard of new vectors, so chunks of the default 128 would
-    #: make that lookup quadratic in the pool; a killed run loses at most one chunk's heads (its
-    #: vectors are stored already)
+    #: records per cached chunk: each chunk looks its texts up in the embedding store and adds a
+    #: shard of new vectors (the process keeps the store's index, so a lookup reads only the new
+    #: shards, but chunks of the default 128 would still make 16x more shards and files); a killed
+    #: run loses at most one chunk's heads (its vectors are stored already)
     cache_chunk = 2048
 
     def chunk_for(self, n: int) -> int:
