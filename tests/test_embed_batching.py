@@ -219,6 +219,11 @@ def test_shard_index_grown_shard_by_shard_answers_as_one_built_at_once():
     first = built.lookup(shards[17][:1])[0]
     assert built.shard_of(np.array([first])).tolist() == [2] and built.row_of(np.array([first])).tolist() == [5]
     assert grown.rows_per_shard.tolist() == [d.shape[0] for d in shards]
+    new_a, new_b = rng.integers(0, 256, (3, 20), dtype=np.uint8), rng.integers(0, 256, (2, 20), dtype=np.uint8)
+    a, b = built.extended([new_a]), built.extended([new_b])  # two extensions of one index: neither writes over the other
+    assert a.lookup(new_a).tolist() == [built.n, built.n + 1, built.n + 2] and a.lookup(new_b).tolist() == [-1, -1]
+    assert b.lookup(new_b).tolist() == [built.n, built.n + 1] and b.lookup(new_a).tolist() == [-1] * 3
+    assert np.array_equal(a.digests[built.n:], new_a) and len(built) == built.n
 
 
 def test_the_store_index_follows_shards_written_or_removed_behind_its_back(tmp_path):

@@ -44,6 +44,29 @@ def _tier(digs: np.ndarray, lo: int, hi: int) -> _Tier:
     return _Tier(lo, hi, order, pre[order])
 
 
+class _Rows:
+    """A growable (capacity, 20) digest buffer shared by an index and the indexes extended from
+    it. Rows past ``used`` are free; :meth:`claim` hands them to one extension only, so two
+    indexes extended from the same one never write the same rows (the second gets a copy)."""
+
+    def __init__(self, capacity: int):
+        self.buf = np.empty((capacity, 20), dtype=np.uint8)
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def claim(self, n: int, add: int) -> _Rows:
+        """The buffer to write rows ``[n, n + add)`` into: this one when ``n`` is its end and the
+        rows fit, else a new one (doubling) holding a copy of rows ``[0, n)``."""
+        with self._lock:
+            if self.used == n and n + add <= self.buf.shape[0]:
+                self.used = n + add
+                return self
+        grown = _Rows(max(2 * self.buf.shape[0], n + add, 1024))
+        grown.buf[:n] = self.buf[:n]
+        grown.used = n + add
+        return grown
+
+
 class ShardIndex:
     """Digests of a namespace's shards, in shard order, with a lookup from digest to row.
 
@@ -60,15 +83,15 @@ class ShardIndex:
         ([1, 0], [0, 1])
     """
 
-    def __init__(self, buf: np.ndarray, n: int, starts: np.ndarray, tiers: tuple[_Tier, ...]):
-        self._buf = buf  # (capacity, 20) uint8; rows [0, n) are this index's
+    def __init__(self, rows: _Rows, n: int, starts: np.ndarray, tiers: tuple[_Tier, ...]):
+        self._rows = rows  # rows [0, n) of its buffer are this index's
         self.n = n
         self.starts = starts
         self.tiers = tiers
 
     @classmethod
     def empty(cls) -> ShardIndex:
-        return cls(np.zeros((0, 20), dtype=np.uint8), 0, np.zeros(1, dtype=np.int64), ())
+        return cls(_Rows(0), 0, np.zeros(1, dtype=np.int64), ())
 
     @classmethod
     def build(cls, shard_digests: Sequence[np.ndarray]) -> ShardIndex:
@@ -80,7 +103,7 @@ class ShardIndex:
 
     @property
     def digests(self) -> np.ndarray:
-        return self._buf[:self.n]
+        return self._rows.buf[:self.n]
 
     @property
     def rows_per_shard(self) -> np.ndarray:
@@ -98,14 +121,11 @@ class ShardIndex:
     def extended(self, shard_digests: Sequence[np.ndarray]) -> ShardIndex:
         """This index with more shards after its own (their digests, (m, 20) uint8 each)."""
         add = sum(int(d.shape[0]) for d in shard_digests)
-        buf = self._buf
-        if self.n + add > buf.shape[0]:  # grow by doubling; older indexes keep the old buffer
-            grown = np.empty((max(2 * buf.shape[0], self.n + add, 1024), 20), dtype=np.uint8)
-            grown[:self.n] = buf[:self.n]
-            buf = grown
+        rows = self._rows.claim(self.n, add)
+        buf = rows.buf
         at = self.n
         starts = [int(s) for s in self.starts]
-        for d in shard_digests:  # rows past self.n: no index sharing this buffer reads them
+        for d in shard_digests:  # rows claimed for this index alone: no other index reads them
             buf[at:at + d.shape[0]] = d
             at += int(d.shape[0])
             starts.append(at)
@@ -115,7 +135,7 @@ class ShardIndex:
         while len(tiers) > 1 and tiers[-2].hi - tiers[-2].lo <= tiers[-1].hi - tiers[-1].lo:
             a, b = tiers[-2], tiers[-1]
             tiers[-2:] = [_tier(buf, a.lo, b.hi)]
-        return ShardIndex(buf, at, np.array(starts, dtype=np.int64), tuple(tiers))
+        return ShardIndex(rows, at, np.array(starts, dtype=np.int64), tuple(tiers))
 
     def lookup(self, q: np.ndarray) -> np.ndarray:
         """Rows of query digests ``q`` (k, 20); -1 if absent. The lowest row of a digest stored
@@ -125,7 +145,7 @@ class ShardIndex:
             return res
         todo = np.arange(q.shape[0])
         qp = _prefix64(q)
-        digs = self._buf
+        digs = self._rows.buf
         for t in self.tiers:  # in row order: the first tier that has a digest has its lowest row
             if todo.size == 0:
                 break
@@ -209,7 +229,8 @@ class IndexCache:
                 self._folders.popitem(last=False)
         lock = entry[0]
         with lock:
-            known, index = self._folders.get(key, entry)[1:]
+            cur = self._folders.get(key)
+            known, index = (cur if cur is not None and cur[0] is lock else entry)[1:]  # the latest state under this lock
             k = len(known)
             keeps = k <= len(listing) and all(sid == kn.sid and kn.stamp is not None and _stamp(kn.hashes) == kn.stamp
                                               for (sid, _), kn in zip(listing[:k], known))
@@ -225,7 +246,8 @@ class IndexCache:
                 known = known + new_known
                 index = index.extended(digs)
                 with self._lock:
-                    if key in self._folders:
+                    cur = self._folders.get(key)
+                    if cur is not None and cur[0] is lock:  # not dropped (and made again) meanwhile
                         self._folders[key] = (lock, known, index)
             return index, [kn.hashes for kn in known]
 
