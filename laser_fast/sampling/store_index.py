@@ -208,7 +208,7 @@ class IndexCache:
     def __init__(self, size: int = 16):
         self.size = size
         self._lock = threading.Lock()
-        self._folders: OrderedDict[str, tuple[threading.Lock, list[_Known], ShardIndex]] = OrderedDict()
+        self._folders: OrderedDict[str, _Folder] = OrderedDict()
 
     def clear(self) -> None:
         with self._lock:
@@ -220,36 +220,33 @@ class IndexCache:
         ``(shard id, hashes file)`` pairs in id order."""
         key = os.path.realpath(ns)
         with self._lock:
-            entry = self._folders.get(key)
-            if entry is None:
-                entry = (threading.Lock(), [], ShardIndex.empty())
-                self._folders[key] = entry
+            folder = self._folders.setdefault(key, _Folder())
             self._folders.move_to_end(key)
-            while len(self._folders) > self.size:
+            while len(self._folders) > self.size:  # a folder dropped while in use stays consistent
                 self._folders.popitem(last=False)
-        lock = entry[0]
-        with lock:
-            cur = self._folders.get(key)
-            known, index = (cur if cur is not None and cur[0] is lock else entry)[1:]  # the latest state under this lock
-            k = len(known)
-            keeps = k <= len(listing) and all(sid == kn.sid and kn.stamp is not None and _stamp(kn.hashes) == kn.stamp
-                                              for (sid, _), kn in zip(listing[:k], known))
-            if not keeps:
-                known, index, k = [], ShardIndex.empty(), 0
-            new_known, digs = [], []
+        with folder.lock:
+            k = len(folder.known)
+            if not (k <= len(listing) and all(sid == kn.sid and kn.stamp is not None and _stamp(kn.hashes) == kn.stamp
+                                              for (sid, _), kn in zip(listing[:k], folder.known))):
+                folder.known, folder.index, k = [], ShardIndex.empty(), 0
+            digs = []
             for sid, hp in listing[k:]:
                 d = load(hp)
                 if d is not None:
-                    new_known.append(_Known(sid, hp, _stamp(hp)))
+                    folder.known.append(_Known(sid, hp, _stamp(hp)))
                     digs.append(d)
-            if new_known or not keeps:
-                known = known + new_known
-                index = index.extended(digs)
-                with self._lock:
-                    cur = self._folders.get(key)
-                    if cur is not None and cur[0] is lock:  # not dropped (and made again) meanwhile
-                        self._folders[key] = (lock, known, index)
-            return index, [kn.hashes for kn in known]
+            if digs:
+                folder.index = folder.index.extended(digs)
+            return folder.index, [kn.hashes for kn in folder.known]
+
+
+class _Folder:
+    """One namespace's state in the cache: its lock, the shards read (in index order), the index."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.known: list[_Known] = []
+        self.index = ShardIndex.empty()
 
 
 #: the process's index cache (every :class:`~laser_fast.sampling.store.EmbeddingStore` shares it)
