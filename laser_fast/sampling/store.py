@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -533,10 +534,16 @@ class EmbeddingStore:
         return pos >= 0
 
     def _stored_dim(self, ns: Path) -> int | None:
-        """The dimension of the namespace's vectors, from the first shard header that reads."""
+        """The dimension of the namespace's vectors, from the integrity record of the first
+        shard whose record reads. Only the record is read: checksumming a shard's vectors here
+        would cost every ``put`` a pass over that shard, and the vectors are checked wherever a
+        request reads them."""
         for _, hp in self._shard_files(ns):
-            meta = self.wd.check(self._vectors_of(hp), shared=False)  # the .npy pair is kept here only
-            shape = (meta or {}).get("shape")
-            if isinstance(shape, list) and len(shape) == 2:
+            try:
+                meta = json.loads(sidecar(self._vectors_of(hp)).read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # gone or unreadable: a request that reads the shard finds out
+                continue
+            shape = meta.get("shape") if isinstance(meta, dict) else None
+            if isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int):
                 return int(shape[1])
         return None
