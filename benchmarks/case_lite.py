@@ -17,7 +17,10 @@ Rows:
   (combination, k-means, cold work directory, models loading included), records/s from its wall
   time, the manifest's stage times, and the mean AlpacaEval 2 length-controlled win rate of the
   selected rows' generators (the leaderboard in ../shared/data; NullModel = 0) beside a random
-  selection's expectation and "longest response first" at the same budget.
+  selection's expectation and "longest response first" at the same budget; ``..._test_half_...``:
+  the same over the selected rows whose instruction is in the pool's test half
+  (``benchmarks.data.dev_half``), since the ``onepass`` quality head learned from AlpacaEval
+  pairs on the development half.
 * ``accuracy``: the held-out figures the shipped heads recorded at training time (meta.json).
 
 The CPU's name and flags (AVX2 / AVX-512 / AMX) are in every row: the old path's speed depends on
@@ -144,8 +147,12 @@ def _stage_rows(rows: list[dict], n_llm: int, cpu: dict) -> list[dict]:
     return out
 
 
+def _mean(v: list[float]) -> float | None:
+    return round(float(np.mean(v)), 2) if v else None
+
+
 def run(quick: bool) -> list[dict]:
-    from benchmarks.data import DATA, alpaca_win_rates
+    from benchmarks.data import DATA, alpaca_win_rates, dev_half
 
     if not (DATA / "alpaca_eval_pool.jsonl.gz").exists():
         print("lite: ../shared/data/alpaca_eval_pool.jsonl.gz not present, skipped", flush=True)
@@ -174,9 +181,12 @@ def run(quick: bool) -> list[dict]:
                    "records": len(sub), "budget": b, "wall_s": round(res["wall_s"], 1), "records_per_s": round(len(sub) / res["wall_s"], 2),
                    "selected_mean_lc_winrate": round(float(np.mean([lc[sub_gens[i]] for i in sel])), 2),
                    "random_mean_lc_winrate": round(float(np.mean([lc[g] for g in sub_gens])), 2),
+                   # the onepass quality head learned from AlpacaEval pairs on the development half: the test half is new to it
+                   "selected_test_half_mean_lc_winrate": _mean([lc[sub_gens[i]] for i in sel if not dev_half(sub[i]["instruction"])]),
                    "stages_s": " ".join(f"{k}={v}" for k, v in res["stages_s"].items()), **cpu}
             if m >= n:
                 row["longest_first_mean_lc_winrate"] = round(float(np.mean([lc[gens[i]] for i in longest])), 2)
+                row["longest_first_test_half_mean_lc_winrate"] = _mean([lc[gens[i]] for i in longest if not dev_half(rows[i]["instruction"])])
             out.append(row)
             print(json.dumps(row), flush=True)
     finally:

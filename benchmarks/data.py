@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +29,22 @@ def alpaca_win_rates(data: Path = DATA) -> dict[str, float]:
         lc[d["generator"]] = float(d["length_controlled_winrate"])
     lc["NullModel"] = 0.0
     return lc
+
+
+def dev_half(instruction: str) -> bool:
+    """The pool's development half (``sha1(instruction) mod 2 == 0``); the rest is its test half.
+    Split once (issue 17), so a choice made on one half can be reported on the other."""
+    return int(hashlib.sha1(instruction.encode("utf-8")).hexdigest(), 16) % 2 == 0
+
+
+def generator_halves(lc: dict[str, float]) -> tuple[set[str], set[str]]:
+    """``(trained, held out)``: the generators other than ``NullModel`` ranked by win rate and
+    dealt alternately (the weakest to ``trained``), so both halves span the whole range.
+    ``NullModel`` is held out. A quality head may be trained on the development half's answers
+    by ``trained`` generators (``scripts/train_onepass.py --w-alpaca-eval``); the test half's
+    answers by held-out generators (``scripts/pool_winrate.py pool --unseen``) are then new to it on both counts."""
+    ranked = sorted((g for g in lc if g != "NullModel"), key=lambda g: (lc[g], g))
+    return set(ranked[0::2]), set(ranked[1::2]) | {"NullModel"}
 
 
 def repeated_alpaca(n: int) -> tuple[list[str], list[str]]:

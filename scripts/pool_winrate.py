@@ -15,8 +15,15 @@ win rate of its rows' generators.
 ``pool --oracle-quality --difficulty-from OUT/decisions.parquet`` writes every quality metric as
 the generator's win rate itself and ``difficulty`` as a lite run over this pool scored it (rows
 that run left unscored, its duplicates, get 0; they are duplicates here too), for ``--profile
-none``: the ceiling a perfect quality scorer would reach under the same selection. Never train or tune a
-scorer on these win rates: they are the benchmark's answer key.
+none``: the ceiling a perfect quality scorer would reach under the same selection. These win rates
+are the benchmark's answer key: a scorer may learn from them on the development half only (and
+then be judged on the test half, best on ``--unseen`` rows), never on the rows it is judged on.
+
+``pool --unseen`` writes only the test half's answers by the held-out generators
+(``benchmarks.data.generator_halves``, ``NullModel`` included): the shipped ``onepass`` quality head learned
+from AlpacaEval pairs of the other generators on the development half, so these rows are new to it
+in both respects. (``--oracle-quality`` cannot be combined with it: its difficulty file has one row
+per pool row.)
 
 ``score`` splits the pool's instructions once, by ``sha1(instruction) mod 2`` (0: development
 half, 1: test half), and prints both halves beside the whole, so a choice made on one half can be
@@ -25,7 +32,6 @@ reported on the other.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -33,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.data import DATA, alpaca_pool_rows, alpaca_win_rates
+from benchmarks.data import DATA, alpaca_pool_rows, alpaca_win_rates, dev_half, generator_halves
 
 QUALITY_COLUMNS = ("quality", "if_quality", "process_reward", "code_quality")
 
@@ -45,10 +51,6 @@ def pool_rows(data: Path) -> list[dict]:
     return rows
 
 
-def dev_half(instruction: str) -> bool:
-    return int(hashlib.sha1(instruction.encode("utf-8")).hexdigest(), 16) % 2 == 0
-
-
 def write_pool(args) -> None:
     rows = pool_rows(args.data)
     lc = alpaca_win_rates(args.data)
@@ -56,18 +58,26 @@ def write_pool(args) -> None:
     if args.oracle_quality:
         import polars as pl
 
+        if args.unseen:
+            sys.exit("--oracle-quality takes the whole pool: leave out --unseen")
+
         if args.difficulty_from is None:
             sys.exit("--oracle-quality needs --difficulty-from: the decisions.parquet of a lite run over this pool")
         diff = np.nan_to_num(pl.read_parquet(args.difficulty_from, columns=["difficulty"])["difficulty"].to_numpy(), nan=0.0)
         if len(diff) != len(rows):
             sys.exit(f"{args.difficulty_from}: {len(diff)} rows, the pool has {len(rows)}; run the selection on the file 'pool' wrote")
+    held_out = generator_halves(lc)[1]
+    n = 0
     with open(args.out, "w", encoding="utf-8") as f:
         for i, r in enumerate(rows):
+            if args.unseen and (dev_half(r["instruction"]) or r["generator"] not in held_out):
+                continue
+            n += 1
             rec = {"id": f"r{i}", "instruction": r["instruction"], "output": r["output"] or ""}
             if args.oracle_quality:
                 rec.update({k: lc[r["generator"]] for k in QUALITY_COLUMNS}, difficulty=float(diff[i]))
             f.write(json.dumps(rec) + "\n")
-    print(f"wrote {len(rows)} rows to {args.out}")
+    print(f"wrote {n} rows to {args.out}")
 
 
 def mean(v: np.ndarray) -> str:
@@ -79,7 +89,10 @@ def score(args) -> None:
     lc = alpaca_win_rates(args.data)
     for out in args.outputs:
         ids = []
-        for n, line in enumerate((Path(out) / "selected.jsonl").read_text(encoding="utf-8").splitlines(), 1):
+        path = Path(out) / "selected.jsonl"
+        if not path.is_file():
+            sys.exit(f"{path} not found: give the --output-dir of a laser-fast select run")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             rid = json.loads(line).get("id") or ""
             if not (rid.startswith("r") and rid[1:].isdigit() and int(rid[1:]) < len(rows)):
                 sys.exit(f"{out}/selected.jsonl line {n}: id {rid!r} is not a pool position written by 'pool'")
@@ -100,6 +113,8 @@ def main(argv=None) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--oracle-quality", action="store_true")
     p.add_argument("--difficulty-from", type=Path, metavar="PARQUET", help="decisions.parquet of a lite run over this pool")
+    p.add_argument("--unseen", action="store_true", help="only the test half's answers by the held-out generators (generator_halves): "
+                   "rows whose instruction and generator the AlpacaEval-trained quality head never saw")
     s = sub.add_parser("score", help="mean generator win rate of selections")
     s.add_argument("outputs", nargs="+")
     args = ap.parse_args(argv)

@@ -8,11 +8,19 @@ Quality: a pairwise logistic regression (as scripts/train_lite_quality.py) on
   * ``--pairs FILE`` (JSONL with ``instruction``, ``chosen``, ``rejected``, ``source``): public
     train-split preference pairs, e.g. Open-Assistant's human-ranked ``en_100_tree`` and
     UltraFeedback GPT-4 ratings (scripts/public_data/build.py; docs/public_data.md);
-  * AlpacaEval generator pairs only with ``--w-alpaca-eval > 0`` (off by default: the selection
-    benchmark ranks rows by those same generators).
+  * AlpacaEval generator pairs (``--w-alpaca-eval``, 0.3 by default; 0 leaves them out): answers
+    to one instruction of the pool's development half (``benchmarks.data.dev_half``) by two of
+    the trained half of the generators (``benchmarks.data.generator_halves``) whose length-controlled win
+    rates differ by more than ``--ae-gap`` points, at most ``--ae-per-instruction`` pairs per
+    instruction. The selection benchmark ranks rows by those same win rates, so its figures for
+    this head are the test half's, and the ``pool --unseen`` rows are new to it in instruction and
+    generator.
 
 Difficulty: a ridge regression of ``--teacher FILE`` (JSONL ``instruction``, ``response``,
-``lite_difficulty``: the SmolLM2 IFD of the lite-llm profile on public pairs' responses).
+``lite_difficulty``: the SmolLM2 IFD of the lite-llm profile on public pairs' responses, clipped to
+[0, 1]). With ``--misaligned zero`` (the default) a row whose IFD exceeds 1 (``cond`` > ``direct``
+loss: the instruction does not help to predict the response, which Cherry LLM drops as misaligned)
+is taught 0 rather than the clipped 1, so junk that ignores its instruction is not rated hardest.
 
 Held-out split, fixed once before any fit: a pair (or teacher row) is held out when
 ``sha1(source + group)`` mod 4 == 0 (a quarter of every source's instructions / trees). Every
@@ -72,6 +80,34 @@ def load_pairs_file(path: Path, p: tlq.Pairs) -> dict:
     return dict(n)
 
 
+def load_alpaca_eval_dev_half(data: Path, p: tlq.Pairs, gap: float, per_instruction: int, seed: int) -> dict:
+    """AlpacaEval generator pairs on the pool's development half, by the trained half of the
+    generators (see the module docstring)."""
+    import random
+
+    from benchmarks.data import alpaca_pool_rows, alpaca_win_rates, dev_half, generator_halves
+
+    lc = alpaca_win_rates(data)
+    trained, _ = generator_halves(lc)
+    by_inst: dict[str, dict[str, str]] = defaultdict(dict)
+    rows = alpaca_pool_rows(data)
+    if rows is None:
+        sys.exit(f"{data / 'alpaca_eval_pool.jsonl.gz'} not found: give the shared data folder with --data, or --w-alpaca-eval 0")
+    for r in rows:
+        if r["generator"] in trained and dev_half(r["instruction"]) and (r["output"] or "").strip():
+            by_inst[r["instruction"]][r["generator"]] = r["output"]
+    rng = random.Random(seed)
+    n = 0
+    for inst in sorted(by_inst):
+        outs = by_inst[inst]
+        cand = [(a, b) for a in sorted(outs) for b in sorted(outs) if lc[a] - lc[b] > gap]
+        for a, b in rng.sample(cand, min(per_instruction, len(cand))):
+            p.add("alpaca_eval", inst, inst, outs[a], outs[b])
+            n += 1
+    return {"instructions": len(by_inst), "generators": {g: round(lc[g], 1) for g in sorted(trained)}, "gap": gap,
+            "per_instruction": per_instruction, "pairs": n, "split": "benchmarks.data.dev_half instructions x generator_halves()[0]"}
+
+
 def embed_cached(texts: list[tuple[str, str]], work: Path) -> dict[str, np.ndarray]:
     """Feature groups of (instruction, response) pairs; MiniLM vectors cached in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
@@ -100,9 +136,7 @@ def quality(args) -> tuple[dict, dict]:
     if args.pairs:
         summary["pairs_file"] = load_pairs_file(args.pairs, p)
     if args.w_alpaca_eval > 0:
-        summary["alpaca_eval"] = tlq.load_alpaca_eval(args.data, p, args.ae_instructions, tlq.DEFAULT_GENERATORS, 15.0, args.seed)
-        # the instructions trained on (as sha1[:16] of the text): the lite benchmark leaves them out of its pool
-        summary["alpaca_eval"]["train_instruction_sha1_16"] = sorted({g.split(":", 1)[1] for g, so in zip(p.group, p.source) if so == "alpaca_eval"})
+        summary["alpaca_eval"] = load_alpaca_eval_dev_half(args.data, p, args.ae_gap, args.ae_per_instruction, args.seed)
     # empty responses cannot be scored (NaN ranks lowest): drop them from training, keep them in the evaluation
     F = embed_cached([(a, b if b.strip() else " ") for a, b in p.texts], args.work)
     empty = np.array([not b.strip() for _, b in p.texts])
@@ -143,6 +177,9 @@ def difficulty(args) -> tuple[dict, dict]:
     rows = [r for r in rows if r["response"].strip() and np.isfinite(r["lite_difficulty"])]
     F = embed_cached([(r["instruction"], r["response"]) for r in rows], args.work)
     y = np.array([r["lite_difficulty"] for r in rows])
+    misaligned = np.array([bool(r.get("cond") and r.get("direct") and r["cond"] > r["direct"]) for r in rows])
+    if args.misaligned == "zero":
+        y[misaligned] = 0.0
     test = np.array([held_out(r["source"], r.get("group_id") or r["instruction"]) for r in rows])
     groups = tuple(args.difficulty_groups.split(","))
     X = np.concatenate([F[g] for g in groups], axis=1)
@@ -170,7 +207,8 @@ def difficulty(args) -> tuple[dict, dict]:
            "baseline_spearman_log_response_chars": round(float(spearmanr(length, y[test]).statistic), 4),
            "baseline_spearman_log_instruction_chars": round(float(spearmanr(ilength, y[test]).statistic), 4)}
     info = {"groups": list(groups), "alpha": alpha, "bias": float(m.intercept_), "train_rows": int((~test).sum()),
-            "cv_spearman": round(float(best), 4), "held_out": res, "target": "lite_difficulty = clip(IFD of SmolLM2-135M-Instruct, 0, 1)"}
+            "cv_spearman": round(float(best), 4), "held_out": res, "misaligned": args.misaligned, "misaligned_rows": int(misaligned.sum()),
+            "target": "lite_difficulty = clip(IFD of SmolLM2-135M-Instruct, 0, 1)" + ("; 0 where IFD > 1" if args.misaligned == "zero" else "")}
     return info, {"mean": mean, "std": std, "w": m.coef_.astype(np.float64)}
 
 
@@ -186,8 +224,10 @@ def main(argv=None) -> int:
     ap.add_argument("--w-gsm8k", type=float, default=1.0)
     ap.add_argument("--w-oasst", type=float, default=1.0)
     ap.add_argument("--w-ultrafeedback", type=float, default=1.0)
-    ap.add_argument("--w-alpaca-eval", type=float, default=0.0)
-    ap.add_argument("--ae-instructions", type=int, default=200, help="AlpacaEval instructions whose generator pairs are trained on (with --w-alpaca-eval > 0)")
+    ap.add_argument("--w-alpaca-eval", type=float, default=0.3, help="weight of the AlpacaEval development-half pairs, relative to PandaLM's (0: none)")
+    ap.add_argument("--ae-gap", type=float, default=5.0, help="least win-rate difference (points) between an AlpacaEval pair's two generators")
+    ap.add_argument("--ae-per-instruction", type=int, default=40, help="most AlpacaEval pairs per instruction (a seeded sample)")
+    ap.add_argument("--misaligned", choices=("zero", "clip"), default="zero", help="difficulty target of a teacher row whose IFD exceeds 1")
     ap.add_argument("--hd-scale", type=float, default=0.03, help="scale of the standardised embedding dimensions (0.03 won the grouped CV on the training quarters among 0.03, 0.1, 0.3)")
     ap.add_argument("--C", default="0.003,0.01,0.03,0.1")
     ap.add_argument("--alpha", default="10,100,1000,3000,10000")

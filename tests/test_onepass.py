@@ -135,3 +135,19 @@ def test_a_one_off_store_request_writes_no_request_file_and_equals_a_kept_one(tm
     kept, info2 = store.get(texts, field="response")
     assert info2["computed"] == 0 and len(list(store.root.glob("*.npy"))) == 1
     np.testing.assert_array_equal(np.asarray(kept), loose)
+
+
+def test_the_onepass_bold_cue_counts_markdown_bold_only():
+    """Version 3: ``**`` as Python's power or ``**kwargs`` operator, or stray asterisks in junk, is
+    not bold; the lite-llm cue (any ``**``) stays as its weights were fitted."""
+    from laser_fast.scorers.lite_features import BOLD, bold_markup, cheap_features
+    from laser_fast.scorers.onepass import features
+
+    bold = ["Use **this** one.", "1. **Step**: mix", "(**note**)"]
+    not_bold = ["return x**2 + y**3", "def f(*args, **kwargs): pass", "} } ***!\n } }", "** spaced **", "a ** b"]
+    assert [bold_markup(t) for t in bold] == [1.0] * 3 and [bold_markup(t) for t in not_bold] == [0.0] * 5
+    texts = bold + not_bold
+    vec = np.zeros((len(texts), 384), dtype=np.float32)
+    got = features(["q"] * len(texts), texts, vec, vec)["cheap"][:, BOLD]
+    np.testing.assert_array_equal(got, [1.0] * 3 + [0.0] * 5)
+    assert [cheap_features("q", t)[BOLD] for t in not_bold] == [1.0, 1.0, 1.0, 1.0, 1.0]  # the lite-llm cue

@@ -4,6 +4,7 @@ its rows' generators, on the whole and on each fixed half of the instructions.""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -80,3 +81,73 @@ def test_the_oracle_pool_carries_the_win_rate_as_every_quality_metric(data, tmp_
     plain = tmp_path / "plain.jsonl"
     mod.main(["--data", str(d), "pool", str(plain)])
     assert set(json.loads(plain.read_text().splitlines()[0])) == {"id", "instruction", "output"}
+
+
+def _board(n: int) -> dict[str, float]:
+    return {f"g{i:02d}": float(i) for i in range(n)} | {"NullModel": 0.0}
+
+
+def test_generator_halves_deal_the_ranking_alternately_and_hold_nullmodel_out():
+    from benchmarks.data import generator_halves
+
+    lc = _board(9)
+    trained, held = generator_halves(lc)
+    assert trained == {"g00", "g02", "g04", "g06", "g08"} and held == {"g01", "g03", "g05", "g07", "NullModel"}
+    assert generator_halves(dict(reversed(list(lc.items())))) == (trained, held)  # the file's order does not matter
+
+
+def test_the_unseen_pool_holds_only_test_half_answers_by_held_out_generators(data, tmp_path, capsys):
+    d, rows = data
+    mod = _module()
+    f = tmp_path / "unseen.jsonl"
+    mod.main(["--data", str(d), "pool", str(f), "--unseen"])
+    got = [json.loads(line) for line in f.read_text().splitlines()]
+    # three generators: "weak" (10) is dealt to the trained half, "strong" and NullModel are held out
+    want = [f"r{i}" for i, r in enumerate(rows) if not mod.dev_half(r["instruction"]) and r["generator"] in ("strong", "NullModel")]
+    assert [g["id"] for g in got] == want and want
+    assert f"wrote {len(want)} rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="leave out --unseen"):
+        mod.main(["--data", str(d), "pool", str(f), "--unseen", "--oracle-quality", "--difficulty-from", str(tmp_path / "x.parquet")])
+
+
+def test_a_missing_selection_folder_is_named(data, tmp_path):
+    with pytest.raises(SystemExit, match=r"nothing/selected.jsonl not found"):
+        _module().main(["--data", str(data[0]), "score", str(tmp_path / "nothing")])
+
+
+def test_onepass_trains_on_alpacaeval_pairs_of_the_development_half_and_the_trained_generators(tmp_path):
+    """scripts/train_onepass.py's AlpacaEval pairs: development-half instructions only, both answers
+    by trained-half generators whose win rates differ by more than the gap, at most N per instruction."""
+    import sys
+
+    from benchmarks.data import dev_half, generator_halves
+
+    d = tmp_path / "data"
+    d.mkdir()
+    lc = _board(8)
+    insts = [f"instruction number {k}" for k in range(12)]
+    rows = [{"instruction": t, "output": f"{g} answers {t}" if g != "g06" else " ", "generator": g} for t in insts for g in lc]
+    with gzip.open(d / "alpaca_eval_pool.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    (d / "alpaca_eval_leaderboard.jsonl").write_text("".join(json.dumps({"generator": g, "length_controlled_winrate": v}) + "\n" for g, v in lc.items()))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train_lite_quality as tlq
+        import train_onepass
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    p = tlq.Pairs()
+    info = train_onepass.load_alpaca_eval_dev_half(d, p, gap=1.5, per_instruction=2, seed=0)
+    trained, _ = generator_halves(lc)
+    dev = [t for t in insts if dev_half(t)]
+    assert dev and len(dev) < len(insts)
+    assert info["instructions"] == len(dev) and info["pairs"] == len(p.better) == 2 * len(dev)
+    for b, w, src, grp in zip(p.better, p.worse, p.source, p.group):
+        (ib, rb), (iw, rw) = p.texts[b], p.texts[w]
+        gb, gw = rb.split(" answers ")[0], rw.split(" answers ")[0]
+        assert src == "alpaca_eval" and ib == iw and dev_half(ib)
+        assert grp == "alpaca_eval:" + hashlib.sha1(ib.encode()).hexdigest()[:16]  # grouped by instruction
+        assert gb in trained and gw in trained and lc[gb] - lc[gw] > 1.5  # g06's blank answers never enter
+    again = tlq.Pairs()
+    train_onepass.load_alpaca_eval_dev_half(d, again, gap=1.5, per_instruction=2, seed=0)
+    assert again.texts == p.texts and again.better == p.better  # seeded

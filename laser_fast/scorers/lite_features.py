@@ -82,6 +82,21 @@ _AI = re.compile(r"\b(as an ai|as a language model|i am an ai|i'm an ai|language
 _APOLOGY = re.compile(r"\b(sorry|apologi[sz]e)\b", re.I)
 _FINAL = re.compile(r"(####|\bthe (?:final )?answer is\b|\banswer:|^a:|\btherefore\b|\bso the\b|\\boxed)", re.I | re.M)
 _JUNK = re.compile(r"\[split\]|<unk>|\ufffd|</?s>|\{\{|\}\}|lorem ipsum", re.I)
+_RE_BOLD = re.compile(r"(?<![\w)\]*])\*\*(?=\S)[^*\n]{1,200}?(?<=\S)\*\*(?![\w*])")
+
+#: Position of the ``bold`` cue in :data:`CHEAP_FEATURES`.
+BOLD = CHEAP_FEATURES.index("bold")
+
+
+def bold_markup(response: str) -> float:
+    """1.0 when ``response`` has a Markdown bold span (``**text**`` within one line, not glued to
+    a word on the outside), else 0.0.
+
+    The ``bold`` cue of :func:`cheap_features` is any ``**``, which also fires on Python's power
+    and ``**kwargs`` operators and on stray asterisks in junk; the ``lite-llm`` weights were fitted
+    with it, so it stays there. The ``onepass`` heads (version 3) use this one instead.
+    """
+    return float(bool(_RE_BOLD.search(response or "")))
 
 
 def _to_float(s: str) -> float | None:

@@ -49,7 +49,7 @@ from laser_fast._version import __version__
 from laser_fast.classifier.features import LEXICAL_FEATURES, lexical_features
 from laser_fast.errors import ModelLoadError
 from laser_fast.scorers.base import Scorer
-from laser_fast.scorers.lite_features import CHEAP_FEATURES, cheap_features
+from laser_fast.scorers.lite_features import BOLD, CHEAP_FEATURES, bold_markup, cheap_features
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "onepass"
 
 #: Bumped when a feature's definition changes (the heads record the version they were trained on).
-ONEPASS_VERSION = 2
+#: 3: the ``bold`` cue counts Markdown bold spans only (:func:`~laser_fast.scorers.lite_features.bold_markup`).
+ONEPASS_VERSION = 3
 
 #: The feature groups and their widths (384 = MiniLM's dimension); ``ilex`` are the classifier's
 #: lexical features of the instruction.
@@ -119,6 +120,8 @@ def features(instructions: Sequence[str], responses: Sequence[str], ei: np.ndarr
     """Every feature group (:data:`GROUP_DIMS`) of each pair, float64 ``(n, d)``."""
     n = len(responses)
     cheap = np.stack([cheap_features(a, b) for a, b in zip(instructions, responses)]) if n else np.zeros((0, GROUP_DIMS["cheap"]))
+    if n:
+        cheap[:, BOLD] = [bold_markup(b) for b in responses]
     ei64, er64 = ei.astype(np.float64), er.astype(np.float64)
     prod = ei64 * er64
     ilex = np.asarray(lexical_features(list(instructions)), dtype=np.float64) if n else np.zeros((0, GROUP_DIMS["ilex"]))
