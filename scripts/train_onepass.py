@@ -174,12 +174,16 @@ def difficulty(args) -> tuple[dict, dict]:
     from sklearn.linear_model import Ridge
 
     rows = [json.loads(line) for line in args.teacher.read_text(encoding="utf-8").splitlines()]
+    if args.misaligned == "zero":
+        for n, r in enumerate(rows, 1):
+            if not all(isinstance(r.get(k), (int, float)) for k in ("cond", "direct")):
+                sys.exit(f"{args.teacher} line {n}: no numeric 'cond' and 'direct' losses, which --misaligned zero needs to find IFD > 1; "
+                         "build the file with scripts/public_data/ifd_teacher.py, or pass --misaligned clip")
     rows = [r for r in rows if r["response"].strip() and np.isfinite(r["lite_difficulty"])]
     F = embed_cached([(r["instruction"], r["response"]) for r in rows], args.work)
     y = np.array([r["lite_difficulty"] for r in rows])
-    misaligned = np.array([bool(r.get("cond") and r.get("direct") and r["cond"] > r["direct"]) for r in rows])
-    if args.misaligned == "zero":
-        y[misaligned] = 0.0
+    misaligned = np.array([args.misaligned == "zero" and r["cond"] > r["direct"] for r in rows], dtype=bool)
+    y[misaligned] = 0.0
     test = np.array([held_out(r["source"], r.get("group_id") or r["instruction"]) for r in rows])
     groups = tuple(args.difficulty_groups.split(","))
     X = np.concatenate([F[g] for g in groups], axis=1)

@@ -151,3 +151,21 @@ def test_the_onepass_bold_cue_counts_markdown_bold_only():
     got = features(["q"] * len(texts), texts, vec, vec)["cheap"][:, BOLD]
     np.testing.assert_array_equal(got, [1.0] * 3 + [0.0] * 5)
     assert [cheap_features("q", t)[BOLD] for t in not_bold] == [1.0, 1.0, 1.0, 1.0, 1.0]  # the lite-llm cue
+
+
+def test_training_with_misaligned_rows_taught_easy_needs_the_teachers_losses(tmp_path):
+    """scripts/train_onepass.py --misaligned zero (the default) finds IFD > 1 from each teacher
+    row's ``cond`` and ``direct`` losses; a file without them is refused with its line."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train_onepass
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    teacher = tmp_path / "teacher.jsonl"
+    row = {"instruction": "q", "response": "a", "source": "s", "lite_difficulty": 0.5, "cond": 1.0, "direct": 2.0}
+    teacher.write_text(json.dumps(row) + "\n" + json.dumps({k: v for k, v in row.items() if k != "cond"}) + "\n")
+    with pytest.raises(SystemExit, match=r"teacher.jsonl line 2: no numeric 'cond' and 'direct'.*--misaligned clip"):
+        train_onepass.difficulty(argparse.Namespace(teacher=teacher, misaligned="zero"))
