@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 from collections import defaultdict
@@ -83,8 +84,6 @@ def load_pairs_file(path: Path, p: tlq.Pairs) -> dict:
 def load_alpaca_eval_dev_half(data: Path, p: tlq.Pairs, gap: float, per_instruction: int, seed: int) -> dict:
     """AlpacaEval generator pairs on the pool's development half, by the trained half of the
     generators (see the module docstring)."""
-    import random
-
     from benchmarks.data import alpaca_pool_rows, alpaca_win_rates, dev_half, generator_halves
 
     lc = alpaca_win_rates(data)

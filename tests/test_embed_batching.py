@@ -255,6 +255,33 @@ def test_the_store_index_follows_shards_written_or_removed_behind_its_back(tmp_p
     assert store.stored(texts).tolist() == [True] + [False] * 3 + [True] * 6 + [False] * 2
 
 
+def test_a_shard_load_that_raises_leaves_the_cached_index_as_it_was(tmp_path):
+    """The cache records shards and extends its index together: a loader that raises half way
+    (a damaged shard that cannot be removed) leaves neither half-updated, so the next request
+    reads those shards again."""
+    from laser_fast.sampling.store_index import IndexCache
+
+    rng = np.random.default_rng(5)
+    digs = {f"s{i}": rng.integers(0, 256, (4, 20), dtype=np.uint8) for i in range(3)}
+    listing = [(sid, tmp_path / f"{sid}.hashes.npy") for sid in digs]
+    for _, hp in listing:
+        hp.write_bytes(b"x")  # only its stat is looked at
+
+    def failing(hp):
+        if hp.name.startswith("s2"):
+            raise RuntimeError("cannot remove a damaged shard")
+        return digs[hp.name.split(".")[0]]
+
+    cache = IndexCache()
+    first, files = cache.index(tmp_path, listing[:1], failing)
+    assert len(first) == 4 and files == [listing[0][1]]
+    with pytest.raises(RuntimeError):
+        cache.index(tmp_path, listing, failing)
+    index, files = cache.index(tmp_path, listing, lambda hp: digs[hp.name.split(".")[0]])
+    assert files == [hp for _, hp in listing] and len(index) == 12
+    assert index.lookup(np.vstack(list(digs.values()))).tolist() == list(range(12))
+
+
 def test_one_thread_per_forward_keeps_order_restores_threads_and_stops_on_an_error():
     import torch
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from laser_fast.runtime.engine import UnitTask, current_executor
 from laser_fast.runtime.memory import release_pages
 from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, load_sentence_model, resolve_model_name
 from laser_fast.runtime.stage import Resources
-from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, sidecar, unique_suffix
+from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, npy_header, sidecar, unique_suffix
 from laser_fast.sampling.embed import SORT_WINDOW, VECTOR_SCHEME, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
 from laser_fast.sampling.store_index import INDEX_CACHE, ShardIndex
 
@@ -534,16 +533,15 @@ class EmbeddingStore:
         return pos >= 0
 
     def _stored_dim(self, ns: Path) -> int | None:
-        """The dimension of the namespace's vectors, from the integrity record of the first
-        shard whose record reads. Only the record is read: checksumming a shard's vectors here
-        would cost every ``put`` a pass over that shard, and the vectors are checked wherever a
-        request reads them."""
+        """The dimension of the namespace's vectors, from the ``.npy`` header of the first shard
+        whose header reads. Only the header is read: checksumming a shard's vectors here would
+        cost every ``put`` a pass over that shard, and the vectors are checked wherever a request
+        reads them."""
         for _, hp in self._shard_files(ns):
             try:
-                meta = json.loads(sidecar(self._vectors_of(hp)).read_text(encoding="utf-8"))
-            except (OSError, ValueError):  # gone or unreadable: a request that reads the shard finds out
+                shape, _ = npy_header(self._vectors_of(hp))
+            except (OSError, ValueError):  # gone or damaged: a request that reads the shard finds out
                 continue
-            shape = meta.get("shape") if isinstance(meta, dict) else None
-            if isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int):
+            if len(shape) == 2:
                 return int(shape[1])
         return None

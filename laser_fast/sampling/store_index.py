@@ -229,14 +229,15 @@ class IndexCache:
             if not (k <= len(listing) and all(sid == kn.sid and kn.stamp is not None and _stamp(kn.hashes) == kn.stamp
                                               for (sid, _), kn in zip(listing[:k], folder.known))):
                 folder.known, folder.index, k = [], ShardIndex.empty(), 0
-            digs = []
+            new, digs = [], []
             for sid, hp in listing[k:]:
                 d = load(hp)
                 if d is not None:
-                    folder.known.append(_Known(sid, hp, _stamp(hp)))
+                    new.append(_Known(sid, hp, _stamp(hp)))
                     digs.append(d)
-            if digs:
+            if digs:  # shards and index change together: a load that raises leaves both as they were
                 folder.index = folder.index.extended(digs)
+                folder.known = folder.known + new
             return folder.index, [kn.hashes for kn in folder.known]
 
 
