@@ -172,12 +172,15 @@ def difficulty(args) -> tuple[dict, dict]:
     from scipy.stats import pearsonr, spearmanr
     from sklearn.linear_model import Ridge
 
-    rows = [json.loads(line) for line in args.teacher.read_text(encoding="utf-8").splitlines()]
-    if args.misaligned == "zero":
-        for n, r in enumerate(rows, 1):
-            if not all(isinstance(r.get(k), (int, float)) for k in ("cond", "direct")):
-                sys.exit(f"{args.teacher} line {n}: no numeric 'cond' and 'direct' losses, which --misaligned zero needs to find IFD > 1; "
-                         "build the file with scripts/public_data/ifd_teacher.py, or pass --misaligned clip")
+    rows = []
+    for path in args.teacher:
+        file_rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if args.misaligned == "zero":
+            for n, r in enumerate(file_rows, 1):
+                if not all(isinstance(r.get(k), (int, float)) for k in ("cond", "direct")):
+                    sys.exit(f"{path} line {n}: no numeric 'cond' and 'direct' losses, which --misaligned zero needs to find IFD > 1; "
+                             "build the file with scripts/public_data/ifd_teacher.py, or pass --misaligned clip")
+        rows += file_rows
     rows = [r for r in rows if r["response"].strip() and np.isfinite(r["lite_difficulty"])]
     F = embed_cached([(r["instruction"], r["response"]) for r in rows], args.work)
     y = np.array([r["lite_difficulty"] for r in rows])
@@ -219,7 +222,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--pairs", type=Path, help="extra preference pairs (JSONL: instruction, chosen, rejected, source)")
-    ap.add_argument("--teacher", type=Path, required=True, help="IFD teacher rows (JSONL: instruction, response, lite_difficulty, source)")
+    ap.add_argument("--teacher", type=Path, required=True, action="append",
+                    help="IFD teacher rows (JSONL: instruction, response, lite_difficulty, cond, direct, source); repeatable, the files' rows are pooled")
     ap.add_argument("--out", type=Path, default=ROOT / "laser_fast" / "models" / "onepass")
     ap.add_argument("--work", type=Path, default=Path("/tmp/onepass_feats"))
     ap.add_argument("--seed", type=int, default=0)

@@ -167,5 +167,6 @@ def test_training_with_misaligned_rows_taught_easy_needs_the_teachers_losses(tmp
     teacher = tmp_path / "teacher.jsonl"
     row = {"instruction": "q", "response": "a", "source": "s", "lite_difficulty": 0.5, "cond": 1.0, "direct": 2.0}
     teacher.write_text(json.dumps(row) + "\n" + json.dumps({k: v for k, v in row.items() if k != "cond"}) + "\n")
+    (tmp_path / "fine.jsonl").write_text(json.dumps(row) + "\n")  # several --teacher files: the bad one is named
     with pytest.raises(SystemExit, match=r"teacher.jsonl line 2: no numeric 'cond' and 'direct'.*--misaligned clip"):
-        train_onepass.difficulty(argparse.Namespace(teacher=teacher, misaligned="zero"))
+        train_onepass.difficulty(argparse.Namespace(teacher=[tmp_path / "fine.jsonl", teacher], misaligned="zero"))

@@ -115,6 +115,36 @@ def test_a_missing_selection_folder_is_named(data, tmp_path):
         _module().main(["--data", str(data[0]), "score", str(tmp_path / "nothing")])
 
 
+def test_ifd_teacher_takes_development_half_answers_by_trained_generators(tmp_path):
+    """scripts/public_data/ifd_teacher.py --alpaca-eval-dev: N answers to each development-half
+    instruction, by trained-half generators only (never NullModel or a blank answer), seeded."""
+    import importlib.util
+
+    from benchmarks.data import dev_half, generator_halves
+
+    d = tmp_path / "data"
+    d.mkdir()
+    lc = {**_board(8), "NullModel": 0.0}
+    insts = [f"instruction number {k}" for k in range(12)]
+    rows = [{"instruction": t, "output": f"{g} answers {t}" if g != "g06" else " ", "generator": g} for t in insts for g in lc]
+    with gzip.open(d / "alpaca_eval_pool.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    (d / "alpaca_eval_leaderboard.jsonl").write_text("".join(json.dumps({"generator": g, "length_controlled_winrate": v}) + "\n" for g, v in lc.items()))
+    spec = importlib.util.spec_from_file_location("ifd_teacher", ROOT / "scripts" / "public_data" / "ifd_teacher.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    items = mod.pool_items(d, 3)
+    trained, _ = generator_halves(lc)
+    dev = [t for t in insts if dev_half(t)]
+    assert dev and len(items) == 3 * len(dev)
+    for inst, resp, src, grp in items:
+        g = resp.split(" answers ")[0]
+        assert dev_half(inst) and grp == inst and src == "alpaca_eval"
+        assert g in trained and g not in ("NullModel", "g06")
+    assert {i for i, *_ in items} == set(dev)
+    assert mod.pool_items(d, 3) == items and mod.pool_items(d, 3, seed=1) != items
+
+
 def test_onepass_trains_on_alpacaeval_pairs_of_the_development_half_and_the_trained_generators(tmp_path):
     """scripts/train_onepass.py's AlpacaEval pairs: development-half instructions only, both answers
     by trained-half generators whose win rates differ by more than the gap, at most N per instruction."""

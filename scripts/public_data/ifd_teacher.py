@@ -3,11 +3,21 @@
 IFD, clipped to [0, 1]) of the chosen and rejected responses of a pairs file, N of them (seeded
 shuffle), appended to ``--out`` 50 at a time (a rerun continues where the file ends).
 
-Usage: python scripts/public_data/ifd_teacher.py --pairs public_data/pairs.jsonl --out public_data/ifd_teacher.jsonl -n 1500
+Usage: python scripts/public_data/ifd_teacher.py --pairs public_data/pairs.jsonl --out public_data/ifd_teacher.jsonl -n 850
+
+``--alpaca-eval-dev DATA`` takes its responses from the shared AlpacaEval pool instead (``DATA`` is
+the shared data folder): ``--per-instruction`` answers (default 2, seeded) to each instruction of
+the pool's development half (``benchmarks.data.dev_half``), written by the trained half of the
+generators (``benchmarks.data.generator_halves``: ``NullModel`` and the other held-out generators
+are left out, as ``scripts/train_onepass.py`` leaves them out of its AlpacaEval pairs), source
+``alpaca_eval``. The IFD needs no win rate: the leaderboard only picks the generators.
+
+  python scripts/public_data/ifd_teacher.py --alpaca-eval-dev ../shared/data --out public_data/ifd_alpaca_dev.jsonl -n 1000
 """
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -16,19 +26,51 @@ import torch
 from laser_fast.metrics import build_scorer
 
 
+def pair_items(path: Path) -> list[tuple]:
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        for k in ("chosen", "rejected"):
+            items.append((r["instruction"], r[k], r["source"], r.get("group_id") or r.get("tree_id")))
+    return items
+
+
+def pool_items(data: Path, per_instruction: int, seed: int = 0) -> list[tuple]:
+    """``per_instruction`` non-empty answers to each development-half instruction of the AlpacaEval
+    pool by the trained half of the generators, sampled with ``seed``; the group is the instruction."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.data
+    from benchmarks.data import alpaca_pool_rows, alpaca_win_rates, dev_half, generator_halves
+
+    rows = alpaca_pool_rows(data)
+    if rows is None:
+        raise SystemExit(f"{data / 'alpaca_eval_pool.jsonl.gz'} not found: give the shared data folder")
+    trained, _ = generator_halves(alpaca_win_rates(data))
+    by_inst: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r["generator"] in trained and dev_half(r["instruction"]) and (r["output"] or "").strip():
+            by_inst.setdefault(r["instruction"], {})[r["generator"]] = r["output"]
+    rng = random.Random(seed)
+    items = []
+    for inst in sorted(by_inst):
+        outs = by_inst[inst]
+        for g in rng.sample(sorted(outs), min(per_instruction, len(outs))):
+            items.append((inst, outs[g], "alpaca_eval", inst))
+    return items
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pairs", type=Path, required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", type=Path, help="a pairs file: its chosen and rejected responses")
+    src.add_argument("--alpaca-eval-dev", type=Path, metavar="DATA",
+                     help="the shared data folder: answers to the AlpacaEval pool's development half by the trained generators")
+    ap.add_argument("--per-instruction", type=int, default=2, help="with --alpaca-eval-dev: answers per instruction")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("-n", type=int, default=1500)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    items = []
-    for line in a.pairs.read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
-        for k in ("chosen", "rejected"):
-            items.append((r["instruction"], r[k], r["source"], r.get("group_id") or r.get("tree_id")))
+    items = pool_items(a.alpaca_eval_dev, a.per_instruction) if a.alpaca_eval_dev else pair_items(a.pairs)
     random.Random(0).shuffle(items)
     items = items[: a.n]
     done = len(a.out.read_text(encoding="utf-8").splitlines()) if a.out.exists() else 0
