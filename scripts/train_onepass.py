@@ -16,9 +16,10 @@ Quality: a pairwise logistic regression (as scripts/train_lite_quality.py) on
     this head are the test half's, and the ``pool --unseen`` rows are new to it in instruction and
     generator.
 
-Difficulty: a ridge regression of ``--teacher FILE`` (JSONL ``instruction``, ``response``,
-``lite_difficulty``: the SmolLM2 IFD of the lite-llm profile on public pairs' responses, clipped to
-[0, 1]). With ``--misaligned zero`` (the default) a row whose IFD exceeds 1 (``cond`` > ``direct``
+Difficulty: a ridge regression of ``--teacher FILE`` (repeatable; JSONL ``instruction``, ``response``,
+``lite_difficulty``: the SmolLM2 IFD of the lite-llm profile, clipped to [0, 1], on public pairs'
+responses and, since the heads of the second 2026-12-06 session, on AlpacaEval development-half
+answers by the trained generators: ``scripts/public_data/ifd_teacher.py --alpaca-eval-dev``). With ``--misaligned zero`` (the default) a row whose IFD exceeds 1 (``cond`` > ``direct``
 loss: the instruction does not help to predict the response, which Cherry LLM drops as misaligned)
 is taught 0 rather than the clipped 1, so junk that ignores its instruction is not rated hardest.
 
@@ -29,7 +30,7 @@ scored once, by the shipped heads, and reported beside "the longer response wins
 
 Usage:
   .venv/bin/python scripts/train_onepass.py --pairs /path/pairs.jsonl --teacher /path/ifd_teacher.jsonl \
-      --out laser_fast/models/onepass
+      --teacher /path/ifd_alpaca_dev.jsonl --out laser_fast/models/onepass
 """
 from __future__ import annotations
 
