@@ -47,6 +47,22 @@ def generator_halves(lc: dict[str, float]) -> tuple[set[str], set[str]]:
     return set(ranked[0::2]), set(ranked[1::2]) | {"NullModel"}
 
 
+def trained_dev_answers(data: Path = DATA) -> tuple[dict[str, float], dict[str, dict[str, str]]] | None:
+    """``(win rates, {instruction: {generator: answer}})``: the non-blank answers to the pool's
+    development half by the trained half of the generators (what a scorer may learn from; see
+    ``generator_halves``), or None when ``data`` does not hold the pool."""
+    rows = alpaca_pool_rows(data)
+    if rows is None:
+        return None
+    lc = alpaca_win_rates(data)
+    trained, _ = generator_halves(lc)
+    by_inst: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r["generator"] in trained and dev_half(r["instruction"]) and (r["output"] or "").strip():
+            by_inst.setdefault(r["instruction"], {})[r["generator"]] = r["output"]
+    return lc, by_inst
+
+
 def repeated_alpaca(n: int) -> tuple[list[str], list[str]]:
     """``n`` (instruction, output) texts from the AlpacaEval pool, repeated in file order; every
     repetition after the first gets the suffix `` (variant K)`` on its instruction, so each text

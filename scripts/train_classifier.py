@@ -469,7 +469,7 @@ def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, bat
     layers.eval()
     state = {f"{nl - k + j}.{name}": p.detach().clone() for j, layer in enumerate(layers)
              for name, p in layer.state_dict().items()}
-    return state, tuned_embedder(state, k, cache_path)
+    return state, tuned_embedder(state, k, cache_path, st)  # the loaded MiniLM, not a second copy
 
 
 def soup(states):
@@ -480,12 +480,13 @@ def soup(states):
     return {key: sum(s[key] for s in states) / len(states) for key in sorted(keys)}
 
 
-def tuned_embedder(state, k, cache_path=None):
-    """A function that embeds texts with MiniLM whose top ``k`` layers carry ``state``."""
+def tuned_embedder(state, k, cache_path=None, st=None):
+    """A function that embeds texts with MiniLM whose top ``k`` layers carry ``state`` (``st``: a
+    MiniLM already loaded by ``_load_minilm``; its own layers are left as they are)."""
     import copy
 
     import torch
-    st, _ = _load_minilm("cpu")
+    st = st if st is not None else _load_minilm("cpu")[0]
     bert = st[0].auto_model
     nl = len(bert.encoder.layer)
     cache_path = cache_path or f"/tmp/laser_cls_hidden{k}.pt"
@@ -612,11 +613,13 @@ def main(argv=None):
     def tune(texts, y):
         t0 = time.time()
         lex_texts = lexical_features(texts)
-        states = [finetune_top_layers(texts, y, lex_texts, k=args.finetune, epochs=args.ft_epochs, lr=args.ft_lr,
-                                      seed=s)[0] for s in args.ft_seeds]
-        state = states[0] if len(states) == 1 else soup(states)
+        runs = [finetune_top_layers(texts, y, lex_texts, k=args.finetune, epochs=args.ft_epochs, lr=args.ft_lr, seed=s)
+                for s in args.ft_seeds]
         log.info("fine-tuned the top %d layers on %d texts in %.0fs (seeds %s)", args.finetune, len(texts),
                  time.time() - t0, args.ft_seeds)
+        if len(runs) == 1:
+            return runs[0]
+        state = soup([r[0] for r in runs])
         return state, tuned_embedder(state, args.finetune)
 
     if args.finetune:

@@ -19,9 +19,10 @@ Quality: a pairwise logistic regression (as scripts/train_lite_quality.py) on
 Difficulty: a ridge regression of ``--teacher FILE`` (repeatable; JSONL ``instruction``, ``response``,
 ``lite_difficulty``: the SmolLM2 IFD of the lite-llm profile, clipped to [0, 1], on public pairs'
 responses and, since the heads of the second 2026-12-06 session, on AlpacaEval development-half
-answers by the trained generators: ``scripts/public_data/ifd_teacher.py --alpaca-eval-dev``). With ``--misaligned zero`` (the default) a row whose IFD exceeds 1 (``cond`` > ``direct``
-loss: the instruction does not help to predict the response, which Cherry LLM drops as misaligned)
-is taught 0 rather than the clipped 1, so junk that ignores its instruction is not rated hardest.
+answers by the trained generators: ``scripts/public_data/ifd_teacher.py --alpaca-eval-dev``).
+With ``--misaligned zero`` (the default) a row whose IFD exceeds 1 (``cond`` > ``direct`` loss:
+the instruction does not help to predict the response, which Cherry LLM drops as misaligned) is
+taught 0 rather than the clipped 1, so junk that ignores its instruction is not rated hardest.
 
 Held-out split, fixed once before any fit: a pair (or teacher row) is held out when
 ``sha1(source + group)`` mod 4 == 0 (a quarter of every source's instructions / trees). Every
@@ -85,17 +86,13 @@ def load_pairs_file(path: Path, p: tlq.Pairs) -> dict:
 def load_alpaca_eval_dev_half(data: Path, p: tlq.Pairs, gap: float, per_instruction: int, seed: int) -> dict:
     """AlpacaEval generator pairs on the pool's development half, by the trained half of the
     generators (see the module docstring)."""
-    from benchmarks.data import alpaca_pool_rows, alpaca_win_rates, dev_half, generator_halves
+    from benchmarks.data import generator_halves, trained_dev_answers
 
-    lc = alpaca_win_rates(data)
-    trained, _ = generator_halves(lc)
-    by_inst: dict[str, dict[str, str]] = defaultdict(dict)
-    rows = alpaca_pool_rows(data)
-    if rows is None:
+    found = trained_dev_answers(data)
+    if found is None:
         sys.exit(f"{data / 'alpaca_eval_pool.jsonl.gz'} not found: give the shared data folder with --data, or --w-alpaca-eval 0")
-    for r in rows:
-        if r["generator"] in trained and dev_half(r["instruction"]) and (r["output"] or "").strip():
-            by_inst[r["instruction"]][r["generator"]] = r["output"]
+    lc, by_inst = found
+    trained, _ = generator_halves(lc)
     rng = random.Random(seed)
     n = 0
     for inst in sorted(by_inst):

@@ -124,7 +124,7 @@ def test_ifd_teacher_takes_development_half_answers_by_trained_generators(tmp_pa
 
     d = tmp_path / "data"
     d.mkdir()
-    lc = {**_board(8), "NullModel": 0.0}
+    lc = _board(8)  # NullModel included
     insts = [f"instruction number {k}" for k in range(12)]
     rows = [{"instruction": t, "output": f"{g} answers {t}" if g != "g06" else " ", "generator": g} for t in insts for g in lc]
     with gzip.open(d / "alpaca_eval_pool.jsonl.gz", "wt", encoding="utf-8") as f:

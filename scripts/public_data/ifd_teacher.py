@@ -39,16 +39,12 @@ def pool_items(data: Path, per_instruction: int, seed: int = 0) -> list[tuple]:
     """``per_instruction`` non-empty answers to each development-half instruction of the AlpacaEval
     pool by the trained half of the generators, sampled with ``seed``; the group is the instruction."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.data
-    from benchmarks.data import alpaca_pool_rows, alpaca_win_rates, dev_half, generator_halves
+    from benchmarks.data import trained_dev_answers
 
-    rows = alpaca_pool_rows(data)
-    if rows is None:
-        raise SystemExit(f"{data / 'alpaca_eval_pool.jsonl.gz'} not found: give the shared data folder")
-    trained, _ = generator_halves(alpaca_win_rates(data))
-    by_inst: dict[str, dict[str, str]] = {}
-    for r in rows:
-        if r["generator"] in trained and dev_half(r["instruction"]) and (r["output"] or "").strip():
-            by_inst.setdefault(r["instruction"], {})[r["generator"]] = r["output"]
+    found = trained_dev_answers(data)
+    if found is None:
+        raise SystemExit(f"{data / 'alpaca_eval_pool.jsonl.gz'} not found: give the shared data folder as --alpaca-eval-dev")
+    _, by_inst = found
     rng = random.Random(seed)
     items = []
     for inst in sorted(by_inst):
