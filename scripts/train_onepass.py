@@ -24,6 +24,10 @@ With ``--misaligned zero`` (the default) a row whose IFD exceeds 1 (``cond`` > `
 the instruction does not help to predict the response, which Cherry LLM drops as misaligned) is
 taught 0 rather than the clipped 1, so junk that ignores its instruction is not rated hardest.
 
+Output: ``onepass_quality`` is the quality head's Bradley-Terry strength, ``exp(logit)``
+(``--quality-output strength``, the default), or the logit (``linear``). Pairwise accuracies do
+not depend on it; the ``combination`` recipe's product with difficulty does (docs/lite_quality.md).
+
 Held-out split, fixed once before any fit: a pair (or teacher row) is held out when
 ``sha1(source + group)`` mod 4 == 0 (a quarter of every source's instructions / trees). Every
 choice (C, alpha) is made by grouped CV on the other three quarters; the held-out quarter is
@@ -161,7 +165,7 @@ def quality(args) -> tuple[dict, dict]:
     row("human, similar length (within 1.3x)", np.isin(src, HUMAN) & (ratio <= 1.3))
     for so in sorted(set(src.tolist())):
         row(so, src == so)
-    info = {"groups": list(QUALITY_GROUPS), "C": C, "hd_scale": args.hd_scale, "source_weights": weights, "data": summary,
+    info = {"groups": list(QUALITY_GROUPS), "output": args.quality_output, "C": C, "hd_scale": args.hd_scale, "source_weights": weights, "data": summary,
             "train_pairs": int(tr.sum()), "held_out": res}
     return info, {"mean": model[0], "std": model[1], "w": model[2]}
 
@@ -233,6 +237,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ae-gap", type=float, default=5.0, help="least win-rate difference (points) between an AlpacaEval pair's two generators")
     ap.add_argument("--ae-per-instruction", type=int, default=40, help="most AlpacaEval pairs per instruction (a seeded sample)")
     ap.add_argument("--misaligned", choices=("zero", "clip"), default="zero", help="difficulty target of a teacher row whose IFD exceeds 1")
+    ap.add_argument("--quality-output", choices=("strength", "linear"), default="strength",
+                    help="what onepass_quality gives: the Bradley-Terry strength exp(logit) (default since the third 2026-12-06 session) "
+                         "or the logit itself (the heads before); pairwise accuracies are the same, the recipe's product with difficulty is not")
     ap.add_argument("--hd-scale", type=float, default=0.03, help="scale of the standardised embedding dimensions (0.03 won the grouped CV on the training quarters among 0.03, 0.1, 0.3)")
     ap.add_argument("--C", default="0.003,0.01,0.03,0.1")
     ap.add_argument("--alpha", default="10,100,1000,3000,10000")

@@ -99,6 +99,29 @@ def test_heads_of_another_feature_version_are_refused_with_the_retrain_command(t
         OnePassScorer(tmp_path / "nowhere").score_pairs(["a"], ["b"])
 
 
+def test_the_shipped_quality_is_the_bradley_terry_strength_of_the_head(tmp_path):
+    """``onepass_quality`` is ``exp(logit)`` of the pairwise head: the same order as the logit,
+    positive, and twice the odds of winning score twice as high. A heads folder may ask for the
+    logit instead (``"output": "linear"``), and an unknown output is refused with the retrain command."""
+    assert json.loads((DEFAULT_MODEL_DIR / "meta.json").read_text())["quality"]["output"] == "strength"
+    ok = [0, 1, 3]
+    strength = OnePassScorer().score_pairs(INST, RESP)
+    d = tmp_path / "linear"
+    shutil.copytree(DEFAULT_MODEL_DIR, d)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["quality"]["output"] = "linear"
+    (d / "meta.json").write_text(json.dumps(meta))
+    linear = OnePassScorer(d).score_pairs(INST, RESP)
+    assert OnePassScorer(d).fingerprint != OnePassScorer().fingerprint  # cached scores of one are not read as the other's
+    assert (strength["onepass_quality"][ok] > 0).all() and np.isnan(strength["onepass_quality"][2])
+    np.testing.assert_allclose(np.log(strength["onepass_quality"][ok]), linear["onepass_quality"][ok], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(strength["onepass_difficulty"], linear["onepass_difficulty"])  # only the quality head's output changes
+    meta["quality"]["output"] = "sigmoid"
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"meta.json: the quality head's output 'sigmoid'.*train_onepass.py"):
+        OnePassScorer(d).score_pairs(["a"], ["b"])
+
+
 def test_cpu_bf16_can_be_turned_off_for_float32_runs(monkeypatch):
     from laser_fast.runtime.devices import cpu_bf16_supported
 

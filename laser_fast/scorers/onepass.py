@@ -15,7 +15,12 @@ vector (``emb``), its element-wise product with the instruction vector plus thei
 instruction (``ilex``):
 
 * ``onepass_quality``: a pairwise logistic regression trained on public human / AI preference
-  pairs (higher is better);
+  pairs (higher is better). Heads written since the third 2026-12-06 session give its
+  Bradley-Terry strength, ``exp(logit)`` (``"output": "strength"`` in ``meta.json``): the odds
+  that the response beats one of logit 0 (the odds that a beats b are ``S_a / S_b``). On that
+  ratio scale a response with twice another's odds against any third answer scores twice as
+  high, so the recipe's product with difficulty weighs quality as the preference model does.
+  Heads without the key give the logit;
 * ``onepass_difficulty``: a ridge regression, over every group, of the instruction-following
   difficulty (IFD) that SmolLM2-135M-Instruct gives the pair (the ``lite-llm`` profile's
   ``lite_difficulty``), clipped to [0, 1]. A head on the instruction alone (as the paper's
@@ -30,7 +35,7 @@ Example:
     >>> from laser_fast.scorers.onepass import OnePassScorer
     >>> import polars as pl
     >>> OnePassScorer().score(pl.DataFrame({"instruction": ["What is 2 + 3?"], "response": ["5."]}))  # doctest: +SKIP
-    {'onepass_quality': array([-0.8]), 'onepass_difficulty': array([0.61])}
+    {'onepass_quality': array([0.0325]), 'onepass_difficulty': array([0.646])}
 """
 from __future__ import annotations
 
@@ -129,22 +134,35 @@ def features(instructions: Sequence[str], responses: Sequence[str], ei: np.ndarr
             "iemb": ei64, "ilex": ilex.reshape(n, GROUP_DIMS["ilex"])}
 
 
-class _Head:
-    """One linear head: ``bias + ((concat(groups) - mean) / std) @ w``."""
+#: what a head's ``meta.json`` entry may ask for as its output (``"output"``; default ``linear``):
+#: the linear score itself, or ``strength`` = ``exp(score)`` for a pairwise logistic head
+HEAD_OUTPUTS = ("linear", "strength")
 
-    def __init__(self, name: str, groups: Sequence[str], mean: np.ndarray, std: np.ndarray, w: np.ndarray, bias: float, where: Path):
+
+class _Head:
+    """One linear head: ``bias + ((concat(groups) - mean) / std) @ w``, then ``exp`` of that when
+    ``output`` is ``strength`` (the Bradley-Terry strength of a pairwise logistic head)."""
+
+    def __init__(self, name: str, groups: Sequence[str], mean: np.ndarray, std: np.ndarray, w: np.ndarray, bias: float, where: Path,
+                 output: str = "linear"):
         self.name, self.groups = name, tuple(groups)
         self.mean, self.std, self.w, self.bias = mean, std, w, float(bias)
         width = sum(GROUP_DIMS[g] for g in self.groups)
         if not (mean.shape == std.shape == w.shape == (width,)):
             raise ModelLoadError(f"{where}/weights.npz: the {name} head's mean/std/w must have {width} entries for groups {self.groups}")
+        if output not in HEAD_OUTPUTS:
+            raise ModelLoadError(f"{where}/meta.json: the {name} head's output {output!r} is not one of {HEAD_OUTPUTS}; "
+                                 "retrain the heads with scripts/train_onepass.py")
+        self.output = output
 
     def apply(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         from laser_fast.runtime.engine import one_blas_thread
 
         x = np.concatenate([parts[g] for g in self.groups], axis=1)
         with one_blas_thread():  # the same bits with any thread count
-            return self.bias + ((x - self.mean) / self.std) @ self.w
+            score = self.bias + ((x - self.mean) / self.std) @ self.w
+        # the clip only guards exp against overflow: shipped logits lie within about [-5, 3]
+        return np.exp(np.clip(score, -50.0, 50.0)) if self.output == "strength" else score
 
 
 def load_heads(model_dir: Path) -> tuple[dict, dict[str, _Head], str]:
@@ -156,7 +174,7 @@ def load_heads(model_dir: Path) -> tuple[dict, dict[str, _Head], str]:
         heads = {}
         for h in ("quality", "difficulty"):
             heads[h] = _Head(h, meta[h]["groups"], arrays[f"{h}_mean"], arrays[f"{h}_std"], arrays[f"{h}_w"],
-                             float(meta[h].get("bias", 0.0)), model_dir)
+                             float(meta[h].get("bias", 0.0)), model_dir, str(meta[h].get("output", "linear")))
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"onepass heads not found or unreadable in {model_dir} ({e!r}). Train them with "
                              "`python scripts/train_onepass.py --out laser_fast/models/onepass`") from e
