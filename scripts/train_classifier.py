@@ -375,6 +375,11 @@ def fmt(r):
 # fine-tuning the top MiniLM layers (supervised, cross-entropy; a cheap SetFit-like step)
 # --------------------------------------------------------------------------------------
 
+def _hidden_cache_path(k):
+    """Where the hidden states entering the top ``k`` layers are cached between runs."""
+    return f"/tmp/laser_cls_hidden{k}.pt"
+
+
 def _hidden_cache(st, texts, k, cache_path):
     """Hidden states entering the top-k layers, one unpadded (T, 384) tensor per text."""
     import torch
@@ -431,7 +436,7 @@ def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, bat
     st, _ = _load_minilm("cpu")
     bert = st[0].auto_model
     nl = len(bert.encoder.layer)
-    cache_path = cache_path or f"/tmp/laser_cls_hidden{k}.pt"
+    cache_path = cache_path or _hidden_cache_path(k)
     hs = _hidden_cache(st, texts, k, cache_path)
     layers = torch.nn.ModuleList([copy.deepcopy(bert.encoder.layer[i]) for i in range(nl - k, nl)])
     layers.train()
@@ -489,7 +494,7 @@ def tuned_embedder(state, k, cache_path=None, st=None):
     st = st if st is not None else _load_minilm("cpu")[0]
     bert = st[0].auto_model
     nl = len(bert.encoder.layer)
-    cache_path = cache_path or f"/tmp/laser_cls_hidden{k}.pt"
+    cache_path = cache_path or _hidden_cache_path(k)
     layers = torch.nn.ModuleList([copy.deepcopy(bert.encoder.layer[i]) for i in range(nl - k, nl)])
     for j, layer in enumerate(layers):
         layer.load_state_dict({name: state[f"{nl - k + j}.{name}"] for name in layer.state_dict()})
