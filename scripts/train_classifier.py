@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the package; classifier_finetune beside this file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from classifier_finetune import HEAD_WORDS, TAIL_WORDS, finetune_top_layers, save_tuned_layers, soup, tuned_embedder
 
 from laser_fast.categories import CATEGORIES  # noqa: E402
 from laser_fast.classifier.features import LEXICAL_FEATURES, embedding_text, lexical_features, opening_text
@@ -49,7 +51,6 @@ from laser_fast.classifier.models import DEFAULT_MODEL_DIR, _load_minilm, apply_
 DATA = Path(os.environ.get("LASER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CDATA = ROOT / "scripts" / "classifier_data"
 CACHE = Path(os.environ.get("LASER_EMB_CACHE", "/tmp/laser_cls_emb_cache.npz"))
-HEAD_WORDS, TAIL_WORDS = 150, 50
 FIRST_WORDS = 24  # opening-instruction view (second MiniLM pass on the first 24 words)
 VERSION = 2
 log = logging.getLogger("train_classifier")
@@ -250,61 +251,70 @@ def train_set(n_gsm=250, seed=0):
     return out
 
 
-class Embedder:
+class CachedFeatures:
+    """Per-text features computed once, kept in an ``.npz`` keyed by the SHA-1 of the text.
+    Subclasses give ``compute(texts) -> rows``; ``by_length`` computes the missing texts shortest first."""
+    field, what, by_length = "emb", "features", False
+
+    def __init__(self, path):
+        self.path, self.cache = path, {}
+        if path.exists():
+            z = np.load(path, allow_pickle=False)
+            self.cache = dict(zip(z["keys"].tolist(), z[self.field]))
+
+    def lookup(self, texts):
+        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        todo = list({k: t for k, t in zip(keys, texts) if k not in self.cache}.items())
+        if self.by_length:
+            todo.sort(key=lambda kv: len(kv[1]))
+        if todo:
+            t0 = time.time()
+            rows = self.compute([t for _, t in todo])
+            log.info("%s for %d texts in %.1fs", self.what, len(todo), time.time() - t0)
+            for (k, _), r in zip(todo, rows):
+                self.cache[k] = r.astype(np.float32)
+            ks = list(self.cache)
+            np.savez(self.path, **{"keys": np.array(ks), self.field: np.stack([self.cache[k] for k in ks])})
+        return np.stack([self.cache[k] for k in keys])
+
+
+class Embedder(CachedFeatures):
+    """MiniLM embeddings of ``embedding_text`` (head and tail words), cached by text hash."""
+    field, what, by_length = "emb", "MiniLM embeddings", True
+
     def __init__(self):
+        super().__init__(CACHE)
         self.st = None
-        self.cache = {}
-        if CACHE.exists():
-            z = np.load(CACHE, allow_pickle=False)
-            self.cache = dict(zip(z["keys"].tolist(), z["emb"]))
+
+    def compute(self, texts):
+        if self.st is None:
+            self.st, _ = _load_minilm("cpu")
+        return self.st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                              show_progress_bar=False)
 
     def __call__(self, texts):
-        prep = [embedding_text(t, HEAD_WORDS, TAIL_WORDS) for t in texts]
-        keys = [hashlib.sha1(p.encode()).hexdigest() for p in prep]
-        todo = sorted({k: p for k, p in zip(keys, prep) if k not in self.cache}.items(), key=lambda kv: len(kv[1]))
-        if todo:
-            if self.st is None:
-                self.st, _ = _load_minilm("cpu")
-            t0 = time.time()
-            emb = self.st.encode([p for _, p in todo], batch_size=64, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
-            log.info("embedded %d texts in %.1fs", len(todo), time.time() - t0)
-            for (k, _), e in zip(todo, emb):
-                self.cache[k] = e.astype(np.float32)
-            ks = list(self.cache)
-            np.savez(CACHE, keys=np.array(ks), emb=np.stack([self.cache[k] for k in ks]))
-        return np.stack([self.cache[k] for k in keys])
+        return self.lookup([embedding_text(t, HEAD_WORDS, TAIL_WORDS) for t in texts])
 
 
 SMOL_CACHE = Path(os.environ.get("LASER_SMOL_CACHE", "/tmp/laser_cls_smol_cache.npz"))
 SMOL_CONFIG = {"layer": 22, "head_words": 90, "tail_words": 40, "head_tokens": 140, "tail_tokens": 60}
 
 
-class SmolEmbedder:
+class SmolEmbedder(CachedFeatures):
     """SmolLM2 probe features (laser_fast.classifier.smollm.SmolFeatures), cached by text hash."""
+    field, what = "feat", "SmolLM2 features"
 
     def __init__(self):
+        super().__init__(SMOL_CACHE)
         self.fx = None
-        self.cache = {}
-        if SMOL_CACHE.exists():
-            z = np.load(SMOL_CACHE, allow_pickle=False)
-            self.cache = dict(zip(z["keys"].tolist(), z["feat"]))
 
-    def __call__(self, texts):
+    def compute(self, texts):
         from laser_fast.classifier.smollm import SmolFeatures
-        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
-        todo = {k: t for k, t in zip(keys, texts) if k not in self.cache}
-        if todo:
-            if self.fx is None:
-                self.fx = SmolFeatures(**SMOL_CONFIG)
-            t0 = time.time()
-            feats = self.fx(list(todo.values()))
-            log.info("SmolLM2 features for %d texts in %.1fs", len(todo), time.time() - t0)
-            for k, f in zip(todo, feats):
-                self.cache[k] = f.astype(np.float32)
-            ks = list(self.cache)
-            np.savez(SMOL_CACHE, keys=np.array(ks), feat=np.stack([self.cache[k] for k in ks]))
-        return np.stack([self.cache[k] for k in keys])
+        if self.fx is None:
+            self.fx = SmolFeatures(**SMOL_CONFIG)
+        return self.fx(texts)
+
+    __call__ = CachedFeatures.lookup
 
 
 def featurize(emb_fn, texts, lexical=True, first_words=FIRST_WORDS, smol=None):
@@ -369,158 +379,6 @@ def fmt(r):
     per = "  ".join(f"{c[:5]}={'-' if v is None else f'{v:.2f}'}" for c, v in r["per_category_f1"].items())
     return f"{r['set']:<14} n={r['n']:<4} acc={r['accuracy']:.3f} macroF1={r['macro_f1']:.3f}  {per}"
 
-
-
-# --------------------------------------------------------------------------------------
-# fine-tuning the top MiniLM layers (supervised, cross-entropy; a cheap SetFit-like step)
-# --------------------------------------------------------------------------------------
-
-def _hidden_cache_path(k):
-    """Where the hidden states entering the top ``k`` layers are cached between runs."""
-    return f"/tmp/laser_cls_hidden{k}.pt"
-
-
-def _hidden_cache(st, texts, k, cache_path):
-    """Hidden states entering the top-k layers, one unpadded (T, 384) tensor per text."""
-    import torch
-    prep = [embedding_text(t, HEAD_WORDS, TAIL_WORDS) for t in texts]
-    keys = [hashlib.sha1(p.encode()).hexdigest() for p in prep]
-    store = torch.load(cache_path) if Path(cache_path).exists() else {}
-    todo = sorted({kk: p for kk, p in zip(keys, prep) if kk not in store}.items(), key=lambda kv: len(kv[1]))
-    bert, tok = st[0].auto_model, st.tokenizer
-    nl = len(bert.encoder.layer)
-    if todo:
-        t0 = time.time()
-        with torch.inference_mode():
-            for s in range(0, len(todo), 64):
-                chunk = todo[s:s + 64]
-                enc = tok([p for _, p in chunk], padding=True, truncation=True,
-                          max_length=st.max_seq_length, return_tensors="pt")
-                hs = bert(**enc, output_hidden_states=True).hidden_states[nl - k]
-                for j, (kk, _) in enumerate(chunk):
-                    n = int(enc["attention_mask"][j].sum())
-                    store[kk] = hs[j, :n].clone().to(torch.float16)
-        torch.save(store, cache_path)
-        log.info("hidden states for %d texts in %.1fs", len(todo), time.time() - t0)
-    return [store[kk] for kk in keys]
-
-
-def _top_forward(layers, hs_list):
-    import torch
-    T = max(h.shape[0] for h in hs_list)
-    B = len(hs_list)
-    h = torch.zeros(B, T, hs_list[0].shape[1])
-    m = torch.zeros(B, T)
-    for i, x in enumerate(hs_list):
-        h[i, :x.shape[0]] = x.float()
-        m[i, :x.shape[0]] = 1
-    ext = (1.0 - m[:, None, None, :]) * torch.finfo(torch.float32).min
-    for layer in layers:
-        r = layer(h, attention_mask=ext)
-        h = r[0] if isinstance(r, tuple) else r
-    pooled = (h * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
-    return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-def finetune_top_layers(texts, y, lex, k=2, epochs=4, lr=5e-5, head_lr=2e-3, batch=16, seed=0,
-                        cache_path=None):
-    """Fine-tune the top ``k`` MiniLM layers with a linear softmax head (cross-entropy).
-
-    Returns the trained layers' state dict (keys relative to ``encoder.layer``) and a function
-    that embeds texts with the fine-tuned model.
-    """
-    import copy
-
-    import torch
-    torch.manual_seed(seed)  # torch's own thread count (the cores): no process-wide change
-    st, _ = _load_minilm("cpu")
-    bert = st[0].auto_model
-    nl = len(bert.encoder.layer)
-    cache_path = cache_path or _hidden_cache_path(k)
-    hs = _hidden_cache(st, texts, k, cache_path)
-    layers = torch.nn.ModuleList([copy.deepcopy(bert.encoder.layer[i]) for i in range(nl - k, nl)])
-    layers.train()
-    lex_t = torch.tensor(lex, dtype=torch.float32)
-    lmu, lsd = lex_t.mean(0), lex_t.std(0) + 1e-6
-    head = torch.nn.Linear(384 + lex.shape[1], len(CATEGORIES))
-    counts = np.bincount(y, minlength=len(CATEGORIES)).astype(np.float32)
-    w = torch.tensor(counts.sum() / (len(CATEGORIES) * np.maximum(counts, 1)))
-    opt = torch.optim.AdamW([{"params": layers.parameters(), "lr": lr},
-                             {"params": head.parameters(), "lr": head_lr}], weight_decay=0.01)
-    yt = torch.tensor(y)
-    rng = np.random.default_rng(seed)
-    order_len = np.argsort([h.shape[0] for h in hs])
-    n_steps = epochs * ((len(hs) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.1 * n_steps)) *
-                                              max(0.0, 1 - s / n_steps))
-    t0 = time.time()
-    for ep in range(epochs):
-        # length-bucketed shuffled batches
-        chunks = [order_len[i:i + batch] for i in range(0, len(hs), batch)]
-        rng.shuffle(chunks)
-        tot = 0.0
-        for idx in chunks:
-            idx = rng.permutation(idx)
-            e = _top_forward(layers, [hs[i] for i in idx])
-            logits = head(torch.cat([e * 10.0, (lex_t[idx] - lmu) / lsd], 1))
-            loss = torch.nn.functional.cross_entropy(logits, yt[idx], weight=w, label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(layers.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            tot += float(loss.detach()) * len(idx)
-        log.info("fine-tune epoch %d: loss %.4f (%.0fs)", ep + 1, tot / len(hs), time.time() - t0)
-    layers.eval()
-    state = {f"{nl - k + j}.{name}": p.detach().clone() for j, layer in enumerate(layers)
-             for name, p in layer.state_dict().items()}
-    return state, tuned_embedder(state, k, cache_path, st)  # the loaded MiniLM, not a second copy
-
-
-def soup(states):
-    """The uniform weight average of fine-tuned layer states (same keys; a "model soup")."""
-    keys = set(states[0])
-    if any(set(s) != keys for s in states[1:]):
-        raise ValueError("soup: the fine-tuned states hold different parameters")
-    return {key: sum(s[key] for s in states) / len(states) for key in sorted(keys)}
-
-
-def tuned_embedder(state, k, cache_path=None, st=None):
-    """A function that embeds texts with MiniLM whose top ``k`` layers carry ``state`` (``st``: a
-    MiniLM already loaded by ``_load_minilm``; its own layers are left as they are)."""
-    import copy
-
-    import torch
-    st = st if st is not None else _load_minilm("cpu")[0]
-    bert = st[0].auto_model
-    nl = len(bert.encoder.layer)
-    cache_path = cache_path or _hidden_cache_path(k)
-    layers = torch.nn.ModuleList([copy.deepcopy(bert.encoder.layer[i]) for i in range(nl - k, nl)])
-    for j, layer in enumerate(layers):
-        layer.load_state_dict({name: state[f"{nl - k + j}.{name}"] for name in layer.state_dict()})
-    layers.eval()
-
-    def embed(more_texts):
-        hh = _hidden_cache(st, more_texts, k, cache_path)
-        out = np.zeros((len(hh), 384), dtype=np.float32)
-        order = np.argsort([h.shape[0] for h in hh])
-        with torch.inference_mode():
-            for s in range(0, len(hh), 64):
-                idx = order[s:s + 64]
-                out[idx] = _top_forward(layers, [hh[i] for i in idx]).numpy()
-        return out
-
-    return embed
-
-
-def save_tuned_layers(out, state):
-    """Write fine-tuned layers as ``out/layers.npz`` (float16, ``<layer>.<parameter>``; what
-    ``DefaultClassifier`` loads); ``state`` None removes a stale file."""
-    out = Path(out)
-    if state is not None:
-        np.savez_compressed(out / "layers.npz", **{k: v.numpy().astype(np.float16) for k, v in sorted(state.items())})
-    elif (out / "layers.npz").exists():
-        (out / "layers.npz").unlink()
 
 
 def main(argv=None):
