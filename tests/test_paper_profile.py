@@ -5,6 +5,7 @@ tiny random models in the published formats plus SmolLM2-135M as the judge."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 import types
@@ -375,9 +376,12 @@ PACK_ROWS = [("Math", "What is 12 * 7?", "12 * 7 = 84.\n\nSo the answer is 84.")
              ("Factual QA", "Name the capital of France.", "Paris.")]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU visible to torch"))])
 @pytest.mark.parametrize("which", ["difficulty", "deita", "prm", "ifd"])
-def test_packed_forward_equals_padded(tiny, which):
-    """The padding-free path (one packed row, attention per sequence) gives the padded scores."""
+def test_packed_forward_equals_padded(tiny, which, device):
+    """The padding-free path (one packed row, attention per sequence) gives the padded scores; on
+    CUDA through torch's ``varlen_attn`` (grouped key/value heads, bf16: bf16-sized tolerances)."""
     from laser_fast.scorers.models import DeitaScorer, IFDScorer, ProcessRewardScorer
 
     make = {"difficulty": lambda **k: DifficultyScorer(tiny["difficulty"], **k),
@@ -385,14 +389,73 @@ def test_packed_forward_equals_padded(tiny, which):
             "prm": lambda **k: ProcessRewardScorer(tiny["prm"], **k),
             "ifd": lambda **k: IFDScorer(tiny["ifd"], **k)}[which]
     df = _frame(PACK_ROWS)
-    padded = make(device="cpu", packing=False)
-    packed = make(device="cpu", packing=True)
+    padded = make(device=device, packing=False)
+    packed = make(device=device, packing=True if device == "cpu" else "auto")  # auto: packed where varlen_attn runs
     a, b = padded.score(df), packed.score(df)
     assert packed.stats["packed"] == 1 and padded.stats["packed"] == 0 and "packed" in packed.used_device
     for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, equal_nan=True)
+        if device == "cpu":
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, equal_nan=True)
+        else:
+            np.testing.assert_allclose(b[k], a[k], rtol=3e-2, atol=3e-2 * max(1.0, float(np.nanmax(np.abs(a[k])))),
+                                       equal_nan=True)
     with pytest.raises(ConfigError, match="packing"):
         make(device="cpu", packing="yes")
+
+
+def _dense_varlen(q, k, v, cu, scale, causal, window_left=-1, gqa=True):
+    """A plain reference of flash varlen attention over packed ``(T, H, D)`` rows."""
+    out = torch.empty_like(q)
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1 and not gqa:
+        raise RuntimeError("fewer key/value heads need enable_gqa=True")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    b = cu.tolist()
+    for s, e in itertools.pairwise(b):
+        qs, ks, vs = q[s:e], k[s:e].repeat_interleave(rep, 1), v[s:e].repeat_interleave(rep, 1)
+        w = torch.einsum("qhd,khd->hqk", qs, ks) * scale
+        i = torch.arange(e - s)
+        keep = torch.ones(e - s, e - s, dtype=torch.bool)
+        if causal:
+            keep &= i[None, :] <= i[:, None]
+        if window_left >= 0:
+            keep &= i[:, None] - i[None, :] <= window_left
+        out[s:e] = torch.einsum("hqk,khd->qhd", w.masked_fill(~keep, float("-inf")).softmax(-1), vs)
+    return out
+
+
+def _varlen_2_9(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    return _dense_varlen(query, key, value, cu_seq_q, None, is_causal)
+
+
+def _varlen_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                 window_size=(-1, -1)):
+    return _dense_varlen(query, key, value, cu_seq_q, scale, window_size[1] == 0, window_size[0])
+
+
+def _varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                 window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+    return _dense_varlen(query, key, value, cu_seq_q, scale, window_size[1] == 0, window_size[0], enable_gqa)
+
+
+@pytest.mark.parametrize("fn", [_varlen_2_9, _varlen_2_11, _varlen_2_12], ids=["torch2.9", "torch2.11", "torch2.12"])
+def test_varlen_call_fits_each_torch_signature(fn, caplog, monkeypatch):
+    """``varlen_attn``'s keywords changed between torch releases (the GPU image has 2.11, which
+    knows no ``enable_gqa``): the packed attention is asked for in the keywords the function
+    takes and gives the per-sequence attention for grouped heads, any scale and a window."""
+    from laser_fast.runtime import packing
+
+    monkeypatch.setattr(packing, "_WARNED", False)
+    g = torch.Generator().manual_seed(0)
+    cu = torch.tensor([0, 5, 6, 13], dtype=torch.int32)
+    q, k, v = (torch.randn(13, h, 8, generator=g) for h in (4, 2, 2))
+    for scaling, window in ((None, 0), (0.2, 0), (0.2, 3)):
+        want = packing._segments_sdpa(q, k, v, cu, scaling, window)
+        got = packing.call_varlen(fn, q, k, v, cu, 7, scaling, window)
+        if window and fn is _varlen_2_9:  # no sliding window there: the caller attends per sequence
+            assert got is None and "no sliding window" in caplog.text
+            continue
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_forwards_side_by_side_give_the_serial_results(tiny):

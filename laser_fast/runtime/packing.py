@@ -15,6 +15,7 @@ states agree).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 VARLEN = "laser_varlen"
 
 _REGISTERED = False
+_WARNED = False  # the sliding-window fallback of call_varlen was logged
 _LOCK = threading.Lock()
 #: held through each packed forward: it switches the attention on the model's shared config, so
 #: forwards run side by side in threads (one torch thread each, on the CPU) take turns here
@@ -78,15 +80,54 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
     k = key[0].transpose(0, 1).contiguous()
     v = value[0].transpose(0, 1).contiguous()
     window = int(sliding_window) if sliding_window else 0
+    out = None
     if q.is_cuda and varlen_available():
         from torch.nn.attention.varlen import varlen_attn
 
         m = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
-        out = varlen_attn(q, k, v, cu, cu, m, m, scale=scaling, window_size=(window - 1 if window else -1, 0),
-                          enable_gqa=q.shape[1] != k.shape[1])
-    else:
+        out = call_varlen(varlen_attn, q, k, v, cu, m, scaling, window)
+    if out is None:
         out = _segments_sdpa(q, k, v, cu, scaling, window)
     return out.unsqueeze(0), None
+
+
+@functools.lru_cache(maxsize=8)
+def _parameters(fn) -> frozenset[str]:
+    import inspect
+
+    return frozenset(inspect.signature(fn).parameters)
+
+
+def call_varlen(fn, q, k, v, cu, max_len: int, scaling: float | None, window: int):
+    """Causal attention over packed ``(T, H, D)`` sequences through ``fn`` (``varlen_attn``), in the
+    keywords of the torch at hand: torch 2.9 takes ``is_causal`` and no ``scale``; 2.10 and 2.11
+    take ``scale`` and ``window_size`` (``(-1, 0)``: causal) and hand fewer key/value heads (GQA)
+    to the flash kernel as they are; later releases want ``enable_gqa=True`` for those.
+
+    Returns None where this torch cannot express the call (a sliding window without
+    ``window_size``); the caller then attends per sequence, with a warning logged once.
+    """
+    names = _parameters(fn)
+    kw: dict = {}
+    if "window_size" in names:
+        kw["window_size"] = (window - 1 if window else -1, 0)
+    elif not window and "is_causal" in names:
+        kw["is_causal"] = True
+    else:
+        global _WARNED
+        if not _WARNED:
+            _WARNED = True
+            logger.warning("this torch's varlen_attn takes no sliding window; packed sliding-window layers "
+                           "attend per sequence instead (correct, slower; upgrade torch, or score with packing=False)")
+        return None
+    if scaling is not None:
+        if "scale" in names:
+            kw["scale"] = scaling
+        else:  # the kernel scales by 1/sqrt(D)
+            q = q * (scaling * q.shape[-1] ** 0.5)
+    if q.shape[1] != k.shape[1] and "enable_gqa" in names:
+        kw["enable_gqa"] = True
+    return fn(q, k, v, cu, cu, max_len, max_len, **kw)
 
 
 def register() -> None:
