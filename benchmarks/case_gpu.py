@@ -63,7 +63,8 @@ CHATML = (
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"]
 
 #: dense bf16 / fp16 tensor-core peak FLOP/s by device name (no sparsity)
-_PEAK = ((r"\bGH200\b|\bH200\b|\bH100\b|\bH800\b", 989e12), (r"\bB200\b", 2.25e15), (r"\bA100\b|\bA800\b", 312e12),
+_PEAK = ((r"\bH100 PCIe\b", 756e12), (r"\bH100 NVL\b", 835e12),  # the SXM parts below: 989
+         (r"\bGH200\b|\bH200\b|\bH100\b|\bH800\b", 989e12), (r"\bB200\b", 2.25e15), (r"\bA100\b|\bA800\b", 312e12),
          (r"\bL40S\b", 362e12), (r"\bA10G?\b", 125e12), (r"\bL4\b", 121e12))
 
 # the paper's model shapes (config fields of transformers' config classes)

@@ -100,6 +100,7 @@ def test_peak_flops_and_helpers():
     from benchmarks.case_gpu import peak_flops, spearman
 
     assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12
     assert peak_flops("NVIDIA H20") is None and peak_flops("cpu") is None
     assert spearman(np.arange(5.0), np.arange(5.0) ** 3) == 1.0
     assert spearman(np.array([1.0, np.nan]), np.array([1.0, 2.0])) is None
