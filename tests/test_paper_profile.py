@@ -403,6 +403,26 @@ def test_packed_forward_equals_padded(tiny, which, device):
         make(device="cpu", packing="yes")
 
 
+def test_auto_packing_picks_the_paper_architectures_on_cuda(tiny, monkeypatch):
+    """``packing="auto"`` packs on CUDA where torch has ``varlen_attn``: the decision for the
+    paper's architectures (Qwen3 regression, LLaMA, the Qwen2 PRM, Qwen2) is checked here without
+    a GPU; the CPU and a torch without ``varlen_attn`` stay padded."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from laser_fast.runtime import packing
+    from laser_fast.runtime.models import prm_model_class
+
+    loaders = {"difficulty": AutoModelForSequenceClassification, "deita": AutoModelForCausalLM,
+               "prm": prm_model_class(), "ifd": AutoModelForCausalLM, "prm_tc": AutoModelForTokenClassification}
+    models = {k: cls.from_pretrained(tiny[k]) for k, cls in loaders.items()}
+    monkeypatch.setattr(packing, "varlen_available", lambda: True)
+    for name, m in models.items():
+        assert packing.packing_supported(m, "cuda:0"), name
+        assert not packing.packing_supported(m, "cpu"), name
+    monkeypatch.setattr(packing, "varlen_available", lambda: False)
+    assert not packing.packing_supported(models["deita"], "cuda")
+
+
 def _dense_varlen(q, k, v, cu, scale, causal, window_left=-1, gqa=True):
     """A plain reference of flash varlen attention over packed ``(T, H, D)`` rows."""
     out = torch.empty_like(q)
