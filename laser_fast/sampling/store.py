@@ -15,7 +15,7 @@ import polars as pl
 from laser_fast.errors import InputError, LaserError
 from laser_fast.runtime.engine import UnitTask, current_executor
 from laser_fast.runtime.memory import release_pages
-from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, load_sentence_model, resolve_model_name
+from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, is_default_model, load_sentence_model
 from laser_fast.runtime.stage import Resources
 from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, npy_header, sidecar, unique_suffix
 from laser_fast.sampling.embed import SORT_WINDOW, VECTOR_SCHEME, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
@@ -143,8 +143,7 @@ class EmbeddingStore:
 
     @staticmethod
     def _label(model: str | None) -> str:
-        name = resolve_model_name(model)
-        return DEFAULT_EMBEDDING_MODEL if name == resolve_model_name(None) else str(model)
+        return DEFAULT_EMBEDDING_MODEL if is_default_model(model) else str(model)
 
     def _shard_files(self, ns: Path) -> list[tuple[str, Path]]:
         """``(shard id, hashes path)`` of the namespace's shards, in id order. In a URI work
