@@ -478,6 +478,37 @@ def test_varlen_call_fits_each_torch_signature(fn, caplog, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_varlen_call_through_this_torchs_own_wrapper(caplog, monkeypatch):
+    """The installed torch's own ``varlen_attn`` (its argument checks: grouped heads without
+    ``enable_gqa`` raise from 2.12 on; its rule that ``window_size=(-1, 0)`` means causal) takes
+    ``call_varlen``'s keywords; only the CUDA kernel under it is replaced by the dense reference.
+    Run under torch 2.11 (the GPU image's) and the torch here."""
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    from laser_fast.runtime import packing
+
+    seen = []
+
+    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, scale=None, window_size=None, *rest):
+        w = list(window_size) if window_size is not None else [-1, -1]
+        seen.append((bool(is_causal), w))
+        out = _dense_varlen(query, key, value, cu_seq_q, scale, is_causal or w[1] == 0, w[0])
+        return out, torch.zeros(query.shape[1], query.shape[0]), torch.zeros(2, dtype=torch.uint64)
+
+    monkeypatch.setattr(torch.ops.torch_attn, "_varlen_attn", kernel)
+    monkeypatch.setattr(packing, "_WARNED", False)
+    g = torch.Generator().manual_seed(1)
+    cu = torch.tensor([0, 4, 11, 12], dtype=torch.int32)
+    q, k, v = (torch.randn(12, h, 8, generator=g) for h in (6, 2, 2))
+    for scaling, window in ((None, 0), (0.3, 0), (0.3, 4)):
+        want = packing._segments_sdpa(q, k, v, cu, scaling, window)
+        got = packing.call_varlen(varlen.varlen_attn, q, k, v, cu, 7, scaling, window)
+        if got is None:  # a torch whose varlen_attn takes no window
+            assert window and "no sliding window" in caplog.text
+            continue
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert seen[-1] == (not window, [window - 1 if window else -1, 0])
+
+
 def test_packed_forwards_side_by_side_give_the_serial_results(tiny):
     """A packed forward switches the model's attention on its shared config; forwards that run
     side by side in threads (one torch thread each on the CPU) must not see another's switch."""
