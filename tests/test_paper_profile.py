@@ -414,11 +414,15 @@ def test_auto_packing_picks_the_paper_architectures_on_cuda(tiny, monkeypatch):
 
     loaders = {"difficulty": AutoModelForSequenceClassification, "deita": AutoModelForCausalLM,
                "prm": prm_model_class(), "ifd": AutoModelForCausalLM, "prm_tc": AutoModelForTokenClassification}
-    models = {k: cls.from_pretrained(tiny[k]) for k, cls in loaders.items()}
+    models = {k: cls.from_pretrained(tiny[k], dtype=torch.bfloat16) for k, cls in loaders.items()}
     monkeypatch.setattr(packing, "varlen_available", lambda: True)
     for name, m in models.items():
         assert packing.packing_supported(m, "cuda:0"), name
         assert not packing.packing_supported(m, "cpu"), name
+        # float32 weights (dtype="float32" on a GPU): the flash kernel takes half precision only
+        assert not packing.packing_supported(m.float(), "cuda:0"), name
+    assert not packing.flash_fits(torch.bfloat16, 12) and not packing.flash_fits(torch.float16, 512)
+    assert packing.flash_fits(torch.float16, 64) and packing.flash_fits(torch.bfloat16, None)
     monkeypatch.setattr(packing, "varlen_available", lambda: False)
     assert not packing.packing_supported(models["deita"], "cuda")
 

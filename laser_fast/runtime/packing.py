@@ -81,7 +81,7 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
     v = value[0].transpose(0, 1).contiguous()
     window = int(sliding_window) if sliding_window else 0
     out = None
-    if q.is_cuda and varlen_available():
+    if q.is_cuda and varlen_available() and flash_fits(q.dtype, q.shape[-1]):
         from torch.nn.attention.varlen import varlen_attn
 
         m = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
@@ -144,11 +144,30 @@ def register() -> None:
         _REGISTERED = True
 
 
+def flash_fits(dtype, head_dim: int | None) -> bool:
+    """Whether the flash kernel under ``varlen_attn`` takes these attention inputs: float16 or
+    bfloat16, a head size that is a multiple of 8 up to 256. A float32 model on CUDA
+    (``dtype="float32"``) does not: the kernel would raise."""
+    import torch
+
+    return dtype in (torch.float16, torch.bfloat16) and (head_dim is None or (head_dim % 8 == 0 and head_dim <= 256))
+
+
+def _head_dim(model) -> int | None:
+    cfg = getattr(decoder_of(model), "config", None)
+    hd = getattr(cfg, "head_dim", None)
+    if not hd and getattr(cfg, "num_attention_heads", None):
+        hd = cfg.hidden_size // cfg.num_attention_heads
+    return int(hd) if hd else None
+
+
 def packing_supported(model, device: str | None = None) -> bool:
-    """Whether :func:`packed_hidden` can run ``model`` fast: CUDA, ``varlen_attn`` in torch, and a
-    decoder whose attention modules dispatch through transformers' attention interface."""
-    dev = str(device if device is not None else next(model.parameters()).device)
-    if not dev.startswith("cuda") or not varlen_available():
+    """Whether :func:`packed_hidden` can run ``model`` fast: CUDA, ``varlen_attn`` in torch, weights
+    the flash kernel takes (:func:`flash_fits`), and a decoder whose attention modules dispatch
+    through transformers' attention interface."""
+    p = next(model.parameters())
+    dev = str(device if device is not None else p.device)
+    if not dev.startswith("cuda") or not varlen_available() or not flash_fits(p.dtype, _head_dim(model)):
         return False
     return _dispatches(model)
 
