@@ -462,24 +462,33 @@ def _varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_
     return _dense_varlen(query, key, value, cu_seq_q, scale, window_size[1] == 0, window_size[0], enable_gqa)
 
 
-@pytest.mark.parametrize("fn", [_varlen_2_9, _varlen_2_11, _varlen_2_12], ids=["torch2.9", "torch2.11", "torch2.12"])
-def test_varlen_call_fits_each_torch_signature(fn, caplog, monkeypatch):
-    """``varlen_attn``'s keywords changed between torch releases (the GPU image has 2.11, which
-    knows no ``enable_gqa``): the packed attention is asked for in the keywords the function
-    takes and gives the per-sequence attention for grouped heads, any scale and a window."""
+def _check_call_varlen(fn, heads, caplog, monkeypatch, seen=None):
+    """``call_varlen(fn, ...)`` equals the per-sequence attention for grouped heads, any scale and a
+    sliding window; where ``fn`` takes no window it declines with a warning. ``seen``: the
+    ``(is_causal, window_size)`` the kernel got, checked against what the call asked for."""
     from laser_fast.runtime import packing
 
     monkeypatch.setattr(packing, "_WARNED", False)
     g = torch.Generator().manual_seed(0)
     cu = torch.tensor([0, 5, 6, 13], dtype=torch.int32)
-    q, k, v = (torch.randn(13, h, 8, generator=g) for h in (4, 2, 2))
+    q, k, v = (torch.randn(13, h, 8, generator=g) for h in heads)
     for scaling, window in ((None, 0), (0.2, 0), (0.2, 3)):
         want = packing._segments_sdpa(q, k, v, cu, scaling, window)
         got = packing.call_varlen(fn, q, k, v, cu, 7, scaling, window)
-        if window and fn is _varlen_2_9:  # no sliding window there: the caller attends per sequence
-            assert got is None and "no sliding window" in caplog.text
+        if got is None:  # no sliding window in this torch: the caller attends per sequence
+            assert window and "window_size" not in packing._parameters(fn) and "no sliding window" in caplog.text
             continue
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if seen is not None:
+            assert seen[-1] == (not window, [window - 1 if window else -1, 0])
+
+
+@pytest.mark.parametrize("fn", [_varlen_2_9, _varlen_2_11, _varlen_2_12], ids=["torch2.9", "torch2.11", "torch2.12"])
+def test_varlen_call_fits_each_torch_signature(fn, caplog, monkeypatch):
+    """``varlen_attn``'s keywords changed between torch releases (the GPU image has 2.11, which
+    knows no ``enable_gqa``): the packed attention is asked for in the keywords the function
+    takes and gives the per-sequence attention for grouped heads, any scale and a window."""
+    _check_call_varlen(fn, (4, 2, 2), caplog, monkeypatch)
 
 
 def test_varlen_call_through_this_torchs_own_wrapper(caplog, monkeypatch):
@@ -488,8 +497,6 @@ def test_varlen_call_through_this_torchs_own_wrapper(caplog, monkeypatch):
     ``call_varlen``'s keywords; only the CUDA kernel under it is replaced by the dense reference.
     Run under torch 2.11 (the GPU image's) and the torch here."""
     varlen = pytest.importorskip("torch.nn.attention.varlen")
-    from laser_fast.runtime import packing
-
     seen = []
 
     def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, scale=None, window_size=None, *rest):
@@ -499,18 +506,8 @@ def test_varlen_call_through_this_torchs_own_wrapper(caplog, monkeypatch):
         return out, torch.zeros(query.shape[1], query.shape[0]), torch.zeros(2, dtype=torch.uint64)
 
     monkeypatch.setattr(torch.ops.torch_attn, "_varlen_attn", kernel)
-    monkeypatch.setattr(packing, "_WARNED", False)
-    g = torch.Generator().manual_seed(1)
-    cu = torch.tensor([0, 4, 11, 12], dtype=torch.int32)
-    q, k, v = (torch.randn(12, h, 8, generator=g) for h in (6, 2, 2))
-    for scaling, window in ((None, 0), (0.3, 0), (0.3, 4)):
-        want = packing._segments_sdpa(q, k, v, cu, scaling, window)
-        got = packing.call_varlen(varlen.varlen_attn, q, k, v, cu, 7, scaling, window)
-        if got is None:  # a torch whose varlen_attn takes no window
-            assert window and "no sliding window" in caplog.text
-            continue
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        assert seen[-1] == (not window, [window - 1 if window else -1, 0])
+    _check_call_varlen(varlen.varlen_attn, (6, 2, 2), caplog, monkeypatch, seen=seen)
+    assert seen
 
 
 def test_packed_forwards_side_by_side_give_the_serial_results(tiny):
