@@ -19,6 +19,12 @@
 # non-zero when a step failed; later steps still run. SKIP_BUILD=1 keeps the built core (a dry run
 # on a CPU machine whose core is already built); GPU_CHECK_TESTS="..." runs other test files;
 # LASER_BENCH_GPU_RECORDS=N sets the records per scorer of the benchmark.
+#
+# A rehearsal on a CPU in the image's versions (it catches what only they break: torch 2.11's
+# varlen_attn keywords, tests that needed faiss or the MiniLM package):
+#   python3.12 -m venv /tmp/img && /tmp/img/bin/pip install torch==2.11.0 transformers==5.17.0 \
+#       sentence-transformers numba pybind11 pyarrow scikit-learn pytest setuptools
+#   PYTHON=/tmp/img/bin/python BUDGET=900 bash scripts/gpu_check.sh   # exits 0, GPU tests skipped
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
