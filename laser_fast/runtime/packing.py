@@ -19,6 +19,7 @@ import functools
 import logging
 import threading
 
+from laser_fast.runtime.batching import head_dim_of
 from laser_fast.runtime.models import decoder_of
 
 logger = logging.getLogger(__name__)
@@ -153,21 +154,13 @@ def flash_fits(dtype, head_dim: int | None) -> bool:
     return dtype in (torch.float16, torch.bfloat16) and (head_dim is None or (head_dim % 8 == 0 and head_dim <= 256))
 
 
-def _head_dim(model) -> int | None:
-    cfg = getattr(decoder_of(model), "config", None)
-    hd = getattr(cfg, "head_dim", None)
-    if not hd and getattr(cfg, "num_attention_heads", None):
-        hd = cfg.hidden_size // cfg.num_attention_heads
-    return int(hd) if hd else None
-
-
 def packing_supported(model, device: str | None = None) -> bool:
     """Whether :func:`packed_hidden` can run ``model`` fast: CUDA, ``varlen_attn`` in torch, weights
     the flash kernel takes (:func:`flash_fits`), and a decoder whose attention modules dispatch
     through transformers' attention interface."""
     p = next(model.parameters())
     dev = str(device if device is not None else p.device)
-    if not dev.startswith("cuda") or not varlen_available() or not flash_fits(p.dtype, _head_dim(model)):
+    if not dev.startswith("cuda") or not varlen_available() or not flash_fits(p.dtype, head_dim_of(model.config)):
         return False
     return _dispatches(model)
 
