@@ -466,16 +466,31 @@ def run(quick: bool, device: str | None = None, dtype: str | None = None) -> lis
         torch.set_num_threads(threads)
 
 
+def _row_or_error(dev: str, what: str, label: dict, measure) -> dict:
+    """``measure()``'s row, or an ``error`` row naming what failed (the traceback goes to stderr),
+    so one failing model (out of memory, a kernel the device lacks) does not cost the rows after
+    it: on a lent GPU a rerun costs device time. ``scripts/gpu_check.sh`` fails on error rows."""
+    try:
+        return measure()
+    except Exception as e:  # noqa: BLE001  # reported in the row and on stderr, never dropped
+        traceback.print_exc(file=sys.stderr)
+        row = {"case": "gpu", "what": what, **label, "error": f"{type(e).__name__}: {e}"[:300]}
+    _free(dev)  # after the except block: the traceback no longer holds the failed model's tensors
+    return row
+
+
 def _measure(quick: bool, dev: str, dtype, pool: list[dict], tok, records: dict[str, int], n_single: int) -> list[dict]:
     rows: list[dict] = []
     for spec in _scorer_specs(quick):
         recs = _records(pool, records[spec[0]])
-        _emit(rows, bench_scorer(spec, tok, recs, min(n_single, recs.height), dev, dtype, quick))
+        _emit(rows, _row_or_error(dev, "scorer", {"scorer": spec[0], "shape": spec[1]}, lambda spec=spec, recs=recs:
+                                  bench_scorer(spec, tok, recs, min(n_single, recs.height), dev, dtype, quick)))
     n_emb = {"minilm_shape": 64, "bert_large_shape": 64} if quick else _FULL_EMBED
     outs = [r["output"] for r in pool]
     texts = [outs[i % len(outs)] for i in range(max(n_emb.values()))]  # a small pool (the GPU check's sample) repeats
     for name, kw, max_len in (("minilm_shape", _MINILM, 256), ("bert_large_shape", _BERT_TINY if quick else _BERT_LARGE, 512)):
         label = f"{name} (tiny)" if quick and kw is _BERT_TINY else name
-        _emit(rows, bench_embedder(label, kw, max_len, tok, texts[:n_emb[name]], 16 if quick else _FULL_EMBED_SINGLE, dev))
+        _emit(rows, _row_or_error(dev, "embedder", {"model": label}, lambda label=label, kw=kw, max_len=max_len, name=name:
+                                  bench_embedder(label, kw, max_len, tok, texts[:n_emb[name]], 16 if quick else _FULL_EMBED_SINGLE, dev)))
     _emit(rows, _kmeans_row(quick, dev))
     return rows

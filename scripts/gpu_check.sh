@@ -119,6 +119,16 @@ if [ $rc -ne 0 ]; then
     grep '^{' "$LOG/bench.log"  # the rows measured before it stopped
 else
     cat "$LOG/bench/results.md"
+    # a row that failed (out of memory, a missing kernel) is kept as an "error" row so that the rows
+    # after it are still measured; it still fails the check
+    $PY - "$LOG/bench/results.json" <<'EOF' || status=1
+import json, sys
+rows = [r for rows in json.load(open(sys.argv[1]))["cases"].values() for r in rows]
+bad = [r for r in rows if "error" in r]
+for r in bad:
+    print("BENCHMARK ROW FAILED:", json.dumps(r))
+sys.exit(1 if bad else 0)
+EOF
 fi
 step "done, status $status"
 exit $status

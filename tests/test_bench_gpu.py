@@ -133,3 +133,32 @@ def test_quick_on_cuda_rows():
         if r["what"] in ("scorer", "embedder"):
             assert r["mem_kind"] == "cuda_max_allocated"
             assert r["batched_mfu"] is None or (0 < r["batched_mfu"] < 1 and math.isfinite(r["batched_mfu"]))
+
+
+def test_a_failing_row_keeps_the_rows_after_it(monkeypatch, capsys):
+    """One model failing (on a GPU: out of memory, a kernel the device lacks) becomes an ``error``
+    row, and the models after it are still measured: a rerun on a lent GPU costs device time."""
+    from benchmarks import case_gpu
+    from benchmarks.__main__ import to_markdown
+
+    calls = []
+
+    def scorer_row(spec, tok, recs, n_single, dev, dtype, quick):
+        calls.append((spec[0], recs.height, n_single))
+        if spec[0] == "deita_quality":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return {"case": "gpu", "what": "scorer", "scorer": spec[0]}
+
+    monkeypatch.setattr(case_gpu, "bench_scorer", scorer_row)
+    monkeypatch.setattr(case_gpu, "bench_embedder", lambda label, *a: {"case": "gpu", "what": "embedder", "model": label})
+    monkeypatch.setattr(case_gpu, "_kmeans_row", lambda quick, dev: {"case": "gpu", "what": "kmeans"})
+    pool = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(20)]
+    rows = case_gpu._measure(True, "cpu", None, pool, None, {"difficulty": 6, "deita_quality": 5, "process_reward": 4}, 3)
+
+    assert calls == [("difficulty", 6, 3), ("deita_quality", 5, 3), ("process_reward", 4, 3)]
+    assert [r["what"] for r in rows] == ["scorer"] * 3 + ["embedder"] * 2 + ["kmeans"]
+    failed = [r for r in rows if "error" in r]
+    assert len(failed) == 1 and failed[0]["scorer"] == "deita_quality" and "LLaMA-13B" in failed[0]["shape"]
+    assert failed[0]["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert "CUDA out of memory (simulated)" in capsys.readouterr().err  # the traceback, for the log
+    assert "RuntimeError: CUDA out of memory (simulated)" in to_markdown({"machine": {}, "cases": {"gpu": rows}})
