@@ -142,10 +142,7 @@ class DifficultyScorer(_HFScorer):
             convs.append([{"role": "system", "content": DIFFICULTY_SYSTEM.format(category=c or "all")},
                           {"role": "user", "content": users[i]}])
         enc = self._encode(self._chat(convs, generation_prompt=False))
-        ids: list[list[int]] = [[] for _ in users]
-        for i, e in zip(ok, enc):
-            ids[i] = list(e[-self.max_length:])
-        return rec, ids
+        return rec, _tails(len(users), ok, enc, self.max_length)
 
     def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
               prepared=None) -> dict[str, np.ndarray]:
@@ -202,6 +199,15 @@ class DifficultyScorer(_HFScorer):
 # ======================================================================================
 # DEITA
 # ======================================================================================
+
+def _tails(n: int, ok: list[int], enc, max_length: int) -> list[list[int]]:
+    """Token ids of ``n`` exchanges: the last ``max_length`` tokens of ``enc[j]`` at ``ok[j]`` (the
+    exchanges with a user turn: a long input keeps its end, where the score is read), ``[]`` elsewhere."""
+    ids: list[list[int]] = [[] for _ in range(n)]
+    for i, e in zip(ok, enc):
+        ids[i] = list(e[-max_length:])
+    return ids
+
 
 def score_token_ids(tok, labels: Sequence[str] = ("1", "2", "3", "4", "5", "6")) -> list[int]:
     """Vocabulary ids of the score tokens, each a single token of the tokenizer.
@@ -300,10 +306,7 @@ class DeitaScorer(_HFScorer):
                 resp = ""
             prompts.append(self._prompt(inst, resp))
         enc = self._encode(prompts, special=True)
-        ids: list[list[int]] = [[] for _ in users]
-        for i, e in zip(ok, enc):
-            ids[i] = list(e[-self.max_length:])
-        return rec, ids
+        return rec, _tails(len(users), ok, enc, self.max_length)
 
     def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
               prepared=None) -> dict[str, np.ndarray]:
