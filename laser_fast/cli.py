@@ -183,7 +183,9 @@ def _options_from_args(a) -> tuple:
     input_dir = getattr(a, "input_dir", None)
     if input_dir is not None and not Path(input_dir).is_dir():
         what = "is a file" if Path(input_dir).exists() else "does not exist"
-        raise ConfigError(f"--input-dir {input_dir}: {what}; give the folder that DATA_PATH (and relative inputs) stand for")
+        hint = (f" (input files take no flag: laser-fast {a.command} {input_dir} ...; a shortened option such as "
+                "--input is read as --input-dir)") if Path(input_dir).is_file() else ""
+        raise ConfigError(f"--input-dir {input_dir}: {what}; give the folder that DATA_PATH (and relative inputs) stand for{hint}")
     if a.config:
         kw.update(read_config(a.config, input_dir=input_dir))
     cli = {

@@ -238,3 +238,13 @@ def test_classify_rejects_bad_values_in_one_line_and_leaves_no_file(tmp_path, ca
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and lines[-1].startswith("laser-fast: error:") and "Traceback" not in err, (flag, value, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir"] and not any((tmp_path / "a_dir").iterdir())
+
+
+def test_input_file_behind_a_shortened_flag_says_files_take_none(tmp_path, capsys):
+    """``--input FILE`` (argparse reads it as ``--input-dir``) is refused with the way to pass files."""
+    rc = main(["select", "--input", POOL, "--strategy", "random", "--profile", "none", "-q", "--budget", "5",
+               "--workdir", str(tmp_path / "w"), "--output-dir", str(tmp_path / "o")])
+    last = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()][-1]
+    assert rc == 2 and last.startswith("laser-fast: error: --input-dir")
+    assert f"input files take no flag: laser-fast select {POOL} ..." in last
+    assert not (tmp_path / "o").exists()
