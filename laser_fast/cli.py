@@ -274,7 +274,7 @@ def cmd_select(a) -> int:
             raise ConfigError(f"--push-to-hub {a.push_to_hub!r} is not a repository id ({e}); write ORG/NAME or NAME") from None
     if a.push_to_hub and hub_offline():
         raise LaserError(f"--push-to-hub {a.push_to_hub} needs the hub, and HF_HUB_OFFLINE is set: unset it, or drop --push-to-hub "
-                         "and upload the output folder later (huggingface-cli upload --repo-type dataset REPO DIR)")
+                         "and upload the output folder later (hf upload --repo-type dataset REPO DIR)")
     run = run_selection(inputs, opts, workdir=a.workdir or default_workdir())
     paths = write_outputs(run, a.output_dir, report=not a.no_report, training_file=a.training_file)
     m = run.manifest

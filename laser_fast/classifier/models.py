@@ -555,7 +555,7 @@ class SetFitClassifier(_NamedModelClassifier):
 def _load_hint(model: str, err: Exception) -> str:
     return (
         f"could not load task classifier {model!r} ({type(err).__name__}: {err}). If the machine is "
-        "offline, download the model elsewhere (e.g. `huggingface-cli download "
+        "offline, download the model elsewhere (e.g. `hf download "
         f"{model} --local-dir ./{Path(model).name}`), copy the folder here and pass its local path; "
         "or leave the model unset to use the bundled offline MiniLM classifier."
     )
@@ -645,7 +645,7 @@ def load_classifier(model: str | None = None, *, device: str | None = None, trus
         raise ModelLoadError(
             f"task classifier {model!r}: no such directory. Pass an existing local model folder, a "
             "Hugging Face hub id (owner/name; offline machines need a local copy, e.g. from "
-            "`huggingface-cli download owner/name --local-dir DIR`), or None for the bundled model."
+            "`hf download owner/name --local-dir DIR`), or None for the bundled model."
         )
     # hub id: a SetFit repo has model_head.pkl; look in the local cache / hub for it lazily.
     return _HubClassifier(model, device, trusted=model in set(trust_remote_code or ()))

@@ -368,7 +368,7 @@ def push_to_hub(output_dir: str | Path, repo: str, *, private: bool = True, toke
     out = Path(output_dir)
     if hub_offline():
         raise LaserError(f"--push-to-hub {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; the outputs are in {out}: "
-                         "push them later (huggingface-cli upload --repo-type dataset REPO DIR) or unset HF_HUB_OFFLINE")
+                         "push them later (hf upload --repo-type dataset REPO DIR) or unset HF_HUB_OFFLINE")
     if not (out / "manifest.json").is_file():
         raise LaserError(f"--push-to-hub {repo}: {out} has no manifest.json, so its outputs are incomplete: run the selection again")
     names = [n for n in ("selected.jsonl", "selected.parquet", "train.jsonl", "decisions.parquet", "manifest.json") if (out / n).is_file()]
@@ -381,5 +381,5 @@ def push_to_hub(output_dir: str | Path, repo: str, *, private: bool = True, toke
                           commit_message=f"laser_fast selection ({len(names)} files)")
     except Exception as e:  # noqa: BLE001 - the hub's many errors (auth, network, names): one clear message
         raise LaserError(f"--push-to-hub {repo}: the upload failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                         f"the outputs stay in {out}. Log in (huggingface-cli login or HF_TOKEN) and check the repository name") from None
+                         f"the outputs stay in {out}. Log in (hf auth login or HF_TOKEN) and check the repository name") from None
     return f"https://huggingface.co/datasets/{repo}"

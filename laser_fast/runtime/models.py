@@ -245,7 +245,7 @@ _offline = hub_offline
 
 
 def _hint(model_id: str) -> str:
-    return (f"Download it on a machine with access (`huggingface-cli download {model_id} --local-dir DIR`), "
+    return (f"Download it on a machine with access (`hf download {model_id} --local-dir DIR`), "
             "copy DIR here and pass DIR as the model (--model / --scorer-model NAME=DIR or the profile)")
 
 
