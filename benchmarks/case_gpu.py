@@ -13,8 +13,9 @@ the real checkpoints; the scores themselves are meaningless, only their agreemen
   - ``process_reward``: Qwen2.5-Math-PRM-7B shape, a Qwen2 decoder with the PRM head of
     :func:`laser_fast.runtime.models.prm_model_class`.
 
-  Each is timed with its default settings (token-budget batches of up to 64 rows; difficulty
-  also with ``max_batch_size=512``) and one record per forward (``max_batch_size=1``) on a
+  Each is timed with its default settings (on CUDA a token budget from the free GPU memory and
+  up to 4,096 rows per forward, packed where ``varlen_attn`` runs, with ``padded_rec_s`` the
+  padded forward of the same scorer beside it; difficulty also with ``max_batch_size=512``) and one record per forward (``max_batch_size=1``) on a
   random subset of the records (``single_records`` of them: its records/s is that subset's
   rate, and ``speedup`` compares the two rates), and the two results are compared on that subset
   (Spearman rank correlation, largest absolute difference, read against ``score_std``, the spread
@@ -324,6 +325,7 @@ def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -
         "non_padding": round(st_b["tokens"] / st_b["padded_tokens"], 3) if st_b["padded_tokens"] else None,
         "batched_rec_s": round(recs.height / t_b, 2), "batched_tok_s": round(st_b["tokens"] / t_b, 1),
         "batched_mfu": _mfu(n_mm, st_b["tokens"], t_b, peak),
+        "forwards": st_b["forward_passes"],
         "forward_share": round(st_b["seconds"] / t_b, 3),  # of the wall time: the rest is templating and tokenizing
         "packed": packed, "padded_rec_s": padded_rec_s,
         "rec_s_max_batch_512": wide_rec_s,

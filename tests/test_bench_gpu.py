@@ -47,7 +47,7 @@ def _check_rows(rows, device_prefix: str, *, agree_tol: float, spearman_min: flo
         assert r["records"] >= r["single_records"] > 0
         assert r["batched_rec_s"] > 0 and r["single_rec_s"] > 0 and r["batched_tok_s"] > 0
         assert r["tokens_per_record"] > 1 and 0 < r["non_padding"] <= 1 and 0 < r["forward_share"] <= 1
-        assert r["params_m"] > 0 and r["peak_mem_mb"] > 0
+        assert r["params_m"] > 0 and r["peak_mem_mb"] > 0 and 1 <= r["forwards"] <= r["records"]
         assert r["score_std"] > 0.01, r  # scores that vary: the agreement columns say something
         assert r["max_abs_diff"] is not None and r["max_abs_diff"] <= agree_tol, r
         if spearman_min is not None:

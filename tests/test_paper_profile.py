@@ -403,6 +403,21 @@ def test_packed_forward_equals_padded(tiny, which, device):
         make(device="cpu", packing="yes")
 
 
+def test_packed_batches_mix_lengths(tiny):
+    """Packed forwards compute no padding, so their batches drop the fill rule that keeps a padded
+    batch's lengths alike: one long instruction and nine short ones take one packed forward where
+    the padded path takes two, with the same scores."""
+    long_q = "Explain, step by step and with an example for each, " + ", ".join(f"topic {i}" for i in range(60)) + "."
+    rows = [("Reasoning", long_q, "x")] + [("Factual QA", f"Name a city number {i}.", "x") for i in range(9)]
+    df = _frame(rows)
+    padded = DifficultyScorer(tiny["difficulty"], device="cpu", packing=False, batch_tokens=8192)
+    packed = DifficultyScorer(tiny["difficulty"], device="cpu", packing=True, batch_tokens=8192)
+    a, b = padded.score(df), packed.score(df)
+    assert padded.stats["forward_passes"] == 2 and packed.stats["forward_passes"] == 1
+    assert packed.stats["padded_tokens"] <= 8192  # the same bound on the padded layout
+    np.testing.assert_allclose(b["difficulty"], a["difficulty"], rtol=1e-4, atol=1e-5)
+
+
 def test_auto_packing_picks_the_paper_architectures_on_cuda(tiny, monkeypatch):
     """``packing="auto"`` packs on CUDA where torch has ``varlen_attn``: the decision for the
     paper's architectures (Qwen3 regression, LLaMA, the Qwen2 PRM, Qwen2) is checked here without

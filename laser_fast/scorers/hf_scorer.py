@@ -251,8 +251,12 @@ class _HFScorer(Scorer):
 
     def _run(self, seqs, fn, batch_size, show_progress):
         bt, mbs = self._budget(batch_size)
+        # a packed forward computes no padding, so batches need not keep lengths alike (the fill rule):
+        # fewer, larger forwards under the same padded-token bound (the padded layout still holds the results)
+        fill = 0.0 if getattr(self._model, "_laser_packing", False) else 0.9
         return run_batched(seqs, fn, batch_tokens=bt, max_batch_size=mbs, pad_id=int(self._tok.pad_token_id),
-                           device=self._dev, stats=self.stats, show_progress=_want_progress(show_progress), desc=self.name)
+                           device=self._dev, stats=self.stats, show_progress=_want_progress(show_progress), desc=self.name,
+                           min_fill=fill)
 
     def _warn_missing(self, out: np.ndarray, why: str) -> None:
         bad = int((~np.isfinite(out)).sum())
