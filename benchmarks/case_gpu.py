@@ -20,7 +20,10 @@ the real checkpoints; the scores themselves are meaningless, only their agreemen
   rate, and ``speedup`` compares the two rates), and the two results are compared on that subset
   (Spearman rank correlation, largest absolute difference, read against ``score_std``, the spread
   of the scores). Times are wall-clock seconds of ``scorer.score`` (templating and tokenization
-  included; ``forward_share`` is the part spent in forward passes).
+  included; ``forward_share`` is the part spent in forward passes, ``forwards`` their count).
+  Difficulty is also timed through the scoring stage the CLI runs (four cached chunks) with the
+  next chunk tokenized in a thread while the model runs (``stage_rec_s_prefetch``) and without
+  (``stage_rec_s_serial``).
 * embedders: a MiniLM-shape encoder (BERT, 6 layers, hidden 384, 256 tokens) and a BERT-large
   shape one (24 layers, hidden 1024, 512 tokens), mean pooling, timed through
   :func:`laser_fast.sampling.embed.encode_texts` (length-sorted token-budget batches) and one
@@ -238,7 +241,8 @@ def _attach(scorer, model, tok, dev: str):
 
 
 def _scorer_specs(quick: bool):
-    """(name, shape label, model factory(config kw), scorer factory(**kw), output key, extra max_batch_size)."""
+    """(name, shape label, model factory(config kw), scorer factory(**kw), output key, extra max_batch_size,
+    whether to time the cached, chunked scoring stage with and without its prefetch thread)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen3Config, Qwen3ForSequenceClassification
 
     from laser_fast.runtime.models import prm_model_class
@@ -248,13 +252,13 @@ def _scorer_specs(quick: bool):
     return [
         ("difficulty", f"{tiny}Qwen3-8B shape (Qwen3ForSequenceClassification, 1 label)",
          lambda kw: (Qwen3ForSequenceClassification, Qwen3Config(num_labels=1, **kw)), _QWEN3_8B,
-         lambda **k: DifficultyScorer("random-init:qwen3-8b-seq-regression", **k), "difficulty", 512),
+         lambda **k: DifficultyScorer("random-init:qwen3-8b-seq-regression", **k), "difficulty", 512, True),
         ("deita_quality", f"{tiny}LLaMA-13B shape (LlamaForCausalLM)",
          lambda kw: (LlamaForCausalLM, LlamaConfig(**kw)), _LLAMA_13B,
-         lambda **k: DeitaScorer("quality", "random-init:llama-13b", **k), "quality", None),
+         lambda **k: DeitaScorer("quality", "random-init:llama-13b", **k), "quality", None, False),
         ("process_reward", f"{tiny}Qwen2.5-Math-PRM-7B shape (Qwen2 + PRM head)",
          lambda kw: (prm_model_class(), Qwen2Config(num_labels=2, **kw)), _QWEN25_MATH_7B,
-         lambda **k: ProcessRewardScorer("random-init:qwen2.5-math-prm-7b", **k), "process_reward", None),
+         lambda **k: ProcessRewardScorer("random-init:qwen2.5-math-prm-7b", **k), "process_reward", None, False),
     ]
 
 
@@ -278,7 +282,7 @@ def _timed_score(scorer, recs):
 def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -> dict:
     import torch
 
-    name, shape, make_model, full_kw, make_scorer, key, wide = spec
+    name, shape, make_model, full_kw, make_scorer, key, wide, staged = spec
     kw = dict(_TINY, vocab_size=len(tok)) if quick else dict(full_kw)
     cls, cfg = make_model(kw)
     cfg.pad_token_id = tok.pad_token_id
@@ -307,6 +311,7 @@ def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -
             sw = _attach(make_scorer(device=dev, max_batch_size=wide), model, tok, dev)
             _, t_w, _ = _timed_score(sw, recs)
             wide_rec_s = round(recs.height / t_w, 2)
+        stage_rec_s = _staged(make_scorer, model, tok, recs, dev) if staged else {}
         single = _attach(make_scorer(device=dev, max_batch_size=1), model, tok, dev)
         sub = recs[:n_single]
         single.score(sub[:2])
@@ -329,6 +334,7 @@ def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -
         "forward_share": round(st_b["seconds"] / t_b, 3),  # of the wall time: the rest is templating and tokenizing
         "packed": packed, "padded_rec_s": padded_rec_s,
         "rec_s_max_batch_512": wide_rec_s,
+        "stage_rec_s_prefetch": stage_rec_s.get("prefetch"), "stage_rec_s_serial": stage_rec_s.get("serial"),
         "single_records": n_single, "single_rec_s": round(single_rec_s, 2),
         "single_mfu": _mfu(n_mm, st_1["tokens"], t_1, peak),
         "speedup": round((recs.height / t_b) / single_rec_s, 1),
@@ -336,6 +342,25 @@ def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -
         "score_std": round(float(np.nanstd(out_b[key])), 4),  # the spread the two columns before are read against
         "peak_mem_mb": mem, "mem_kind": mem_kind,
     }
+
+
+def _staged(make_scorer, model, tok, recs, dev: str) -> dict:
+    """records/s of the scoring stage (:func:`laser_fast.scorers.stage.score_records`: four chunks,
+    each cached as a shard, in a fresh work directory) with the next chunk's inputs prepared in a
+    thread while the model runs (``prefetch``) and without (``serial``): the prefetch lever."""
+    import tempfile
+
+    from laser_fast.scorers.stage import score_records
+
+    cats = np.full(recs.height, "Generation", dtype=object)
+    chunk = max(1, -(-recs.height // 4))
+    out = {}
+    for ahead in (True, False):
+        sc = _attach(make_scorer(device=dev), model, tok, dev)
+        with tempfile.TemporaryDirectory(prefix="laser-bench-stage-") as wd:
+            _, t = timed(score_records, recs, cats, sc, wd, chunk_records=chunk, prefetch=ahead)
+        out["prefetch" if ahead else "serial"] = round(recs.height / t, 2)
+    return out
 
 
 def _embedder(bert, tok, max_seq_length: int):

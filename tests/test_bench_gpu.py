@@ -59,6 +59,9 @@ def _check_rows(rows, device_prefix: str, *, agree_tol: float, spearman_min: flo
             assert r["dtype"] == "bfloat16"
     wide = [r["rec_s_max_batch_512"] for r in by_what["scorer"] if r["scorer"] == "difficulty"]
     assert wide[0] > 0
+    for r in by_what["scorer"]:  # the stage with and without its prefetch thread: difficulty only
+        staged = [r["stage_rec_s_prefetch"], r["stage_rec_s_serial"]]
+        assert all(v > 0 for v in staged) if r["scorer"] == "difficulty" else staged == [None, None], r
     for r in by_what["embedder"]:
         assert r["device"].startswith(device_prefix), r
         assert r["fast_path"] is True  # timed through laser_fast's own token-budget path
