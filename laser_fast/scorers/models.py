@@ -196,10 +196,6 @@ class DifficultyScorer(_HFScorer):
         return res
 
 
-# ======================================================================================
-# DEITA
-# ======================================================================================
-
 def _tails(n: int, ok: list[int], enc, max_length: int) -> list[list[int]]:
     """Token ids of ``n`` exchanges: the last ``max_length`` tokens of ``enc[j]`` at ``ok[j]`` (the
     exchanges with a user turn: a long input keeps its end, where the score is read), ``[]`` elsewhere."""
@@ -208,6 +204,10 @@ def _tails(n: int, ok: list[int], enc, max_length: int) -> list[list[int]]:
         ids[i] = list(e[-max_length:])
     return ids
 
+
+# ======================================================================================
+# DEITA
+# ======================================================================================
 
 def score_token_ids(tok, labels: Sequence[str] = ("1", "2", "3", "4", "5", "6")) -> list[int]:
     """Vocabulary ids of the score tokens, each a single token of the tokenizer.
