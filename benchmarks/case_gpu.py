@@ -272,8 +272,8 @@ def _emit(rows: list[dict], row: dict) -> None:
 
 
 def _timed_score(scorer, recs):
-    for k, v in scorer.stats.items():
-        if isinstance(v, (int, float)):
+    for k, v in scorer.stats.items():  # the counters, not the ``packed`` setting
+        if isinstance(v, (int, float)) and k != "packed":
             scorer.stats[k] = type(v)(0)
     out, t = timed(scorer.score, recs)
     return out, t, dict(scorer.stats)

@@ -121,6 +121,31 @@ def test_tokenizer_has_what_the_scorers_need():
     assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 
+def test_packed_scorer_rows_time_the_padded_path_beside(monkeypatch):
+    """Where a scorer packs (on CUDA with ``varlen_attn``) its row also times the padded forward
+    (``padded_rec_s``): that branch runs only on a GPU, so here packing is switched on for the
+    CPU (per-sequence attention) to run it before a lent GPU does."""
+    _need_pool()
+    import torch
+
+    from benchmarks import case_gpu
+    from laser_fast.runtime import packing
+
+    monkeypatch.setattr(packing, "packing_supported", lambda model, device=None: True)
+    pool = case_gpu._pool()
+    tok = case_gpu.pool_tokenizer([t for r in pool[-300:] for t in (r["instruction"], r["output"])], 1000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for spec in case_gpu._scorer_specs(quick=True):
+            row = case_gpu.bench_scorer(spec, tok, case_gpu._records(pool, 24), 6, "cpu", torch.float32, quick=True)
+            assert row["packed"] is True and row["padded_rec_s"] > 0, row
+            assert row["max_abs_diff"] <= 1e-3 and row["spearman"] >= 0.99, row  # packed batches vs one per forward
+            assert 1 <= row["forwards"] <= 24
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="no CUDA GPU visible to torch")
 def test_quick_on_cuda_rows():
@@ -136,6 +161,10 @@ def test_quick_on_cuda_rows():
         if r["what"] in ("scorer", "embedder"):
             assert r["mem_kind"] == "cuda_max_allocated"
             assert r["batched_mfu"] is None or (0 < r["batched_mfu"] < 1 and math.isfinite(r["batched_mfu"]))
+    from laser_fast.runtime.packing import varlen_available
+
+    if varlen_available():  # packed (padding-free) rows, with the padded forward timed beside them
+        assert all(r["packed"] and r["padded_rec_s"] > 0 for r in rows if r["what"] == "scorer"), rows
 
 
 def test_a_failing_row_keeps_the_rows_after_it(monkeypatch, capsys):
