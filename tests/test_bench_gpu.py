@@ -81,6 +81,42 @@ def test_quick_on_cpu_rows():
     _check_rows(rows, "cpu", agree_tol=1e-3, spearman_min=0.99)
 
 
+def test_full_run_branches_on_cpu_with_tiny_shapes(monkeypatch):
+    """The full run's own branches (the paper shapes' configs and vocabularies, record counts,
+    the 32k tokenizer, the BERT-large row, k-means at its full-run branch) run otherwise only on a
+    lent GPU: here with the shapes shrunk and the CPU as the device, so a mistake there shows
+    before device time is spent on it."""
+    _need_pool()
+    import torch
+
+    from benchmarks import case_gpu, gpu_kmeans
+
+    for name in ("_QWEN3_8B", "_LLAMA_13B", "_QWEN25_MATH_7B"):  # the tiny layers, the real vocabulary
+        full = getattr(case_gpu, name)
+        monkeypatch.setattr(case_gpu, name, {**case_gpu._TINY, "vocab_size": full["vocab_size"],
+                                             **{k: full[k] for k in ("rope_theta", "rms_norm_eps") if k in full}})
+    monkeypatch.setattr(case_gpu, "_BERT_LARGE", case_gpu._BERT_TINY)
+    monkeypatch.setattr(case_gpu, "_FULL_RECORDS", {"difficulty": 40, "deita_quality": 24, "process_reward": 24})
+    monkeypatch.setattr(case_gpu, "_FULL_SINGLE", 8)
+    monkeypatch.setattr(case_gpu, "_FULL_EMBED", {"minilm_shape": 48, "bert_large_shape": 32})
+    monkeypatch.setattr(case_gpu, "_FULL_EMBED_SINGLE", 8)
+    monkeypatch.setattr(gpu_kmeans, "FULL", (3000, 384, 40, 3))
+    monkeypatch.delenv("LASER_BENCH_GPU_RECORDS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = case_gpu.run(quick=False, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    _check_rows(rows, "cpu", agree_tol=1e-3, spearman_min=0.99)
+    sc = {r["scorer"]: r for r in rows if r["what"] == "scorer"}
+    assert {k: r["records"] for k, r in sc.items()} == {"difficulty": 40, "deita_quality": 24, "process_reward": 24}
+    assert all(r["single_records"] == 8 and "tiny" not in r["shape"] for r in sc.values())
+    assert [r["model"] for r in rows if r["what"] == "embedder"] == ["minilm_shape", "bert_large_shape"]
+    km = next(r for r in rows if r["what"] == "kmeans")
+    assert (km["n"], km["k"], km["iters"]) == (3000, 40, 3) and ("faiss_skipped" in km or "faiss_total_s" in km)
+
+
 def test_markdown_of_rows():
     from benchmarks.__main__ import to_markdown
 
