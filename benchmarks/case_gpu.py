@@ -55,6 +55,8 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -240,16 +242,27 @@ def _attach(scorer, model, tok, dev: str):
     return scorer
 
 
-def _scorer_specs(quick: bool):
-    """(name, shape label, model factory(config kw), scorer factory(**kw), output key, extra max_batch_size,
-    whether to time the cached, chunked scoring stage with and without its prefetch thread)."""
+class BenchScorer(NamedTuple):
+    """One scorer of the case (``benchmarks/ray_scale.py`` builds its models from these too)."""
+
+    name: str
+    shape: str  #: the label in the rows
+    make_model: Callable  #: config keywords -> (model class, config)
+    full_kw: dict  #: the paper shape's config keywords
+    make_scorer: Callable  #: scorer keywords -> scorer
+    key: str  #: the output compared batched vs one per forward
+    wide: int | None  #: an extra max_batch_size to time
+    staged: bool  #: time the cached, chunked scoring stage with and without its prefetch thread
+
+
+def _scorer_specs(quick: bool) -> list[BenchScorer]:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen3Config, Qwen3ForSequenceClassification
 
     from laser_fast.runtime.models import prm_model_class
     from laser_fast.scorers.models import DeitaScorer, DifficultyScorer, ProcessRewardScorer
 
     tiny = "tiny " if quick else ""
-    return [
+    specs = [
         ("difficulty", f"{tiny}Qwen3-8B shape (Qwen3ForSequenceClassification, 1 label)",
          lambda kw: (Qwen3ForSequenceClassification, Qwen3Config(num_labels=1, **kw)), _QWEN3_8B,
          lambda **k: DifficultyScorer("random-init:qwen3-8b-seq-regression", **k), "difficulty", 512, True),
@@ -260,6 +273,7 @@ def _scorer_specs(quick: bool):
          lambda kw: (prm_model_class(), Qwen2Config(num_labels=2, **kw)), _QWEN25_MATH_7B,
          lambda **k: ProcessRewardScorer("random-init:qwen2.5-math-prm-7b", **k), "process_reward", None, False),
     ]
+    return [BenchScorer(*s) for s in specs]
 
 
 # --------------------------------------------------------------------------------------
@@ -282,7 +296,7 @@ def _timed_score(scorer, recs):
 def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -> dict:
     import torch
 
-    name, shape, make_model, full_kw, make_scorer, key, wide, staged = spec
+    name, shape, make_model, full_kw, make_scorer, key, wide, staged = spec  # a BenchScorer
     kw = dict(_TINY, vocab_size=len(tok)) if quick else dict(full_kw)
     cls, cfg = make_model(kw)
     cfg.pad_token_id = tok.pad_token_id
@@ -509,8 +523,8 @@ def _row_or_error(dev: str, what: str, label: dict, measure) -> dict:
 def _measure(quick: bool, dev: str, dtype, pool: list[dict], tok, records: dict[str, int], n_single: int) -> list[dict]:
     rows: list[dict] = []
     for spec in _scorer_specs(quick):
-        recs = _records(pool, records[spec[0]])
-        _emit(rows, _row_or_error(dev, "scorer", {"scorer": spec[0], "shape": spec[1]}, lambda spec=spec, recs=recs:
+        recs = _records(pool, records[spec.name])
+        _emit(rows, _row_or_error(dev, "scorer", {"scorer": spec.name, "shape": spec.shape}, lambda spec=spec, recs=recs:
                                   bench_scorer(spec, tok, recs, min(n_single, recs.height), dev, dtype, quick)))
     n_emb = {"minilm_shape": 64, "bert_large_shape": 64} if quick else _FULL_EMBED
     outs = [r["output"] for r in pool]

@@ -53,12 +53,12 @@ class ShapeScoreTask(UnitTask):
         dtype = torch.bfloat16 if dev == "cuda" else torch.float32
         if dev == "cpu":
             torch.set_num_threads(1)
-        _, _, make_model, full_kw, make_scorer, key, _ = next(s for s in g._scorer_specs(self.tiny) if s[0] == self.scorer)
-        cls, cfg = make_model(dict(g._TINY, vocab_size=len(self.tok)) if self.tiny else dict(full_kw))
+        spec = next(s for s in g._scorer_specs(self.tiny) if s.name == self.scorer)
+        cls, cfg = spec.make_model(dict(g._TINY, vocab_size=len(self.tok)) if self.tiny else dict(spec.full_kw))
         cfg.pad_token_id = self.tok.pad_token_id
         torch.manual_seed(0)
         model = g.build_on_device(cls, cfg, dev, dtype)
-        self._scorer, self._key = g._attach(make_scorer(device=dev), model, self.tok, dev), key
+        self._scorer, self._key = g._attach(spec.make_scorer(device=dev), model, self.tok, dev), spec.key
 
     def run(self, unit) -> dict[str, np.ndarray]:
         return {"score": np.asarray(self._scorer.score(unit)[self._key], dtype=np.float64)}
