@@ -15,11 +15,11 @@ the real checkpoints; the scores themselves are meaningless, only their agreemen
 
   Each is timed with its default settings (on CUDA a token budget from the free GPU memory and
   up to 4,096 rows per forward, packed where ``varlen_attn`` runs, with ``padded_rec_s`` the
-  padded forward of the same scorer beside it; difficulty also with ``max_batch_size=512``) and one record per forward (``max_batch_size=1``) on a
-  random subset of the records (``single_records`` of them: its records/s is that subset's
-  rate, and ``speedup`` compares the two rates), and the two results are compared on that subset
-  (Spearman rank correlation, largest absolute difference, read against ``score_std``, the spread
-  of the scores). Times are wall-clock seconds of ``scorer.score`` (templating and tokenization
+  padded forward of the same scorer beside it; difficulty also with ``max_batch_size=512``) and
+  one record per forward (``max_batch_size=1``) on a random subset of the records
+  (``single_records`` of them: its records/s is that subset's rate, and ``speedup`` compares the
+  two rates), and the two results are compared on that subset (Spearman rank correlation,
+  largest absolute difference, read against ``score_std``, the spread of the scores). Times are wall-clock seconds of ``scorer.score`` (templating and tokenization
   included; ``forward_share`` is the part spent in forward passes, ``forwards`` their count).
   Difficulty is also timed through the scoring stage the CLI runs (four cached chunks) with the
   next chunk tokenized in a thread while the model runs (``stage_rec_s_prefetch``) and without
