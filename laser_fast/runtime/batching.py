@@ -18,12 +18,17 @@ logger = logging.getLogger(__name__)
 # batching
 # --------------------------------------------------------------------------------------
 
+#: least share of real tokens a padded batch keeps (:func:`plan_batches`); a packed batch, whose
+#: padding costs no compute, plans with 0
+MIN_FILL = 0.9
+
+
 def new_stats() -> dict[str, float]:
     """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds."""
     return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
 
 
-def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: float = 0.9,
+def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: float = MIN_FILL,
                  min_rows: int = 4) -> list[np.ndarray]:
     """Pack sequences into batches under a token budget.
 
@@ -78,7 +83,7 @@ def run_batched(
     stats: dict | None = None,
     show_progress: bool = False,
     desc: str = "score",
-    min_fill: float = 0.9,
+    min_fill: float = MIN_FILL,
 ) -> list[Any]:
     """Run ``fn`` over right-padded token-budget batches and return its per-sequence results in
     the original order.

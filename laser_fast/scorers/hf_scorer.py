@@ -12,7 +12,7 @@ import polars as pl
 
 from laser_fast._version import __version__
 from laser_fast.errors import ConfigError, ModelLoadError
-from laser_fast.runtime.batching import cuda_batch_tokens, new_stats, run_batched
+from laser_fast.runtime.batching import MIN_FILL, cuda_batch_tokens, new_stats, run_batched
 from laser_fast.runtime.devices import torch_device
 from laser_fast.runtime.kernels import offsets_from_lengths, segment_mean
 from laser_fast.runtime.models import free_cuda_cache, load_hf, remote_code_allowed
@@ -253,7 +253,7 @@ class _HFScorer(Scorer):
         bt, mbs = self._budget(batch_size)
         # a packed forward computes no padding, so batches need not keep lengths alike (the fill rule):
         # fewer, larger forwards under the same padded-token bound (the padded layout still holds the results)
-        fill = 0.0 if getattr(self._model, "_laser_packing", False) else 0.9
+        fill = 0.0 if getattr(self._model, "_laser_packing", False) else MIN_FILL
         return run_batched(seqs, fn, batch_tokens=bt, max_batch_size=mbs, pad_id=int(self._tok.pad_token_id),
                            device=self._dev, stats=self.stats, show_progress=_want_progress(show_progress), desc=self.name,
                            min_fill=fill)
