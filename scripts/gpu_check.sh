@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU tests and the full `gpu` benchmark on a lent CUDA machine (one H200: ~6-8 minutes).
 #
-#   bash scripts/gpu_check.sh --prepare   # here, once: fills .gpu_carry/ (ignored by git, ~63 MB)
+#   bash scripts/gpu_check.sh --prepare   # here, once: fills .gpu_carry/ (ignored by git, ~64 MB)
 #   bash scripts/gpu_check.sh             # there, with .gpu_carry carried
 #
 # --prepare downloads the polars wheels for Python 3.12 (the GPU image has torch, transformers,
-# sentence-transformers, numba, pybind11, pyarrow, scikit-learn, pytest and g++, but no polars) and
-# writes a 10,000-row sample of ../shared/data/alpaca_eval_pool.jsonl.gz (the folder beside the
+# sentence-transformers, numba, pybind11, pyarrow, scikit-learn, pytest and g++, but no polars), a
+# setuptools wheel (the build needs setuptools >= 77 for pyproject's SPDX license; it is used only
+# where the image's own is older or missing, and only for the build), and writes a 10,000-row sample of ../shared/data/alpaca_eval_pool.jsonl.gz (the folder beside the
 # checkout does not travel; the whole pool and the wheels would not fit the 64 MiB together).
 #
 # The check installs the wheels into /tmp/site when polars is missing, puts the pool sample where
@@ -30,14 +31,17 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 CARRY=.gpu_carry
 POOL_ROWS=${POOL_ROWS:-10000}
+#: the build backend pyproject.toml names (keep in step with its [build-system] requires)
+SETUPTOOLS_REQ="setuptools>=77"
 
 if [ "${1:-}" = "--prepare" ]; then
     PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
     PV=$($PY -c "import polars; print(polars.__version__)") || { echo "polars is not installed here"; exit 2; }
-    mkdir -p $CARRY/wheels $CARRY/data
-    rm -f $CARRY/wheels/*.whl
+    mkdir -p $CARRY/wheels $CARRY/build $CARRY/data
+    rm -f $CARRY/wheels/*.whl $CARRY/build/*.whl
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 -d $CARRY/wheels "polars==$PV" "polars-runtime-32==$PV" || exit 2
+    $PY -m pip download -q --no-deps --only-binary=:all: -d $CARRY/build "$SETUPTOOLS_REQ" || exit 2
     $PY - "$POOL_ROWS" <<'EOF' || exit 2
 import gzip, json, sys
 import numpy as np
@@ -91,8 +95,21 @@ EOF
 step "build the compiled core"
 if [ -n "${SKIP_BUILD:-}" ]; then
     echo "skipped (SKIP_BUILD set)"
-elif ! $PY setup.py build_ext --inplace -q >"$LOG/build.log" 2>&1; then
-    tail -n 30 "$LOG/build.log"; echo "BUILD FAILED"; exit 3
+else
+    # an image whose setuptools predates 77 cannot read pyproject.toml's license: build with the carried one
+    BUILD_PATH=${PYTHONPATH:-}
+    if ! $PY -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
+        if ls $CARRY/build/setuptools-*.whl >/dev/null 2>&1 \
+            && $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_build $CARRY/build/setuptools-*.whl; then
+            echo "this setuptools is older than 77 (or missing): building with the carried $(basename $CARRY/build/setuptools-*.whl)"
+            BUILD_PATH=/tmp/site_build${PYTHONPATH:+:$PYTHONPATH}
+        else
+            echo "this setuptools is older than 77 (or missing) and $CARRY/build/ holds no setuptools wheel: run scripts/gpu_check.sh --prepare here"
+        fi
+    fi
+    if ! PYTHONPATH=$BUILD_PATH $PY setup.py build_ext --inplace -q >"$LOG/build.log" 2>&1; then
+        tail -n 30 "$LOG/build.log"; echo "BUILD FAILED"; exit 3
+    fi
 fi
 
 TESTS=${GPU_CHECK_TESTS:-tests/test_gpu.py tests/test_scorers_models.py tests/test_paper_profile.py tests/test_bench_gpu.py}
