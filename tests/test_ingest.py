@@ -250,6 +250,19 @@ def test_data_id_kept_hashed_and_suffixed(tmp_path):
     assert read_records(p)[0]["data_id"].to_list() == df["data_id"].to_list()
 
 
+def test_explicit_id_that_looks_like_a_numbered_hash_is_skipped(tmp_path):
+    """A record whose own data_id is the next numbered hash ("<hash>-2") keeps it; the repeated
+    conversation without an id takes the number after it, so no id is given twice."""
+    m1 = msgs(("user", "same"), ("assistant", "answer"))
+    h = expected_hash(m1)
+    p = write_jsonl(tmp_path / "ids.jsonl", [
+        {"messages": m1},
+        {"data_id": f"{h}-2", "messages": msgs(("user", "another"), ("assistant", "x"))},
+        {"messages": m1},
+    ])
+    ids = read_records(p)[0]["data_id"].to_list()
+    assert ids == [h, f"{h}-2", f"{h}-3"]
+
 def test_alpaca_hash_is_over_normalised_messages(tmp_path):
     p = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Do", "input": "this", "output": "ok"}])
     df, _ = read_records(p)
