@@ -122,6 +122,27 @@ def test_fallback_path_is_exact(model, texts, reference, monkeypatch):
     np.testing.assert_allclose(v, reference, atol=2e-6)
 
 
+def test_fast_path_with_sentence_transformers_5(model, texts):
+    """sentence-transformers 5.x has `tokenize` and no `preprocess` (6 renamed it): the features are
+    still checked against the model's own, and the fast path is still taken."""
+    class ST5:
+        def __init__(self, m):
+            self._m = m
+
+        def tokenize(self, batch):
+            return self._m.preprocess(batch)
+
+        def __getattr__(self, name):
+            if name == "preprocess":
+                raise AttributeError(name)
+            return getattr(self._m, name)
+
+    enc = E._Encoder(model, None, None)
+    ids, off = enc.tokenize(texts)
+    enc.m = ST5(model)
+    enc._decide_fast(texts, ids, off)
+    assert enc.fast is True
+
 def test_put_then_get_without_model(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model must not be loaded")

@@ -244,12 +244,15 @@ class _Encoder:
         return f
 
     def _decide_fast(self, texts: Sequence[str], ids: np.ndarray, off: np.ndarray) -> None:
-        """Use our own features only if they equal ``model.preprocess`` on a sample of texts."""
+        """Use our own features only if they equal ``model.preprocess`` (``model.tokenize`` before
+        sentence-transformers 6) on a sample of texts."""
         import torch
 
         self.fast = False
         m = self.m
-        if self.tok is None or getattr(m, "default_prompt_name", None) or not hasattr(m, "preprocess"):
+        # sentence-transformers 6 calls it `preprocess` (and deprecates `tokenize`); 5.x has `tokenize` only
+        preprocess = getattr(m, "preprocess", None) or getattr(m, "tokenize", None)
+        if self.tok is None or getattr(m, "default_prompt_name", None) or preprocess is None:
             return
         n = len(texts)
         if n == 0:
@@ -259,7 +262,7 @@ class _Encoder:
         order = np.argsort(-lens, kind="stable")
         sample = np.unique(np.concatenate([order[:4], order[-4:]]))
         try:
-            ref = m.preprocess([texts[i] for i in sample])
+            ref = preprocess([texts[i] for i in sample])
         except Exception:  # noqa: BLE001  # pragma: no cover - any failure here only means: use the exact fallback
             return
         tensor_keys = {k for k, v in ref.items() if isinstance(v, torch.Tensor)}
