@@ -100,6 +100,38 @@ def test_features_do_not_depend_on_the_thread_count():
         assert np.array_equal(two[g], one[g]), g
 
 
+def test_hidden_states_run_one_at_a_time_where_transformers_mixes_them(monkeypatch):
+    """Where transformers records hidden states by patching the shared layers for a call (4.x and
+    5.0: side by side, forwards read each other's states), the forwards that want them run one at
+    a time, still on one torch thread each; the log-prob-only forwards stay side by side."""
+    import torch
+
+    import laser_fast.runtime.batching as B
+
+    calls = []
+    real = B.one_thread_per_forward
+
+    def spy(on, side_by_side=True):
+        calls.append(side_by_side)
+        return real(on, side_by_side)
+
+    monkeypatch.setattr(B, "one_thread_per_forward", spy)
+    safe = lite_features.hidden_states_thread_safe()  # True from the release that records per call
+    inst = [f"Name {i + 1} colours of the rainbow." for i in range(6)]
+    resp = [("Red, orange, yellow. " * (1 + i % 3)) + "That is all." for i in range(6)]
+    fx = LiteFeatures(dtype="float32", device="cpu", batch_tokens=128)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        side = fx(inst, resp, ("hs",))
+        monkeypatch.setattr(lite_features, "hidden_states_thread_safe", lambda: False)
+        serial = fx(inst, resp, ("hs",))
+        fx(inst, resp, ("lp",))
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [safe, False, True]
+    assert np.array_equal(side["hs"], serial["hs"])
+
 def _gsm8k_heldout(n: int) -> list[tuple[str, str, str]]:
     """n problems with a correct and an incorrect solution, outside the training sample
     (train_lite_quality.py shuffles the mixed problems with seed 0 and trains on the first 250)."""

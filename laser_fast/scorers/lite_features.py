@@ -29,6 +29,22 @@ FEATURE_VERSION = 1
 
 
 
+def hidden_states_thread_safe() -> bool:
+    """Whether this transformers records ``output_hidden_states`` per call, so that forwards of one
+    model may run side by side in threads and each read its own hidden states.
+
+    Up to 5.0 at least, transformers collected them by replacing the shared layers' ``forward``
+    for the length of a call: two forwards side by side then read each other's states (with
+    4.56 the mean-pooled SmolLM2 features came out up to 48 off where they had to be equal).
+    Later releases record through a context variable, in ``transformers.utils.output_capturing``.
+    """
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("transformers.utils.output_capturing") is not None
+    except ImportError:  # pragma: no cover - no transformers at all
+        return False
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Truncation and layer settings of the feature extractor (stored in meta.json).
@@ -374,8 +390,10 @@ class LiteFeatures:
             return rows_out, int(att.sum()), int(att.numel())
 
         # on the CPU one torch thread per forward, forwards side by side: a row's features do not
-        # depend on torch's thread count (a Ray actor runs one thread, the local engine all cores)
-        with one_thread_per_forward(str(dev).startswith("cpu")) as run_all:
+        # depend on torch's thread count (a Ray actor runs one thread, the local engine all cores).
+        # Hidden states only side by side where transformers records them per call.
+        side_by_side = not want_hidden or hidden_states_thread_safe()
+        with one_thread_per_forward(str(dev).startswith("cpu"), side_by_side=side_by_side) as run_all:
             for b, (rows_out, real, padded) in progress_iter(run_all(forward, batches), desc=desc, unit="batch", show=progress,
                                                              total=len(batches)):
                 self.stats["forward_passes"] += 1
