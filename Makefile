@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.laser_fast_installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test setup build clean bench
+.PHONY: demo test test-floors setup build clean bench
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+
+# the tests against the oldest releases pyproject.toml allows, in .venv-floors (scripts/test_floors.sh)
+test-floors:
+	bash scripts/test_floors.sh
 
 bench: setup
 	$(PIP) install -q -e ".[bench]" --no-build-isolation

