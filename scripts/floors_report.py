@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from packaging.version import Version
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -23,7 +25,12 @@ def main() -> int:
             version = md.version(name)
         except md.PackageNotFoundError:
             version = "not installed"
-        print(f"{req:28s} {version}")
+        bound = re.search(r">=\s*([0-9][0-9A-Za-z.]*)", req)
+        note = ""
+        if bound and version != "not installed" and Version(version.split("+")[0]) != Version(bound.group(1)):
+            note = ("  (the CPU wheel `make setup` installs)" if name == "torch"
+                    else "  (above the bound: another requirement needs it)")
+        print(f"{req:28s} {version}{note}")
     return 0
 
 

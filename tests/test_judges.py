@@ -240,9 +240,24 @@ def test_constraint_parsing_cleaning_and_rules():
 # ------------------------------------------------------------------------------------------
 
 
+def _record_sleeps(monkeypatch) -> list[float]:
+    """The client's waits, without waiting: the ``time.sleep`` calls made from judge_client's code.
+    ``time`` is one module for the whole process, so every other caller (a server thread left by
+    an earlier test, a library's poller) keeps its real sleep and never lands in the list."""
+    waits, real = [], time.sleep
+
+    def sleep(s):
+        if sys._getframe(1).f_globals.get("__name__") == judge_client.__name__:
+            waits.append(s)
+        else:
+            real(s)
+
+    monkeypatch.setattr(judge_client.time, "sleep", sleep)
+    return waits
+
+
 def test_retry_500_twice_then_ok(monkeypatch):
-    waits = []
-    monkeypatch.setattr(judge_client.time, "sleep", lambda s: waits.append(s))
+    waits = _record_sleeps(monkeypatch)
     resp = lambda body, n: (500, {"error": {"message": "busy"}}, None) if n <= 2 else (200, "fine", None)
     with Scripted(resp) as srv:
         c = JudgeClient(srv.url, "m", max_retries=3, backoff=0.5)
@@ -256,8 +271,7 @@ def test_retry_500_twice_then_ok(monkeypatch):
 
 
 def test_retry_after_and_429(monkeypatch):
-    waits = []
-    monkeypatch.setattr(judge_client.time, "sleep", lambda s: waits.append(s))
+    waits = _record_sleeps(monkeypatch)
     resp = lambda body, n: (429, {"error": "slow down"}, {"Retry-After": "0.25"}) if n == 1 else (200, "ok", None)
     with Scripted(resp) as srv:
         assert JudgeClient(srv.url, "m", backoff=5).chat([{"role": "user", "content": "x"}]) == "ok"
