@@ -7,8 +7,9 @@
 # --prepare downloads the polars wheels for Python 3.12 (the GPU image has torch, transformers,
 # sentence-transformers, numba, pybind11, pyarrow, scikit-learn, pytest and g++, but no polars), a
 # setuptools wheel (the build needs setuptools >= 77 for pyproject's SPDX license; it is used only
-# where the image's own is older or missing, and only for the build), and writes a 10,000-row sample of ../shared/data/alpaca_eval_pool.jsonl.gz (the folder beside the
-# checkout does not travel; the whole pool and the wheels would not fit the 64 MiB together).
+# where the image's own is older or missing, and only for the build), and writes a 10,000-row
+# sample of ../shared/data/alpaca_eval_pool.jsonl.gz (the folder beside the checkout does not
+# travel; the whole pool and the wheels would not fit the 64 MiB together).
 #
 # The check installs the wheels into /tmp/site when polars is missing, puts the pool sample where
 # the benchmarks and tests look for it (../shared/data) when that is absent, builds the compiled

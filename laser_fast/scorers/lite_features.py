@@ -28,7 +28,6 @@ FEATURE_VERSION = 1
 
 
 
-
 def hidden_states_thread_safe() -> bool:
     """Whether this transformers records ``output_hidden_states`` per call, so that forwards of one
     model may run side by side in threads and each read its own hidden states.
@@ -44,6 +43,7 @@ def hidden_states_thread_safe() -> bool:
         return importlib.util.find_spec("transformers.utils.output_capturing") is not None
     except ImportError:  # pragma: no cover - no transformers at all
         return False
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
