@@ -293,12 +293,11 @@ def _timed_score(scorer, recs):
     return out, t, dict(scorer.stats)
 
 
-def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -> dict:
+def bench_scorer(spec: BenchScorer, tok, recs, n_single: int, dev: str, dtype, quick: bool) -> dict:
     import torch
 
-    name, shape, make_model, full_kw, make_scorer, key, wide, staged = spec  # a BenchScorer
-    kw = dict(_TINY, vocab_size=len(tok)) if quick else dict(full_kw)
-    cls, cfg = make_model(kw)
+    kw = dict(_TINY, vocab_size=len(tok)) if quick else dict(spec.full_kw)
+    cls, cfg = spec.make_model(kw)
     cfg.pad_token_id = tok.pad_token_id
     _free(dev)
     _reset_peak(dev)
@@ -311,22 +310,22 @@ def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -
     peak = peak_flops(torch.cuda.get_device_name(torch.device(dev))) if dev.startswith("cuda") else None
     sw = sp = single = None
     try:
-        sc = _attach(make_scorer(device=dev), model, tok, dev)
+        sc = _attach(spec.make_scorer(device=dev), model, tok, dev)
         sc.score(recs[:16])  # warm-up (kernels, allocator) outside the timing
         out_b, t_b, st_b = _timed_score(sc, recs)
         packed = bool(sc.stats.get("packed"))
         padded_rec_s = None
         if packed:  # the padding-free lever, measured against the padded forward of the same batches
-            sp = _attach(make_scorer(device=dev, packing=False), model, tok, dev)
+            sp = _attach(spec.make_scorer(device=dev, packing=False), model, tok, dev)
             _, t_p, _ = _timed_score(sp, recs)
             padded_rec_s = round(recs.height / t_p, 2)
         wide_rec_s = None
-        if wide:
-            sw = _attach(make_scorer(device=dev, max_batch_size=wide), model, tok, dev)
+        if spec.wide:
+            sw = _attach(spec.make_scorer(device=dev, max_batch_size=spec.wide), model, tok, dev)
             _, t_w, _ = _timed_score(sw, recs)
             wide_rec_s = round(recs.height / t_w, 2)
-        stage_rec_s = _staged(make_scorer, model, tok, recs, dev) if staged else {}
-        single = _attach(make_scorer(device=dev, max_batch_size=1), model, tok, dev)
+        stage_rec_s = _staged(spec.make_scorer, model, tok, recs, dev) if spec.staged else {}
+        single = _attach(spec.make_scorer(device=dev, max_batch_size=1), model, tok, dev)
         sub = recs[:n_single]
         single.score(sub[:2])
         out_1, t_1, st_1 = _timed_score(single, sub)
@@ -335,10 +334,10 @@ def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -
         del model
         sc = sw = sp = single = None  # drop the scorers' references to the model
         _free(dev)
-    a, b = out_b[key][:n_single], out_1[key]
+    a, b = out_b[spec.key][:n_single], out_1[spec.key]
     single_rec_s = n_single / t_1
     return {
-        "case": "gpu", "what": "scorer", "scorer": name, "shape": shape, "device": _device_label(dev),
+        "case": "gpu", "what": "scorer", "scorer": spec.name, "shape": spec.shape, "device": _device_label(dev),
         "dtype": str(dtype).replace("torch.", ""), "params_m": round(n_params / 1e6, 1), "build_s": round(build_s, 1),
         "records": recs.height, "tokens_per_record": round(st_b["tokens"] / recs.height, 1),
         "non_padding": round(st_b["tokens"] / st_b["padded_tokens"], 3) if st_b["padded_tokens"] else None,
@@ -353,7 +352,7 @@ def bench_scorer(spec, tok, recs, n_single: int, dev: str, dtype, quick: bool) -
         "single_mfu": _mfu(n_mm, st_1["tokens"], t_1, peak),
         "speedup": round((recs.height / t_b) / single_rec_s, 1),
         "spearman": spearman(a, b), "max_abs_diff": _max_abs_diff(a, b),
-        "score_std": round(float(np.nanstd(out_b[key])), 4),  # the spread the two columns before are read against
+        "score_std": round(float(np.nanstd(out_b[spec.key])), 4),  # the spread the two columns before are read against
         "peak_mem_mb": mem, "mem_kind": mem_kind,
     }
 
