@@ -29,7 +29,7 @@ def main() -> int:
         bound = re.search(r">=\s*([0-9][0-9A-Za-z.]*)", req)
         note = ""
         if floors and bound and version != "not installed" and Version(version.split("+")[0]) != Version(bound.group(1)):
-            note = ("  (the CPU wheel `make setup` installs)" if name == "torch"
+            note = ("  (test_floors.sh's TORCH: by default the CPU wheel `make setup` installs)" if name == "torch"
                     else "  (above the bound: another requirement needs it)")
         print(f"{req:28s} {version}{note}")
     return 0

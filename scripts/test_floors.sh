@@ -18,7 +18,7 @@
 #   PYTHON=python3.10 VENV=.venv-floors-310 TORCH=2.2.0 bash scripts/test_floors.sh   # the oldest Python
 #   PYTHON=python3.13 VENV=.venv-floors-313 RESOLUTION=highest bash scripts/test_floors.sh  # the newest
 #
-# The versions installed are printed first (and kept in .venv-floors/floors.txt).
+# The versions installed are printed first (and kept in $VENV/floors.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -32,7 +32,7 @@ fi
 $VENV/bin/python -m pip install -q --upgrade pip uv
 # torch as `make setup` installs it (pip's configuration finds the 2.13 wheel on this disk); uv keeps it
 $VENV/bin/python -m pip install -q "torch==$TORCH"
-# editable: builds the compiled core in place, for this Python (the same ABI as .venv's)
+# editable: builds the compiled core in place for this Python (its own ABI tag, beside .venv's)
 $VENV/bin/uv pip install -q --python $VENV/bin/python --resolution "$RESOLUTION" -c <(printf 'torch==%s\n' "$TORCH") \
     -e ".[test,ray]"
 # SmolLM2-135M for the lite-llm tests, as `make setup` installs it
