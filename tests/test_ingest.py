@@ -263,6 +263,7 @@ def test_explicit_id_that_looks_like_a_numbered_hash_is_skipped(tmp_path):
     ids = read_records(p)[0]["data_id"].to_list()
     assert ids == [h, f"{h}-2", f"{h}-3"]
 
+
 def test_alpaca_hash_is_over_normalised_messages(tmp_path):
     p = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Do", "input": "this", "output": "ok"}])
     df, _ = read_records(p)

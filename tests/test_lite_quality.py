@@ -132,6 +132,7 @@ def test_hidden_states_run_one_at_a_time_where_transformers_mixes_them(monkeypat
     assert calls == [safe, False, True]
     assert np.array_equal(side["hs"], serial["hs"])
 
+
 def _gsm8k_heldout(n: int) -> list[tuple[str, str, str]]:
     """n problems with a correct and an incorrect solution, outside the training sample
     (train_lite_quality.py shuffles the mixed problems with seed 0 and trains on the first 250)."""

@@ -297,10 +297,8 @@ def _number_hashed_ids(recs: pl.DataFrame) -> pl.DataFrame:
                                                         .otherwise(pl.col("b") + "-" + pl.col("r").cast(pl.String)))["b"]
     ids = pl.Series("data_id", np.where(hashed, cand.to_numpy(), recs["data_id"].to_numpy()), dtype=pl.String)
     explicit = recs["data_id"].filter(~recs["_id_hashed"])
-    # rare: an explicit id looks like a numbered hash (a semi join: `Series.is_in(Series)` is deprecated in
-    # polars 2, and its replacement, `is_in(other.implode())`, fails on the polars 1.0 that pyproject allows)
-    if explicit.len() and pl.DataFrame({"i": cand.filter(pl.Series(hashed))}).join(
-            pl.DataFrame({"i": explicit}), on="i", how="semi").height:
+    # rare: an explicit id looks like a numbered hash (`is_in(Series)` is deprecated in polars 2; `implode` works from 1.44.1)
+    if explicit.len() and cand.filter(pl.Series(hashed)).is_in(explicit.implode()).any():
         used, seen, out = set(explicit.to_list()), {}, ids.to_list()
         for k in np.flatnonzero(hashed).tolist():
             b = base[k]

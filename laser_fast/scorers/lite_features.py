@@ -27,7 +27,6 @@ LM_HEAD_CHUNK = 128
 FEATURE_VERSION = 1
 
 
-
 def hidden_states_thread_safe() -> bool:
     """Whether this transformers records ``output_hidden_states`` per call, so that forwards of one
     model may run side by side in threads and each read its own hidden states.
