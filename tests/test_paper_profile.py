@@ -111,6 +111,38 @@ def test_constraint_with_random_logits_always_gives_valid_json(tiny, k):
             assert _valid(value, schema), (value, schema)
 
 
+def test_constraint_keeps_every_string_mask_of_a_row():
+    """A row with several string threads at once allows the union of their string masks (a row
+    repeated in one indexed update kept only one of them)."""
+    size = 12
+    marks = np.zeros((4, size), dtype=bool)
+    for key in range(4):
+        marks[key, 2 + key] = True  # string mask `key` allows token 2 + key only
+
+    class Table:
+        eos = (0,)
+
+        def string_mask(self, state, at_cap):
+            return marks[2 * state + int(at_cap)]
+
+    class Row:
+        done = False
+
+        def __init__(self, keys, ids):
+            self.keys, self.ids = keys, ids
+
+        def allowed(self, table):
+            return set(self.keys), list(self.ids)
+
+    table = Table()
+    table.size = size
+    proc = JSONConstraint([], table, 1)
+    proc.rows = [Row([0, 1, 2, 3], [9]), Row([3, 1], []), None, Row([], [10])]
+    out = proc(torch.zeros((4, 1), dtype=torch.long), torch.zeros(4, size))
+    allowed = [sorted(torch.nonzero(torch.isfinite(r)).flatten().tolist()) for r in out]
+    assert allowed == [[2, 3, 4, 5, 9], [3, 5], list(range(size)), [10]]
+
+
 def test_compile_schema_refuses_what_it_cannot_hold(tiny):
     from transformers import AutoTokenizer
 
@@ -431,9 +463,12 @@ def test_auto_packing_picks_the_paper_architectures_on_cuda(tiny, monkeypatch):
                "prm": prm_model_class(), "ifd": AutoModelForCausalLM, "prm_tc": AutoModelForTokenClassification}
     models = {k: cls.from_pretrained(tiny[k], dtype=torch.bfloat16) for k, cls in loaders.items()}
     monkeypatch.setattr(packing, "varlen_available", lambda: True)
+    capability = {0: (9, 0), 1: (7, 5)}  # cuda:0 an H100 / H200, cuda:1 a T4 (no flash kernel)
+    monkeypatch.setattr(packing, "_capability", lambda index: capability[index])
     for name, m in models.items():
         assert packing.packing_supported(m, "cuda:0"), name
         assert not packing.packing_supported(m, "cpu"), name
+        assert not packing.packing_supported(m, "cuda:1"), name
         # float32 weights (dtype="float32" on a GPU): the flash kernel takes half precision only
         assert not packing.packing_supported(m.float(), "cuda:0"), name
     assert not packing.flash_fits(torch.bfloat16, 12) and not packing.flash_fits(torch.float16, 512)
@@ -573,6 +608,24 @@ def test_cuda_batch_tokens_follows_free_memory_and_model_shape():
     assert big == 262144 and 8192 <= small < big and small % 1024 == 0
     assert small == (int(0.5 * 6 * 2**30) // per) // 1024 * 1024
     assert cuda_batch_tokens(model, free_bytes=10**6) == 8192  # never below the floor
+
+
+def test_cuda_batch_tokens_counts_the_allocators_unused_cache(monkeypatch):
+    """Memory torch has cached but does not use (an earlier model's or batch's) is free to plan
+    with, though the driver counts it as taken: a later scorer in the process gets the same budget."""
+    from transformers import Qwen3Config
+
+    from laser_fast.runtime.batching import cuda_batch_tokens
+
+    cfg = Qwen3Config(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=128)
+    param = types.SimpleNamespace(element_size=lambda: 2, device=torch.device("cuda", 0))
+    model = types.SimpleNamespace(config=cfg, parameters=lambda: iter([param]))
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (3 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 20 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 17 * gib)
+    assert cuda_batch_tokens(model) == cuda_batch_tokens(model, free_bytes=6 * gib) < 262144
 
 
 def test_prefetched_chunks_give_the_same_scores(tiny, tmp_path):

@@ -234,7 +234,7 @@ def cuda_batch_tokens(model, *, kv_cache: bool = False, share: float = 0.5, floo
         model: a loaded model (its ``config`` and dtype are read).
         kv_cache: count the key/value cache too (generation).
         free_bytes: the free memory to plan with (None = ``torch.cuda.mem_get_info`` on the
-            model's device).
+            model's device, plus the memory torch's allocator has cached there but not in use).
     """
     bpv = 2
     try:
@@ -248,7 +248,10 @@ def cuda_batch_tokens(model, *, kv_cache: bool = False, share: float = 0.5, floo
 
         if dev is None or dev.type != "cuda":
             return int(floor)
+        # what the driver has free, plus what torch's caching allocator holds unused (the cache of an
+        # earlier model or batch in this process, which the driver counts as taken)
         free_bytes = int(torch.cuda.mem_get_info(dev)[0])
+        free_bytes += max(0, int(torch.cuda.memory_reserved(dev)) - int(torch.cuda.memory_allocated(dev)))
     per = activation_bytes_per_token(model.config, kv_cache=kv_cache, bytes_per_value=bpv)
     bt = int(share * free_bytes) // max(1, per)
     bt = (bt // 1024) * 1024

@@ -82,7 +82,7 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
     v = value[0].transpose(0, 1).contiguous()
     window = int(sliding_window) if sliding_window else 0
     out = None
-    if q.is_cuda and varlen_available() and flash_fits(q.dtype, q.shape[-1]):
+    if q.is_cuda and varlen_available() and flash_fits(q.dtype, q.shape[-1]) and flash_device(q.device):
         from torch.nn.attention.varlen import varlen_attn
 
         m = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
@@ -154,13 +154,32 @@ def flash_fits(dtype, head_dim: int | None) -> bool:
     return dtype in (torch.float16, torch.bfloat16) and (head_dim is None or (head_dim % 8 == 0 and head_dim <= 256))
 
 
+def flash_device(device) -> bool:
+    """Whether the flash kernel under ``varlen_attn`` runs on this CUDA device: compute capability
+    8.0 (Ampere: A100, A10, RTX 30xx) or later. Older cards (T4, V100) score with the padded forward."""
+    import torch
+
+    dev = torch.device(device)
+    return _capability(dev.index if dev.index is not None else torch.cuda.current_device()) >= (8, 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _capability(index: int) -> tuple[int, int]:
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(index))
+
+
 def packing_supported(model, device: str | None = None) -> bool:
-    """Whether :func:`packed_hidden` can run ``model`` fast: CUDA, ``varlen_attn`` in torch, weights
-    the flash kernel takes (:func:`flash_fits`), and a decoder whose attention modules dispatch
-    through transformers' attention interface."""
+    """Whether :func:`packed_hidden` can run ``model`` fast: CUDA on a card the flash kernel runs
+    on (:func:`flash_device`), ``varlen_attn`` in torch, weights the flash kernel takes
+    (:func:`flash_fits`), and a decoder whose attention modules dispatch through transformers'
+    attention interface."""
     p = next(model.parameters())
     dev = str(device if device is not None else p.device)
     if not dev.startswith("cuda") or not varlen_available() or not flash_fits(p.dtype, head_dim_of(model.config)):
+        return False
+    if not flash_device(dev):
         return False
     return _dispatches(model)
 

@@ -397,8 +397,10 @@ class JSONConstraint:
         masks = self._device_masks(scores)
         v = scores.shape[1]
         first = np.full(len(self.rows), 5, dtype=np.int64)  # one string-mask key per row ("anything" 4, "nothing" 5)
-        extra_rows: list[int] = []  # a second string key of a row (rare: two string threads)
-        extra_keys: list[int] = []
+        # further string keys of a row (rare: several string threads), by their rank in the row, so that
+        # no row repeats within one rank: a repeated index in ``keep[rows] |= ...`` keeps one write only
+        extra_rows: list[list[int]] = [[], [], []]
+        extra_keys: list[list[int]] = [[], [], []]
         tok_rows: list[int] = []
         tok_ids: list[int] = []
         eos = list(self.table.eos)
@@ -411,15 +413,16 @@ class JSONConstraint:
                 if j == 0:
                     first[k] = key
                 else:
-                    extra_rows.append(k)
-                    extra_keys.append(key)
+                    extra_rows[j - 1].append(k)
+                    extra_keys[j - 1].append(key)
             tok_rows.extend([k] * len(ids))
             tok_ids.extend(ids)
         dev = scores.device
         keep = torch.index_select(masks, 0, torch.from_numpy(first).to(dev))
-        if extra_rows:
-            er = torch.tensor(extra_rows, device=dev)
-            keep[er] |= masks[torch.tensor(extra_keys, device=dev)]
+        for rows, keys in zip(extra_rows, extra_keys):
+            if rows:
+                er = torch.tensor(rows, device=dev)
+                keep[er] |= masks[torch.tensor(keys, device=dev)]
         if tok_rows:
             ids_t = torch.tensor(tok_ids, device=dev)
             ok = ids_t < v
