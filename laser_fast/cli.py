@@ -115,7 +115,8 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
                         "local folder, or the served name with --judge-backend openai); repeatable")
     g.add_argument("--judge-fallback", choices=["reference", "missing"],
                    help="an unparsable or failed judge answer scores the reference's fallback (code_quality 1.0, if_quality 0.5; "
-                        "default) or is missing (the record is left out of the selection as not_scored); counted in the manifest")
+                        "default) or is missing (the record is left out of the selection as not_scored; a multi-turn record keeps the "
+                        "average of its judged exchanges); counted in the manifest")
     g.add_argument("--judge-gpus", type=int, metavar="N",
                    help="GPUs per in-process vLLM judge replica (tensor parallel; default 1). With --engine ray each replica is one "
                         "actor holding N GPUs, so a node of 8 GPUs runs 8/N replicas")

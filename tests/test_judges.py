@@ -139,6 +139,7 @@ def test_extract_json_variants():
     assert extract_json('prose {"a": "x } y", "b": {"c": 2}} trailing {"d": 3}') == {"a": "x } y", "b": {"c": 2}}
     assert extract_json('<think>maybe {"a": 0}</think> {"a": 5}') == {"a": 5}
     assert extract_json('{"a": 1, "b": 2,}') == {"a": 1, "b": 2}
+    assert extract_json('{"review": "def f():\n\treturn 1", "score": 3}') == {"review": "def f():\n\treturn 1", "score": 3}
     assert extract_json("[1, 2] then", list) == [1, 2]
     assert extract_json('list [1] then {"k": 1}', dict) == {"k": 1}
     assert extract_json("no json here") is None
@@ -463,6 +464,14 @@ def test_code_quality_scorer_logic(tmp_path, caplog):
     assert np.isnan(out_m[3]) and m.stats["unparsable"] == 1 and m.stats["fallbacks"] == 0
     assert out_m[0] == out[0] and out_m[2] == out[2]
     assert m.fingerprint != s.fingerprint
+    # a multi-turn record keeps the average of its judged exchanges; one with none judged is NaN
+    multi = frame([("Coding", [("Write ADD", CODE5), ("Write GARBAGE", "code")]),
+                   ("Coding", [("Write GARBAGE", "code"), ("Write GARBAGE", "code v2")])])
+    with Scripted(resp) as srv:
+        mm = CodeQualityScorer(model="m", base_url=srv.url, backoff=0.01, fallback="missing")
+        mm.set_workdir(tmp_path / "multi")
+        out_mm = mm.score(multi)["code_quality"]
+    assert out_mm[0] == out[0] and np.isnan(out_mm[1]) and mm.stats["unparsable"] == 3
 
 
 def test_if_quality_scorer_logic(tmp_path):

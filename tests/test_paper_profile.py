@@ -70,7 +70,8 @@ def _valid(value, schema) -> bool:
 
 
 SCHEMAS = [_CODE_SCHEMA, _IF_CONSTRAINT_SCHEMA, _IF_OVERALL_SCHEMA, check_schema(3),
-           {"type": "object", "properties": {"n": {"type": "integer"}, "tags": {"type": "array", "maxItems": 3, "items": {"type": "string"}}}}]
+           {"type": "object", "properties": {"n": {"type": "integer"}, "tags": {"type": "array", "maxItems": 3, "items": {"type": "string"}}}},
+           {"type": "array", "maxItems": 6, "items": {"type": "integer"}}]
 
 
 def _tokenizers(tiny):
@@ -85,19 +86,24 @@ def _tokenizers(tiny):
 
 
 @pytest.mark.parametrize("k", range(len(SCHEMAS)))
-def test_constraint_with_random_logits_always_gives_valid_json(tiny, k):
+@pytest.mark.parametrize("controls", [False, True])
+def test_constraint_with_random_logits_always_gives_valid_json(tiny, k, controls):
     """Whatever the model prefers (random logits here: escapes, quotes, control characters and
-    special tokens all get picked), the answer parses and fits the schema."""
+    special tokens all get picked; with ``controls`` the tokens holding a newline or tab come
+    first), the answer parses as strict JSON and fits the schema."""
     schema = SCHEMAS[k]
     for tok in _tokenizers(tiny):
         table = token_table(tok)
         prog = compile_schema(schema, tok, max_tokens=48)
         gen = torch.Generator().manual_seed(k)
+        texts = tok.batch_decode([[i] for i in range(table.size)], skip_special_tokens=False)
+        bias = torch.tensor([50.0 if controls and any(ord(c) < 0x20 for c in t) else 0.0 for t in texts])
+        assert not controls or bias.any()
         for _ in range(15):
             proc = JSONConstraint([prog], table, 1)
             ids = [0]
             for _step in range(prog.max_tokens + 2):
-                scores = torch.randn(1, table.size, generator=gen) * 5
+                scores = torch.randn(1, table.size, generator=gen) * 5 + bias
                 masked = proc(torch.tensor([ids]), scores)
                 t = int(masked.argmax())
                 assert torch.isfinite(masked[0, t])
@@ -107,7 +113,7 @@ def test_constraint_with_random_logits_always_gives_valid_json(tiny, k):
             else:
                 pytest.fail("the answer did not end within the program's bound")
             assert len(ids) - 1 <= prog.max_tokens
-            value = json.loads(tok.decode(ids[1:]), strict=False)
+            value = json.loads(tok.decode(ids[1:]))  # strict: no raw control characters in strings
             assert _valid(value, schema), (value, schema)
 
 
@@ -143,6 +149,23 @@ def test_constraint_keeps_every_string_mask_of_a_row():
     assert allowed == [[2, 3, 4, 5, 9], [3, 5], list(range(size)), [10]]
 
 
+def test_token_table_is_never_another_tokenizers(tiny, monkeypatch):
+    """Tables are kept per tokenizer object; a table left under the id of a freed tokenizer (ids
+    are reused) is not handed to the tokenizer that now has that id."""
+    from transformers import AutoTokenizer
+
+    from laser_fast.scorers import constrained
+
+    tok = AutoTokenizer.from_pretrained(tiny["tok"])
+    stale = constrained.TokenTable(None, None, None, -1, (0,), len(tok))
+    monkeypatch.setattr(constrained, "_TABLES", {(id(tok), len(tok)): (object(), stale)})
+    table = token_table(tok)
+    assert table is not stale and table.quote >= 0 and token_table(tok) is table
+    for _ in range(constrained._TABLES_KEPT + 3):  # a bounded cache: old entries leave
+        token_table(tok, len(tok) + 1 + _)
+    assert len(constrained._TABLES) == constrained._TABLES_KEPT
+
+
 def test_compile_schema_refuses_what_it_cannot_hold(tiny):
     from transformers import AutoTokenizer
 
@@ -151,6 +174,9 @@ def test_compile_schema_refuses_what_it_cannot_hold(tiny):
         compile_schema({"type": "object", "additionalProperties": {"type": "boolean"}}, tok)
     with pytest.raises(UnsupportedSchema):
         compile_schema({"type": "number"}, tok)
+    for bounds in ({"minimum": 0}, {"maximum": 5}, {"minimum": 0, "maximum": 2000}):  # not silently dropped
+        with pytest.raises(UnsupportedSchema, match="integer bounds"):
+            compile_schema({"type": "integer", **bounds}, tok)
     # the if_quality constraint types are held to the listed ones
     prog = compile_schema(_IF_CONSTRAINT_SCHEMA, tok, max_tokens=400)
     assert prog.max_tokens >= 8 and len(IF_LISTED_TYPES) == 16
@@ -188,6 +214,9 @@ def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
     class Tok:
         def apply_chat_template(self, msgs, tokenize, add_generation_prompt, **kw):
             return "|".join(m["content"] for m in msgs) + ("<gen>" if add_generation_prompt else "") + str(sorted(kw))
+
+        def encode(self, text):
+            return text.split()
 
     class LLM:
         def __init__(self, **kw):
@@ -236,6 +265,13 @@ def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
     c.score(df)
     assert made[-1]["model"] == "m2" and made[-1]["tensor_parallel_size"] == 2 and made[-1]["distributed_executor_backend"] == "mp"
     assert "tensor_parallel_size" not in made[0]
+    # a prompt longer than the context: vLLM would refuse the whole call, so that one is left out
+    engine = judge_backends.make_backend("vllm", "m3", cache_dir=tmp_path / "c3")
+    engine.max_model_len = 50
+    calls.clear()
+    answers = engine.chat_many([[{"role": "user", "content": "short"}], [{"role": "user", "content": "word " * 80}],
+                                [{"role": "user", "content": "also short"}]])
+    assert answers == ['{"score": 7}', None, '{"score": 7}'] and len(calls) == 1 and len(calls[0][0]) == 2
     from laser_fast.runtime.ray_engine import RayExecutor
     from laser_fast.scorers.stage import ScoreTask
 

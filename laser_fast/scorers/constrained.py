@@ -10,14 +10,15 @@ The program is a tiny non-deterministic automaton over token ids:
 
 * ``lit``: a fixed token sequence (braces, keys, separators, the quotes of an enum value);
 * ``str``: free text inside a JSON string: any token whose characters keep the string open
-  (escapes checked), or one whose last character closes it; after ``cap`` tokens the string is
-  closed by force;
+  (escapes checked; control characters such as newlines only escaped, as JSON wants), or one whose
+  last character closes it; after ``cap`` tokens the string is closed by force;
 * ``alt`` / ``jmp``: a choice between continuations (enums, booleans, the end of an array) and a jump;
 * ``end``: the end-of-sequence token.
 
 Supported schema: objects (``properties`` written in order, all of them), strings (``enum`` too),
-booleans, integers with ``minimum`` / ``maximum`` (at most 1,000 values apart; else 1-6 digits),
-arrays of any of these (``maxItems``, default 8). An unsupported schema raises
+booleans, integers (with both ``minimum`` and ``maximum`` at most 1,000 values apart, else unbounded:
+an optional minus sign and 1-6 digits), arrays of any of these (``maxItems``, default 8); a string's
+``maxLength`` caps it in tokens, not characters. An unsupported schema raises
 :class:`UnsupportedSchema`; the backend then decodes freely.
 """
 from __future__ import annotations
@@ -97,12 +98,14 @@ def _scan(text: str, state: int) -> tuple[int, int]:
             esc = 1
         elif ch == '"':
             return (1, 0) if k == n - 1 else (-1, 0)
-        elif ord(ch) < 0x20 and ch not in "\n\t":
+        elif ord(ch) < 0x20:  # JSON strings hold control characters (newlines, tabs) only escaped
             return -1, 0
     return 0, esc
 
 
-_TABLES: dict[tuple[int, int], TokenTable] = {}
+#: (id(tokenizer), vocabulary size) -> (tokenizer, table); the tokenizer is kept so its id stays its own
+_TABLES: dict[tuple[int, int], tuple[Any, TokenTable]] = {}
+_TABLES_KEPT = 8
 _TABLES_LOCK = threading.Lock()
 
 
@@ -114,8 +117,9 @@ def token_table(tok, vocab_size: int | None = None) -> TokenTable:
     size = int(vocab_size or len(tok))
     key = (id(tok), size)
     with _TABLES_LOCK:
-        if key in _TABLES:
-            return _TABLES[key]
+        hit = _TABLES.get(key)
+        if hit is not None and hit[0] is tok:  # the id of a freed tokenizer can be another's
+            return hit[1]
     n = min(size, len(tok))
     texts = tok.batch_decode([[i] for i in range(n)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
     banned = set(getattr(tok, "all_special_ids", []) or [])
@@ -145,7 +149,9 @@ def token_table(tok, vocab_size: int | None = None) -> TokenTable:
         raise UnsupportedSchema("the tokenizer has no end-of-sequence token")
     table = TokenTable(stay, close, end_esc, int(quote[0]), eos_ids, size)
     with _TABLES_LOCK:
-        _TABLES[key] = table
+        while len(_TABLES) >= _TABLES_KEPT:  # the entries hold their tokenizers: keep a few
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = (tok, table)
     return table
 
 
@@ -228,13 +234,26 @@ class _Builder:
             lo, hi = schema.get("minimum"), schema.get("maximum")
             if lo is not None and hi is not None and 0 <= int(hi) - int(lo) <= 1000:
                 return self.choice([str(v) for v in range(int(lo), int(hi) + 1)])
-            n = self.choice([str(v) for v in range(1, 10)])  # a leading digit, then up to 5 more
+            if lo is not None or hi is not None:
+                raise UnsupportedSchema(f"integer bounds minimum={lo}, maximum={hi}: the constrained decoder holds "
+                                        "only ranges of at most 1,001 values with both bounds")
+            a = self.alt()  # an optional minus sign
+            self.ops[a][1].append(len(self.ops))
+            n = self.lit("-")
+            self.ops[a][1].append(len(self.ops))
+            z = self.alt()  # then 0, or a leading digit 1-9 and up to 5 more digits
+            self.ops[z][1].append(len(self.ops))
+            zero = self.lit("0")
+            j = self.jmp()
+            self.ops[z][1].append(len(self.ops))
+            digits = self.choice([str(v) for v in range(1, 10)])
             for _ in range(5):
                 a = self.alt()
                 self.ops[a][1].append(len(self.ops))
-                n += self.choice([str(v) for v in range(10)])
+                digits += self.choice([str(v) for v in range(10)])
                 self.ops[a][1].append(len(self.ops))
-            return n
+            self.ops[j] = ("jmp", len(self.ops))
+            return n + max(zero, digits)
         if typ == "array":
             items = schema.get("items")
             if not isinstance(items, Mapping):

@@ -384,23 +384,35 @@ class VLLMJudge(_LocalJudge):
         from vllm import SamplingParams
 
         llm = self.engine()
-        prompts = _render(llm.get_tokenizer(), conversations, params)
+        tok = llm.get_tokenizer()
+        prompts = _render(tok, conversations, params)
+        # vLLM refuses a whole generate() call when one prompt does not fit the context: such a
+        # prompt is left out here (it gets no answer, as in the transformers backend)
+        ok = []
+        for i, p in enumerate(prompts):
+            n = len(tok.encode(p))
+            if n >= self.max_model_len:
+                logger.warning("judge %s (vLLM): a prompt of %d tokens does not fit max_model_len %d; that exchange gets no answer",
+                               self.model, n, self.max_model_len)
+            else:
+                ok.append(i)
+        out: list[str | None] = [None] * len(conversations)
+        if not ok:
+            return out
         schema = _schema_of(params.get("response_format"))
         extra = self._guided(schema) if schema is not None else {}
         sp = SamplingParams(temperature=float(params.get("temperature") or 0.0), top_p=float(params.get("top_p") or 1.0),
                             max_tokens=int(params.get("max_tokens") or 1024), seed=0, **extra)
-        sps = [sp] * len(prompts)
         try:
-            res = llm.generate(prompts, sps, use_tqdm=False)
+            res = llm.generate([prompts[i] for i in ok], [sp] * len(ok), use_tqdm=False)
         except Exception as e:  # noqa: BLE001 - one failed call must not lose the others' cache entries
             logger.warning("judge %s (vLLM): generation failed (%s: %s)", self.model, type(e).__name__, e)
-            return [None] * len(conversations)
-        out = []
-        for r in res:
+            return out
+        for i, r in zip(ok, res):
             with self._lock:
                 self.stats["prompt_tokens"] += len(getattr(r, "prompt_token_ids", None) or [])
                 self.stats["completion_tokens"] += len(r.outputs[0].token_ids) if r.outputs else 0
-            out.append(r.outputs[0].text if r.outputs else None)
+            out[i] = r.outputs[0].text if r.outputs else None
         return out
 
 

@@ -44,7 +44,8 @@ class JudgeScorer(Scorer):
         device: torch device of an in-process backend.
         fallback: ``"reference"`` (default): an unparsable or failed answer gets the reference's
             fallback value (the class's :attr:`fallback_value`); ``"missing"``: it scores NaN and
-            the record is left out of the selection (``not_scored``). Either way it is counted in
+            the record is left out of the selection (``not_scored``); with ``per_turn`` a record
+            averages the exchanges that were judged and is NaN only when none was. Either way it is counted in
             ``stats`` (``unparsable``, ``failures``, ``fallbacks``) and so in the manifest.
         trust_remote_code: run the judge model's own code (in-process backends; opt-in per model).
         gpus: GPUs one vLLM replica spans (``tensor_parallel_size``); an engine's worker holding

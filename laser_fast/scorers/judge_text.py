@@ -58,6 +58,8 @@ def extract_json(text: str | None, want: type | tuple[type, ...] = (dict, list))
 
     Tries, in order: the whole answer, fenced code blocks, then every balanced ``{...}`` / ``[...]``
     span (so leading prose and trailing text are ignored). ``<think>`` blocks are removed first.
+    Raw newlines and tabs inside strings (a common slip of served models writing code into a
+    JSON string) are read as they are.
     """
     if not text:
         return None
@@ -66,7 +68,7 @@ def extract_json(text: str | None, want: type | tuple[type, ...] = (dict, list))
     cands += [m.group(1) for m in _FENCE.finditer(text)]
     for cand in cands:
         try:
-            v = json.loads(cand.strip())
+            v = json.loads(cand.strip(), strict=False)
             if isinstance(v, want):
                 return v
         except ValueError:
@@ -77,10 +79,10 @@ def extract_json(text: str | None, want: type | tuple[type, ...] = (dict, list))
             if span is None:
                 continue
             try:
-                v = json.loads(span)
+                v = json.loads(span, strict=False)
             except ValueError:
                 try:  # trailing commas are a common slip
-                    v = json.loads(re.sub(r",\s*([}\]])", r"\1", span))
+                    v = json.loads(re.sub(r",\s*([}\]])", r"\1", span), strict=False)
                 except ValueError:
                     continue
             if isinstance(v, want):
