@@ -69,6 +69,20 @@ def test_csv_and_tsv(tmp_path):
         read_records(str(bad))
 
 
+def test_csv_text_is_kept_as_written(tmp_path):
+    """No type is guessed from a CSV's values: leading zeros and trailing decimals stay; a file
+    that is not UTF-8 is refused naming the file."""
+    f = tmp_path / "nums.csv"
+    f.write_bytes(b'\xef\xbb\xbfinstruction,output,id\r\n"Code?",007,0012\r\nPrice?,"1.50\nper unit",1\r\n')
+    got, _ = read_records(str(f))
+    assert got["response"].to_list() == ["007", "1.50\nper unit"]
+    assert [json.loads(e) for e in got["extra"]] == [{"id": "0012"}, {"id": "1"}]
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("instruction,output\nCaf\u00e9?,Oui\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.csv: cannot read the CSV file.*UTF8.*save the file as UTF-8"):
+        read_records(str(bad))
+
+
 TOOL_CONV = [
     {"role": "system", "content": "You can call tools."},
     {"role": "user", "content": "What is 6 times 7?"},

@@ -112,3 +112,24 @@ def test_score_tokens_writes_scores_parquet(tmp_path):
     assert df.columns == ["data_id", "category", "inst_length", "resp_length", "last_resp_length"]
     assert df.height == 12 and (df["last_resp_length"] > 0).all()
     assert df["category"].to_list()[:4] == ["Math", "Coding", "Generation", "Factual QA"]
+
+
+def test_token_counts_follow_an_edited_conversation_under_the_same_id(tmp_path):
+    """The cached token counts are keyed by every turn: editing an instruction (or an earlier
+    answer) of a record that keeps its data_id and last answer counts it again."""
+    from laser_fast.config import SelectOptions
+    from laser_fast.io.ingest import records_from_frame
+    from laser_fast.scorers.stage import token_scores
+
+    def recs(first: str):
+        df = pl.DataFrame({"data_id": ["a", "b"], "instruction": [first, "Name a colour."], "output": ["Done.", "Blue."]})
+        return records_from_frame(df)[0]
+
+    opts = SelectOptions(budget=1)
+    wd = str(tmp_path / "w")
+    short = token_scores(recs("Say hi."), opts, wd)
+    longer = token_scores(recs("Say hi. " + "Then explain why in detail, please. " * 20), opts, wd)
+    fresh = token_scores(recs("Say hi. " + "Then explain why in detail, please. " * 20), opts, str(tmp_path / "fresh"))
+    assert longer["inst_length"][0] > short["inst_length"][0] + 100
+    np.testing.assert_array_equal(longer["inst_length"], fresh["inst_length"])
+    assert longer["resp_length"][0] == short["resp_length"][0]

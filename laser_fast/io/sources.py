@@ -330,20 +330,31 @@ def _add_json(b: _Builder, rec: Any, schema: str | None, origin: str, label: str
     return schema
 
 
+#: CSV/TSV columns read as text without a guess (any further ones are guessed, then cast back)
+_CSV_TEXT_COLUMNS = 4096
+
+
 def _read_csv(path: Path | InputFile, label: str, kind: str, schema: str | None, origin: str, b: _Builder, progress: bool) -> int:
     """Add the rows of a CSV (or TSV) file with a header, e.g. ``instruction,input,output``; every
     column is read as text (CSV has no types)."""
     import pyarrow.csv as pcsv
 
     src = path if isinstance(path, InputFile) else InputFile(path)
+    # no type is guessed (``007`` stays ``007``): the header is read as a row of generated columns,
+    # all of them text, and then names them
+    as_text = {f"f{i}": pa.string() for i in range(_CSV_TEXT_COLUMNS)}
     try:
         with src.open(digest=True) as f:
-            table = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True))
+            table = pcsv.read_csv(f, read_options=pcsv.ReadOptions(autogenerate_column_names=True),
+                                  parse_options=pcsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True),
+                                  convert_options=pcsv.ConvertOptions(column_types=as_text))
+        names = [table.column(i)[0].as_py() if table.num_rows else "" for i in range(table.num_columns)]
+        table = table.slice(1).cast(pa.schema([(f"f{i}", pa.string()) for i in range(table.num_columns)]))
     except (OSError, pa.ArrowException) as e:
         raise InputError(label, f"cannot read the {kind.upper()} file ({_short(e)})",
-                         "Give a header row (e.g. instruction,input,output) and quote fields that hold the delimiter or newlines") from None
-    table = table.cast(pa.schema([(n, pa.string()) for n in table.column_names]))
-    return _read_table(table, label, schema, origin, b, progress)
+                         "Give a header row (e.g. instruction,input,output), quote fields that hold the delimiter or newlines, "
+                         "and save the file as UTF-8") from None
+    return _read_table(table.rename_columns(names), label, schema, origin, b, progress)
 
 
 def _lines_in_span(fh, limit: int, start: int, end: int, newlines_before: int):

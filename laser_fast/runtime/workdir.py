@@ -646,6 +646,13 @@ def _iter_column(records: pl.DataFrame, name: str, chunk: int = 65536):
         yield from col.slice(s, chunk).to_list()
 
 
+def _iter_conversations(records: pl.DataFrame, chunk: int = 65536):
+    """Each record's whole conversation (every turn's role and text) as one string, for cache
+    keys of stages that read more than one turn."""
+    for conv in _iter_column(records, "messages", chunk):
+        yield "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in conv)
+
+
 def _hash_strings(parts: Iterable[str], prefix: str) -> str:
     h = hashlib.sha256(prefix.encode())
     for s in parts:

@@ -54,7 +54,7 @@ from laser_fast.metrics import (  # noqa: F401 - the profile and scorer tables a
 )
 from laser_fast.runtime.engine import UnitTask, current_executor
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats, named_rows
-from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column
+from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column, _iter_conversations
 from laser_fast.scorers.base import Scorer
 from laser_fast.scorers.cache import ScoreCache, content_keys
 
@@ -468,7 +468,8 @@ def token_scores(records: pl.DataFrame, opts: SelectOptions, workdir: str) -> di
     from laser_fast.scorers.tokens import TokenCounter
 
     tc = TokenCounter(opts.tokenizer)
-    key = _hash_strings(itertools.chain(_iter_column(records, "data_id"), _iter_column(records, "response")), tc.fingerprint + str(records.height))
+    # the counts read every turn (system, user and assistant), so the key does too
+    key = _hash_strings(itertools.chain(_iter_column(records, "data_id"), _iter_conversations(records)), tc.fingerprint + str(records.height))
     return _cached_arrays(workdir, "tokens", key, lambda: _token_arrays(records, opts.tokenizer, tc))
 
 
