@@ -649,8 +649,11 @@ def _iter_column(records: pl.DataFrame, name: str, chunk: int = 65536):
 def _iter_conversations(records: pl.DataFrame, chunk: int = 65536):
     """Each record's whole conversation (every turn's role and text) as one string, for cache
     keys of stages that read more than one turn."""
-    for conv in _iter_column(records, "messages", chunk):
-        yield "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in conv)
+    e = pl.element()
+    turn = e.struct.field("role") + "\x1f" + e.struct.field("content")
+    for s in range(0, records.height, chunk):
+        part = records.slice(s, chunk).select(pl.col("messages").list.eval(turn).list.join("\x1e"))
+        yield from part.to_series().to_list()
 
 
 def _hash_strings(parts: Iterable[str], prefix: str) -> str:
