@@ -57,7 +57,7 @@ def run(quick: bool) -> list[dict]:
     t_local = time.perf_counter() - t0
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     old = os.environ.get("LASER_FAST_READ_RANGE_BYTES")
     os.environ["LASER_FAST_READ_RANGE_BYTES"] = str(RANGE)
     try:

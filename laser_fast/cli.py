@@ -246,6 +246,8 @@ def _options_from_args(a) -> tuple:
         sk["trust_remote_code"] = [*(kw.get("trust_remote_code") or []), *sk["trust_remote_code"]]
     kw.update(sk)
     kw.update(_engine_kw(a))
+    if getattr(a, "engine", None) == "local" and getattr(a, "ray_address", None) is None:
+        kw.pop("ray_address", None)  # --engine local overrides a config's Ray cluster
     return SelectOptions(**kw)
 
 

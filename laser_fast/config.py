@@ -145,16 +145,20 @@ class SelectOptions:
             raise ConfigError(f"unknown mode '{self.mode}': use one of {', '.join(MODES)}")
         if self.order not in ORDERS:
             raise ConfigError(f"unknown output order '{self.order}': use one of {', '.join(ORDERS)}")
-        if not 0.0 <= float(self.threshold_percentile) <= 1.0:
+        self.threshold_percentile = _as_number(self.threshold_percentile, "threshold_percentile (--threshold-percentile)")
+        if not 0.0 <= self.threshold_percentile <= 1.0:
             raise ConfigError(f"threshold_percentile_clustering must be in [0, 1], got {self.threshold_percentile}")
-        if not 0.0 <= float(self.min_distance) <= 2.0:
+        self.min_distance = _as_number(self.min_distance, "min_distance (--min-distance)")
+        if not 0.0 <= self.min_distance <= 2.0:
             raise ConfigError(f"min_distance must be in [0, 2] (cosine distance), got {self.min_distance}")
         if self.format not in ("jsonl", "parquet"):
             raise ConfigError(f"unknown output format '{self.format}': use jsonl or parquet")
+        if isinstance(self.proportions, str) and self.proportions.strip().lower() in ("natural", "none", "paper"):
+            self.proportions = parse_proportions_arg(self.proportions)
         if isinstance(self.proportions, dict):
             self.proportions = normalise_proportions(self.proportions, "proportions")
         elif self.proportions not in (None, "natural", "none"):
-            raise ConfigError(f"proportions must be a mapping, 'natural' or 'none', got {self.proportions!r}")
+            raise ConfigError(f"proportions must be a mapping, 'paper', 'natural' or 'none', got {self.proportions!r}")
         if self.setfit_limits is not None:
             self.setfit_limits = parse_category_map(self.setfit_limits, "setfit_limits")
         if self.profile not in (None, "auto", "none"):
@@ -295,6 +299,16 @@ def normalise_proportions(value, key: str) -> dict[str, float]:
     return {c: props.get(c, 0.0) / total for c in CATEGORIES}
 
 
+def _as_number(value: Any, name: str) -> float:
+    """``value`` as a float, or a ConfigError naming the option."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+
+
 def parse_proportions_arg(text: str) -> dict[str, float] | str:
     t = text.strip().lower()
     if t in ("natural", "none", "paper"):
@@ -319,6 +333,13 @@ def _check_url(url: Any) -> str:
         raise ConfigError(f"judge_url (--judge-url) {redact_url(text)!r} is not an http(s) URL with a host: give the "
                           "endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
     return text
+
+
+def _beside(config: Path, path: Any) -> Any:
+    """A relative path of a config, taken from the config's folder (URIs and absolute paths as given)."""
+    if not isinstance(path, str) or "://" in path or Path(path).expanduser().is_absolute():
+        return path
+    return str(config.parent / path)
 
 
 def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, Any]:
@@ -358,10 +379,21 @@ def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, 
     if "custom_embedder" in cfg:
         logger.warning("%s: custom_embedder (one embedding model per category) is not supported; using default_embedding_model for every category", p)
 
+    if "sources" in cfg:
+        logger.warning("%s: ignoring key 'sources': list the inputs under 'data' (name, data_path, ...)", p)
+    for ours, theirs in (("budget", "sample_size"), ("token_budget", "token_size")):
+        if cfg.get(ours) is not None and cfg.get(theirs) is not None and cfg[ours] != cfg[theirs]:
+            raise ConfigError(f"{p}: '{ours}: {cfg[ours]}' and '{theirs}: {cfg[theirs]}' give two budgets; keep one of the keys")
     out: dict[str, Any] = {"name": str(name) if name is not None else p.stem}
     for k in known_ours & set(cfg):
         if k != "sources":
             out[k] = cfg[k]
+    # input files named in the config are taken from the config's folder, as data_path is
+    for k in ("scores", "decontaminate"):
+        if isinstance(out.get(k), str):
+            out[k] = [out[k]]
+        if isinstance(out.get(k), list):
+            out[k] = [_beside(p, v) for v in out[k]]
 
     def take(src_key, dst_key, conv=lambda v: v):
         if src_key in cfg and cfg[src_key] is not None:
@@ -424,6 +456,9 @@ def read_config(path: str | Path, *, input_dir: str | None = None) -> dict[str, 
         elif not Path(path).is_absolute() and "://" not in path:  # a URI (s3://, hf://, ...) is taken as given
             base = Path(input_dir) if input_dir else p.parent
             path = str(base / path)
+        if entry.get("min_distance") is not None:
+            logger.warning("%s: min_distance per data entry is not applied (the greedy filter runs per category over all "
+                           "sources): set min_distance at the top level", where)
         schema = entry.get("schema")
         if schema is None and entry.get("multi_turn") is False:
             schema = None  # the reference converts Alpaca records; auto-detection does the same

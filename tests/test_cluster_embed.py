@@ -339,3 +339,15 @@ def test_two_level_uses_every_openmp_thread_for_its_cells():
     if omp < 2:
         pytest.skip("one OpenMP thread here: nothing to run in parallel")
     assert st["workers"] >= 2
+
+
+def test_the_threshold_is_the_exact_percentile():
+    """threshold_percentile 0.805 is the 80.5th percentile of the preference, not the 80th."""
+    from laser_fast.sampling.cluster import cluster_select_detailed
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    pref = rng.random(400)
+    res = cluster_select_detailed(x, pref, 20, threshold_percentile=0.805, seed=0)
+    assert res.threshold == pytest.approx(float(np.percentile(pref, 80.5)))
+    assert res.threshold != pytest.approx(float(np.percentile(pref, 80)))

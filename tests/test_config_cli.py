@@ -53,6 +53,36 @@ def test_reference_mode_mapping_and_unknown_keys(tmp_path, caplog):
         read_config(p)
 
 
+def test_our_keys_in_a_config(tmp_path, caplog, monkeypatch):
+    """Our option names as config keys: input paths from the config's folder (as data_path),
+    bad values named, two budgets refused, 'sources' named in a warning, and the command line
+    overriding the config's engine."""
+    from laser_fast.cli import _options_from_args, build_parser
+
+    sub = tmp_path / "cfgs" / "sub"
+    sub.mkdir(parents=True)
+    p = sub / "e.yaml"
+    p.write_text("budget: 5\nproportions: paper\nscores: [labels.tsv, /abs/s.tsv, s3://b/k.tsv]\ndecontaminate: bench.jsonl\n"
+                 "engine: ray\nray_address: auto\nsources: [x]\n")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        kw = read_config(p)
+    assert "ignoring key 'sources'" in caplog.text and "sources" not in kw
+    assert kw["scores"] == [str(sub / "labels.tsv"), "/abs/s.tsv", "s3://b/k.tsv"] and kw["decontaminate"] == [str(sub / "bench.jsonl")]
+    assert SelectOptions(**kw).validate().proportions is None  # 'paper': the paper's shares
+    a = build_parser().parse_args(["select", "x.jsonl", "--output-dir", "o", "--config", str(p), "--engine", "local"])
+    opts = _options_from_args(a).validate()
+    assert opts.engine == "local" and opts.ray_address is None
+    for bad, match in (("threshold_percentile: abc", r"threshold_percentile \(--threshold-percentile\) must be a number, got 'abc'"),
+                       ("min_distance: [1]", r"e.yaml: key 'min_distance' has a bad value \[1\]")):
+        p.write_text(f"budget: 5\n{bad}\n")
+        with pytest.raises(ConfigError, match=match):
+            SelectOptions(**read_config(p)).validate()
+    p.write_text("budget: 50\nsample_size: 70\n")
+    with pytest.raises(ConfigError, match=r"e.yaml: 'budget: 50' and 'sample_size: 70' give two budgets"):
+        read_config(p)
+
+
 def test_cli_reference_config_runs(tmp_path, workdir, example_files, capsys):
     """A verbatim reference config (only data paths changed) runs through --config; the
     reference's stella embedder is not on this offline machine, so --embedding-model overrides it;

@@ -176,6 +176,29 @@ def test_keep_best_unit():
     pref = np.array([0.1, 0.7, 0.7, np.nan, np.nan, 0.0])
     assert keep_best(root, pref).tolist() == [1, 1, 1, 3, 3, 5]  # a tie: the first of the best; no preference: the first
     assert keep_best(root, pref, np.array([1, 0, 1, 1, 1, 1], bool)).tolist() == [2, 2, 2, 3, 3, 5]
+    # an ineligible first member: the first eligible one, though nobody has a preference; none eligible: the first
+    assert keep_best(root, pref, np.array([1, 1, 1, 0, 1, 0], bool)).tolist() == [1, 1, 1, 4, 4, 5]
+    assert keep_best(root, np.full(6, np.nan), np.array([0, 0, 1, 0, 0, 1], bool)).tolist() == [2, 2, 2, 3, 3, 5]
+
+
+def test_a_kept_copy_is_one_the_selection_can_take(tmp_path):
+    """The best-scored copy of a group that is too long for ``--max-seq-length`` is not the kept one:
+    its group keeps a copy that fits (else the copies were left out as duplicates of a record that
+    was then dropped, and the whole group lost)."""
+    long = " ".join(["This answer goes on and on about the topic."] * 30)
+    rows = []
+    for i in range(12):
+        rows += [(f"Question {i}: name a thing.", "A thing.", 0.2), (f"Question {i}: name a thing.", long, 0.9)]
+    f = _scored_pool(tmp_path, rows)
+    out = tmp_path / "o"
+    assert main(["select", str(f), "--budget", "50", "--profile", "none", "--strategy", "quality", "--proportions", "natural",
+                 "--keep-non-english", "--dedup", "instruction", "--max-seq-length", "100", "-q", "--mode", "none",
+                 "--workdir", str(tmp_path / "w"), "--output-dir", str(out)]) == 0
+    dec = pl.read_parquet(out / "decisions.parquet")
+    counts = dict(dec["status"].value_counts().iter_rows())
+    assert counts == {"selected": 12, "duplicate": 12}, counts
+    picked = [json.loads(line)["messages"][-1]["content"] for line in (out / "selected.jsonl").read_text().splitlines()]
+    assert picked == ["A thing."] * 12
 
 
 def test_compiled_minhash_equals_the_numpy_formula():

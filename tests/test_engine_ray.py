@@ -128,7 +128,7 @@ def ray_local(tmp_path_factory):
     before = os.environ.get("LASER_FAST_SCRATCH")
     if started:  # the workers' local copies of URI work directories: their own "machine"
         os.environ["LASER_FAST_SCRATCH"] = str(tmp_path_factory.mktemp("ray-workers-scratch"))
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         if before is None:
             os.environ.pop("LASER_FAST_SCRATCH")
         else:
@@ -345,3 +345,58 @@ def test_scaling_over_workers_keeps_every_score(ray_local, monkeypatch):
     assert [(r["workers"], r["actors_used"]) for r in rows] == [(1, 1), (2, 2)]
     assert all(r["identical"] and r["records"] == 64 and r["units"] == 4 and r["busy_rec_s"] > 0 for r in rows)
     assert rows[0]["efficiency"] == 1.0 and rows[1]["efficiency"] > 0
+
+
+GPU_CLUSTER_SCRIPT = r'''
+import os, sys
+import numpy as np, polars as pl, ray
+from laser_fast.errors import ModelLoadError
+from laser_fast.runtime.engine import UnitTask
+from laser_fast.runtime.ray_engine import RayExecutor
+from laser_fast.runtime.stage import Resources
+
+
+class OnGpu(UnitTask):
+    label = "on_gpu"
+    resources = Resources(num_cpus=1.0, num_gpus=0.5)
+    uses_gpu = True
+
+    def run(self, unit):
+        return {"y": unit["x"].to_numpy() * 2, "gpu": np.array([os.environ.get("CUDA_VISIBLE_DEVICES")] * unit.height, dtype=object)}
+
+
+class NoModel(OnGpu):
+    label = "no_model"
+
+    def setup(self):
+        raise ModelLoadError("model '/nope' not found: give a local folder or a hub id")
+
+
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+ex = RayExecutor()
+sizes = [5, 0, 17, 1, 30, 8, 0, 2, 40, 3]
+units = [pl.DataFrame({"x": np.arange(s, dtype=np.int64) + 100 * i}) for i, s in enumerate(sizes)]
+out = ex.map_units(OnGpu(), units)
+assert [len(o["y"]) for o in out] == sizes
+assert all(np.array_equal(o["y"], u["x"].to_numpy() * 2) for o, u in zip(out, units))
+assert ex.describe()["tasks"]["on_gpu"]["num_gpus"] == 0.5 and {g for o in out for g in o["gpu"]} == {"0"}
+try:
+    ex.map_units(NoModel(), units)
+except ModelLoadError as e:
+    print("raised:", e)
+print("OK")
+'''
+
+
+@pytest.mark.ray
+def test_gpu_stages_run_on_a_cluster_with_gpus(tmp_path):
+    """Ray refuses ``map_batches`` without a batch size where actors ask for GPUs: blocks are padded
+    to one length, which is the batch size, so units stay whole. A worker's own error (a model that
+    does not load) reaches the driver as itself. A logical GPU of a fresh local Ray instance."""
+    pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
+    script = tmp_path / "gpu_cluster.py"
+    script.write_text(GPU_CLUSTER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "RAY_ADDRESS": ""}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
+    assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout[-2000:] + res.stderr[-3000:]
+    assert "raised: model '/nope' not found: give a local folder or a hub id" in res.stdout

@@ -51,6 +51,19 @@ def test_consistent_fields_are_untouched():
     assert conflicting_fields([{"a": True}, {"a": 0}]) == {"a": ["boolean", "number"]}
 
 
+def test_integers_beyond_int64_are_text_so_the_parquet_output_loads(tmp_path):
+    """polars would write such a field as Int128, which pyarrow and datasets cannot read."""
+    assert conflicting_fields([{"a": 2**63 - 1, "b": [-(2**63)]}]) == {}
+    assert conflicting_fields([{"a": 2**63}, {"a": 1}]) == {"a": ["integer beyond int64", "number"]}
+    f = tmp_path / "big.jsonl"
+    f.write_text("".join(json.dumps({"instruction": f"Q{i}?", "output": f"A{i}.", "big": 2**70 + i, "n": i}) + "\n" for i in range(4)))
+    out = tmp_path / "p"
+    assert main(["select", str(f), "--budget", "4", "--strategy", "random", "--profile", "none", "-q", "--format", "parquet", "--keep-non-english",
+                 "--workdir", str(tmp_path / "w"), "--output-dir", str(out)]) == 0
+    par = pq.read_table(out / "selected.parquet")
+    assert sorted(par.column("big").to_pylist()) == [str(2**70 + i) for i in range(4)] and par.schema.field("n").type == pa.int64()
+
+
 def test_outputs_load_with_datasets_and_the_training_file(tmp_path):
     datasets = __import__("pytest").importorskip("datasets")
     common = ["--budget", "12", "--strategy", "random", "--profile", "none", "-q", "--workdir", str(tmp_path / "w")]

@@ -233,6 +233,9 @@ def test_the_output_trains_in_trl(tmp_path, kind):
     out = tmp_path / "o"
     assert main(["select", str(f), "--budget", "4", "--profile", "lite", "--proportions", "natural", "-q", "--training-file",
                  "--workdir", str(tmp_path / "w"), "--output-dir", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    for name, entry in (("selected.jsonl", "selected"), ("train.jsonl", "train")):  # the manifest counts lines (KTO: two per unit)
+        assert man["outputs"][entry]["rows"] == len((out / name).read_text().splitlines()), name
     policy, tok_dir = _tiny_policy(tmp_path)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     for name in ("selected.jsonl", "train.jsonl"):

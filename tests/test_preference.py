@@ -100,6 +100,11 @@ def test_allocation_sums_exactly_and_redistributes():
     assert t == {"Math": 100, "Coding": 0}
     t, _ = allocate(100, {"Math": 0.5, "Coding": 0.5}, {"Math": 500, "Coding": 500}, limits={"Math": 0.2})
     assert t == {"Math": 20, "Coding": 80}
+    # 0.29 x 100 and 0.35 x 180 are 28.999... and 62.999... in floating point: the caps are 29 and 63
+    t, _ = allocate(100, {"Math": 0.5, "Coding": 0.5}, {"Math": 500, "Coding": 500}, limits={"Math": 0.29})
+    assert t == {"Math": 29, "Coding": 71}
+    t, _ = allocate(180, {"Math": 0.5, "Coding": 0.5}, {"Math": 500, "Coding": 500}, limits={"Math": 0.35})
+    assert t["Math"] == 63
     assert sum(largest_remainder(10, {"a": 1, "b": 1, "c": 1}).values()) == 10
 
 
@@ -109,3 +114,26 @@ def test_minmax_runs_within_each_source():
     pref, _, info = compute_preference({"difficulty": d}, cats, "difficulty", groups=np.array([0, 0, 1, 1]))
     assert pref.tolist() == [0.0, 1.0, 0.0, 1.0]
     assert set(info["minmax"]["difficulty"]) == {"0", "1"}
+
+
+def test_per_source_limits_round_up_and_top_level_ones_are_not_dropped_silently(caplog):
+    """A data entry's setfit_limits keep ceil(limit x sample_size) records of a category (the
+    reference counts the float down while it is above 0); top-level limits with --proportions none
+    cannot apply, which a warning says."""
+    import logging
+
+    from laser_fast.config import SelectOptions, SourceSpec
+    from laser_fast.sampling.strata import apply_source_limits, plan_strata
+
+    n = 40
+    cats = np.array(["Math"] * 20 + ["Coding"] * 20, dtype=object)
+    status = np.full(n, "candidate", dtype=object)
+    pref = np.linspace(1.0, 0.0, n)
+    for limit, size, kept in ((0.25, 10, 3), (0.29, 100, 29), (0.1, 30, 3)):
+        spec = SourceSpec(path="x", sample_size=size, setfit_limits={"Math": limit})
+        pool = apply_source_limits(status, np.zeros(n, dtype=np.int32), [spec], pref=pref, cats=cats, length=np.ones(n), seed=0)
+        assert int(((pool.status == "candidate") & (cats == "Math")).sum()) == min(kept, 20), (limit, size)
+    opts = SelectOptions(budget=10, proportions="none", setfit_limits={"Math": 0.1}).validate()
+    with caplog.at_level(logging.WARNING):
+        plan = plan_strata(cats, np.ones(n, dtype=bool), np.ones(n), opts)
+    assert plan.targets == {"all": 10} and "Math=0.1" in caplog.text and "not applied" in caplog.text

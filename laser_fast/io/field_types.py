@@ -5,7 +5,8 @@ Input sources may give the same field different JSON types (``"id": 5`` in one f
 ``"id": "s3"`` in another). pyarrow's JSON reader then stops ("changed from number to string")
 and a Parquet column would have to turn one kind into the other. A field whose kinds conflict
 (at any depth; integers and floats are one kind, null goes with anything) is written as text
-in both outputs: strings as they are, every other value as its JSON text. The manifest lists
+in both outputs: strings as they are, every other value as its JSON text; so is a field holding
+an integer outside 64 bits, which no Parquet reader of ours takes. The manifest lists
 these fields with the kinds they had (``outputs.retyped_fields``), and the run warns about them.
 
 Example:
@@ -22,6 +23,8 @@ from collections.abc import Iterable
 from typing import Any
 
 _CONFLICT = "conflict"
+#: an integer outside int64: polars would store it as Int128, which pyarrow and ``datasets`` cannot read
+_BIG = "integer beyond int64"
 
 
 def _kind(v: Any) -> Any:
@@ -30,6 +33,8 @@ def _kind(v: Any) -> Any:
         return "null"
     if isinstance(v, bool):
         return "boolean"
+    if isinstance(v, int) and not -(2**63) <= v < 2**63:
+        return _BIG
     if isinstance(v, (int, float)):
         return "number"
     if isinstance(v, str):
@@ -58,7 +63,7 @@ def _merge(a: Any, b: Any) -> Any:
 
 
 def _conflicts(sig: Any) -> bool:
-    if sig == _CONFLICT:
+    if sig in (_CONFLICT, _BIG):
         return True
     if isinstance(sig, tuple):
         return _conflicts(sig[1]) if sig[0] == "list" else any(_conflicts(s) for s in sig[1].values())

@@ -309,8 +309,8 @@ def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None 
         t0 = time.perf_counter()
         retyped, kinds = retyped_fields(run.pool, run.selected_rows)
         if kinds:
-            logger.warning("input field(s) with conflicting types across records are written as text (in JSONL and Parquet "
-                           "alike, so every reader loads them): %s", "; ".join(f"{k} ({', '.join(v)})" for k, v in kinds.items()))
+            logger.warning("input field(s) with conflicting types across records (or integers beyond int64) are written as text "
+                           "(in JSONL and Parquet alike, so every reader loads them): %s", "; ".join(f"{k} ({', '.join(v)})" for k, v in kinds.items()))
         if fmt == "jsonl":
             write_jsonl(s.path(sel_name), iter_output_rows(run.pool, run.selected_rows, release=run.release, retyped=retyped))
         else:
@@ -335,7 +335,7 @@ def write_outputs(run: SelectionRun, output_dir: str | Path, *, fmt: str | None 
             run.manifest["outputs"]["retyped_fields"] = kinds
         if training_file:
             run.manifest["outputs"]["train"] = {"path": "train.jsonl", "sha256": file_sha256(s.path("train.jsonl")),
-                                                "rows": int(run.selected_rows.size)}
+                                                "rows": sel_entry["rows"]}  # a KTO unit: two lines here too
         if report:
             from laser_fast.io.report import write_report
 

@@ -2,11 +2,15 @@
 
 Each :class:`~laser_fast.runtime.engine.UnitTask` becomes one ``Dataset.map_batches`` over the
 task's units with a class UDF (:class:`_UnitWorker`: one model load per actor, then unit after
-unit). Every unit travels whole inside one block (``batch_size=None``: a block is a batch), so a
-worker computes exactly what the local loop computes for it. Actors ask for the task's declared
-:class:`~laser_fast.runtime.stage.Resources` (GPUs only when the cluster has some and the task
-runs a model on one; fractions share a GPU). Ray Data restarts a dead actor and retries its
-batch; a unit's cache shard is written atomically, so a retry never leaves half a unit behind.
+unit). Every unit travels whole inside one block, and every block is one batch: blocks are padded
+with rows of no unit (``_unit`` -1, skipped by the worker) to one length, which is the batch size
+(Ray wants a batch size where actors hold GPUs), so a worker computes exactly what the local loop
+computes for it. Actors ask for the task's declared CPUs and GPUs
+(:class:`~laser_fast.runtime.stage.Resources`; GPUs only when the cluster has some and the task
+runs a model on one; fractions share a GPU); its ``memory_mb`` is not reserved with Ray. Ray
+Data restarts a dead actor and retries its batch; a unit's cache shard is written atomically, so a
+retry never leaves half a unit behind. A worker's own error (a LaserError: a model that does not
+load, a bad input) is raised again on the driver as it was raised there.
 Results come back tagged with unit and position and are put in plan order on the driver.
 
 Needs ``ray[data]`` (``pip install 'laser_fast[ray]'``); nothing here is imported by the local
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import socket
 import time
 from collections.abc import Sequence
@@ -76,6 +81,19 @@ def _numpy_column(col) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
+def _padded(block, rows: int):
+    """``block`` with rows of no unit (``_unit`` -1, every other column null) up to ``rows`` rows."""
+    import pyarrow as pa
+
+    extra = rows - block.num_rows
+    if extra <= 0:
+        return block
+    pad = {f.name: pa.nulls(extra, type=f.type) for f in block.schema}
+    pad["_unit"] = pa.array(np.full(extra, -1, dtype=np.int64))
+    pad["_pos"] = pad["_unit_rows"] = pa.array(np.zeros(extra, dtype=np.int64))
+    return pa.concat_tables([block, pa.table(pad, schema=block.schema)])
+
+
 class _UnitWorker:
     """The class UDF: one per actor; sets the task up once and runs every unit of each batch."""
 
@@ -93,14 +111,24 @@ class _UnitWorker:
             os._exit(17)
 
     def __call__(self, batch):
+        import pyarrow as pa
+
+        from laser_fast.errors import LaserError
+
+        self._maybe_fail()
+        try:
+            return self._run(batch)
+        except LaserError as e:  # the package's own clear error, raised again on the driver (Ray's wrapper drops it)
+            return pa.table({"_unit": pa.array([-1], type=pa.int64()), "_error": pa.array([pickle.dumps(e)], type=pa.binary())})
+
+    def _run(self, batch):
         import polars as pl
         import pyarrow as pa
 
-        self._maybe_fail()
         if not self.ready:
             self.task.setup()
             self.ready = True
-        df = pl.from_arrow(batch)
+        df = pl.from_arrow(batch).filter(pl.col("_unit") >= 0)  # the padding rows of the block: no unit's
         out = []
         for uid in sorted(set(df["_unit"].to_list())):
             u = df.filter(pl.col("_unit") == uid).sort("_pos")
@@ -117,7 +145,7 @@ class _UnitWorker:
                     raise RuntimeError(f"{self.task.label} returned {len(v)} values of {k} for a unit of {want} rows")
                 cols[k] = _arrow_column(v)
             out.append(pa.table(cols))
-        return pa.concat_tables(out)
+        return pa.concat_tables(out) if out else pa.table({"_unit": pa.array([], type=pa.int64())})  # padding (or empty units) only
 
 
 class RayExecutor:
@@ -148,8 +176,11 @@ class RayExecutor:
             raise ValueError(f"the Ray engine's actor cap (max_actors, $LASER_FAST_RAY_MAX_ACTORS) must be a whole number of at "
                              f"least 1, got {cap!r}: set it to the most actors per kind of work, or leave it unset for no cap")
         if not ray.is_initialized():
+            # no address and no $RAY_ADDRESS: a new instance on this machine, as documented (Ray itself would
+            # join whatever cluster /tmp/ray last recorded, even a dead one); 'auto' joins `ray start`'s
+            target = address or os.environ.get("RAY_ADDRESS") or "local"
             try:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+                ray.init(address=target, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
             except ConnectionError as e:
                 from laser_fast.errors import LaserError
 
@@ -203,10 +234,15 @@ class RayExecutor:
                                              pl.lit(u.height, dtype=pl.Int64).alias("_unit_rows")))
                     for i, u in enumerate(units[b:b + per_block], start=b)]
             blocks.append(pa.concat_tables(tabs))
+        rows = max(1, max(b.num_rows for b in blocks))
+        blocks = [_padded(b, rows) for b in blocks]
         ds = ray.data.from_arrow(blocks).map_batches(
-            _UnitWorker, fn_constructor_kwargs={"task": task, "fault": self.fault}, batch_size=None, batch_format="pyarrow",
+            _UnitWorker, fn_constructor_kwargs={"task": task, "fault": self.fault}, batch_size=rows, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ncpu, num_gpus=ngpu)
         got = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+        for t in got:
+            if "_error" in t.column_names:
+                raise pickle.loads(t["_error"][0].as_py())
         table = pa.concat_tables(got).sort_by([("_unit", "ascending"), ("_pos", "ascending")]) if got else None
         counts = np.bincount(_numpy_column(table["_unit"]), minlength=n) if table is not None else np.zeros(n, dtype=np.int64)
         expected = np.array([u.height for u in units])

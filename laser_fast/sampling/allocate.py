@@ -54,7 +54,7 @@ def allocate(
     if limits:
         for c, lim in limits.items():
             if c in cap:
-                cap[c] = min(cap[c], int(math.floor(lim * budget)))
+                cap[c] = min(cap[c], math.floor(round(lim * budget, 9)))  # 0.29 x 100 is 29, not 28.999...
     weights = {c: float(proportions[c]) for c in cats if proportions[c] > 0}
     targets = {c: 0 for c in cats}
     moves: list[dict] = []

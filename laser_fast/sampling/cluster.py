@@ -124,7 +124,7 @@ def cluster_select_detailed(
     if threshold_percentile is None:
         threshold = -np.inf
     else:
-        threshold = float(np.percentile(pref, round(threshold_percentile * 100)))
+        threshold = float(np.percentile(pref, round(threshold_percentile * 100, 9)))  # 0.805: the 80.5th, not the 80th
     # best per cluster = first occurrence of each label in preference order
     lab_in_order = labels[by_pref]
     _, first = np.unique(lab_in_order, return_index=True)

@@ -122,16 +122,15 @@ def dedup_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapping[s
 
 
 def keep_best(root: np.ndarray, preference: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
-    """Per record, the index of the copy its group keeps: the member with the highest finite
-    ``preference`` among ``eligible`` ones (ties: the first in input order), or the first member
-    when none has one. ``root``: the first member's index per record (:func:`duplicate_groups`)."""
+    """Per record, the index of the copy its group keeps: among the ``eligible`` members (those the
+    selection could take), the one with the highest finite ``preference``, else the first eligible
+    one in input order; the first member when none is eligible. ``root``: the first member's index
+    per record (:func:`duplicate_groups`)."""
     n = root.size
     idx = np.arange(n)
-    p = np.where(np.isfinite(preference), preference, -np.inf)
-    if eligible is not None:
-        p = np.where(eligible, p, -np.inf)
-    p = np.where(idx == root, np.maximum(p, -np.finfo(np.float64).max), p)  # the first member wins when nobody has a preference
-    order = np.lexsort((idx, -p, root))  # by group, best first, then input order
+    ok = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    p = np.where(np.isfinite(preference) & ok, preference, -np.inf)
+    order = np.lexsort((idx, -p, ~ok, root))  # by group, eligible first, best first, then input order
     r = root[order]
     starts = np.r_[True, r[1:] != r[:-1]]
     best = np.empty(n, dtype=np.int64)
@@ -139,7 +138,8 @@ def keep_best(root: np.ndarray, preference: np.ndarray, eligible: np.ndarray | N
     return best[root]
 
 
-DEDUP_BEST = StageSpec("dedup_best", "laser_fast.sampling.dedup:dedup_best_stage", reads=("dedup_group", "preference", "duplicate_of", "contaminated_by"),
+DEDUP_BEST = StageSpec("dedup_best", "laser_fast.sampling.dedup:dedup_best_stage",
+                       reads=("dedup_group", "preference", "duplicate_of", "contaminated_by", "is_english", "inst_length", "resp_length"),
                        writes=("duplicate_of",), resources=Resources(num_cpus=1, row_wise=False))
 
 
@@ -158,8 +158,17 @@ def dedup_best_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapp
     pref = np.asarray(cols["preference"], dtype=np.float64)
     if canonical_strategy(opts.strategy) == "random":  # noise, not a preference: the first copy stays
         pref = np.full(n, np.nan)
+    # the copies the selection could take: a kept copy that is too long, in another language or
+    # unscored would be dropped after its copies were, and the group lost
+    from laser_fast.sampling.strata import candidate_status
+
     contaminated = cols.get("contaminated_by")
-    eligible = None if contaminated is None else ~named_rows(contaminated)
+    english = cols.get("is_english")
+    english = np.ones(n, dtype=bool) if english is None else np.asarray(english, dtype=bool)
+    length = (np.asarray(cols["inst_length"]) + np.asarray(cols["resp_length"]) if "inst_length" in cols and "resp_length" in cols
+              else np.zeros(n))
+    eligible = candidate_status(english, length, opts, None if np.isnan(pref).all() else cols["preference"],
+                                contaminated=None if contaminated is None else named_rows(contaminated)) == "candidate"
     kept = keep_best(root, pref, eligible)
     dup = _named(records, kept)
     moved = int(((kept == np.arange(n)) & (root != np.arange(n))).sum())

@@ -3,6 +3,7 @@ strata and their targets; and the output order of the selection."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,8 +103,8 @@ def apply_source_limits(status: np.ndarray, src_index: np.ndarray, specs: list[S
             keep = []
             limits = None
             size = spec.sample_size if spec.sample_size is not None else len(order)
-            if spec.setfit_limits:
-                limits = {c: int(v * size) for c, v in spec.setfit_limits.items()}
+            if spec.setfit_limits:  # the reference counts limit x sample_size down while above 0: ceil(limit x size)
+                limits = {c: math.ceil(round(v * size, 9)) for c, v in spec.setfit_limits.items()}
             used_tokens = 0
             for r in order:
                 if spec.sample_size is not None and len(keep) >= spec.sample_size:
@@ -160,6 +161,10 @@ def plan_strata(cats: np.ndarray, candidate: np.ndarray, length: np.ndarray, opt
             props = dict(opts.proportions or DEFAULT_PROPORTIONS)
     available = {c: int(length[r].sum()) if unit_tokens else int(r.size) for c, r in strata.items()}
     limits = opts.setfit_limits if opts.proportions != "none" else None
+    if opts.setfit_limits and limits is None:
+        logger.warning("setfit_limits (%s) cap categories' shares of the budget, but --proportions none selects from one stratum: "
+                       "they are not applied. Use --proportions natural (or shares) with them, or per-source setfit_limits in a config",
+                       ", ".join(f"{c}={v}" for c, v in opts.setfit_limits.items()))
     targets, moves = allocate(budget, {c: props.get(c, 0.0) for c in strata}, available, limits)
     placed = sum(targets.values())
     if placed < budget:
