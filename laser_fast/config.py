@@ -231,7 +231,7 @@ class SelectOptions:
         if (not isinstance(self.languages, (list, tuple)) or not self.languages
                 or not all(isinstance(x, str) and re.fullmatch(r"[a-z]{2,3}", x.strip().lower()) for x in self.languages)):
             raise ConfigError(f"languages must be ISO 639 codes such as en or en,de (two or three letters), got {self.languages!r}")
-        self.languages = [x.strip().lower() for x in self.languages]
+        self.languages = [ISO639_2_TO_1.get(x.strip().lower(), x.strip().lower()) for x in self.languages]
         if not isinstance(self.max_record_bytes, int) or isinstance(self.max_record_bytes, bool) or self.max_record_bytes < 0:
             raise ConfigError(f"max_record_bytes must be a non-negative integer (bytes per record; 0: no limit), got {self.max_record_bytes!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
@@ -297,6 +297,27 @@ def normalise_proportions(value, key: str) -> dict[str, float]:
     if abs(total - 1.0) > 1e-6:
         logger.warning("%s sum to %.4f, not 1: using them as relative weights", key, total)
     return {c: props.get(c, 0.0) / total for c in CATEGORIES}
+
+
+#: ISO 639-2 codes (B and T) of common languages -> the ISO 639-1 codes the language detector gives
+#: (fastText lid.176 uses two letters where a language has them, so ``eng`` would match nothing)
+ISO639_2_TO_1 = {
+    "eng": "en", "deu": "de", "ger": "de", "fra": "fr", "fre": "fr", "spa": "es", "ita": "it", "por": "pt",
+    "rus": "ru", "zho": "zh", "chi": "zh", "jpn": "ja", "kor": "ko", "ara": "ar", "nld": "nl", "dut": "nl",
+    "pol": "pl", "tur": "tr", "hin": "hi", "vie": "vi", "swe": "sv", "dan": "da", "fin": "fi", "nor": "no",
+    "ces": "cs", "cze": "cs", "ell": "el", "gre": "el", "heb": "he", "hun": "hu", "ind": "id", "ukr": "uk",
+    "ron": "ro", "rum": "ro", "tha": "th", "fas": "fa", "per": "fa", "ben": "bn", "msa": "ms", "may": "ms",
+    "cat": "ca", "bul": "bg", "hrv": "hr", "srp": "sr", "slk": "sk", "slo": "sk", "slv": "sl", "est": "et",
+    "lav": "lv", "lit": "lt", "urd": "ur", "tam": "ta", "tel": "te", "mar": "mr", "guj": "gu", "kan": "kn",
+    "mal": "ml", "pan": "pa", "swa": "sw", "tgl": "tl", "afr": "af", "eus": "eu", "baq": "eu", "glg": "gl",
+    "isl": "is", "ice": "is", "gle": "ga", "cym": "cy", "wel": "cy", "sqi": "sq", "alb": "sq", "mkd": "mk",
+    "mac": "mk", "bel": "be", "kaz": "kk", "uzb": "uz", "aze": "az", "hye": "hy", "arm": "hy", "kat": "ka",
+    "geo": "ka", "mon": "mn", "nep": "ne", "sin": "si", "khm": "km", "lao": "lo", "mya": "my", "bur": "my",
+    "amh": "am", "som": "so", "hau": "ha", "yor": "yo", "ibo": "ig", "zul": "zu", "xho": "xh", "epo": "eo",
+    "lat": "la", "ltz": "lb", "bos": "bs", "tat": "tt", "kir": "ky", "tgk": "tg", "tuk": "tk", "pus": "ps",
+    "kur": "ku", "snd": "sd", "uig": "ug", "yid": "yi", "fry": "fy", "gla": "gd", "bre": "br", "cos": "co",
+    "oci": "oc", "nob": "no", "nno": "nn",
+}
 
 
 def _as_number(value: Any, name: str) -> float:

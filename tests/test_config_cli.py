@@ -175,6 +175,27 @@ def test_cli_classify_and_report(tmp_path, example_files, workdir, capsys):
     assert (sel / "report.html").stat().st_size > 1000
 
 
+def test_the_report_speaks_in_the_runs_own_strata_and_units(tmp_path, example_files, workdir):
+    """With --proportions none there is one stratum (no target per category, clusters over all
+    categories); with a token budget targets and selected shares are in tokens."""
+    import re
+
+    common = [*example_files, "--strategy", "longest", "--output-dir"]
+    assert main(["select", *common, str(tmp_path / "one"), "--budget", "40", "--proportions", "none", "--mode", "kmeans",
+                 "--workdir", workdir, "-q"]) == 0
+    page = (tmp_path / "one" / "report.html").read_text()
+    assert "One stratum over every category" in page and "target 40 records in all" in page
+    assert "all categories (one stratum)" in page and "<th>target (records)</th>" in page
+    assert main(["select", *common, str(tmp_path / "tok"), "--token-budget", "6000", "--mode", "none",
+                 "--workdir", workdir, "-q"]) == 0
+    page = (tmp_path / "tok" / "report.html").read_text()
+    assert "<th>target (tokens)</th>" in page and "<th>selected tokens</th>" in page and "selected share (tokens)" in page
+    dec = pl.read_parquet(tmp_path / "tok" / "decisions.parquet").filter(pl.col("status") == "selected")
+    total = int((dec["inst_length"] + dec["resp_length"]).sum())
+    shares = [float(x) for x in re.findall(r"<td>([0-9.]+)%</td></tr>", page)]
+    assert total <= 6000 and abs(sum(shares) - 100) < 0.5
+
+
 def test_console_script_installed():
     exe = shutil.which("laser-fast") or str(Path(sys.executable).parent / "laser-fast")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True)

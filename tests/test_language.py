@@ -92,6 +92,13 @@ def test_languages_option_decisions_and_manifest(tmp_path):
     lang = man["language"]
     assert lang["detected"] == {"en": 8, "de": 2, "pl": 1} and lang["languages"] == ["en", "de"] and "lid.176" in lang["model"]
     assert main(["select", str(f), *common, "--languages", "english", "--output-dir", str(tmp_path / "bad")]) == 2
+    # three-letter ISO 639-2 codes of languages with two-letter ones: the same run
+    assert main(["select", str(f), *common, "--languages", "eng,ger", "--output-dir", str(tmp_path / "engger")]) == 0
+    assert json.loads((tmp_path / "engger" / "manifest.json").read_text())["language"]["languages"] == ["en", "de"]
+    assert pl.read_parquet(tmp_path / "engger" / "decisions.parquet").filter(pl.col("status") == "non_english").height == 1
+    # a code the model never gives would keep nothing of that language: refused, named
+    assert main(["select", str(f), *common, "--languages", "en,xq", "--output-dir", str(tmp_path / "xq")]) == 2
+    assert not (tmp_path / "xq").exists()
 
 
 @pytest.mark.parametrize("bad", ["", "e", "en,", "en;de"])

@@ -189,6 +189,15 @@ def _model():
         return _MODEL[0]
 
 
+def known_language_codes() -> frozenset[str] | None:
+    """The codes the language model can give (None without the model)."""
+    m = _model()
+    if m is None:
+        return None
+    labels = m.predict("language", k=-1, threshold=-1.0)[0]  # every label (fasttext-predict lists none otherwise)
+    return frozenset(str(lab).replace("__label__", "") for lab in labels)
+
+
 def detect_languages(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The language of each text: ISO 639 codes (``en``, ``de``, ``pl``, ... ; ``und`` for a text
     without letters), the model's confidence in it, and the probability it gives English.

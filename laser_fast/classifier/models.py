@@ -413,24 +413,11 @@ def _map_labels(labels: Sequence[str], where: str) -> list[int]:
     return out
 
 
-def _dir_fingerprint(kind: str, path: Path, files: Iterable[str]) -> str:
-    h = hashlib.sha1()
-    for f in files:
-        p = path / f
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{f}:{st.st_size}".encode())
-            if st.st_size < 5_000_000:
-                h.update(p.read_bytes())
-    return f"{kind}:{path.name}:{h.hexdigest()[:16]}"
-
-
 class _NamedModelClassifier(TaskClassifier):
     """A classifier named by hub id or local directory; the fingerprint hashes the directory's
     key files (or is the hub id)."""
 
     kind = "model"
-    fingerprint_files: tuple[str, ...] = ()
 
     def __init__(self, model: str, device: str | None = None):
         super().__init__(device)
@@ -439,8 +426,10 @@ class _NamedModelClassifier(TaskClassifier):
     @property
     def fingerprint(self) -> str:
         p = Path(self.name).expanduser()
-        if p.is_dir():
-            return _dir_fingerprint(self.kind, p, self.fingerprint_files)
+        if p.is_dir():  # the folder's files: a model retrained in place is another model
+            from laser_fast.runtime.fingerprint import folder_fingerprint
+
+            return f"{self.kind}:{p.name}:{folder_fingerprint(p)}"
         return f"{self.kind}:{self.name}"
 
 
@@ -453,7 +442,6 @@ class HFClassifier(_NamedModelClassifier):
     """
 
     kind = "hf-seqcls"
-    fingerprint_files = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
     def _load(self) -> None:
         try:
@@ -505,7 +493,6 @@ class SetFitClassifier(_NamedModelClassifier):
     """
 
     kind = "setfit"
-    fingerprint_files = ("model_head.pkl", "config.json", "model.safetensors", "config_setfit.json")
 
     def _load(self) -> None:
         path = Path(self.name).expanduser()

@@ -17,6 +17,7 @@ from laser_fast.categories import CATEGORIES
 from laser_fast.classifier.features import _as_text
 from laser_fast.classifier.models import TaskClassifier, load_classifier
 from laser_fast.config import SelectOptions
+from laser_fast.errors import ConfigError
 from laser_fast.runtime.engine import UnitTask
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats
 from laser_fast.runtime.workdir import WorkDir, _hash_strings, _iter_column
@@ -268,8 +269,14 @@ CLASSIFY = StageSpec("classify", "laser_fast.classifier.stage:classify_stage", r
 def language_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:
     """``language`` per record and ``is_english`` (in ``opts.languages``, English by default; see
     :func:`language_columns`, cached in the work directory), with the records per detected language."""
-    from laser_fast.classifier.language import language_model_name
+    from laser_fast.classifier.language import known_language_codes, language_model_name
 
+    known = known_language_codes()
+    unknown = [c for c in opts.languages if known is not None and c != "en" and c not in known]
+    if unknown:
+        raise ConfigError(f"languages: {', '.join(map(repr, unknown))} is not a code the language model gives (fastText lid.176: "
+                          "ISO 639-1 two-letter codes where a language has one, e.g. en, de, fr, zh; three letters otherwise): "
+                          "fix --languages")
     cols = language_columns(records, str(workdir) if workdir is not None else None, opts.languages)
     keep = cols["keep"]
     codes, counts = np.unique(cols["language"].astype(str), return_counts=True)

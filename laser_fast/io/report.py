@@ -79,7 +79,12 @@ def build_report(decisions: pl.DataFrame, manifest: dict) -> str:
     n_sel = max(int(sel.sum()), 1)
     n_pool = max(decisions.height, 1)
     targets = manifest.get("targets", {})
+    one = set(targets) == {"all"}  # --proportions none: one stratum over every category, no target per category
+    unit = str(manifest.get("budget", {}).get("unit") or "records")
     tsum = max(sum(targets.values()), 1) if targets else 1
+    tokens = None  # with a token budget, the selected share is one of tokens, as the targets are
+    if unit == "tokens" and {"inst_length", "resp_length"} <= set(decisions.columns):
+        tokens = (decisions["inst_length"].fill_null(0) + decisions["resp_length"].fill_null(0)).to_numpy().astype(float)
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>laser_fast report</title><style>{_STYLE}</style></head><body>"]
     opts = manifest.get("options", {})
@@ -93,20 +98,29 @@ def build_report(decisions: pl.DataFrame, manifest: dict) -> str:
     # 1. category mix
     rows = []
     pool_share, sel_share, tgt_share = [], [], []
+    sel_tokens = max(float(tokens[sel].sum()), 1.0) if tokens is not None else None
     for c in cats:
         n_c = int((cat == c).sum())
         s_c = int((sel & (cat == c)).sum())
         t_c = int(targets.get(c, 0)) if targets else 0
-        rows.append([c, n_c, f"{100 * n_c / n_pool:.1f}%", t_c, s_c, f"{100 * s_c / n_sel:.1f}%"])
+        share = float(tokens[sel & (cat == c)].sum()) / sel_tokens if tokens is not None else s_c / n_sel
+        row = [c, n_c, f"{100 * n_c / n_pool:.1f}%", "-" if one else t_c, s_c]
+        if tokens is not None:
+            row.append(int(tokens[sel & (cat == c)].sum()))
+        rows.append([*row, f"{100 * share:.1f}%"])
         pool_share.append(n_c / n_pool)
-        sel_share.append(s_c / n_sel)
+        sel_share.append(share)
         tgt_share.append(t_c / tsum)
     parts.append("<h2>Category mix</h2>")
-    parts.append(_table(["category", "pool", "pool share", "target", "selected", "selected share"], rows))
+    if one:
+        parts.append(f"<p>One stratum over every category (<code>--proportions none</code>): target {int(targets['all'])} {unit} in all.</p>")
+    head = ["category", "pool", "pool share", f"target ({unit})", "selected"]
+    parts.append(_table([*head, *(["selected tokens"] if tokens is not None else []), f"selected share ({'tokens' if tokens is not None else 'records'})"], rows))
     fig, ax = plt.subplots(figsize=(8, 3.2))
     x = np.arange(len(cats))
     ax.bar(x - 0.27, pool_share, 0.27, label="pool", color="#9db4c0")
-    ax.bar(x, tgt_share, 0.27, label="target", color="#5c6b73")
+    if not one:
+        ax.bar(x, tgt_share, 0.27, label=f"target ({unit})", color="#5c6b73")
     ax.bar(x + 0.27, sel_share, 0.27, label="selected", color="#e07a5f")
     ax.set_xticks(x, cats, rotation=20)
     ax.set_ylabel("share")
@@ -163,8 +177,9 @@ def build_report(decisions: pl.DataFrame, manifest: dict) -> str:
         parts.append("<h2>Cluster sizes</h2>")
         fig, ax = plt.subplots(figsize=(8, 3))
         rows = []
-        for c in cats:
-            cl = decisions.filter((pl.col("category") == c) & pl.col("cluster").is_not_null())["cluster"].to_numpy()
+        for c in (["all categories (one stratum)"] if one else cats):
+            where = pl.col("cluster").is_not_null() if one else (pl.col("category") == c) & pl.col("cluster").is_not_null()
+            cl = decisions.filter(where)["cluster"].to_numpy()
             if cl.size == 0:
                 continue
             sizes = np.bincount(cl)

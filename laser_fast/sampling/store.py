@@ -143,7 +143,10 @@ class EmbeddingStore:
 
     @staticmethod
     def _label(model: str | None) -> str:
-        return DEFAULT_EMBEDDING_MODEL if is_default_model(model) else str(model)
+        """The model part of the keys: the default's name, a hub id, or a local folder's path and files."""
+        from laser_fast.runtime.fingerprint import model_identity
+
+        return DEFAULT_EMBEDDING_MODEL if is_default_model(model) else str(model_identity(model))
 
     def _shard_files(self, ns: Path) -> list[tuple[str, Path]]:
         """``(shard id, hashes path)`` of the namespace's shards, in id order. In a URI work

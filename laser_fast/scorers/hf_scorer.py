@@ -132,7 +132,9 @@ class _HFScorer(Scorer):
 
     @property
     def fingerprint(self) -> str:
-        return (f"{self.name}|model={self.model_id}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
+        from laser_fast.runtime.fingerprint import model_identity
+
+        return (f"{self.name}|model={model_identity(self.model_id)}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
                 f"|max_length={self.max_length}|turns={self.turns}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")
 
     # -- loading --------------------------------------------------------------------

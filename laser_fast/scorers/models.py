@@ -605,5 +605,9 @@ class IFDScorer(_HFScorer):
                 mid = f"smollm2:{smollm2_gguf()[1]}"
             except ModelLoadError:
                 pass
+        else:
+            from laser_fast.runtime.fingerprint import model_identity
+
+            mid = model_identity(mid)
         return (f"{self.name}|model={mid}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
                 f"|max_length={self.max_length}|v{__version__}")

@@ -60,7 +60,9 @@ class TokenCounter(Scorer):
 
     @property
     def fingerprint(self) -> str:
-        return f"tokens|{self.tokenizer_name or 'all-MiniLM-L6-v2'}|v{__version__}"
+        from laser_fast.runtime.fingerprint import model_identity
+
+        return f"tokens|{model_identity(self.tokenizer_name) or 'all-MiniLM-L6-v2'}|v{__version__}"
 
     def _load(self):
         if self._tok is None:
