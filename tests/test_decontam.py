@@ -82,3 +82,23 @@ def test_the_cli_leaves_contaminated_records_out_unscored_and_counts_them(tmp_pa
     (tmp_path / "bad" / "x.jsonl").write_text('{"foo": "bar"}\n')
     with pytest.raises(InputError, match="no prompt or answer field"):
         Benchmarks([str(tmp_path / "bad")])
+
+
+def test_scores_given_for_left_out_records_do_not_shape_the_others(tmp_path):
+    """A contaminated record's quality given with the data (an outlier here) stays out of the
+    robust scaling and min-max of the rest, and its preference is NaN."""
+    _, items = _bench(tmp_path)
+    rows = [{"instruction": f"Explain topic number {i} in a few sentences for a student.", "output": f"Topic {i} is explained here.",
+             "category": "Reasoning", "quality": q, "difficulty": 1.0} for i, q in enumerate([0.5, 0.6, 0.0])]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dirty = tmp_path / "dirty.jsonl"
+    bad = {"instruction": items[0]["question"], "output": "180 miles.", "category": "Reasoning", "quality": -100.0, "difficulty": 1.0}
+    dirty.write_text("".join(json.dumps(r) + "\n" for r in [*rows, bad]))
+    common = ["--budget", "3", "--profile", "none", "--strategy", "combination", "--proportions", "natural", "--mode", "none",
+              "--keep-non-english", "-q", "--decontaminate", str(tmp_path / "benchmarks")]
+    prefs = []
+    for name, f in (("c", clean), ("d", dirty)):
+        assert main(["select", str(f), *common, "--workdir", str(tmp_path / f"w{name}"), "--output-dir", str(tmp_path / name)]) == 0
+        prefs.append(pl.read_parquet(tmp_path / name / "decisions.parquet")["preference"].to_list())
+    assert prefs[1][:3] == prefs[0] and prefs[1][3] != prefs[1][3]  # NaN

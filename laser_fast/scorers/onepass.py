@@ -83,9 +83,11 @@ def instruction_views(instructions: Sequence[str]) -> list[str]:
 
 def record_views(batch: pl.DataFrame) -> tuple[list[str], list[str]]:
     """``(instructions, responses)`` of a record table: the first user turn and the first answer
-    (the same texts the classifier and k-means embed)."""
+    (the same texts the classifier and k-means embed). In preference units (DPO, KTO: a
+    ``_rejected`` column) the last answer: the one the chosen and the rejected side differ in."""
     inst = batch["instruction"].fill_null("").to_list()
-    resp = batch["responses"].list.first() if "responses" in batch.columns else batch["response"]
+    pairs = "_rejected" in batch.columns
+    resp = batch["responses"].list.first() if "responses" in batch.columns and not pairs else batch["response"]
     return inst, resp.fill_null("").to_list()
 
 

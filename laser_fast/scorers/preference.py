@@ -226,6 +226,8 @@ def preference_stage(records, opts, *, workdir=None, columns: Mapping[str, np.nd
     d = excluded_rows(cols, n)
     if d is not None:  # duplicates and benchmark items were not scored: their preference is NaN, nothing is missing
         not_scored = d if not_scored is None else np.asarray(not_scored, dtype=bool) | d
+        # and scores given with the data for them do not shape the scaling of the others
+        scores = {k: np.where(d, np.nan, np.asarray(v, dtype=np.float64)) for k, v in scores.items()}
     pref, scaled, info = compute_preference(scores, cols["category"], opts.strategy, seed=opts.seed, groups=src,
                                             not_scored=not_scored)
     out = {"preference": pref, **{f"{m}_scaled": v for m, v in scaled.items()}}
