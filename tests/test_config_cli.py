@@ -194,6 +194,13 @@ def test_the_report_speaks_in_the_runs_own_strata_and_units(tmp_path, example_fi
     total = int((dec["inst_length"] + dec["resp_length"]).sum())
     shares = [float(x) for x in re.findall(r"<td>([0-9.]+)%</td></tr>", page)]
     assert total <= 6000 and abs(sum(shares) - 100) < 0.5
+    # whether torch saw CUDA is unknown on a run answered from its caches: not on the page
+    from laser_fast.io.report import build_report
+
+    man = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    dec = pl.read_parquet(tmp_path / "tok" / "decisions.parquet")
+    pages = [build_report(dec, {**man, "devices": {**man["devices"], "torch_cuda": v}}) for v in (None, False)]
+    assert pages[0] == pages[1] and "torch_cuda" not in pages[0]
 
 
 def test_console_script_installed():

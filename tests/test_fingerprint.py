@@ -46,7 +46,7 @@ def test_the_caches_of_each_stage_follow_the_folder(tmp_path):
     from laser_fast.scorers.tokens import TokenCounter
 
     d = _folder(tmp_path)
-    keys = lambda: (HFClassifier(str(d)).fingerprint, EmbeddingStore._label(str(d)),  # noqa: E731
+    keys = lambda: (HFClassifier(str(d)).fingerprint, EmbeddingStore._label(str(d)),
                     DifficultyScorer(model=str(d)).fingerprint, TokenCounter(str(d)).fingerprint)
     before = keys()
     assert before == keys()

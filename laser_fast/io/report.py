@@ -193,7 +193,9 @@ def build_report(decisions: pl.DataFrame, manifest: dict) -> str:
         parts.append(f"<img alt='cluster sizes' src='{_png(fig)}'>")
 
     parts.append("<h2>Run</h2>")
-    dev = manifest.get("devices", {})
+    # whether torch saw CUDA is known only where torch was loaded (not on a run answered from its caches):
+    # the page leaves it out, so it is the same whatever the caches held
+    dev = {k: v for k, v in manifest.get("devices", {}).items() if k != "torch_cuda"}
     parts.append(f"<p class='small'>laser_fast {html.escape(str(manifest.get('laser_fast')))}; devices: {html.escape(json.dumps(dev))}; inputs: "
                  + html.escape(", ".join(f"{i.get('path')} ({i.get('rows')} rows)" for i in manifest.get("inputs", []))) + "</p>")
     parts.append("</body></html>\n")
