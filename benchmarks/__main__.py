@@ -95,7 +95,12 @@ def main(argv=None) -> int:
         write_json(out / "results.json", results)
         write_text(out / "results.md", to_markdown(results))
     print(to_markdown(results))
-    return 0
+    # a row that failed (a model out of memory, a missing kernel) is kept as an "error" row so the
+    # rows after it are measured; the run still fails
+    bad = [(case, r) for case, rows in results["cases"].items() for r in rows if isinstance(r, dict) and "error" in r]
+    for case, r in bad:
+        print(f"case {case}: a row failed: {r}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

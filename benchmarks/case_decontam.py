@@ -103,7 +103,8 @@ def run(quick: bool) -> list[dict]:
     t2 = time.perf_counter()
     pm = planted[planted < m]
     row = {"case": "decontam", "rows": m, "benchmark_items": bench.items, "benchmark_ngrams": n_grams, "load_s": round(t_load, 2),
-           "polars_s": round(t1 - t0, 2), "python_set_s": round(t2 - t1, 2), "speedup": round((t2 - t1) / max(t1 - t0, 1e-9), 2),
+           # the baseline builds its n-gram set inside its timing: ours is counted with its load too
+           "polars_s": round(t1 - t0, 2), "python_set_s": round(t2 - t1, 2), "speedup": round((t2 - t1) / max(t1 - t0 + t_load, 1e-9), 2),
            "flagged": int(ours_m.sum()), "planted": int(pm.size), "planted_found": bool(ours_m[pm].all()),
            "agree": bool((ours_m == base).all()), "python_flagged": int(base.sum())}
     print(json.dumps(row), flush=True)

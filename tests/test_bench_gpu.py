@@ -117,6 +117,23 @@ def test_full_run_branches_on_cpu_with_tiny_shapes(monkeypatch):
     assert (km["n"], km["k"], km["iters"]) == (3000, 40, 3) and ("faiss_skipped" in km or "faiss_total_s" in km)
 
 
+def test_a_failed_row_fails_the_run(tmp_path, monkeypatch, capsys):
+    """An error row keeps the rows after it measured, and the run still exits non-zero."""
+    import benchmarks.__main__ as bm
+
+    class Fake:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def runner(self):
+            return lambda quick: self.rows
+
+    monkeypatch.setattr(bm, "CASES", {"ok": Fake([{"case": "ok", "x": 1}]), "bad": Fake([{"case": "bad", "error": "out of memory"}, {"case": "bad", "x": 2}])})
+    assert bm.main(["--quick", "--cases", "ok", "--out", str(tmp_path / "a")]) == 0
+    assert bm.main(["--quick", "--cases", "ok,bad", "--out", str(tmp_path / "b")]) == 1
+    assert "a row failed" in capsys.readouterr().err and "out of memory" in (tmp_path / "b" / "results.md").read_text()
+
+
 def test_markdown_of_rows():
     from benchmarks.__main__ import to_markdown
 
