@@ -81,8 +81,12 @@ if ! $PY -c "import polars" 2>/dev/null; then
     fi
 fi
 if [ ! -f ../shared/data/alpaca_eval_pool.jsonl.gz ] && [ -f $CARRY/data/alpaca_eval_pool.jsonl.gz ]; then
+    # taken away on exit: a checkout beside this one (a rehearsal in /tmp) must not find a partial pool there
+    [ -d ../shared ] || made_shared=$(cd .. && pwd)/shared
     mkdir -p ../shared/data && ln -sf "$ROOT/$CARRY/data/alpaca_eval_pool.jsonl.gz" ../shared/data/alpaca_eval_pool.jsonl.gz \
         && echo "pool: the carried $POOL_ROWS-row sample" || echo "could not place the pool sample in ../shared/data"
+    placed_pool=$(cd ../shared/data && pwd)/alpaca_eval_pool.jsonl.gz
+    trap 'rm -f "$placed_pool"; [ -n "${made_shared:-}" ] && rmdir "$made_shared/data" "$made_shared" 2>/dev/null; true' EXIT
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY - <<'EOF'
