@@ -155,9 +155,8 @@ def dedup_best_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapp
     if root is None:
         return StageResult({}, StageStats("dedup_best", ran=False))
     n = records.height
-    pref = np.asarray(cols["preference"], dtype=np.float64)
-    if canonical_strategy(opts.strategy) == "random":  # noise, not a preference: the first copy stays
-        pref = np.full(n, np.nan)
+    noise = canonical_strategy(opts.strategy) == "random"  # not a preference: the first eligible copy stays
+    pref = np.full(n, np.nan) if noise else np.asarray(cols["preference"], dtype=np.float64)
     # the copies the selection could take: a kept copy that is too long, in another language or
     # unscored would be dropped after its copies were, and the group lost
     from laser_fast.sampling.strata import candidate_status
@@ -167,7 +166,7 @@ def dedup_best_stage(records: pl.DataFrame, opts, *, workdir=None, columns: Mapp
     english = np.ones(n, dtype=bool) if english is None else np.asarray(english, dtype=bool)
     length = (np.asarray(cols["inst_length"]) + np.asarray(cols["resp_length"]) if "inst_length" in cols and "resp_length" in cols
               else np.zeros(n))
-    eligible = candidate_status(english, length, opts, None if np.isnan(pref).all() else cols["preference"],
+    eligible = candidate_status(english, length, opts, None if noise else pref,
                                 contaminated=None if contaminated is None else named_rows(contaminated)) == "candidate"
     kept = keep_best(root, pref, eligible)
     dup = _named(records, kept)

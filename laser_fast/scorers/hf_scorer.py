@@ -130,11 +130,15 @@ class _HFScorer(Scorer):
     def _template_text(self) -> str:
         return ""
 
-    @property
-    def fingerprint(self) -> str:
+    def _model_key(self) -> str:
+        """The model in the fingerprint: a hub id, or a local folder's path and files."""
         from laser_fast.runtime.fingerprint import model_identity
 
-        return (f"{self.name}|model={model_identity(self.model_id)}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
+        return str(model_identity(self.model_id))
+
+    @property
+    def fingerprint(self) -> str:
+        return (f"{self.name}|model={self._model_key()}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
                 f"|max_length={self.max_length}|turns={self.turns}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")
 
     # -- loading --------------------------------------------------------------------

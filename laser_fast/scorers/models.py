@@ -596,19 +596,17 @@ class IFDScorer(_HFScorer):
         self._warn_missing(ifd, "empty instruction or response")
         return {"ifd": ifd, "ifd_cond_loss": cond_loss, "ifd_direct_loss": direct_loss}
 
-    @property
-    def fingerprint(self) -> str:
-        mid = self.model_id
-        if str(mid).strip().lower() in ("smollm2", "smollm", "smollm2-135m-instruct"):
+    def _model_key(self) -> str:
+        if str(self.model_id).strip().lower() in ("smollm2", "smollm", "smollm2-135m-instruct"):
             try:
                 from laser_fast.runtime.models import smollm2_gguf
 
-                mid = f"smollm2:{smollm2_gguf()[1]}"
+                return f"smollm2:{smollm2_gguf()[1]}"
             except ModelLoadError:
-                pass
-        else:
-            from laser_fast.runtime.fingerprint import model_identity
+                return str(self.model_id)
+        return super()._model_key()
 
-            mid = model_identity(mid)
-        return (f"{self.name}|model={mid}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
+    @property
+    def fingerprint(self) -> str:  # no turns: IFD always reads the last exchange
+        return (f"{self.name}|model={self._model_key()}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
                 f"|max_length={self.max_length}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")
