@@ -56,6 +56,9 @@ def test_encode_texts_equals_sentence_transformers(model, texts, reference):
         assert v.dtype == np.float32 and v.shape == reference.shape
         np.testing.assert_allclose(v, reference, atol=2e-6)
         assert st["fast_path"] and st["records"] == len(texts) and st["tokens"] == sum(true_lens)
+        # texts cut to max_seq_length are counted (the tokenizer's overflow says which)
+        whole = [len(tok(t)["input_ids"]) for t in texts]
+        assert st["truncated"] == sum(w > model.max_seq_length for w in whole) >= 1
         assert st["tokens"] <= st["padded_tokens"] and st["non_padding"] == pytest.approx(st["tokens"] / st["padded_tokens"], abs=1e-4)
     _, one = E.encode_texts(model, texts, max_batch_size=1)
     assert one["forward_passes"] == len(texts) and one["padded_tokens"] == one["tokens"]

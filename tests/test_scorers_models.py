@@ -382,3 +382,64 @@ def test_a_gguf_file_is_refused_for_a_scoring_head():
     for kind in ("seq_regression", "token_classification"):
         with pytest.raises(ModelLoadError, match=f"GGUF file holds a causal language model, not the '{kind}' head"):
             load_hf(str(path), kind, device="cpu")
+
+
+def test_inputs_cut_to_max_length_are_counted(models_dir, tmp_path, caplog):
+    """Every scorer that shortens an input to its max_length counts it (stats.truncated, which the
+    manifest records) and the scoring stage warns once with the count: nothing is cut silently."""
+    import logging
+
+    from laser_fast.scorers.stage import score_records
+
+    long = " ".join(["word"] * 300)
+    pairs = [RECORDS[0], (long, RECORDS[0][1]), (RECORDS[1][0], long), (RECORDS[5][0], RECORDS[5][1] + "\n\n" + long)]
+    batch = make_batch(pairs)
+    cases = [
+        (DifficultyScorer(models_dir["difficulty"], max_length=200), 1),  # instructions only: the long one
+        (DeitaScorer("quality", models_dir["deita"], max_length=200), 3),  # the long instruction and both long responses
+        (ProcessRewardScorer(models_dir["prm"], max_length=200), 3),
+        (IFDScorer(models_dir["ifd"], max_length=100, max_prompt_length=100), 3),
+    ]
+    for s, want in cases:
+        s.build_inputs(batch)
+        assert s.stats["truncated"] == want, s.name
+    short = DifficultyScorer(models_dir["difficulty"])
+    short.build_inputs(make_batch())
+    assert short.stats["truncated"] == 0
+    s = DifficultyScorer(models_dir["difficulty"], max_length=200)
+    with caplog.at_level(logging.WARNING, logger="laser_fast.scorers.stage"):
+        _, facts = score_records(batch, ["Math"] * batch.height, s, tmp_path)
+    assert facts["stats"]["truncated"] == 1
+    assert "difficulty: 1 input(s) of the 4 records scored were longer than the scorer's max_length" in caplog.text
+    caplog.clear()
+    _, again = score_records(batch, ["Math"] * batch.height, DifficultyScorer(models_dir["difficulty"], max_length=200), tmp_path)
+    assert again["cached"] == 4 and "max_length" not in caplog.text  # nothing scored, nothing cut
+
+
+def test_cut_inputs_are_counted_on_an_engines_workers(models_dir, tmp_path, caplog):
+    """With an engine the workers score the chunks: each unit brings back its count of cut inputs,
+    which the driver sums into the same stats.truncated and warning."""
+    import logging
+
+    from laser_fast.runtime import engine
+    from laser_fast.scorers.stage import score_records
+
+    class InProcess:  # an engine whose one worker is this process
+        name = "inprocess"
+
+        def map_units(self, task, units):
+            task.setup()
+            return [task.run(u) for u in units]
+
+    long = " ".join(["word"] * 300)
+    batch = make_batch([RECORDS[0], (long, RECORDS[0][1]), (long + " again", RECORDS[1][1])])
+    token = engine._CURRENT.set(InProcess())
+    try:
+        with caplog.at_level(logging.WARNING, logger="laser_fast.scorers.stage"):
+            out, facts = score_records(batch, ["Math"] * 3, DifficultyScorer(models_dir["difficulty"], max_length=200),
+                                       tmp_path, chunk_records=1)
+    finally:
+        engine._CURRENT.reset(token)
+    assert facts["engine"] == "inprocess" and facts["computed"] == 3 and facts["stats"] == {"truncated": 2}
+    assert "difficulty: 2 input(s) of the 3 records scored were longer" in caplog.text
+    assert set(out) == {"difficulty"} and np.isfinite(out["difficulty"]).all()

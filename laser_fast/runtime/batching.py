@@ -24,8 +24,9 @@ MIN_FILL = 0.9
 
 
 def new_stats() -> dict[str, float]:
-    """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds."""
-    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
+    """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds, and
+    ``truncated`` (inputs cut to the scorer's ``max_length`` before scoring)."""
+    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "truncated": 0}
 
 
 def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: float = MIN_FILL,

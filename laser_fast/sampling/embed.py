@@ -148,8 +148,9 @@ def content_key(texts: Sequence[str], model_name: str, field: str, *, hashes: Se
 
 
 def new_embed_stats() -> dict[str, float]:
-    """Zeroed encoder stats: records, forward_passes, tokens (real), padded_tokens, seconds."""
-    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0}
+    """Zeroed encoder stats: records, forward_passes, tokens (real), padded_tokens, seconds, and
+    ``truncated`` (texts cut to the model's ``max_seq_length``)."""
+    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "truncated": 0}
 
 
 def non_padding_share(stats: dict) -> float | None:
@@ -205,8 +206,10 @@ class _Encoder:
         self.with_token_types = False
 
     # ---- tokenization -------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Flat int32 token ids and int64 offsets (n + 1) of ``texts``, truncated like the model."""
+    def tokenize(self, texts: Sequence[str], block: int = 4096, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Flat int32 token ids and int64 offsets (n + 1) of ``texts``, truncated like the model
+        (``stats["truncated"]`` counts the texts cut: those with tokens left over, or, from a
+        tokenizer that does not say, those at the length limit)."""
         if self.tok is None:
             # no tokenizer (e.g. a static model): character counts only order the batches
             lens = np.fromiter((max(1, len(t)) for t in texts), dtype=np.int64, count=len(texts))
@@ -215,9 +218,14 @@ class _Encoder:
             return np.zeros(0, dtype=np.int32), off
         parts, lens = [], []
         for s in range(0, len(texts), block):
-            ids = self.tok(list(texts[s:s + block]), truncation=True, max_length=self.max_len, add_special_tokens=True,
-                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            got = self.tok(list(texts[s:s + block]), truncation=True, max_length=self.max_len, add_special_tokens=True,
+                           return_attention_mask=False, return_token_type_ids=False)
+            ids = got["input_ids"]
             ln = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+            if stats is not None:
+                encs = getattr(got, "encodings", None)
+                cut = sum(1 for e in encs if e.overflowing) if encs else int((ln >= self.max_len).sum())
+                stats["truncated"] = stats.get("truncated", 0) + cut
             flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(ln.sum()))
             parts.append(flat)
             lens.append(ln)
@@ -404,7 +412,7 @@ def encode_texts(
     enc = _Encoder(m, batch_tokens, max_batch_size, exact=exact)
     stats = new_embed_stats()
     t0 = time.perf_counter()
-    ids, off = enc.tokenize(texts)
+    ids, off = enc.tokenize(texts, stats=stats)
     stats["tokenize_seconds"] = round(time.perf_counter() - t0, 4)
     from laser_fast.runtime.progress import progress_bar
 

@@ -57,7 +57,7 @@ def embed_windows(pos: np.ndarray, digs: np.ndarray, firsts: np.ndarray | None =
 
 
 #: the encoder stats a worker sends back per window
-_STAT_KEYS = ("records", "forward_passes", "tokens", "padded_tokens", "seconds")
+_STAT_KEYS = ("records", "forward_passes", "tokens", "padded_tokens", "seconds", "truncated")
 
 
 class EmbedTask(UnitTask):
@@ -410,8 +410,11 @@ class EmbeddingStore:
             self._embed(ns, enc, texts, digs, pos, todo.size, chunk_rows, stats, show_progress, firsts)
             computed += int(todo.size)
         if computed:
-            info.update({k: stats[k] for k in ("records", "forward_passes", "tokens", "padded_tokens")},
+            info.update({k: int(stats[k]) for k in ("records", "forward_passes", "tokens", "padded_tokens", "truncated")},
                         embed_seconds=round(stats["seconds"], 3), non_padding=non_padding_share(stats))
+            if info["truncated"]:
+                logger.info("embed: %d of %d text(s) were longer than the model's max_seq_length and were embedded "
+                            "from their beginning (as sentence-transformers does)", info["truncated"], computed)
         if keep:
             arr, t_asm = self._assemble(final, index, vecs, pos)
         else:
@@ -436,7 +439,7 @@ class EmbeddingStore:
     def _embed_window(self, ns: Path, enc: _Encoder, wtexts: Sequence[str], wdigs: np.ndarray, chunk_rows: int, stats: dict, bar=None) -> None:
         """Embed one window of texts, longest first, and store it in shards of ``chunk_rows``
         (the unit of work of both engines, see :class:`EmbedTask`)."""
-        ids, off = enc.tokenize(wtexts)
+        ids, off = enc.tokenize(wtexts, stats=stats)
         order = np.argsort(-(off[1:] - off[:-1]), kind="stable")  # longest first
         for c in range(0, order.size, chunk_rows):
             sel = order[c:c + chunk_rows]

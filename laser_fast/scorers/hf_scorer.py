@@ -264,6 +264,12 @@ class _HFScorer(Scorer):
                            device=self._dev, stats=self.stats, show_progress=_want_progress(show_progress), desc=self.name,
                            min_fill=fill)
 
+    def _truncated(self, count: int, how: str) -> None:
+        """Count ``count`` inputs cut to fit ``max_length`` (``stats["truncated"]``, in the manifest)."""
+        if count:
+            self.stats["truncated"] = self.stats.get("truncated", 0) + int(count)
+            logger.debug("%s: %d input(s) longer than %d tokens %s", self.name, count, self.max_length, how)
+
     def _warn_missing(self, out: np.ndarray, why: str) -> None:
         bad = int((~np.isfinite(out)).sum())
         if bad:

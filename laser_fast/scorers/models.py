@@ -142,7 +142,9 @@ class DifficultyScorer(_HFScorer):
             convs.append([{"role": "system", "content": DIFFICULTY_SYSTEM.format(category=c or "all")},
                           {"role": "user", "content": users[i]}])
         enc = self._encode(self._chat(convs, generation_prompt=False))
-        return rec, _tails(len(users), ok, enc, self.max_length)
+        ids, cut = _tails(len(users), ok, enc, self.max_length)
+        self._truncated(cut, "keep only their end")
+        return rec, ids
 
     def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
               prepared=None) -> dict[str, np.ndarray]:
@@ -196,13 +198,17 @@ class DifficultyScorer(_HFScorer):
         return res
 
 
-def _tails(n: int, ok: list[int], enc, max_length: int) -> list[list[int]]:
+def _tails(n: int, ok: list[int], enc, max_length: int, cut: set[int] | None = None) -> tuple[list[list[int]], int]:
     """Token ids of ``n`` exchanges: the last ``max_length`` tokens of ``enc[j]`` at ``ok[j]`` (the
-    exchanges with a user turn: a long input keeps its end, where the score is read), ``[]`` elsewhere."""
+    exchanges with a user turn: a long input keeps its end, where the score is read), ``[]`` elsewhere;
+    and how many of them lost tokens (here, or before: the exchange indices in ``cut``)."""
     ids: list[list[int]] = [[] for _ in range(n)]
+    lost = set(cut or ())
     for i, e in zip(ok, enc):
+        if len(e) > max_length:
+            lost.add(i)
         ids[i] = list(e[-max_length:])
-    return ids
+    return ids, len(lost)
 
 
 # ======================================================================================
@@ -296,17 +302,22 @@ class DeitaScorer(_HFScorer):
         insts = self._encode([users[i] for i in ok])
         outs = self._encode([resps[i] or "" for i in ok]) if self.deita_kind == "quality" else [[] for _ in ok]
         prompts = []
+        cut: set[int] = set()
         for k, i in enumerate(ok):
             inst, resp = users[i], resps[i]
             left = room - len(insts[k])
             if self.deita_kind == "quality" and left > 0 and len(outs[k]) > left:
                 resp = tok.decode(outs[k][:left], skip_special_tokens=True)
+                cut.add(i)
             elif left <= 0:
                 inst = tok.decode(insts[k][:room], skip_special_tokens=True)
                 resp = ""
+                cut.add(i)
             prompts.append(self._prompt(inst, resp))
         enc = self._encode(prompts, special=True)
-        return rec, _tails(len(users), ok, enc, self.max_length)
+        ids, lost = _tails(len(users), ok, enc, self.max_length, cut)
+        self._truncated(lost, "are shortened (the response first)")
+        return rec, ids
 
     def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
               prepared=None) -> dict[str, np.ndarray]:
@@ -433,8 +444,7 @@ class ProcessRewardScorer(_HFScorer):
             if len(e) > self.max_length:
                 cut += 1
             ids[i] = list(e[:self.max_length])
-        if cut:
-            logger.warning("process_reward: %d input(s) longer than %d tokens lose their last steps", cut, self.max_length)
+        self._truncated(cut, "lose their last steps")
         return rec, ids
 
     def score(self, batch: pl.DataFrame, *, batch_size: int | None = None, show_progress: bool | None = None,
@@ -541,13 +551,17 @@ class IFDScorer(_HFScorer):
         direct: list[list[int]] = [[] for _ in range(n)]
         cstart = [0] * n
         dstart = [0] * n
+        cut = 0
         for i, p, r in zip(ok, penc, renc):
+            cut += len(r) > self.max_length or len(p) > self.max_prompt_length
             r = list(r[:self.max_length])
             if not r:
                 continue
             p = list(p[-self.max_prompt_length:])
             cond[i], cstart[i] = p + r, len(p)
             direct[i], dstart[i] = header + r, max(1, len(header))
+        self._truncated(int(cut), f"keep the first {self.max_length} response tokens and the last "
+                                  f"{self.max_prompt_length} prompt tokens")
         return cond, cstart, direct, dstart
 
     def _token_nll(self, model, x, mask, starts: np.ndarray):

@@ -100,10 +100,11 @@ def embed_views(instructions: Sequence[str], responses: Sequence[str], *, workdi
     float16 rounding, so both paths give the same scores).
 
     Returns:
-        ``(instruction vectors, response vectors, info)``; ``info`` counts ``computed`` texts.
+        ``(instruction vectors, response vectors, info)``; ``info`` counts ``computed`` texts and,
+        of those, the ``truncated`` ones (cut at the model's ``max_seq_length``).
     """
     views = instruction_views(instructions)
-    info = {"computed": 0}
+    info = {"computed": 0, "truncated": 0}
     if workdir is not None:
         from laser_fast.sampling.store import EmbeddingStore
 
@@ -113,13 +114,15 @@ def embed_views(instructions: Sequence[str], responses: Sequence[str], *, workdi
             # keep=False: a chunk's vectors are gathered from the shards, no per-chunk request file
             arr, got = store.get(texts, field=field, batch_tokens=batch_tokens, device=device, show_progress=False, keep=False)
             info["computed"] += int(got.get("computed", 0))
+            info["truncated"] += int(got.get("truncated", 0))
             out.append(np.asarray(arr, dtype=np.float32))
         return out[0], out[1], info
     from laser_fast.sampling.embed import encode_texts
 
-    ei, _ = encode_texts(None, views, batch_tokens=batch_tokens, device=device)
-    er, _ = encode_texts(None, list(responses), batch_tokens=batch_tokens, device=device)
+    ei, si = encode_texts(None, views, batch_tokens=batch_tokens, device=device)
+    er, sr = encode_texts(None, list(responses), batch_tokens=batch_tokens, device=device)
     info["computed"] = len(views) + len(responses)
+    info["truncated"] = int(si["truncated"] + sr["truncated"])
     return ei.astype(np.float16).astype(np.float32), er.astype(np.float16).astype(np.float32), info
 
 
@@ -223,7 +226,8 @@ class OnePassScorer(Scorer):
         self._heads: tuple[dict, dict[str, _Head], str] | None = None
         self._root: str | None = None
         self._used: str | None = None
-        self.stats = {"records": 0, "embedded_texts": 0, "seconds": 0.0}
+        # truncated_texts: embedded texts cut at MiniLM's 256 tokens (the heads were trained on such views)
+        self.stats = {"records": 0, "embedded_texts": 0, "truncated_texts": 0, "seconds": 0.0}
 
     def set_store_root(self, workdir: Any) -> None:
         """Read and write MiniLM vectors through this work directory's embedding store."""
@@ -268,6 +272,7 @@ class OnePassScorer(Scorer):
             q[ok] = heads["quality"].apply(parts)
             d[ok] = np.clip(heads["difficulty"].apply(parts), 0.0, 1.0)
             self.stats["embedded_texts"] += info["computed"]
+            self.stats["truncated_texts"] += info["truncated"]
             self._used = torch_device(self.device)
         self.stats["records"] += n
         self.stats["seconds"] += time.perf_counter() - t0

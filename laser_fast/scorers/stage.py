@@ -216,6 +216,7 @@ def _approx_length(batch: pl.DataFrame) -> np.ndarray:
 
 #: the content key of each row of a scoring unit, shipped with the unit (see :class:`ScoreTask`)
 _KEY_COLUMN = "_content_key"
+_TRUNCATED_COLUMN = "_truncated"  # a ScoreTask unit's count of inputs cut to max_length (first row)
 
 
 def score_chunks(length: np.ndarray, found: np.ndarray, chunk: int) -> list[np.ndarray]:
@@ -286,8 +287,23 @@ class ScoreTask(UnitTask):
     def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
         keys = unit[_KEY_COLUMN].to_list()
         batch = unit.drop(_KEY_COLUMN)
+        stats = getattr(self._scorer, "stats", None) or {}
+        before = int(stats.get("truncated", 0))
         res = _score_unit(self._scorer, self._cache, batch, batch["data_id"].to_list(), keys)
-        return {o: np.asarray(res[o], dtype=np.float64) for o in self.outputs}
+        out = {o: np.asarray(res[o], dtype=np.float64) for o in self.outputs}
+        # the unit's count of inputs cut to max_length, in its first row (the driver sums the column)
+        cut = np.zeros(batch.height, dtype=np.int64)
+        if cut.size:
+            cut[0] = int(stats.get("truncated", 0)) - before
+        out[_TRUNCATED_COLUMN] = cut
+        return out
+
+
+def _warn_truncated(name: str, cut: int, records: int) -> None:
+    if cut > 0:
+        logger.warning("%s: %d input(s) of the %d records scored were longer than the scorer's max_length and were cut to fit, "
+                       "as the reference does (stats.truncated in the manifest; a scorer built in Python with a larger "
+                       "max_length keeps them whole)", name, cut, records)
 
 
 def score_records(
@@ -356,14 +372,19 @@ def score_records(
     if ex is not None:  # the same chunks, scored and cached by the engine's workers
         task = ScoreTask(scorer, str(workdir))
         units = [sub[part].with_columns(pl.Series(_KEY_COLUMN, [keys[j] for j in part], dtype=pl.Utf8)) for part in parts]
+        cut = 0
         for part, res in zip(parts, ex.map_units(task, units)):
             for o in scorer.outputs:
                 out[o][rows[part]] = np.asarray(res[o], dtype=np.float64)
+            cut += int(np.asarray(res.get(_TRUNCATED_COLUMN, [0])).sum())
         cache.compact()
-        facts.update(engine=ex.name, computed=int(todo.size), seconds=round(time.perf_counter() - t0, 3))
+        facts.update(engine=ex.name, computed=int(todo.size), seconds=round(time.perf_counter() - t0, 3),
+                     stats={"truncated": cut})
+        _warn_truncated(scorer.name, cut, int(todo.size))
         return out, facts
     bar = progress_bar(total=int(todo.size), desc=f"score {scorer.name}", unit="rec", show=show_progress)
     done = 0
+    cut_before = int((getattr(scorer, "stats", None) or {}).get("truncated", 0))
     # prepare the next chunk's inputs (templating, tokenizing) in a thread while the model runs
     ahead = prefetch if prefetch is not None else bool(getattr(scorer, "prefetch", False))
     pool = None
@@ -396,6 +417,7 @@ def score_records(
     facts["computed"] = int(todo.size)
     facts["seconds"] = round(time.perf_counter() - t0, 3)
     st = dict(getattr(scorer, "stats", {}) or {})
+    _warn_truncated(scorer.name, int(st.get("truncated", 0)) - cut_before, int(todo.size))
     if st.get("padded_tokens"):
         st["non_padding_share"] = round(st.get("tokens", 0) / st["padded_tokens"], 4)
     facts["stats"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()}
