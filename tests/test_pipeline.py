@@ -299,3 +299,29 @@ def test_language_mask_is_cached_by_instruction_texts(tmp_path, monkeypatch):
     other = recs.with_columns(pl.Series("instruction", ["Bonjour, où est la gare la plus proche de la ville ?", "Name three colours.", "Hi"]))
     with pytest.raises(AssertionError, match="ran again"):
         english_mask(other, str(tmp_path))  # other texts: another key
+
+
+def test_an_infinite_score_is_refused_where_it_is_given(tmp_path):
+    """An infinite score cannot be ranked or robust-scaled: a score file (CSV text, JSONL number,
+    Parquet) or an input field holding one is an error naming the file, row and key, not a record
+    silently read as missing."""
+    from laser_fast.errors import InputError
+    from laser_fast.io.ingest import records_from_frame
+    from laser_fast.io.score_files import read_score_file, scores_from_extra
+    from laser_fast.scorers.preference import _require
+
+    (tmp_path / "s.csv").write_text("data_id,quality\nr1,0.5\nr2,inf\n")
+    (tmp_path / "s.jsonl").write_text('{"data_id": "r1", "quality": 0.5}\n{"data_id": "r2", "quality": "-Infinity"}\n')
+    pl.DataFrame({"data_id": ["r1", "r2"], "quality": [0.5, float("inf")]}).write_parquet(tmp_path / "s.parquet")
+    for name, given in (("s.csv", "'inf'"), ("s.jsonl", "'-Infinity'"), ("s.parquet", "inf")):
+        with pytest.raises(InputError, match=r"row 1.*'quality' is infinite \(" + given) as e:
+            read_score_file(tmp_path / name)
+        assert name in str(e.value) and "finite number" in str(e.value)
+    (tmp_path / "ok.csv").write_text("data_id,quality\nr1,0.5\nr2,NaN\n")
+    assert np.isnan(read_score_file(tmp_path / "ok.csv")["quality"][1])  # NaN is missing, as before
+    df, _ = records_from_frame(pl.DataFrame({"instruction": ["a", "b"], "output": ["x", "y"], "quality": [1.0, float("-inf")]}))
+    with pytest.raises(InputError, match="'quality' is infinite"):
+        scores_from_extra(df)
+    # a scorer's infinite output is named as such when a strategy needs the metric
+    with pytest.raises(MissingScoreError, match=r"missing or infinite \(1 infinite\) for 2 record\(s\)"):
+        _require("quality", np.array([np.inf, np.nan, 1.0]), np.ones(3, dtype=bool), "deita", np.array(["Math"] * 3, dtype=object))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import json
-import math
 from collections.abc import Container, Mapping
 from typing import Any
 
@@ -344,11 +343,12 @@ def _dumps_json_extra(obj: dict) -> str:
 
 
 def _json_safe(v: Any) -> Any:
-    """Convert a value read from Arrow/Parquet into something JSON can represent."""
-    if v is None or isinstance(v, (str, bool, int)):
+    """Convert a value read from Arrow/Parquet into something JSON can represent. Floats stay as
+    they are, NaN and infinities too (written ``NaN`` / ``Infinity`` as for a JSONL input, which
+    Python's ``json`` reads back): an infinite score is then refused by name instead of read as
+    missing, and the output writes them as null either way."""
+    if v is None or isinstance(v, (str, bool, int, float)):
         return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
     if isinstance(v, Mapping):
         return {str(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

@@ -47,16 +47,25 @@ def _to_float(v, where: str, key: str) -> float:
     if isinstance(v, bool):
         raise InputError(where, f"score '{key}' is a boolean, expected a number", "write numbers (or null for missing)", key=key)
     if isinstance(v, (int, float)):
-        return float(v)
+        return _finite(float(v), v, where, key)
     if isinstance(v, str):
         s = v.strip()
         if s in _MISSING_TOKENS:
             return np.nan
         try:
-            return float(s)
+            return _finite(float(s), v, where, key)
         except ValueError:
             pass
     raise InputError(where, f"score '{key}' has the non-numeric value {v!r}", "write numbers (or null/None for missing)", key=key)
+
+
+def _finite(x: float, given, where: str, key: str) -> float:
+    """``x`` unless it is infinite: an infinite score would rank above (or below) every other and
+    robust scaling cannot place it, so it is refused rather than read as missing."""
+    if np.isinf(x):
+        raise InputError(where, f"score '{key}' is infinite ({given!r})",
+                         "write a finite number, or null / NaN where the score is missing", key=key)
+    return x
 
 
 def scores_from_extra(records: pl.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -158,17 +167,27 @@ def _float_column(col: pl.Series, path: str, key: str) -> pl.Series:
     Numeric columns are cast at once; text columns are parsed by polars first and only the values
     it cannot parse go through Python's ``float`` (which also reads forms such as ``1_000``)."""
     if col.dtype.is_numeric():
-        return col.cast(pl.Float64).fill_null(np.nan)
+        out = col.cast(pl.Float64).fill_null(np.nan)
+        _no_inf(out.to_numpy(), col, path, key)
+        return out
     if col.dtype in (pl.String, pl.Categorical):
         text = col.cast(pl.String).str.strip_chars()
         missing = (text.is_null() | text.is_in(list(_MISSING_TOKENS))).to_numpy()
         vals = text.cast(pl.Float64, strict=False).to_numpy().astype(np.float64, copy=True)
         vals[missing] = np.nan
+        _no_inf(vals, col, path, key)
         for i in np.flatnonzero(~missing & np.isnan(vals)).tolist():
             vals[i] = _to_float(col[i], f"{path}:row {i}", key)  # raises on non-numbers
         return pl.Series(key, vals, dtype=pl.Float64)
     vals = col.to_list()  # booleans, lists, ...: the per-value rules (and their errors)
     return pl.Series(key, [_to_float(v, f"{path}:row {i}", key) for i, v in enumerate(vals)], dtype=pl.Float64)
+
+
+def _no_inf(vals: np.ndarray, col: pl.Series, path: str, key: str) -> None:
+    bad = np.flatnonzero(np.isinf(vals))
+    if bad.size:
+        i = int(bad[0])
+        _finite(float(vals[i]), col[i], f"{path}:row {i}", key)
 
 
 def merge_score_files(records: pl.DataFrame, paths: Sequence[str | Path], scores: dict[str, np.ndarray], categories: np.ndarray | None):

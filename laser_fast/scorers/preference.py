@@ -82,9 +82,11 @@ def _require(metric: str, values: np.ndarray | None, mask: np.ndarray, strategy:
     if n == 0:
         return values if values is not None else np.full(mask.shape, np.nan)
     cats = sorted({str(c) for c in categories[missing]})
+    inf = int(np.isinf(values[missing]).sum()) if values is not None else 0
+    what = f"missing for {n} record(s)" if not inf else f"missing or infinite ({inf} infinite) for {n} record(s)"
     raise MissingScoreError(
         f"strategy '{strategy}' needs the metric '{metric}' (scorer: {METRIC_SCORER.get(metric, metric)}) "
-        f"but it is missing for {n} record(s) of categories {', '.join(cats)}. Let a scoring profile compute it "
+        f"but it is {what} of categories {', '.join(cats)}. Let a scoring profile compute it "
         f"(--profile lite or paper, or --scorers NAME), provide it as an input column "
         f"or in a score file keyed by data_id (--scores FILE), import the reference's analysis folder "
         f"(--analysis-dir DIR), or choose another --strategy (e.g. 'longest' or 'random', which need no model scores)"
