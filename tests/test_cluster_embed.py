@@ -131,6 +131,16 @@ def test_allocate_clusters_sums_to_k_and_respects_sizes():
     assert out.tolist()[0] == 10 and out.sum() == 500 and abs(int(out[1]) - int(out[2])) <= 1
     with pytest.raises(ValueError):
         allocate_clusters(sizes, int(sizes.sum()) + 1)
+    # cells of weight 0 take what the full weighted cells cannot, by size
+    assert allocate_clusters(np.array([4, 15]), 17, weights=np.array([0.06, 0.0])).tolist() == [4, 13]
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        sizes = rng.integers(0, 20, int(rng.integers(1, 6)))
+        if not sizes.any():
+            continue
+        k = int(rng.integers((sizes > 0).sum(), sizes.sum() + 1))
+        out = allocate_clusters(sizes, k, weights=rng.random(sizes.size) * rng.integers(0, 3, sizes.size))
+        assert out.sum() == k and (out <= sizes).all() and (out[sizes > 0] >= 1).all()
 
 
 def test_allocate_by_gain_takes_largest_marginal_gains():

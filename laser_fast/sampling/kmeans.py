@@ -221,6 +221,9 @@ def allocate_clusters(sizes: np.ndarray, k: int, weights: np.ndarray | None = No
     capped = np.zeros(sizes.size, dtype=bool)
     for _ in range(sizes.size + 1):
         free = ~capped & (w > 0)
+        if not free.any():  # every weighted cell is full: the rest goes to the others by size
+            w = np.where(capped, w, sizes.astype(np.float64))
+            free = ~capped & (w > 0)
         left = k - sizes[capped].sum()
         q[capped] = sizes[capped]
         q[free] = left * w[free] / w[free].sum() if w[free].sum() > 0 else 0.0
