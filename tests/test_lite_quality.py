@@ -204,3 +204,29 @@ def test_score_quality_contract_and_scorer_batch(tmp_path):
     assert "lite_quality" in sc.fingerprint and sc.categories is None and sc.outputs == ("lite_quality",)
     fresh = LiteQualityScorer()  # a new instance loads lazily and agrees
     assert fresh._feats is None and fresh.fingerprint == sc.fingerprint
+
+
+@pytest.mark.parametrize("name", ["lite_quality", "lite_difficulty"])
+def test_a_worker_on_another_kind_of_cpu_takes_the_drivers_dtype(monkeypatch, tmp_path, name):
+    """The CPU's bf16 units choose SmolLM2's dtype, and bf16 and float32 scores differ: the dtype is
+    in the fingerprint, and an engine's worker on a CPU of the other kind takes the driver's dtype
+    over, so it scores under the driver's fingerprint instead of stopping the run."""
+    from laser_fast.metrics import ScorerSettings, build_scorer
+    from laser_fast.scorers.stage import ScoreTask
+
+    settings = ScorerSettings(device="cpu")
+    monkeypatch.setenv("LASER_FAST_CPU_BF16", "1")
+    driver = build_scorer(name, settings)
+    bf16 = driver.fingerprint
+    assert "bfloat16" in bf16
+    task = ScoreTask(driver, str(tmp_path))
+    assert task.pins == {"dtype": "bfloat16"}
+    monkeypatch.setenv("LASER_FAST_CPU_BF16", "0")  # the worker's CPU has no bf16 units
+    plain = build_scorer(name, settings).fingerprint
+    assert plain != bf16  # a float32 run never reuses bf16 scores, nor the other way round
+    task.setup()
+    assert task._scorer.fingerprint == bf16
+    task.pins = {}  # without the pins the worker refuses to score under another fingerprint
+    task._scorer = None
+    with pytest.raises(RuntimeError, match="fingerprint"):
+        task.setup()

@@ -54,3 +54,15 @@ class Scorer(ABC):
     def release(self) -> None:
         """Free what the scorer holds once it is done (models on the GPU, judge engines); the next
         :meth:`score` loads them again. The default holds nothing."""
+
+    def worker_pins(self) -> dict:
+        """Choices this scorer made from the machine it was built on that are part of its
+        fingerprint (the CPU's bfloat16 support choosing the dtype): an engine's worker built on
+        another kind of machine takes them over (:meth:`apply_pins`), so every node computes the
+        same scores under the driver's fingerprint. The default makes none."""
+        return {}
+
+    def apply_pins(self, pins: dict) -> None:
+        """Take over the driver's :meth:`worker_pins` (before the first score)."""
+        if pins:
+            raise NotImplementedError(f"{self.name} makes no machine-dependent choices to pin, got {sorted(pins)}")

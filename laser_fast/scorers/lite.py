@@ -131,6 +131,22 @@ class LiteQualityScorer(Scorer):
     def release(self) -> None:
         self._feats = None
 
+    def resolved_dtype(self) -> str:
+        """SmolLM2's dtype here: ``dtype``, or bfloat16 on CUDA and on a CPU with bf16 units, else float32."""
+        from laser_fast.scorers.lite_features import auto_dtype
+
+        return self.dtype or auto_dtype(self.device)
+
+    def worker_pins(self) -> dict:
+        return {"dtype": self.resolved_dtype()}
+
+    def apply_pins(self, pins: dict) -> None:
+        if set(pins) - {"dtype"}:
+            super().apply_pins({k: v for k, v in pins.items() if k != "dtype"})
+        if "dtype" in pins and pins["dtype"] != self.dtype:
+            self.dtype = pins["dtype"]
+            self._feats = None
+
     def _load_head(self) -> _LinearModel:
         if self._lin is None:
             self._lin = _LinearModel(self.model_dir)
@@ -153,7 +169,7 @@ class LiteQualityScorer(Scorer):
         from laser_fast.sampling.embed import VECTOR_SCHEME
 
         cfg = json.dumps(asdict(lin.config), sort_keys=True)
-        dt = self.dtype or "auto"
+        dt = self.resolved_dtype()  # bf16 and float32 scores differ in their last digits: never shared
         return (f"lite_quality|{smol}+all-MiniLM-L6-v2 vec{VECTOR_SCHEME}|head {lin.digest}|"
                 f"{hashlib.sha256(cfg.encode()).hexdigest()[:12]}|{dt}|v{__version__}")
 

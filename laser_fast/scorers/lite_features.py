@@ -242,6 +242,14 @@ def _lp_stats(lp: np.ndarray, margin: np.ndarray, top1: np.ndarray, keep: np.nda
     ])
 
 
+def auto_dtype(device: str | None) -> str:
+    """SmolLM2's dtype when none is given: bfloat16 on CUDA and on a CPU that multiplies it
+    natively (:func:`~laser_fast.runtime.devices.cpu_bf16_supported`), else float32."""
+    if torch_device(device).startswith("cuda"):
+        return "bfloat16"
+    return "bfloat16" if cpu_bf16_supported() else "float32"
+
+
 class LiteFeatures:
     """Computes the feature groups of :data:`GROUPS` for (instruction, response) pairs.
 
@@ -276,12 +284,7 @@ class LiteFeatures:
 
     def resolved_dtype(self) -> str:
         """The SmolLM2 dtype that will be used ("bfloat16" or "float32")."""
-        if self.dtype_name:
-            return self.dtype_name
-        dev = self._resolve_device()
-        if dev.startswith("cuda"):
-            return "bfloat16"
-        return "bfloat16" if cpu_bf16_supported() else "float32"
+        return self.dtype_name or auto_dtype(self.device)
 
     def load_smol(self):
         if self._smol is not None:

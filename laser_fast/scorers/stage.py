@@ -91,6 +91,16 @@ class LiteDifficulty(Scorer):
     def fingerprint(self) -> str:
         return f"lite_difficulty=clip(ifd,0,1)|{self.ifd.fingerprint}"
 
+    def worker_pins(self) -> dict:
+        return {"dtype": self.ifd.dtype}  # chosen by this CPU's bf16 units in build()
+
+    def apply_pins(self, pins: dict) -> None:
+        if set(pins) - {"dtype"}:
+            super().apply_pins({k: v for k, v in pins.items() if k != "dtype"})
+        if "dtype" in pins and pins["dtype"] != self.ifd.dtype:
+            self.ifd.release()
+            self.ifd.dtype = pins["dtype"]
+
     def release(self) -> None:
         self.ifd.release()
 
@@ -264,6 +274,8 @@ class ScoreTask(UnitTask):
         base = MODEL_SCORES.resources
         self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0, memory_mb=base.memory_mb)
         self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
+        # machine-dependent choices (a CPU's bf16 units) the workers take over from the driver
+        self.pins = scorer.worker_pins() if built is not None and hasattr(scorer, "worker_pins") else {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -275,6 +287,8 @@ class ScoreTask(UnitTask):
 
         if self._scorer is None:
             self._scorer = build_scorer(self.name, self.settings)  # settings None: the registry's defaults, as on the driver
+            if self.pins:
+                self._scorer.apply_pins(self.pins)
         if self._scorer.fingerprint != self.fingerprint:
             raise RuntimeError(f"scorer {self.name} has fingerprint {self._scorer.fingerprint} on this worker and {self.fingerprint} on the "
                                "driver: install the same laser_fast, models and settings on every node")
