@@ -91,6 +91,28 @@ def test_dedup_order_and_batching(default_clf):
     assert l1[0] == l1[2]
 
 
+def test_a_texts_probabilities_do_not_depend_on_the_texts_classified_with_it(default_clf):
+    """A resumed run classifies only the texts its cache lacks, so each text's probabilities must
+    not depend on the others, bit for bit: alone, in small groups or all together."""
+    from laser_fast.classifier.models import apply_head
+
+    texts = [t for ts in OBVIOUS.values() for t in ts]
+    full = default_clf.predict_proba(texts)
+    alone = np.concatenate([default_clf.predict_proba([t]) for t in texts[:6]])
+    groups = np.concatenate([default_clf.predict_proba(texts[i:i + 5]) for i in range(0, len(texts), 5)])
+    assert np.array_equal(alone, full[:6]) and np.array_equal(groups, full)
+    # the head alone, with two layers: float32 BLAS gave other bits for a row with other rows beside it
+    rng = np.random.default_rng(0)
+    head = {"mean": rng.standard_normal(300).astype(np.float32), "scale": rng.random(300).astype(np.float32) + 0.5,
+            "W0": rng.standard_normal((300, 64)).astype(np.float16), "b0": rng.standard_normal(64).astype(np.float32),
+            "W1": rng.standard_normal((64, 7)).astype(np.float16), "b1": rng.standard_normal(7).astype(np.float32)}
+    x = rng.standard_normal((1000, 300)).astype(np.float32)
+    ref = apply_head(head, x)
+    for size in (1, 2, 3, 7, 64, 333):
+        part = np.concatenate([apply_head(head, x[i:i + size]) for i in range(0, 200, size)])[:200]
+        assert np.array_equal(part, ref[:200]), size
+
+
 def test_empty_and_odd_strings(default_clf):
     huge = "word " * 60_000
     texts = ["", "   ", "\n", "🙂🙂🙂", "?", huge, "a" * 10_000, "\x00\x01", None]
