@@ -306,10 +306,8 @@ class ScoreTask(UnitTask):
         res = _score_unit(self._scorer, self._cache, batch, batch["data_id"].to_list(), keys)
         out = {o: np.asarray(res[o], dtype=np.float64) for o in self.outputs}
         # the unit's count of inputs cut to max_length, in its first row (the driver sums the column)
-        cut = np.zeros(batch.height, dtype=np.int64)
-        if cut.size:
-            cut[0] = int(stats.get("truncated", 0)) - before
-        out[_TRUNCATED_COLUMN] = cut
+        out[_TRUNCATED_COLUMN] = np.zeros(batch.height, dtype=np.int64)
+        out[_TRUNCATED_COLUMN][:1] = int(stats.get("truncated", 0)) - before
         return out
 
 
