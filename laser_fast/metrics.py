@@ -185,7 +185,7 @@ SCORER_SPECS: tuple[ScorerSpec, ...] = (
     ScorerSpec("ifd", "laser_fast.scorers.models:IFDScorer", ("ifd", "ifd_cond_loss", "ifd_direct_loss"),
                settings=HF_SETTINGS,
                doc="instruction-following difficulty of SmolLM2-135M-Instruct"),
-    ScorerSpec("lite_difficulty", "laser_fast.scorers.stage:LiteDifficulty", ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss"),
+    ScorerSpec("lite_difficulty", "laser_fast.scorers.lite_difficulty:LiteDifficulty", ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss"),
                profiles={"lite-llm": {"difficulty": "lite_difficulty", "complexity": "lite_difficulty"}},
                # short windows keep it CPU-friendly: the first 128 response tokens, the last 256 prompt tokens
                kwargs={"max_length": 128, "max_prompt_length": 256}, settings=HF_SETTINGS, factory="build",

@@ -574,3 +574,20 @@ def test_string_views_share_one_text_buffer():
     assert _string_views(short, np.array([2, 1, 0])).to_pylist() == ["", "bb", "a"]
     with pytest.raises(ValueError, match="without nulls"):
         _string_views(pa.array(["a", None], pa.large_string()), np.array([0]))
+
+
+def test_jsonl_reads_the_same_with_or_without_orjson(tmp_path):
+    """NaN, Infinity and integers beyond 64 bits, which Python's json reads and orjson refuses, give
+    the same records whether the optional orjson is installed or not."""
+    from laser_fast.io import schemas
+
+    f = tmp_path / "odd.jsonl"
+    f.write_text('{"instruction": "a", "output": "x", "w": NaN, "big": 1180591620717411303424}\n'
+                 '{"instruction": "b", "output": "y", "w": -Infinity}\n')
+    df, _ = read_records(str(f))
+    first, second = (json.loads(e) for e in df["extra"].to_list())
+    assert math.isnan(first["w"]) and first["big"] == 2**70 and second["w"] == -math.inf
+    for line in f.read_bytes().splitlines():
+        assert repr(schemas._loads(line)) == repr(schemas._std_loads(line))
+    with pytest.raises(schemas._JSON_ERRORS):
+        schemas._loads(b'{"instruction": nope}')

@@ -230,3 +230,31 @@ def test_a_worker_on_another_kind_of_cpu_takes_the_drivers_dtype(monkeypatch, tm
     task._scorer = None
     with pytest.raises(RuntimeError, match="fingerprint"):
         task.setup()
+
+
+def test_a_scorer_built_in_python_takes_the_drivers_dtype_on_a_worker_too(monkeypatch, tmp_path):
+    """A scorer not built from the registry travels to the workers as it is (pickled); its dtype,
+    chosen by the driver's CPU, is pinned there too, instead of re-chosen by the worker's."""
+    import pickle
+
+    from laser_fast.scorers.stage import ScoreTask
+
+    monkeypatch.setenv("LASER_FAST_CPU_BF16", "1")
+    s = LiteQualityScorer(device="cpu")
+    driver = s.fingerprint
+    task = pickle.loads(pickle.dumps(ScoreTask(s, str(tmp_path))))
+    monkeypatch.setenv("LASER_FAST_CPU_BF16", "0")
+    task.setup()
+    assert task._scorer.fingerprint == driver and "bfloat16" in driver
+
+
+def test_lite_difficulty_names_a_concrete_dtype(monkeypatch):
+    """CUDA (bf16) and a CPU without bf16 units (float32) give other IFD scores: their
+    fingerprints differ (IFD's own default dtype, None, left both unnamed)."""
+    from laser_fast.metrics import ScorerSettings, build_scorer
+
+    monkeypatch.setenv("LASER_FAST_CPU_BF16", "0")
+    cpu = build_scorer("lite_difficulty", ScorerSettings(device="cpu"))
+    gpu = build_scorer("lite_difficulty", ScorerSettings(device="cuda"))  # built, not loaded
+    assert "dtype=float32" in cpu.fingerprint and "dtype=bfloat16" in gpu.fingerprint
+    assert cpu.worker_pins() == {"dtype": "float32"}

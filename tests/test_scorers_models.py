@@ -440,6 +440,49 @@ def test_cut_inputs_are_counted_on_an_engines_workers(models_dir, tmp_path, capl
                                        tmp_path, chunk_records=1)
     finally:
         engine._CURRENT.reset(token)
-    assert facts["engine"] == "inprocess" and facts["computed"] == 3 and facts["stats"] == {"truncated": 2}
+    assert facts["engine"] == "inprocess" and facts["computed"] == 3 and facts["stats"]["truncated"] == 2
     assert "difficulty: 2 input(s) of the 3 records scored were longer" in caplog.text
     assert set(out) == {"difficulty"} and np.isfinite(out["difficulty"]).all()
+    # the workers' stats come back summed: the same counts as a local run of the same chunks
+    _, local = score_records(batch, ["Math"] * 3, DifficultyScorer(models_dir["difficulty"], max_length=200),
+                             tmp_path / "local", chunk_records=1)
+    for k in ("records", "forward_passes", "tokens", "padded_tokens", "truncated"):
+        assert facts["stats"][k] == local["stats"][k], k
+
+
+def test_cut_inputs_of_a_short_window_stand_in_are_counted_without_a_warning(models_dir, tmp_path, caplog):
+    """lite_difficulty reads IFD over short windows on purpose: its cut inputs are counted, and
+    logged at INFO, not warned about as if they followed the reference."""
+    import logging
+
+    from laser_fast.scorers.lite_difficulty import LiteDifficulty
+    from laser_fast.scorers.stage import score_records
+
+    long = " ".join(["word"] * 300)
+    batch = make_batch([RECORDS[0], (RECORDS[1][0], long)])
+    s = LiteDifficulty(IFDScorer(models_dir["ifd"], max_length=100, max_prompt_length=100))
+    with caplog.at_level(logging.INFO, logger="laser_fast.scorers.stage"):
+        _, facts = score_records(batch, ["Math"] * 2, s, tmp_path)
+    assert facts["stats"]["truncated"] == 1
+    assert [r.levelname for r in caplog.records if "max_length" in r.getMessage()] == ["INFO"]
+
+
+def test_deita_counts_only_inputs_that_lose_tokens(models_dir):
+    """An instruction of exactly the room left by the template is kept whole: not counted as cut
+    for complexity; for quality its response is dropped, which is counted."""
+    probe = DeitaScorer("complexity", models_dir["deita"])
+    probe._load()
+    inst = " ".join(["word"] * 30)
+    # the max_length whose room (max_length - 2 - the template's tokens) is the instruction exactly
+    fit = len(probe._encode([inst])[0]) + 2 + len(probe._encode([probe._prompt("", "")])[0])
+    s = DeitaScorer("complexity", models_dir["deita"], max_length=fit)
+    s.build_inputs(make_batch([(inst, "An answer.")]))
+    assert s.stats["truncated"] == 0
+    s.build_inputs(make_batch([(inst + " word", "An answer.")]))
+    assert s.stats["truncated"] == 1
+    qprobe = DeitaScorer("quality", models_dir["deita"])
+    qprobe._load()
+    qfit = len(qprobe._encode([inst])[0]) + 2 + len(qprobe._encode([qprobe._prompt("", "")])[0])
+    q = DeitaScorer("quality", models_dir["deita"], max_length=qfit)
+    q.build_inputs(make_batch([(inst, "An answer.")]))
+    assert q.stats["truncated"] == 1

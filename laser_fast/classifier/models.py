@@ -228,7 +228,7 @@ def apply_head(head: dict, x: np.ndarray) -> np.ndarray:
     through numpy's own loops (``einsum``), not BLAS, whose float32 kernels round a row
     differently with the number of rows beside it (a run resumed with fewer texts to classify gave
     other last bits of ``category_confidence`` than an uninterrupted one) and with the thread count.
-    The heads are small (at most 1,364 x 7), so this costs about 4 s per million texts on one core."""
+    The heads are small (at most 1,364 x 7), so the slower loops cost little beside the embedding."""
     x = (np.asarray(x, dtype=np.float64) - head["mean"]) / head["scale"]
     layer = 0
     while f"W{layer}" in head:

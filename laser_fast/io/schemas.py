@@ -7,20 +7,29 @@ import json
 from collections.abc import Container, Mapping
 from typing import Any
 
+_json_decode = json.JSONDecoder().decode
+
+
+def _std_loads(raw: bytes) -> Any:
+    # Decoding first skips json.loads' per-call encoding detection (~25% faster).
+    return _json_decode(raw.decode("utf-8"))
+
+
 try:  # orjson is optional: ~3x faster parsing when present.
     import orjson as _orjson  # type: ignore[import-not-found]
 
-    _loads = _orjson.loads
-    _JSON_ERRORS: tuple[type[BaseException], ...] = (_orjson.JSONDecodeError, ValueError, TypeError)
+    def _loads(raw: bytes) -> Any:
+        try:
+            return _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            # what orjson refuses and Python's json reads (NaN / Infinity, integers beyond 64 bits) is
+            # read the same with or without orjson; text neither reads is an error from json
+            return _std_loads(raw)
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
-    _json_decode = json.JSONDecoder().decode
+    _loads = _std_loads
 
-    def _loads(raw: bytes) -> Any:
-        # Decoding first skips json.loads' per-call encoding detection (~25% faster).
-        return _json_decode(raw.decode("utf-8"))
-
-    _JSON_ERRORS = (ValueError, TypeError)
+_JSON_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError)
 
 # The C string encoder json.dumps(..., ensure_ascii=False) uses, without its per-call set-up.
 _enc_str = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
@@ -344,9 +353,9 @@ def _dumps_json_extra(obj: dict) -> str:
 
 def _json_safe(v: Any) -> Any:
     """Convert a value read from Arrow/Parquet into something JSON can represent. Floats stay as
-    they are, NaN and infinities too (written ``NaN`` / ``Infinity`` as for a JSONL input, which
-    Python's ``json`` reads back): an infinite score is then refused by name instead of read as
-    missing, and the output writes them as null either way."""
+    they are, NaN and infinities too (Python's ``json`` writes them ``NaN`` / ``Infinity``, as it
+    does for a JSONL input's, and reads them back): an infinite score is then refused by name
+    instead of read as missing, and the output writes them as null either way."""
     if v is None or isinstance(v, (str, bool, int, float)):
         return v
     if isinstance(v, Mapping):

@@ -312,7 +312,8 @@ class DeitaScorer(_HFScorer):
             elif left <= 0:
                 inst = tok.decode(insts[k][:room], skip_special_tokens=True)
                 resp = ""
-                cut.add(i)
+                if left < 0 or self.deita_kind == "quality":  # the instruction lost tokens, or the response is dropped
+                    cut.add(i)
             prompts.append(self._prompt(inst, resp))
         enc = self._encode(prompts, special=True)
         ids, lost = _tails(len(users), ok, enc, self.max_length, cut)

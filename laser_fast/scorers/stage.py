@@ -57,62 +57,9 @@ from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageSta
 from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column, _iter_conversations
 from laser_fast.scorers.base import Scorer
 from laser_fast.scorers.cache import ScoreCache, content_keys
+from laser_fast.scorers.lite_difficulty import LiteDifficulty  # also importable from here, as before
 
 logger = logging.getLogger(__name__)
-
-
-class LiteDifficulty(Scorer):
-    """The ``lite`` profile's stand-in for difficulty: IFD of SmolLM2-135M-Instruct clipped to [0, 1]."""
-
-    name = "lite_difficulty"
-    gpu_share = 0.25  # SmolLM2-135M: four workers share a GPU
-    outputs = ("lite_difficulty", "ifd", "ifd_cond_loss", "ifd_direct_loss")
-    categories = None
-
-    def __init__(self, ifd: Scorer):
-        self.ifd = ifd
-        self.stats = getattr(ifd, "stats", {})
-
-    @classmethod
-    def build(cls, *, device: str | None = None, **ifd_kwargs: Any) -> LiteDifficulty:
-        """The registry's factory: wrap an :class:`~laser_fast.scorers.models.IFDScorer` built from
-        ``ifd_kwargs`` (model, batch_tokens, the short windows), in bfloat16 on a CPU that
-        multiplies it natively (about 4x faster than float32 there: a stand-in, so rounding is no
-        concern; CUDA uses bf16 anyway)."""
-        from laser_fast.runtime.devices import cpu_bf16_supported, torch_device
-        from laser_fast.scorers.models import IFDScorer
-
-        dt = "bfloat16" if torch_device(device) == "cpu" and cpu_bf16_supported() else None
-        if device:
-            ifd_kwargs["device"] = device
-        return cls(IFDScorer(dtype=dt, **ifd_kwargs))
-
-    @property
-    def fingerprint(self) -> str:
-        return f"lite_difficulty=clip(ifd,0,1)|{self.ifd.fingerprint}"
-
-    def worker_pins(self) -> dict:
-        return {"dtype": self.ifd.dtype}  # chosen by this CPU's bf16 units in build()
-
-    def apply_pins(self, pins: dict) -> None:
-        if set(pins) - {"dtype"}:
-            super().apply_pins({k: v for k, v in pins.items() if k != "dtype"})
-        if "dtype" in pins and pins["dtype"] != self.ifd.dtype:
-            self.ifd.release()
-            self.ifd.dtype = pins["dtype"]
-
-    def release(self) -> None:
-        self.ifd.release()
-
-    @property
-    def used_device(self) -> str | None:
-        return self.ifd.used_device
-
-    def score(self, batch, *, batch_size=None, show_progress=None):
-        out = self.ifd.score(batch, batch_size=batch_size, show_progress=show_progress)
-        self.stats = getattr(self.ifd, "stats", {})
-        ifd = np.asarray(out["ifd"], dtype=np.float64)
-        return {"lite_difficulty": np.clip(ifd, 0.0, 1.0), **{k: np.asarray(out[k], dtype=np.float64) for k in ("ifd", "ifd_cond_loss", "ifd_direct_loss")}}
 
 
 def check_model_source(who: str, model_id: str | None, revision: str | None = None, timeout: float = 3.0) -> None:
@@ -226,7 +173,7 @@ def _approx_length(batch: pl.DataFrame) -> np.ndarray:
 
 #: the content key of each row of a scoring unit, shipped with the unit (see :class:`ScoreTask`)
 _KEY_COLUMN = "_content_key"
-_TRUNCATED_COLUMN = "_truncated"  # a ScoreTask unit's count of inputs cut to max_length (first row)
+_STAT_PREFIX = "_stat:"  # a ScoreTask unit's change of each numeric scorer stat, in its first row
 
 
 def score_chunks(length: np.ndarray, found: np.ndarray, chunk: int) -> list[np.ndarray]:
@@ -275,7 +222,7 @@ class ScoreTask(UnitTask):
         self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0, memory_mb=base.memory_mb)
         self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
         # machine-dependent choices (a CPU's bf16 units) the workers take over from the driver
-        self.pins = scorer.worker_pins() if built is not None and hasattr(scorer, "worker_pins") else {}
+        self.pins = scorer.worker_pins() if hasattr(scorer, "worker_pins") else {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -287,8 +234,8 @@ class ScoreTask(UnitTask):
 
         if self._scorer is None:
             self._scorer = build_scorer(self.name, self.settings)  # settings None: the registry's defaults, as on the driver
-            if self.pins:
-                self._scorer.apply_pins(self.pins)
+        if self.pins:  # also for a scorer that travelled as it is: its own choice would be this machine's
+            self._scorer.apply_pins(self.pins)
         if self._scorer.fingerprint != self.fingerprint:
             raise RuntimeError(f"scorer {self.name} has fingerprint {self._scorer.fingerprint} on this worker and {self.fingerprint} on the "
                                "driver: install the same laser_fast, models and settings on every node")
@@ -301,18 +248,26 @@ class ScoreTask(UnitTask):
     def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
         keys = unit[_KEY_COLUMN].to_list()
         batch = unit.drop(_KEY_COLUMN)
-        stats = getattr(self._scorer, "stats", None) or {}
-        before = int(stats.get("truncated", 0))
+        before = _numeric_stats(self._scorer)
         res = _score_unit(self._scorer, self._cache, batch, batch["data_id"].to_list(), keys)
         out = {o: np.asarray(res[o], dtype=np.float64) for o in self.outputs}
-        # the unit's count of inputs cut to max_length, in its first row (the driver sums the column)
-        out[_TRUNCATED_COLUMN] = np.zeros(batch.height, dtype=np.int64)
-        out[_TRUNCATED_COLUMN][:1] = int(stats.get("truncated", 0)) - before
+        # what this unit added to each stat, in its first row: the driver sums the columns
+        for k, v in _numeric_stats(self._scorer).items():
+            col = out[_STAT_PREFIX + k] = np.zeros(batch.height, dtype=np.float64)
+            col[:1] = v - before.get(k, 0)
         return out
 
 
-def _warn_truncated(name: str, cut: int, records: int) -> None:
-    if cut > 0:
+def _numeric_stats(scorer) -> dict[str, float]:
+    return {k: float(v) for k, v in (getattr(scorer, "stats", None) or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _warn_truncated(scorer, cut: int, records: int) -> None:
+    name = scorer.name
+    if cut > 0 and getattr(scorer, "short_by_design", False):  # a stand-in that reads short windows on purpose
+        logger.info("%s: %d input(s) of the %d records scored were cut to its max_length (by design)", name, cut, records)
+    elif cut > 0:
         logger.warning("%s: %d input(s) of the %d records scored were longer than the scorer's max_length and were cut to fit, "
                        "as the reference does (stats.truncated in the manifest; a scorer built in Python with a larger "
                        "max_length keeps them whole)", name, cut, records)
@@ -384,15 +339,18 @@ def score_records(
     if ex is not None:  # the same chunks, scored and cached by the engine's workers
         task = ScoreTask(scorer, str(workdir))
         units = [sub[part].with_columns(pl.Series(_KEY_COLUMN, [keys[j] for j in part], dtype=pl.Utf8)) for part in parts]
-        cut = 0
+        summed: dict[str, float] = {}
         for part, res in zip(parts, ex.map_units(task, units)):
             for o in scorer.outputs:
                 out[o][rows[part]] = np.asarray(res[o], dtype=np.float64)
-            cut += int(np.asarray(res.get(_TRUNCATED_COLUMN, [0])).sum())
+            for k in res:
+                if k.startswith(_STAT_PREFIX):
+                    summed[k[len(_STAT_PREFIX):]] = summed.get(k[len(_STAT_PREFIX):], 0.0) + float(np.asarray(res[k]).sum())
         cache.compact()
-        facts.update(engine=ex.name, computed=int(todo.size), seconds=round(time.perf_counter() - t0, 3),
-                     stats={"truncated": cut})
-        _warn_truncated(scorer.name, cut, int(todo.size))
+        # the workers' stats, summed (counts as integers, times as seconds of work)
+        st = {k: (round(v, 4) if k == "seconds" or v != int(v) else int(v)) for k, v in summed.items()}
+        facts.update(engine=ex.name, computed=int(todo.size), seconds=round(time.perf_counter() - t0, 3), stats=st)
+        _warn_truncated(scorer, int(st.get("truncated", 0)), int(todo.size))
         return out, facts
     bar = progress_bar(total=int(todo.size), desc=f"score {scorer.name}", unit="rec", show=show_progress)
     done = 0
@@ -429,7 +387,7 @@ def score_records(
     facts["computed"] = int(todo.size)
     facts["seconds"] = round(time.perf_counter() - t0, 3)
     st = dict(getattr(scorer, "stats", {}) or {})
-    _warn_truncated(scorer.name, int(st.get("truncated", 0)) - cut_before, int(todo.size))
+    _warn_truncated(scorer, int(st.get("truncated", 0)) - cut_before, int(todo.size))
     if st.get("padded_tokens"):
         st["non_padding_share"] = round(st.get("tokens", 0) / st["padded_tokens"], 4)
     facts["stats"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()}
