@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -180,11 +180,35 @@ def map_rows(ex: Executor, task: RowTask, records: pl.DataFrame, columns: Sequen
     return {k: concat_units(parts, k) for k in (parts[0] if parts else {})}
 
 
+#: the prefix of the columns that carry a unit's figures beside its outputs (:func:`stat_columns`)
+STAT_PREFIX = "_stat:"
+
+
+def stat_columns(n: int, stats: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """A unit's figures (counts, seconds of work) as columns of its ``n`` rows: each value in the
+    first row, zeros below, so :func:`summed_stats` adds them up over the units on the driver."""
+    out = {}
+    for k, v in stats.items():
+        col = out[STAT_PREFIX + k] = np.zeros(n)
+        col[:1] = float(v)
+    return out
+
+
+def summed_stats(parts: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """The figures of :func:`stat_columns`, summed over the units' results."""
+    tot: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            if k.startswith(STAT_PREFIX):
+                tot[k[len(STAT_PREFIX):]] = tot.get(k[len(STAT_PREFIX):], 0.0) + float(np.asarray(v).sum())
+    return tot
+
+
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """numpy's BLAS on one thread for the body. OpenBLAS splits a matrix product's rows between
     its threads, and a row's last bits depend on where the split falls; an engine's worker runs
-    one thread, the local engine all cores. Used around the small numpy heads (classifier, lite
+    one thread, the local engine all cores. Used around the small numpy heads (onepass, lite
     quality), so both engines give the same bits."""
     from threadpoolctl import threadpool_limits
 

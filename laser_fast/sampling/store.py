@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from laser_fast.errors import InputError, LaserError
-from laser_fast.runtime.engine import UnitTask, current_executor
+from laser_fast.runtime.engine import UnitTask, current_executor, stat_columns, summed_stats
 from laser_fast.runtime.memory import release_pages
 from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, is_default_model, load_sentence_model
 from laser_fast.runtime.stage import Resources
@@ -82,16 +82,7 @@ class EmbedTask(UnitTask):
         digs = np.frombuffer(b"".join(unit["digest"].to_list()), dtype=np.uint8).reshape(-1, 20)
         stats = new_embed_stats()
         self._store._embed_window(self._ns, self._enc, unit["text"].to_list(), digs, self.chunk_rows, stats)
-        n = unit.height
-        return {k: _first_row(n, float(stats[k])) for k in _STAT_KEYS}
-
-
-def _first_row(n: int, value: float) -> np.ndarray:
-    """A unit-long column holding ``value`` in its first row (a per-unit figure)."""
-    out = np.zeros(n)
-    if n:
-        out[0] = value
-    return out
+        return stat_columns(unit.height, {k: stats[k] for k in _STAT_KEYS})
 
 
 class EmbeddingStore:
@@ -397,9 +388,8 @@ class EmbeddingStore:
                 for rows in embed_windows(pos, digs, firsts):
                     wtexts = texts.take(rows) if isinstance(texts, RecordTexts) else [texts[i] for i in rows]
                     units.append(pl.DataFrame({"text": list(wtexts), "digest": [bytes(d) for d in digs[rows]]}, schema={"text": pl.Utf8, "digest": pl.Binary}))
-                for part in ex.map_units(task, units):
-                    for k in _STAT_KEYS:
-                        stats[k] += float(part[k][0]) if len(part[k]) else 0.0
+                for k, v in summed_stats(ex.map_units(task, units)).items():
+                    stats[k] += v
                 dev = f"{ex.name} workers"
                 computed += int(todo.size)
                 continue

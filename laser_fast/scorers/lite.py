@@ -141,9 +141,7 @@ class LiteQualityScorer(Scorer):
         return {"dtype": self.resolved_dtype()}
 
     def apply_pins(self, pins: dict) -> None:
-        if set(pins) - {"dtype"}:
-            super().apply_pins({k: v for k, v in pins.items() if k != "dtype"})
-        if "dtype" in pins and pins["dtype"] != self.dtype:
+        if pins["dtype"] != self.dtype:  # the pins come from worker_pins of this class on the driver
             self.dtype = pins["dtype"]
             self._feats = None
 

@@ -47,9 +47,7 @@ class LiteDifficulty(Scorer):
         return {"dtype": self.ifd.dtype}  # chosen by this CPU's bf16 units in build()
 
     def apply_pins(self, pins: dict) -> None:
-        if set(pins) - {"dtype"}:
-            super().apply_pins({k: v for k, v in pins.items() if k != "dtype"})
-        if "dtype" in pins and pins["dtype"] != self.ifd.dtype:
+        if pins["dtype"] != self.ifd.dtype:  # the pins come from worker_pins of this class on the driver
             self.ifd.release()
             self.ifd.dtype = pins["dtype"]
 

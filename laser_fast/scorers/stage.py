@@ -52,7 +52,7 @@ from laser_fast.metrics import (  # noqa: F401 - the profile and scorer tables a
     parse_models,
     parse_scorer_list,
 )
-from laser_fast.runtime.engine import UnitTask, current_executor
+from laser_fast.runtime.engine import UnitTask, current_executor, stat_columns, summed_stats
 from laser_fast.runtime.stage import Resources, StageResult, StageSpec, StageStats, named_rows
 from laser_fast.runtime.workdir import _cached_arrays, _hash_strings, _iter_column, _iter_conversations
 from laser_fast.scorers.base import Scorer
@@ -173,7 +173,6 @@ def _approx_length(batch: pl.DataFrame) -> np.ndarray:
 
 #: the content key of each row of a scoring unit, shipped with the unit (see :class:`ScoreTask`)
 _KEY_COLUMN = "_content_key"
-_STAT_PREFIX = "_stat:"  # a ScoreTask unit's change of each numeric scorer stat, in its first row
 
 
 def score_chunks(length: np.ndarray, found: np.ndarray, chunk: int) -> list[np.ndarray]:
@@ -251,11 +250,9 @@ class ScoreTask(UnitTask):
         before = _numeric_stats(self._scorer)
         res = _score_unit(self._scorer, self._cache, batch, batch["data_id"].to_list(), keys)
         out = {o: np.asarray(res[o], dtype=np.float64) for o in self.outputs}
-        # what this unit added to each stat, in its first row: the driver sums the columns
-        for k, v in _numeric_stats(self._scorer).items():
-            col = out[_STAT_PREFIX + k] = np.zeros(batch.height, dtype=np.float64)
-            col[:1] = v - before.get(k, 0)
-        return out
+        # what this unit added to each stat: the driver sums them over the units
+        after = _numeric_stats(self._scorer)
+        return {**out, **stat_columns(batch.height, {k: v - before.get(k, 0.0) for k, v in after.items()})}
 
 
 def _numeric_stats(scorer) -> dict[str, float]:
@@ -339,13 +336,11 @@ def score_records(
     if ex is not None:  # the same chunks, scored and cached by the engine's workers
         task = ScoreTask(scorer, str(workdir))
         units = [sub[part].with_columns(pl.Series(_KEY_COLUMN, [keys[j] for j in part], dtype=pl.Utf8)) for part in parts]
-        summed: dict[str, float] = {}
-        for part, res in zip(parts, ex.map_units(task, units)):
+        results = ex.map_units(task, units)
+        for part, res in zip(parts, results):
             for o in scorer.outputs:
                 out[o][rows[part]] = np.asarray(res[o], dtype=np.float64)
-            for k in res:
-                if k.startswith(_STAT_PREFIX):
-                    summed[k[len(_STAT_PREFIX):]] = summed.get(k[len(_STAT_PREFIX):], 0.0) + float(np.asarray(res[k]).sum())
+        summed = summed_stats(results)
         cache.compact()
         # the workers' stats, summed (counts as integers, times as seconds of work)
         st = {k: (round(v, 4) if k == "seconds" or v != int(v) else int(v)) for k, v in summed.items()}
