@@ -206,6 +206,10 @@ def test_lite_profile_is_byte_identical_and_a_killed_worker_is_retried(ray_local
     assert task["rows"] == sum(w["rows"] for w in task["workers"].values())  # every unit once, none lost or doubled
     scored = {f["scorer"]: f for f in remote["scoring"]["scorers"]}
     assert scored["onepass"]["engine"] == "ray" and scored["onepass"]["computed"] == task["rows"]
+    # its CPU actors reserved the scorer's estimated memory (Ray took the reservation)
+    from laser_fast.scorers.onepass import OnePassScorer
+
+    assert task["memory_mb"] == OnePassScorer().host_memory_mb() > 0 and task["num_gpus"] == 0.0
 
 
 @pytest.mark.ray
@@ -330,6 +334,39 @@ def test_the_actor_cap_is_checked(ray_local, monkeypatch):
             RayExecutor()
     monkeypatch.setenv("LASER_FAST_RAY_MAX_ACTORS", "1")
     assert RayExecutor().describe()["max_actors"] == 1
+
+
+@pytest.mark.ray
+def test_cpu_actors_reserve_memory_on_a_real_instance(ray_local):
+    """A task whose worker needs over half the node's Ray memory gets one actor, and still runs every
+    unit; one that needs more than the node has is refused before any actor starts."""
+    import numpy as np
+    import polars as pl
+
+    from laser_fast.errors import LaserError
+    from laser_fast.runtime.engine import UnitTask
+    from laser_fast.runtime.ray_engine import RayExecutor
+    from laser_fast.runtime.stage import Resources
+
+    node_mb = int(max(n["Resources"]["memory"] for n in ray_local.nodes() if n["Alive"]) // 2**20)
+
+    class Double(UnitTask):
+        label = "double"
+
+        def run(self, unit):
+            return {"y": unit["x"].to_numpy() * 2}
+
+    task = Double()
+    task.resources = Resources(num_cpus=1, memory_mb=node_mb // 2 + 1)
+    ex = RayExecutor()
+    units = [pl.DataFrame({"x": np.arange(5, dtype=np.int64) + 10 * i}) for i in range(4)]
+    out = ex.map_units(task, units)
+    assert all(np.array_equal(o["y"], u["x"].to_numpy() * 2) for o, u in zip(out, units))
+    got = ex.describe()["tasks"]["double"]
+    assert (got["actors"], got["memory_mb"], len(got["workers"])) == (1, node_mb // 2 + 1, 1)
+    task.resources = Resources(num_cpus=1, memory_mb=node_mb + 1)
+    with pytest.raises(LaserError, match=r"a CPU worker of double needs about .* MB of memory"):
+        ex.map_units(task, units)
 
 
 def test_scaling_over_workers_keeps_every_score(ray_local, monkeypatch):

@@ -337,6 +337,33 @@ def test_offline_made_up_hub_id_fails_fast(monkeypatch):
     assert "laser-fast-test/no-such-model-xyz" in str(e.value) and "--local-dir" in str(e.value)
 
 
+def test_a_first_download_gets_the_weights_after_the_config(monkeypatch):
+    """A first run downloads the config first, so the hub cache holds it before the weights: the
+    weights then come from the hub, not a "not in the local cache" error."""
+    from laser_fast.runtime import models
+
+    calls = []
+
+    def loader(src, local_files_only=False, **kw):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise OSError("owner/m does not appear to have a file named model.safetensors (cached files only)")
+        return "weights"
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_cached", lambda repo, revision: True)  # config.json is there
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
+    assert models._from_pretrained(loader, "owner/m", False, "owner/m", "weights", {}) == "weights" and calls == [True, False]
+    # offline or unreachable: the cached files are all there is, and the error says so
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    with pytest.raises(ModelLoadError, match=r"could not load the weights of model 'owner/m' from the local Hugging Face cache"):
+        models._from_pretrained(loader, "owner/m", False, "owner/m", "weights", {})
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="from the local Hugging Face cache"):
+        models._from_pretrained(loader, "owner/m", False, "owner/m", "weights", {})
+
+
 def test_unreachable_endpoint_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

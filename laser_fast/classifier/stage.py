@@ -261,9 +261,9 @@ def _language_arrays(records: pl.DataFrame) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------
 
 LANGUAGE = StageSpec("language", "laser_fast.classifier.stage:language_stage", reads=("instruction",), writes=("is_english", "language"),
-                     resources=Resources(num_cpus=1, memory_mb=64))
+                     resources=Resources(num_cpus=1))
 CLASSIFY = StageSpec("classify", "laser_fast.classifier.stage:classify_stage", reads=("user_turns", "category"),
-                     writes=("category", "category_confidence"), resources=Resources(num_cpus=1, num_gpus=0.25, memory_mb=2048))
+                     writes=("category", "category_confidence"), resources=Resources(num_cpus=1, num_gpus=0.25))
 
 
 def language_stage(records: pl.DataFrame, opts: SelectOptions, *, workdir, columns: Mapping[str, np.ndarray] | None = None) -> StageResult:

@@ -286,7 +286,11 @@ def _cached(repo_id: str, revision: str | None) -> bool:
 
 
 def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: str, what: str, kw: dict) -> Any:
-    """Call ``loader(src, **kw)`` cache-first; fail fast and clearly when it would need the network."""
+    """Call ``loader(src, **kw)`` cache-first; fail fast and clearly when it would need the network.
+
+    A hub model counts as cached once its ``config.json`` is (the config is loaded first, so a
+    first run's download leaves it there before the weights): when the cached files do not
+    load, the rest is downloaded where the hub may be asked."""
     with quiet_transformers():
         if local or _cached(src, kw.get("revision")):
             try:
@@ -296,8 +300,10 @@ def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: st
             except Exception as e:  # noqa: BLE001
                 if "trust_remote_code" in str(e) and not kw.get("trust_remote_code"):
                     raise ModelLoadError(remote_code_message(name)) from None
-                where = src if local else f"the local Hugging Face cache ({src})"
-                raise ModelLoadError(f"could not load the {what} of model '{name}' from {where} ({_short(e)})") from None
+                if local or _offline() or not hub_reachable():
+                    where = src if local else f"the local Hugging Face cache ({src})"
+                    raise ModelLoadError(f"could not load the {what} of model '{name}' from {where} ({_short(e)})") from None
+                logger.info("model '%s': the %s is not in the local cache yet, downloading it", name, what)
         if _offline():
             raise ModelLoadError(f"model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
                                  f"downloading it. {_hint(name)}")

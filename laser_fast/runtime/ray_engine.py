@@ -7,7 +7,10 @@ with rows of no unit (``_unit`` -1, skipped by the worker) to one length, which 
 (Ray wants a batch size where actors hold GPUs), so a worker computes exactly what the local loop
 computes for it. Actors ask for the task's declared CPUs and GPUs
 (:class:`~laser_fast.runtime.stage.Resources`; GPUs only when the cluster has some and the task
-runs a model on one; fractions share a GPU); its ``memory_mb`` is not reserved with Ray. Ray
+runs a model on one; fractions share a GPU). A CPU actor also reserves the task's ``memory_mb``
+(Ray's ``memory`` resource: for a model scorer its estimate from the checkpoint,
+:mod:`~laser_fast.runtime.model_memory`), so a node runs only as many copies as its memory holds;
+GPU actors keep their weights on the GPU and reserve none. Ray
 Data restarts a dead actor and retries its batch; a unit's cache shard is written atomically, so a
 retry never leaves half a unit behind. A worker's own error (a LaserError: a model that does not
 load, a bad input) is raised again on the driver as it was raised there.
@@ -158,15 +161,26 @@ class RayExecutor:
         max_actors: at most this many actors per kind of work (None: as many as the cluster's
             CPUs or GPUs hold; ``$LASER_FAST_RAY_MAX_ACTORS`` sets it too), e.g. to leave part of a
             shared cluster free or to measure scaling over 1..N GPUs.
+        reserve_memory: CPU actors reserve their task's ``memory_mb`` (default True;
+            ``$LASER_FAST_RAY_RESERVE_MEMORY=0`` turns it off, for an estimate that is too high).
     """
 
     name = "ray"
     #: the actor cap (None: none); see ``max_actors`` above
     max_actors: int | None = None
+    #: whether CPU actors reserve their task's memory; see ``reserve_memory`` above
+    reserve_memory: bool = True
 
-    def __init__(self, address: str | None = None, max_actors: int | None = None):
+    def __init__(self, address: str | None = None, max_actors: int | None = None, reserve_memory: bool | None = None):
         ray = require_ray()
         self.address = address
+        if reserve_memory is None:
+            flag = os.environ.get("LASER_FAST_RAY_RESERVE_MEMORY", "").strip() or "1"
+            if flag not in ("0", "1"):
+                raise ValueError(f"$LASER_FAST_RAY_RESERVE_MEMORY must be 1 (CPU actors reserve their estimated memory, the "
+                                 f"default) or 0 (they reserve none), got {flag!r}")
+            reserve_memory = flag == "1"
+        self.reserve_memory = bool(reserve_memory)
         cap = max_actors if max_actors is not None else os.environ.get("LASER_FAST_RAY_MAX_ACTORS") or None
         try:
             self.max_actors = None if cap is None else int(cap)
@@ -205,17 +219,44 @@ class RayExecutor:
         return {"nodes": len(nodes), "CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0)),
                 "memory_gb": round(float(res.get("memory", 0)) / 2**30, 1), "ray_version": ray.__version__}
 
-    def plan(self, task: UnitTask, n_units: int) -> tuple[int, float, float]:
-        """``(actors, num_cpus, num_gpus)`` for ``n_units`` units of ``task`` on this cluster."""
+    def plan(self, task: UnitTask, n_units: int) -> tuple[int, float, float, int]:
+        """``(actors, num_cpus, num_gpus, memory_mb)`` for ``n_units`` units of ``task`` on this
+        cluster. CPU actors reserve the task's memory: on each node as many fit as both its CPUs
+        and its Ray memory hold.
+
+        Raises:
+            LaserError: no node's Ray memory holds one CPU actor of the task.
+        """
         c = self.cluster()
         r = task.resources
         use_gpu = task.uses_gpu and c["GPU"] > 0 and r.num_gpus > 0
         ngpu = float(r.num_gpus) if use_gpu else 0.0
         ncpu = float(r.num_cpus)
-        slots = int(c["GPU"] // ngpu) if use_gpu else int(max(1.0, c["CPU"] // max(ncpu, 1e-3)))
+        mem = int(r.memory_mb) if self.reserve_memory and not use_gpu else 0
+        if use_gpu:
+            slots = int(c["GPU"] // ngpu)
+        elif mem:
+            import ray
+
+            # the nodes that can run a CPU actor at all (a head node may have no CPUs for work)
+            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            nodes = [n for n in nodes if float(n.get("CPU", 0)) >= ncpu]
+            slots = sum(min(int(n.get("CPU", 0) // max(ncpu, 1e-3)), int(n.get("memory", 0) // (mem * 2**20))) for n in nodes)
+            if not nodes:  # none yet (an autoscaling cluster): one actor, which Ray places when a node joins
+                slots = 1
+            elif slots == 0:
+                from laser_fast.errors import LaserError
+
+                most = max(float(n.get("memory", 0)) for n in nodes) / 2**20
+                raise LaserError(f"--engine ray: a CPU worker of {task.label} needs about {mem:,} MB of memory (its model and one "
+                                 f"batch, estimated from the checkpoint), and no node of the cluster offers that much to Ray "
+                                 f"(the most a node with CPUs has is {most:,.0f} MB): add a node with more memory or GPUs, run this step with "
+                                 "--engine local, or set LASER_FAST_RAY_RESERVE_MEMORY=0 to schedule without reserving memory")
+        else:
+            slots = int(max(1.0, c["CPU"] // max(ncpu, 1e-3)))
         if self.max_actors is not None:
             slots = min(slots, self.max_actors)
-        return max(1, min(slots, n_units)), ncpu, ngpu
+        return max(1, min(slots, n_units)), ncpu, ngpu, mem
 
     def map_units(self, task: UnitTask, units: Sequence) -> list[dict[str, np.ndarray]]:
         import polars as pl
@@ -226,7 +267,7 @@ class RayExecutor:
         if n == 0:
             return []
         t0 = time.perf_counter()
-        actors, ncpu, ngpu = self.plan(task, n)
+        actors, ncpu, ngpu, mem = self.plan(task, n)
         per_block = max(1, math.ceil(n / (actors * BLOCKS_PER_ACTOR)))
         blocks = []
         for b in range(0, n, per_block):
@@ -238,7 +279,7 @@ class RayExecutor:
         blocks = [_padded(b, rows) for b in blocks]
         ds = ray.data.from_arrow(blocks).map_batches(
             _UnitWorker, fn_constructor_kwargs={"task": task, "fault": self.fault}, batch_size=rows, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ncpu, num_gpus=ngpu)
+            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ncpu, num_gpus=ngpu, **({"memory": mem * 2**20} if mem else {}))
         got = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         for t in got:
             if "_error" in t.column_names:
@@ -253,10 +294,11 @@ class RayExecutor:
         arrays = {c: _numpy_column(table[c]) for c in cols}
         bounds = np.concatenate([[0], np.cumsum(expected)])
         parts = [{c: a[bounds[i]:bounds[i + 1]] for c, a in arrays.items()} for i in range(n)]
-        self._record(task, table, actors, ncpu, ngpu, n, time.perf_counter() - t0)
+        self._record(task, table, (actors, ncpu, ngpu, mem), n, time.perf_counter() - t0)
         return parts
 
-    def _record(self, task: UnitTask, table, actors: int, ncpu: float, ngpu: float, n_units: int, wall: float) -> None:
+    def _record(self, task: UnitTask, table, plan: tuple[int, float, float, int], n_units: int, wall: float) -> None:
+        actors, ncpu, ngpu, mem = plan
         workers = _numpy_column(table["_worker"])
         secs = _numpy_column(table["_seconds"]).astype(np.float64)
         per: dict[str, dict[str, Any]] = {}
@@ -266,7 +308,7 @@ class RayExecutor:
             per[w] = {"rows": int(m.sum()), "busy_s": round(busy, 3), "rows_per_s": round(float(m.sum()) / busy, 1) if busy > 0 else None}
         entry = self.tasks.setdefault(task.label, {"runs": 0, "units": 0, "rows": 0, "wall_s": 0.0})
         entry.update(runs=entry["runs"] + 1, units=entry["units"] + n_units, rows=entry["rows"] + int(table.num_rows),
-                     wall_s=round(entry["wall_s"] + wall, 3), actors=actors, num_cpus=ncpu, num_gpus=ngpu, workers=per)
+                     wall_s=round(entry["wall_s"] + wall, 3), actors=actors, num_cpus=ncpu, num_gpus=ngpu, memory_mb=mem, workers=per)
         logger.info("ray: %s: %d units, %d rows on %d actor(s) in %.1f s", task.label, n_units, table.num_rows, actors, wall)
 
     def call_each(self, label: str, fn: str, calls: Sequence[dict], resources: Resources) -> list[Any]:
@@ -290,4 +332,5 @@ class RayExecutor:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "ray", "address": self.address, "max_actors": self.max_actors, "cluster": self.cluster(), "tasks": self.tasks}
+        return {"name": "ray", "address": self.address, "max_actors": self.max_actors, "reserve_memory": self.reserve_memory,
+                "cluster": self.cluster(), "tasks": self.tasks}

@@ -40,7 +40,9 @@ class Resources:
         num_cpus: CPU cores per worker.
         num_gpus: GPUs per worker when a GPU is used (a fraction shares one GPU between workers;
             0: the stage never uses a GPU).
-        memory_mb: working memory per worker beyond its batch (model weights, buffers).
+        memory_mb: host memory one worker needs in MB (model weights, buffers, a batch), reserved
+            with Ray for CPU actors (0: none; a model scorer's comes from its checkpoint,
+            :meth:`~laser_fast.scorers.base.Scorer.host_memory_mb`).
         row_wise: rows are independent, so the stage gives the same columns over any split of
             the table into batches (classification, scoring). False for stages that need every
             row at once (preference scaling fits over the whole pool; selection compares records).

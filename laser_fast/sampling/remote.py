@@ -27,7 +27,7 @@ class StratumTask(UnitTask):
 
     def __init__(self, opts, unit_tokens: bool):
         self.opts, self.unit_tokens = opts, bool(unit_tokens)
-        self.resources = Resources(num_cpus=1, num_gpus=1.0, memory_mb=4096, row_wise=False)
+        self.resources = Resources(num_cpus=1, num_gpus=1.0, row_wise=False)
         self.uses_gpu = str(opts.device or "") != "cpu" and opts.kmeans_backend != "faiss"
 
     def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from laser_fast.runtime.memory import release_pages
 from laser_fast.runtime.models import DEFAULT_EMBEDDING_MODEL, is_default_model, load_sentence_model
 from laser_fast.runtime.stage import Resources
 from laser_fast.runtime.workdir import LAYOUT_VERSION, WorkDir, npy_header, sidecar, unique_suffix
-from laser_fast.sampling.embed import SORT_WINDOW, VECTOR_SCHEME, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
+from laser_fast.sampling.embed import DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION, SORT_WINDOW, VECTOR_SCHEME, RecordTexts, _Encoder, _key_of_digests, hash_texts, new_embed_stats, non_padding_share
 from laser_fast.sampling.store_index import INDEX_CACHE, ShardIndex
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,20 @@ def embed_windows(pos: np.ndarray, digs: np.ndarray, firsts: np.ndarray | None =
 _STAT_KEYS = ("records", "forward_passes", "tokens", "padded_tokens", "seconds", "truncated")
 
 
+def _embedder_mb(model, batch_tokens: int | None, dtype: str | None) -> int:
+    """One CPU worker's memory for the embedder in MB (:func:`~laser_fast.runtime.model_memory.model_mb`;
+    0, nothing reserved, when its files cannot be read here)."""
+    from laser_fast.runtime.model_memory import model_mb
+    from laser_fast.runtime.models import resolve_model_name
+
+    try:
+        mb = model_mb(resolve_model_name(model), width=2 if str(dtype).lower() in ("float16", "fp16", "half", "bfloat16", "bf16") else 4, batch_tokens=int(batch_tokens or DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION), seq_len=512)
+    except Exception as e:  # noqa: BLE001 - an estimate never stops a run
+        logger.debug("embedder %s: no memory estimate (%s)", model, e)
+        mb = None
+    return int(mb or 0)
+
+
 class EmbedTask(UnitTask):
     """Embedding windows on an engine's workers: each loads the model once, embeds its windows
     (:meth:`EmbeddingStore._embed_window`) into the shared store and returns its encoder stats."""
@@ -69,7 +83,8 @@ class EmbedTask(UnitTask):
     def __init__(self, root, model, label, field, batch_tokens, max_batch_size, chunk_rows, device, dtype):
         self.root, self.model, self.model_label, self.field = str(root), model, label, field
         self.batch_tokens, self.max_batch_size, self.chunk_rows, self.device, self.dtype = batch_tokens, max_batch_size, chunk_rows, device, dtype
-        self.resources = Resources(num_cpus=1, num_gpus=0.25, memory_mb=1024)  # a small model: four workers share a GPU
+        # a small model: four workers share a GPU; a CPU worker reserves its estimated memory
+        self.resources = Resources(num_cpus=1, num_gpus=0.25, memory_mb=_embedder_mb(model, batch_tokens, dtype))
         self.uses_gpu = str(device or "") != "cpu"
 
     def setup(self) -> None:

@@ -55,6 +55,12 @@ class Scorer(ABC):
         """Free what the scorer holds once it is done (models on the GPU, judge engines); the next
         :meth:`score` loads them again. The default holds nothing."""
 
+    def host_memory_mb(self) -> int | None:
+        """Peak host memory in MB of one worker running this scorer on the CPU, estimated from its
+        models' checkpoint headers (:mod:`laser_fast.runtime.model_memory`); the Ray engine
+        reserves it for CPU actors. None: unknown, nothing is reserved (the default)."""
+        return None
+
     def worker_pins(self) -> dict:
         """Choices this scorer made from the machine it was built on that are part of its
         fingerprint (the CPU's bfloat16 support choosing the dtype): an engine's worker built on

@@ -179,6 +179,14 @@ class _HFScorer(Scorer):
             return True
         return remote_code_allowed(self.model_id, self.trust_remote_code or ())
 
+    def host_memory_mb(self) -> int | None:
+        from laser_fast.runtime.model_memory import model_mb
+
+        # the longest sequence: the kept tokens, and for IFD its instruction's tokens too
+        longest = self.max_length + int(getattr(self, "max_prompt_length", 0))
+        return model_mb(self.model_id, revision=self.revision, width=2 if self.dtype == "bfloat16" else 4,
+                        batch_tokens=int(self.batch_tokens or 8192), seq_len=longest)
+
     def _load(self):
         if self._model is None:
             self._dev = torch_device(self.device)

@@ -134,6 +134,17 @@ class JudgeScorer(Scorer):
             return None
         return f"{self.backend}:{getattr(self._client, 'used_device', None) or '?'}"
 
+    def host_memory_mb(self) -> int | None:
+        """An endpoint's client holds no model; the transformers backend its judge model (float32
+        on the CPU, 16,384 tokens per batch, prompts and answers of at most 4,096 tokens); vLLM runs on GPUs only (None)."""
+        from laser_fast.runtime.model_memory import BASE_MB, MARGIN, model_mb
+
+        if self.backend == "openai":
+            return int(BASE_MB * MARGIN)
+        if self.backend == "transformers":
+            return model_mb(self.model, batch_tokens=16384, seq_len=4096)  # a prompt of <= 8,000 characters and its answer
+        return None
+
     @property
     def engine_key(self) -> str | None:
         """Scorers with the same key share one in-process engine (a scoring run runs them one after

@@ -54,6 +54,9 @@ class LiteDifficulty(Scorer):
     def release(self) -> None:
         self.ifd.release()
 
+    def host_memory_mb(self) -> int | None:
+        return self.ifd.host_memory_mb()
+
     @property
     def used_device(self) -> str | None:
         return self.ifd.used_device

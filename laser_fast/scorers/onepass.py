@@ -249,6 +249,14 @@ class OnePassScorer(Scorer):
     def used_device(self) -> str | None:
         return self._used
 
+    def host_memory_mb(self) -> int | None:
+        from laser_fast.runtime.model_memory import model_mb
+        from laser_fast.runtime.models import minilm_path
+        from laser_fast.sampling.embed import DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION
+
+        # MiniLM's 256 word pieces, the store's larger CPU budget
+        return model_mb(minilm_path(), batch_tokens=int(self.batch_tokens or DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION), seq_len=256)
+
     def score_pairs(self, instructions: Sequence[str], responses: Sequence[str]) -> dict[str, np.ndarray]:
         """Both outputs for (instruction, response) pairs; NaN where the response is empty."""
         from laser_fast.runtime.devices import torch_device

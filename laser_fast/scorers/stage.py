@@ -218,7 +218,7 @@ class ScoreTask(UnitTask):
         share = float(getattr(scorer, "gpu_share", 0.0) or 0.0)
         self.uses_gpu = share > 0 and str(getattr(scorer, "device", None) or "") != "cpu"
         base = MODEL_SCORES.resources
-        self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0, memory_mb=base.memory_mb)
+        self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0, memory_mb=_host_memory(scorer))
         self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
         # machine-dependent choices (a CPU's bf16 units) the workers take over from the driver
         self.pins = scorer.worker_pins() if hasattr(scorer, "worker_pins") else {}
@@ -253,6 +253,17 @@ class ScoreTask(UnitTask):
         # what this unit added to each stat: the driver sums them over the units
         after = _numeric_stats(self._scorer)
         return {**out, **stat_columns(batch.height, {k: v - before.get(k, 0.0) for k, v in after.items()})}
+
+
+def _host_memory(scorer) -> int:
+    """One CPU worker's memory for ``scorer`` in MB (:meth:`Scorer.host_memory_mb`; 0: unknown,
+    nothing is reserved). An estimate that fails is logged and never stops the run."""
+    est = getattr(scorer, "host_memory_mb", None)
+    try:
+        return int(est() or 0) if est is not None else 0
+    except Exception as e:  # noqa: BLE001 - unreadable headers, a hub error: run without a reservation
+        logger.warning("%s: no memory estimate for its workers (%s); Ray reserves none", scorer.name, e)
+        return 0
 
 
 def _numeric_stats(scorer) -> dict[str, float]:
@@ -565,9 +576,10 @@ def model_scores(records: pl.DataFrame, cats: np.ndarray, scores: dict[str, np.n
 # --------------------------------------------------------------------------------------
 
 TOKENS = StageSpec("tokens", "laser_fast.scorers.stage:tokens_stage", reads=("data_id", "messages", "response", "<given token metrics>"),
-                   writes=("inst_length", "resp_length", "last_resp_length"), resources=Resources(num_cpus=1, memory_mb=512))
+                   writes=("inst_length", "resp_length", "last_resp_length"), resources=Resources(num_cpus=1))
 MODEL_SCORES = StageSpec("model_scores", "laser_fast.scorers.stage:scores_stage", reads=("messages", "category", "<given metrics>", "duplicate_of", "contaminated_by"),
-                         writes=("<metrics>", "raw:<scorer outputs>", "_not_scored"), resources=Resources(num_cpus=1, num_gpus=1.0, memory_mb=16384))
+                         writes=("<metrics>", "raw:<scorer outputs>", "_not_scored"), resources=Resources(num_cpus=1, num_gpus=1.0))
+# (memory: each scorer's own estimate, Scorer.host_memory_mb, in its ScoreTask)
 
 
 def _metric_columns(columns: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:

