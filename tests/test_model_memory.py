@@ -102,8 +102,8 @@ def test_a_hub_model_is_read_from_the_cache_or_the_hubs_metadata(monkeypatch, tm
     ck = mm.checkpoint("owner/eight-b", revision="v2")
     assert asked == [("owner/eight-b", "v2")] and ck.elements == 8_000_001_000 and ck.file_bytes == 16_000_004_000
     assert (ck.hidden, ck.intermediate, ck.heads) == (4096, 12288, 32)
-    act = 8192 * 4 * (12 * 4096 + 4 * 12288 + 2 * 32 * 1024)
-    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((512 + (32e9 + 16e9 + act) / 2**20) * 1.1, rel=1e-4)
+    act = 8192 * 4 * (12 * 4096 + 4 * 12288 + 4 * 32 * 1024)
+    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((mm.BASE_MB + (32e9 + 16e9 + act) / 2**20) * 1.1, rel=1e-4)
 
     def no_config(*a, **k):
         raise OSError("no config.json")
@@ -112,7 +112,7 @@ def test_a_hub_model_is_read_from_the_cache_or_the_hubs_metadata(monkeypatch, tm
     ck = mm.checkpoint("owner/eight-b")
     assert ck.elements == 8_000_001_000 and ck.hidden == 0
     # no widths known: the activations are taken as a quarter of the weights
-    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((512 + (32e9 + 16e9 + 8e9) / 2**20) * 1.1, rel=1e-4)
+    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((mm.BASE_MB + (32e9 + 16e9 + 8e9) / 2**20) * 1.1, rel=1e-4)
 
 
 def test_scorers_estimate_their_models(llama):

@@ -3,17 +3,26 @@ file headers without loading it. The Ray engine reserves it for CPU actors, so a
 as many copies of a model as its memory holds.
 
 A worker's peak resident memory on the CPU is the interpreter with torch and transformers
-(320-475 MB measured), the weights at the width they run in, the file's copy while they are
-converted (its pages are mapped during the load), and one forward's activations. Those grow with
-the tokens of a batch: per token about ``12 x hidden + 4 x intermediate`` float32 values (the MLP's
-and the attention's intermediate tensors) and ``2 x heads x sequence length`` for the attention
-weights where torch materialises them. The estimate adds 10% to the sum.
+(320 MB measured with torch 2.13's CPU build, 496 MB with torch 2.2's CUDA build), the weights at
+the width they run in, the file's copy while they are converted (its pages are mapped during the
+load), and one forward's activations. Those grow with the tokens of a batch: per token about
+``12 x hidden + 4 x intermediate`` float32 values (the MLP's and the attention's intermediate
+tensors) and ``4 x heads x sequence length`` for the attention scores, their softmax and the
+mask where torch materialises them (torch 2.2 on the CPU took twice the activations of torch
+2.13). The estimate adds 10% to the sum, so it is meant to be an upper bound.
 
-Measured (``ru_maxrss`` of a process scoring with random-init checkpoints saved in bfloat16 and
-run in float32; 2 Xeon cores, 2026-12-07): LLaMA 512 wide with 8 layers (56M weights) at 1,024
-and 8,192 tokens per batch, 870 and 1,522 MB; 256 wide, 675 and 1,114 MB; a Qwen3 regression
-model 1,024 wide with 24 layers (335M) and a LLaMA of that shape (368M), 3,079 and 3,131 MB; the
-``lite_difficulty`` scorer (SmolLM2-135M) 1,737 MB in bfloat16 and 1,786 MB in float32.
+Measured peaks (random-init checkpoints saved in bfloat16 and run in float32; 2 Xeon cores,
+2026-12-07), as multiples of which the estimate lies above them:
+
+* torch 2.13 + transformers 5.25: LLaMA 512 wide with 8 layers (56M weights) at 1,024, 4,096 and
+  8,192 tokens per batch, 881, 1,187 and 1,495 MB (estimate 1.34-1.73x); 256 wide, 1,121 MB
+  (1.94x); a Qwen3 regression model 1,024 wide with 24 layers (335M) and a LLaMA of that shape
+  (368M) on short inputs, 3,079 and 3,131 MB (1.92x and 2.67x: the attention term assumes the
+  scorer's longest inputs); ``lite_difficulty``, ``lite_quality`` and ``onepass`` 714-1,966 MB
+  (1.42-1.81x);
+* torch 2.2 + transformers 4.56 (the floors): the 56M LLaMA at the same budgets, 1,079, 1,653
+  and 2,186 MB (1.09-1.19x).
+
 ``tests/test_model_memory.py`` checks the estimate against a worker's peak.
 """
 from __future__ import annotations
@@ -24,8 +33,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-#: the interpreter with torch, transformers and a tokenizer loaded (475 MB measured), rounded up
-BASE_MB = 512
+#: the interpreter with torch, transformers and a tokenizer loaded: 320 MB measured with torch 2.13's
+#: CPU build, 496 MB with torch 2.2's CUDA build (the wheel a GPU cluster's CPU nodes have), rounded up
+BASE_MB = 640
 #: added to the sum of the parts
 MARGIN = 1.10
 #: bytes per element of the dtypes checkpoints are stored in (safetensors and torch names)
@@ -124,7 +134,7 @@ def _pickled_elements(path: Path) -> int:
     """The weights of a PyTorch ``.bin`` file, read memory-mapped (no copy of the tensors)."""
     import torch
 
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)  # torch 2.2 maps only a str path
     return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
 
 
@@ -186,7 +196,7 @@ def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int) ->
     module doc; without the widths, the activations are taken as a quarter of the weights)."""
     if ck.hidden:
         heads = ck.heads or max(1, ck.hidden // 128)
-        act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + 2 * heads * min(seq_len, batch_tokens))
+        act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + 4 * heads * min(seq_len, batch_tokens))
     else:
         act = ck.elements * width // 4
     return math.ceil((BASE_MB * 2**20 + ck.elements * width + ck.file_bytes + act) * MARGIN / 2**20)
