@@ -102,32 +102,39 @@ def _gguf(path: Path) -> Checkpoint:
 
 def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Checkpoint | None:
     """The :class:`Checkpoint` of a local model folder (safetensors, a GGUF file, or PyTorch
-    ``.bin`` files, whose weight count comes from their size and the config's dtype); None when
-    the folder holds no weights."""
+    ``.bin`` files read memory-mapped); None when the folder holds no weights, or not every shard
+    its index names (a download under way: the hub's figures are asked for instead)."""
     folder = Path(folder)
     if gguf_file:
         return _gguf(folder / gguf_file)
     cfg = _config(folder)
-    st = _indexed(folder, "model.safetensors.index.json") or sorted(folder.glob("*.safetensors"))
+    st = _indexed(folder, "model.safetensors.index.json")
+    if st is None:
+        return None
+    st = st or sorted(folder.glob("*.safetensors"))
     if st:
         return Checkpoint(sum(_safetensors_elements(p) for p in st), sum(p.stat().st_size for p in st), *_widths(cfg))
     ggufs = sorted(folder.glob("*.gguf"))
     if ggufs:
         return _gguf(ggufs[0])
-    bins = _indexed(folder, "pytorch_model.bin.index.json") or sorted(p for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
+    bins = _indexed(folder, "pytorch_model.bin.index.json")
+    if bins is None:
+        return None
+    bins = bins or sorted(p for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
     if bins:
         return Checkpoint(sum(_pickled_elements(p) for p in bins), sum(p.stat().st_size for p in bins), *_widths(cfg))
     return None
 
 
-def _indexed(folder: Path, index: str) -> list[Path]:
+def _indexed(folder: Path, index: str) -> list[Path] | None:
     """The weight files a sharded checkpoint's index names (a folder may hold a single-file copy
-    of the same weights beside the shards); [] without an index."""
+    of the same weights beside the shards); [] without an index, None when one of them is missing."""
     try:
         names = set(json.loads((folder / index).read_text())["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
-    return [folder / n for n in sorted(names) if (folder / n).is_file()]
+    files = [folder / n for n in sorted(names)]
+    return files if all(f.is_file() for f in files) else None
 
 
 def _pickled_elements(path: Path) -> int:
