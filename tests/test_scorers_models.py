@@ -337,31 +337,63 @@ def test_offline_made_up_hub_id_fails_fast(monkeypatch):
     assert "laser-fast-test/no-such-model-xyz" in str(e.value) and "--local-dir" in str(e.value)
 
 
-def test_a_first_download_gets_the_weights_after_the_config(monkeypatch):
-    """A first run downloads the config first, so the hub cache holds it before the weights: the
-    weights then come from the hub, not a "not in the local cache" error."""
-    from laser_fast.runtime import models
+def _fake_hub_cache(root, repo: str, files: dict[str, str]) -> None:
+    """A Hugging Face cache holding ``files`` (name -> text) of ``repo``'s main revision."""
+    base = root / f"models--{repo.replace('/', '--')}"
+    snap = base / "snapshots" / "abc123"
+    snap.mkdir(parents=True, exist_ok=True)
+    (base / "refs").mkdir(exist_ok=True)
+    (base / "refs" / "main").write_text("abc123")
+    for name, text in files.items():
+        (snap / name).write_text(text)
 
+
+def test_a_first_download_gets_the_weights_after_the_config(monkeypatch, tmp_path):
+    """A first run downloads the config first, so the hub cache holds it before the weights and
+    the tokenizer: those then come from the hub instead of a "not in the local cache" error. A
+    cached step that fails for another reason (a damaged file) is not downloaded again."""
+    import huggingface_hub.constants
+
+    from laser_fast.runtime import models
+    from laser_fast.runtime.hub_cache import step_not_cached
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    _fake_hub_cache(tmp_path, "owner/m", {"config.json": "{}"})
+    assert models._cached("owner/m", None)
+    assert step_not_cached("owner/m", "weights", {}) and step_not_cached("owner/m", "tokenizer", {})
     calls = []
 
     def loader(src, local_files_only=False, **kw):
         calls.append(local_files_only)
         if local_files_only:
-            raise OSError("owner/m does not appear to have a file named model.safetensors (cached files only)")
-        return "weights"
+            raise OSError(f"{src} does not appear to have a file named model.safetensors")
+        return "downloaded"
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_cached", lambda repo, revision: True)  # config.json is there
     monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
-    assert models._from_pretrained(loader, "owner/m", False, "owner/m", "weights", {}) == "weights" and calls == [True, False]
-    # offline or unreachable: the cached files are all there is, and the error says so
-    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
-    with pytest.raises(ModelLoadError, match=r"could not load the weights of model 'owner/m' from the local Hugging Face cache"):
-        models._from_pretrained(loader, "owner/m", False, "owner/m", "weights", {})
-    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
+    assert models._from_pretrained(loader, "owner/m", False, "owner/m", "weights", {}) == "downloaded" and calls == [True, False]
+    # offline: the hint to download it elsewhere, as for a model not cached at all
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="from the local Hugging Face cache"):
+    with pytest.raises(ModelLoadError, match=r"not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it"):
         models._from_pretrained(loader, "owner/m", False, "owner/m", "weights", {})
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    # an index whose shards are not all there yet: not cached; all there: cached
+    index = '{"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}'
+    _fake_hub_cache(tmp_path, "owner/m", {"model.safetensors.index.json": index, "model-1.safetensors": ""})
+    assert step_not_cached("owner/m", "weights", {})
+    _fake_hub_cache(tmp_path, "owner/m", {"model-2.safetensors": "", "tokenizer.json": "{}"})
+    assert not step_not_cached("owner/m", "weights", {}) and not step_not_cached("owner/m", "tokenizer", {})
+    # the weights are cached and do not load: the cache's error, no second try
+    calls.clear()
+
+    def damaged(src, local_files_only=False, **kw):
+        calls.append(local_files_only)
+        raise RuntimeError("Error while deserializing header: HeaderTooLarge")
+
+    with pytest.raises(ModelLoadError, match=r"could not load the weights of model .owner/m. from the local Hugging Face cache \(owner/m\) "
+                                             r"\(RuntimeError: Error while deserializing header"):
+        models._from_pretrained(damaged, "owner/m", False, "owner/m", "weights", {})
+    assert calls == [True]
 
 
 def test_unreachable_endpoint_fails_fast(monkeypatch):

@@ -47,6 +47,12 @@ class UnitTask:
     resources: Resources = Resources()
     uses_gpu: bool = False
 
+    def memory_mb(self) -> int:
+        """Host memory one CPU worker needs in MB, which the Ray engine reserves: by default what
+        :attr:`resources` declares. Asked on the driver only where CPU actors are planned, so a
+        task may work it out then (a model scorer reads its checkpoint's headers)."""
+        return int(self.resources.memory_mb)
+
     def setup(self) -> None:
         """Load what the units need (called once per worker, before its first unit)."""
 

@@ -9,19 +9,24 @@ load), and one forward's activations. Those grow with the tokens of a batch: per
 ``12 x hidden + 4 x intermediate`` float32 values (the MLP's and the attention's intermediate
 tensors) and ``4 x heads x sequence length`` for the attention scores, their softmax and the
 mask where torch materialises them (torch 2.2 on the CPU took twice the activations of torch
-2.13). The estimate adds 10% to the sum, so it is meant to be an upper bound.
+2.13); and where a scorer reads log-probabilities over the vocabulary (IFD), its head's rows
+times the vocabulary, three times (the logits, their float32 copy, the log-probabilities). The estimate adds 10% to the sum, so it is meant to be an upper
+bound.
 
-Measured peaks (random-init checkpoints saved in bfloat16 and run in float32; 2 Xeon cores,
-2026-12-07), as multiples of which the estimate lies above them:
+It counts one forward at a time, as a Ray actor of one CPU runs (``OMP_NUM_THREADS=1``; a
+process with more threads runs as many forwards side by side). Measured peaks (random-init
+checkpoints saved in bfloat16 and run in float32; 2 Xeon cores, 2026-12-07; 2 threads unless
+named), and the estimate as a multiple of them:
 
 * torch 2.13 + transformers 5.25: LLaMA 512 wide with 8 layers (56M weights) at 1,024, 4,096 and
-  8,192 tokens per batch, 881, 1,187 and 1,495 MB (estimate 1.34-1.73x); 256 wide, 1,121 MB
-  (1.94x); a Qwen3 regression model 1,024 wide with 24 layers (335M) and a LLaMA of that shape
-  (368M) on short inputs, 3,079 and 3,131 MB (1.92x and 2.67x: the attention term assumes the
-  scorer's longest inputs); ``lite_difficulty``, ``lite_quality`` and ``onepass`` 714-1,966 MB
-  (1.42-1.81x);
+  8,192 tokens per batch, 881, 1,187 and 1,495 MB (1.34-1.73x; 963 MB and 1.90x at 4,096 with one
+  thread); 256 wide, 1,121 MB (1.94x); a Qwen3 regression model 1,024 wide with 24 layers (335M)
+  and a LLaMA of that shape (368M) on short inputs, 3,079 and 3,131 MB (1.92x and 2.67x: the
+  attention term assumes the scorer's longest inputs); IFD on a LLaMA 64 wide with a vocabulary
+  of 128,256, one thread, 3,117 MB (1.45x); ``lite_difficulty``, ``lite_quality`` and
+  ``onepass`` 714-1,966 MB (1.49-2.25x);
 * torch 2.2 + transformers 4.56 (the floors): the 56M LLaMA at the same budgets, 1,079, 1,653
-  and 2,186 MB (1.09-1.19x).
+  and 2,186 MB (1.09-1.19x); the IFD case 3,233 MB (1.39x).
 
 ``tests/test_model_memory.py`` checks the estimate against a worker's peak.
 """
@@ -46,14 +51,15 @@ _WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 @dataclass(frozen=True)
 class Checkpoint:
     """What a checkpoint's headers say: its weight count, the bytes a load maps (the files, or for
-    a GGUF its float32 conversion, which is what transformers loads), the layer widths and the
-    attention heads (0 when unknown)."""
+    a GGUF its float32 conversion, which is what transformers loads), the layer widths, the
+    attention heads and the vocabulary (0 when unknown)."""
 
     elements: int
     file_bytes: int
     hidden: int = 0
     intermediate: int = 0
     heads: int = 0
+    vocab: int = 0
 
 
 def _safetensors_elements(path: Path) -> int:
@@ -70,11 +76,17 @@ def _widest(value) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-def _widths(cfg: dict) -> tuple[int, int, int]:
-    """``(hidden, intermediate, heads)`` of a transformers config (0 when it does not say)."""
+def _first(cfg: dict, *keys: str) -> int:
+    return next((w for w in (_widest(cfg.get(k)) for k in keys) if w), 0)
+
+
+def _widths(cfg: dict) -> tuple[int, int, int, int]:
+    """``(hidden, intermediate, heads, vocab)`` of a transformers config, under the names the
+    architectures use (GPT-2's ``n_embd``, T5's ``d_ff``, ...); 0 when it does not say."""
     cfg = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
-    hidden = _widest(cfg.get("hidden_size") or cfg.get("d_model"))
-    return hidden, _widest(cfg.get("intermediate_size") or cfg.get("ffn_dim")) or 4 * hidden, _widest(cfg.get("num_attention_heads"))
+    hidden = _first(cfg, "hidden_size", "d_model", "n_embd", "dim")
+    inter = _first(cfg, "intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size", "hidden_dim") or 4 * hidden
+    return hidden, inter, _first(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads"), _first(cfg, "vocab_size")
 
 
 def _config(folder: Path) -> dict:
@@ -97,7 +109,8 @@ def _gguf(path: Path) -> Checkpoint:
                 return int(f.parts[f.data[0]][0])
         return 0
 
-    return Checkpoint(n, 4 * n, field(".embedding_length"), field(".feed_forward_length"), field(".attention.head_count"))
+    vocab = next((len(f.data) for name, f in reader.fields.items() if name == "tokenizer.ggml.tokens"), 0)
+    return Checkpoint(n, 4 * n, field(".embedding_length"), field(".feed_forward_length"), field(".attention.head_count"), vocab)
 
 
 def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Checkpoint | None:
@@ -171,7 +184,7 @@ def _hub_checkpoint(repo_id: str, revision: str | None) -> Checkpoint | None:
     try:
         widths = _widths(_config(Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent))
     except Exception:  # noqa: BLE001 - the count alone still bounds the weights
-        widths = (0, 0, 0)
+        widths = (0, 0, 0, 0)
     counts = dict(meta.parameter_count)
     return Checkpoint(sum(counts.values()), sum(n * _WIDTH.get(d, 4) for d, n in counts.items()), *widths)
 
@@ -197,19 +210,23 @@ def checkpoint(model_id: str | None, revision: str | None = None) -> Checkpoint 
     return _hub_checkpoint(str(model_id), revision)
 
 
-def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int) -> int:
+def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int, head_rows: int = 0) -> int:
     """One worker's peak host memory in MB for checkpoint ``ck`` run at ``width`` bytes per
-    weight with forwards of ``batch_tokens`` tokens in sequences of at most ``seq_len`` (see the
-    module doc; without the widths, the activations are taken as a quarter of the weights)."""
+    weight with forwards of ``batch_tokens`` tokens in sequences of at most ``seq_len``, and
+    ``head_rows`` positions at a time through the vocabulary head (their logits, a float32 copy
+    and the log-probabilities; see the module doc). Without the widths, the activations are
+    taken as a quarter of the weights."""
     if ck.hidden:
-        heads = ck.heads or max(1, ck.hidden // 128)
+        heads = ck.heads or max(1, ck.hidden // 64)
         act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + 4 * heads * min(seq_len, batch_tokens))
     else:
         act = ck.elements * width // 4
+    act += 3 * 4 * head_rows * ck.vocab
     return math.ceil((BASE_MB * 2**20 + ck.elements * width + ck.file_bytes + act) * MARGIN / 2**20)
 
 
-def model_mb(model_id: str | None, *, revision: str | None = None, width: int = 4, batch_tokens: int = 8192, seq_len: int = 2048) -> int | None:
+def model_mb(model_id: str | None, *, revision: str | None = None, width: int = 4, batch_tokens: int = 8192, seq_len: int = 2048,
+             head_rows: int = 0) -> int | None:
     """:func:`worker_mb` of ``model_id`` (None when its size is unknown)."""
     ck = checkpoint(model_id, revision)
-    return None if ck is None else worker_mb(ck, width=width, batch_tokens=batch_tokens, seq_len=seq_len)
+    return None if ck is None else worker_mb(ck, width=width, batch_tokens=batch_tokens, seq_len=seq_len, head_rows=head_rows)

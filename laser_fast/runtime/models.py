@@ -288,9 +288,13 @@ def _cached(repo_id: str, revision: str | None) -> bool:
 def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: str, what: str, kw: dict) -> Any:
     """Call ``loader(src, **kw)`` cache-first; fail fast and clearly when it would need the network.
 
-    A hub model counts as cached once its ``config.json`` is (the config is loaded first, so a
-    first run's download leaves it there before the weights): when the cached files do not
-    load, the rest is downloaded where the hub may be asked."""
+    A hub model counts as cached once its ``config.json`` is, and the config is loaded first: a
+    first run's download leaves it there before the weights and the tokenizer. So where the
+    cached files do not load because this step's files are not cached yet
+    (:func:`~laser_fast.runtime.hub_cache.step_not_cached`), they are downloaded as for a model
+    not cached at all; any other error is raised as it is."""
+    from laser_fast.runtime.hub_cache import step_not_cached
+
     with quiet_transformers():
         if local or _cached(src, kw.get("revision")):
             try:
@@ -300,10 +304,10 @@ def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: st
             except Exception as e:  # noqa: BLE001
                 if "trust_remote_code" in str(e) and not kw.get("trust_remote_code"):
                     raise ModelLoadError(remote_code_message(name)) from None
-                if local or _offline() or not hub_reachable():
+                if local or not step_not_cached(src, what, kw):
                     where = src if local else f"the local Hugging Face cache ({src})"
                     raise ModelLoadError(f"could not load the {what} of model '{name}' from {where} ({_short(e)})") from None
-                logger.info("model '%s': the %s is not in the local cache yet, downloading it", name, what)
+                logger.info("model '%s': its %s is not in the local cache yet (%s)", name, what, _short(e))
         if _offline():
             raise ModelLoadError(f"model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
                                  f"downloading it. {_hint(name)}")

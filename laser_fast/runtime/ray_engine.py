@@ -232,7 +232,7 @@ class RayExecutor:
         use_gpu = task.uses_gpu and c["GPU"] > 0 and r.num_gpus > 0
         ngpu = float(r.num_gpus) if use_gpu else 0.0
         ncpu = float(r.num_cpus)
-        mem = int(r.memory_mb) if self.reserve_memory and not use_gpu else 0
+        mem = int(task.memory_mb()) if self.reserve_memory and not use_gpu else 0
         if use_gpu:
             slots = int(c["GPU"] // ngpu)
         elif mem:

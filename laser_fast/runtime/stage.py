@@ -41,8 +41,9 @@ class Resources:
         num_gpus: GPUs per worker when a GPU is used (a fraction shares one GPU between workers;
             0: the stage never uses a GPU).
         memory_mb: host memory one worker needs in MB (model weights, buffers, a batch), reserved
-            with Ray for CPU actors (0: none; a model scorer's comes from its checkpoint,
-            :meth:`~laser_fast.scorers.base.Scorer.host_memory_mb`).
+            with Ray for CPU actors (0: none). A task may work out its own instead
+            (:meth:`~laser_fast.runtime.engine.UnitTask.memory_mb`: the model scorers from their
+            checkpoints, :meth:`~laser_fast.scorers.base.Scorer.host_memory_mb`).
         row_wise: rows are independent, so the stage gives the same columns over any split of
             the table into batches (classification, scoring). False for stages that need every
             row at once (preference scaling fits over the whole pool; selection compares records).

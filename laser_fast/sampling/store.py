@@ -83,9 +83,14 @@ class EmbedTask(UnitTask):
     def __init__(self, root, model, label, field, batch_tokens, max_batch_size, chunk_rows, device, dtype):
         self.root, self.model, self.model_label, self.field = str(root), model, label, field
         self.batch_tokens, self.max_batch_size, self.chunk_rows, self.device, self.dtype = batch_tokens, max_batch_size, chunk_rows, device, dtype
-        # a small model: four workers share a GPU; a CPU worker reserves its estimated memory
-        self.resources = Resources(num_cpus=1, num_gpus=0.25, memory_mb=_embedder_mb(model, batch_tokens, dtype))
+        self.resources = Resources(num_cpus=1, num_gpus=0.25)  # a small model: four workers share a GPU
         self.uses_gpu = str(device or "") != "cpu"
+        self._memory: int | None = None
+
+    def memory_mb(self) -> int:
+        if self._memory is None:  # a CPU worker reserves its estimated memory
+            self._memory = _embedder_mb(self.model, self.batch_tokens, self.dtype)
+        return self._memory
 
     def setup(self) -> None:
         self._store = EmbeddingStore(self.root)

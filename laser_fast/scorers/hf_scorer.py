@@ -182,10 +182,12 @@ class _HFScorer(Scorer):
     def host_memory_mb(self) -> int | None:
         from laser_fast.runtime.model_memory import model_mb
 
-        # the longest sequence: the kept tokens, and for IFD its instruction's tokens too
+        # the longest sequence: the kept tokens, and for IFD its instruction's tokens too; IFD reads
+        # log-probabilities over the vocabulary head_chunk positions at a time
         longest = self.max_length + int(getattr(self, "max_prompt_length", 0))
+        bt = int(self.batch_tokens or 8192)
         return model_mb(self.model_id, revision=self.revision, width=2 if self.dtype == "bfloat16" else 4,
-                        batch_tokens=int(self.batch_tokens or 8192), seq_len=longest)
+                        batch_tokens=bt, seq_len=longest, head_rows=min(int(getattr(self, "head_chunk", 0)), bt))
 
     def _load(self):
         if self._model is None:

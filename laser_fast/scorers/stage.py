@@ -218,15 +218,22 @@ class ScoreTask(UnitTask):
         share = float(getattr(scorer, "gpu_share", 0.0) or 0.0)
         self.uses_gpu = share > 0 and str(getattr(scorer, "device", None) or "") != "cpu"
         base = MODEL_SCORES.resources
-        self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0, memory_mb=_host_memory(scorer))
+        self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0)
         self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
+        self._driver_scorer, self._memory = scorer, None  # for memory_mb, on the driver
         # machine-dependent choices (a CPU's bf16 units) the workers take over from the driver
         self.pins = scorer.worker_pins() if hasattr(scorer, "worker_pins") else {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_cache", None)
+        state.pop("_driver_scorer", None)
         return state
+
+    def memory_mb(self) -> int:
+        if self._memory is None:
+            self._memory = _host_memory(getattr(self, "_driver_scorer", None))
+        return self._memory
 
     def setup(self) -> None:
         from laser_fast.metrics import build_scorer
@@ -262,7 +269,7 @@ def _host_memory(scorer) -> int:
     try:
         return int(est() or 0) if est is not None else 0
     except Exception as e:  # noqa: BLE001 - unreadable headers, a hub error: run without a reservation
-        logger.warning("%s: no memory estimate for its workers (%s); Ray reserves none", scorer.name, e)
+        logger.warning("%s: no memory estimate for its workers (%s); Ray reserves none", getattr(scorer, "name", "?"), e)
         return 0
 
 
