@@ -140,7 +140,7 @@ def test_scorers_estimate_their_models(llama):
         == pytest.approx(3 * 4 * 2048 * 32000 * 1.1 / 2**20, abs=1)
     assert OnePassScorer().host_memory_mb() == mm.model_mb(minilm_path(), batch_tokens=4096, seq_len=256)
     # an endpoint's client holds no model, a transformers judge holds its model
-    assert IFQualityScorer(model="m", base_url="http://127.0.0.1:9/v1").host_memory_mb() == int(mm.BASE_MB * mm.MARGIN)
+    assert IFQualityScorer(model="m", base_url="http://127.0.0.1:9/v1").host_memory_mb() == mm.NO_MODEL_MB
     judge = IFQualityScorer(model=str(llama["st"]), backend="transformers", device="cpu")
     assert judge.host_memory_mb() == mm.worker_mb(ck, width=4, batch_tokens=16384, seq_len=4096)
 

@@ -33,19 +33,26 @@ named), and the estimate as a multiple of them:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from laser_fast.runtime.hub_cache import cached_file, index_files
+
+logger = logging.getLogger(__name__)
 
 #: the interpreter with torch, transformers and a tokenizer loaded: 320 MB measured with torch 2.13's
 #: CPU build, 496 MB with torch 2.2's CUDA build (the wheel a GPU cluster's CPU nodes have), rounded up
 BASE_MB = 640
 #: added to the sum of the parts
 MARGIN = 1.10
-#: bytes per element of the dtypes checkpoints are stored in (safetensors and torch names)
+#: a worker that holds no model (an HTTP judge's client): the interpreter, with the margin
+NO_MODEL_MB = round(BASE_MB * MARGIN)
+#: bytes per element of the safetensors dtypes (the hub's metadata counts weights per dtype)
 _WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-          "F8_E4M3": 1, "F8_E5M2": 1, "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+          "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Check
     if gguf_file:
         return _gguf(folder / gguf_file)
     cfg = _config(folder)
-    st = _indexed(folder, "model.safetensors.index.json")
+    st = index_files(folder, "model.safetensors.index.json")
     if st is None:
         return None
     st = st or sorted(folder.glob("*.safetensors"))
@@ -130,24 +137,13 @@ def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Check
     ggufs = sorted(folder.glob("*.gguf"))
     if ggufs:
         return _gguf(ggufs[0])
-    bins = _indexed(folder, "pytorch_model.bin.index.json")
+    bins = index_files(folder, "pytorch_model.bin.index.json")
     if bins is None:
         return None
     bins = bins or sorted(p for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
     if bins:
         return Checkpoint(sum(_pickled_elements(p) for p in bins), sum(p.stat().st_size for p in bins), *_widths(cfg))
     return None
-
-
-def _indexed(folder: Path, index: str) -> list[Path] | None:
-    """The weight files a sharded checkpoint's index names (a folder may hold a single-file copy
-    of the same weights beside the shards); [] without an index, None when one of them is missing."""
-    try:
-        names = set(json.loads((folder / index).read_text())["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []
-    files = [folder / n for n in sorted(names)]
-    return files if all(f.is_file() for f in files) else None
 
 
 def _pickled_elements(path: Path) -> int:
@@ -163,14 +159,9 @@ def _hub_checkpoint(repo_id: str, revision: str | None) -> Checkpoint | None:
     safetensors metadata when the hub may be asked; None otherwise."""
     from laser_fast.runtime.models import hub_offline, hub_reachable
 
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except Exception:  # noqa: BLE001 - an invalid id is simply not cached
-        hit = None
-    if isinstance(hit, str):
-        found = folder_checkpoint(Path(hit).parent)
+    config = cached_file(repo_id, "config.json", revision)
+    if config is not None:
+        found = folder_checkpoint(config.parent)
         if found is not None:
             return found
     if hub_offline() or not hub_reachable():
@@ -230,3 +221,13 @@ def model_mb(model_id: str | None, *, revision: str | None = None, width: int = 
     """:func:`worker_mb` of ``model_id`` (None when its size is unknown)."""
     ck = checkpoint(model_id, revision)
     return None if ck is None else worker_mb(ck, width=width, batch_tokens=batch_tokens, seq_len=seq_len, head_rows=head_rows)
+
+
+def reserved_mb(who: str, estimate) -> int:
+    """``estimate()`` as the memory to reserve for one CPU worker of ``who``: 0 (nothing reserved)
+    when it is unknown or fails; a failure is logged and never stops the run."""
+    try:
+        return int(estimate() or 0)
+    except Exception as e:  # noqa: BLE001 - unreadable headers, a hub error: run without a reservation
+        logger.warning("%s: no memory estimate for its workers (%s); Ray reserves none", who, e)
+        return 0

@@ -276,13 +276,9 @@ def _resolve(model_id: str | None, gguf_file: str | None) -> tuple[str, str | No
 
 
 def _cached(repo_id: str, revision: str | None) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from laser_fast.runtime.hub_cache import cached_file
 
-        hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except Exception:  # noqa: BLE001 - an invalid id is simply "not cached"
-        return False
-    return isinstance(hit, str)
+    return cached_file(repo_id, "config.json", revision) is not None
 
 
 def _from_pretrained(loader: Callable[..., Any], src: str, local: bool, name: str, what: str, kw: dict) -> Any:

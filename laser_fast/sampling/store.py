@@ -60,20 +60,6 @@ def embed_windows(pos: np.ndarray, digs: np.ndarray, firsts: np.ndarray | None =
 _STAT_KEYS = ("records", "forward_passes", "tokens", "padded_tokens", "seconds", "truncated")
 
 
-def _embedder_mb(model, batch_tokens: int | None, dtype: str | None) -> int:
-    """One CPU worker's memory for the embedder in MB (:func:`~laser_fast.runtime.model_memory.model_mb`;
-    0, nothing reserved, when its files cannot be read here)."""
-    from laser_fast.runtime.model_memory import model_mb
-    from laser_fast.runtime.models import resolve_model_name
-
-    try:
-        mb = model_mb(resolve_model_name(model), width=2 if str(dtype).lower() in ("float16", "fp16", "half", "bfloat16", "bf16") else 4, batch_tokens=int(batch_tokens or DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION), seq_len=512)
-    except Exception as e:  # noqa: BLE001 - an estimate never stops a run
-        logger.debug("embedder %s: no memory estimate (%s)", model, e)
-        mb = None
-    return int(mb or 0)
-
-
 class EmbedTask(UnitTask):
     """Embedding windows on an engine's workers: each loads the model once, embeds its windows
     (:meth:`EmbeddingStore._embed_window`) into the shared store and returns its encoder stats."""
@@ -88,8 +74,13 @@ class EmbedTask(UnitTask):
         self._memory: int | None = None
 
     def memory_mb(self) -> int:
-        if self._memory is None:  # a CPU worker reserves its estimated memory
-            self._memory = _embedder_mb(self.model, self.batch_tokens, self.dtype)
+        if self._memory is None:  # a CPU worker reserves its embedder's estimate (0: unknown, nothing reserved)
+            from laser_fast.runtime.model_memory import model_mb, reserved_mb
+            from laser_fast.runtime.models import _resolve_dtype, resolve_model_name
+
+            width = 4 if _resolve_dtype(self.dtype, "cpu") == "float32" else 2
+            self._memory = reserved_mb(self.label, lambda: model_mb(resolve_model_name(self.model), width=width, seq_len=512,
+                                                                  batch_tokens=int(self.batch_tokens or DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION)))
         return self._memory
 
     def setup(self) -> None:

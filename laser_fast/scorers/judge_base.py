@@ -137,10 +137,10 @@ class JudgeScorer(Scorer):
     def host_memory_mb(self) -> int | None:
         """An endpoint's client holds no model; the transformers backend its judge model (float32
         on the CPU, 16,384 tokens per batch, prompts and answers of at most 4,096 tokens); vLLM runs on GPUs only (None)."""
-        from laser_fast.runtime.model_memory import BASE_MB, MARGIN, model_mb
+        from laser_fast.runtime.model_memory import NO_MODEL_MB, model_mb
 
         if self.backend == "openai":
-            return int(BASE_MB * MARGIN)
+            return NO_MODEL_MB
         if self.backend == "transformers":
             return model_mb(self.model, batch_tokens=16384, seq_len=4096)  # a prompt of <= 8,000 characters and its answer
         return None

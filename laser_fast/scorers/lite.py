@@ -147,16 +147,15 @@ class LiteQualityScorer(Scorer):
 
     def host_memory_mb(self) -> int | None:
         """SmolLM2 at its dtype and MiniLM in float32 in one process (one interpreter between them)."""
-        from laser_fast.runtime.model_memory import BASE_MB, MARGIN, model_mb
+        from laser_fast.runtime.model_memory import NO_MODEL_MB, model_mb
         from laser_fast.runtime.models import minilm_path
-
-        # SmolLM2 reads short head and tail windows of each text, MiniLM at most 128 word pieces
         from laser_fast.scorers.lite_features import LM_HEAD_CHUNK
 
+        # SmolLM2 reads short head and tail windows of each text, MiniLM at most 128 word pieces
         smol = model_mb("smollm2", width=2 if self.resolved_dtype() == "bfloat16" else 4, batch_tokens=self.batch_tokens, seq_len=512,
                         head_rows=LM_HEAD_CHUNK)
         mini = model_mb(minilm_path(), batch_tokens=self.batch_tokens, seq_len=128)
-        return None if smol is None or mini is None else smol + mini - int(BASE_MB * MARGIN)
+        return None if smol is None or mini is None else smol + mini - NO_MODEL_MB
 
     def _load_head(self) -> _LinearModel:
         if self._lin is None:

@@ -231,8 +231,11 @@ class ScoreTask(UnitTask):
         return state
 
     def memory_mb(self) -> int:
-        if self._memory is None:
-            self._memory = _host_memory(getattr(self, "_driver_scorer", None))
+        if self._memory is None:  # Scorer.host_memory_mb, on the driver (0: unknown, nothing reserved)
+            from laser_fast.runtime.model_memory import reserved_mb
+
+            scorer = getattr(self, "_driver_scorer", None)
+            self._memory = reserved_mb(self.name, getattr(scorer, "host_memory_mb", lambda: None))
         return self._memory
 
     def setup(self) -> None:
@@ -260,17 +263,6 @@ class ScoreTask(UnitTask):
         # what this unit added to each stat: the driver sums them over the units
         after = _numeric_stats(self._scorer)
         return {**out, **stat_columns(batch.height, {k: v - before.get(k, 0.0) for k, v in after.items()})}
-
-
-def _host_memory(scorer) -> int:
-    """One CPU worker's memory for ``scorer`` in MB (:meth:`Scorer.host_memory_mb`; 0: unknown,
-    nothing is reserved). An estimate that fails is logged and never stops the run."""
-    est = getattr(scorer, "host_memory_mb", None)
-    try:
-        return int(est() or 0) if est is not None else 0
-    except Exception as e:  # noqa: BLE001 - unreadable headers, a hub error: run without a reservation
-        logger.warning("%s: no memory estimate for its workers (%s); Ray reserves none", getattr(scorer, "name", "?"), e)
-        return 0
 
 
 def _numeric_stats(scorer) -> dict[str, float]:
