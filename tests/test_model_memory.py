@@ -221,6 +221,13 @@ def test_classifiers_estimate_their_models(tmp_path):
     want = mm.worker_mb(ck, width=4, batch_tokens=8 * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
     assert classifier_memory_mb(load_classifier(str(tmp_path / "seqcls"), device="cpu"), 8) == want
     assert classifier_memory_mb(SetFitClassifier(str(tmp_path / "seqcls"), "cpu"), 8) == want
+    # an older SetFit layout keeps its transformer in the folder modules.json names
+    import shutil
+
+    shutil.copytree(tmp_path / "seqcls", tmp_path / "setfit" / "0_Transformer")
+    (tmp_path / "setfit" / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer",
+                                                                     "type": "sentence_transformers.models.Transformer"}]))
+    assert classifier_memory_mb(SetFitClassifier(str(tmp_path / "setfit"), "cpu"), 8) == want
     # a classifier class of your own, or a folder without weights: unknown, nothing reserved
     assert classifier_memory_mb(TaskClassifier(), 8) is None
     (tmp_path / "empty").mkdir()

@@ -7,8 +7,10 @@ classification windows, as it does for the scorers' workers.
   directory's embedding store, which loads its own MiniLM. The ``smollm`` head adds SmolLM2-135M
   in float32 (its GGUF is converted to float32 before the load), with up to 16 prompts of at most
   about 300 tokens per forward.
-* A Hugging Face sequence-classification model or a SetFit body runs in float32 with ``batch_size``
-  texts of at most 512 tokens per forward.
+* A Hugging Face sequence-classification model or a SetFit body is counted in float32 (the
+  widest it loads in; a bfloat16 checkpoint may run narrower) with ``batch_size`` texts of at
+  most 512 tokens per forward. A SetFit body is read where its ``modules.json`` puts the
+  transformer (the folder itself, or ``0_Transformer/`` in older layouts).
 
 Measured peaks of one window on one thread (torch 2.13 + transformers 5.25, 2 Xeon cores,
 2026-12-07), and the estimate as a multiple of them:
@@ -52,5 +54,21 @@ def classifier_memory_mb(clf, batch_size: int) -> int | None:
             total += smol - NO_MODEL_MB  # one interpreter between them
         return total
     if isinstance(clf, (HFClassifier, SetFitClassifier, _HubClassifier)):
-        return model_mb(clf.name, width=4, batch_tokens=max(1, int(batch_size)) * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
+        where = _setfit_body(clf.name) if isinstance(clf, SetFitClassifier) else clf.name
+        return model_mb(where, width=4, batch_tokens=max(1, int(batch_size)) * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
     return None
+
+
+def _setfit_body(folder: str) -> str:
+    """The folder of a SetFit model's transformer: the first module ``modules.json`` names (the
+    model's own folder when it says none)."""
+    import json
+    from pathlib import Path
+
+    root = Path(folder).expanduser()
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+        sub = str(modules[0].get("path") or "") if isinstance(modules, list) and modules and isinstance(modules[0], dict) else ""
+    except (OSError, ValueError):
+        sub = ""
+    return str(root / sub) if sub and (root / sub).is_dir() else str(root)

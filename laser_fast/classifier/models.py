@@ -37,6 +37,7 @@ from laser_fast.classifier.features import _as_text, _want_progress, embedding_t
 from laser_fast.classifier.smollm import SmolFeatures
 from laser_fast.errors import ModelLoadError
 from laser_fast.runtime.devices import torch_device
+from laser_fast.runtime.memory import HeapTrim
 from laser_fast.runtime.models import SMOLLM_PACKAGE, load_sentence_model, minilm_path
 from laser_fast.runtime.progress import progress_iter
 
@@ -477,6 +478,7 @@ class HFClassifier(_NamedModelClassifier):
         starts = progress_iter(starts, desc="classify", unit="batch", show=progress)
         maxlen = min(512, getattr(self._tok, "model_max_length", 512) or 512,
                      getattr(self._model.config, "max_position_embeddings", 512) or 512)
+        trim = HeapTrim() if str(self._dev).startswith("cpu") else (lambda: None)
         with torch.inference_mode():
             for s in starts:
                 idx = order[s:s + batch_size]
@@ -485,6 +487,7 @@ class HFClassifier(_NamedModelClassifier):
                 p = torch.softmax(self._model(**enc).logits.float(), dim=-1).cpu().numpy()
                 for j, c in enumerate(self._cols):
                     out[idx, c] += p[:, j]
+                trim()
         return out
 
 

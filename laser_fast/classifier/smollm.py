@@ -9,6 +9,7 @@ import numpy as np
 
 from laser_fast.classifier.features import _as_text, embedding_text
 from laser_fast.runtime.devices import torch_device
+from laser_fast.runtime.memory import HeapTrim
 from laser_fast.runtime.models import load_smollm2, smollm2_gguf
 from laser_fast.runtime.progress import progress_iter
 
@@ -85,12 +86,14 @@ class SmolFeatures:
         order = np.argsort([len(p) for p in prompts], kind="stable")
         starts = range(0, len(prompts), max(1, batch_size))
         starts = progress_iter(starts, desc="classify (SmolLM2)", unit="batch", show=progress)
+        trim = HeapTrim() if str(self.device).startswith("cpu") else (lambda: None)
         with torch.inference_mode():
             for s in starts:
                 idx = order[s:s + batch_size]
                 enc = self._tok([prompts[i] for i in idx], return_tensors="pt", padding=True).to(self.device)
                 hs = self._model(**enc, output_hidden_states=True).hidden_states[self.layer]
                 out[idx] = hs[:, -1].float().cpu().numpy()
+                trim()
         return out
 
 

@@ -18,10 +18,6 @@ logger = logging.getLogger(__name__)
 # batching
 # --------------------------------------------------------------------------------------
 
-#: the least time between two hand-backs of the C heap's free pages in a CPU forward loop
-#: (:func:`one_thread_per_forward`): each costs the page faults of reusing them
-TRIM_EVERY_S = 0.25
-
 #: least share of real tokens a padded batch keeps (:func:`plan_batches`); a packed batch, whose
 #: padding costs no compute, plans with 0
 MIN_FILL = 0.9
@@ -163,7 +159,7 @@ def one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Call
     used from two threads at once can fail ("Already borrowed").
 
     With ``on`` (the CPU), the C heap's free pages go back to the OS between forwards, at most
-    every :data:`TRIM_EVERY_S` (:func:`~laser_fast.runtime.memory.release_free_heap`): batches of
+    every ``TRIM_EVERY_S`` (:class:`~laser_fast.runtime.memory.HeapTrim`): batches of
     many shapes leave freed activations scattered through glibc's heap, which it keeps. Measured
     with the bundled classifier head (2 Xeon cores): after 8,000 instructions on one thread a
     worker held 1,917 MB, of which ``malloc_trim`` returned 960 MB; on both cores, 2,000 texts of
@@ -179,15 +175,13 @@ def one_thread_per_forward(on: bool, side_by_side: bool = True) -> Iterator[Call
 
     import torch
 
-    from laser_fast.runtime.memory import release_free_heap
+    from laser_fast.runtime.memory import HeapTrim
 
     def trimmed(run):
         def run_all(fn, batches):
-            last = time.perf_counter()
+            trim = HeapTrim()
             for b, out in run(fn, batches):
-                if time.perf_counter() - last >= TRIM_EVERY_S:
-                    release_free_heap()
-                    last = time.perf_counter()
+                trim()
                 yield b, out
         return run_all
 

@@ -29,7 +29,7 @@ from laser_fast.runtime.workdir import unique_suffix
 logger = logging.getLogger(__name__)
 
 
-__all__ = ["SPILL_MIN_BYTES", "MappedFrame", "limit_heap_arenas", "release_free_heap", "spill_frame"]
+__all__ = ["SPILL_MIN_BYTES", "TRIM_EVERY_S", "HeapTrim", "MappedFrame", "limit_heap_arenas", "release_free_heap", "spill_frame"]
 
 #: Tables smaller than this (polars' estimate) stay on the heap: mapping pays off only when the
 #: table is a large share of a run's memory.
@@ -141,6 +141,28 @@ def release_free_heap() -> None:
 
 
 _MALLOC_TRIM = None
+
+#: the least time between two hand-backs of :class:`HeapTrim`: each costs the page faults of
+#: reusing the pages
+TRIM_EVERY_S = 0.25
+
+
+class HeapTrim:
+    """Hands the C heap's free pages back (:func:`release_free_heap`) when called, at most every
+    :data:`TRIM_EVERY_S`: called after each forward of a CPU batch loop. Batches of many shapes
+    leave freed activations scattered through glibc's heap, which it keeps (see
+    :func:`laser_fast.runtime.batching.one_thread_per_forward` for the measured effect)."""
+
+    def __init__(self):
+        import time
+
+        self._clock = time.perf_counter
+        self._last = self._clock()
+
+    def __call__(self) -> None:
+        if self._clock() - self._last >= TRIM_EVERY_S:
+            release_free_heap()
+            self._last = self._clock()
 
 #: glibc heaps ("arenas") threads may allocate from; see :func:`limit_heap_arenas`
 HEAP_ARENAS = 2
