@@ -18,6 +18,7 @@ Measured peaks of one window on one thread (torch 2.13 + transformers 5.25, 2 Xe
 * the bundled tuned head, 8,000 AlpacaEval instructions repeated 1-5 times: 846 MB (1.40x); the
   plain head: 953 MB (1.25x); the tuned head on 2,000 texts of 3-202 words: 811-832 MB (1.43-1.46x);
 * the ``smollm`` head, 800 of those instructions, the GGUF's conversion included: 2,310 MB (1.23x);
+  2,000 of them with the converted model cached and its probe's heap handed back: 2,106 MB (1.35x);
 * a BERT-base-shaped sequence classifier (109M weights), 128 texts of 512 tokens at ``batch_size``
   64: 1,933 MB with torch's fused attention, 2,892 MB with eager attention (4.1x and 2.75x). The
   activation terms assume materialised attention over every row's 512 tokens, so a classifier
