@@ -150,6 +150,9 @@ ALLOWED = {
     # the tuned classifier's pass shares MiniLM's bottom layers with the store's vectors, so it
     # batches as the sampling step's encoder does (the same vectors, bit for bit)
     ("laser_fast.classifier.branched", "sampling"),
+    # the classifier's memory estimate counts MiniLM's batches at the sampling encoder's CPU budget,
+    # which the classifier's MiniLM pass runs with
+    ("laser_fast.classifier.memory", "sampling"),
     # lite_quality (lite-llm) embeds with the sampling step's encoder, whose CPU vectors do not
     # depend on the batch or the thread count (one definition of how a text becomes a vector), and
     # its fingerprint names that encoder's vector scheme
