@@ -478,7 +478,7 @@ class HFClassifier(_NamedModelClassifier):
         starts = progress_iter(starts, desc="classify", unit="batch", show=progress)
         maxlen = min(512, getattr(self._tok, "model_max_length", 512) or 512,
                      getattr(self._model.config, "max_position_embeddings", 512) or 512)
-        trim = HeapTrim() if str(self._dev).startswith("cpu") else (lambda: None)
+        trim = HeapTrim(on=str(self._dev).startswith("cpu"))
         with torch.inference_mode():
             for s in starts:
                 idx = order[s:s + batch_size]

@@ -86,7 +86,7 @@ class SmolFeatures:
         order = np.argsort([len(p) for p in prompts], kind="stable")
         starts = range(0, len(prompts), max(1, batch_size))
         starts = progress_iter(starts, desc="classify (SmolLM2)", unit="batch", show=progress)
-        trim = HeapTrim() if str(self.device).startswith("cpu") else (lambda: None)
+        trim = HeapTrim(on=str(self.device).startswith("cpu"))
         with torch.inference_mode():
             for s in starts:
                 idx = order[s:s + batch_size]

@@ -128,16 +128,12 @@ class ClassifyTask(UnitTask):
         self.trust_remote_code = tuple(trust_remote_code)
         self.resources = CLASSIFY.resources
         self.uses_gpu = str(device or "") != "cpu"
-        self._memory: int | None = None
 
-    def memory_mb(self) -> int:
-        if self._memory is None:  # a CPU worker reserves its classifier's estimate (0: unknown, nothing reserved)
-            from laser_fast.classifier.memory import classifier_memory_mb
-            from laser_fast.runtime.model_memory import reserved_mb
+    def memory_mb(self) -> int:  # the classifier's estimate (load_classifier is lazy: nothing loads here)
+        from laser_fast.classifier.memory import classifier_memory_mb
 
-            self._memory = reserved_mb(self.label, lambda: classifier_memory_mb(  # load_classifier is lazy: nothing loads here
-                load_classifier(self.model, device=self.device, trust_remote_code=self.trust_remote_code), self.batch_size))
-        return self._memory
+        return self.estimated_once(lambda: classifier_memory_mb(
+            load_classifier(self.model, device=self.device, trust_remote_code=self.trust_remote_code), self.batch_size))
 
     def setup(self) -> None:
         from laser_fast.classifier.models import load_classifier

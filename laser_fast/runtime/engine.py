@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,8 +50,19 @@ class UnitTask:
     def memory_mb(self) -> int:
         """Host memory one CPU worker needs in MB, which the Ray engine reserves: by default what
         :attr:`resources` declares. Asked on the driver only where CPU actors are planned, so a
-        task may work it out then (a model scorer reads its checkpoint's headers)."""
+        task may work it out then (a model scorer reads its checkpoint's headers), through
+        :meth:`estimated_once`."""
         return int(self.resources.memory_mb)
+
+    def estimated_once(self, estimate: Callable[[], int | None]) -> int:
+        """For a :meth:`memory_mb` worked out from a model: ``estimate()`` on the first call, kept
+        for the next; 0 (nothing reserved) when it is unknown or fails
+        (:func:`~laser_fast.runtime.model_memory.reserved_mb`)."""
+        if self.__dict__.get("_memory") is None:
+            from laser_fast.runtime.model_memory import reserved_mb
+
+            self._memory = reserved_mb(self.label, estimate)
+        return self._memory
 
     def setup(self) -> None:
         """Load what the units need (called once per worker, before its first unit)."""

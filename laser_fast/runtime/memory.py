@@ -153,14 +153,15 @@ class HeapTrim:
     leave freed activations scattered through glibc's heap, which it keeps (see
     :func:`laser_fast.runtime.batching.one_thread_per_forward` for the measured effect)."""
 
-    def __init__(self):
+    def __init__(self, on: bool = True):
         import time
 
+        self.on = bool(on)  # False (a GPU loop): calls do nothing
         self._clock = time.perf_counter
         self._last = self._clock()
 
     def __call__(self) -> None:
-        if self._clock() - self._last >= TRIM_EVERY_S:
+        if self.on and self._clock() - self._last >= TRIM_EVERY_S:
             release_free_heap()
             self._last = self._clock()
 

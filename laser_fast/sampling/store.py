@@ -71,17 +71,14 @@ class EmbedTask(UnitTask):
         self.batch_tokens, self.max_batch_size, self.chunk_rows, self.device, self.dtype = batch_tokens, max_batch_size, chunk_rows, device, dtype
         self.resources = Resources(num_cpus=1, num_gpus=0.25)  # a small model: four workers share a GPU
         self.uses_gpu = str(device or "") != "cpu"
-        self._memory: int | None = None
 
-    def memory_mb(self) -> int:
-        if self._memory is None:  # a CPU worker reserves its embedder's estimate (0: unknown, nothing reserved)
-            from laser_fast.runtime.model_memory import model_mb, reserved_mb
-            from laser_fast.runtime.models import _resolve_dtype, resolve_model_name
+    def memory_mb(self) -> int:  # the embedder's estimate
+        from laser_fast.runtime.model_memory import model_mb
+        from laser_fast.runtime.models import _resolve_dtype, resolve_model_name
 
-            width = 4 if _resolve_dtype(self.dtype, "cpu") == "float32" else 2
-            self._memory = reserved_mb(self.label, lambda: model_mb(resolve_model_name(self.model), width=width, seq_len=512,
-                                                                  batch_tokens=int(self.batch_tokens or DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION)))
-        return self._memory
+        width = 4 if _resolve_dtype(self.dtype, "cpu") == "float32" else 2
+        return self.estimated_once(lambda: model_mb(resolve_model_name(self.model), width=width, seq_len=512,
+                                                    batch_tokens=int(self.batch_tokens or DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION)))
 
     def setup(self) -> None:
         self._store = EmbeddingStore(self.root)

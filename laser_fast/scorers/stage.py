@@ -220,7 +220,7 @@ class ScoreTask(UnitTask):
         base = MODEL_SCORES.resources
         self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0)
         self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
-        self._driver_scorer, self._memory = scorer, None  # for memory_mb, on the driver
+        self._driver_scorer = scorer  # for memory_mb, on the driver
         # machine-dependent choices (a CPU's bf16 units) the workers take over from the driver
         self.pins = scorer.worker_pins() if hasattr(scorer, "worker_pins") else {}
 
@@ -230,13 +230,8 @@ class ScoreTask(UnitTask):
         state.pop("_driver_scorer", None)
         return state
 
-    def memory_mb(self) -> int:
-        if self._memory is None:  # Scorer.host_memory_mb, on the driver (0: unknown, nothing reserved)
-            from laser_fast.runtime.model_memory import reserved_mb
-
-            scorer = getattr(self, "_driver_scorer", None)
-            self._memory = reserved_mb(self.name, getattr(scorer, "host_memory_mb", lambda: None))
-        return self._memory
+    def memory_mb(self) -> int:  # the scorer's own estimate (Scorer.host_memory_mb), on the driver
+        return self.estimated_once(getattr(getattr(self, "_driver_scorer", None), "host_memory_mb", lambda: None))
 
     def setup(self) -> None:
         from laser_fast.metrics import build_scorer
