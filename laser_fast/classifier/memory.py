@@ -12,7 +12,7 @@ classification windows, as it does for the scorers' workers.
   most 512 tokens per forward. A SetFit body is read where its ``modules.json`` puts the
   transformer (the folder itself, or ``0_Transformer/`` in older layouts).
 
-Measured peaks of one window on one thread (torch 2.13 + transformers 5.25, 2 Xeon cores,
+Measured peaks of one window on one thread (torch 2.13 + transformers 5.25, 2 Intel Xeon cores with AVX-512 and AMX,
 2026-12-07), and the estimate as a multiple of them:
 
 * the bundled tuned head, 8,000 AlpacaEval instructions repeated 1-5 times: 846 MB (1.40x); the
