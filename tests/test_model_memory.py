@@ -141,8 +141,40 @@ def test_scorers_estimate_their_models(llama):
     assert OnePassScorer().host_memory_mb() == mm.model_mb(minilm_path(), batch_tokens=4096, seq_len=256)
     # an endpoint's client holds no model, a transformers judge holds its model
     assert IFQualityScorer(model="m", base_url="http://127.0.0.1:9/v1").host_memory_mb() == mm.NO_MODEL_MB
+    # a transformers judge: every exchange within the model's context (512 here), and the keys and values generation keeps
     judge = IFQualityScorer(model=str(llama["st"]), backend="transformers", device="cpu")
-    assert judge.host_memory_mb() == mm.worker_mb(ck, width=4, batch_tokens=16384, seq_len=4096)
+    assert (ck.layers, ck.kv_width, ck.context, ck.model_type) == (8, 256, 512, "llama")
+    assert judge.host_memory_mb() == mm.worker_mb(ck, width=4, batch_tokens=16384, seq_len=512, kv_cache=True)
+    assert judge.host_memory_mb() - mm.worker_mb(ck, width=4, batch_tokens=16384, seq_len=512) \
+        == pytest.approx(16384 * 4 * 4 * 8 * 256 * 1.1 / 2**20, abs=1)
+
+
+def test_the_attention_term_follows_the_kernel_that_runs(llama):
+    """Where torch runs a padded batch's attention in a fused kernel and transformers runs the
+    architecture through sdpa, the estimate counts the mask (two float32 values per position),
+    not the scores (four per head and position); an architecture without sdpa (DeBERTa), one
+    transformers does not know (remote code) or a torch whose CPU kernel falls back to the math
+    path counts the scores."""
+    import dataclasses
+
+    import torch
+
+    q = torch.zeros(1, 2, 8, 16)
+    fused = int(torch._fused_sdp_choice(q, q, q, torch.ones(1, 1, 8, 8, dtype=torch.bool), 0.0, False)) != 0
+    assert mm.fused_attention("llama") == mm.fused_attention("bert") == fused
+    assert not mm.fused_attention("deberta-v2") and not mm.fused_attention("difficulty_head_test") and not mm.fused_attention("")
+    ck = mm.checkpoint(str(llama["st"]))
+
+    def grows(c, long, short=256):  # MB per batch the longer sequences add
+        return mm.worker_mb(c, width=4, batch_tokens=8192, seq_len=long) - mm.worker_mb(c, width=4, batch_tokens=8192, seq_len=short)
+
+    scores = dataclasses.replace(ck, model_type="")
+    assert grows(scores, 2048) == pytest.approx(8192 * 4 * 4 * 4 * (2048 - 256) * 1.1 / 2**20, abs=1)  # 4 heads
+    assert grows(ck, 2048) == (pytest.approx(8192 * 4 * 2 * (2048 - 256) * 1.1 / 2**20, abs=1) if fused else grows(scores, 2048))
+    # generation without the layer count in the config: a standard layer's 12 x hidden^2 weights give it
+    blind = dataclasses.replace(ck, layers=0, kv_width=0)
+    assert mm.worker_mb(blind, width=4, batch_tokens=1024, seq_len=64, kv_cache=True) - mm.worker_mb(blind, width=4, batch_tokens=1024, seq_len=64) \
+        == pytest.approx(1024 * 4 * 4 * (ck.elements // (12 * 512 ** 2)) * 512 * 1.1 / 2**20, abs=1)
 
 
 WORKER = r'''
@@ -159,6 +191,44 @@ peak_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line
 print(json.dumps({"peak_mb": peak_kb / 1024, "estimate_mb": s.host_memory_mb(),
                   "scored": int(sum(v == v for v in out[s.outputs[0]]))}))
 '''
+
+
+JUDGE = r'''
+import json, sys
+from laser_fast.scorers.judge_backends import TransformersJudge
+from laser_fast.scorers.judges import IFQualityScorer
+model = sys.argv[1]
+judge = TransformersJudge(model, device="cpu", max_tokens=8)
+# 8 prompts of 3,750 to 4,020 tokens: two batches of four, each as long as the model's context lets an exchange be
+out = judge.chat_many([[{"role": "user", "content": "Write a poem about the sea. " * (445 - 5 * i)}] for i in range(8)])
+peak_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+print(json.dumps({"peak_mb": peak_kb / 1024, "answered": sum(a is not None for a in out),
+                  "estimate_mb": IFQualityScorer(model=model, backend="transformers", device="cpu").host_memory_mb()}))
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)")
+def test_the_estimate_covers_a_generating_judges_peak(llama, tmp_path):
+    """A fresh process with one thread generates judge answers with the transformers backend
+    (a LLaMA 512 wide with 8 layers and a context of 4,096, saved in bfloat16, run in float32),
+    with prompts that fill the context and the CPU's token budget: its peak stays under the
+    estimate (the keys and values kept for generation included), and the estimate is not wildly
+    above it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = tiny_models.tiny_config(LlamaConfig, llama["tok"], hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                  num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096)
+    model = tiny_models.save_model(LlamaForCausalLM(cfg).to(torch.bfloat16), llama["tok"], tmp_path / "judge")
+    script = tmp_path / "judge.py"
+    script.write_text(JUDGE)
+    res = subprocess.run([sys.executable, str(script), model], capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["answered"] == 8
+    assert got["peak_mb"] < got["estimate_mb"] < 2.5 * got["peak_mb"], got
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)")
@@ -208,7 +278,7 @@ def test_classifiers_estimate_their_models(tmp_path):
         assert not clf._loaded  # worked out from the files: nothing was loaded
         assert ClassifyTask(name, "cpu", 64, clf.fingerprint).memory_mb() == bundled
     if smollm_available():
-        smol = mm.model_mb("smollm2", batch_tokens=16 * SMOL_PROMPT_TOKENS, seq_len=SMOL_PROMPT_TOKENS)
+        smol = mm.model_mb("smollm2", batch_tokens=16 * SMOL_PROMPT_TOKENS, seq_len=SMOL_PROMPT_TOKENS, all_hidden=True)
         assert classifier_memory_mb(load_classifier("smollm", device="cpu"), 64) == bundled + smol - mm.NO_MODEL_MB
     # a named model (a sequence-classification folder; a SetFit body is read the same way)
     import torch

@@ -15,14 +15,15 @@ classification windows, as it does for the scorers' workers.
 Measured peaks of one window on one thread (torch 2.13 + transformers 5.25, 2 Intel Xeon cores with AVX-512 and AMX,
 2026-12-07), and the estimate as a multiple of them:
 
-* the bundled tuned head, 8,000 AlpacaEval instructions repeated 1-5 times: 846 MB (1.40x); the
-  plain head: 953 MB (1.25x); the tuned head on 2,000 texts of 3-202 words: 811-832 MB (1.43-1.46x);
-* the ``smollm`` head, 800 of those instructions, the GGUF's conversion included: 2,310 MB (1.23x);
-  2,000 of them with the converted model cached and its probe's heap handed back: 2,106 MB (1.35x);
+* the bundled heads on 8,000 texts of the AlpacaEval pool (its instructions and the first 2,000
+  characters of its answers): tuned 952 MB, plain 934 MB (1.14x and 1.16x); the tuned head on
+  2,000 texts of 3-202 words: 829 MB (1.31x);
+* the ``smollm`` head on AlpacaEval's 800 instructions: 1,875 MB with the converted model cached
+  (1.54x), 2,310 MB when an earlier estimate measured it with the GGUF's conversion (1.25x);
 * a BERT-base-shaped sequence classifier (109M weights), 128 texts of 512 tokens at ``batch_size``
-  64: 1,933 MB with torch's fused attention, 2,892 MB with eager attention (4.1x and 2.75x). The
-  activation terms assume materialised attention over every row's 512 tokens, so a classifier
-  that reads long texts in large batches is over-reserved; a smaller ``--batch-size`` lowers it.
+  64: 1,933 MB with torch's fused attention (2.4x), 2,892 MB with eager attention. The estimate
+  counts every row at 512 tokens, so a classifier that reads short texts in large batches is
+  over-reserved; a smaller ``--batch-size`` lowers it.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def classifier_memory_mb(clf, batch_size: int) -> int | None:
         total = worker_mb(mini, width=8, batch_tokens=DEFAULT_BATCH_TOKENS_CPU, seq_len=256)  # two float32 copies
         if clf._read_meta().get("smollm"):
             rows = min(16, max(1, int(batch_size)))  # DefaultClassifier._predict_unique: at most 16 prompts per forward
-            smol = model_mb("smollm2", width=4, batch_tokens=rows * SMOL_PROMPT_TOKENS, seq_len=SMOL_PROMPT_TOKENS)
+            # the probe keeps every hidden state up to the layer it reads
+            smol = model_mb("smollm2", width=4, batch_tokens=rows * SMOL_PROMPT_TOKENS, seq_len=SMOL_PROMPT_TOKENS, all_hidden=True)
             if smol is None:
                 return None
             total += smol - NO_MODEL_MB  # one interpreter between them

@@ -5,33 +5,56 @@ as many copies of a model as its memory holds.
 A worker's peak resident memory on the CPU is the interpreter with torch and transformers
 (320 MB measured with torch 2.13's CPU build, 496 MB with torch 2.2's CUDA build), the weights at
 the width they run in, the file's copy while they are converted (its pages are mapped during the
-load), and one forward's activations. Those grow with the tokens of a batch: per token about
-``12 x hidden + 4 x intermediate`` float32 values (the MLP's and the attention's intermediate
-tensors) and ``4 x heads x sequence length`` for the attention scores, their softmax and the
-mask where torch materialises them (torch 2.2 on the CPU took twice the activations of torch
-2.13); and where a scorer reads log-probabilities over the vocabulary (IFD), its head's rows
-times the vocabulary, three times (the logits, their float32 copy, the log-probabilities). The estimate adds 10% to the sum, so it is meant to be an upper
-bound.
+load), and one forward's activations. Those grow with the tokens of a batch, per token:
+
+* about ``12 x hidden + 4 x intermediate`` float32 values, the MLP's and the attention's
+  intermediate tensors (torch 2.2 on the CPU took twice the activations of torch 2.13);
+* the attention over a padded batch. Where torch materialises it (its math path: torch 2.2 with a
+  padding mask, or an architecture transformers runs without ``sdpa``), ``4 x heads x sequence
+  length`` values for the scores, their softmax and the mask; measured, 1.25-1.9 of them. Where
+  ``sdpa`` runs a fused kernel (:func:`fused_attention`: torch's own dispatch is asked), only the
+  mask, which the kernel reads as floats: ``2 x sequence length`` values; measured, about one
+  (BERT-base, 64 x 512 tokens, torch 2.13: 1,902 MB at the peak with ``sdpa``, 2,905 MB with
+  ``eager``; 4 x 8,192 tokens with ``sdpa``, 2,707 MB);
+* in generation (the transformers judge), every token's keys and values, twice over (the cache
+  and the copy it makes as it grows): ``4 x layers x key width`` values; measured, SmolLM2's
+  shape generating from 16,000 prompt tokens took 1,215 MB of activations at 1,000 tokens a
+  prompt, 1,633 MB at 8,000;
+* where a forward keeps every layer's hidden states (``lite_quality``'s SmolLM2 features), ``layers
+  + 1`` times the hidden width;
+* where a scorer reads log-probabilities over the vocabulary (IFD), its head's rows times the
+  vocabulary, three times (the logits, their float32 copy, the log-probabilities).
+
+Weights in bfloat16 are counted as float32: on the CPU they run through oneDNN, which keeps a
+compiled kernel per batch shape (up to 1,024 of them), and a worker held as much as float32 would:
+``lite_quality`` (SmolLM2 and MiniLM) on 1,024 records of the AlpacaEval pool, one thread, peaked
+at 2,168-2,447 MB in bfloat16 (three runs; 2,033 MB with ``ONEDNN_PRIMITIVE_CACHE_CAPACITY=64``)
+and 2,227 MB in float32. The estimate adds 10% to the sum, so it is meant to be an upper bound.
 
 It counts one forward at a time, as a Ray actor of one CPU runs (``OMP_NUM_THREADS=1``; a
 process with more threads runs as many forwards side by side). Measured peaks (random-init
-checkpoints saved in bfloat16 and run in float32; 2 Xeon cores, 2026-12-07; 2 threads unless
-named), and the estimate as a multiple of them:
+checkpoints saved in bfloat16 and run in float32; 2 Xeon cores with AVX-512 and AMX, 2026-12-07;
+one thread), and the estimate as a multiple of them:
 
-* torch 2.13 + transformers 5.25: LLaMA 512 wide with 8 layers (56M weights) at 1,024, 4,096 and
-  8,192 tokens per batch, 881, 1,187 and 1,495 MB (1.34-1.73x; 963 MB and 1.90x at 4,096 with one
-  thread); 256 wide, 1,121 MB (1.94x); a Qwen3 regression model 1,024 wide with 24 layers (335M)
-  and a LLaMA of that shape (368M) on short inputs, 3,079 and 3,131 MB (1.92x and 2.67x: the
-  attention term assumes the scorer's longest inputs); IFD on a LLaMA 64 wide with a vocabulary
-  of 128,256, one thread, 3,117 MB (1.45x); ``lite_difficulty``, ``lite_quality`` and
-  ``onepass`` 714-1,966 MB (1.49-2.25x);
-* torch 2.2 + transformers 4.56 (the floors): the 56M LLaMA at the same budgets, 1,079, 1,653
-  and 2,186 MB (1.09-1.19x); the IFD case 3,233 MB (1.39x).
+* torch 2.13 + transformers 5.25 (fused attention): DEITA on a LLaMA 512 wide with 8 layers (56M
+  weights) at 4,096 tokens per batch, 931 MB (1.43x); IFD on a LLaMA 64 wide with a vocabulary of
+  128,256, 3,092 MB (1.34x); the transformers judge on a LLaMA 512 wide with a context of 4,096,
+  16,384 tokens per batch, 1,788 MB (1.56x); the bundled classifier, 829 MB (1.31x);
+* torch 2.2 + transformers 4.56 (the floors; attention materialised): the same judge, 6,187 MB
+  (1.82x).
+
+Before the attention term followed the kernel, every estimate counted the scores; figures
+measured then (2 threads unless named): on torch 2.13, the 56M LLaMA at 1,024, 4,096 and 8,192
+tokens per batch, 881, 1,187 and 1,495 MB; a Qwen3 regression model 1,024 wide with 24 layers
+(335M) and a LLaMA of that shape (368M) on short inputs, 3,079 and 3,131 MB; ``lite_difficulty``,
+``lite_quality`` and ``onepass`` 714-1,966 MB; on torch 2.2, the 56M LLaMA at the same budgets,
+1,079, 1,653 and 2,186 MB, and the IFD case 3,233 MB.
 
 ``tests/test_model_memory.py`` checks the estimate against a worker's peak.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -59,7 +82,8 @@ _WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 class Checkpoint:
     """What a checkpoint's headers say: its weight count, the bytes a load maps (the files, or for
     a GGUF its float32 conversion, which is what transformers loads), the layer widths, the
-    attention heads and the vocabulary (0 when unknown)."""
+    attention heads, the vocabulary, the layers, the width of one layer's keys (or values), the
+    context length (0 when unknown) and the architecture (``model_type``; "" when unknown)."""
 
     elements: int
     file_bytes: int
@@ -67,6 +91,10 @@ class Checkpoint:
     intermediate: int = 0
     heads: int = 0
     vocab: int = 0
+    layers: int = 0
+    kv_width: int = 0
+    context: int = 0
+    model_type: str = ""
 
 
 def _safetensors_elements(path: Path) -> int:
@@ -87,13 +115,22 @@ def _first(cfg: dict, *keys: str) -> int:
     return next((w for w in (_widest(cfg.get(k)) for k in keys) if w), 0)
 
 
-def _widths(cfg: dict) -> tuple[int, int, int, int]:
-    """``(hidden, intermediate, heads, vocab)`` of a transformers config, under the names the
-    architectures use (GPT-2's ``n_embd``, T5's ``d_ff``, ...); 0 when it does not say."""
+def _widths(cfg: dict) -> dict:
+    """The :class:`Checkpoint` fields a transformers config gives (``hidden``, ``intermediate``,
+    ``heads``, ``vocab``, ``layers``, ``kv_width``, ``context``, ``model_type``), under the names
+    the architectures use (GPT-2's ``n_embd``, T5's ``d_ff``, ...); 0 where it does not say."""
+    outer = cfg
     cfg = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
     hidden = _first(cfg, "hidden_size", "d_model", "n_embd", "dim")
     inter = _first(cfg, "intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size", "hidden_dim") or 4 * hidden
-    return hidden, inter, _first(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads"), _first(cfg, "vocab_size")
+    heads = _first(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads")
+    head_dim = _first(cfg, "head_dim") or (hidden // heads if heads else 0)
+    kv_heads = _first(cfg, "num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num") or heads
+    model_type = cfg.get("model_type") or outer.get("model_type") or ""
+    return {"hidden": hidden, "intermediate": inter, "heads": heads, "vocab": _first(cfg, "vocab_size") or _first(outer, "vocab_size"),
+            "layers": _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers"), "kv_width": kv_heads * head_dim,
+            "context": _first(cfg, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length"),
+            "model_type": model_type if isinstance(model_type, str) else ""}
 
 
 def _config(folder: Path) -> dict:
@@ -116,8 +153,13 @@ def _gguf(path: Path) -> Checkpoint:
                 return int(f.parts[f.data[0]][0])
         return 0
 
+    arch = reader.fields.get("general.architecture")
+    arch = bytes(arch.parts[arch.data[0]]).decode("utf-8", "replace") if arch is not None and arch.data else ""
     vocab = next((len(f.data) for name, f in reader.fields.items() if name == "tokenizer.ggml.tokens"), 0)
-    return Checkpoint(n, 4 * n, field(".embedding_length"), field(".feed_forward_length"), field(".attention.head_count"), vocab)
+    hidden, heads = field(".embedding_length"), field(".attention.head_count")
+    head_dim = field(".attention.key_length") or (hidden // heads if heads else 0)
+    return Checkpoint(n, 4 * n, hidden, field(".feed_forward_length"), heads, vocab, layers=field(".block_count"),
+                      kv_width=(field(".attention.head_count_kv") or heads) * head_dim, context=field(".context_length"), model_type=arch)
 
 
 def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Checkpoint | None:
@@ -133,7 +175,7 @@ def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Check
         return None
     st = st or sorted(folder.glob("*.safetensors"))
     if st:
-        return Checkpoint(sum(_safetensors_elements(p) for p in st), sum(p.stat().st_size for p in st), *_widths(cfg))
+        return Checkpoint(sum(_safetensors_elements(p) for p in st), sum(p.stat().st_size for p in st), **_widths(cfg))
     ggufs = sorted(folder.glob("*.gguf"))
     if ggufs:
         return _gguf(ggufs[0])
@@ -142,7 +184,7 @@ def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Check
         return None
     bins = bins or sorted(p for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
     if bins:
-        return Checkpoint(sum(_pickled_elements(p) for p in bins), sum(p.stat().st_size for p in bins), *_widths(cfg))
+        return Checkpoint(sum(_pickled_elements(p) for p in bins), sum(p.stat().st_size for p in bins), **_widths(cfg))
     return None
 
 
@@ -175,9 +217,9 @@ def _hub_checkpoint(repo_id: str, revision: str | None) -> Checkpoint | None:
     try:
         widths = _widths(_config(Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent))
     except Exception:  # noqa: BLE001 - the count alone still bounds the weights
-        widths = (0, 0, 0, 0)
+        widths = {}
     counts = dict(meta.parameter_count)
-    return Checkpoint(sum(counts.values()), sum(n * _WIDTH.get(d, 4) for d, n in counts.items()), *widths)
+    return Checkpoint(sum(counts.values()), sum(n * _WIDTH.get(d, 4) for d, n in counts.items()), **widths)
 
 
 def checkpoint(model_id: str | None, revision: str | None = None) -> Checkpoint | None:
@@ -201,15 +243,62 @@ def checkpoint(model_id: str | None, revision: str | None = None) -> Checkpoint 
     return _hub_checkpoint(str(model_id), revision)
 
 
-def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int, head_rows: int = 0) -> int:
+@functools.cache
+def _fused_masked_sdpa() -> bool:
+    """Whether this torch's CPU ``scaled_dot_product_attention`` runs a padded batch (a boolean
+    mask) in a fused kernel: torch 2.13 does; torch 2.2 falls back to the math path, which
+    materialises the scores. Asked of torch's own dispatch (``torch._fused_sdp_choice``); False
+    when it cannot be asked."""
+    try:
+        import torch
+
+        q = torch.zeros(1, 2, 8, 16)
+        return int(torch._fused_sdp_choice(q, q, q, torch.ones(1, 1, 8, 8, dtype=torch.bool), 0.0, False)) != 0
+    except Exception:  # noqa: BLE001 - a torch without the probe: count the scores
+        return False
+
+
+@functools.cache
+def _runs_sdpa(model_type: str) -> bool:
+    """Whether transformers runs the architecture ``model_type`` through ``sdpa`` when the loader
+    names no attention (its model class supports it); False when unknown (remote code)."""
+    try:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        name = MODEL_MAPPING_NAMES.get(model_type)
+        return isinstance(name, str) and bool(getattr(getattr(transformers, name, None), "_supports_sdpa", False))
+    except Exception:  # noqa: BLE001 - count the scores
+        return False
+
+
+def fused_attention(model_type: str) -> bool:
+    """Whether a padded CPU forward of this architecture keeps its attention scores out of memory
+    (``sdpa`` in a fused kernel); the estimate then counts the mask instead of the scores."""
+    return bool(model_type) and _runs_sdpa(model_type) and _fused_masked_sdpa()
+
+
+def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int, head_rows: int = 0, kv_cache: bool = False,
+              all_hidden: bool = False) -> int:
     """One worker's peak host memory in MB for checkpoint ``ck`` run at ``width`` bytes per
     weight with forwards of ``batch_tokens`` tokens in sequences of at most ``seq_len``, and
     ``head_rows`` positions at a time through the vocabulary head (their logits, a float32 copy
-    and the log-probabilities; see the module doc). Without the widths, the activations are
-    taken as a quarter of the weights."""
+    and the log-probabilities); ``kv_cache``: generation, which keeps every token's keys and
+    values; ``all_hidden``: forwards that keep every layer's hidden states
+    (``output_hidden_states``; see the module doc). Without the widths, the activations are taken
+    as a quarter of the weights. Weights narrower than float32 are counted as float32: bfloat16 on
+    the CPU runs through oneDNN, whose cache of kernels per batch shape takes what it saves."""
+    width = max(width, 4)
     if ck.hidden:
-        heads = ck.heads or max(1, ck.hidden // 64)
-        act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + 4 * heads * min(seq_len, batch_tokens))
+        longest = min(seq_len, batch_tokens)
+        if fused_attention(ck.model_type):
+            att = 2 * longest
+        else:
+            att = 4 * (ck.heads or max(1, ck.hidden // 64)) * longest
+        layers = ck.layers or max(1, ck.elements // (12 * ck.hidden ** 2))  # a standard layer has 12 x hidden^2 weights
+        kv = 4 * layers * (ck.kv_width or ck.hidden) if kv_cache else 0
+        kept = (layers + 1) * ck.hidden if all_hidden else 0
+        act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + att + kv + kept)
     else:
         act = ck.elements * width // 4
     act += 3 * 4 * head_rows * ck.vocab
@@ -217,10 +306,11 @@ def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int, he
 
 
 def model_mb(model_id: str | None, *, revision: str | None = None, width: int = 4, batch_tokens: int = 8192, seq_len: int = 2048,
-             head_rows: int = 0) -> int | None:
+             head_rows: int = 0, kv_cache: bool = False, all_hidden: bool = False) -> int | None:
     """:func:`worker_mb` of ``model_id`` (None when its size is unknown)."""
     ck = checkpoint(model_id, revision)
-    return None if ck is None else worker_mb(ck, width=width, batch_tokens=batch_tokens, seq_len=seq_len, head_rows=head_rows)
+    return None if ck is None else worker_mb(ck, width=width, batch_tokens=batch_tokens, seq_len=seq_len, head_rows=head_rows, kv_cache=kv_cache,
+                                                  all_hidden=all_hidden)
 
 
 def reserved_mb(who: str, estimate) -> int:

@@ -31,6 +31,8 @@ __all__ = ["BACKENDS", "TransformersJudge", "VLLMJudge", "make_backend", "releas
 
 #: The judge backends, in the order ``--judge-backend`` lists them.
 BACKENDS = ("vllm", "transformers", "openai")
+#: prompt and answer tokens per batch of the transformers backend on the CPU
+CPU_BATCH_TOKENS = 16384
 
 _ENGINES: dict[tuple, Any] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -221,7 +223,7 @@ class TransformersJudge(_LocalJudge):
 
             bt = cuda_batch_tokens(model, kv_cache=True)
         else:
-            bt = 16384
+            bt = CPU_BATCH_TOKENS
         mbs = int(self.max_batch_size or (256 if cuda else 16))
         return bt, mbs
 

@@ -136,13 +136,20 @@ class JudgeScorer(Scorer):
 
     def host_memory_mb(self) -> int | None:
         """An endpoint's client holds no model; the transformers backend its judge model (float32
-        on the CPU, 16,384 tokens per batch, prompts and answers of at most 4,096 tokens); vLLM runs on GPUs only (None)."""
-        from laser_fast.runtime.model_memory import NO_MODEL_MB, model_mb
+        on the CPU, :data:`~laser_fast.scorers.judge_backends.CPU_BATCH_TOKENS` prompt and answer
+        tokens per batch, each exchange within the model's context, which is as long as the backend
+        lets one be, and the keys and values generation keeps); vLLM runs on GPUs only (None)."""
+        from laser_fast.runtime.model_memory import NO_MODEL_MB, checkpoint, worker_mb
+        from laser_fast.scorers.judge_backends import CPU_BATCH_TOKENS
 
         if self.backend == "openai":
             return NO_MODEL_MB
         if self.backend == "transformers":
-            return model_mb(self.model, batch_tokens=16384, seq_len=4096)  # a prompt of <= 8,000 characters and its answer
+            ck = checkpoint(self.model)
+            if ck is None:
+                return None
+            longest = min(CPU_BATCH_TOKENS, ck.context or CPU_BATCH_TOKENS)
+            return worker_mb(ck, width=4, batch_tokens=CPU_BATCH_TOKENS, seq_len=longest, kv_cache=True)
         return None
 
     @property

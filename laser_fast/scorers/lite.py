@@ -151,9 +151,10 @@ class LiteQualityScorer(Scorer):
         from laser_fast.runtime.models import minilm_path
         from laser_fast.scorers.lite_features import LM_HEAD_CHUNK
 
-        # SmolLM2 reads short head and tail windows of each text, MiniLM at most 128 word pieces
+        # SmolLM2 reads short head and tail windows of each text and keeps every layer's hidden
+        # states (the features read one of them), MiniLM at most 128 word pieces
         smol = model_mb("smollm2", width=2 if self.resolved_dtype() == "bfloat16" else 4, batch_tokens=self.batch_tokens, seq_len=512,
-                        head_rows=LM_HEAD_CHUNK)
+                        head_rows=LM_HEAD_CHUNK, all_hidden=True)
         mini = model_mb(minilm_path(), batch_tokens=self.batch_tokens, seq_len=128)
         return None if smol is None or mini is None else smol + mini - NO_MODEL_MB
 
