@@ -3,8 +3,8 @@ file headers without loading it. The Ray engine reserves it for CPU actors, so a
 as many copies of a model as its memory holds.
 
 A worker's peak resident memory on the CPU is the interpreter with torch and transformers
-(320 MB measured with torch 2.13's CPU build, 496 MB with torch 2.2's CUDA build), the weights at
-the width they run in, the file's copy while they are converted (its pages are mapped during the
+(320 MB measured with torch 2.13's CPU build, 496 MB with torch 2.2's CUDA build), the weights
+(bfloat16 counted as float32, see below), the file's copy while they are converted (its pages are mapped during the
 load), and one forward's activations. Those grow with the tokens of a batch, per token:
 
 * about ``12 x hidden + 4 x intermediate`` float32 values, the MLP's and the attention's
@@ -14,8 +14,8 @@ load), and one forward's activations. Those grow with the tokens of a batch, per
   length`` values for the scores, their softmax and the mask; measured, 1.25-1.9 of them. Where
   ``sdpa`` runs a fused kernel (:func:`fused_attention`: torch's own dispatch is asked), only the
   mask, which the kernel reads as floats: ``2 x sequence length`` values; measured, about one
-  (BERT-base, 64 x 512 tokens, torch 2.13: 1,902 MB at the peak with ``sdpa``, 2,905 MB with
-  ``eager``; 4 x 8,192 tokens with ``sdpa``, 2,707 MB);
+  (one forward of a BERT-base shape built in memory, torch 2.13: 64 x 512 tokens, 1,902 MB at
+  the peak with ``sdpa``, 2,905 MB with ``eager``; 4 x 8,192 tokens with ``sdpa``, 2,707 MB);
 * in generation (the transformers judge), every token's keys and values, twice over (the cache
   and the copy it makes as it grows): ``4 x layers x key width`` values; measured, SmolLM2's
   shape generating from 16,000 prompt tokens took 1,215 MB of activations at 1,000 tokens a
@@ -126,7 +126,8 @@ def _widths(cfg: dict) -> dict:
     heads = _first(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads")
     head_dim = _first(cfg, "head_dim") or (hidden // heads if heads else 0)
     kv_heads = _first(cfg, "num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num") or heads
-    model_type = cfg.get("model_type") or outer.get("model_type") or ""
+    # a checkpoint that ships its own code runs its own attention: counted as unknown
+    model_type = "" if "auto_map" in outer else cfg.get("model_type") or outer.get("model_type") or ""
     return {"hidden": hidden, "intermediate": inter, "heads": heads, "vocab": _first(cfg, "vocab_size") or _first(outer, "vocab_size"),
             "layers": _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers"), "kv_width": kv_heads * head_dim,
             "context": _first(cfg, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length"),

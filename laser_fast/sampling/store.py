@@ -74,10 +74,10 @@ class EmbedTask(UnitTask):
 
     def memory_mb(self) -> int:  # the embedder's estimate
         from laser_fast.runtime.model_memory import model_mb
-        from laser_fast.runtime.models import _resolve_dtype, resolve_model_name
+        from laser_fast.runtime.models import resolve_model_name
 
-        width = 4 if _resolve_dtype(self.dtype, "cpu") == "float32" else 2
-        return self.estimated_once(lambda: model_mb(resolve_model_name(self.model), width=width, seq_len=512,
+        # a narrower dtype is counted as float32 (model_memory)
+        return self.estimated_once(lambda: model_mb(resolve_model_name(self.model), seq_len=512,
                                                     batch_tokens=int(self.batch_tokens or DEFAULT_BATCH_TOKENS_CPU_LOW_PRECISION)))
 
     def setup(self) -> None:

@@ -186,7 +186,7 @@ class _HFScorer(Scorer):
         # log-probabilities over the vocabulary head_chunk positions at a time
         longest = self.max_length + int(getattr(self, "max_prompt_length", 0))
         bt = int(self.batch_tokens or 8192)
-        return model_mb(self.model_id, revision=self.revision, width=2 if self.dtype == "bfloat16" else 4,
+        return model_mb(self.model_id, revision=self.revision,  # bfloat16 is counted as float32 (model_memory)
                         batch_tokens=bt, seq_len=longest, head_rows=min(int(getattr(self, "head_chunk", 0)), bt))
 
     def _load(self):

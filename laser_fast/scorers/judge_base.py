@@ -137,8 +137,10 @@ class JudgeScorer(Scorer):
     def host_memory_mb(self) -> int | None:
         """An endpoint's client holds no model; the transformers backend its judge model (float32
         on the CPU, :data:`~laser_fast.scorers.judge_backends.CPU_BATCH_TOKENS` prompt and answer
-        tokens per batch, each exchange within the model's context, which is as long as the backend
-        lets one be, and the keys and values generation keeps); vLLM runs on GPUs only (None)."""
+        tokens per batch, each exchange as long as the model's context, up to that budget, and the
+        keys and values generation keeps); vLLM runs on GPUs only (None). An exchange longer than
+        the budget runs alone and is not covered; the judges' input limits (8,000 and 24,000
+        characters) keep ordinary text well below it."""
         from laser_fast.runtime.model_memory import NO_MODEL_MB, checkpoint, worker_mb
         from laser_fast.scorers.judge_backends import CPU_BATCH_TOKENS
 

@@ -146,14 +146,15 @@ class LiteQualityScorer(Scorer):
             self._feats = None
 
     def host_memory_mb(self) -> int | None:
-        """SmolLM2 at its dtype and MiniLM in float32 in one process (one interpreter between them)."""
+        """SmolLM2 and MiniLM in one process (one interpreter between them), counted in float32 at
+        either dtype (see :mod:`laser_fast.runtime.model_memory`)."""
         from laser_fast.runtime.model_memory import NO_MODEL_MB, model_mb
         from laser_fast.runtime.models import minilm_path
         from laser_fast.scorers.lite_features import LM_HEAD_CHUNK
 
         # SmolLM2 reads short head and tail windows of each text and keeps every layer's hidden
         # states (the features read one of them), MiniLM at most 128 word pieces
-        smol = model_mb("smollm2", width=2 if self.resolved_dtype() == "bfloat16" else 4, batch_tokens=self.batch_tokens, seq_len=512,
+        smol = model_mb("smollm2", batch_tokens=self.batch_tokens, seq_len=512,
                         head_rows=LM_HEAD_CHUNK, all_hidden=True)
         mini = model_mb(minilm_path(), batch_tokens=self.batch_tokens, seq_len=128)
         return None if smol is None or mini is None else smol + mini - NO_MODEL_MB
