@@ -82,7 +82,7 @@ def test_per_layer_widths_and_missing_keys_still_give_an_estimate(tmp_path):
     assert mm.checkpoint(str(tmp_path)).model_type == ""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "custom", "hidden_size": None}))
     ck = mm.checkpoint(str(tmp_path))
-    assert (ck.elements, ck.hidden) == (100_000, 0) and mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=512) > mm.BASE_MB
+    assert (ck.elements, ck.hidden) == (100_000, 0) and mm.worker_mb(ck, batch_tokens=8192, seq_len=512) > mm.BASE_MB
 
 
 def test_the_packaged_smollm2_is_read_from_its_gguf():
@@ -121,7 +121,7 @@ def test_a_hub_model_is_read_from_the_cache_or_the_hubs_metadata(monkeypatch, tm
     assert asked == [("owner/eight-b", "v2")] and ck.elements == 8_000_001_000 and ck.file_bytes == 16_000_004_000
     assert (ck.hidden, ck.intermediate, ck.heads) == (4096, 12288, 32)
     act = 8192 * 4 * (12 * 4096 + 4 * 12288 + 4 * 32 * 1024)
-    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((mm.BASE_MB + (32e9 + 16e9 + act) / 2**20) * 1.1, rel=1e-4)
+    assert mm.worker_mb(ck, batch_tokens=8192, seq_len=1024) == pytest.approx((mm.BASE_MB + (32e9 + 16e9 + act) / 2**20) * 1.1, rel=1e-4)
 
     def no_config(*a, **k):
         raise OSError("no config.json")
@@ -130,7 +130,7 @@ def test_a_hub_model_is_read_from_the_cache_or_the_hubs_metadata(monkeypatch, tm
     ck = mm.checkpoint("owner/eight-b")
     assert ck.elements == 8_000_001_000 and ck.hidden == 0
     # no widths known: the activations are taken as a quarter of the weights
-    assert mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=1024) == pytest.approx((mm.BASE_MB + (32e9 + 16e9 + 8e9) / 2**20) * 1.1, rel=1e-4)
+    assert mm.worker_mb(ck, batch_tokens=8192, seq_len=1024) == pytest.approx((mm.BASE_MB + (32e9 + 16e9 + 8e9) / 2**20) * 1.1, rel=1e-4)
 
 
 def test_scorers_estimate_their_models(llama):
@@ -141,11 +141,11 @@ def test_scorers_estimate_their_models(llama):
 
     ck = mm.checkpoint(str(llama["st"]))
     f32 = DeitaScorer(model=str(llama["st"]), device="cpu").host_memory_mb()
-    assert f32 == mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=2048)  # DEITA's 2,048 tokens
+    assert f32 == mm.worker_mb(ck, batch_tokens=8192, seq_len=2048)  # DEITA's 2,048 tokens
     ifd = IFDScorer(model=str(llama["st"]), device="cpu", dtype="bfloat16", max_length=512, max_prompt_length=256)
     # IFD: log-probabilities over the vocabulary, 2,048 positions at a time; bfloat16 is counted as float32
-    assert ifd.host_memory_mb() == mm.worker_mb(ck, width=4, batch_tokens=8192, seq_len=768, head_rows=2048)
-    assert mm.worker_mb(ck, width=2, batch_tokens=8192, seq_len=768, head_rows=2048) - mm.worker_mb(ck, width=2, batch_tokens=8192, seq_len=768) \
+    assert ifd.host_memory_mb() == mm.worker_mb(ck, batch_tokens=8192, seq_len=768, head_rows=2048)
+    assert mm.worker_mb(ck, batch_tokens=8192, seq_len=768, head_rows=2048) - mm.worker_mb(ck, batch_tokens=8192, seq_len=768) \
         == pytest.approx(3 * 4 * 2048 * 32000 * 1.1 / 2**20, abs=1)
     assert OnePassScorer().host_memory_mb() == mm.model_mb(minilm_path(), batch_tokens=4096, seq_len=256)
     # an endpoint's client holds no model, a transformers judge holds its model
@@ -153,8 +153,8 @@ def test_scorers_estimate_their_models(llama):
     # a transformers judge: every exchange within the model's context (512 here), and the keys and values generation keeps
     judge = IFQualityScorer(model=str(llama["st"]), backend="transformers", device="cpu")
     assert (ck.layers, ck.kv_width, ck.context, ck.model_type) == (8, 256, 512, "llama")
-    assert judge.host_memory_mb() == mm.worker_mb(ck, width=4, batch_tokens=16384, seq_len=512, kv_cache=True)
-    assert judge.host_memory_mb() - mm.worker_mb(ck, width=4, batch_tokens=16384, seq_len=512) \
+    assert judge.host_memory_mb() == mm.worker_mb(ck, batch_tokens=16384, seq_len=512, kv_cache=True)
+    assert judge.host_memory_mb() - mm.worker_mb(ck, batch_tokens=16384, seq_len=512) \
         == pytest.approx(16384 * 4 * 4 * 8 * 256 * 1.1 / 2**20, abs=1)
 
 
@@ -180,14 +180,14 @@ def test_the_attention_term_follows_the_kernel_that_runs(llama):
     ck = mm.checkpoint(str(llama["st"]))
 
     def grows(c, long, short=256):  # MB per batch the longer sequences add
-        return mm.worker_mb(c, width=4, batch_tokens=8192, seq_len=long) - mm.worker_mb(c, width=4, batch_tokens=8192, seq_len=short)
+        return mm.worker_mb(c, batch_tokens=8192, seq_len=long) - mm.worker_mb(c, batch_tokens=8192, seq_len=short)
 
     scores = dataclasses.replace(ck, model_type="")
     assert grows(scores, 2048) == pytest.approx(8192 * 4 * 4 * 4 * (2048 - 256) * 1.1 / 2**20, abs=1)  # 4 heads
     assert grows(ck, 2048) == (pytest.approx(8192 * 4 * 2 * (2048 - 256) * 1.1 / 2**20, abs=1) if fused else grows(scores, 2048))
     # generation without the layer count in the config: a standard layer's 12 x hidden^2 weights give it
     blind = dataclasses.replace(ck, layers=0, kv_width=0)
-    assert mm.worker_mb(blind, width=4, batch_tokens=1024, seq_len=64, kv_cache=True) - mm.worker_mb(blind, width=4, batch_tokens=1024, seq_len=64) \
+    assert mm.worker_mb(blind, batch_tokens=1024, seq_len=64, kv_cache=True) - mm.worker_mb(blind, batch_tokens=1024, seq_len=64) \
         == pytest.approx(1024 * 4 * 4 * (ck.elements // (12 * 512 ** 2)) * 512 * 1.1 / 2**20, abs=1)
 
 
@@ -284,8 +284,8 @@ def test_classifiers_estimate_their_models(tmp_path):
     from laser_fast.runtime.models import minilm_path
 
     mini = mm.checkpoint(minilm_path())
-    bundled = mm.worker_mb(mini, width=8, batch_tokens=2048, seq_len=256)
-    assert bundled > mm.worker_mb(mini, width=4, batch_tokens=2048, seq_len=256)
+    bundled = mm.worker_mb(mini, copies=2, batch_tokens=2048, seq_len=256)
+    assert bundled > mm.worker_mb(mini, batch_tokens=2048, seq_len=256)
     for name in (None, "tuned", "minilm"):
         clf = load_classifier(name, device="cpu")
         assert classifier_memory_mb(clf, 64) == bundled
@@ -302,7 +302,7 @@ def test_classifiers_estimate_their_models(tmp_path):
     BertForSequenceClassification(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "seqcls")
     ck = mm.checkpoint(str(tmp_path / "seqcls"))
     assert ck.hidden == 64 and ck.intermediate == 128 and ck.heads == 4
-    want = mm.worker_mb(ck, width=4, batch_tokens=8 * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
+    want = mm.worker_mb(ck, batch_tokens=8 * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
     assert classifier_memory_mb(load_classifier(str(tmp_path / "seqcls"), device="cpu"), 8) == want
     assert classifier_memory_mb(SetFitClassifier(str(tmp_path / "seqcls"), "cpu"), 8) == want
     # an older SetFit layout keeps its transformer in the folder modules.json names

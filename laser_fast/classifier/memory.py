@@ -47,18 +47,18 @@ def classifier_memory_mb(clf, batch_size: int) -> int | None:
         mini = checkpoint(minilm_path())
         if mini is None:
             return None
-        total = worker_mb(mini, width=8, batch_tokens=DEFAULT_BATCH_TOKENS_CPU, seq_len=256)  # two float32 copies
+        total = worker_mb(mini, copies=2, batch_tokens=DEFAULT_BATCH_TOKENS_CPU, seq_len=256)  # two float32 copies
         if clf._read_meta().get("smollm"):
             rows = min(16, max(1, int(batch_size)))  # DefaultClassifier._predict_unique: at most 16 prompts per forward
             # the probe keeps every hidden state up to the layer it reads
-            smol = model_mb("smollm2", width=4, batch_tokens=rows * SMOL_PROMPT_TOKENS, seq_len=SMOL_PROMPT_TOKENS, all_hidden=True)
+            smol = model_mb("smollm2", batch_tokens=rows * SMOL_PROMPT_TOKENS, seq_len=SMOL_PROMPT_TOKENS, all_hidden=True)
             if smol is None:
                 return None
             total += smol - NO_MODEL_MB  # one interpreter between them
         return total
     if isinstance(clf, (HFClassifier, SetFitClassifier, _HubClassifier)):
         where = _setfit_body(clf.name) if isinstance(clf, SetFitClassifier) else clf.name
-        return model_mb(where, width=4, batch_tokens=max(1, int(batch_size)) * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
+        return model_mb(where, batch_tokens=max(1, int(batch_size)) * NAMED_MAX_TOKENS, seq_len=NAMED_MAX_TOKENS)
     return None
 
 

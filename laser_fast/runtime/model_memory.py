@@ -279,17 +279,17 @@ def fused_attention(model_type: str) -> bool:
     return bool(model_type) and _runs_sdpa(model_type) and _fused_masked_sdpa()
 
 
-def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int, head_rows: int = 0, kv_cache: bool = False,
-              all_hidden: bool = False) -> int:
-    """One worker's peak host memory in MB for checkpoint ``ck`` run at ``width`` bytes per
-    weight with forwards of ``batch_tokens`` tokens in sequences of at most ``seq_len``, and
+def worker_mb(ck: Checkpoint, *, batch_tokens: int, seq_len: int, head_rows: int = 0, kv_cache: bool = False,
+              all_hidden: bool = False, copies: int = 1) -> int:
+    """One worker's peak host memory in MB for checkpoint ``ck`` (``copies`` of its weights) run
+    with forwards of ``batch_tokens`` tokens in sequences of at most ``seq_len``, and
     ``head_rows`` positions at a time through the vocabulary head (their logits, a float32 copy
     and the log-probabilities); ``kv_cache``: generation, which keeps every token's keys and
     values; ``all_hidden``: forwards that keep every layer's hidden states
     (``output_hidden_states``; see the module doc). Without the widths, the activations are taken
-    as a quarter of the weights. Weights narrower than float32 are counted as float32: bfloat16 on
+    as a quarter of the weights. Weights are counted in float32 whatever their dtype: bfloat16 on
     the CPU runs through oneDNN, whose cache of kernels per batch shape takes what it saves."""
-    width = max(width, 4)
+    width = 4 * copies
     if ck.hidden:
         longest = min(seq_len, batch_tokens)
         if fused_attention(ck.model_type):
@@ -301,16 +301,16 @@ def worker_mb(ck: Checkpoint, *, width: int, batch_tokens: int, seq_len: int, he
         kept = (layers + 1) * ck.hidden if all_hidden else 0
         act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + att + kv + kept)
     else:
-        act = ck.elements * width // 4
+        act = ck.elements  # a quarter of the float32 weights
     act += 3 * 4 * head_rows * ck.vocab
     return math.ceil((BASE_MB * 2**20 + ck.elements * width + ck.file_bytes + act) * MARGIN / 2**20)
 
 
-def model_mb(model_id: str | None, *, revision: str | None = None, width: int = 4, batch_tokens: int = 8192, seq_len: int = 2048,
+def model_mb(model_id: str | None, *, revision: str | None = None, batch_tokens: int = 8192, seq_len: int = 2048,
              head_rows: int = 0, kv_cache: bool = False, all_hidden: bool = False) -> int | None:
     """:func:`worker_mb` of ``model_id`` (None when its size is unknown)."""
     ck = checkpoint(model_id, revision)
-    return None if ck is None else worker_mb(ck, width=width, batch_tokens=batch_tokens, seq_len=seq_len, head_rows=head_rows, kv_cache=kv_cache,
+    return None if ck is None else worker_mb(ck, batch_tokens=batch_tokens, seq_len=seq_len, head_rows=head_rows, kv_cache=kv_cache,
                                                   all_hidden=all_hidden)
 
 

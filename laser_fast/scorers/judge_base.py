@@ -151,7 +151,7 @@ class JudgeScorer(Scorer):
             if ck is None:
                 return None
             longest = min(CPU_BATCH_TOKENS, ck.context or CPU_BATCH_TOKENS)
-            return worker_mb(ck, width=4, batch_tokens=CPU_BATCH_TOKENS, seq_len=longest, kv_cache=True)
+            return worker_mb(ck, batch_tokens=CPU_BATCH_TOKENS, seq_len=longest, kv_cache=True)
         return None
 
     @property
