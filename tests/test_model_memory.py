@@ -3,6 +3,7 @@ against the weights the model really has and the peak memory a worker scoring wi
 reaches; and the Ray engine's plan, which reserves it for CPU actors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -85,6 +86,36 @@ def test_per_layer_widths_and_missing_keys_still_give_an_estimate(tmp_path):
     assert (ck.elements, ck.hidden) == (100_000, 0) and mm.worker_mb(ck, batch_tokens=8192, seq_len=512) > mm.BASE_MB
 
 
+def test_a_latent_attention_cache_is_counted_as_transformers_keeps_it(tmp_path):
+    """DeepSeek-style latent attention: the widths read from the config match what a tiny
+    DeepSeek-V3's forward really caches per token and layer, in this transformers' layout (the
+    latent in 5.x, the expanded keys and values per head in 4.56)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    cfg = DeepseekV3Config(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=12,
+                           qk_rope_head_dim=8, v_head_dim=10, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+                           first_k_dense_replace=1, max_position_embeddings=256)
+    save_file({"w": torch.zeros(10, 10)}, str(tmp_path / "model.safetensors"))
+    cfg.to_json_file(str(tmp_path / "config.json"))
+    ck = mm.checkpoint(str(tmp_path))
+    assert (ck.layers, ck.kv_width, ck.latent_width, ck.model_type) == (2, 4 * (12 + 8 + 10) // 2, (16 + 8) // 2, "deepseek_v3")
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.arange(7)[None], use_cache=True)
+    cache = out.get("cache") or out.past_key_values  # "cache" from transformers 5.x
+    kept = sum(t.numel() for layer in cache.layers for t in (layer.keys, layer.values))
+    width = ck.latent_width if mm.caches_latent("deepseek_v3") else ck.kv_width
+    assert kept == 2 * 7 * 2 * width  # keys and values, 7 tokens, 2 layers
+    # the generation term counts that cache; a latent one also one layer's expanded keys and values
+    plain = dataclasses.replace(ck, latent_width=0, model_type="")
+    gen, base = (mm.worker_mb(c, batch_tokens=8192, seq_len=256, kv_cache=True) for c in (ck, plain))
+    assert (gen < base) == mm.caches_latent("deepseek_v3")
+
+
 def test_the_packaged_smollm2_is_read_from_its_gguf():
     """SmolLM2-135M's published shape: 576 wide, an MLP of 1,536, 135M weights."""
     ck = mm.checkpoint("smollm2")
@@ -164,7 +195,6 @@ def test_the_attention_term_follows_the_kernel_that_runs(llama):
     not the scores (four per head and position); an architecture without sdpa (DeBERTa), one
     transformers does not know (remote code) or a torch whose CPU kernel falls back to the math
     path counts the scores."""
-    import dataclasses
 
     import torch
 

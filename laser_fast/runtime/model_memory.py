@@ -17,7 +17,9 @@ load), and one forward's activations. Those grow with the tokens of a batch, per
   (one forward of a BERT-base shape built in memory, torch 2.13: 64 x 512 tokens, 1,902 MB at
   the peak with ``sdpa``, 2,905 MB with ``eager``; 4 x 8,192 tokens with ``sdpa``, 2,707 MB);
 * in generation (the transformers judge), every token's keys and values, twice over (the cache
-  and the copy it makes as it grows): ``4 x layers x key width`` values; measured, SmolLM2's
+  and the copy it makes as it grows): ``4 x layers x key width`` values (for latent attention
+  where transformers caches the latent, :func:`caches_latent`, the latent's width instead, plus
+  one layer's expanded keys and values); measured, SmolLM2's
   shape generating from 16,000 prompt tokens took 1,215 MB of activations at 1,000 tokens a
   prompt, 1,633 MB at 8,000;
 * where a forward keeps every layer's hidden states (``lite_quality``'s SmolLM2 features), ``layers
@@ -82,8 +84,10 @@ _WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 class Checkpoint:
     """What a checkpoint's headers say: its weight count, the bytes a load maps (the files, or for
     a GGUF its float32 conversion, which is what transformers loads), the layer widths, the
-    attention heads, the vocabulary, the layers, the width of one layer's keys (or values), the
-    context length (0 when unknown) and the architecture (``model_type``; "" when unknown)."""
+    attention heads, the vocabulary, the layers, the width of one layer's keys (or values; their
+    mean where they differ), for latent attention the same for its latent (half the compressed
+    width plus the shared rotary key; 0 for other attention), the context length (0 when unknown)
+    and the architecture (``model_type``; "" when unknown)."""
 
     elements: int
     file_bytes: int
@@ -94,6 +98,7 @@ class Checkpoint:
     layers: int = 0
     kv_width: int = 0
     context: int = 0
+    latent_width: int = 0
     model_type: str = ""
 
 
@@ -126,11 +131,19 @@ def _widths(cfg: dict) -> dict:
     heads = _first(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads")
     head_dim = _first(cfg, "head_dim") or (hidden // heads if heads else 0)
     kv_heads = _first(cfg, "num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num") or heads
+    kv_width, latent = kv_heads * head_dim, 0
+    rank, rope = _first(cfg, "kv_lora_rank"), _first(cfg, "qk_rope_head_dim")
+    if rank and rope:
+        # multi-head latent attention (DeepSeek-V2/V3's): per head, keys of the no-position and the
+        # rotary part, values of their own width; the latent is the compressed keys and values
+        # with the one rotary key all heads share
+        key = _first(cfg, "qk_nope_head_dim") + rope
+        kv_width, latent = -(-kv_heads * (key + (_first(cfg, "v_head_dim") or key)) // 2), -(-(rank + rope) // 2)
     # a checkpoint that ships its own code runs its own attention: counted as unknown
     model_type = "" if "auto_map" in outer else cfg.get("model_type") or outer.get("model_type") or ""
     return {"hidden": hidden, "intermediate": inter, "heads": heads, "vocab": _first(cfg, "vocab_size") or _first(outer, "vocab_size"),
-            "layers": _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers"), "kv_width": kv_heads * head_dim,
-            "context": _first(cfg, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length"),
+            "layers": _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers"), "kv_width": kv_width,
+            "latent_width": latent, "context": _first(cfg, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length"),
             "model_type": model_type if isinstance(model_type, str) else ""}
 
 
@@ -158,9 +171,12 @@ def _gguf(path: Path) -> Checkpoint:
     arch = bytes(arch.parts[arch.data[0]]).decode("utf-8", "replace") if arch is not None and arch.data else ""
     vocab = next((len(f.data) for name, f in reader.fields.items() if name == "tokenizer.ggml.tokens"), 0)
     hidden, heads = field(".embedding_length"), field(".attention.head_count")
-    head_dim = field(".attention.key_length") or (hidden // heads if heads else 0)
+    key = field(".attention.key_length") or (hidden // heads if heads else 0)
+    kv_width = -(-(field(".attention.head_count_kv") or heads) * (key + (field(".attention.value_length") or key)) // 2)
+    rank = field(".attention.kv_lora_rank")
+    latent = -(-(rank + field(".rope.dimension_count")) // 2) if rank else 0
     return Checkpoint(n, 4 * n, hidden, field(".feed_forward_length"), heads, vocab, layers=field(".block_count"),
-                      kv_width=(field(".attention.head_count_kv") or heads) * head_dim, context=field(".context_length"), model_type=arch)
+                      kv_width=kv_width, context=field(".context_length"), model_type=arch, latent_width=latent)
 
 
 def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Checkpoint | None:
@@ -273,6 +289,28 @@ def _runs_sdpa(model_type: str) -> bool:
         return False
 
 
+@functools.cache
+def caches_latent(model_type: str) -> bool:
+    """Whether this transformers keeps latent attention's compressed keys and values in the cache
+    and expands them one layer at a time (5.x's DeepSeek-V2/V3 do; 4.56 caches the expanded keys
+    and values): its attention class has ``expand_kv``. False when unknown (remote code), which
+    counts the larger, expanded cache."""
+    try:
+        import inspect
+        import sys
+
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        name = MODEL_MAPPING_NAMES.get(model_type)
+        cls = getattr(transformers, name, None) if isinstance(name, str) else None
+        module = sys.modules.get(cls.__module__) if cls is not None else None
+        return module is not None and any(callable(getattr(c, "expand_kv", None)) for n, c in inspect.getmembers(module, inspect.isclass)
+                                          if n.endswith("Attention"))
+    except Exception:  # noqa: BLE001 - count the expanded cache
+        return False
+
+
 def fused_attention(model_type: str) -> bool:
     """Whether a padded CPU forward of this architecture keeps its attention scores out of memory
     (``sdpa`` in a fused kernel); the estimate then counts the mask instead of the scores."""
@@ -297,7 +335,12 @@ def worker_mb(ck: Checkpoint, *, batch_tokens: int, seq_len: int, head_rows: int
         else:
             att = 4 * (ck.heads or max(1, ck.hidden // 64)) * longest
         layers = ck.layers or max(1, ck.elements // (12 * ck.hidden ** 2))  # a standard layer has 12 x hidden^2 weights
-        kv = 4 * layers * (ck.kv_width or ck.hidden) if kv_cache else 0
+        if not kv_cache:
+            kv = 0
+        elif ck.latent_width and caches_latent(ck.model_type):
+            kv = 4 * layers * ck.latent_width + 4 * ck.kv_width  # one layer's keys and values expanded at a time
+        else:
+            kv = 4 * layers * (ck.kv_width or ck.hidden)
         kept = (layers + 1) * ck.hidden if all_hidden else 0
         act = batch_tokens * 4 * (12 * ck.hidden + 4 * ck.intermediate + att + kv + kept)
     else:
