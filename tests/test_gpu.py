@@ -183,3 +183,23 @@ def test_branched_pass_on_cpu(tmp_path, exact):
 @needs_cuda
 def test_branched_pass_on_cuda(tmp_path):
     _branched_check(tmp_path, "cuda", None)
+
+
+def test_scorers_run_float32_on_gpus_without_native_bfloat16(monkeypatch, caplog):
+    """The scorers' dtype policy, without a GPU (the device queries are stood in): bfloat16 on
+    compute capability 8.0 and later, float32 with one warning on older cards (T4, V100), where
+    bfloat16 is only emulated; float32 on the CPU."""
+    import torch
+
+    from laser_fast.runtime import devices
+
+    caps = {0: (9, 0), 1: (7, 0)}  # cuda:0 an H100, cuda:1 a V100
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: caps[index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(devices, "_WARNED_DTYPE", set())
+    assert devices.torch_dtype("cuda") == devices.torch_dtype("cuda:0") == torch.bfloat16
+    with caplog.at_level("WARNING", logger="laser_fast.runtime.devices"):
+        assert devices.torch_dtype("cuda:1") == devices.torch_dtype("cuda:1") == torch.float32
+    assert caplog.text.count("no native bfloat16") == 1 and "V100" in caplog.text
+    assert devices.torch_dtype("cpu") == torch.float32

@@ -116,6 +116,29 @@ def test_torch_float16_rows_and_sampled_training():
     assert len(obj) == 25 and obj[-1] <= obj[0]
 
 
+def test_half_rows_keep_float32_precision_and_update_on_the_host():
+    """float16 rows with their scaled remainders give back float32 rows to about 20 bits, also
+    for the small components of unit-length embeddings (unscaled, those remainders are subnormal
+    and keep a few bits); rows held in bfloat16 update on the host (``update="host"``) from the
+    float32 values."""
+    import torch
+
+    from laser_fast.sampling.kmeans_torch import _Rows
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[:, :8] *= 1e-2  # components down to about 1e-6
+    back = _Rows(x, "cpu", torch.float16).f32(slice(None)).numpy()
+    assert np.all(np.abs(back - x) <= 2.0**-20 * np.maximum(np.abs(x), 2.0**-14))
+    big = np.array([[3e4, 1.0], [-2e4, 0.5]], np.float32)  # float16 asked for above its safe range: unscaled remainders
+    assert np.all(np.isfinite(_Rows(big, "cpu", torch.float16).f32(slice(None)).numpy()))
+    xb, truth = _blobs(n_per=100, k=4, d=8, seed=2)
+    for dtype in ("bfloat16", "float16"):
+        c, lab, *_ = lloyd_torch(xb.astype(np.float16), 4, seed=0, device="cpu", dtype=dtype, update="host", seeding="torch")
+        assert _same_partition(lab, truth) and np.all(np.isfinite(c))
+
+
 def test_kmeanspp_torch_picks_distinct_spread_rows(random_rows):
     import torch
 

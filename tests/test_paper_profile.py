@@ -198,6 +198,13 @@ def test_resolve_backend(monkeypatch):
     monkeypatch.setattr(judge_backends, "vllm_installed", lambda: True)
     monkeypatch.setattr("laser_fast.runtime.devices.cuda_available", lambda **k: True)
     assert judge_backends.resolve_backend(None) == "vllm"
+    # the judge's device decides: --device cpu keeps the judge on the CPU even where a GPU is seen
+    assert judge_backends.resolve_backend(None, device="cpu") == "transformers"
+    assert judge_backends.resolve_backend(None, device="cuda:0") == "vllm"
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES=1"):
+        judge_backends.make_backend("vllm", "m", device="cuda:1")
+    with pytest.raises(ConfigError, match="--judge-backend transformers"):
+        judge_backends.make_backend("vllm", "m", device="cpu")
     monkeypatch.setattr("laser_fast.runtime.devices.cuda_available", lambda **k: False)
     assert judge_backends.resolve_backend(None) == "transformers"
     monkeypatch.setattr(judge_backends, "vllm_installed", lambda: False)
@@ -213,17 +220,21 @@ def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
 
     class Tok:
         def apply_chat_template(self, msgs, tokenize, add_generation_prompt, **kw):
-            return "|".join(m["content"] for m in msgs) + ("<gen>" if add_generation_prompt else "") + str(sorted(kw))
+            return "<bos>|" + "|".join(m["content"] for m in msgs) + ("<gen>" if add_generation_prompt else "") + str(sorted(kw))
 
-        def encode(self, text):
-            return text.split()
+        def encode(self, text, add_special_tokens=True):  # a Llama-style tokenizer: BOS first
+            return (["<bos>"] if add_special_tokens else []) + text.split()
 
     class LLM:
         def __init__(self, **kw):
             made.append(kw)
+            self.stopped = False
 
         def get_tokenizer(self):
             return Tok()
+
+        def shutdown(self):
+            self.stopped = True
 
         def generate(self, prompts, params, use_tqdm=False):
             calls.append((prompts, params))
@@ -254,7 +265,10 @@ def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
     assert out[0] == pytest.approx(0.7)  # no constraints found -> the holistic 7/10
     assert len(made) == 1 and made[0]["model"] == "m1" and made[0]["trust_remote_code"] is False
     prompts, params = calls[-1]
-    assert prompts[0].endswith("<gen>['enable_thinking']") is False  # m1 is not a Qwen3 model: no template kwargs
+    # token ids with the template's BOS only (vLLM would add a second one to a text prompt)
+    words = prompts[0]["prompt_token_ids"]
+    assert words[0].startswith("<bos>|") and "<bos>" not in words[1:] and words[0] != "<bos>"
+    assert not " ".join(words).endswith("<gen>['enable_thinking']")  # m1 is not a Qwen3 model: no template kwargs
     assert params[0].kw["structured_outputs"].json == _IF_OVERALL_SCHEMA and params[0].kw["temperature"] == 0.0
     n_calls = len(calls)
     assert b.score(df)["if_quality"][0] == pytest.approx(0.7)
@@ -280,7 +294,19 @@ def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
     ex = object.__new__(RayExecutor)
     ex.cluster = lambda: {"CPU": 64.0, "GPU": 8.0}
     assert ex.plan(task, 100)[0] == 4  # one replica per pair of the node's 8 GPUs
+    # releasing shuts each engine down, and the parallel state with the last one
+    torn = []
+    dist = types.ModuleType("vllm.distributed")
+    dist.destroy_model_parallel = lambda: torn.append("model_parallel")
+    dist.destroy_distributed_environment = lambda: torn.append("environment")
+    monkeypatch.setitem(sys.modules, "vllm.distributed", dist)
+    engines = {k[1]: v for k, v in judge_backends._ENGINES.items() if k[0] == "vllm"}
+    assert set(engines) == {"m1", "m2", "m3"}
+    judge_backends.release_engines("vllm", "m1")
+    assert engines["m1"].stopped and not engines["m2"].stopped and torn == []  # other engines still run
     judge_backends.release_engines()
+    assert all(e.stopped for e in engines.values()) and torn == ["model_parallel", "environment"]
+    assert not any(k[0] == "vllm" for k in judge_backends._ENGINES)
 
 
 def test_judge_gpus_are_checked():
@@ -511,6 +537,29 @@ def test_auto_packing_picks_the_paper_architectures_on_cuda(tiny, monkeypatch):
     assert packing.flash_fits(torch.float16, 64) and packing.flash_fits(torch.bfloat16, None)
     monkeypatch.setattr(packing, "varlen_available", lambda: False)
     assert not packing.packing_supported(models["deita"], "cuda")
+
+
+def test_packing_refuses_attention_it_cannot_apply(monkeypatch):
+    """Gemma-2's logit soft-capping and gpt-oss's attention sinks are arguments the packed
+    attention cannot apply: such models stay padded on CUDA, and a packed forward forced on them
+    stops with a clear error instead of silently changing their hidden states."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GptOssConfig, GptOssForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from laser_fast.runtime import packing
+
+    monkeypatch.setattr(packing, "varlen_available", lambda: True)
+    monkeypatch.setattr(packing, "_capability", lambda index: (9, 0))
+    shape = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 8}
+    gemma = Gemma2ForCausalLM(Gemma2Config(**shape, attn_logit_softcapping=50.0)).to(torch.bfloat16)
+    oss = GptOssForCausalLM(GptOssConfig(**shape, num_local_experts=2, num_experts_per_tok=1)).to(torch.bfloat16)
+    llama = LlamaForCausalLM(LlamaConfig(**shape)).to(torch.bfloat16)
+    assert packing.packing_supported(llama, "cuda:0")
+    assert not packing.packing_supported(gemma, "cuda:0") and not packing.packing_supported(oss, "cuda:0")
+    ids, mask = torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    with pytest.raises(RuntimeError, match="cannot apply softcap.*packing=False"):
+        packing.packed_hidden(gemma.float(), ids, mask)
+    assert packing.packed_hidden(llama.float(), ids, mask).shape == (2, 3, 32)
 
 
 def _dense_varlen(q, k, v, cu, scale, causal, window_left=-1, gqa=True):

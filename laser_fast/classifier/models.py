@@ -251,7 +251,7 @@ class DefaultClassifier(TaskClassifier):
 
     Args:
         model_dir: directory with ``head.npz`` and ``meta.json`` (default: bundled).
-        device: torch device for MiniLM (default ``"cpu"``).
+        device: torch device for MiniLM (default: CUDA when torch sees a GPU, else the CPU).
     """
 
     def __init__(self, model_dir: str | Path | None = None, device: str | None = None):
@@ -580,8 +580,8 @@ def load_classifier(model: str | None = None, *, device: str | None = None, trus
             directory (SetFit model with ``model_head.pkl``, Hugging Face sequence-classification
             model with ``config.json``, or a head trained by ``scripts/train_classifier.py``
             with ``head.npz``) or a Hugging Face hub id such as ``IIS-NLP/sigma-cls``.
-        device: torch device ("cpu", "cuda", ...); default cpu for MiniLM, cuda if available
-            for Hugging Face models.
+        device: torch device ("cpu", "cuda", ...); default CUDA when torch sees a GPU, else
+            the CPU.
         trust_remote_code: hub ids whose code may run: a SetFit model from the hub keeps its head
             as a pickle (``model_head.pkl``), and unpickling runs code from the download, so it
             loads only when its id is listed here (``--trust-remote-code ID``). A local SetFit

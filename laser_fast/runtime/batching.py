@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from laser_fast.errors import LaserError
 from laser_fast.runtime.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -127,8 +128,23 @@ def run_batched(
         for k, i in enumerate(idx):
             ids[k, :bl[k]] = seqs[i]
             mask[k, :bl[k]] = 1
-        with torch.inference_mode():  # thread-local: set in each worker thread
-            return fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
+        try:
+            with torch.inference_mode():  # thread-local: set in each worker thread
+                return fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
+        except torch.cuda.OutOfMemoryError as e:
+            # the token budget is planned from the free memory, not measured: a batch that does not
+            # fit runs again as two halves (a row's score does not depend on its batch)
+            del ids, mask
+            torch.cuda.empty_cache()
+            if idx.size == 1:
+                raise LaserError(f"{desc}: one sequence of {int(bl[0]):,} tokens does not fit in the GPU's free memory "
+                                     f"({str(e).splitlines()[0][:200]}); lower the model's max_length, or free the GPU") from None
+            if stats is not None:
+                stats["oom_splits"] = stats.get("oom_splits", 0) + 1
+            logger.warning("%s: a batch of %d sequences (%d tokens) ran out of GPU memory; it runs again as two halves "
+                           "(lower --batch-tokens to avoid the retry)", desc, idx.size, int(bl.sum()))
+            half = idx.size // 2
+            return list(forward(idx[:half])) + list(forward(idx[half:]))
 
     t0 = time.perf_counter()
     try:

@@ -86,10 +86,26 @@ def cuda_available(*, only_if_loaded: bool = False) -> bool | None:
 
 
 def torch_dtype(device: str):
-    """The dtype policy of the Hugging Face scorers: bfloat16 on CUDA, float32 elsewhere."""
+    """The dtype policy of the Hugging Face scorers: bfloat16 on a GPU that computes in it
+    (compute capability 8.0 and later: A100, H100, ...), float32 elsewhere. Older cards (T4,
+    V100) only emulate bfloat16, slowly, and float16 can overflow in a large model's
+    activations: they run float32 (logged once; ``dtype=`` overrides)."""
     import torch
 
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if not str(device).startswith("cuda"):
+        return torch.float32
+    dev = torch.device(device)
+    major = torch.cuda.get_device_capability(dev.index if dev.index is not None else torch.cuda.current_device())[0]
+    if major >= 8:
+        return torch.bfloat16
+    if str(dev) not in _WARNED_DTYPE:
+        _WARNED_DTYPE.add(str(dev))
+        logger.warning("%s (%s) has no native bfloat16: the model scorers run in float32 there", dev,
+                       torch.cuda.get_device_name(dev))
+    return torch.float32
+
+
+_WARNED_DTYPE: set[str] = set()
 
 
 def cpu_bf16_supported() -> bool:

@@ -555,8 +555,9 @@ def output_head(model):
 
 
 def apply_head(model, hidden):
-    """Head outputs in float32 for selected hidden states ``(N, H)`` (final logit soft-capping applied
-    when the config has it)."""
+    """Head outputs for selected hidden states ``(N, H)``, returned as float32 (final logit
+    soft-capping applied when the config has it). The head runs in the model's dtype, as the
+    reference's bf16 forward does, so on a GPU its outputs carry bf16 rounding."""
     import torch
 
     out = output_head(model)(hidden).float()

@@ -33,6 +33,9 @@ _LOCK = threading.Lock()
 #: held through each packed forward: it switches the attention on the model's shared config, so
 #: forwards run side by side in threads (one torch thread each, on the CPU) take turns here
 _FORWARD_LOCK = threading.Lock()
+#: attention arguments the packed path cannot apply: logit soft-capping (Gemma-2) and attention
+#: sinks (gpt-oss); a model that passes them runs padded (:func:`packing_supported`)
+UNSUPPORTED_ARGUMENTS = ("softcap", "s_aux")
 
 
 def varlen_available() -> bool:
@@ -77,6 +80,10 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or query.shape[0] != 1:
         raise RuntimeError("laser_varlen attention needs one packed row and cu_seq_lens_q (use laser_fast.runtime.packing.packed_hidden)")
+    extra = [k for k in UNSUPPORTED_ARGUMENTS if kwargs.get(k) is not None]
+    if extra:
+        raise RuntimeError(f"laser_varlen attention cannot apply {', '.join(extra)} ({type(module).__name__}): score this model "
+                           "with packing=False")
     q = query[0].transpose(0, 1).contiguous()
     k = key[0].transpose(0, 1).contiguous()
     v = value[0].transpose(0, 1).contiguous()
@@ -174,7 +181,8 @@ def packing_supported(model, device: str | None = None) -> bool:
     """Whether :func:`packed_hidden` can run ``model`` fast: CUDA on a card the flash kernel runs
     on (:func:`flash_device`), ``varlen_attn`` in torch, weights the flash kernel takes
     (:func:`flash_fits`), and a decoder whose attention modules dispatch through transformers'
-    attention interface."""
+    attention interface and ask for nothing the packed attention cannot apply (logit
+    soft-capping, attention sinks: :data:`UNSUPPORTED_ARGUMENTS`)."""
     p = next(model.parameters())
     dev = str(device if device is not None else p.device)
     if not dev.startswith("cuda") or not varlen_available() or not flash_fits(p.dtype, head_dim_of(model.config)):
@@ -187,11 +195,16 @@ def packing_supported(model, device: str | None = None) -> bool:
 def _dispatches(model) -> bool:
     import inspect
 
+    cfg = getattr(model.config, "text_config", None) or model.config
+    if getattr(cfg, "attn_logit_softcapping", None):
+        return False
     for mod in decoder_of(model).modules():
         if type(mod).__name__.endswith("Attention"):
             try:
                 src = inspect.getsource(type(mod).forward)
             except (OSError, TypeError):
+                return False
+            if getattr(mod, "sinks", None) is not None or any(f"{k}=" in src for k in UNSUPPORTED_ARGUMENTS):
                 return False
             return "ALL_ATTENTION_FUNCTIONS" in src and "**kwargs" in src
     return False

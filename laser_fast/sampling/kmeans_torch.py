@@ -30,6 +30,8 @@ CUDA_BLOCK_BYTES = 1 << 30
 CPU_BLOCK_BYTES = 64 << 20
 #: rows whose largest absolute value exceeds this are held as bfloat16 on a GPU instead of float16
 HALF_MAX_ABS = 2.0**14
+#: float16 rows keep their rounding remainders times this (see ``_Rows``)
+LO_SCALE = 2.0**12
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -63,8 +65,14 @@ def _chunks(x: np.ndarray, rows: int = 16384):
 
 class _Rows:
     """Rows of ``x`` on a torch device: ``hi`` (the compute dtype) plus, for half dtypes, ``lo``
-    (the rounding remainder, so ``hi + lo`` is float32 to about 22 bits), and the float32 squared
-    norms ``sq``. On the CPU in float32, ``hi`` shares memory with ``x`` where it can."""
+    (the rounding remainder times ``lo_scale``, so ``hi + lo / lo_scale`` is float32 to about 20
+    bits), and the float32 squared norms ``sq``. On the CPU in float32, ``hi`` shares memory with
+    ``x`` where it can.
+
+    float16's remainders of components below 0.125 (all of a unit-length 384-wide embedding's)
+    would be subnormal and keep only a few bits: they are stored times 2^12 (exact; with
+    components up to :data:`HALF_MAX_ABS` the remainder stays below 8, times 2^12 below
+    float16's largest value)."""
 
     def __init__(self, x: np.ndarray, device: str, dtype):
         import torch
@@ -78,11 +86,14 @@ class _Rows:
                 x32 = x32.copy()
             self.host = x32
             self.hi = torch.from_numpy(x32)
-            self.lo = None
+            self.lo, self.lo_scale = None, 1.0
             self.sq = torch.einsum("ij,ij->i", self.hi, self.hi)
             return
         self.hi = torch.empty((n, d), dtype=dtype, device=self.device)
         self.lo = None if dtype == torch.float32 else torch.empty((n, d), dtype=dtype, device=self.device)
+        # explicit float16 rows above HALF_MAX_ABS: remainders up to 16, kept unscaled
+        big = dtype == torch.float16 and max((float(np.abs(c).max()) for _, c in _chunks(x)), default=0.0) > HALF_MAX_ABS
+        self.lo_scale = LO_SCALE if dtype == torch.float16 and not big else 1.0
         self.sq = torch.empty(n, dtype=torch.float32, device=self.device)
         for s, c in _chunks(x):
             c = np.ascontiguousarray(c, dtype=np.float32)
@@ -90,8 +101,21 @@ class _Rows:
             e = s + t.shape[0]
             self.hi[s:e] = t
             if self.lo is not None:
-                self.lo[s:e] = t - self.hi[s:e].float()
+                self.lo[s:e] = (t - self.hi[s:e].float()) * self.lo_scale
             self.sq[s:e] = torch.einsum("ij,ij->i", t, t)
+
+    def f32(self, idx):
+        """Rows ``idx`` as float32 (``hi`` plus the unscaled remainder)."""
+        r = self.hi[idx].float()
+        return r if self.lo is None else r + self.lo[idx].float() / self.lo_scale
+
+    def host_f32(self) -> np.ndarray:
+        """All rows as a float32 host array (for the host update), made once."""
+        if self.host is None:
+            self.host = np.ascontiguousarray(np.concatenate([self.f32(slice(s, s + 16384)).cpu().numpy()
+                                                             for s in range(0, self.n, 16384)]) if self.n else
+                                             np.zeros((0, self.d), np.float32))
+        return self.host
 
 
 def _compute_dtype(x: np.ndarray, device: str, dtype: str):
@@ -138,7 +162,7 @@ def _update(rows: _Rows, lab, cent, *, chunk: int, on_device: bool):
         from laser_fast.runtime.kernels import label_means_into
 
         out = cent.detach().cpu().numpy().astype(np.float32, copy=True)
-        counts = label_means_into(rows.host if rows.host is not None else rows.hi.cpu().numpy(), lab.cpu().numpy(), out)
+        counts = label_means_into(rows.host_f32(), lab.cpu().numpy(), out)
         return torch.from_numpy(out).to(rows.device), torch.from_numpy(counts).to(rows.device)
     # one-hot block products: deterministic float32 sums (no atomics), exact one-hot products
     sums = torch.zeros((k, d), dtype=torch.float32, device=rows.device)
@@ -149,7 +173,7 @@ def _update(rows: _Rows, lab, cent, *, chunk: int, on_device: bool):
         oht = oh.T
         sums += _mm_f32(oht, rows.hi[s:e])
         if rows.lo is not None:
-            sums += _mm_f32(oht, rows.lo[s:e])
+            sums += _mm_f32(oht, rows.lo[s:e]) / rows.lo_scale
         del oh, oht
     counts = torch.bincount(lab, minlength=k)
     nz = counts > 0
@@ -168,10 +192,7 @@ def _split_empty(rows: _Rows, cent, counts, dist) -> int:
     if m == 0:
         return 0
     far = torch.topk(dist, min(m, rows.n)).indices
-    x = rows.hi[far].float()
-    if rows.lo is not None:
-        x += rows.lo[far].float()
-    cent[empty[: far.numel()]] = x
+    cent[empty[: far.numel()]] = rows.f32(far)
     return m
 
 
@@ -190,10 +211,7 @@ def kmeanspp_torch(rows: _Rows, k: int, *, seed: int = 0, trials: int | None = N
     first = int(np.random.default_rng(seed).integers(n))
     chosen = [first]
 
-    def row(i):
-        r = rows.hi[i].float()
-        return r + rows.lo[i].float() if rows.lo is not None else r
-
+    row = rows.f32
     xt = rows.hi.T
     dist = (rows.sq - 2.0 * _mm_f32(row(slice(first, first + 1)).to(rows.dtype), xt)[0] + rows.sq[first]).clamp_(min=0.0)
     dist[first] = 0.0  # exactly: half-precision products leave a chosen row a little off zero

@@ -43,12 +43,12 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_backend(backend: str | None, base_url: str | None = None) -> str:
+def resolve_backend(backend: str | None, base_url: str | None = None, device: str | None = None) -> str:
     """The backend a judge uses.
 
     ``backend`` as given when set (checked); else ``openai`` when a judge URL is given (the
-    argument or ``LASER_FAST_JUDGE_URL``), else ``vllm`` when it is installed and torch sees a GPU,
-    else ``transformers``.
+    argument or ``LASER_FAST_JUDGE_URL``), else ``vllm`` when it is installed and the judge runs
+    on a GPU (``device`` is CUDA, or unset and torch sees one), else ``transformers``.
 
     Raises:
         ConfigError: an unknown backend name.
@@ -62,22 +62,52 @@ def resolve_backend(backend: str | None, base_url: str | None = None) -> str:
         return b
     if base_url or os.environ.get("LASER_FAST_JUDGE_URL"):
         return "openai"
-    from laser_fast.runtime.devices import cuda_available
+    from laser_fast.runtime.devices import torch_device
 
-    if vllm_installed() and cuda_available():
+    if vllm_installed() and torch_device(device).startswith("cuda"):
         return "vllm"
     return "transformers"
 
 
 def release_engines(backend: str | None = None, model: str | None = None) -> None:
     """Drop the shared in-process engines of ``backend`` / ``model`` (None: any) and free their
-    GPU memory."""
+    GPU memory. A vLLM engine is shut down first (deleting the object alone does not reliably
+    give its memory back, and the next judge's engine would not fit beside it)."""
     with _ENGINES_LOCK:
-        for key in [k for k in _ENGINES if (backend is None or k[0] == backend) and (model is None or k[1] == model)]:
-            del _ENGINES[key]
+        gone = [_ENGINES.pop(k) for k in [k for k in _ENGINES if (backend is None or k[0] == backend) and (model is None or k[1] == model)]]
+        last_vllm = not any(k[0] == "vllm" for k in _ENGINES)
+    stopped = [_shutdown_vllm(eng) for eng in gone if not isinstance(eng, tuple)]  # vLLM's (the transformers backend keeps a tuple)
+    if stopped and last_vllm:
+        _destroy_vllm_state()
+    del gone
     from laser_fast.runtime.models import free_cuda_cache
 
     free_cuda_cache()
+
+
+def _shutdown_vllm(llm) -> bool:
+    """Stop a vLLM engine's workers where this vLLM can (``LLM.shutdown`` in newer releases, the
+    engine core's before); a failure is logged and never stops the run."""
+    try:
+        stop = getattr(llm, "shutdown", None)
+        if not callable(stop):
+            stop = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+        if callable(stop):
+            stop()
+    except Exception as e:  # noqa: BLE001 - the object is dropped all the same
+        logger.warning("judge engine shutdown (vLLM): %s: %s", type(e).__name__, e)
+    return True
+
+
+def _destroy_vllm_state() -> None:
+    """vLLM's process-wide parallel state, once its last engine is gone (a failure is logged)."""
+    try:
+        from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except Exception as e:  # noqa: BLE001 - a vLLM without these steps
+        logger.warning("judge engine shutdown (vLLM): %s: %s", type(e).__name__, e)
 
 
 def _new_stats() -> dict[str, float]:
@@ -340,6 +370,12 @@ class VLLMJudge(_LocalJudge):
     def __init__(self, model: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int = 8192,
                  tensor_parallel_size: int = 1, **kwargs: Any):
         super().__init__(model, **kwargs)
+        from laser_fast.runtime.devices import AUTO
+
+        if self.device not in AUTO and str(self.device) not in ("cuda", "cuda:0"):
+            raise ConfigError(f"judge model '{model}': the vLLM backend runs on the GPUs CUDA_VISIBLE_DEVICES shows, from the "
+                              f"first, not on device {self.device!r}: for another GPU set CUDA_VISIBLE_DEVICES (e.g. "
+                              "CUDA_VISIBLE_DEVICES=1), on the CPU use --judge-backend transformers")
         self.tensor_parallel_size = int(tensor_parallel_size)
         self.gpu_memory_utilization = float(gpu_memory_utilization)
         self.max_model_len = int(max_model_len)
@@ -387,12 +423,14 @@ class VLLMJudge(_LocalJudge):
 
         llm = self.engine()
         tok = llm.get_tokenizer()
-        prompts = _render(tok, conversations, params)
+        # token ids, as the transformers backend makes them: the chat template already holds any
+        # BOS token, which vLLM's own tokenising of a text prompt would add a second time
+        ids = [tok.encode(p, add_special_tokens=False) for p in _render(tok, conversations, params)]
         # vLLM refuses a whole generate() call when one prompt does not fit the context: such a
         # prompt is left out here (it gets no answer, as in the transformers backend)
         ok = []
-        for i, p in enumerate(prompts):
-            n = len(tok.encode(p))
+        for i, p in enumerate(ids):
+            n = len(p)
             if n >= self.max_model_len:
                 logger.warning("judge %s (vLLM): a prompt of %d tokens does not fit max_model_len %d; that exchange gets no answer",
                                self.model, n, self.max_model_len)
@@ -406,7 +444,7 @@ class VLLMJudge(_LocalJudge):
         sp = SamplingParams(temperature=float(params.get("temperature") or 0.0), top_p=float(params.get("top_p") or 1.0),
                             max_tokens=int(params.get("max_tokens") or 1024), seed=0, **extra)
         try:
-            res = llm.generate([prompts[i] for i in ok], [sp] * len(ok), use_tqdm=False)
+            res = llm.generate([{"prompt_token_ids": ids[i]} for i in ok], [sp] * len(ok), use_tqdm=False)
         except Exception as e:  # noqa: BLE001 - one failed call must not lose the others' cache entries
             logger.warning("judge %s (vLLM): generation failed (%s: %s)", self.model, type(e).__name__, e)
             return out
@@ -437,7 +475,7 @@ def make_backend(backend: str | None, model: str, base_url: str | None = None, *
         **client_args: :class:`JudgeClient` arguments (sampling parameters, concurrency, retries...);
             those an in-process backend has no use for are ignored.
     """
-    b = resolve_backend(backend, base_url)
+    b = resolve_backend(backend, base_url, device)
     if b == "openai":
         return JudgeClient(base_url or default_judge_url(), model, cache_dir=cache_dir, **client_args)
     local = {k: v for k, v in client_args.items() if k in ("temperature", "top_p", "max_tokens", "extra_body")}

@@ -70,7 +70,7 @@ class JudgeScorer(Scorer):
 
         self.model = model or self.default_model
         self.base_url = base_url
-        self.backend = resolve_backend(backend, base_url)
+        self.backend = resolve_backend(backend, base_url, device)
         self.device = device
         self.gpus = int(gpus)
         if self.gpus < 1 or (self.gpus > 1 and self.backend != "vllm"):
