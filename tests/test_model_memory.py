@@ -114,6 +114,11 @@ def test_a_latent_attention_cache_is_counted_as_transformers_keeps_it(tmp_path):
     plain = dataclasses.replace(ck, latent_width=0, model_type="")
     gen, base = (mm.worker_mb(c, batch_tokens=8192, seq_len=256, kv_cache=True) for c in (ck, plain))
     assert (gen < base) == mm.caches_latent("deepseek_v3")
+    # the GPU token budget of a generating judge counts the same cache (bf16: 2 bytes a value)
+    from laser_fast.runtime.batching import activation_bytes_per_token
+
+    extra = (activation_bytes_per_token(cfg, kv_cache=True) - activation_bytes_per_token(cfg)) // 2
+    assert extra == (2 * 2 * width + 2 * ck.kv_width if mm.caches_latent("deepseek_v3") else 2 * 2 * width)
 
 
 def test_the_packaged_smollm2_is_read_from_its_gguf():

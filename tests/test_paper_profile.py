@@ -201,6 +201,9 @@ def test_resolve_backend(monkeypatch):
     # the judge's device decides: --device cpu keeps the judge on the CPU even where a GPU is seen
     assert judge_backends.resolve_backend(None, device="cpu") == "transformers"
     assert judge_backends.resolve_backend(None, device="cuda:0") == "vllm"
+    assert judge_backends.resolve_backend(None, device="cuda:1") == "transformers"  # vLLM could not honour it
+    with pytest.raises(ConfigError, match="if_quality: .*CUDA_VISIBLE_DEVICES=1"):  # asked for: refused when built
+        IFQualityScorer(model="m", backend="vllm", device="cuda:1")
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES=1"):
         judge_backends.make_backend("vllm", "m", device="cuda:1")
     with pytest.raises(ConfigError, match="--judge-backend transformers"):

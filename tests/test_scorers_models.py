@@ -149,19 +149,26 @@ def test_plan_batches_oversized_sequence_alone():
 
 def test_a_batch_out_of_gpu_memory_runs_again_in_halves(caplog):
     """A forward that runs out of GPU memory (simulated: the error torch raises) is retried as two
-    halves until it fits, with the same per-row results; a single sequence that cannot fit stops
-    with a clear error."""
+    halves until it fits, with the same per-row results, and only after the failed forward's
+    tensors are gone (the exception's traceback holds them until its handler ends); the stats
+    count the forwards and padding that ran. A single sequence that cannot fit stops with a clear
+    error."""
+    import weakref
+
     import torch
 
     from laser_fast.errors import LaserError
     from laser_fast.runtime.batching import new_stats, run_batched
 
     seqs = [[1] * n for n in (3, 9, 4, 7, 5, 8, 2, 6)]
-    sizes = []
+    sizes, held = [], []
 
     def fn(ids, mask, lengths, index, limit=None):
+        assert all(r() is None for r in held), "a retry runs while the failed forward's activations are alive"
         sizes.append(ids.shape[0])
         if limit is not None and ids.shape[0] > limit:
+            activations = torch.zeros(ids.shape[0], 16)  # what the failed forward had allocated
+            held.append(weakref.ref(activations))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return [float(mask[k].sum()) * 10 + int(i) for k, i in enumerate(index)]
 
@@ -171,7 +178,9 @@ def test_a_batch_out_of_gpu_memory_runs_again_in_halves(caplog):
     with caplog.at_level("WARNING", logger="laser_fast.runtime.batching"):
         got = run_batched(seqs, lambda *a: fn(*a, limit=2), batch_tokens=10**6, max_batch_size=64, pad_id=0, device="cpu",
                           stats=stats, min_fill=0.0, desc="score x")
-    assert got == plain and sizes == [8, 4, 2, 2, 4, 2, 2] and stats["oom_splits"] == 3
+    assert got == plain and sizes == [8, 4, 2, 2, 4, 2, 2] and stats["oom_splits"] == 3 and len(held) == 3
+    # four forwards of two ran, padded to their longest (the lengths sorted: 9 8 | 7 6 | 5 4 | 3 2)
+    assert stats["forward_passes"] == 4 and stats["padded_tokens"] == 2 * (9 + 7 + 5 + 3) and stats["tokens"] == 44
     assert "ran out of GPU memory" in caplog.text
     with pytest.raises(LaserError, match="one sequence of 9 tokens does not fit"):
         run_batched(seqs, lambda *a: fn(*a, limit=0), batch_tokens=10**6, max_batch_size=64, pad_id=0, device="cpu", min_fill=0.0)

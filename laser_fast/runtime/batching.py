@@ -132,19 +132,24 @@ def run_batched(
             with torch.inference_mode():  # thread-local: set in each worker thread
                 return fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
         except torch.cuda.OutOfMemoryError as e:
-            # the token budget is planned from the free memory, not measured: a batch that does not
-            # fit runs again as two halves (a row's score does not depend on its batch)
-            del ids, mask
-            torch.cuda.empty_cache()
-            if idx.size == 1:
-                raise LaserError(f"{desc}: one sequence of {int(bl[0]):,} tokens does not fit in the GPU's free memory "
-                                     f"({str(e).splitlines()[0][:200]}); lower the model's max_length, or free the GPU") from None
-            if stats is not None:
-                stats["oom_splits"] = stats.get("oom_splits", 0) + 1
-            logger.warning("%s: a batch of %d sequences (%d tokens) ran out of GPU memory; it runs again as two halves "
-                           "(lower --batch-tokens to avoid the retry)", desc, idx.size, int(bl.sum()))
-            half = idx.size // 2
-            return list(forward(idx[:half])) + list(forward(idx[half:]))
+            oom = (str(e).splitlines() or [""])[0][:200]
+        # after the except block: its traceback no longer holds the failed forward's tensors, so
+        # the cache can give them back. The token budget is planned from the free memory, not
+        # measured: a batch that does not fit runs again as two halves (a row's result does not
+        # depend on its batch)
+        del ids, mask
+        torch.cuda.empty_cache()
+        if idx.size == 1:
+            raise LaserError(f"{desc}: one sequence of {int(bl[0]):,} tokens does not fit in the GPU's free memory ({oom}); "
+                             "lower the model's max_length, or free the GPU")
+        logger.warning("%s: a batch of %d sequences (%d tokens) ran out of GPU memory; it runs again as two halves "
+                       "(lower --batch-tokens to avoid the retry)", desc, idx.size, int(bl.sum()))
+        half = idx.size // 2
+        if stats is not None:  # the halves' forwards and padding replace the batch's (counted by the caller)
+            stats["oom_splits"] = stats.get("oom_splits", 0) + 1
+            stats["forward_passes"] += 1
+            stats["padded_tokens"] += half * int(bl[:half].max()) + (idx.size - half) * int(bl[half:].max()) - idx.size * width
+        return list(forward(idx[:half])) + list(forward(idx[half:]))
 
     t0 = time.perf_counter()
     try:
@@ -241,18 +246,23 @@ def activation_bytes_per_token(config, *, kv_cache: bool = False, bytes_per_valu
     The live tensors of one layer at its widest point (residual, norm, q/k/v, attention output;
     gate, up, activation and down projections of the MLP): about ``6 * hidden + 3 * intermediate``
     values per token; with ``kv_cache`` the keys and values of every layer are added
-    (``2 * layers * kv_heads * head_dim``).
+    (``2 * layers * kv_heads * head_dim``; for latent attention the cache this transformers keeps,
+    :func:`~laser_fast.runtime.model_memory.caches_latent`, plus one layer's expanded keys and
+    values).
     """
     cfg = getattr(config, "text_config", None) or config
     h = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or 1024)
     inter = int(getattr(cfg, "intermediate_size", 0) or 4 * h)
     per = 6 * h + 3 * inter
     if kv_cache:
-        layers = int(getattr(cfg, "num_hidden_layers", 0) or 1)
-        heads = int(getattr(cfg, "num_attention_heads", 0) or 1)
-        kv = int(getattr(cfg, "num_key_value_heads", 0) or heads)
-        head_dim = head_dim_of(cfg) or h // heads
-        per += 2 * layers * kv * head_dim
+        from laser_fast.runtime.model_memory import caches_latent, config_widths
+
+        w = config_widths(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg)))
+        layers = w["layers"] or 1
+        if w["latent_width"] and caches_latent(w["model_type"]):
+            per += 2 * layers * w["latent_width"] + 2 * w["kv_width"]
+        else:
+            per += 2 * layers * (w["kv_width"] or h)
     return per * int(bytes_per_value)
 
 

@@ -120,7 +120,7 @@ def _first(cfg: dict, *keys: str) -> int:
     return next((w for w in (_widest(cfg.get(k)) for k in keys) if w), 0)
 
 
-def _widths(cfg: dict) -> dict:
+def config_widths(cfg: dict) -> dict:
     """The :class:`Checkpoint` fields a transformers config gives (``hidden``, ``intermediate``,
     ``heads``, ``vocab``, ``layers``, ``kv_width``, ``context``, ``model_type``), under the names
     the architectures use (GPT-2's ``n_embd``, T5's ``d_ff``, ...); 0 where it does not say."""
@@ -173,10 +173,9 @@ def _gguf(path: Path) -> Checkpoint:
     hidden, heads = field(".embedding_length"), field(".attention.head_count")
     key = field(".attention.key_length") or (hidden // heads if heads else 0)
     kv_width = -(-(field(".attention.head_count_kv") or heads) * (key + (field(".attention.value_length") or key)) // 2)
-    rank = field(".attention.kv_lora_rank")
-    latent = -(-(rank + field(".rope.dimension_count")) // 2) if rank else 0
+    # (transformers loads no latent-attention GGUF: DeepSeek's are not read for it)
     return Checkpoint(n, 4 * n, hidden, field(".feed_forward_length"), heads, vocab, layers=field(".block_count"),
-                      kv_width=kv_width, context=field(".context_length"), model_type=arch, latent_width=latent)
+                      kv_width=kv_width, context=field(".context_length"), model_type=arch)
 
 
 def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Checkpoint | None:
@@ -192,7 +191,7 @@ def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Check
         return None
     st = st or sorted(folder.glob("*.safetensors"))
     if st:
-        return Checkpoint(sum(_safetensors_elements(p) for p in st), sum(p.stat().st_size for p in st), **_widths(cfg))
+        return Checkpoint(sum(_safetensors_elements(p) for p in st), sum(p.stat().st_size for p in st), **config_widths(cfg))
     ggufs = sorted(folder.glob("*.gguf"))
     if ggufs:
         return _gguf(ggufs[0])
@@ -201,7 +200,7 @@ def folder_checkpoint(folder: str | Path, gguf_file: str | None = None) -> Check
         return None
     bins = bins or sorted(p for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
     if bins:
-        return Checkpoint(sum(_pickled_elements(p) for p in bins), sum(p.stat().st_size for p in bins), **_widths(cfg))
+        return Checkpoint(sum(_pickled_elements(p) for p in bins), sum(p.stat().st_size for p in bins), **config_widths(cfg))
     return None
 
 
@@ -232,7 +231,7 @@ def _hub_checkpoint(repo_id: str, revision: str | None) -> Checkpoint | None:
     except Exception:  # noqa: BLE001 - no safetensors, gated, unknown: the estimate is unknown
         return None
     try:
-        widths = _widths(_config(Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent))
+        widths = config_widths(_config(Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent))
     except Exception:  # noqa: BLE001 - the count alone still bounds the weights
         widths = {}
     counts = dict(meta.parameter_count)

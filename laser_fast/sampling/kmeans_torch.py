@@ -74,7 +74,7 @@ class _Rows:
     components up to :data:`HALF_MAX_ABS` the remainder stays below 8, times 2^12 below
     float16's largest value)."""
 
-    def __init__(self, x: np.ndarray, device: str, dtype):
+    def __init__(self, x: np.ndarray, device: str, dtype, lo_scale: float | None = None):
         import torch
 
         n, d = x.shape
@@ -91,9 +91,7 @@ class _Rows:
             return
         self.hi = torch.empty((n, d), dtype=dtype, device=self.device)
         self.lo = None if dtype == torch.float32 else torch.empty((n, d), dtype=dtype, device=self.device)
-        # explicit float16 rows above HALF_MAX_ABS: remainders up to 16, kept unscaled
-        big = dtype == torch.float16 and max((float(np.abs(c).max()) for _, c in _chunks(x)), default=0.0) > HALF_MAX_ABS
-        self.lo_scale = LO_SCALE if dtype == torch.float16 and not big else 1.0
+        self.lo_scale = _lo_scale(x, dtype) if lo_scale is None else float(lo_scale)
         self.sq = torch.empty(n, dtype=torch.float32, device=self.device)
         for s, c in _chunks(x):
             c = np.ascontiguousarray(c, dtype=np.float32)
@@ -118,17 +116,35 @@ class _Rows:
         return self.host
 
 
+def _abs_max(x: np.ndarray) -> float:
+    return max((float(np.abs(c).max()) for _, c in _chunks(x)), default=0.0)
+
+
+def _lo_scale(x: np.ndarray, dtype, amax: float | None = None) -> float:
+    """The factor ``_Rows`` stores half-precision remainders times: :data:`LO_SCALE` for float16
+    rows within :data:`HALF_MAX_ABS` (float16 asked for above it: remainders up to 16, kept
+    unscaled), 1 otherwise."""
+    import torch
+
+    if dtype != torch.float16:
+        return 1.0
+    return LO_SCALE if (_abs_max(x) if amax is None else amax) <= HALF_MAX_ABS else 1.0
+
+
 def _compute_dtype(x: np.ndarray, device: str, dtype: str):
+    """The compute dtype and its remainders' factor (:func:`_lo_scale`), reading ``x`` at most once."""
     import torch
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown k-means compute dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if dtype == "auto":
         if not str(device).startswith("cuda"):
-            return torch.float32
-        amax = max((float(np.abs(c).max()) for _, c in _chunks(x)), default=0.0)
-        return torch.float16 if amax <= HALF_MAX_ABS else torch.bfloat16
-    return getattr(torch, dtype)
+            return torch.float32, 1.0
+        amax = _abs_max(x)
+        t = torch.float16 if amax <= HALF_MAX_ABS else torch.bfloat16
+        return t, _lo_scale(x, t, amax)
+    t = getattr(torch, dtype)
+    return t, _lo_scale(x, t)
 
 
 def assign(rows: _Rows, cent, *, chunk: int, cent_sq=None):
@@ -289,7 +305,7 @@ def lloyd_torch(
     if k >= n:
         return np.ascontiguousarray(x[:k], dtype=np.float32), np.arange(n, dtype=np.int64), "all rows", [], {"device": str(device)}
     dev = torch.device(device)
-    tdtype = _compute_dtype(x, str(dev), dtype)
+    tdtype, lo_scale = _compute_dtype(x, str(dev), dtype)
     on_device = update == "device" or (update == "auto" and dev.type != "cpu")
     chunk = block_rows(n, k, str(dev), chunk_rows)
     rng = np.random.default_rng(seed)
@@ -311,13 +327,13 @@ def lloyd_torch(
             if seeding == "numpy" or (seeding == "auto" and dev.type == "cpu"):
                 cent0 = kmeanspp_init(np.ascontiguousarray(xs, dtype=np.float32), k, seed=seed, trials=trials)
             else:
-                picks = kmeanspp_torch(_Rows(xs, str(dev), tdtype), k, seed=seed, trials=trials)
+                picks = kmeanspp_torch(_Rows(xs, str(dev), tdtype, lo_scale), k, seed=seed, trials=trials)
                 cent0 = np.ascontiguousarray(xs[picks], dtype=np.float32)
         t_seed = time.perf_counter() - t0
         # --- Lloyd on the training rows (faiss's sample rule), then every row assigned
         mt = min(n, k * max_points_per_centroid) if max_points_per_centroid else n
         train = np.sort(rng.choice(n, size=mt, replace=False)) if mt < n else None
-        rows = _Rows(x if train is None else x[train], str(dev), tdtype)
+        rows = _Rows(x if train is None else x[train], str(dev), tdtype, lo_scale)
         cent = torch.from_numpy(cent0).to(dev)
         obj: list[float] = []
         moved_empty = 0
@@ -332,7 +348,7 @@ def lloyd_torch(
         t_iter = time.perf_counter() - t1
         if train is not None:
             del rows
-            rows = _Rows(x, str(dev), tdtype)
+            rows = _Rows(x, str(dev), tdtype, lo_scale)
         lab, _ = assign(rows, cent, chunk=chunk)
         labels = lab.cpu().numpy().astype(np.int64, copy=False)
         centroids = np.ascontiguousarray(cent.float().cpu().numpy(), dtype=np.float32)

@@ -48,7 +48,8 @@ def resolve_backend(backend: str | None, base_url: str | None = None, device: st
 
     ``backend`` as given when set (checked); else ``openai`` when a judge URL is given (the
     argument or ``LASER_FAST_JUDGE_URL``), else ``vllm`` when it is installed and the judge runs
-    on a GPU (``device`` is CUDA, or unset and torch sees one), else ``transformers``.
+    on the first GPU (``device`` unset with a GPU torch sees, ``cuda`` or ``cuda:0``: see
+    :func:`vllm_device_problem`), else ``transformers``.
 
     Raises:
         ConfigError: an unknown backend name.
@@ -64,9 +65,21 @@ def resolve_backend(backend: str | None, base_url: str | None = None, device: st
         return "openai"
     from laser_fast.runtime.devices import torch_device
 
-    if vllm_installed() and torch_device(device).startswith("cuda"):
+    if vllm_installed() and torch_device(device).startswith("cuda") and vllm_device_problem(device) is None:
         return "vllm"
     return "transformers"
+
+
+def vllm_device_problem(device: str | None) -> str | None:
+    """Why the vLLM backend cannot run on ``device`` (None when it can): vLLM places its engine on
+    the GPUs ``CUDA_VISIBLE_DEVICES`` shows, from the first, so only an unset device, ``cuda``
+    and ``cuda:0`` mean what they say."""
+    from laser_fast.runtime.devices import AUTO
+
+    if device in AUTO or str(device) in ("cuda", "cuda:0"):
+        return None
+    return (f"the vLLM backend runs on the GPUs CUDA_VISIBLE_DEVICES shows, from the first, not on device {device!r}: for "
+            "another GPU set CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=1), on the CPU use --judge-backend transformers")
 
 
 def release_engines(backend: str | None = None, model: str | None = None) -> None:
@@ -87,13 +100,14 @@ def release_engines(backend: str | None = None, model: str | None = None) -> Non
 
 def _shutdown_vllm(llm) -> bool:
     """Stop a vLLM engine's workers where this vLLM can (``LLM.shutdown`` in newer releases, the
-    engine core's before); a failure is logged and never stops the run."""
+    V1 engine core's before, the V0 model executor's); a failure is logged and never stops the run."""
     try:
-        stop = getattr(llm, "shutdown", None)
-        if not callable(stop):
-            stop = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
-        if callable(stop):
-            stop()
+        engine = getattr(llm, "llm_engine", None)
+        for stop in (getattr(llm, "shutdown", None), getattr(getattr(engine, "engine_core", None), "shutdown", None),
+                     getattr(getattr(engine, "model_executor", None), "shutdown", None)):
+            if callable(stop):
+                stop()
+                break
     except Exception as e:  # noqa: BLE001 - the object is dropped all the same
         logger.warning("judge engine shutdown (vLLM): %s: %s", type(e).__name__, e)
     return True
@@ -370,12 +384,9 @@ class VLLMJudge(_LocalJudge):
     def __init__(self, model: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int = 8192,
                  tensor_parallel_size: int = 1, **kwargs: Any):
         super().__init__(model, **kwargs)
-        from laser_fast.runtime.devices import AUTO
-
-        if self.device not in AUTO and str(self.device) not in ("cuda", "cuda:0"):
-            raise ConfigError(f"judge model '{model}': the vLLM backend runs on the GPUs CUDA_VISIBLE_DEVICES shows, from the "
-                              f"first, not on device {self.device!r}: for another GPU set CUDA_VISIBLE_DEVICES (e.g. "
-                              "CUDA_VISIBLE_DEVICES=1), on the CPU use --judge-backend transformers")
+        problem = vllm_device_problem(self.device)
+        if problem:
+            raise ConfigError(f"judge model '{model}': {problem}")
         self.tensor_parallel_size = int(tensor_parallel_size)
         self.gpu_memory_utilization = float(gpu_memory_utilization)
         self.max_model_len = int(max_model_len)

@@ -66,12 +66,15 @@ class JudgeScorer(Scorer):
                  disable_thinking: bool | None = None, backend: str | None = None, device: str | None = None,
                  fallback: str = "reference", trust_remote_code: Sequence[str] | bool = (), gpus: int = 1):
         from laser_fast.errors import ConfigError
-        from laser_fast.scorers.judge_backends import resolve_backend
+        from laser_fast.scorers.judge_backends import resolve_backend, vllm_device_problem
 
         self.model = model or self.default_model
         self.base_url = base_url
         self.backend = resolve_backend(backend, base_url, device)
         self.device = device
+        problem = vllm_device_problem(device) if self.backend == "vllm" else None
+        if problem:  # at construction, before any stage runs (the engine itself starts lazily)
+            raise ConfigError(f"{self.name}: {problem}")
         self.gpus = int(gpus)
         if self.gpus < 1 or (self.gpus > 1 and self.backend != "vllm"):
             raise ConfigError(f"{self.name}: gpus={gpus}: a judge spans several GPUs only with the vllm backend (tensor parallel), "

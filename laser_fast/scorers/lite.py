@@ -132,7 +132,7 @@ class LiteQualityScorer(Scorer):
         self._feats = None
 
     def resolved_dtype(self) -> str:
-        """SmolLM2's dtype here: ``dtype``, or bfloat16 on CUDA and on a CPU with bf16 units, else float32."""
+        """SmolLM2's dtype here: ``dtype``, or bfloat16 on a GPU that computes in it and on a CPU with bf16 units, else float32."""
         from laser_fast.scorers.lite_features import auto_dtype
 
         return self.dtype or auto_dtype(self.device)

@@ -29,12 +29,12 @@ class LiteDifficulty(Scorer):
         """The registry's factory: wrap an :class:`~laser_fast.scorers.models.IFDScorer` built from
         ``ifd_kwargs`` (model, batch_tokens, the short windows), in bfloat16 on a CPU that
         multiplies it natively (about 4x faster than float32 there: a stand-in, so rounding is no
-        concern; CUDA uses bf16 anyway)."""
-        from laser_fast.runtime.devices import cpu_bf16_supported, torch_device
+        concern) and on a GPU that computes in it (:func:`~laser_fast.scorers.lite_features.auto_dtype`)."""
+        from laser_fast.scorers.lite_features import auto_dtype
         from laser_fast.scorers.models import IFDScorer
 
         # always a concrete dtype, so the fingerprint keeps bf16 and float32 scores apart and workers take it over
-        dt = "bfloat16" if torch_device(device).startswith("cuda") or cpu_bf16_supported() else "float32"
+        dt = auto_dtype(device)
         if device:
             ifd_kwargs["device"] = device
         return cls(IFDScorer(dtype=dt, **ifd_kwargs))

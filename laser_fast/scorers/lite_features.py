@@ -243,10 +243,16 @@ def _lp_stats(lp: np.ndarray, margin: np.ndarray, top1: np.ndarray, keep: np.nda
 
 
 def auto_dtype(device: str | None) -> str:
-    """SmolLM2's dtype when none is given: bfloat16 on CUDA and on a CPU that multiplies it
-    natively (:func:`~laser_fast.runtime.devices.cpu_bf16_supported`), else float32."""
-    if torch_device(device).startswith("cuda"):
-        return "bfloat16"
+    """SmolLM2's dtype when none is given: bfloat16 on a GPU that computes in it
+    (:func:`~laser_fast.runtime.devices.torch_dtype`) and on a CPU that multiplies it natively
+    (:func:`~laser_fast.runtime.devices.cpu_bf16_supported`), else float32."""
+    dev = torch_device(device)
+    if dev.startswith("cuda"):
+        import torch
+
+        from laser_fast.runtime.devices import torch_dtype
+
+        return "bfloat16" if torch_dtype(dev) == torch.bfloat16 else "float32"
     return "bfloat16" if cpu_bf16_supported() else "float32"
 
 
