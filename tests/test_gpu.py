@@ -203,3 +203,10 @@ def test_scorers_run_float32_on_gpus_without_native_bfloat16(monkeypatch, caplog
         assert devices.torch_dtype("cuda:1") == devices.torch_dtype("cuda:1") == torch.float32
     assert caplog.text.count("no native bfloat16") == 1 and "V100" in caplog.text
     assert devices.torch_dtype("cpu") == torch.float32
+    # a process that sees no GPU (a Ray driver building scorers for GPU workers): the GPU policy
+
+    def no_gpu(index=None):
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", no_gpu)
+    assert devices.torch_dtype("cuda") == torch.bfloat16

@@ -89,13 +89,17 @@ def torch_dtype(device: str):
     """The dtype policy of the Hugging Face scorers: bfloat16 on a GPU that computes in it
     (compute capability 8.0 and later: A100, H100, ...), float32 elsewhere. Older cards (T4,
     V100) only emulate bfloat16, slowly, and float16 can overflow in a large model's
-    activations: they run float32 (logged once; ``dtype=`` overrides)."""
+    activations: they run float32 (logged once; ``dtype=`` overrides). A process that sees no GPU
+    (a Ray driver building scorers for GPU workers) answers bfloat16."""
     import torch
 
     if not str(device).startswith("cuda"):
         return torch.float32
     dev = torch.device(device)
-    major = torch.cuda.get_device_capability(dev.index if dev.index is not None else torch.cuda.current_device())[0]
+    try:
+        major = torch.cuda.get_device_capability(dev.index if dev.index is not None else torch.cuda.current_device())[0]
+    except (AssertionError, RuntimeError):  # no GPU here (a Ray driver building scorers for GPU workers)
+        return torch.bfloat16
     if major >= 8:
         return torch.bfloat16
     if str(dev) not in _WARNED_DTYPE:
