@@ -89,16 +89,18 @@ def release_engines(backend: str | None = None, model: str | None = None) -> Non
     with _ENGINES_LOCK:
         gone = [_ENGINES.pop(k) for k in [k for k in _ENGINES if (backend is None or k[0] == backend) and (model is None or k[1] == model)]]
         last_vllm = not any(k[0] == "vllm" for k in _ENGINES)
-    stopped = [_shutdown_vllm(eng) for eng in gone if not isinstance(eng, tuple)]  # vLLM's (the transformers backend keeps a tuple)
-    if stopped and last_vllm:
+    vllm = [eng for eng in gone if not isinstance(eng, tuple)]  # the transformers backend keeps a tuple
+    for eng in vllm:
+        _shutdown_vllm(eng)
+    if vllm and last_vllm:
         _destroy_vllm_state()
-    del gone
+    del gone, vllm
     from laser_fast.runtime.models import free_cuda_cache
 
     free_cuda_cache()
 
 
-def _shutdown_vllm(llm) -> bool:
+def _shutdown_vllm(llm) -> None:
     """Stop a vLLM engine's workers where this vLLM can (``LLM.shutdown`` in newer releases, the
     V1 engine core's before, the V0 model executor's); a failure is logged and never stops the run."""
     try:
@@ -110,7 +112,6 @@ def _shutdown_vllm(llm) -> bool:
                 break
     except Exception as e:  # noqa: BLE001 - the object is dropped all the same
         logger.warning("judge engine shutdown (vLLM): %s: %s", type(e).__name__, e)
-    return True
 
 
 def _destroy_vllm_state() -> None:
