@@ -184,7 +184,7 @@ class SelectOptions:
         from laser_fast.runtime.devices import check_device
 
         try:
-            self.device = check_device(self.device)
+            self.device = check_device(self.device, engine=self.engine)
         except ValueError as e:
             raise ConfigError(f"{e} (--device)") from None
         if self.judge_url is not None:

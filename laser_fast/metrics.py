@@ -401,10 +401,11 @@ def required_metrics(strategy: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------
 
 def default_profile() -> str:
-    """``paper`` when torch sees a GPU, else ``lite``."""
-    from laser_fast.runtime.devices import cuda_available
+    """``paper`` when the run's models get a GPU, else ``lite``: when torch sees one here, or, with
+    the Ray engine, when its cluster has GPUs (:func:`~laser_fast.runtime.devices.planned_device`)."""
+    from laser_fast.runtime.devices import planned_device
 
-    return "paper" if cuda_available() else "lite"
+    return "paper" if planned_device(None).startswith("cuda") else "lite"
 
 
 def canonical_profile(profile: str | None) -> str:

@@ -92,9 +92,10 @@ def _map_records(recs: pl.DataFrame, workdir: WorkDir, timer: _Timer) -> tuple[p
 
 def run_scoring(data, opts: SelectOptions, *, workdir: str | None = None) -> tuple[pl.DataFrame, dict]:
     """:func:`_run_scoring` on ``opts.engine`` (facts get an ``engine`` entry)."""
-    from laser_fast.runtime.engine import describe_engine, use_engine
+    from laser_fast.runtime.engine import check_engine_device, describe_engine, use_engine
 
     with use_engine(opts.engine, address=opts.ray_address) as ex:
+        check_engine_device(ex, opts.device)
         table, facts = _run_scoring(data, opts, workdir=workdir)
         facts["engine"] = describe_engine(ex)
     return table, facts
@@ -175,10 +176,11 @@ def run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> S
         LaserError (and subclasses): bad input, bad options, missing scores or models.
         ImportError: ``engine="ray"`` without Ray Data installed (names the pip command).
     """
-    from laser_fast.runtime.engine import describe_engine, use_engine
+    from laser_fast.runtime.engine import check_engine_device, describe_engine, use_engine
 
     opts.validate()
     with use_engine(opts.engine, address=opts.ray_address) as ex:
+        check_engine_device(ex, opts.device)
         run = _run_selection(data, opts, workdir=workdir)
         run.manifest["engine"] = describe_engine(ex)
     return run
@@ -223,8 +225,12 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
                                                         metrics=metrics, raw=raw, scaled=scaled, language=cols.get("language"),
                                                         duplicate_of=duplicate_of, contaminated_by=contaminated_by))
     emb_info = embeddings.info
+    # where k-means ran, as the strata that clustered recorded it (an engine's workers may have other
+    # devices than this process); what this process would pick when no stratum clustered
+    ran = sorted({str(s["kmeans_device"]) for s in sel.stats.values() if isinstance(s, dict) and s.get("kmeans_device")})
+    kmeans_dev = ", ".join(ran) or kmeans_device_label(*resolve_kmeans_backend(opts.kmeans_backend, opts.device))
     devices = {"embedding": emb_info.get("device") if emb_info else None,
-               "kmeans": kmeans_device_label(*resolve_kmeans_backend(opts.kmeans_backend, opts.device)) if opts.mode in ("kmeans", "kmeans+greedy") else None,
+               "kmeans": kmeans_dev if opts.mode in ("kmeans", "kmeans+greedy") else None,
                "torch_cuda": cuda_available(only_if_loaded=True)}
     manifest = run_manifest(opts=opts, inputs=inputs, skipped=skipped, score_files=stage_stats["scores_load"]["score_sources"], plan=plan,
                             cats=p_cats, status=sel.status, eligible=eligible, n_selected=selected.size, strata_stats=sel.stats,

@@ -402,7 +402,16 @@ class OnGpu(UnitTask):
     uses_gpu = True
 
     def run(self, unit):
-        return {"y": unit["x"].to_numpy() * 2, "gpu": np.array([os.environ.get("CUDA_VISIBLE_DEVICES")] * unit.height, dtype=object)}
+        from laser_fast.runtime import batching
+
+        return {"y": unit["x"].to_numpy() * 2, "gpu": np.array([os.environ.get("CUDA_VISIBLE_DEVICES")] * unit.height, dtype=object),
+                "share": np.full(unit.height, batching._GPU_SHARE)}
+
+
+class OnCpu(OnGpu):
+    label = "on_cpu"
+    resources = Resources(num_cpus=1.0)
+    uses_gpu = False
 
 
 class NoModel(OnGpu):
@@ -420,6 +429,10 @@ out = ex.map_units(OnGpu(), units)
 assert [len(o["y"]) for o in out] == sizes
 assert all(np.array_equal(o["y"], u["x"].to_numpy() * 2) for o, u in zip(out, units))
 assert ex.describe()["tasks"]["on_gpu"]["num_gpus"] == 0.5 and {g for o in out for g in o["gpu"]} == {"0"}
+# an actor with half a GPU plans its batches within half; one with none sees no GPU (Ray 2.60 no longer hides them)
+assert ex.worker_device == "cuda" and {float(s) for o in out for s in o["share"]} == {0.5}
+cpu = ex.map_units(OnCpu(), units)
+assert {g for o in cpu for g in o["gpu"]} == {""} and {float(s) for o in cpu for s in o["share"]} == {1.0}
 try:
     ex.map_units(NoModel(), units)
 except ModelLoadError as e:
@@ -432,7 +445,8 @@ print("OK")
 def test_gpu_stages_run_on_a_cluster_with_gpus(tmp_path):
     """Ray refuses ``map_batches`` without a batch size where actors ask for GPUs: blocks are padded
     to one length, which is the batch size, so units stay whole. A worker's own error (a model that
-    does not load) reaches the driver as itself. A logical GPU of a fresh local Ray instance."""
+    does not load) reaches the driver as itself. An actor of half a GPU plans its batches within
+    half; an actor of none sees no GPU. A logical GPU of a fresh local Ray instance."""
     pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
     script = tmp_path / "gpu_cluster.py"
     script.write_text(GPU_CLUSTER_SCRIPT)
@@ -440,3 +454,94 @@ def test_gpu_stages_run_on_a_cluster_with_gpus(tmp_path):
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
     assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout[-2000:] + res.stderr[-3000:]
     assert "raised: model '/nope' not found: give a local folder or a hub id" in res.stdout
+
+
+# --------------------------------------------------------------------------------------
+# a driver that plans for GPU workers it does not have (no Ray needed)
+# --------------------------------------------------------------------------------------
+
+class _GpuWorkers:
+    """An engine whose workers hold GPUs, seen from a driver that has none (this machine)."""
+
+    name = "ray"
+    worker_device = "cuda"
+
+
+def test_a_driver_without_a_gpu_plans_for_its_gpu_workers(tmp_path, monkeypatch):
+    """On a Ray driver with no GPU, ``auto`` means the workers' GPUs: the default profile, the
+    scorers' dtype in their fingerprints, their chunk sizes and the judges' backend are chosen
+    for them. A worker whose own choice would differ (another kind of GPU, vLLM missing there)
+    takes the driver's over, so its fingerprint matches; a ``--device cpu`` scorer asks for no GPU."""
+    import pickle
+
+    import torch
+
+    from laser_fast.metrics import ScorerSettings, build_scorer, default_profile
+    from laser_fast.runtime import engine
+    from laser_fast.runtime.devices import planned_device
+    from laser_fast.scorers import judge_backends
+    from laser_fast.scorers.stage import ScoreTask
+
+    if torch.cuda.is_available():
+        pytest.skip("the driver must see no GPU")
+    model = tmp_path / "deita"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    settings = ScorerSettings(models={"deita_quality": str(model)})
+    monkeypatch.setattr(judge_backends, "vllm_installed", lambda: True)  # on the driver
+    here = build_scorer("deita_quality", settings)
+    assert (planned_device(), default_profile(), here.cache_chunk) == ("cpu", "lite", 128)
+    assert "|dtype=float32|" in here.fingerprint and build_scorer("if_quality", settings).backend == "transformers"
+    token = engine._CURRENT.set(_GpuWorkers())
+    try:
+        assert (planned_device(), planned_device("cpu"), default_profile()) == ("cuda", "cpu", "paper")
+        deita, judge = build_scorer("deita_quality", settings), build_scorer("if_quality", settings)
+        assert deita.cache_chunk == 8192 and judge.cache_chunk == 4096
+        assert "|dtype=bfloat16|" in deita.fingerprint and judge.backend == "vllm"
+        tasks = [ScoreTask(s, str(tmp_path / "wd")) for s in (deita, judge)]
+        lite = ScoreTask(build_scorer("lite_difficulty", ScorerSettings(device="cpu")), str(tmp_path / "wd"))
+    finally:
+        engine._CURRENT.reset(token)
+    assert all(t.uses_gpu for t in tasks) and not lite.uses_gpu and lite.resources.num_gpus == 0
+    # a worker: no engine of its own, and no vLLM there; it builds the scorers from the settings
+    monkeypatch.setattr(judge_backends, "vllm_installed", lambda: False)
+    for task in tasks:
+        worker = pickle.loads(pickle.dumps(task))
+        worker.setup()  # raises when the fingerprints differ
+        assert worker._scorer.fingerprint == task.fingerprint
+    assert (worker._scorer.backend, pickle.loads(pickle.dumps(tasks[0])).pins) == ("vllm", {"dtype": "bfloat16"})
+
+
+def test_ray_runs_take_cuda_from_the_cluster_not_this_machine():
+    """``--device cuda`` with ``--engine ray`` is checked against the cluster's GPUs, not the
+    driver's; ``cuda:N`` is refused (every actor sees only its own GPU, as cuda:0)."""
+    import types
+
+    from laser_fast.runtime.devices import check_device
+    from laser_fast.runtime.engine import check_engine_device
+
+    assert check_device("cuda", engine="ray") == "cuda" == check_device("cuda:0", engine="ray")
+    with pytest.raises(ConfigError, match=r"device 'cuda:1': with --engine ray every worker sees only the GPU Ray gives it, as "
+                                          r"cuda:0; use cuda or auto \(--device\)"):
+        SelectOptions(engine="ray", device="cuda:1", budget=10).validate()
+    check_engine_device(_GpuWorkers(), "cuda")
+    check_engine_device(None, "cuda")  # the local engine: check_device looked at this machine
+    with pytest.raises(ConfigError, match="--device cuda: the ray cluster has no GPU; use --device cpu or auto"):
+        check_engine_device(types.SimpleNamespace(name="ray", worker_device="cpu"), "cuda")
+
+
+def test_a_classifier_run_by_workers_is_not_loaded_on_the_driver():
+    """The engine's workers load the classifier; the driver (which may have no GPU) does not."""
+    import numpy as np
+
+    from laser_fast.classifier.models import CATEGORIES, TaskClassifier
+
+    class Remote(TaskClassifier):
+        fingerprint = "remote"
+
+        def _load(self):
+            raise AssertionError("loaded on the driver")
+
+    probs = np.eye(len(CATEGORIES), dtype=np.float32)[[1, 2]]
+    got = Remote(device="cuda").predict_proba(["b text", "a text", "b text"], runner=lambda windows: [probs[: len(w)] for w in windows])
+    assert np.array_equal(got, probs[[1, 0, 1]])

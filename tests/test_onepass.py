@@ -61,6 +61,24 @@ def test_the_classifier_writes_the_instruction_vectors_the_scorer_reads(tmp_path
     assert sc.stats["embedded_texts"] == 3  # only the responses
 
 
+def test_on_a_gpu_the_plain_classifier_computes_its_own_vectors(tmp_path, monkeypatch):
+    """On a GPU the store computes MiniLM in float16; the plain classifier's head reads float32
+    vectors there, as it does without a work directory, so it does not take the store's."""
+    import types
+
+    import torch
+
+    texts = [t for t, r in zip(INST, RESP) if r]
+    shared = load_classifier("minilm").load()
+    shared.store_root = str(tmp_path / "wd")
+    want = shared.embed(texts)  # on the CPU: through the store, the same vectors
+    computed = []
+    monkeypatch.setattr(EmbeddingStore, "get", lambda *a, **k: pytest.fail("read the store's float16 GPU vectors"))
+    monkeypatch.setattr(shared, "_st", types.SimpleNamespace(device=torch.device("cuda", 0)))
+    monkeypatch.setattr(shared, "_encode", lambda views, progress=False: computed.append(views) or want)
+    assert shared.embed(texts) is want and len(computed) == 1
+
+
 def test_a_lite_selection_embeds_every_text_once(tmp_path):
     rows = [json.loads(line) for line in POOL.read_text().splitlines()[:40]]
     f = tmp_path / "pool.jsonl"

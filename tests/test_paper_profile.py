@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models  # noqa: E402
 
-from laser_fast.errors import ConfigError, ModelLoadError  # noqa: E402
+from laser_fast.errors import ConfigError, LaserError, ModelLoadError  # noqa: E402
 from laser_fast.scorers import judge_backends  # noqa: E402
 from laser_fast.scorers.constrained import JSONConstraint, UnsupportedSchema, compile_schema, token_table  # noqa: E402
 from laser_fast.scorers.judges import _CODE_SCHEMA, _IF_CONSTRAINT_SCHEMA, _IF_OVERALL_SCHEMA, IF_LISTED_TYPES, CodeQualityScorer, IFQualityScorer, check_schema  # noqa: E402
@@ -296,7 +296,13 @@ def test_vllm_backend_plumbing_with_a_stand_in_module(monkeypatch, tmp_path):
     assert task.uses_gpu and task.resources.num_gpus == 2.0
     ex = object.__new__(RayExecutor)
     ex.cluster = lambda: {"CPU": 64.0, "GPU": 8.0}
+    ex._node_resources = lambda: [{"CPU": 64.0, "GPU": 8.0}]
     assert ex.plan(task, 100)[0] == 4  # one replica per pair of the node's 8 GPUs
+    # two nodes of one GPU each hold no replica of two: refused, where Ray would wait for ever
+    ex.cluster = lambda: {"CPU": 64.0, "GPU": 2.0}
+    ex._node_resources = lambda: [{"CPU": 32.0, "GPU": 1.0}, {"CPU": 32.0, "GPU": 1.0}]
+    with pytest.raises(LaserError, match=r"needs 2 GPUs on one node \(--judge-gpus\) and the cluster's nodes have at most 1: lower --judge-gpus to 1"):
+        ex.plan(task, 100)
     # releasing shuts each engine down, and the parallel state with the last one
     torn = []
     dist = types.ModuleType("vllm.distributed")
@@ -693,8 +699,9 @@ def test_cuda_batch_tokens_follows_free_memory_and_model_shape():
     model = types.SimpleNamespace(config=cfg, parameters=lambda: iter([torch.zeros(1, dtype=torch.bfloat16)]))
     big = cuda_batch_tokens(model, free_bytes=120 * 2**30)  # an H200 after loading an 8B model
     small = cuda_batch_tokens(model, free_bytes=6 * 2**30)  # a 24 GB card after the same
-    assert big == 262144 and 8192 <= small < big and small % 1024 == 0
-    assert small == (int(0.5 * 6 * 2**30) // per) // 1024 * 1024
+    # a power of two: a little more or less memory free from run to run gives the same batches
+    assert big == 262144 and small == 16384 == 1 << ((int(0.5 * 6 * 2**30) // per).bit_length() - 1)
+    assert cuda_batch_tokens(model, free_bytes=int(6.3 * 2**30)) == cuda_batch_tokens(model, free_bytes=int(5.7 * 2**30)) == small
     assert cuda_batch_tokens(model, free_bytes=10**6) == 8192  # never below the floor
 
 
@@ -714,6 +721,31 @@ def test_cuda_batch_tokens_counts_the_allocators_unused_cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 20 * gib)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 17 * gib)
     assert cuda_batch_tokens(model) == cuda_batch_tokens(model, free_bytes=6 * gib) < 262144
+
+
+def test_a_process_holding_part_of_a_gpu_plans_within_its_part(monkeypatch):
+    """Four Ray actors of a quarter GPU each start on one 80 GB card: each plans with its 20 GB less
+    what it holds (its model), not with the 60 GB all of them see free before the others load."""
+    from transformers import Qwen3Config
+
+    from laser_fast.runtime import batching
+
+    cfg = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8)
+    param = types.SimpleNamespace(element_size=lambda: 2, device=torch.device("cuda", 0))
+    model = types.SimpleNamespace(config=cfg, parameters=lambda: iter([param]))
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (60 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 2 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 2 * gib)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev=None: types.SimpleNamespace(total_memory=80 * gib))
+    whole = batching.cuda_batch_tokens(model, ceiling=2**24)
+    try:
+        batching.hold_gpu_share(0.25)
+        part = batching.cuda_batch_tokens(model, ceiling=2**24)
+    finally:
+        batching.hold_gpu_share(1.0)
+    assert whole == batching.cuda_batch_tokens(model, free_bytes=60 * gib, ceiling=2**24)
+    assert part == batching.cuda_batch_tokens(model, free_bytes=18 * gib, ceiling=2**24) < whole
 
 
 def test_prefetched_chunks_give_the_same_scores(tiny, tmp_path):

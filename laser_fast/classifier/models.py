@@ -158,7 +158,8 @@ class TaskClassifier:
         uniq = sorted({k for k in keyed if k}, key=lambda t: (len(t), t))  # ties by text: the same order in every process
         empty_idx = CATEGORIES.index(EMPTY_LABEL)
         if uniq:
-            self.load()
+            if runner is None:  # with a runner the engine's workers load it, not this process
+                self.load()
             if len(uniq) < n:
                 logger.debug("classifier: %d texts, %d unique non-empty", n, len(uniq))
             w = classify_window()
@@ -332,8 +333,9 @@ class DefaultClassifier(TaskClassifier):
     def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """MiniLM embeddings (L2-normalised) of :func:`embedding_text` of each text.
 
-        With :attr:`store_root` set (a work directory), they come from and go to its embedding
-        store under the ``instruction`` field: the ``onepass`` scorer reads the same vectors. A
+        With :attr:`store_root` set (a work directory) and the model on the CPU, they come from and
+        go to its embedding store under the ``instruction`` field: the ``onepass`` scorer reads the
+        same vectors (on a GPU the store computes them in float16, so the head computes its own). A
         head with fine-tuned layers (``tuned_layers`` in ``meta.json``) has its own vectors: one
         pass yields them and, on the CPU (where the store's vectors are exact float32 too), the
         plain ones of the texts the store lacks, which go to the store.
@@ -346,6 +348,8 @@ class DefaultClassifier(TaskClassifier):
 
         store = EmbeddingStore(self.store_root)
         if self._branched is None:
+            if not str(self._st.device).startswith("cpu"):  # the store's GPU vectors come from MiniLM in float16,
+                return self._encode(prepared, progress)  # the head reads float32 ones there as without a work directory
             arr, _info = store.get(prepared, field="instruction", device=self.device, show_progress=progress,
                                    keep=False)  # a window: no request file of its own
             return np.asarray(arr, dtype=np.float32)

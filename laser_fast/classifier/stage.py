@@ -127,7 +127,7 @@ class ClassifyTask(UnitTask):
         self.store_root = store_root
         self.trust_remote_code = tuple(trust_remote_code)
         self.resources = CLASSIFY.resources
-        self.uses_gpu = str(device or "") != "cpu"
+        self.uses_gpu = not str(device or "").startswith("cpu")
 
     def memory_mb(self) -> int:  # the classifier's estimate (load_classifier is lazy: nothing loads here)
         from laser_fast.classifier.memory import classifier_memory_mb
@@ -189,9 +189,13 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
     found, vals = cache.lookup(keys, keys)
     miss = np.flatnonzero(~found)
     if miss.size:
+        from laser_fast.runtime.engine import current_executor
+
         run_clf = clf
         if hasattr(clf, "store_root"):  # instruction vectors shared with the onepass scorer through the embedding store
-            run_clf = copy.copy(clf.load())  # the process-wide default keeps its loaded model and no work directory
+            # the process-wide default keeps its loaded model and no work directory; loaded here only
+            # when it runs here (an engine's workers load their own: this process may have no GPU)
+            run_clf = copy.copy(clf if current_executor() is not None else clf.load())
             run_clf.store_root = str(workdir)
         labs, cf = classify_conversations([sub[i] for i in miss], classifier=run_clf, batch_size=opts.batch_size,
                                           show_progress=opts.show_progress, source=(opts.classifier, opts.device, tuple(opts.trust_remote_code)))

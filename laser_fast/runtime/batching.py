@@ -266,20 +266,38 @@ def activation_bytes_per_token(config, *, kv_cache: bool = False, bytes_per_valu
     return per * int(bytes_per_value)
 
 
+#: The share of its GPU this process holds (a Ray actor given a fraction of one); budgets plan
+#: within it (:func:`hold_gpu_share`).
+_GPU_SHARE = 1.0
+
+
+def hold_gpu_share(share: float) -> None:
+    """Say that this process holds ``share`` of its GPU (0 < share < 1: a Ray actor of a
+    fractional GPU; anything else: the whole GPU). :func:`cuda_batch_tokens` then plans with at
+    most that share of the GPU's memory, less what this process already holds, instead of all
+    the memory free now, which the other actors on the GPU are about to take too."""
+    global _GPU_SHARE
+    _GPU_SHARE = float(share) if 0 < float(share) < 1 else 1.0
+
+
 def cuda_batch_tokens(model, *, kv_cache: bool = False, share: float = 0.5, floor: int = 8192,
                       ceiling: int = 262144, free_bytes: int | None = None) -> int:
     """A token budget per batch from the free GPU memory and the model's shape.
 
     ``share`` of the memory free now (after the model is loaded) divided by
-    :func:`activation_bytes_per_token`, rounded down to a multiple of 1,024 and kept within
+    :func:`activation_bytes_per_token`, rounded down to a power of two and kept within
     ``[floor, ceiling]``. On an H200 with an 8B model this gives the ceiling; on a 24 GB card
-    with the same model, a few tens of thousands of tokens.
+    with the same model, 16,384 tokens. The power of two keeps the budget, and so the batches
+    and the bits of every score, the same from run to run when a little more or less memory is
+    free; ``batch_tokens`` pins it for byte-identical runs on a GPU that other work shares.
 
     Args:
         model: a loaded model (its ``config`` and dtype are read).
         kv_cache: count the key/value cache too (generation).
         free_bytes: the free memory to plan with (None = ``torch.cuda.mem_get_info`` on the
-            model's device, plus the memory torch's allocator has cached there but not in use).
+            model's device, plus the memory torch's allocator has cached there but not in use;
+            in a process holding a share of its GPU, :func:`hold_gpu_share`, at most that share
+            of the GPU's memory less what this process has allocated).
     """
     bpv = 2
     try:
@@ -297,7 +315,10 @@ def cuda_batch_tokens(model, *, kv_cache: bool = False, share: float = 0.5, floo
         # earlier model or batch in this process, which the driver counts as taken)
         free_bytes = int(torch.cuda.mem_get_info(dev)[0])
         free_bytes += max(0, int(torch.cuda.memory_reserved(dev)) - int(torch.cuda.memory_allocated(dev)))
+        if _GPU_SHARE < 1:  # the other actors on this GPU take the rest
+            mine = int(_GPU_SHARE * torch.cuda.get_device_properties(dev).total_memory) - int(torch.cuda.memory_allocated(dev))
+            free_bytes = min(free_bytes, max(0, mine))
     per = activation_bytes_per_token(model.config, kv_cache=kv_cache, bytes_per_value=bpv)
     bt = int(share * free_bytes) // max(1, per)
-    bt = (bt // 1024) * 1024
+    bt = 1 << (bt.bit_length() - 1) if bt > 0 else 0
     return int(max(floor, min(ceiling, bt)))

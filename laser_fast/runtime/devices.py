@@ -43,12 +43,36 @@ def torch_device(device: str | None = None) -> str:
     return str(device)
 
 
+def planned_device(device: str | None = None) -> str:
+    """The device a model of this run will run on, as the process that plans the run sees it.
+
+    An explicit device is used as given. ``None`` / ``""`` / ``"auto"``: the device of the run's
+    engine's workers when an engine runs the models elsewhere (the Ray engine: ``cuda`` when its
+    cluster has GPUs, whatever this machine has; see ``RayExecutor.worker_device``), else
+    :func:`torch_device` here. The choices a driver makes from the device before any model
+    loads (the dtype in a fingerprint, a judge's backend, the records per cached chunk, the
+    default profile) use it, so a driver without a GPU plans for its GPU workers; the process
+    that loads a model asks :func:`torch_device`.
+    """
+    if device in AUTO:
+        from laser_fast.runtime.engine import current_executor
+
+        worker = getattr(current_executor(), "worker_device", None)
+        if worker:
+            return str(worker)
+    return torch_device(device)
+
+
 _RE_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|mtia)(:\d+)?")
 
 
-def check_device(device: str | None) -> str | None:
+def check_device(device: str | None, *, engine: str | None = None) -> str | None:
     """Check a device option before any work: a torch device type (``cpu``, ``cuda``, ``cuda:1``,
     ``mps``, ...) or ``auto``; a CUDA device must exist. Returns the device (``None`` for auto).
+
+    With ``engine="ray"`` the models run on the cluster's actors, each of which sees only the GPUs
+    Ray gave it (as ``cuda:0``, ...): ``cuda`` is taken whatever this machine has (the engine
+    checks the cluster's GPUs when the run starts), ``cuda:N`` is refused.
 
     Raises:
         ValueError: the message says what to use instead.
@@ -58,6 +82,11 @@ def check_device(device: str | None) -> str | None:
     dev = str(device).strip().lower()
     if not _RE_DEVICE.fullmatch(dev):
         raise ValueError(f"device {device!r} is not a torch device: use cpu, cuda, cuda:N, mps or auto")
+    if engine == "ray" and dev.startswith("cuda"):
+        if dev not in ("cuda", "cuda:0"):
+            raise ValueError(f"device {device!r}: with --engine ray every worker sees only the GPU Ray gives it, as cuda:0; "
+                             "use cuda or auto")
+        return "cuda"
     if dev.startswith("cuda"):
         import torch
 

@@ -134,6 +134,21 @@ def use_engine(engine: str | None, *, address: str | None = None) -> Iterator[Ex
         _CURRENT.reset(token)
 
 
+def check_engine_device(ex: Executor | None, device: str | None) -> None:
+    """With a remote engine, an explicit CUDA device needs GPUs where the models run (the driver
+    may have none: :func:`~laser_fast.runtime.devices.check_device` left that to here).
+
+    Raises:
+        ConfigError: the engine's workers have no GPU; names what to use instead.
+    """
+    worker = getattr(ex, "worker_device", None)
+    if worker and str(device or "").startswith("cuda") and not str(worker).startswith("cuda"):
+        from laser_fast.errors import ConfigError
+
+        raise ConfigError(f"--device {device}: the {getattr(ex, 'name', 'engine')} cluster has no GPU; use --device cpu or auto, "
+                          "or add nodes with GPUs")
+
+
 def describe_engine(ex: Executor | None) -> dict[str, Any]:
     """The manifest's ``engine`` entry."""
     return {"name": "local"} if ex is None else ex.describe()

@@ -100,9 +100,13 @@ def _padded(block, rows: int):
 class _UnitWorker:
     """The class UDF: one per actor; sets the task up once and runs every unit of each batch."""
 
-    def __init__(self, task: UnitTask, fault: str | None = None):
+    def __init__(self, task: UnitTask, fault: str | None = None, gpu_share: float = 0.0):
         self.task = task
         self.fault = fault
+        if 0 < gpu_share < 1:  # its batches plan within its share of the GPU, not all that is free now
+            from laser_fast.runtime.batching import hold_gpu_share
+
+            hold_gpu_share(gpu_share)
         self.ready = False
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -210,6 +214,16 @@ class RayExecutor:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         self.fault = os.environ.get(FAULT_ENV)
         self.tasks: dict[str, dict[str, Any]] = {}
+        self._worker_device: str | None = None
+
+    @property
+    def worker_device(self) -> str:
+        """Where this run's models run: ``cuda`` when the cluster has GPUs (the model tasks' actors
+        then hold one, or a share of one), else ``cpu``; read once per executor, so every scorer
+        of a run plans for the same (:func:`~laser_fast.runtime.devices.planned_device`)."""
+        if self._worker_device is None:
+            self._worker_device = "cuda" if self.cluster()["GPU"] > 0 else "cpu"
+        return self._worker_device
 
     def cluster(self) -> dict[str, Any]:
         import ray
@@ -218,6 +232,12 @@ class RayExecutor:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         return {"nodes": len(nodes), "CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0)),
                 "memory_gb": round(float(res.get("memory", 0)) / 2**30, 1), "ray_version": ray.__version__}
+
+    def _node_resources(self) -> list[dict[str, float]]:
+        """The resources of each live node of the cluster (``CPU``, ``GPU``, ``memory``, ...)."""
+        import ray
+
+        return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
 
     def plan(self, task: UnitTask, n_units: int) -> tuple[int, float, float, int]:
         """``(actors, num_cpus, num_gpus, memory_mb)`` for ``n_units`` units of ``task`` on this
@@ -235,12 +255,19 @@ class RayExecutor:
         mem = int(task.memory_mb()) if self.reserve_memory and not use_gpu else 0
         if use_gpu:
             slots = int(c["GPU"] // ngpu)
-        elif mem:
-            import ray
+            if ngpu > 1:  # an actor's GPUs come from one node (Ray would wait for such a node for ever)
+                per_node = [float(n.get("GPU", 0)) for n in self._node_resources()]
+                most = max(per_node, default=0.0)
+                if most < ngpu:
+                    from laser_fast.errors import LaserError
 
+                    raise LaserError(f"--engine ray: a worker of {task.label} needs {ngpu:g} GPUs on one node (--judge-gpus) and "
+                                     f"the cluster's nodes have at most {most:g}: lower --judge-gpus to {max(int(most), 1)} or add a "
+                                     "node with that many GPUs")
+                slots = sum(int(g // ngpu) for g in per_node)
+        elif mem:
             # the nodes that can run a CPU actor at all (a head node may have no CPUs for work)
-            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-            nodes = [n for n in nodes if float(n.get("CPU", 0)) >= ncpu]
+            nodes = [n for n in self._node_resources() if float(n.get("CPU", 0)) >= ncpu]
             slots = sum(min(int(n.get("CPU", 0) // max(ncpu, 1e-3)), int(n.get("memory", 0) // (mem * 2**20))) for n in nodes)
             if not nodes:  # none yet (an autoscaling cluster): one actor, which Ray places when a node joins
                 slots = 1
@@ -277,9 +304,14 @@ class RayExecutor:
             blocks.append(pa.concat_tables(tabs))
         rows = max(1, max(b.num_rows for b in blocks))
         blocks = [_padded(b, rows) for b in blocks]
+        remote: dict[str, Any] = {"memory": mem * 2**20} if mem else {}
+        if not ngpu and self.worker_device == "cuda":
+            # Ray (2.60 on) no longer hides the GPUs from an actor that asks for none: a CPU worker
+            # would compute on a GPU it did not reserve (torch or faiss-gpu k-means, a model on auto)
+            remote["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
         ds = ray.data.from_arrow(blocks).map_batches(
-            _UnitWorker, fn_constructor_kwargs={"task": task, "fault": self.fault}, batch_size=rows, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ncpu, num_gpus=ngpu, **({"memory": mem * 2**20} if mem else {}))
+            _UnitWorker, fn_constructor_kwargs={"task": task, "fault": self.fault, "gpu_share": ngpu}, batch_size=rows,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ncpu, num_gpus=ngpu, **remote)
         got = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         for t in got:
             if "_error" in t.column_names:

@@ -28,7 +28,7 @@ class StratumTask(UnitTask):
     def __init__(self, opts, unit_tokens: bool):
         self.opts, self.unit_tokens = opts, bool(unit_tokens)
         self.resources = Resources(num_cpus=1, num_gpus=1.0, row_wise=False)
-        self.uses_gpu = str(opts.device or "") != "cpu" and opts.kmeans_backend != "faiss"
+        self.uses_gpu = not str(opts.device or "").startswith("cpu") and opts.kmeans_backend != "faiss"
 
     def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
         from laser_fast.sampling.stratum import select_stratum

@@ -70,7 +70,7 @@ class EmbedTask(UnitTask):
         self.root, self.model, self.model_label, self.field = str(root), model, label, field
         self.batch_tokens, self.max_batch_size, self.chunk_rows, self.device, self.dtype = batch_tokens, max_batch_size, chunk_rows, device, dtype
         self.resources = Resources(num_cpus=1, num_gpus=0.25)  # a small model: four workers share a GPU
-        self.uses_gpu = str(device or "") != "cpu"
+        self.uses_gpu = not str(device or "").startswith("cpu")
 
     def memory_mb(self) -> int:  # the embedder's estimate
         from laser_fast.runtime.model_memory import model_mb

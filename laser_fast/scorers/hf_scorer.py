@@ -13,7 +13,7 @@ import polars as pl
 from laser_fast._version import __version__
 from laser_fast.errors import ConfigError, ModelLoadError
 from laser_fast.runtime.batching import MIN_FILL, cuda_batch_tokens, new_stats, run_batched
-from laser_fast.runtime.devices import torch_device
+from laser_fast.runtime.devices import planned_device, torch_device, torch_dtype
 from laser_fast.runtime.kernels import offsets_from_lengths, segment_mean
 from laser_fast.runtime.models import free_cuda_cache, load_hf, remote_code_allowed
 from laser_fast.scorers.base import Scorer
@@ -139,7 +139,25 @@ class _HFScorer(Scorer):
     @property
     def fingerprint(self) -> str:
         return (f"{self.name}|model={self._model_key()}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
-                f"|max_length={self.max_length}|turns={self.turns}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")
+                f"|max_length={self.max_length}|turns={self.turns}|dtype={self.resolved_dtype()}|v{__version__}")
+
+    def resolved_dtype(self) -> str:
+        """The dtype the model runs in: ``dtype``, else the policy
+        (:func:`~laser_fast.runtime.devices.torch_dtype`: bfloat16 on a GPU that computes in it,
+        float32 elsewhere) for the device the run plans for (:func:`planned_device`: on a Ray
+        driver, its workers'). Part of the fingerprint: scores of two dtypes differ in their last
+        digits, so a cache never mixes them (a GPU run and a CPU run over one work directory)."""
+        if self.dtype:
+            return self.dtype
+        return str(torch_dtype(planned_device(self.device))).replace("torch.", "")
+
+    def worker_pins(self) -> dict:
+        return {"dtype": self.resolved_dtype()}  # a worker with another kind of GPU computes in the driver's
+
+    def apply_pins(self, pins: dict) -> None:
+        if pins["dtype"] != self.dtype:  # the pins come from worker_pins of this class on the driver
+            self.release()
+            self.dtype = pins["dtype"]
 
     # -- loading --------------------------------------------------------------------
     @property
@@ -169,8 +187,9 @@ class _HFScorer(Scorer):
     @property
     def cache_chunk(self) -> int:
         """Records per cached shard in a scoring run: 8192 on CUDA (a chunk bounds the batches, and
-        small ones would leave the GPU idle; a crash loses at most one chunk), 128 on the CPU."""
-        return 8192 if torch_device(self.device).startswith("cuda") else 128
+        small ones would leave the GPU idle; a crash loses at most one chunk), 128 on the CPU. The
+        driver cuts the chunks, for the device its engine's workers have (:func:`planned_device`)."""
+        return 8192 if planned_device(self.device).startswith("cuda") else 128
 
     @property
     def remote_code(self) -> bool:

@@ -48,7 +48,8 @@ def resolve_backend(backend: str | None, base_url: str | None = None, device: st
 
     ``backend`` as given when set (checked); else ``openai`` when a judge URL is given (the
     argument or ``LASER_FAST_JUDGE_URL``), else ``vllm`` when it is installed and the judge runs
-    on the first GPU (``device`` unset with a GPU torch sees, ``cuda`` or ``cuda:0``: see
+    on the first GPU (``device`` unset with a GPU torch sees, or the Ray engine's GPU workers,
+    :func:`~laser_fast.runtime.devices.planned_device`; ``cuda`` or ``cuda:0``: see
     :func:`vllm_device_problem`), else ``transformers``.
 
     Raises:
@@ -63,9 +64,10 @@ def resolve_backend(backend: str | None, base_url: str | None = None, device: st
         return b
     if base_url or os.environ.get("LASER_FAST_JUDGE_URL"):
         return "openai"
-    from laser_fast.runtime.devices import torch_device
+    from laser_fast.runtime.devices import planned_device
 
-    if vllm_installed() and torch_device(device).startswith("cuda") and vllm_device_problem(device) is None:
+    # for the engine's GPU workers when they run the judge (workers take the driver's choice over)
+    if vllm_installed() and planned_device(device).startswith("cuda") and vllm_device_problem(device) is None:
         return "vllm"
     return "transformers"
 

@@ -105,6 +105,17 @@ class JudgeScorer(Scorer):
                                         "failures": 0, "unparsable": 0, "fallbacks": 0, "seconds": 0.0,
                                         "prompt_tokens": 0, "completion_tokens": 0}
 
+    def worker_pins(self) -> dict:
+        # the backend ``auto`` chose on the driver (for its engine's workers): a worker whose own
+        # choice would differ (vLLM installed there, a GPU seen) answers with the driver's
+        return {"backend": self.backend}
+
+    def apply_pins(self, pins: dict) -> None:
+        if pins["backend"] != self.backend:  # the pins come from worker_pins of this class on the driver
+            self.release()
+            self._client = None
+            self.backend = pins["backend"]
+
     # ---- plumbing ----------------------------------------------------------------------------
 
     @property
@@ -124,9 +135,9 @@ class JudgeScorer(Scorer):
         if self.backend == "vllm":
             return 4096
         if self.backend == "transformers":
-            from laser_fast.runtime.devices import torch_device
+            from laser_fast.runtime.devices import planned_device
 
-            return 1024 if torch_device(self.device).startswith("cuda") else 128
+            return 1024 if planned_device(self.device).startswith("cuda") else 128
         return 128
 
     @property

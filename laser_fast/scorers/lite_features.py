@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from laser_fast.runtime.devices import cpu_bf16_supported, torch_device
+from laser_fast.runtime.devices import cpu_bf16_supported, planned_device, torch_device
 from laser_fast.runtime.models import load_sentence_model, load_smollm2
 from laser_fast.runtime.progress import progress_iter
 
@@ -246,7 +246,7 @@ def auto_dtype(device: str | None) -> str:
     """SmolLM2's dtype when none is given: bfloat16 on a GPU that computes in it
     (:func:`~laser_fast.runtime.devices.torch_dtype`) and on a CPU that multiplies it natively
     (:func:`~laser_fast.runtime.devices.cpu_bf16_supported`), else float32."""
-    dev = torch_device(device)
+    dev = planned_device(device)  # on a Ray driver: its GPU workers' device
     if dev.startswith("cuda"):
         import torch
 

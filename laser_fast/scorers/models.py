@@ -624,4 +624,4 @@ class IFDScorer(_HFScorer):
     @property
     def fingerprint(self) -> str:  # no turns: IFD always reads the last exchange
         return (f"{self.name}|model={self._model_key()}@{self.revision or 'main'}|tpl={_sha(self._template_text())}"
-                f"|max_length={self.max_length}{'|dtype=' + self.dtype if self.dtype else ''}|v{__version__}")
+                f"|max_length={self.max_length}|dtype={self.resolved_dtype()}|v{__version__}")

@@ -203,6 +203,15 @@ def _score_unit(scorer: Scorer, cache: ScoreCache, batch: pl.DataFrame, ids: lis
     return res
 
 
+def scorer_device(scorer: Scorer) -> str:
+    """The device a scorer was asked to run on (``""``: auto), also for one that wraps another
+    (``lite_difficulty`` holds its IFD scorer)."""
+    dev = getattr(scorer, "device", None)
+    if dev is None and getattr(scorer, "ifd", None) is not None:
+        dev = getattr(scorer.ifd, "device", None)
+    return str(dev or "").strip().lower()
+
+
 class ScoreTask(UnitTask):
     """One scorer's chunks on an engine's workers: each worker builds the scorer once (same name,
     settings and fingerprint as the driver's), scores its chunks and writes them to the shared
@@ -216,7 +225,7 @@ class ScoreTask(UnitTask):
         self.label = f"score:{scorer.name}"
         # its model runs on a GPU when the cluster has one, unless the run pins the CPU
         share = float(getattr(scorer, "gpu_share", 0.0) or 0.0)
-        self.uses_gpu = share > 0 and str(getattr(scorer, "device", None) or "") != "cpu"
+        self.uses_gpu = share > 0 and not scorer_device(scorer).startswith("cpu")
         base = MODEL_SCORES.resources
         self.resources = Resources(num_cpus=base.num_cpus, num_gpus=share if self.uses_gpu else 0.0)
         self._scorer = scorer if built is None else None  # a scorer not built from the registry travels as it is
