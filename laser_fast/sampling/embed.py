@@ -324,9 +324,27 @@ class _Encoder:
 
         def forward(rows: np.ndarray) -> np.ndarray:
             fw = np.repeat(rows, 2) if self.exact and rows.size == 1 else rows  # at least two rows (see exact)
-            with torch.inference_mode():  # thread-local: set in each worker thread
-                e = self.forward_batch(texts, ids, off, fw)
-            return np.asarray(e, dtype=np.float32)[:rows.size]
+            try:
+                with torch.inference_mode():  # thread-local: set in each worker thread
+                    e = self.forward_batch(texts, ids, off, fw)
+                return np.asarray(e, dtype=np.float32)[:rows.size]
+            except torch.cuda.OutOfMemoryError as err:
+                oom = (str(err).splitlines() or [""])[0][:200]
+            # after the except block, whose traceback held the failed forward's tensors: the budget
+            # is planned from the free memory, not measured, so a batch that does not fit (other
+            # work took the GPU's memory meanwhile) runs again as two halves
+            torch.cuda.empty_cache()
+            if rows.size == 1:
+                from laser_fast.errors import LaserError
+
+                raise LaserError(f"embedding: one text of {int(lens[rows[0]]):,} tokens does not fit in the GPU's free memory ({oom}); "
+                                 "free the GPU or embed on the CPU (--device cpu)")
+            logger.warning("embedding: a batch of %d texts (%d tokens) ran out of GPU memory; it runs again as two halves",
+                           rows.size, int(lens[rows].sum()))
+            if stats is not None:
+                stats["oom_splits"] = stats.get("oom_splits", 0) + 1
+            half = rows.size // 2
+            return np.concatenate([forward(rows[:half]), forward(rows[half:])])
 
         with one_thread_per_forward(self.exact and self.device.startswith("cpu"), side_by_side=bool(self.fast)) as run_all:
             for rows, e in run_all(forward, self.plan(lens, sort)):
