@@ -338,7 +338,7 @@ def cmd_classify(a) -> int:
     out = Path(a.output)
     check_output_dir(out.parent, a.inputs, names=[out.name], option="--output")  # before any work: writable, not an input
     from laser_fast.config import SelectOptions
-    from laser_fast.runtime.engine import use_engine
+    from laser_fast.runtime.engine import check_engine_device, use_engine
 
     kw = {} if a.max_record_bytes is None else {"max_record_bytes": a.max_record_bytes}
     if a.batch_size is not None:
@@ -346,10 +346,11 @@ def cmd_classify(a) -> int:
     opts = SelectOptions(budget=0, device=a.device, **_engine_kw(a), **kw).validate()
     recs, skipped = read_records(a.inputs, schema=a.schema, skip_invalid=a.skip_invalid, max_record_bytes=opts.max_record_bytes)
     trust = tuple(a.trust_remote_code or ())
-    clf = load_classifier(a.classifier, device=a.device, trust_remote_code=trust)
-    with use_engine(opts.engine, address=opts.ray_address):  # the classifier's windows run on the engine's workers
+    clf = load_classifier(a.classifier, device=opts.device, trust_remote_code=trust)
+    with use_engine(opts.engine, address=opts.ray_address) as ex:  # the classifier's windows run on the engine's workers
+        check_engine_device(ex, opts.device)
         labels, conf = classify_conversations(recs["user_turns"].to_list(), classifier=clf, batch_size=opts.batch_size,
-                                              source=(a.classifier, a.device, trust))
+                                              source=(a.classifier, opts.device, trust))
     detected = detect_languages(recs["instruction"].to_list())
     codes = detected[0]
     eng = keep_languages(recs["instruction"].to_list(), ("en",), detected=detected)

@@ -225,12 +225,8 @@ def _run_selection(data, opts: SelectOptions, *, workdir: str | None = None) -> 
                                                         metrics=metrics, raw=raw, scaled=scaled, language=cols.get("language"),
                                                         duplicate_of=duplicate_of, contaminated_by=contaminated_by))
     emb_info = embeddings.info
-    # where k-means ran, as the strata that clustered recorded it (an engine's workers may have other
-    # devices than this process); what this process would pick when no stratum clustered
-    ran = sorted({str(s["kmeans_device"]) for s in sel.stats.values() if isinstance(s, dict) and s.get("kmeans_device")})
-    kmeans_dev = ", ".join(ran) or kmeans_device_label(*resolve_kmeans_backend(opts.kmeans_backend, opts.device))
     devices = {"embedding": emb_info.get("device") if emb_info else None,
-               "kmeans": kmeans_dev if opts.mode in ("kmeans", "kmeans+greedy") else None,
+               "kmeans": kmeans_device_label(*resolve_kmeans_backend(opts.kmeans_backend, opts.device)) if opts.mode in ("kmeans", "kmeans+greedy") else None,
                "torch_cuda": cuda_available(only_if_loaded=True)}
     manifest = run_manifest(opts=opts, inputs=inputs, skipped=skipped, score_files=stage_stats["scores_load"]["score_sources"], plan=plan,
                             cats=p_cats, status=sel.status, eligible=eligible, n_selected=selected.size, strata_stats=sel.stats,

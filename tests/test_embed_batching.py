@@ -408,7 +408,7 @@ def test_an_embedding_batch_out_of_gpu_memory_runs_again_in_halves(model, caplog
 
     def limited(limit):
         def forward_batch(texts_, ids_, off_, rows):
-            (failed if rows.size > limit else ran).append(rows.size)
+            (failed if rows.size > limit else ran).append(rows)
             if rows.size > limit:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
             return real(texts_, ids_, off_, rows)
@@ -419,7 +419,11 @@ def test_an_embedding_batch_out_of_gpu_memory_runs_again_in_halves(model, caplog
     with caplog.at_level("WARNING", logger="laser_fast.sampling.embed"):
         got = enc.run(texts, ids, off, stats=stats)
     assert failed and stats["oom_splits"] == len(failed) == caplog.text.count("ran out of GPU memory")
-    assert sum(ran) == len(texts) and max(ran) <= 3 and stats["records"] == len(texts)
+    assert sorted(np.concatenate(ran).tolist()) == list(range(len(texts))) and max(r.size for r in ran) <= 3
+    # the stats count the forwards that ran, each padded to its longest text
+    lens = off[1:] - off[:-1]
+    assert (stats["records"], stats["tokens"]) == (len(texts), int(lens.sum()))
+    assert (stats["forward_passes"], stats["padded_tokens"]) == (len(ran), sum(r.size * int(lens[r].max()) for r in ran))
     np.testing.assert_allclose(got, want, atol=1e-5)  # the same texts in smaller padded batches
     enc.forward_batch = limited(0)
     with pytest.raises(LaserError, match="embedding: one text of .* tokens does not fit in the GPU's free memory"):

@@ -372,6 +372,30 @@ def test_cpu_actors_reserve_memory_on_a_real_instance(ray_local):
         ex.map_units(task, units)
 
 
+def test_units_may_count_different_figures(ray_local):
+    """A figure first counted part-way through a run (``oom_splits``: a batch that ran out of GPU
+    memory) is missing from the earlier units' stats: the units still come back, and the figure
+    is summed over the units that have it."""
+    import numpy as np
+    import polars as pl
+
+    from laser_fast.runtime.engine import UnitTask, stat_columns, summed_stats
+    from laser_fast.runtime.ray_engine import RayExecutor
+
+    class Counts(UnitTask):
+        label = "counts"
+
+        def run(self, unit):
+            x = unit["x"].to_numpy()
+            figures = {"records": x.size, **({"oom_splits": 1} if x[0] % 2 else {})}
+            return {"y": x + 1, **stat_columns(x.size, figures)}
+
+    units = [pl.DataFrame({"x": np.arange(3, dtype=np.int64) + 10 * i + (i % 2)}) for i in range(4)]
+    out = RayExecutor(max_actors=1).map_units(Counts(), units)
+    assert all(np.array_equal(o["y"], u["x"].to_numpy() + 1) for o, u in zip(out, units))
+    assert summed_stats(out) == {"records": 12.0, "oom_splits": 2.0}
+
+
 def test_scaling_over_workers_keeps_every_score(ray_local, monkeypatch):
     """The ``ray`` benchmark's scaling part: the same chunks on 1 and 2 capped actor pools use that
     many actors and give the same scores bit for bit (tiny models of the GPU benchmark on CPUs)."""
@@ -512,6 +536,23 @@ def test_a_driver_without_a_gpu_plans_for_its_gpu_workers(tmp_path, monkeypatch)
     assert (worker._scorer.backend, pickle.loads(pickle.dumps(tasks[0])).pins) == ("vllm", {"dtype": "bfloat16"})
 
 
+def test_a_driver_with_an_older_gpu_plans_bfloat16_for_its_workers(monkeypatch):
+    """The driver's own GPU (a T4: float32 by the policy) says nothing of its workers' GPUs."""
+    import torch
+
+    from laser_fast.runtime import devices, engine
+    from laser_fast.scorers.lite_features import auto_dtype
+
+    monkeypatch.setattr(devices, "torch_dtype", lambda device: torch.float32)  # a T4 here
+    monkeypatch.setattr(devices, "cuda_available", lambda **kw: True)
+    assert devices.planned_dtype(None) == torch.float32 and auto_dtype(None) == "float32"  # this machine's card
+    token = engine._CURRENT.set(_GpuWorkers())
+    try:
+        assert devices.planned_dtype(None) == devices.planned_dtype("cuda") == torch.bfloat16 and auto_dtype(None) == "bfloat16"
+    finally:
+        engine._CURRENT.reset(token)
+
+
 def test_ray_runs_take_cuda_from_the_cluster_not_this_machine():
     """``--device cuda`` with ``--engine ray`` is checked against the cluster's GPUs, not the
     driver's; ``cuda:N`` is refused (every actor sees only its own GPU, as cuda:0)."""
@@ -528,6 +569,49 @@ def test_ray_runs_take_cuda_from_the_cluster_not_this_machine():
     check_engine_device(None, "cuda")  # the local engine: check_device looked at this machine
     with pytest.raises(ConfigError, match="--device cuda: the ray cluster has no GPU; use --device cpu or auto"):
         check_engine_device(types.SimpleNamespace(name="ray", worker_device="cpu"), "cuda")
+
+
+def test_the_driver_leaves_the_classifier_to_the_workers(tmp_path, monkeypatch):
+    """With an engine, the classifier is loaded by the workers (here: in this process, with no
+    engine of their own) and not by the driver, which may have no GPU; same categories as the
+    local engine's."""
+    import numpy as np
+
+    from laser_fast.classifier import models as C
+    from laser_fast.classifier.stage import classify_pool
+    from laser_fast.io.ingest import read_records
+    from laser_fast.runtime import engine
+
+    class Here:
+        name = "here"
+
+        def map_units(self, task, units):
+            token = engine._CURRENT.set(None)  # a worker's process: no engine of its own
+            try:
+                task.setup()
+                return [task.run(u) for u in units]
+            finally:
+                engine._CURRENT.reset(token)
+
+    loads = []
+    real = C.DefaultClassifier._load
+
+    def load(self):
+        loads.append("driver" if engine.current_executor() is not None else "worker")
+        return real(self)
+
+    monkeypatch.setattr(C.DefaultClassifier, "_load", load)
+    recs, _ = read_records(EXAMPLE[:1])
+    opts = SelectOptions(budget=1, classifier="minilm", device="cpu", show_progress=False).validate()
+    local = classify_pool(recs, None, opts, str(tmp_path / "local"))
+    assert loads == ["worker"]  # no engine: this process is the worker
+    token = engine._CURRENT.set(Here())
+    try:
+        remote = classify_pool(recs, None, opts, str(tmp_path / "remote"))
+    finally:
+        engine._CURRENT.reset(token)
+    assert loads == ["worker", "worker"]
+    assert list(remote[0]) == list(local[0]) and np.array_equal(remote[1], local[1])
 
 
 def test_a_classifier_run_by_workers_is_not_loaded_on_the_driver():

@@ -25,9 +25,10 @@ MIN_FILL = 0.9
 
 
 def new_stats() -> dict[str, float]:
-    """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds, and
-    ``truncated`` (inputs cut to the scorer's ``max_length`` before scoring)."""
-    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "truncated": 0}
+    """Zeroed scorer stats: records, forward_passes, tokens, padded_tokens, seconds,
+    ``truncated`` (inputs cut to the scorer's ``max_length`` before scoring) and ``oom_splits``
+    (batches run again as two halves after running out of GPU memory)."""
+    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "truncated": 0, "oom_splits": 0}
 
 
 def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: float = MIN_FILL,

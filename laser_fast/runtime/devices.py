@@ -63,6 +63,21 @@ def planned_device(device: str | None = None) -> str:
     return torch_device(device)
 
 
+def planned_dtype(device: str | None = None):
+    """:func:`torch_dtype` for :func:`planned_device`: on the driver of an engine whose workers run
+    the models on GPUs, bfloat16 without asking this machine's own GPU, which says nothing of
+    theirs (a driver with a T4 in front of H100 workers)."""
+    dev = planned_device(device)
+    if dev.startswith("cuda"):
+        from laser_fast.runtime.engine import current_executor
+
+        if getattr(current_executor(), "worker_device", None):
+            import torch
+
+            return torch.bfloat16
+    return torch_dtype(dev)
+
+
 _RE_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|mtia)(:\d+)?")
 
 

@@ -232,7 +232,8 @@ def summed_stats(parts: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
     for part in parts:
         for k, v in part.items():
             if k.startswith(STAT_PREFIX):
-                tot[k[len(STAT_PREFIX):]] = tot.get(k[len(STAT_PREFIX):], 0.0) + float(np.asarray(v).sum())
+                # nansum: a figure a unit did not name came back as nulls (NaN) from the engine
+                tot[k[len(STAT_PREFIX):]] = tot.get(k[len(STAT_PREFIX):], 0.0) + float(np.nansum(np.asarray(v, dtype=np.float64)))
     return tot
 
 

@@ -152,7 +152,8 @@ class _UnitWorker:
                     raise RuntimeError(f"{self.task.label} returned {len(v)} values of {k} for a unit of {want} rows")
                 cols[k] = _arrow_column(v)
             out.append(pa.table(cols))
-        return pa.concat_tables(out) if out else pa.table({"_unit": pa.array([], type=pa.int64())})  # padding (or empty units) only
+        # units may name different figures (one first counted mid-run): missing ones come as nulls, summed as 0
+        return pa.concat_tables(out, promote_options="default") if out else pa.table({"_unit": pa.array([], type=pa.int64())})
 
 
 class RayExecutor:
@@ -316,7 +317,7 @@ class RayExecutor:
         for t in got:
             if "_error" in t.column_names:
                 raise pickle.loads(t["_error"][0].as_py())
-        table = pa.concat_tables(got).sort_by([("_unit", "ascending"), ("_pos", "ascending")]) if got else None
+        table = pa.concat_tables(got, promote_options="default").sort_by([("_unit", "ascending"), ("_pos", "ascending")]) if got else None
         counts = np.bincount(_numpy_column(table["_unit"]), minlength=n) if table is not None else np.zeros(n, dtype=np.int64)
         expected = np.array([u.height for u in units])
         if not np.array_equal(counts, expected):

@@ -148,9 +148,10 @@ def content_key(texts: Sequence[str], model_name: str, field: str, *, hashes: Se
 
 
 def new_embed_stats() -> dict[str, float]:
-    """Zeroed encoder stats: records, forward_passes, tokens (real), padded_tokens, seconds, and
-    ``truncated`` (texts cut to the model's ``max_seq_length``)."""
-    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "truncated": 0}
+    """Zeroed encoder stats: records, forward_passes, tokens (real), padded_tokens, seconds,
+    ``truncated`` (texts cut to the model's ``max_seq_length``) and ``oom_splits`` (batches run
+    again as two halves after running out of GPU memory)."""
+    return {"records": 0, "forward_passes": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "truncated": 0, "oom_splits": 0}
 
 
 def non_padding_share(stats: dict) -> float | None:
@@ -341,9 +342,13 @@ class _Encoder:
                                  "free the GPU or embed on the CPU (--device cpu)")
             logger.warning("embedding: a batch of %d texts (%d tokens) ran out of GPU memory; it runs again as two halves",
                            rows.size, int(lens[rows].sum()))
-            if stats is not None:
-                stats["oom_splits"] = stats.get("oom_splits", 0) + 1
             half = rows.size // 2
+            if stats is not None:  # the halves' forwards and padding replace the batch's (counted by the loop below)
+                def padded(r: np.ndarray) -> int:
+                    return (2 if self.exact and r.size == 1 else r.size) * int(lens[r].max())
+                stats["oom_splits"] = stats.get("oom_splits", 0) + 1
+                stats["forward_passes"] += 1
+                stats["padded_tokens"] += padded(rows[:half]) + padded(rows[half:]) - padded(rows)
             return np.concatenate([forward(rows[:half]), forward(rows[half:])])
 
         with one_thread_per_forward(self.exact and self.device.startswith("cpu"), side_by_side=bool(self.fast)) as run_all:

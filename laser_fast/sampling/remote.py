@@ -28,7 +28,10 @@ class StratumTask(UnitTask):
     def __init__(self, opts, unit_tokens: bool):
         self.opts, self.unit_tokens = opts, bool(unit_tokens)
         self.resources = Resources(num_cpus=1, num_gpus=1.0, row_wise=False)
-        self.uses_gpu = not str(opts.device or "").startswith("cpu") and opts.kmeans_backend != "faiss"
+        # a GPU for torch's k-means (its auto device), and for faiss when a CUDA device is named (a faiss
+        # GPU build); faiss on auto runs on the CPU actor, which sees no GPU on a cluster with some
+        dev = str(opts.device or "")
+        self.uses_gpu = not dev.startswith("cpu") and (opts.kmeans_backend != "faiss" or dev.startswith("cuda"))
 
     def run(self, unit: pl.DataFrame) -> dict[str, np.ndarray]:
         from laser_fast.sampling.stratum import select_stratum

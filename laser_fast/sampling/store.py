@@ -57,7 +57,7 @@ def embed_windows(pos: np.ndarray, digs: np.ndarray, firsts: np.ndarray | None =
 
 
 #: the encoder stats a worker sends back per window
-_STAT_KEYS = ("records", "forward_passes", "tokens", "padded_tokens", "seconds", "truncated")
+_STAT_KEYS = ("records", "forward_passes", "tokens", "padded_tokens", "seconds", "truncated", "oom_splits")
 
 
 class EmbedTask(UnitTask):

@@ -13,7 +13,7 @@ import polars as pl
 from laser_fast._version import __version__
 from laser_fast.errors import ConfigError, ModelLoadError
 from laser_fast.runtime.batching import MIN_FILL, cuda_batch_tokens, new_stats, run_batched
-from laser_fast.runtime.devices import planned_device, torch_device, torch_dtype
+from laser_fast.runtime.devices import planned_device, planned_dtype, torch_device
 from laser_fast.runtime.kernels import offsets_from_lengths, segment_mean
 from laser_fast.runtime.models import free_cuda_cache, load_hf, remote_code_allowed
 from laser_fast.scorers.base import Scorer
@@ -149,7 +149,7 @@ class _HFScorer(Scorer):
         digits, so a cache never mixes them (a GPU run and a CPU run over one work directory)."""
         if self.dtype:
             return self.dtype
-        return str(torch_dtype(planned_device(self.device))).replace("torch.", "")
+        return str(planned_dtype(self.device)).replace("torch.", "")
 
     def worker_pins(self) -> dict:
         return {"dtype": self.resolved_dtype()}  # a worker with another kind of GPU computes in the driver's

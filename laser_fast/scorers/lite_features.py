@@ -250,9 +250,9 @@ def auto_dtype(device: str | None) -> str:
     if dev.startswith("cuda"):
         import torch
 
-        from laser_fast.runtime.devices import torch_dtype
+        from laser_fast.runtime.devices import planned_dtype
 
-        return "bfloat16" if torch_dtype(dev) == torch.bfloat16 else "float32"
+        return "bfloat16" if planned_dtype(device) == torch.bfloat16 else "float32"
     return "bfloat16" if cpu_bf16_supported() else "float32"
 
 
