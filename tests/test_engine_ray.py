@@ -574,7 +574,7 @@ def test_ray_runs_take_cuda_from_the_cluster_not_this_machine():
 def test_the_driver_leaves_the_classifier_to_the_workers(tmp_path, monkeypatch):
     """With an engine, the classifier is loaded by the workers (here: in this process, with no
     engine of their own) and not by the driver, which may have no GPU; same categories as the
-    local engine's."""
+    local engine's. The stage's stats say where it ran."""
     import numpy as np
 
     from laser_fast.classifier import models as C
@@ -612,6 +612,7 @@ def test_the_driver_leaves_the_classifier_to_the_workers(tmp_path, monkeypatch):
         engine._CURRENT.reset(token)
     assert loads == ["worker", "worker"]
     assert list(remote[0]) == list(local[0]) and np.array_equal(remote[1], local[1])
+    assert (local[2]["device"], remote[2]["device"]) == ("cpu", "here workers (their device)")  # for the manifest
 
 
 def test_a_classifier_run_by_workers_is_not_loaded_on_the_driver():

@@ -112,6 +112,15 @@ class TaskClassifier:
         raise NotImplementedError
 
     # -- public -----------------------------------------------------------------------
+    @property
+    def used_device(self) -> str | None:
+        """The torch device the model was loaded on (``cpu``, ``cuda``, ...); None before it loaded."""
+        if not self._loaded:
+            return None
+        from laser_fast.runtime.devices import torch_device
+
+        return torch_device(self.device)
+
     def load(self) -> "TaskClassifier":
         """Load the model now (otherwise it loads on the first :meth:`predict`).
 

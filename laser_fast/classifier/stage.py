@@ -203,6 +203,8 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
         cf = np.asarray(cf, dtype=np.float64)
         cache.append([keys[i] for i in miss], [keys[i] for i in miss], {"category": idx, "confidence": cf})
         cache.compact()
+        ex = current_executor()  # where it ran: this process's device, or the engine's workers'
+        stats["device"] = run_clf.used_device if ex is None else f"{ex.name} workers ({getattr(ex, 'worker_device', None) or 'their device'})"
         vals["category"][miss] = idx
         vals["confidence"][miss] = cf
     labels = np.asarray(_LABELS, dtype=object)[vals["category"].astype(np.int64)]
