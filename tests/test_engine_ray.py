@@ -515,14 +515,18 @@ def test_a_driver_without_a_gpu_plans_for_its_gpu_workers(tmp_path, monkeypatch)
     monkeypatch.setattr(judge_backends, "vllm_installed", lambda: True)  # on the driver
     here = build_scorer("deita_quality", settings)
     assert (planned_device(), default_profile(), here.cache_chunk) == ("cpu", "lite", 128)
-    assert "|dtype=float32|" in here.fingerprint and build_scorer("if_quality", settings).backend == "transformers"
+    local_judge = build_scorer("if_quality", ScorerSettings(judge_backend="transformers"))
+    assert "|dtype=float32|" in here.fingerprint and "|backend=transformers|dtype=float32|" in local_judge.fingerprint
     token = engine._CURRENT.set(_GpuWorkers())
     try:
         assert (planned_device(), planned_device("cpu"), default_profile()) == ("cuda", "cpu", "paper")
         deita, judge = build_scorer("deita_quality", settings), build_scorer("if_quality", settings)
         assert deita.cache_chunk == 8192 and judge.cache_chunk == 4096
         assert "|dtype=bfloat16|" in deita.fingerprint and judge.backend == "vllm"
-        tasks = [ScoreTask(s, str(tmp_path / "wd")) for s in (deita, judge)]
+        # the transformers backend named: its model's dtype is the workers' too
+        tjudge = build_scorer("code_quality", ScorerSettings(judge_backend="transformers"))
+        assert "|backend=transformers|dtype=bfloat16|" in tjudge.fingerprint
+        tasks = [ScoreTask(s, str(tmp_path / "wd")) for s in (deita, tjudge, judge)]
         lite = ScoreTask(build_scorer("lite_difficulty", ScorerSettings(device="cpu")), str(tmp_path / "wd"))
     finally:
         engine._CURRENT.reset(token)
@@ -533,6 +537,8 @@ def test_a_driver_without_a_gpu_plans_for_its_gpu_workers(tmp_path, monkeypatch)
         worker = pickle.loads(pickle.dumps(task))
         worker.setup()  # raises when the fingerprints differ
         assert worker._scorer.fingerprint == task.fingerprint
+        if task.label == "score:code_quality":
+            assert worker._scorer.client.dtype == "bfloat16"  # the engine it would load (not loaded here)
     assert (worker._scorer.backend, pickle.loads(pickle.dumps(tasks[0])).pins) == ("vllm", {"dtype": "bfloat16"})
 
 

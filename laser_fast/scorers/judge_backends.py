@@ -231,8 +231,9 @@ class TransformersJudge(_LocalJudge):
     backend = "transformers"
 
     def __init__(self, model: str, *, batch_tokens: int | None = None, max_batch_size: int | None = None,
-                 constrained: bool = True, **kwargs: Any):
+                 constrained: bool = True, dtype: str | None = None, **kwargs: Any):
         super().__init__(model, **kwargs)
+        self.dtype = dtype  # None: the policy (bfloat16 on a GPU that computes in it, else float32)
         self._dev: str | None = None  # where the engine runs, once loaded
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
@@ -244,13 +245,13 @@ class TransformersJudge(_LocalJudge):
         from laser_fast.runtime.devices import torch_device
 
         dev = torch_device(self.device)
-        key = ("transformers", self.model, dev, self.trust_remote_code)
+        key = ("transformers", self.model, dev, self.trust_remote_code, self.dtype)
         with _ENGINES_LOCK:
             eng = _ENGINES.get(key)
             if eng is None:
                 from laser_fast.runtime.models import load_hf
 
-                model, tok = load_hf(self.model, "causal_lm", device=dev, trust_remote_code=self.trust_remote_code)
+                model, tok = load_hf(self.model, "causal_lm", device=dev, trust_remote_code=self.trust_remote_code, dtype=self.dtype)
                 if getattr(tok, "chat_template", None) is None:
                     raise ModelLoadError(f"judge model '{self.model}': its tokenizer has no chat template; use an instruct/chat model")
                 eng = _ENGINES[key] = (model, tok, dev)
@@ -475,7 +476,8 @@ class VLLMJudge(_LocalJudge):
 # --------------------------------------------------------------------------------------------
 
 def make_backend(backend: str | None, model: str, base_url: str | None = None, *, cache_dir: str | Path | None = None,
-                 device: str | None = None, trust_remote_code: bool = False, gpus: int = 1, **client_args: Any):
+                 device: str | None = None, trust_remote_code: bool = False, gpus: int = 1, dtype: str | None = None,
+                 **client_args: Any):
     """The backend object a judge sends its prompts to (see :func:`resolve_backend`).
 
     Args:
@@ -486,6 +488,8 @@ def make_backend(backend: str | None, model: str, base_url: str | None = None, *
         device: torch device of the in-process backends.
         trust_remote_code: run the model repository's own code (in-process backends).
         gpus: GPUs one vLLM engine spans (its ``tensor_parallel_size``).
+        dtype: the ``transformers`` backend's dtype (``bfloat16`` / ``float32``; None: the policy of
+            :func:`~laser_fast.runtime.devices.torch_dtype`).
         **client_args: :class:`JudgeClient` arguments (sampling parameters, concurrency, retries...);
             those an in-process backend has no use for are ignored.
     """
@@ -496,5 +500,5 @@ def make_backend(backend: str | None, model: str, base_url: str | None = None, *
     if b == "vllm":
         return VLLMJudge(model, cache_dir=cache_dir, device=device, trust_remote_code=trust_remote_code, tensor_parallel_size=gpus, **local)
     if b == "transformers":
-        return TransformersJudge(model, cache_dir=cache_dir, device=device, trust_remote_code=trust_remote_code, **local)
+        return TransformersJudge(model, cache_dir=cache_dir, device=device, trust_remote_code=trust_remote_code, dtype=dtype, **local)
     raise LaserError(f"unknown judge backend {b!r}")  # pragma: no cover - resolve_backend checked it

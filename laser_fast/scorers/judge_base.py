@@ -100,21 +100,39 @@ class JudgeScorer(Scorer):
             "max_retries": max_retries, "backoff": backoff, "temperature": temperature, "top_p": top_p,
             "max_tokens": self.max_tokens, "extra_body": extra}
         self._cache_dir = cache_dir
+        self._dtype: str | None = None  # the transformers backend's dtype when a driver pinned it (None: the policy)
         self._client: Any = None  # the backend, built on first use
         self.stats: dict[str, float] = {"records": 0, "requests": 0, "cache_hits": 0, "retries": 0,
                                         "failures": 0, "unparsable": 0, "fallbacks": 0, "seconds": 0.0,
                                         "prompt_tokens": 0, "completion_tokens": 0}
 
+    def resolved_dtype(self) -> str | None:
+        """The ``transformers`` backend's dtype: pinned by a driver, else the policy for the device
+        the run plans for (:func:`~laser_fast.runtime.devices.planned_dtype`: bfloat16 on a GPU that
+        computes in it, float32 elsewhere). None for vLLM (the checkpoint's dtype, on a GPU only)
+        and an endpoint (its own)."""
+        if self.backend != "transformers":
+            return None
+        if self._dtype:
+            return self._dtype
+        from laser_fast.runtime.devices import planned_dtype
+
+        return str(planned_dtype(self.device)).replace("torch.", "")
+
     def worker_pins(self) -> dict:
-        # the backend ``auto`` chose on the driver (for its engine's workers): a worker whose own
-        # choice would differ (vLLM installed there, a GPU seen) answers with the driver's
-        return {"backend": self.backend}
+        # the backend ``auto`` chose on the driver (for its engine's workers) and the transformers
+        # backend's dtype: a worker whose own choice would differ (vLLM installed there, another GPU)
+        # answers with the driver's
+        dt = self.resolved_dtype()
+        return {"backend": self.backend, **({"dtype": dt} if dt else {})}
 
     def apply_pins(self, pins: dict) -> None:
-        if pins["backend"] != self.backend:  # the pins come from worker_pins of this class on the driver
+        # the pins come from worker_pins of this class on the driver
+        if pins["backend"] != self.backend or pins.get("dtype") != self._dtype:
             self.release()
             self._client = None
             self.backend = pins["backend"]
+            self._dtype = pins.get("dtype")
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -124,8 +142,8 @@ class JudgeScorer(Scorer):
         if self._client is None:
             from laser_fast.scorers.judge_backends import make_backend
 
-            self._client = make_backend(self.backend, self.model, self.base_url, cache_dir=self._cache_dir,
-                                        device=self.device, trust_remote_code=self.trust_remote_code, gpus=self.gpus, **self._client_args)
+            self._client = make_backend(self.backend, self.model, self.base_url, cache_dir=self._cache_dir, device=self.device,
+                                        trust_remote_code=self.trust_remote_code, gpus=self.gpus, dtype=self._dtype, **self._client_args)
         return self._client
 
     @property
@@ -218,7 +236,8 @@ class JudgeScorer(Scorer):
         if self.fallback_value is not None:  # scores made before the reference's fallbacks were NaN there
             params["fallback"] = f"{self.fallback}:{self.fallback_value}"
         tmpl = hashlib.sha256(self.template_text.encode("utf-8")).hexdigest()[:16]
-        backend = f"|backend={self.backend}"
+        dt = self.resolved_dtype()  # an in-process model's answers differ between bfloat16 and float32
+        backend = f"|backend={self.backend}{'|dtype=' + dt if dt else ''}"
         return f"{self.name}|{self.model}|tmpl={tmpl}|{_hash(params)[:16]}{backend}|v{__version__}"
 
     def _fingerprint_extra(self) -> dict:
