@@ -714,13 +714,19 @@ def test_cuda_batch_tokens_counts_the_allocators_unused_cache(monkeypatch):
 
     cfg = Qwen3Config(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                       num_key_value_heads=8, head_dim=128)
-    param = types.SimpleNamespace(element_size=lambda: 2, device=torch.device("cuda", 0))
-    model = types.SimpleNamespace(config=cfg, parameters=lambda: iter([param]))
+    model = _on_a_fake_gpu(monkeypatch, cfg, free=3, reserved=20, allocated=17)
+    assert cuda_batch_tokens(model) == cuda_batch_tokens(model, free_bytes=6 * 2**30) < 262144
+
+
+def _on_a_fake_gpu(monkeypatch, cfg, *, free: int, reserved: int, allocated: int, total: int = 80):
+    """A bfloat16 model of ``cfg`` on an 80 GB CUDA device as torch's memory queries see it (GB)."""
     gib = 2**30
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (3 * gib, 80 * gib))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 20 * gib)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 17 * gib)
-    assert cuda_batch_tokens(model) == cuda_batch_tokens(model, free_bytes=6 * gib) < 262144
+    param = types.SimpleNamespace(element_size=lambda: 2, device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (free * gib, total * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: reserved * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: allocated * gib)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev=None: types.SimpleNamespace(total_memory=total * gib))
+    return types.SimpleNamespace(config=cfg, parameters=lambda: iter([param]))
 
 
 def test_a_process_holding_part_of_a_gpu_plans_within_its_part(monkeypatch):
@@ -731,13 +737,8 @@ def test_a_process_holding_part_of_a_gpu_plans_within_its_part(monkeypatch):
     from laser_fast.runtime import batching
 
     cfg = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8)
-    param = types.SimpleNamespace(element_size=lambda: 2, device=torch.device("cuda", 0))
-    model = types.SimpleNamespace(config=cfg, parameters=lambda: iter([param]))
+    model = _on_a_fake_gpu(monkeypatch, cfg, free=60, reserved=2, allocated=2)
     gib = 2**30
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (60 * gib, 80 * gib))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 2 * gib)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 2 * gib)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev=None: types.SimpleNamespace(total_memory=80 * gib))
     whole = batching.cuda_batch_tokens(model, ceiling=2**24)
     try:
         batching.hold_gpu_share(0.25)
