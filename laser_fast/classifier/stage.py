@@ -191,11 +191,12 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
     if miss.size:
         from laser_fast.runtime.engine import current_executor
 
+        ex = current_executor()
         run_clf = clf
         if hasattr(clf, "store_root"):  # instruction vectors shared with the onepass scorer through the embedding store
             # the process-wide default keeps its loaded model and no work directory; loaded here only
             # when it runs here (an engine's workers load their own: this process may have no GPU)
-            run_clf = copy.copy(clf if current_executor() is not None else clf.load())
+            run_clf = copy.copy(clf if ex is not None else clf.load())
             run_clf.store_root = str(workdir)
         labs, cf = classify_conversations([sub[i] for i in miss], classifier=run_clf, batch_size=opts.batch_size,
                                           show_progress=opts.show_progress, source=(opts.classifier, opts.device, tuple(opts.trust_remote_code)))
@@ -203,7 +204,7 @@ def classify_pool(records: pl.DataFrame, known: np.ndarray | None, opts: SelectO
         cf = np.asarray(cf, dtype=np.float64)
         cache.append([keys[i] for i in miss], [keys[i] for i in miss], {"category": idx, "confidence": cf})
         cache.compact()
-        ex = current_executor()  # where it ran: this process's device, or the engine's workers'
+        # where it ran: this process's device, or the engine's workers'
         stats["device"] = run_clf.used_device if ex is None else f"{ex.name} workers ({getattr(ex, 'worker_device', None) or 'their device'})"
         vals["category"][miss] = idx
         vals["confidence"][miss] = cf

@@ -54,28 +54,27 @@ def planned_device(device: str | None = None) -> str:
     default profile) use it, so a driver without a GPU plans for its GPU workers; the process
     that loads a model asks :func:`torch_device`.
     """
-    if device in AUTO:
-        from laser_fast.runtime.engine import current_executor
-
-        worker = getattr(current_executor(), "worker_device", None)
-        if worker:
-            return str(worker)
+    if device in AUTO and (worker := _workers_device()):
+        return worker
     return torch_device(device)
 
 
-def planned_dtype(device: str | None = None):
-    """:func:`torch_dtype` for :func:`planned_device`: on the driver of an engine whose workers run
-    the models on GPUs, bfloat16 without asking this machine's own GPU, which says nothing of
-    theirs (a driver with a T4 in front of H100 workers)."""
+def planned_dtype(device: str | None = None) -> str:
+    """The name (``bfloat16`` / ``float32``) of :func:`torch_dtype` for :func:`planned_device`: on
+    the driver of an engine whose workers run the models on GPUs, bfloat16 without asking this
+    machine's own GPU, which says nothing of theirs (a driver with a T4 in front of H100 workers)."""
     dev = planned_device(device)
-    if dev.startswith("cuda"):
-        from laser_fast.runtime.engine import current_executor
+    if dev.startswith("cuda") and _workers_device():
+        return "bfloat16"
+    return str(torch_dtype(dev)).replace("torch.", "")
 
-        if getattr(current_executor(), "worker_device", None):
-            import torch
 
-            return torch.bfloat16
-    return torch_dtype(dev)
+def _workers_device() -> str | None:
+    """The device of the running engine's workers (None: the local engine, or one that does not say)."""
+    from laser_fast.runtime.engine import current_executor
+
+    worker = getattr(current_executor(), "worker_device", None)
+    return str(worker) if worker else None
 
 
 _RE_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|mtia)(:\d+)?")

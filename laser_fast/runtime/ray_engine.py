@@ -103,10 +103,9 @@ class _UnitWorker:
     def __init__(self, task: UnitTask, fault: str | None = None, gpu_share: float = 0.0):
         self.task = task
         self.fault = fault
-        if 0 < gpu_share < 1:  # its batches plan within its share of the GPU, not all that is free now
-            from laser_fast.runtime.batching import hold_gpu_share
+        from laser_fast.runtime.batching import hold_gpu_share
 
-            hold_gpu_share(gpu_share)
+        hold_gpu_share(gpu_share)  # a fraction of a GPU: its batches plan within it, not with all that is free now
         self.ready = False
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 

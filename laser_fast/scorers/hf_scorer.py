@@ -149,7 +149,7 @@ class _HFScorer(Scorer):
         digits, so a cache never mixes them (a GPU run and a CPU run over one work directory)."""
         if self.dtype:
             return self.dtype
-        return str(planned_dtype(self.device)).replace("torch.", "")
+        return planned_dtype(self.device)
 
     def worker_pins(self) -> dict:
         return {"dtype": self.resolved_dtype()}  # a worker with another kind of GPU computes in the driver's

@@ -117,7 +117,7 @@ class JudgeScorer(Scorer):
             return self._dtype
         from laser_fast.runtime.devices import planned_dtype
 
-        return str(planned_dtype(self.device)).replace("torch.", "")
+        return planned_dtype(self.device)
 
     def worker_pins(self) -> dict:
         # the backend ``auto`` chose on the driver (for its engine's workers) and the transformers

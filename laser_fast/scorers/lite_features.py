@@ -246,13 +246,10 @@ def auto_dtype(device: str | None) -> str:
     """SmolLM2's dtype when none is given: bfloat16 on a GPU that computes in it
     (:func:`~laser_fast.runtime.devices.torch_dtype`) and on a CPU that multiplies it natively
     (:func:`~laser_fast.runtime.devices.cpu_bf16_supported`), else float32."""
-    dev = planned_device(device)  # on a Ray driver: its GPU workers' device
-    if dev.startswith("cuda"):
-        import torch
-
+    if planned_device(device).startswith("cuda"):  # on a Ray driver: its GPU workers' device
         from laser_fast.runtime.devices import planned_dtype
 
-        return "bfloat16" if planned_dtype(device) == torch.bfloat16 else "float32"
+        return planned_dtype(device)
     return "bfloat16" if cpu_bf16_supported() else "float32"
 
 
