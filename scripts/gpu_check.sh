@@ -5,13 +5,15 @@
 #   bash scripts/gpu_check.sh             # there, with .gpu_carry carried
 #
 # --prepare downloads the polars wheels for Python 3.12 (the GPU image has torch, transformers,
-# sentence-transformers, numba, pybind11, pyarrow, scikit-learn, pytest and g++, but no polars), a
+# accelerate, sentence-transformers, numba, pybind11, pyarrow, scikit-learn, pytest and g++, but no
+# polars) and packs them, unpacked, into one xz archive (54 MB of wheels become ~31 MB: the
+# working tree, ~13 MB, and what is carried must stay under 64 MiB together; --prepare checks), a
 # setuptools wheel (the build needs setuptools >= 77 for pyproject's SPDX license; it is used only
 # where the image's own is older or missing, and only for the build), and writes a 10,000-row
 # sample of ../shared/data/alpaca_eval_pool.jsonl.gz (the folder beside the checkout does not
 # travel; the whole pool and the wheels would not fit the 64 MiB together).
 #
-# The check installs the wheels into /tmp/site when polars is missing, puts the pool sample where
+# The check unpacks them into /tmp/site when polars is missing, puts the pool sample where
 # the benchmarks and tests look for it (../shared/data) when that is absent, builds the compiled
 # core in place, runs the GPU-relevant test files one by one (-x, each under a timeout), then
 # `python -m benchmarks --cases gpu` (full shapes) with the time left, and prints its markdown
@@ -39,10 +41,15 @@ SETUPTOOLS_REQ="setuptools>=77"
 if [ "${1:-}" = "--prepare" ]; then
     PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
     PV=$($PY -c "import polars; print(polars.__version__)") || { echo "polars is not installed here"; exit 2; }
-    mkdir -p $CARRY/wheels $CARRY/build $CARRY/data
-    rm -f $CARRY/wheels/*.whl $CARRY/build/*.whl
+    mkdir -p $CARRY/build $CARRY/data
+    rm -rf $CARRY/wheels $CARRY/build/*.whl $CARRY/site.tar.xz
+    stage=$(mktemp -d) && trap 'rm -rf "$stage"' EXIT
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_17_x86_64 -d $CARRY/wheels "polars==$PV" "polars-runtime-32==$PV" || exit 2
+        --platform manylinux_2_17_x86_64 -d "$stage/wheels" "polars==$PV" "polars-runtime-32==$PV" || exit 2
+    # a wheel unzipped into a folder on the path is installed (these two have no .data or scripts)
+    for w in "$stage"/wheels/*.whl; do $PY -m zipfile -e "$w" "$stage/site" || exit 2; done
+    echo "packing polars $PV (xz, a few minutes on 2 cores)"
+    tar -C "$stage/site" -cf - . | xz -9 -T0 > $CARRY/site.tar.xz || exit 2
     $PY -m pip download -q --no-deps --only-binary=:all: -d $CARRY/build "$SETUPTOOLS_REQ" || exit 2
     $PY - "$POOL_ROWS" <<'EOF' || exit 2
 import gzip, json, sys
@@ -59,6 +66,12 @@ with gzip.open(".gpu_carry/data/alpaca_eval_pool.jsonl.gz", "wt", compresslevel=
 print(f"wrote {pick.size} pool rows to .gpu_carry/data/alpaca_eval_pool.jsonl.gz")
 EOF
     du -sh $CARRY $CARRY/*
+    # what travels: the tracked and untracked-not-ignored files, and what is carried
+    tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+    carried=$(du -sb $CARRY | cut -f1)
+    total=$(( tree + carried ))
+    echo "working tree $(( tree / 1048576 )) MiB + $CARRY $(( carried / 1048576 )) MiB = $(( total / 1048576 )) MiB (the limit: 64 MiB)"
+    [ $total -le $(( 64 * 1048576 )) ] || { echo "too large to travel: lower POOL_ROWS or carry less"; exit 2; }
     exit 0
 fi
 
@@ -72,11 +85,11 @@ step() { echo; echo "=== $* ($(( $(date +%s) - t_start )) s)"; }
 
 step "environment"
 if ! $PY -c "import polars" 2>/dev/null; then
-    if ls $CARRY/wheels/*.whl >/dev/null 2>&1; then
-        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $CARRY/wheels/*.whl || status=1
+    if [ -f $CARRY/site.tar.xz ]; then
+        mkdir -p /tmp/site && tar -xJf $CARRY/site.tar.xz -C /tmp/site || status=1
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     else
-        echo "polars is missing and $CARRY/wheels/ was not carried (run scripts/gpu_check.sh --prepare here, carry $CARRY)"
+        echo "polars is missing and $CARRY/site.tar.xz was not carried (run scripts/gpu_check.sh --prepare here, carry $CARRY)"
         exit 2
     fi
 fi

@@ -456,6 +456,41 @@ def test_head_mismatch_is_refused(models_dir):
         load_hf(models_dir["deita"], "seq_regression")
 
 
+def test_weights_go_straight_to_a_cuda_device(monkeypatch):
+    import torch
+
+    from laser_fast.runtime import models as M
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name, *a: object())  # accelerate installed
+    assert M._placement("cuda", None) == {"device_map": {"": 0}}
+    assert M._placement("cuda:1", None) == {"device_map": {"": 1}}
+    assert M._placement("cpu", None) == {} and M._placement("cuda", "model.gguf") == {}
+    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name, *a: None)  # an image without accelerate
+    assert M._placement("cuda", None) == {}
+
+
+@pytest.mark.parametrize("name,kind", [("difficulty", "seq_regression"), ("deita", "causal_lm"), ("prm", "token_classification"),
+                                       ("prm_tc", "token_classification"), ("difficulty_remote", "causal_lm")])
+def test_loading_through_a_device_map_gives_the_same_model(models_dir, monkeypatch, name, kind):
+    # on CUDA the weights load through accelerate's device_map; here the same path runs onto the CPU
+    pytest.importorskip("accelerate")
+    import torch
+
+    from laser_fast.runtime import models as M
+
+    remote = name == "difficulty_remote"
+    plain, _ = load_hf(models_dir[name], kind, device="cpu", trust_remote_code=remote)
+    monkeypatch.setattr(M, "_placement", lambda dev, gguf: {"device_map": {"": "cpu"}})
+    mapped, _ = load_hf(models_dir[name], kind, device="cpu", trust_remote_code=remote)
+    assert type(mapped) is type(plain)
+    a, b = plain.state_dict(), mapped.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if name == "deita":  # a checkpoint without the head asked for is still refused
+        with pytest.raises(ModelLoadError, match="no weights for"):
+            load_hf(models_dir[name], "seq_regression", device="cpu")
+
+
 def test_empty_batch_and_null_category(models_dir):
     empty = make_batch().head(0)
     for s in (DifficultyScorer(models_dir["difficulty"]), DeitaScorer("quality", models_dir["deita"]),

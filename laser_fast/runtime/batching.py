@@ -75,6 +75,46 @@ def plan_batches(lengths, batch_tokens: int, max_batch_size: int, *, min_fill: f
     return batches
 
 
+def oom_halves(rows: np.ndarray, error: str, lens: np.ndarray, stats: dict | None, *, desc: str, unit: str, fix: str,
+               retry_hint: str = "", padded: Callable[[np.ndarray], int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two halves a batch of ``rows`` runs again as after its forward ran out of GPU memory.
+
+    Token budgets are planned from the free memory, not measured, so a batch may not fit (other
+    work took memory meanwhile); a row's result does not depend on its batch. Call this after the
+    ``except`` block, with the error's text, not the error (its traceback holds the failed
+    forward's tensors); the cache is emptied here. ``stats`` counts the split (``oom_splits``),
+    and the halves' forwards and padding replace the batch's there (the caller counts the
+    batch's once the halves are back).
+
+    Args:
+        rows: the batch's row indices into ``lens`` (token counts).
+        error: the ``torch.cuda.OutOfMemoryError``'s text (its first line goes into the messages).
+        desc, unit: what runs and what one row is, for the messages.
+        fix: what to do when a single row does not fit.
+        retry_hint: appended to the warning.
+        padded: padded tokens of a batch (default: rows times the longest).
+
+    Raises:
+        LaserError: a single row does not fit.
+    """
+    import torch
+
+    torch.cuda.empty_cache()
+    first_line = (error.splitlines() or [""])[0][:200]
+    if rows.size == 1:
+        raise LaserError(f"{desc}: one {unit} of {int(lens[rows[0]]):,} tokens does not fit in the GPU's free memory ({first_line}); {fix}")
+    logger.warning("%s: a batch of %d %ss (%d tokens) ran out of GPU memory; it runs again as two halves%s",
+                   desc, rows.size, unit, int(lens[rows].sum()), retry_hint)
+    half = rows.size // 2
+    first, second = rows[:half], rows[half:]
+    if stats is not None:
+        pad = padded or (lambda r: r.size * int(lens[r].max()))
+        stats["oom_splits"] = stats.get("oom_splits", 0) + 1
+        stats["forward_passes"] += 1
+        stats["padded_tokens"] += pad(first) + pad(second) - pad(rows)
+    return first, second
+
+
 def run_batched(
     seqs: Sequence[Sequence[int]],
     fn: Callable[[Any, Any, np.ndarray, np.ndarray], Sequence[Any]],
@@ -133,24 +173,11 @@ def run_batched(
             with torch.inference_mode():  # thread-local: set in each worker thread
                 return fn(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), bl, idx)
         except torch.cuda.OutOfMemoryError as e:
-            oom = (str(e).splitlines() or [""])[0][:200]
-        # after the except block: its traceback no longer holds the failed forward's tensors, so
-        # the cache can give them back. The token budget is planned from the free memory, not
-        # measured: a batch that does not fit runs again as two halves (a row's result does not
-        # depend on its batch)
+            oom = str(e)  # the error itself would keep the failed forward's tensors alive (its traceback)
         del ids, mask
-        torch.cuda.empty_cache()
-        if idx.size == 1:
-            raise LaserError(f"{desc}: one sequence of {int(bl[0]):,} tokens does not fit in the GPU's free memory ({oom}); "
-                             "lower the model's max_length, or free the GPU")
-        logger.warning("%s: a batch of %d sequences (%d tokens) ran out of GPU memory; it runs again as two halves "
-                       "(lower --batch-tokens to avoid the retry)", desc, idx.size, int(bl.sum()))
-        half = idx.size // 2
-        if stats is not None:  # the halves' forwards and padding replace the batch's (counted by the caller)
-            stats["oom_splits"] = stats.get("oom_splits", 0) + 1
-            stats["forward_passes"] += 1
-            stats["padded_tokens"] += half * int(bl[:half].max()) + (idx.size - half) * int(bl[half:].max()) - idx.size * width
-        return list(forward(idx[:half])) + list(forward(idx[half:]))
+        first, second = oom_halves(idx, oom, lens, stats, desc=desc, unit="sequence",
+                                   fix="lower the model's max_length, or free the GPU", retry_hint=" (lower --batch-tokens to avoid the retry)")
+        return list(forward(first)) + list(forward(second))
 
     t0 = time.perf_counter()
     try:

@@ -421,6 +421,20 @@ def _remote_loader(kind: str):
             "token_classification": T.AutoModelForTokenClassification}[kind].from_pretrained
 
 
+def _placement(dev: str, gguf: str | None) -> dict[str, Any]:
+    """``from_pretrained`` keywords that load the weights straight onto a CUDA device
+    (``device_map``, through accelerate): otherwise they are read into host memory first and
+    moved, and eight GPU workers of a node loading an 8B model at once hold about 128 GB of host
+    memory. A GGUF file is dequantised on the host; without accelerate (a dependency, but an
+    image may lack it) the weights take the host route."""
+    if gguf or not str(dev).startswith("cuda") or importlib.util.find_spec("accelerate") is None:
+        return {}
+    import torch
+
+    index = torch.device(dev).index
+    return {"device_map": {"": index if index is not None else torch.cuda.current_device()}}
+
+
 def _model_loader(kind: str, architectures: Sequence[str], num_labels: int | None):
     import transformers as T
 
@@ -488,7 +502,7 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
         loader, extra = _remote_loader(kind), {}
     else:
         loader, extra = _model_loader(kind, archs, num_labels)
-    kw = {**common, **extra, "dtype": dtype, "output_loading_info": True}
+    kw = {**common, **extra, "dtype": dtype, "output_loading_info": True, **_placement(dev, gguf)}
     model, info = _from_pretrained(loader, src, local, name, "weights", kw)
     missing = [k for k in (info.get("missing_keys") or []) if "rotary_emb" not in k]
     if missing and not gguf:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from laser_fast.runtime.batching import one_thread_per_forward
+from laser_fast.runtime.batching import one_thread_per_forward, oom_halves
 from laser_fast.runtime.models import load_sentence_model
 from laser_fast.runtime.workdir import text_hash
 
@@ -323,6 +323,9 @@ class _Encoder:
         lens = off[1:] - off[:-1]
         t0 = time.perf_counter()
 
+        def padded(rows: np.ndarray) -> int:  # a one-row batch is forwarded twice (exact)
+            return (2 if self.exact and rows.size == 1 else rows.size) * int(lens[rows].max())
+
         def forward(rows: np.ndarray) -> np.ndarray:
             fw = np.repeat(rows, 2) if self.exact and rows.size == 1 else rows  # at least two rows (see exact)
             try:
@@ -330,26 +333,10 @@ class _Encoder:
                     e = self.forward_batch(texts, ids, off, fw)
                 return np.asarray(e, dtype=np.float32)[:rows.size]
             except torch.cuda.OutOfMemoryError as err:
-                oom = (str(err).splitlines() or [""])[0][:200]
-            # after the except block, whose traceback held the failed forward's tensors: the budget
-            # is planned from the free memory, not measured, so a batch that does not fit (other
-            # work took the GPU's memory meanwhile) runs again as two halves
-            torch.cuda.empty_cache()
-            if rows.size == 1:
-                from laser_fast.errors import LaserError
-
-                raise LaserError(f"embedding: one text of {int(lens[rows[0]]):,} tokens does not fit in the GPU's free memory ({oom}); "
-                                 "free the GPU or embed on the CPU (--device cpu)")
-            logger.warning("embedding: a batch of %d texts (%d tokens) ran out of GPU memory; it runs again as two halves",
-                           rows.size, int(lens[rows].sum()))
-            half = rows.size // 2
-            if stats is not None:  # the halves' forwards and padding replace the batch's (counted by the loop below)
-                def padded(r: np.ndarray) -> int:
-                    return (2 if self.exact and r.size == 1 else r.size) * int(lens[r].max())
-                stats["oom_splits"] = stats.get("oom_splits", 0) + 1
-                stats["forward_passes"] += 1
-                stats["padded_tokens"] += padded(rows[:half]) + padded(rows[half:]) - padded(rows)
-            return np.concatenate([forward(rows[:half]), forward(rows[half:])])
+                oom = str(err)  # the error itself would keep the failed forward's tensors alive (its traceback)
+            first, second = oom_halves(rows, oom, lens, stats, desc="embedding", unit="text", padded=padded,
+                                       fix="free the GPU or embed on the CPU (--device cpu)")
+            return np.concatenate([forward(first), forward(second)])
 
         with one_thread_per_forward(self.exact and self.device.startswith("cpu"), side_by_side=bool(self.fast)) as run_all:
             for rows, e in run_all(forward, self.plan(lens, sort)):
@@ -358,7 +345,7 @@ class _Encoder:
                     bl = lens[rows]
                     stats["forward_passes"] += 1
                     stats["tokens"] += int(bl.sum())
-                    stats["padded_tokens"] += int((2 if self.exact and rows.size == 1 else rows.size) * bl.max())
+                    stats["padded_tokens"] += padded(rows)
                     stats["records"] += int(rows.size)
                 if bar is not None:
                     bar.update(int(rows.size))
