@@ -86,7 +86,8 @@ step() { echo; echo "=== $* ($(( $(date +%s) - t_start )) s)"; }
 step "environment"
 if ! $PY -c "import polars" 2>/dev/null; then
     if [ -f $CARRY/site.tar.xz ]; then
-        mkdir -p /tmp/site && tar -xJf $CARRY/site.tar.xz -C /tmp/site || status=1
+        # Python's tarfile, not tar: the image need not have the xz program
+        $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" $CARRY/site.tar.xz /tmp/site || status=1
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     else
         echo "polars is missing and $CARRY/site.tar.xz was not carried (run scripts/gpu_check.sh --prepare here, carry $CARRY)"
