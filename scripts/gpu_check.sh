@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU tests and the full `gpu` benchmark on a lent CUDA machine (one H200: ~6-8 minutes).
 #
-#   bash scripts/gpu_check.sh --prepare   # here, once: fills .gpu_carry/ (ignored by git, ~64 MB)
+#   bash scripts/gpu_check.sh --prepare   # here, once: fills .gpu_carry/ (ignored by git, ~39 MB)
 #   bash scripts/gpu_check.sh             # there, with .gpu_carry carried
 #
 # --prepare downloads the polars wheels for Python 3.12 (the GPU image has torch, transformers,
@@ -49,7 +49,8 @@ if [ "${1:-}" = "--prepare" ]; then
     # a wheel unzipped into a folder on the path is installed (these two have no .data or scripts)
     for w in "$stage"/wheels/*.whl; do $PY -m zipfile -e "$w" "$stage/site" || exit 2; done
     echo "packing polars $PV (xz, a few minutes on 2 cores)"
-    tar -C "$stage/site" -cf - . | xz -9 -T0 > $CARRY/site.tar.xz || exit 2
+    tar -C "$stage/site" -cf - . | xz -9 -T0 > $CARRY/site.tar.xz
+    [ "${PIPESTATUS[*]}" = "0 0" ] || { rm -f $CARRY/site.tar.xz; echo "packing polars failed"; exit 2; }
     $PY -m pip download -q --no-deps --only-binary=:all: -d $CARRY/build "$SETUPTOOLS_REQ" || exit 2
     $PY - "$POOL_ROWS" <<'EOF' || exit 2
 import gzip, json, sys
@@ -67,6 +68,7 @@ print(f"wrote {pick.size} pool rows to .gpu_carry/data/alpaca_eval_pool.jsonl.gz
 EOF
     du -sh $CARRY $CARRY/*
     # what travels: the tracked and untracked-not-ignored files, and what is carried
+    git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { echo "not a git checkout: cannot tell what would travel"; exit 2; }
     tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
     carried=$(du -sb $CARRY | cut -f1)
     total=$(( tree + carried ))
@@ -87,7 +89,8 @@ step "environment"
 if ! $PY -c "import polars" 2>/dev/null; then
     if [ -f $CARRY/site.tar.xz ]; then
         # Python's tarfile, not tar: the image need not have the xz program
-        $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" $CARRY/site.tar.xz /tmp/site || status=1
+        $PY -c "import sys, tarfile; t = tarfile.open(sys.argv[1]); t.extractall(sys.argv[2], **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))" \
+            $CARRY/site.tar.xz /tmp/site || status=1
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     else
         echo "polars is missing and $CARRY/site.tar.xz was not carried (run scripts/gpu_check.sh --prepare here, carry $CARRY)"

@@ -339,6 +339,50 @@ def test_the_actor_cap_is_checked(ray_local, monkeypatch):
     assert RayExecutor().describe()["max_actors"] == 1
 
 
+def test_gpus_an_autoscaler_adds_are_planned_for(ray_local, monkeypatch):
+    """A cluster whose GPU nodes join when actors ask for GPUs has none when the run starts:
+    LASER_FAST_RAY_GPUS makes the driver plan for CUDA workers and ask for GPU actors."""
+    from laser_fast.errors import ConfigError, LaserError
+    from laser_fast.runtime.engine import UnitTask, check_engine_device
+    from laser_fast.runtime.ray_engine import RayExecutor
+    from laser_fast.runtime.stage import Resources
+
+    for bad in ("-1", "two"):
+        monkeypatch.setenv("LASER_FAST_RAY_GPUS", bad)
+        with pytest.raises(ValueError, match=r"LASER_FAST_RAY_GPUS.*got '" + bad):
+            RayExecutor()
+    monkeypatch.delenv("LASER_FAST_RAY_GPUS")
+    for bad in (0.5, True):
+        with pytest.raises(ValueError, match=r"a whole number of at least 0, got " + repr(bad)):
+            RayExecutor(gpus=bad)
+    now = {"CPU": 2.0, "GPU": 0.0}  # no GPU node has joined yet
+    plain = RayExecutor()
+    plain.cluster = lambda: now
+    assert plain.worker_device == "cpu" and plain.describe()["gpus"] is None
+    with pytest.raises(ConfigError, match="set LASER_FAST_RAY_GPUS"):
+        check_engine_device(plain, "cuda")
+    monkeypatch.setenv("LASER_FAST_RAY_GPUS", "4")
+    ex = RayExecutor()
+    ex.cluster = lambda: now
+    ex._node_resources = lambda: [now]
+    assert ex.worker_device == "cuda" and ex.describe()["gpus"] == 4
+    check_engine_device(ex, "cuda")
+
+    class Task(UnitTask):
+        label = "score:m"
+        uses_gpu = True
+
+    task = Task()
+    for share, actors in ((1.0, 4), (0.25, 16), (2.0, 2)):  # a judge over 2 GPUs: nodes still to join are not checked
+        task.resources = Resources(num_cpus=1, num_gpus=share, memory_mb=3 * 1024)
+        assert ex.plan(task, 100) == (actors, 1.0, share, 0)
+    assert ex.plan(task, 1)[0] == 1
+    task.resources = Resources(num_cpus=1, num_gpus=8.0)  # more than the run plans for: Ray would wait for ever
+    with pytest.raises(LaserError, match=r"needs 8 GPUs on one node \(--judge-gpus\) and the run plans for 4 \(LASER_FAST_RAY_GPUS\)"):
+        ex.plan(task, 100)
+    assert RayExecutor(gpus=0).gpus == 0  # the argument wins over the environment
+
+
 @pytest.mark.ray
 def test_cpu_actors_reserve_memory_on_a_real_instance(ray_local):
     """A task whose worker needs over half the node's Ray memory gets one actor, and still runs every

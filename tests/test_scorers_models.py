@@ -458,16 +458,17 @@ def test_head_mismatch_is_refused(models_dir):
 
 def test_weights_go_straight_to_a_cuda_device(monkeypatch):
     import torch
+    import transformers.utils
 
-    from laser_fast.runtime import models as M
+    from laser_fast.runtime.devices import weights_placement
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name, *a: object())  # accelerate installed
-    assert M._placement("cuda", None) == {"device_map": {"": 0}}
-    assert M._placement("cuda:1", None) == {"device_map": {"": 1}}
-    assert M._placement("cpu", None) == {} and M._placement("cuda", "model.gguf") == {}
-    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name, *a: None)  # an image without accelerate
-    assert M._placement("cuda", None) == {}
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: True)
+    assert weights_placement("cuda") == {"device_map": {"": 0}}
+    assert weights_placement("cuda:1") == {"device_map": {"": 1}} == weights_placement(torch.device("cuda:1"))
+    assert weights_placement("cpu") == {} and weights_placement("cuda", "model.gguf") == {}
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: False)  # an image without accelerate
+    assert weights_placement("cuda") == {}
 
 
 @pytest.mark.parametrize("name,kind", [("difficulty", "seq_regression"), ("deita", "causal_lm"), ("prm", "token_classification"),
@@ -481,7 +482,7 @@ def test_loading_through_a_device_map_gives_the_same_model(models_dir, monkeypat
 
     remote = name == "difficulty_remote"
     plain, _ = load_hf(models_dir[name], kind, device="cpu", trust_remote_code=remote)
-    monkeypatch.setattr(M, "_placement", lambda dev, gguf: {"device_map": {"": "cpu"}})
+    monkeypatch.setattr(M.devices, "weights_placement", lambda dev, gguf: {"device_map": {"": "cpu"}})
     mapped, _ = load_hf(models_dir[name], kind, device="cpu", trust_remote_code=remote)
     assert type(mapped) is type(plain)
     a, b = plain.state_dict(), mapped.state_dict()
@@ -489,6 +490,21 @@ def test_loading_through_a_device_map_gives_the_same_model(models_dir, monkeypat
     if name == "deita":  # a checkpoint without the head asked for is still refused
         with pytest.raises(ModelLoadError, match="no weights for"):
             load_hf(models_dir[name], "seq_regression", device="cpu")
+    # a checkpoint's own code that cannot be built through a device_map (on the meta device) loads through host memory
+    real = M._from_pretrained
+
+    def meta_fails(loader, src, local, name_, what, kw):
+        if "device_map" in kw:
+            raise ModelLoadError(f"could not load the weights of model '{name_}' (Tensor.item() cannot be called on meta tensors)")
+        return real(loader, src, local, name_, what, kw)
+
+    monkeypatch.setattr(M, "_from_pretrained", meta_fails)
+    if remote:
+        again, _ = load_hf(models_dir[name], kind, device="cpu", trust_remote_code=True)
+        assert all(torch.equal(a[k], again.state_dict()[k]) for k in a)
+    else:  # the model classes of transformers build on the meta device anyway: an error there is not this one
+        with pytest.raises(ModelLoadError, match="meta tensors"):
+            load_hf(models_dir[name], kind, device="cpu")
 
 
 def test_empty_batch_and_null_category(models_dir):

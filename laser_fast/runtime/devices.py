@@ -48,7 +48,7 @@ def planned_device(device: str | None = None) -> str:
 
     An explicit device is used as given. ``None`` / ``""`` / ``"auto"``: the device of the run's
     engine's workers when an engine runs the models elsewhere (the Ray engine: ``cuda`` when its
-    cluster has GPUs, whatever this machine has; see ``RayExecutor.worker_device``), else
+    cluster has GPUs or is to have them, whatever this machine has; see ``RayExecutor.worker_device``), else
     :func:`torch_device` here. The choices a driver makes from the device before any model
     loads (the dtype in a fingerprint, a judge's backend, the records per cached chunk, the
     default profile) use it, so a driver without a GPU plans for its GPU workers; the process
@@ -111,6 +111,24 @@ def check_device(device: str | None, *, engine: str | None = None) -> str | None
             raise ValueError(f"device {device!r}: torch sees {seen}; use cpu, auto or a cuda:N below {max(n, 1)}"
                              if n else f"device {device!r}: torch sees {seen}; use cpu or auto")
     return dev
+
+
+def weights_placement(device: str, gguf: str | None = None) -> dict:
+    """``from_pretrained`` keywords that load a model's weights straight onto a CUDA device
+    (``device_map``, through accelerate): otherwise they are read into host memory first and
+    moved, and eight GPU workers of a node loading an 8B model at once hold about 128 GB of host
+    memory. A GGUF file is dequantised on the host; without a usable accelerate (a dependency,
+    but an image may lack it) the weights take the host route too."""
+    if gguf or not str(device).startswith("cuda"):
+        return {}
+    from transformers.utils import is_accelerate_available
+
+    if not is_accelerate_available():
+        return {}
+    import torch
+
+    index = torch.device(device).index
+    return {"device_map": {"": index if index is not None else torch.cuda.current_device()}}
 
 
 def cuda_available(*, only_if_loaded: bool = False) -> bool | None:

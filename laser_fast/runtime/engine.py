@@ -146,7 +146,7 @@ def check_engine_device(ex: Executor | None, device: str | None) -> None:
         from laser_fast.errors import ConfigError
 
         raise ConfigError(f"--device {device}: the {getattr(ex, 'name', 'engine')} cluster has no GPU; use --device cpu or auto, "
-                          "or add nodes with GPUs")
+                          "add nodes with GPUs, or, where an autoscaler adds them when asked, set LASER_FAST_RAY_GPUS to how many")
 
 
 def describe_engine(ex: Executor | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from laser_fast.errors import LaserError, ModelLoadError
+from laser_fast.runtime import devices
 from laser_fast.runtime.devices import torch_device, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -421,20 +422,6 @@ def _remote_loader(kind: str):
             "token_classification": T.AutoModelForTokenClassification}[kind].from_pretrained
 
 
-def _placement(dev: str, gguf: str | None) -> dict[str, Any]:
-    """``from_pretrained`` keywords that load the weights straight onto a CUDA device
-    (``device_map``, through accelerate): otherwise they are read into host memory first and
-    moved, and eight GPU workers of a node loading an 8B model at once hold about 128 GB of host
-    memory. A GGUF file is dequantised on the host; without accelerate (a dependency, but an
-    image may lack it) the weights take the host route."""
-    if gguf or not str(dev).startswith("cuda") or importlib.util.find_spec("accelerate") is None:
-        return {}
-    import torch
-
-    index = torch.device(dev).index
-    return {"device_map": {"": index if index is not None else torch.cuda.current_device()}}
-
-
 def _model_loader(kind: str, architectures: Sequence[str], num_labels: int | None):
     import transformers as T
 
@@ -502,8 +489,15 @@ def load_hf(model_id: str | None, kind: str, *, revision: str | None = None, dev
         loader, extra = _remote_loader(kind), {}
     else:
         loader, extra = _model_loader(kind, archs, num_labels)
-    kw = {**common, **extra, "dtype": dtype, "output_loading_info": True, **_placement(dev, gguf)}
-    model, info = _from_pretrained(loader, src, local, name, "weights", kw)
+    kw = {**common, **extra, "dtype": dtype, "output_loading_info": True, **devices.weights_placement(dev, gguf)}
+    try:
+        model, info = _from_pretrained(loader, src, local, name, "weights", kw)
+    except ModelLoadError as e:
+        if not (trust_remote_code and "device_map" in kw):
+            raise
+        # a checkpoint's own code may compute in __init__, which a device_map runs on the meta device
+        logger.warning("model '%s': loading straight onto %s failed (%s); loading through host memory", name, dev, e)
+        model, info = _from_pretrained(loader, src, local, name, "weights", {k: v for k, v in kw.items() if k != "device_map"})
     missing = [k for k in (info.get("missing_keys") or []) if "rotary_emb" not in k]
     if missing and not gguf:
         custom = getattr(config, "auto_map", None)

@@ -167,6 +167,10 @@ class RayExecutor:
             shared cluster free or to measure scaling over 1..N GPUs.
         reserve_memory: CPU actors reserve their task's ``memory_mb`` (default True;
             ``$LASER_FAST_RAY_RESERVE_MEMORY=0`` turns it off, for an estimate that is too high).
+        gpus: plan for this many GPUs where the cluster has fewer when the run starts
+            (``$LASER_FAST_RAY_GPUS`` sets it too): an autoscaling cluster whose GPU nodes join
+            when actors ask for GPUs. The run then plans for CUDA workers (see ``worker_device``)
+            and asks for GPU actors that Ray places as the nodes join.
     """
 
     name = "ray"
@@ -174,8 +178,12 @@ class RayExecutor:
     max_actors: int | None = None
     #: whether CPU actors reserve their task's memory; see ``reserve_memory`` above
     reserve_memory: bool = True
+    #: the GPUs to plan for at least (None: those the cluster has); see ``gpus`` above
+    gpus: int | None = None
+    _worker_device: str | None = None
 
-    def __init__(self, address: str | None = None, max_actors: int | None = None, reserve_memory: bool | None = None):
+    def __init__(self, address: str | None = None, max_actors: int | None = None, reserve_memory: bool | None = None,
+                 gpus: int | None = None):
         ray = require_ray()
         self.address = address
         if reserve_memory is None:
@@ -193,6 +201,16 @@ class RayExecutor:
         if self.max_actors is not None and self.max_actors < 1:
             raise ValueError(f"the Ray engine's actor cap (max_actors, $LASER_FAST_RAY_MAX_ACTORS) must be a whole number of at "
                              f"least 1, got {cap!r}: set it to the most actors per kind of work, or leave it unset for no cap")
+        want = gpus if gpus is not None else os.environ.get("LASER_FAST_RAY_GPUS", "").strip() or None
+        try:
+            self.gpus = None if want is None else int(want)
+            if isinstance(want, bool) or (isinstance(want, float) and want != self.gpus):
+                self.gpus = -1
+        except ValueError:
+            self.gpus = -1
+        if self.gpus is not None and self.gpus < 0:
+            raise ValueError(f"the GPUs the Ray engine plans for (gpus, $LASER_FAST_RAY_GPUS) must be a whole number of at least "
+                             f"0, got {want!r}: set it to the GPUs an autoscaler will add, or leave it unset to plan for the cluster's")
         if not ray.is_initialized():
             # no address and no $RAY_ADDRESS: a new instance on this machine, as documented (Ray itself would
             # join whatever cluster /tmp/ray last recorded, even a dead one); 'auto' joins `ray start`'s
@@ -218,12 +236,17 @@ class RayExecutor:
 
     @property
     def worker_device(self) -> str:
-        """Where this run's models run: ``cuda`` when the cluster has GPUs (the model tasks' actors
-        then hold one, or a share of one), else ``cpu``; read once per executor, so every scorer
-        of a run plans for the same (:func:`~laser_fast.runtime.devices.planned_device`)."""
+        """Where this run's models run: ``cuda`` when the cluster has GPUs, or is to have them
+        (``gpus``; the model tasks' actors then hold one, or a share of one), else ``cpu``; read
+        once per executor, so every scorer of a run plans for the same
+        (:func:`~laser_fast.runtime.devices.planned_device`)."""
         if self._worker_device is None:
-            self._worker_device = "cuda" if self.cluster()["GPU"] > 0 else "cpu"
+            self._worker_device = "cuda" if self._planned_gpus(self.cluster()) > 0 else "cpu"
         return self._worker_device
+
+    def _planned_gpus(self, cluster: dict[str, Any]) -> float:
+        """The GPUs this run plans for: the cluster's, or ``gpus`` where more are to join."""
+        return max(float(cluster["GPU"]), float(self.gpus or 0))
 
     def cluster(self) -> dict[str, Any]:
         import ray
@@ -249,13 +272,21 @@ class RayExecutor:
         """
         c = self.cluster()
         r = task.resources
-        use_gpu = task.uses_gpu and c["GPU"] > 0 and r.num_gpus > 0
+        gpus = self._planned_gpus(c)
+        use_gpu = task.uses_gpu and gpus > 0 and r.num_gpus > 0
         ngpu = float(r.num_gpus) if use_gpu else 0.0
         ncpu = float(r.num_cpus)
         mem = int(task.memory_mb()) if self.reserve_memory and not use_gpu else 0
         if use_gpu:
-            slots = int(c["GPU"] // ngpu)
-            if ngpu > 1:  # an actor's GPUs come from one node (Ray would wait for such a node for ever)
+            slots = int(gpus // ngpu)
+            if slots == 0 and gpus > c["GPU"]:  # GPUs still to join, fewer than one worker holds
+                from laser_fast.errors import LaserError
+
+                raise LaserError(f"--engine ray: a worker of {task.label} needs {ngpu:g} GPUs on one node (--judge-gpus) and the run "
+                                 f"plans for {gpus:g} (LASER_FAST_RAY_GPUS): raise LASER_FAST_RAY_GPUS or lower --judge-gpus")
+            # an actor's GPUs come from one node (Ray would wait for such a node for ever); nodes
+            # still to join (``gpus``) cannot be checked
+            if ngpu > 1 and gpus <= c["GPU"]:
                 per_node = [float(n.get("GPU", 0)) for n in self._node_resources()]
                 most = max(per_node, default=0.0)
                 if most < ngpu:
@@ -365,4 +396,4 @@ class RayExecutor:
 
     def describe(self) -> dict[str, Any]:
         return {"name": "ray", "address": self.address, "max_actors": self.max_actors, "reserve_memory": self.reserve_memory,
-                "cluster": self.cluster(), "tasks": self.tasks}
+                "gpus": self.gpus, "cluster": self.cluster(), "tasks": self.tasks}
