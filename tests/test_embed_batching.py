@@ -416,7 +416,7 @@ def test_an_embedding_batch_out_of_gpu_memory_runs_again_in_halves(model, caplog
 
     enc.forward_batch = limited(3)
     stats = {"forward_passes": 0, "tokens": 0, "padded_tokens": 0, "records": 0, "seconds": 0.0}
-    with caplog.at_level("WARNING", logger="laser_fast.sampling.embed"):
+    with caplog.at_level("WARNING", logger="laser_fast.runtime.batching"):  # the shared halving helper logs it
         got = enc.run(texts, ids, off, stats=stats)
     assert failed and stats["oom_splits"] == len(failed) == caplog.text.count("ran out of GPU memory")
     assert sorted(np.concatenate(ran).tolist()) == list(range(len(texts))) and max(r.size for r in ran) <= 3
