@@ -21,6 +21,7 @@ engine.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -54,6 +55,25 @@ def require_ray():
         raise ImportError("--engine ray needs Ray Data, which is not installed here: pip install 'laser_fast[ray]' "
                           "(or pip install 'ray[data]>=2.40') on the driver and on every node of the cluster") from e
     return ray
+
+
+def _whole_number(given: Any, env: str, least: int, what: str, hint: str) -> int | None:
+    """A count setting: ``given``, else ``$env`` (None when neither is set), a whole number of at
+    least ``least``.
+
+    Raises:
+        ValueError: anything else (text, a fraction, a bool), naming ``what`` and ``env``.
+    """
+    raw = given if given is not None else os.environ.get(env, "").strip() or None
+    if raw is None:
+        return None
+    n = None
+    if not isinstance(raw, bool) and not (isinstance(raw, float) and not raw.is_integer()):
+        with contextlib.suppress(TypeError, ValueError):
+            n = int(raw)
+    if n is None or n < least:
+        raise ValueError(f"{what}, ${env}) must be a whole number of at least {least}, got {raw!r}: {hint}")
+    return n
 
 
 def _to_arrow(frame):
@@ -193,24 +213,10 @@ class RayExecutor:
                                  f"default) or 0 (they reserve none), got {flag!r}")
             reserve_memory = flag == "1"
         self.reserve_memory = bool(reserve_memory)
-        cap = max_actors if max_actors is not None else os.environ.get("LASER_FAST_RAY_MAX_ACTORS") or None
-        try:
-            self.max_actors = None if cap is None else int(cap)
-        except ValueError:
-            self.max_actors = 0
-        if self.max_actors is not None and self.max_actors < 1:
-            raise ValueError(f"the Ray engine's actor cap (max_actors, $LASER_FAST_RAY_MAX_ACTORS) must be a whole number of at "
-                             f"least 1, got {cap!r}: set it to the most actors per kind of work, or leave it unset for no cap")
-        want = gpus if gpus is not None else os.environ.get("LASER_FAST_RAY_GPUS", "").strip() or None
-        try:
-            self.gpus = None if want is None else int(want)
-            if isinstance(want, bool) or (isinstance(want, float) and want != self.gpus):
-                self.gpus = -1
-        except ValueError:
-            self.gpus = -1
-        if self.gpus is not None and self.gpus < 0:
-            raise ValueError(f"the GPUs the Ray engine plans for (gpus, $LASER_FAST_RAY_GPUS) must be a whole number of at least "
-                             f"0, got {want!r}: set it to the GPUs an autoscaler will add, or leave it unset to plan for the cluster's")
+        self.max_actors = _whole_number(max_actors, "LASER_FAST_RAY_MAX_ACTORS", 1, "the Ray engine's actor cap (max_actors",
+                                        "set it to the most actors per kind of work, or leave it unset for no cap")
+        self.gpus = _whole_number(gpus, "LASER_FAST_RAY_GPUS", 0, "the GPUs the Ray engine plans for (gpus",
+                                  "set it to the GPUs an autoscaler will add, or leave it unset to plan for the cluster's")
         if not ray.is_initialized():
             # no address and no $RAY_ADDRESS: a new instance on this machine, as documented (Ray itself would
             # join whatever cluster /tmp/ray last recorded, even a dead one); 'auto' joins `ray start`'s
